@@ -1,0 +1,1 @@
+//! Rules that can never match, duplicates and redundant rules.

@@ -1,0 +1,20 @@
+//! The load balancer's per-packet logic: packet views, security groups,
+//! sessions, scheduling, NAT and the pipeline that ties them together.
+//!
+//! Nothing here does I/O or reads a clock: time is a parameter.
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod conntrack;
+pub mod flow;
+pub mod model;
+pub mod nat;
+pub mod packet;
+pub mod sched;
+
+/// Time in nanoseconds since an origin the caller chooses (the data plane
+/// uses a monotonic clock, `lbctl eval` the trace's own timestamps).
+pub type Nanos = u64;
+
+/// Nanoseconds in one second.
+pub const NANOS_PER_SEC: Nanos = 1_000_000_000;

@@ -1,0 +1,377 @@
+//! The validated configuration as lb-core sees it: plain data with ids
+//! resolved to indices. `lb-config` builds it from TOML (and has already
+//! checked every limit); [`crate::pipeline::Snapshot::compile`] turns it into
+//! the immutable runtime form the workers use.
+//!
+//! Indices (`usize` fields named after a kind) point into the matching `Vec`
+//! of [`Config`].
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Which traffic direction a rule governs, seen from the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Deny sorts before allow: at equal priority deny wins.
+    Deny,
+    Allow,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deny => "deny",
+            Action::Allow => "allow",
+        }
+    }
+}
+
+/// An inclusive port range; `PortRange::ANY` is `-1/-1` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ANY: PortRange = PortRange { lo: 0, hi: u16::MAX };
+
+    pub const fn new(lo: u16, hi: u16) -> PortRange {
+        PortRange { lo, hi }
+    }
+
+    pub const fn single(port: u16) -> PortRange {
+        PortRange { lo: port, hi: port }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.lo <= port && port <= self.hi
+    }
+
+    pub fn is_any(&self) -> bool {
+        *self == PortRange::ANY
+    }
+}
+
+/// The authorization object of a rule (source of ingress rules,
+/// destination of egress rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// An address or CIDR (an address is a /32 or /128).
+    Cidr(IpNet),
+    /// The private addresses of the members of a security group.
+    Group(usize),
+    /// The entries of a prefix list.
+    PrefixList(usize),
+}
+
+/// One rule of a security group or of a network ACL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub direction: Direction,
+    pub action: Action,
+    /// 1..=100, smaller wins.
+    pub priority: u8,
+    /// IANA protocol number; `None` = all protocols.
+    pub protocol: Option<u8>,
+    /// Destination ports: one range, or the entries of a port list.
+    /// `[PortRange::ANY]` for protocols other than TCP and UDP.
+    pub ports: Vec<PortRange>,
+    /// Set when the ports come from a port list (for messages and quotas).
+    pub port_list: Option<usize>,
+    pub peer: Peer,
+    /// Quintuple rules: the other address (destination of an ingress rule,
+    /// source of an egress rule). `None` = any.
+    pub local: Option<IpNet>,
+    /// Quintuple rules: source ports. `PortRange::ANY` when not given.
+    pub source_ports: PortRange,
+    pub description: String,
+    /// 1-based line of the rule in its configuration file (0 if unknown).
+    pub line: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    /// Ingress denied and egress allowed by default; members reach each
+    /// other when `internal_access` is true.
+    Basic { internal_access: bool },
+    /// Ingress and egress denied by default; members are isolated.
+    Enterprise,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub kind: GroupKind,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixList {
+    pub id: String,
+    pub max_entries: u32,
+    pub entries: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList {
+    pub id: String,
+    pub max_entries: u32,
+    pub entries: Vec<PortRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkAcl {
+    pub id: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub id: String,
+    /// The IPv4 CIDR and, when given, the IPv6 CIDR.
+    pub cidrs: Vec<IpNet>,
+    pub network_acl: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub subnet: usize,
+    pub addresses: Vec<IpAddr>,
+    pub security_groups: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerKind {
+    /// Smooth weighted round-robin.
+    Wrr,
+    /// Weighted least-connections.
+    Wlc,
+    /// Maglev consistent hashing.
+    Maglev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthProtocol {
+    Tcp,
+    Http,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub enabled: bool,
+    pub protocol: HealthProtocol,
+    /// `None` = each server's own port.
+    pub port: Option<u16>,
+    pub path: String,
+    /// Inclusive status-code ranges ("2xx" = 200..=299).
+    pub expected_codes: Vec<(u16, u16)>,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            enabled: true,
+            protocol: HealthProtocol::Tcp,
+            port: None,
+            path: "/".to_string(),
+            expected_codes: vec![(200, 299), (300, 399)],
+            interval_ms: 2000,
+            timeout_ms: 2000,
+            healthy_threshold: 3,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// How messages name it: the instance id, or `address:port`.
+    pub name: String,
+    pub instance: Option<usize>,
+    /// The server's addresses (an instance's, or the one given).
+    pub addresses: Vec<IpAddr>,
+    pub port: u16,
+    /// 0..=100; 0 = no new connections.
+    pub weight: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerGroup {
+    pub id: String,
+    pub scheduler: SchedulerKind,
+    pub health_check: HealthCheck,
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    Tcp,
+    Udp,
+    Http,
+    Https,
+    Quic,
+}
+
+impl ListenerProtocol {
+    /// The IP protocol number the listener receives.
+    pub fn ip_protocol(self) -> u8 {
+        match self {
+            ListenerProtocol::Tcp | ListenerProtocol::Http | ListenerProtocol::Https => 6,
+            ListenerProtocol::Udp | ListenerProtocol::Quic => 17,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclMode {
+    Whitelist,
+    Blacklist,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerAcl {
+    pub mode: AclMode,
+    pub prefix_list: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub protocol: ListenerProtocol,
+    pub port: u16,
+    pub server_group: usize,
+    pub transfer_client_ip: bool,
+    pub acl: Option<ListenerAcl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancer {
+    pub id: String,
+    pub vips: Vec<IpAddr>,
+    pub security_groups: Vec<usize>,
+    pub local_addresses: Vec<IpAddr>,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendSgPolicy {
+    /// Traffic a load balancer forwards to its backends (listener traffic,
+    /// health checks) skips the backends' security groups and network ACLs.
+    Bypass,
+    /// It is checked, except for `transfer_client_ip` listeners, and network
+    /// ACLs except when the load balancer sits in the backend's subnet.
+    Enforce,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub backend_sg_policy: BackendSgPolicy,
+    pub session_timeout_s: u32,
+    pub restrict_smtp: bool,
+    pub metadata_address: IpAddr,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            backend_sg_policy: BackendSgPolicy::Bypass,
+            session_timeout_s: 910,
+            restrict_smtp: true,
+            metadata_address: IpAddr::from([100, 100, 100, 200]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    AfPacket,
+    Dpdk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdlePolicy {
+    /// Spin without pause.
+    Busy,
+    /// Back off to short sleeps when there is no traffic.
+    Adaptive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataplane {
+    pub io: IoBackend,
+    pub workers: u16,
+    pub cores: Vec<u16>,
+    pub eal_args: Vec<String>,
+    pub idle: IdlePolicy,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Dataplane {
+            io: IoBackend::AfPacket,
+            workers: 1,
+            cores: Vec::new(),
+            eal_args: Vec::new(),
+            idle: IdlePolicy::Adaptive,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub name: String,
+    /// AF_PACKET: the kernel interface.
+    pub interface: Option<String>,
+    /// DPDK: the ethdev port id.
+    pub dpdk_port: Option<u16>,
+    /// The data plane's own addresses on this link, with their prefix
+    /// length (host bits are the address itself).
+    pub addresses: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub destination: IpNet,
+    pub via: Option<IpAddr>,
+    pub port: usize,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub platform: Platform,
+    pub dataplane: Dataplane,
+    pub ports: Vec<Port>,
+    pub routes: Vec<Route>,
+    pub prefix_lists: Vec<PrefixList>,
+    pub port_lists: Vec<PortList>,
+    pub security_groups: Vec<SecurityGroup>,
+    pub network_acls: Vec<NetworkAcl>,
+    pub subnets: Vec<Subnet>,
+    pub instances: Vec<Instance>,
+    pub server_groups: Vec<ServerGroup>,
+    pub load_balancers: Vec<LoadBalancer>,
+}
+
+/// Well-known IANA protocol numbers.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const GRE: u8 = 47;
+    pub const ICMPV6: u8 = 58;
+}
