@@ -6,6 +6,7 @@
 //! [`FlowKey`]; [`linear_classify`] is the reference it must agree with.
 
 mod classifier;
+pub mod policy;
 pub mod lint;
 
 pub use classifier::Classifier;
