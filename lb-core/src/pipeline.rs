@@ -1,0 +1,1102 @@
+//! The per-packet decision, shared by the data-plane workers and by
+//! `lbctl eval`: one function from (frame, time, configuration snapshot,
+//! worker state) to a verdict.
+//!
+//! ```
+//! use lb_core::model::Config;
+//! use lb_core::pipeline::{Snapshot, Worker, AllUp, RxInfo};
+//! let snap = Snapshot::compile(Config::default(), 1);
+//! let mut worker = Worker::new(0, 1, 1024);
+//! let mut frame = vec![0u8; 10]; // too short for Ethernet
+//! let v = worker.process(&mut frame, RxInfo::default(), 0, &snap, &AllUp);
+//! assert!(v.is_drop());
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::acl::policy::{Decision, GroupMembers, InterfaceKind, NaclPolicy, Origin, SgPolicy};
+use crate::conntrack::{Dir, SessionTable, Timeouts};
+use crate::flow::FlowKey;
+use crate::model::{proto, AclMode, BackendSgPolicy, Config, Direction};
+use crate::nat::PortAllocator;
+use crate::packet::{self, L4Csum, ParseError, Parsed};
+use crate::sched::{self, Scheduler};
+use crate::{Nanos, NANOS_PER_SEC};
+
+/// How many expired sessions one call of [`Worker::process`] reaps at most.
+const REAP_BUDGET: usize = 8;
+
+/// A compiled, immutable configuration: what the workers read.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub cfg: Config,
+    pub members: GroupMembers,
+    lb_policy: Vec<Option<SgPolicy>>,
+    instance_policy: Vec<SgPolicy>,
+    nacl_policy: Vec<NaclPolicy>,
+    /// (VIP, IP protocol, port) → (load balancer, listener).
+    listeners: HashMap<(IpAddr, u8, u16), (u32, u32)>,
+    vips: HashSet<IpAddr>,
+    /// Local (FULLNAT source) address → load balancer.
+    local_addrs: HashMap<IpAddr, u32>,
+    /// The data plane's own port addresses.
+    port_addrs: HashSet<IpAddr>,
+    instance_by_addr: HashMap<IpAddr, u32>,
+    /// Longest prefix first.
+    routes: Vec<RouteEntry>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RouteEntry {
+    net: IpNet,
+    via: Option<IpAddr>,
+    port: u32,
+}
+
+/// Where a forwarded packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    /// Index into `cfg.ports`.
+    pub port: u32,
+    /// The neighbour to send to (the destination itself when on-link).
+    pub next_hop: IpAddr,
+}
+
+impl Snapshot {
+    /// Compiles a configuration that `lb-config` has validated (every index
+    /// in range); `generation` tells sessions which rules admitted them.
+    pub fn compile(cfg: Config, generation: u64) -> Snapshot {
+        let members = GroupMembers::new(&cfg);
+        let lb_policy = cfg
+            .load_balancers
+            .iter()
+            .map(|lb| {
+                (!lb.security_groups.is_empty()).then(|| {
+                    SgPolicy::compile(&cfg, &members, &lb.security_groups, InterfaceKind::LoadBalancer)
+                })
+            })
+            .collect();
+        let instance_policy = cfg
+            .instances
+            .iter()
+            .map(|i| SgPolicy::compile(&cfg, &members, &i.security_groups, InterfaceKind::Instance))
+            .collect();
+        let nacl_policy = (0..cfg.network_acls.len())
+            .map(|a| NaclPolicy::compile(&cfg, &members, a))
+            .collect();
+
+        let mut listeners = HashMap::new();
+        let mut vips = HashSet::new();
+        let mut local_addrs = HashMap::new();
+        for (li, lb) in cfg.load_balancers.iter().enumerate() {
+            for &vip in &lb.vips {
+                vips.insert(vip);
+                for (ni, l) in lb.listeners.iter().enumerate() {
+                    listeners.insert((vip, l.protocol.ip_protocol(), l.port), (idx32(li), idx32(ni)));
+                }
+            }
+            for &a in &lb.local_addresses {
+                local_addrs.insert(a, idx32(li));
+            }
+        }
+        let mut instance_by_addr = HashMap::new();
+        for (ii, inst) in cfg.instances.iter().enumerate() {
+            for &a in &inst.addresses {
+                instance_by_addr.insert(a, idx32(ii));
+            }
+        }
+        let mut port_addrs = HashSet::new();
+        let mut routes = Vec::new();
+        for (pi, port) in cfg.ports.iter().enumerate() {
+            for net in &port.addresses {
+                port_addrs.insert(net.addr());
+                routes.push(RouteEntry {
+                    net: net.trunc(),
+                    via: None,
+                    port: idx32(pi),
+                });
+            }
+        }
+        for r in &cfg.routes {
+            routes.push(RouteEntry {
+                net: r.destination,
+                via: r.via,
+                port: idx32(r.port),
+            });
+        }
+        // Longest prefix first; on-link entries before configured ones of the same length.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.net.prefix_len()));
+        let timeouts = Timeouts::from_session_timeout(u64::from(cfg.platform.session_timeout_s));
+        Snapshot {
+            generation,
+            cfg,
+            members,
+            lb_policy,
+            instance_policy,
+            nacl_policy,
+            listeners,
+            vips,
+            local_addrs,
+            port_addrs,
+            instance_by_addr,
+            routes,
+            timeouts,
+        }
+    }
+
+    /// The route toward `dst`.
+    pub fn route(&self, dst: IpAddr) -> Option<Hop> {
+        self.routes
+            .iter()
+            .find(|r| r.net.contains(&dst))
+            .map(|r| Hop {
+                port: r.port,
+                next_hop: r.via.unwrap_or(dst),
+            })
+    }
+
+    /// Whether `addr` is one of the data plane's own: a port address, a VIP
+    /// or a local address.
+    pub fn is_own_address(&self, addr: IpAddr) -> bool {
+        self.port_addrs.contains(&addr) || self.vips.contains(&addr) || self.local_addrs.contains_key(&addr)
+    }
+
+    /// All addresses the data plane answers ARP / neighbour solicitations for.
+    pub fn own_addresses(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .port_addrs
+            .iter()
+            .chain(self.vips.iter())
+            .chain(self.local_addrs.keys())
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    pub fn instance_at(&self, addr: IpAddr) -> Option<usize> {
+        self.instance_by_addr.get(&addr).map(|&i| i as usize)
+    }
+
+    pub fn listener_at(&self, vip: IpAddr, ip_proto: u8, port: u16) -> Option<(usize, usize)> {
+        self.listeners
+            .get(&(vip, ip_proto, port))
+            .map(|&(l, n)| (l as usize, n as usize))
+    }
+
+    pub fn instance_policy(&self, instance: usize) -> &SgPolicy {
+        &self.instance_policy[instance]
+    }
+
+    pub fn lb_policy(&self, lb: usize) -> Option<&SgPolicy> {
+        self.lb_policy[lb].as_ref()
+    }
+
+    /// The network ACL of the subnet of `instance`, if it has one.
+    fn nacl_of(&self, instance: usize) -> Option<(usize, &NaclPolicy)> {
+        let subnet = &self.cfg.subnets[self.cfg.instances[instance].subnet];
+        subnet.network_acl.map(|a| (a, &self.nacl_policy[a]))
+    }
+
+    fn in_subnet_of(&self, instance: usize, addr: IpAddr) -> bool {
+        let subnet = &self.cfg.subnets[self.cfg.instances[instance].subnet];
+        subnet.cidrs.iter().any(|c| c.contains(&addr))
+    }
+
+    /// Checks whether the security groups and network ACL of the backend
+    /// `instance` admit `key` (a packet the load balancer forwards to it)
+    /// under `backend_sg_policy`. `transfer_client_ip` listeners are never
+    /// checked (the documents: "not limited by network ACL and security
+    /// group rules"); network ACLs are skipped when the load balancer's
+    /// source address lies in the backend's subnet.
+    pub fn backend_admits(&self, instance: usize, key: &FlowKey, transfer_client_ip: bool) -> Result<(), Reason> {
+        if self.cfg.platform.backend_sg_policy == BackendSgPolicy::Bypass || transfer_client_ip {
+            return Ok(());
+        }
+        if !self.in_subnet_of(instance, key.src) {
+            if let Some((_, nacl)) = self.nacl_of(instance) {
+                let d = nacl.evaluate(Direction::Ingress, key);
+                if !d.allowed() {
+                    return Err(Reason::Policy(d));
+                }
+            }
+        }
+        let d = self.instance_policy[instance].evaluate(Direction::Ingress, key);
+        if d.allowed() {
+            Ok(())
+        } else {
+            Err(Reason::Policy(d))
+        }
+    }
+
+    /// Describes a reason in the words of `lbctl eval`.
+    pub fn describe(&self, reason: &Reason) -> String {
+        let mut s = String::new();
+        self.write_reason(&mut s, reason);
+        s
+    }
+
+    fn write_reason(&self, s: &mut String, reason: &Reason) {
+        let cfg = &self.cfg;
+        let listener = |lb: u32, l: u32| {
+            let lbc = &cfg.load_balancers[lb as usize];
+            format!("{}:{}", lbc.id, lbc.listeners[l as usize].port)
+        };
+        // Writing into a String cannot fail.
+        let _ = match reason {
+            Reason::Listener { lb, listener: l } => write!(s, "listener {}", listener(*lb, *l)),
+            Reason::Session { lb: Some((lb, l)) } => write!(s, "session listener {}", listener(*lb, *l)),
+            Reason::Session { lb: None } => write!(s, "session"),
+            Reason::Policy(d) => self.write_decision(s, d),
+            Reason::ListenerAcl { lb, listener: l, mode } => {
+                let lbc = &cfg.load_balancers[*lb as usize];
+                let acl = lbc.listeners[*l as usize].acl.map(|a| cfg.prefix_lists[a.prefix_list].id.as_str());
+                let what = match mode {
+                    AclMode::Whitelist => "not in whitelist",
+                    AclMode::Blacklist => "in blacklist",
+                };
+                write!(s, "listener {} acl: client {} {}", listener(*lb, *l), what, acl.unwrap_or("?"))
+            }
+            Reason::PathMtu => write!(s, "always allowed: icmp path-mtu error"),
+            Reason::Metadata => write!(s, "always allowed: metadata address"),
+            Reason::RestrictSmtp => write!(s, "restrict_smtp: egress tcp/25 blocked"),
+            Reason::NoHealthyServer { lb, listener: l } => {
+                let sg = cfg.load_balancers[*lb as usize].listeners[*l as usize].server_group;
+                write!(s, "listener {}: no healthy server in {}", listener(*lb, *l), cfg.server_groups[sg].id)
+            }
+            Reason::Malformed(e) => write!(s, "malformed: {}", e.as_str()),
+            other => write!(s, "{}", other.kind().as_str()),
+        };
+    }
+
+    fn write_decision(&self, s: &mut String, d: &Decision) {
+        let cfg = &self.cfg;
+        let action = d.action.as_str();
+        let _ = match d.origin {
+            Origin::SgRule { group, rule } => {
+                write!(s, "sg {} rule {} ({})", cfg.security_groups[group as usize].id, rule + 1, action)
+            }
+            Origin::NaclRule { acl, rule } => {
+                write!(s, "nacl {} rule {} ({})", cfg.network_acls[acl as usize].id, rule + 1, action)
+            }
+            Origin::InternalAccess { group } => write!(
+                s,
+                "sg {} default: internal access between members (allow)",
+                cfg.security_groups[group as usize].id
+            ),
+            Origin::BasicIngressDefault => write!(s, "sg default: basic group ingress (deny)"),
+            Origin::BasicEgressDefault => write!(s, "sg default: basic group egress (allow)"),
+            Origin::EnterpriseDefault => write!(s, "sg default: enterprise group ({action})"),
+            Origin::LoadBalancerDefault => write!(s, "sg default: load balancer unmatched (allow)"),
+            Origin::NaclDefault { acl } => {
+                write!(s, "nacl {} default: no rule matched (deny)", cfg.network_acls[acl as usize].id)
+            }
+        };
+    }
+}
+
+/// Why a packet was forwarded or dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// New listener session.
+    Listener { lb: u32, listener: u32 },
+    /// A packet of an established session (`lb` for listener sessions).
+    Session { lb: Option<(u32, u32)> },
+    /// A security-group or network-ACL decision.
+    Policy(Decision),
+    ListenerAcl { lb: u32, listener: u32, mode: AclMode },
+    PathMtu,
+    Metadata,
+    RestrictSmtp,
+    NoHealthyServer { lb: u32, listener: u32 },
+    Malformed(ParseError),
+    Fragment,
+    NotForUs,
+    NoListener,
+    NoSession,
+    NatPortsExhausted,
+    SessionTableFull,
+    NoRoute,
+    TtlExceeded,
+    UnsupportedEthertype,
+    Rewrite,
+}
+
+impl Reason {
+    /// The counter a drop with this reason increments.
+    pub fn kind(&self) -> DropKind {
+        match self {
+            Reason::Listener { .. } | Reason::Session { .. } | Reason::PathMtu | Reason::Metadata => DropKind::None,
+            Reason::Policy(d) => match d.origin {
+                Origin::NaclRule { .. } | Origin::NaclDefault { .. } => DropKind::NetworkAcl,
+                _ => DropKind::SecurityGroup,
+            },
+            Reason::ListenerAcl { .. } => DropKind::ListenerAcl,
+            Reason::RestrictSmtp => DropKind::RestrictSmtp,
+            Reason::NoHealthyServer { .. } => DropKind::NoHealthyServer,
+            Reason::Malformed(_) => DropKind::Malformed,
+            Reason::Fragment => DropKind::Fragment,
+            Reason::NotForUs => DropKind::NotForUs,
+            Reason::NoListener => DropKind::NoListener,
+            Reason::NoSession => DropKind::NoSession,
+            Reason::NatPortsExhausted => DropKind::NatPortsExhausted,
+            Reason::SessionTableFull => DropKind::SessionTableFull,
+            Reason::NoRoute => DropKind::NoRoute,
+            Reason::TtlExceeded => DropKind::TtlExceeded,
+            Reason::UnsupportedEthertype => DropKind::UnsupportedEthertype,
+            Reason::Rewrite => DropKind::Rewrite,
+        }
+    }
+}
+
+/// Drop counters: one per kind of reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropKind {
+    None,
+    Malformed,
+    Fragment,
+    NotForUs,
+    NoListener,
+    ListenerAcl,
+    SecurityGroup,
+    NetworkAcl,
+    RestrictSmtp,
+    NoSession,
+    NoHealthyServer,
+    NatPortsExhausted,
+    SessionTableFull,
+    NoRoute,
+    TtlExceeded,
+    UnsupportedEthertype,
+    Rewrite,
+}
+
+impl DropKind {
+    pub const COUNT: usize = DropKind::Rewrite as usize + 1;
+    pub const ALL: [DropKind; DropKind::COUNT] = [
+        DropKind::None,
+        DropKind::Malformed,
+        DropKind::Fragment,
+        DropKind::NotForUs,
+        DropKind::NoListener,
+        DropKind::ListenerAcl,
+        DropKind::SecurityGroup,
+        DropKind::NetworkAcl,
+        DropKind::RestrictSmtp,
+        DropKind::NoSession,
+        DropKind::NoHealthyServer,
+        DropKind::NatPortsExhausted,
+        DropKind::SessionTableFull,
+        DropKind::NoRoute,
+        DropKind::TtlExceeded,
+        DropKind::UnsupportedEthertype,
+        DropKind::Rewrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropKind::None => "none",
+            DropKind::Malformed => "malformed",
+            DropKind::Fragment => "fragment",
+            DropKind::NotForUs => "not_for_us",
+            DropKind::NoListener => "no_listener",
+            DropKind::ListenerAcl => "listener_acl",
+            DropKind::SecurityGroup => "security_group",
+            DropKind::NetworkAcl => "network_acl",
+            DropKind::RestrictSmtp => "restrict_smtp",
+            DropKind::NoSession => "no_session",
+            DropKind::NoHealthyServer => "no_healthy_server",
+            DropKind::NatPortsExhausted => "nat_ports_exhausted",
+            DropKind::SessionTableFull => "session_table_full",
+            DropKind::NoRoute => "no_route",
+            DropKind::TtlExceeded => "ttl_exceeded",
+            DropKind::UnsupportedEthertype => "unsupported_ethertype",
+            DropKind::Rewrite => "rewrite_failed",
+        }
+    }
+}
+
+/// Packets the data plane answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalKind {
+    /// ARP request or reply addressed to one of our addresses.
+    Arp,
+    /// IPv6 neighbour discovery (solicitation / advertisement).
+    Neighbor,
+    /// ICMP or ICMPv6 echo request to one of our addresses.
+    EchoRequest,
+    /// Any other packet to a port or local address without a session
+    /// (health-check replies are matched by the health checker).
+    ToSelf,
+}
+
+/// The outcome for one frame.
+#[derive(Debug, Clone, Copy)]
+pub enum Verdict {
+    /// The frame was rewritten in place; send it through `hop`.
+    Forward(Forward),
+    Drop(Reason),
+    Local(LocalKind, Parsed),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub hop: Hop,
+    pub reason: Reason,
+    /// For listener traffic: (server group, server).
+    pub backend: Option<(u32, u32)>,
+    /// The packet's 5-tuple as it leaves.
+    pub out: FlowKey,
+}
+
+impl Verdict {
+    pub fn is_drop(&self) -> bool {
+        matches!(self, Verdict::Drop(_))
+    }
+}
+
+/// Facts about a received frame that only the port knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxInfo {
+    /// The L4 checksum is partial (the kernel deferred it, as veth does).
+    pub csum_partial: bool,
+}
+
+/// Which servers are up: health checks in `lbd`, `@health` lines in
+/// `lbctl eval`.
+pub trait Health {
+    fn is_up(&self, group: usize, server: usize) -> bool;
+}
+
+/// Every server is up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllUp;
+
+impl Health for AllUp {
+    fn is_up(&self, _group: usize, _server: usize) -> bool {
+        true
+    }
+}
+
+/// What a session remembers.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    /// For listener sessions: (load balancer, listener, server group, server).
+    pub listener: Option<(u32, u32, u32, u32)>,
+    /// Original-direction packets leave as this.
+    pub orig_out: FlowKey,
+    /// Reply-direction packets leave as this.
+    pub reply_out: FlowKey,
+    /// The configuration generation whose rules admitted the session.
+    pub generation: u64,
+}
+
+/// Per-worker counters.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub rx: u64,
+    pub forwarded: u64,
+    pub local: u64,
+    pub drops: [u64; DropKind::COUNT],
+    pub sessions_created: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            rx: 0,
+            forwarded: 0,
+            local: 0,
+            drops: [0; DropKind::COUNT],
+            sessions_created: 0,
+        }
+    }
+}
+
+/// The mutable state of one worker: its sessions, scheduler state and
+/// local ports. Nothing in it is shared with another worker.
+#[derive(Debug)]
+pub struct Worker {
+    pub id: u16,
+    pub workers: u16,
+    pub sessions: SessionTable<Flow>,
+    /// The generation `scheds` were built for.
+    generation: u64,
+    scheds: Vec<Box<dyn Scheduler>>,
+    ports: PortAllocator,
+    /// Scratch "eligible" flags for scheduling, reused across packets.
+    eligible: Vec<bool>,
+    pub stats: Stats,
+}
+
+impl Worker {
+    pub fn new(id: u16, workers: u16, max_sessions: usize) -> Worker {
+        Worker {
+            id,
+            workers,
+            sessions: SessionTable::new(max_sessions),
+            generation: u64::MAX,
+            scheds: Vec::new(),
+            ports: PortAllocator::new(id, workers),
+            eligible: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Brings the schedulers up to `snap` (between bursts, after a reload).
+    fn adopt(&mut self, snap: &Snapshot) {
+        if self.generation == snap.generation {
+            return;
+        }
+        self.scheds = snap
+            .cfg
+            .server_groups
+            .iter()
+            .map(|g| {
+                let weights: Vec<u8> = g.servers.iter().map(|s| s.weight).collect();
+                let names: Vec<&str> = g.servers.iter().map(|s| s.name.as_str()).collect();
+                sched::build(g.scheduler, &weights, &names)
+            })
+            .collect();
+        // Least-connections needs the live count: rebuild it from the sessions
+        // whose server still exists under the same index.
+        for (_, s) in self.sessions.iter() {
+            if let Some((_, _, g, srv)) = s.payload.listener {
+                if let Some(sch) = self.scheds.get_mut(g as usize) {
+                    if (srv as usize) < snap.cfg.server_groups[g as usize].servers.len() {
+                        sch.connected(srv as usize);
+                    }
+                }
+            }
+        }
+        self.generation = snap.generation;
+    }
+
+    fn release(&mut self, flow: &Flow) {
+        if let Some((_, _, g, srv)) = flow.listener {
+            if let Some(s) = self.scheds.get_mut(g as usize) {
+                s.disconnected(srv as usize);
+            }
+        }
+    }
+
+    fn reap(&mut self, now: Nanos) {
+        self.sessions.expire(now, REAP_BUDGET);
+        while let Some(flow) = self.sessions.pop_reaped() {
+            self.release(&flow);
+        }
+    }
+
+    /// Runs one frame through the pipeline, rewriting it in place when it is
+    /// forwarded.
+    pub fn process(&mut self, frame: &mut [u8], rx: RxInfo, now: Nanos, snap: &Snapshot, health: &dyn Health) -> Verdict {
+        self.adopt(snap);
+        self.reap(now);
+        self.stats.rx += 1;
+        let v = self.decide(frame, rx, now, snap, health);
+        match &v {
+            Verdict::Forward(_) => self.stats.forwarded += 1,
+            Verdict::Local(..) => self.stats.local += 1,
+            Verdict::Drop(r) => self.stats.drops[r.kind() as usize] += 1,
+        }
+        v
+    }
+
+    fn decide(&mut self, frame: &mut [u8], rx: RxInfo, now: Nanos, snap: &Snapshot, health: &dyn Health) -> Verdict {
+        let p = match packet::parse(frame) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Drop(Reason::Malformed(e)),
+        };
+        let key = match p.flow_key() {
+            Some(k) => k,
+            None => {
+                return match p.kind {
+                    packet::Kind::Arp => Verdict::Local(LocalKind::Arp, p),
+                    _ => Verdict::Drop(Reason::UnsupportedEthertype),
+                }
+            }
+        };
+        if p.is_fragment && !p.is_first_fragment {
+            // No ports to match: a load balancer without reassembly cannot
+            // place it.
+            return Verdict::Drop(Reason::Fragment);
+        }
+        if let Some(local) = local_kind(&p, &key, snap) {
+            return Verdict::Local(local, p);
+        }
+
+        let csum = if rx.csum_partial { L4Csum::Partial } else { L4Csum::Full };
+        if let Some((id, dir)) = self.sessions.lookup(&key, now) {
+            return self.established(frame, &p, csum, key, id, dir, now, snap);
+        }
+
+        if snap.vips.contains(&key.dst) {
+            return self.new_listener_session(frame, &p, csum, key, now, snap, health);
+        }
+        if snap.is_own_address(key.dst) {
+            // A reply to a local address without a session, or traffic to a
+            // port address: for the data plane itself (health checks).
+            return Verdict::Local(LocalKind::ToSelf, p);
+        }
+        self.new_routed_session(frame, &p, csum, key, now, snap)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn established(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: L4Csum,
+        key: FlowKey,
+        id: crate::conntrack::SessionId,
+        dir: Dir,
+        now: Nanos,
+        snap: &Snapshot,
+    ) -> Verdict {
+        let flow = match self.sessions.get(id) {
+            Some(s) => s.payload,
+            None => return Verdict::Drop(Reason::NoSession),
+        };
+        let orig = self
+            .sessions
+            .get(id)
+            .map(|s| s.orig)
+            .expect("the session was just found");
+        if flow.generation != snap.generation {
+            // The rules changed since the session was admitted: its next
+            // packet is checked against the new ones.
+            match recheck(snap, &orig, &flow) {
+                Ok(()) => {
+                    if let Some(s) = self.sessions.get_mut(id) {
+                        s.payload.generation = snap.generation;
+                    }
+                }
+                Err(r) => {
+                    if let Some(f) = self.sessions.remove(id) {
+                        self.release(&f);
+                    }
+                    return Verdict::Drop(r);
+                }
+            }
+        }
+        let out = match dir {
+            Dir::Orig => flow.orig_out,
+            Dir::Reply => flow.reply_out,
+        };
+        // Network ACLs are stateless: every packet, both directions.
+        if let Err(r) = nacl_check(snap, &flow, &key, &out, dir) {
+            return Verdict::Drop(r);
+        }
+        let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
+        self.sessions.update(id, dir, tcp_flags, now, &snap.timeouts);
+        let listener = flow.listener.map(|(lb, l, _, _)| (lb, l));
+        let backend = flow.listener.map(|(_, _, g, s)| (g, s));
+        self.emit(frame, p, csum, key, out, Reason::Session { lb: listener }, backend, snap)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: L4Csum,
+        key: FlowKey,
+        out: FlowKey,
+        reason: Reason,
+        backend: Option<(u32, u32)>,
+        snap: &Snapshot,
+    ) -> Verdict {
+        let hop = match snap.route(out.dst) {
+            Some(h) => h,
+            None => return Verdict::Drop(Reason::NoRoute),
+        };
+        if out != key && packet::rewrite(frame, p, &out, csum).is_err() {
+            return Verdict::Drop(Reason::Rewrite);
+        }
+        if backend.is_none() && !packet::decrement_ttl(frame, p) {
+            return Verdict::Drop(Reason::TtlExceeded);
+        }
+        Verdict::Forward(Forward {
+            hop,
+            reason,
+            backend,
+            out,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_listener_session(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: L4Csum,
+        key: FlowKey,
+        now: Nanos,
+        snap: &Snapshot,
+        health: &dyn Health,
+    ) -> Verdict {
+        let Some((lbi, li)) = snap.listener_at(key.dst, key.proto, key.dport) else {
+            return Verdict::Drop(Reason::NoListener);
+        };
+        if let Err(r) = listener_admits(snap, lbi, li, &key) {
+            return Verdict::Drop(r);
+        }
+        // A TCP session starts with a SYN; anything else without a session
+        // (a stray ACK after a restart) is dropped so the client resets.
+        if key.proto == proto::TCP && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
+            return Verdict::Drop(Reason::NoSession);
+        }
+        let lb = &snap.cfg.load_balancers[lbi];
+        let listener = &lb.listeners[li];
+        let gi = listener.server_group;
+        let group = &snap.cfg.server_groups[gi];
+        let family_v6 = key.is_ipv6();
+        self.eligible.clear();
+        self.eligible.extend(group.servers.iter().enumerate().map(|(si, s)| {
+            health.is_up(gi, si) && s.addresses.iter().any(|a| a.is_ipv6() == family_v6)
+        }));
+        let hash = flow_hash(&key);
+        let Some(si) = self.scheds.get_mut(gi).and_then(|s| s.pick(&self.eligible, hash)) else {
+            return Verdict::Drop(Reason::NoHealthyServer {
+                lb: idx32(lbi),
+                listener: idx32(li),
+            });
+        };
+        let server = &group.servers[si];
+        let backend_addr = server
+            .addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv6() == family_v6)
+            .expect("eligible servers have an address of the flow's family");
+
+        let (orig_out, reply) = if listener.transfer_client_ip {
+            let out = FlowKey {
+                dst: backend_addr,
+                dport: server.port,
+                ..key
+            };
+            (out, out.reversed())
+        } else {
+            let locals: Vec<IpAddr> = lb
+                .local_addresses
+                .iter()
+                .copied()
+                .filter(|a| a.is_ipv6() == family_v6)
+                .collect();
+            if locals.is_empty() {
+                return Verdict::Drop(Reason::NatPortsExhausted);
+            }
+            let local = locals[(hash as usize) % locals.len()];
+            let sessions = &self.sessions;
+            let lport = self.ports.allocate(local, |port| {
+                !sessions.contains_key(&FlowKey {
+                    src: backend_addr,
+                    dst: local,
+                    proto: key.proto,
+                    sport: server.port,
+                    dport: port,
+                })
+            });
+            let Some(lport) = lport else {
+                return Verdict::Drop(Reason::NatPortsExhausted);
+            };
+            let out = FlowKey {
+                src: local,
+                dst: backend_addr,
+                proto: key.proto,
+                sport: lport,
+                dport: server.port,
+            };
+            (out, out.reversed())
+        };
+        if let Some(inst) = server.instance {
+            if let Err(r) = snap.backend_admits(inst, &orig_out, listener.transfer_client_ip) {
+                return Verdict::Drop(r);
+            }
+        }
+        let flow = Flow {
+            listener: Some((idx32(lbi), idx32(li), idx32(gi), idx32(si))),
+            orig_out,
+            reply_out: key.reversed(),
+            generation: snap.generation,
+        };
+        let id = match self.sessions.insert(key, reply, flow, now, &snap.timeouts) {
+            Ok(id) => id,
+            Err(_) => return Verdict::Drop(Reason::SessionTableFull),
+        };
+        let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
+        self.sessions.update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
+        if let Some(s) = self.scheds.get_mut(gi) {
+            s.connected(si);
+        }
+        self.stats.sessions_created += 1;
+        let reason = Reason::Listener {
+            lb: idx32(lbi),
+            listener: idx32(li),
+        };
+        let v = self.emit(frame, p, csum, key, orig_out, reason, Some((idx32(gi), idx32(si))), snap);
+        if v.is_drop() {
+            if let Some(f) = self.sessions.remove(id) {
+                self.release(&f);
+            }
+        }
+        v
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_routed_session(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: L4Csum,
+        key: FlowKey,
+        now: Nanos,
+        snap: &Snapshot,
+    ) -> Verdict {
+        let reason = match routed_admits(snap, p.icmp, &key) {
+            Ok(r) => r,
+            Err(r) => return Verdict::Drop(r),
+        };
+        // ICMP errors are not sessions of their own.
+        let is_icmp_error = matches!(reason, Reason::PathMtu);
+        let id = if is_icmp_error {
+            None
+        } else {
+            let flow = Flow {
+                listener: None,
+                orig_out: key,
+                reply_out: key.reversed(),
+                generation: snap.generation,
+            };
+            match self.sessions.insert(key, key.reversed(), flow, now, &snap.timeouts) {
+                Ok(id) => {
+                    let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
+                    self.sessions.update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
+                    self.stats.sessions_created += 1;
+                    Some(id)
+                }
+                Err(_) => return Verdict::Drop(Reason::SessionTableFull),
+            }
+        };
+        let v = self.emit(frame, p, csum, key, key, reason, None, snap);
+        if v.is_drop() {
+            if let Some(id) = id {
+                self.sessions.remove(id);
+            }
+        }
+        v
+    }
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Packets for the data plane itself that no session or listener claims.
+fn local_kind(p: &Parsed, key: &FlowKey, snap: &Snapshot) -> Option<LocalKind> {
+    let (t, _) = p.icmp?;
+    match key.proto {
+        proto::ICMP if t == 8 && snap.is_own_address(key.dst) => Some(LocalKind::EchoRequest),
+        proto::ICMPV6 if t == 128 && snap.is_own_address(key.dst) => Some(LocalKind::EchoRequest),
+        // Router/neighbour solicitations and advertisements.
+        proto::ICMPV6 if (133..=137).contains(&t) => Some(LocalKind::Neighbor),
+        _ => None,
+    }
+}
+
+/// A listener's access-control list, then the load balancer's groups.
+fn listener_admits(snap: &Snapshot, lbi: usize, li: usize, key: &FlowKey) -> Result<(), Reason> {
+    let lb = &snap.cfg.load_balancers[lbi];
+    if let Some(acl) = lb.listeners[li].acl {
+        let listed = snap.cfg.prefix_lists[acl.prefix_list]
+            .entries
+            .iter()
+            .any(|n| n.contains(&key.src));
+        let pass = match acl.mode {
+            AclMode::Whitelist => listed,
+            AclMode::Blacklist => !listed,
+        };
+        if !pass {
+            return Err(Reason::ListenerAcl {
+                lb: idx32(lbi),
+                listener: idx32(li),
+                mode: acl.mode,
+            });
+        }
+    }
+    if let Some(policy) = snap.lb_policy(lbi) {
+        let d = policy.evaluate(Direction::Ingress, key);
+        if !d.allowed() {
+            return Err(Reason::Policy(d));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `p` is an ICMP "fragmentation needed" or ICMPv6 "packet too big".
+fn is_path_mtu(icmp: Option<(u8, u8)>, key: &FlowKey) -> bool {
+    matches!(
+        (key.proto, icmp),
+        (proto::ICMP, Some((3, 4))) | (proto::ICMPV6, Some((2, _)))
+    )
+}
+
+/// The checks of a new routed flow: the source instance's egress (special
+/// rules, security groups, network ACL), then the destination instance's
+/// ingress. Returns the reason to report on success.
+fn routed_admits(snap: &Snapshot, icmp: Option<(u8, u8)>, key: &FlowKey) -> Result<Reason, Reason> {
+    let src_inst = snap.instance_at(key.src);
+    let dst_inst = snap.instance_at(key.dst);
+    if src_inst.is_none() && dst_inst.is_none() {
+        return Err(Reason::NotForUs);
+    }
+    let pmtu = is_path_mtu(icmp, key);
+    let mut reason = Reason::Session { lb: None };
+    if let Some(si) = src_inst {
+        if let Some((_, nacl)) = snap.nacl_of(si).filter(|_| !snap.in_subnet_of(si, key.dst)) {
+            let d = nacl.evaluate(Direction::Egress, key);
+            if !d.allowed() {
+                return Err(Reason::Policy(d));
+            }
+        }
+        reason = if pmtu {
+            Reason::PathMtu
+        } else if key.dst == snap.cfg.platform.metadata_address {
+            Reason::Metadata
+        } else if snap.cfg.platform.restrict_smtp && key.proto == proto::TCP && key.dport == 25 {
+            return Err(Reason::RestrictSmtp);
+        } else {
+            let d = snap.instance_policy(si).evaluate(Direction::Egress, key);
+            if !d.allowed() {
+                return Err(Reason::Policy(d));
+            }
+            Reason::Policy(d)
+        };
+    }
+    if let Some(di) = dst_inst {
+        if let Some((_, nacl)) = snap.nacl_of(di).filter(|_| !snap.in_subnet_of(di, key.src)) {
+            let d = nacl.evaluate(Direction::Ingress, key);
+            if !d.allowed() {
+                return Err(Reason::Policy(d));
+            }
+        }
+        reason = if pmtu {
+            Reason::PathMtu
+        } else {
+            let d = snap.instance_policy(di).evaluate(Direction::Ingress, key);
+            if !d.allowed() {
+                return Err(Reason::Policy(d));
+            }
+            Reason::Policy(d)
+        };
+    }
+    Ok(reason)
+}
+
+/// Re-admits a session under a new configuration.
+fn recheck(snap: &Snapshot, orig: &FlowKey, flow: &Flow) -> Result<(), Reason> {
+    match flow.listener {
+        Some(_) => {
+            let Some((lbi, li)) = snap.listener_at(orig.dst, orig.proto, orig.dport) else {
+                return Err(Reason::NoListener);
+            };
+            listener_admits(snap, lbi, li, orig)?;
+            let listener = &snap.cfg.load_balancers[lbi].listeners[li];
+            if let Some(inst) = snap.instance_at(flow.orig_out.dst) {
+                snap.backend_admits(inst, &flow.orig_out, listener.transfer_client_ip)?;
+            }
+            Ok(())
+        }
+        None => {
+            // ICMP errors never make sessions, so no ICMP type is needed.
+            routed_admits(snap, None, orig).map(|_| ())
+        }
+    }
+}
+
+/// Network ACLs on every packet of a session (they are stateless).
+fn nacl_check(snap: &Snapshot, flow: &Flow, key: &FlowKey, out: &FlowKey, dir: Dir) -> Result<(), Reason> {
+    let check = |inst: Option<usize>, direction: Direction, k: &FlowKey, other: IpAddr| -> Result<(), Reason> {
+        let Some(i) = inst else { return Ok(()) };
+        if snap.in_subnet_of(i, other) {
+            return Ok(());
+        }
+        if let Some((_, nacl)) = snap.nacl_of(i) {
+            let d = nacl.evaluate(direction, k);
+            if !d.allowed() {
+                return Err(Reason::Policy(d));
+            }
+        }
+        Ok(())
+    };
+    match flow.listener {
+        Some((lbi, li, _, _)) => {
+            let transfer = snap
+                .cfg
+                .load_balancers
+                .get(lbi as usize)
+                .and_then(|lb| lb.listeners.get(li as usize))
+                .is_some_and(|l| l.transfer_client_ip);
+            if snap.cfg.platform.backend_sg_policy == BackendSgPolicy::Bypass || transfer {
+                return Ok(());
+            }
+            // Only the backend side of the session is inside a subnet of ours.
+            match dir {
+                Dir::Orig => check(snap.instance_at(out.dst), Direction::Ingress, out, out.src),
+                Dir::Reply => check(snap.instance_at(key.src), Direction::Egress, key, key.dst),
+            }
+        }
+        None => {
+            check(snap.instance_at(key.src), Direction::Egress, key, key.dst)?;
+            check(snap.instance_at(key.dst), Direction::Ingress, key, key.src)
+        }
+    }
+}
+
+/// A hash of the flow that is the same for both directions.
+pub fn flow_hash(key: &FlowKey) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let (a, b) = if (key.src, key.sport) <= (key.dst, key.dport) {
+        ((key.src, key.sport), (key.dst, key.dport))
+    } else {
+        ((key.dst, key.dport), (key.src, key.sport))
+    };
+    let mut h = ahash::RandomState::with_seeds(0x6c62, 0x7370, 0x6f6c, 0x6e21).build_hasher();
+    a.hash(&mut h);
+    b.hash(&mut h);
+    key.proto.hash(&mut h);
+    h.finish()
+}
+
+/// The worker that owns the session of a packet: the local port names it
+/// for FULLNAT replies, a symmetric hash for everything else.
+pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    if snap.local_addrs.contains_key(&key.dst) && matches!(key.proto, proto::TCP | proto::UDP) {
+        return crate::nat::port_owner(key.dport, workers);
+    }
+    u16::try_from(flow_hash(key) % u64::from(workers)).expect("below workers")
+}
+
+/// Seconds as [`Nanos`].
+pub fn secs(s: f64) -> Nanos {
+    // Truncation is the intent: traces give non-negative seconds.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = (s * NANOS_PER_SEC as f64).round() as u64;
+    n
+}
+
+fn idx32(i: usize) -> u32 {
+    u32::try_from(i).expect("configuration indices fit in u32")
+}
