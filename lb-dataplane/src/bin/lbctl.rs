@@ -1,1 +1,92 @@
-fn main() {}
+//! `lbctl`: check, evaluate and lint load-balancer configurations.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "lbctl", version, about = "Check, evaluate and lint load-balancer configurations")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate a configuration: a one-line summary, or every error as file:line:col.
+    Check { file: PathBuf },
+    /// Run a packet trace through the pipeline and print one JSON verdict per packet.
+    Eval {
+        #[arg(long)]
+        config: PathBuf,
+        /// The trace file (default: standard input).
+        trace: Option<PathBuf>,
+    },
+    /// Report rules that never decide, duplicates and redundant rules.
+    Lint { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lbctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Check { file } => match lb_config::load(&file) {
+            Ok(cfg) => {
+                println!("{}: {}", file.display(), lb_config::summary(&cfg));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Cmd::Eval { config, trace } => {
+            let (text, path) = match trace {
+                Some(p) => (
+                    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+                    p,
+                ),
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s).context("reading the trace from standard input")?;
+                    (s, PathBuf::from("<stdin>"))
+                }
+            };
+            let stdout = std::io::stdout();
+            let stderr = std::io::stderr();
+            lb_dataplane::eval::run(&config, &text, &path, &mut stdout.lock(), &mut stderr.lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Lint { file } => {
+            let cfg = match lb_config::load(&file) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let notes = lb_dataplane::lint::lint_config(&cfg);
+            for n in &notes {
+                println!("{}:{}:1: warning: {}", file.display(), n.line, n.message);
+            }
+            if notes.is_empty() {
+                println!("{}: no findings", file.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
