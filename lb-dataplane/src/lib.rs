@@ -3,3 +3,8 @@
 pub mod eval;
 pub mod lint;
 pub mod io;
+pub mod control;
+pub mod daemon;
+pub mod health;
+pub mod l2;
+pub mod neigh;

@@ -11,6 +11,13 @@ use std::net::IpAddr;
 /// ranges a host may use for itself.
 pub const FIRST_PORT: u16 = 1025;
 
+/// Ports from here up are the health checker's probe ports: no session
+/// ever uses them, so a probe's reply is never mistaken for session traffic.
+pub const PROBE_FIRST_PORT: u16 = 61000;
+
+/// The highest port handed out to sessions.
+pub const LAST_PORT: u16 = PROBE_FIRST_PORT - 1;
+
 /// How many candidate ports one allocation tries before giving up, so that
 /// a nearly exhausted range costs a bounded amount of work per packet.
 pub const MAX_PROBES: usize = 64;
@@ -63,8 +70,8 @@ impl PortAllocator {
         for _ in 0..MAX_PROBES {
             let candidate = port;
             port = match port.checked_add(step) {
-                Some(p) => p,
-                None => first,
+                Some(p) if p <= LAST_PORT => p,
+                _ => first,
             };
             if is_free(candidate) {
                 self.cursors[pos].1 = port;
@@ -107,8 +114,8 @@ mod tests {
     fn wraps_around_and_gives_up_when_nothing_is_free() {
         let local = IpAddr::from([198, 19, 1, 250]);
         let mut a = PortAllocator::new(0, 1);
-        a.cursors.push((local, u16::MAX));
-        assert_eq!(a.allocate(local, |_| true), Some(u16::MAX));
+        a.cursors.push((local, LAST_PORT));
+        assert_eq!(a.allocate(local, |_| true), Some(LAST_PORT));
         assert_eq!(a.allocate(local, |_| true), Some(FIRST_PORT));
         assert_eq!(a.allocate(local, |_| false), None);
     }

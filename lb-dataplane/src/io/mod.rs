@@ -2,6 +2,7 @@
 //! with the `dpdk` feature) plug into the same worker loop.
 
 pub mod afpacket;
+pub mod raw;
 
 use std::io;
 

@@ -1,0 +1,557 @@
+//! `lbd`: the running data plane. Owns the ports, runs the poll-mode
+//! workers and the health checker, reloads the configuration atomically.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use crossbeam::channel::{bounded, Sender};
+use crossbeam::queue::ArrayQueue;
+use lb_core::model::{IdlePolicy, IoBackend};
+use lb_core::pipeline::{owner, RxInfo, Snapshot, Stats, Verdict, Worker};
+
+use crate::health::HealthTable;
+use crate::io::afpacket::{AfPacket, AfPacketOpts};
+use crate::io::raw::RawSender;
+use crate::io::{IoStats, PacketIo, RxMeta};
+use crate::neigh::{Neighbors, REFRESH};
+
+/// Frames handled per port per poll.
+pub const BURST: usize = 32;
+
+/// Frames handed between two workers that can wait in one queue.
+const HANDOFF_DEPTH: usize = 1024;
+
+/// Frames waiting for a neighbour to answer, per worker.
+const PENDING_MAX: usize = 256;
+
+/// How long a frame waits for its next hop to be resolved.
+const PENDING_WAIT: Duration = Duration::from_secs(1);
+
+/// Sessions each worker can hold.
+pub const MAX_SESSIONS: usize = 1 << 20;
+
+/// The configuration the workers run and the health of its servers,
+/// published together.
+#[derive(Debug)]
+pub struct Runtime {
+    pub snap: Arc<Snapshot>,
+    pub health: Arc<HealthTable>,
+}
+
+/// A frame passed to the worker that owns its session.
+#[derive(Debug)]
+pub struct Handoff {
+    pub frame: Vec<u8>,
+    pub meta: RxMeta,
+    pub port: u32,
+}
+
+/// What a worker publishes for `lbctl stats`.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerReport {
+    pub ports: Vec<IoStats>,
+    pub core: Option<Stats>,
+    pub sessions: usize,
+    pub handoff_out: u64,
+    pub handoff_dropped: u64,
+    pub neighbor_unresolved: u64,
+    /// The configuration generation the counters refer to.
+    pub generation: u64,
+}
+
+#[derive(Debug)]
+pub struct WorkerSlot {
+    pub handoff: ArrayQueue<Handoff>,
+    pub report: Mutex<WorkerReport>,
+}
+
+/// State shared by every thread of the daemon.
+#[derive(Debug)]
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub stop: AtomicBool,
+    pub neigh: Arc<Neighbors>,
+    pub config_path: PathBuf,
+    reload_lock: Mutex<()>,
+    pub workers: Vec<WorkerSlot>,
+    pub health_tx: Sender<Vec<u8>>,
+    pub started: Instant,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// Interface names of the ports, by index.
+    pub port_names: Vec<String>,
+}
+
+impl Shared {
+    /// Re-reads the configuration file. A valid one replaces the running
+    /// configuration in one step (sessions carry on and are checked against
+    /// the new rules on their next packet); an invalid one changes nothing.
+    pub fn reload(&self) -> std::result::Result<u64, String> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let cfg = match lb_config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload rejected, the running configuration stays:\n{e}");
+                return Err(e.to_string());
+            }
+        };
+        let old = self.runtime.load_full();
+        if let Err(e) = compatible(&old.snap.cfg, &cfg) {
+            self.reload_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("reload rejected, the running configuration stays: {e}");
+            return Err(e);
+        }
+        let snap = Arc::new(Snapshot::compile(cfg, old.snap.generation + 1));
+        let health = Arc::new(HealthTable::new(&snap, Some(&old.health)));
+        let generation = snap.generation;
+        self.runtime.store(Arc::new(Runtime { snap, health }));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(generation, "configuration reloaded");
+        Ok(generation)
+    }
+
+    /// Nanoseconds since start: the pipeline's clock.
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What a reload cannot change without a restart: the ports and workers.
+fn compatible(old: &lb_core::model::Config, new: &lb_core::model::Config) -> std::result::Result<(), String> {
+    let ports = |c: &lb_core::model::Config| {
+        c.ports
+            .iter()
+            .map(|p| (p.name.clone(), p.interface.clone(), p.dpdk_port))
+            .collect::<Vec<_>>()
+    };
+    if ports(old) != ports(new) {
+        return Err("ports changed: restart lbd to add, remove or rename ports".into());
+    }
+    if old.dataplane != new.dataplane {
+        return Err("[dataplane] changed: restart lbd to apply it".into());
+    }
+    Ok(())
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    pub shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Loads the configuration, opens the ports and starts the threads.
+    pub fn start(config_path: &Path) -> Result<Daemon> {
+        let cfg = lb_config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if cfg.dataplane.io != IoBackend::AfPacket {
+            bail!("{}: io = \"dpdk\" needs lbd built with the dpdk feature", config_path.display());
+        }
+        let workers = usize::from(cfg.dataplane.workers.max(1));
+        let port_names: Vec<String> = cfg
+            .ports
+            .iter()
+            .map(|p| {
+                p.interface
+                    .clone()
+                    .with_context(|| format!("port {} has no interface", p.name))
+            })
+            .collect::<Result<_>>()?;
+        let snap = Arc::new(Snapshot::compile(cfg.clone(), 1));
+        let health = Arc::new(HealthTable::new(&snap, None));
+        let (health_tx, health_rx) = bounded(4096);
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime { snap, health }),
+            stop: AtomicBool::new(false),
+            neigh: Neighbors::new(),
+            config_path: config_path.to_path_buf(),
+            reload_lock: Mutex::new(()),
+            workers: (0..workers)
+                .map(|_| WorkerSlot {
+                    handoff: ArrayQueue::new(HANDOFF_DEPTH),
+                    report: Mutex::new(WorkerReport::default()),
+                })
+                .collect(),
+            health_tx,
+            started: Instant::now(),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            port_names: port_names.clone(),
+        });
+
+        // Open every socket before starting anything, so a bad interface
+        // fails the start cleanly.
+        let fanout_base = u16::try_from(std::process::id() & 0x7fff).unwrap_or(0);
+        let mut per_worker: Vec<Vec<Box<dyn PacketIo>>> = Vec::new();
+        for _ in 0..workers {
+            let mut ports: Vec<Box<dyn PacketIo>> = Vec::new();
+            for (pi, name) in port_names.iter().enumerate() {
+                let opts = AfPacketOpts {
+                    fanout: (workers > 1).then(|| fanout_base.wrapping_add(u16::try_from(pi).unwrap_or(0))),
+                    ..AfPacketOpts::default()
+                };
+                let io = AfPacket::open(name, &opts).with_context(|| format!("opening AF_PACKET on {name}"))?;
+                ports.push(Box::new(io));
+            }
+            per_worker.push(ports);
+        }
+        let senders: Vec<RawSender> = port_names
+            .iter()
+            .map(|n| RawSender::open(n).with_context(|| format!("opening a send socket on {n}")))
+            .collect::<Result<_>>()?;
+
+        let mut threads = Vec::new();
+        let cores = cfg.dataplane.cores.clone();
+        let idle = cfg.dataplane.idle;
+        for (id, ports) in per_worker.into_iter().enumerate() {
+            let shared = shared.clone();
+            let core = cores.get(id).copied();
+            let h = std::thread::Builder::new()
+                .name(format!("lbd-worker-{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        pin_to_core(core);
+                    }
+                    WorkerLoop::new(id, shared, ports, idle).run();
+                })
+                .context("starting a worker thread")?;
+            threads.push(h);
+        }
+        {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-health".into())
+                .spawn(move || crate::health::run(shared, health_rx, senders))
+                .context("starting the health checker")?;
+            threads.push(h);
+        }
+        tracing::info!(workers, ports = ?port_names, "lbd running");
+        Ok(Daemon { shared, threads })
+    }
+
+    /// Asks every thread to stop and waits for them.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pin_to_core(core: u16) {
+    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes inside `set` for any core below CPU_SETSIZE, which
+    // lb-config's limit on core numbers guarantees.
+    unsafe { libc::CPU_SET(usize::from(core), &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t and we pass its exact size; 0 = this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        tracing::warn!(core, "could not pin worker: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// One frame waiting for its next hop.
+#[derive(Debug)]
+struct Pending {
+    port: u32,
+    next_hop: std::net::IpAddr,
+    frame: Vec<u8>,
+    since: Instant,
+}
+
+/// A poll-mode worker: its ports, its sessions, nothing shared on the
+/// per-packet path but read-only snapshots.
+struct WorkerLoop {
+    id: usize,
+    shared: Arc<Shared>,
+    ports: Vec<Box<dyn PacketIo>>,
+    macs: Vec<[u8; 6]>,
+    core: Worker,
+    idle: IdlePolicy,
+    pending: std::collections::VecDeque<Pending>,
+    solicited: std::collections::HashMap<(u32, std::net::IpAddr), Instant>,
+    report: WorkerReport,
+    last_publish: Instant,
+}
+
+impl WorkerLoop {
+    fn new(id: usize, shared: Arc<Shared>, ports: Vec<Box<dyn PacketIo>>, idle: IdlePolicy) -> WorkerLoop {
+        let n = u16::try_from(shared.workers.len()).unwrap_or(1);
+        let macs = ports.iter().map(|p| p.mac()).collect();
+        WorkerLoop {
+            id,
+            core: Worker::new(u16::try_from(id).unwrap_or(0), n, MAX_SESSIONS),
+            shared,
+            ports,
+            macs,
+            idle,
+            pending: std::collections::VecDeque::new(),
+            solicited: std::collections::HashMap::new(),
+            report: WorkerReport::default(),
+            last_publish: Instant::now(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut idle_polls: u32 = 0;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            // The snapshot is taken once per burst: a reload lands between bursts.
+            let rt = self.shared.runtime.load_full();
+            let mut seen = 0;
+            for pi in 0..self.ports.len() {
+                seen += self.poll_port(pi, &rt);
+            }
+            seen += self.drain_handoff(&rt);
+            if !self.pending.is_empty() {
+                self.retry_pending();
+            }
+            for p in &mut self.ports {
+                if let Err(e) = p.flush() {
+                    tracing::debug!("flush: {e}");
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(self.last_publish) >= Duration::from_millis(100) {
+                self.core.housekeep(self.shared.now_ns(), &rt.snap);
+                self.publish(now, rt.snap.generation);
+            }
+            if seen == 0 {
+                idle_polls = idle_polls.saturating_add(1);
+                if self.idle == IdlePolicy::Adaptive {
+                    backoff(idle_polls);
+                } else {
+                    std::hint::spin_loop();
+                }
+            } else {
+                idle_polls = 0;
+            }
+        }
+        self.publish(Instant::now(), 0);
+    }
+
+    fn poll_port(&mut self, pi: usize, rt: &Runtime) -> usize {
+        let n_workers = u16::try_from(self.shared.workers.len()).unwrap_or(1);
+        let me = u16::try_from(self.id).unwrap_or(0);
+        let port = u32::try_from(pi).unwrap_or(0);
+        let now_ns = self.shared.now_ns();
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let io = &mut self.ports[pi];
+        let core = &mut self.core;
+        let macs = &self.macs;
+        let mut out: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut to_self: Vec<Vec<u8>> = Vec::new();
+        let mut wait: Vec<Pending> = Vec::new();
+        let mut handoff_out = 0u64;
+        let mut handoff_dropped = 0u64;
+        let n = io.recv_burst(BURST, &mut |frame: &mut [u8], meta: RxMeta| {
+            if n_workers > 1 {
+                if let Ok(p) = lb_core::packet::parse(frame) {
+                    if let Some(k) = p.flow_key() {
+                        let o = owner(&rt.snap, &k, n_workers);
+                        if o != me {
+                            let h = Handoff {
+                                frame: frame.to_vec(),
+                                meta,
+                                port,
+                            };
+                            handoff_out += 1;
+                            if shared.workers[usize::from(o)].handoff.push(h).is_err() {
+                                handoff_dropped += 1;
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+            process_one(
+                core, &shared, rt, frame, meta, port, macs, now_ns, now, &mut out, &mut to_self, &mut wait,
+            );
+        });
+        self.report.handoff_out += handoff_out;
+        self.report.handoff_dropped += handoff_dropped;
+        self.dispatch(out, to_self, wait);
+        n
+    }
+
+    fn drain_handoff(&mut self, rt: &Runtime) -> usize {
+        let mut n = 0;
+        let mut out = Vec::new();
+        let mut to_self = Vec::new();
+        let mut wait = Vec::new();
+        let now_ns = self.shared.now_ns();
+        let now = Instant::now();
+        while n < BURST {
+            let Some(mut h) = self.shared.workers[self.id].handoff.pop() else { break };
+            n += 1;
+            process_one(
+                &mut self.core,
+                &self.shared,
+                rt,
+                &mut h.frame,
+                h.meta,
+                h.port,
+                &self.macs,
+                now_ns,
+                now,
+                &mut out,
+                &mut to_self,
+                &mut wait,
+            );
+        }
+        self.dispatch(out, to_self, wait);
+        n
+    }
+
+    fn dispatch(&mut self, out: Vec<(u32, Vec<u8>)>, to_self: Vec<Vec<u8>>, wait: Vec<Pending>) {
+        for (port, frame) in out {
+            if let Some(io) = self.ports.get_mut(port as usize) {
+                io.send(&frame);
+            }
+        }
+        for f in to_self {
+            let _ = self.shared.health_tx.try_send(f);
+        }
+        for p in wait {
+            self.solicit(p.port, p.next_hop);
+            if p.frame.is_empty() {
+                // Only a refresh of an entry still in use.
+                continue;
+            }
+            if self.pending.len() >= PENDING_MAX {
+                self.report.neighbor_unresolved += 1;
+                self.pending.pop_front();
+            }
+            self.pending.push_back(p);
+        }
+    }
+
+    fn solicit(&mut self, port: u32, next_hop: std::net::IpAddr) {
+        let now = Instant::now();
+        if let Some(t) = self.solicited.get(&(port, next_hop)) {
+            if now.duration_since(*t) < Duration::from_millis(500) {
+                return;
+            }
+        }
+        self.solicited.insert((port, next_hop), now);
+        if self.solicited.len() > 4096 {
+            self.solicited.retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
+        }
+        let rt = self.shared.runtime.load();
+        let Some(src) = crate::health::port_address(&rt.snap, port, next_hop) else { return };
+        let Some(mac) = self.macs.get(port as usize).copied() else { return };
+        let frame = crate::l2::solicit(mac, src, next_hop);
+        if let Some(io) = self.ports.get_mut(port as usize) {
+            io.send(&frame);
+        }
+    }
+
+    fn retry_pending(&mut self) {
+        let now = Instant::now();
+        let mut still = std::collections::VecDeque::new();
+        while let Some(mut p) = self.pending.pop_front() {
+            if let Some(e) = self.shared.neigh.lookup(p.port, p.next_hop, now) {
+                let src = self.macs.get(p.port as usize).copied().unwrap_or_default();
+                crate::l2::set_macs(&mut p.frame, e.mac, src);
+                if let Some(io) = self.ports.get_mut(p.port as usize) {
+                    io.send(&p.frame);
+                }
+            } else if now.duration_since(p.since) > PENDING_WAIT {
+                self.report.neighbor_unresolved += 1;
+            } else {
+                still.push_back(p);
+            }
+        }
+        self.pending = still;
+    }
+
+    fn publish(&mut self, now: Instant, generation: u64) {
+        self.last_publish = now;
+        self.report.ports = self.ports.iter().map(|p| p.stats()).collect();
+        self.report.core = Some(self.core.stats.clone());
+        self.report.sessions = self.core.sessions.len();
+        if generation != 0 {
+            self.report.generation = generation;
+        }
+        if let Ok(mut r) = self.shared.workers[self.id].report.try_lock() {
+            *r = self.report.clone();
+        }
+    }
+}
+
+/// Runs one frame through the pipeline and sorts the outcome: frames to
+/// send (`out`), frames for the health checker (`to_self`), frames waiting
+/// for a neighbour (`wait`).
+#[allow(clippy::too_many_arguments)]
+fn process_one(
+    core: &mut Worker,
+    shared: &Shared,
+    rt: &Runtime,
+    frame: &mut [u8],
+    meta: RxMeta,
+    port: u32,
+    macs: &[[u8; 6]],
+    now_ns: u64,
+    now: Instant,
+    out: &mut Vec<(u32, Vec<u8>)>,
+    to_self: &mut Vec<Vec<u8>>,
+    wait: &mut Vec<Pending>,
+) {
+    let rx = RxInfo {
+        csum_partial: meta.csum_partial,
+    };
+    match core.process(frame, rx, now_ns, &rt.snap, rt.health.as_ref()) {
+        Verdict::Forward(f) => {
+            let src = macs.get(f.hop.port as usize).copied().unwrap_or_default();
+            match shared.neigh.lookup(f.hop.port, f.hop.next_hop, now) {
+                Some(e) => {
+                    crate::l2::set_macs(frame, e.mac, src);
+                    out.push((f.hop.port, frame.to_vec()));
+                    if now.saturating_duration_since(e.learned) > REFRESH {
+                        // Ask again while the entry still works.
+                        wait.push(Pending {
+                            port: f.hop.port,
+                            next_hop: f.hop.next_hop,
+                            frame: Vec::new(),
+                            since: now,
+                        });
+                    }
+                }
+                None => wait.push(Pending {
+                    port: f.hop.port,
+                    next_hop: f.hop.next_hop,
+                    frame: frame.to_vec(),
+                    since: now,
+                }),
+            }
+        }
+        Verdict::Local(kind, p) => {
+            if kind == lb_core::pipeline::LocalKind::ToSelf {
+                to_self.push(frame.to_vec());
+                return;
+            }
+            let mac = macs.get(port as usize).copied().unwrap_or_default();
+            if let Some(reply) = crate::l2::answer(frame, kind, &p, port, mac, &rt.snap, &shared.neigh, now) {
+                out.push((port, reply));
+            }
+        }
+        Verdict::Drop(_) => {}
+    }
+}
+
+/// Adaptive idle: spin briefly, then yield, then sleep up to 1 ms.
+fn backoff(idle_polls: u32) {
+    match idle_polls {
+        0..=64 => std::hint::spin_loop(),
+        65..=256 => std::thread::yield_now(),
+        257..=1024 => std::thread::sleep(Duration::from_micros(50)),
+        _ => std::thread::sleep(Duration::from_millis(1)),
+    }
+}
