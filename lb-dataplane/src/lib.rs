@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod health;
 pub mod l2;
 pub mod neigh;
+pub mod stats_text;

@@ -27,6 +27,19 @@ enum Cmd {
     },
     /// Report rules that never decide, duplicates and redundant rules.
     Lint { file: PathBuf },
+    /// Show the counters of a running lbd.
+    Stats {
+        #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a running lbd re-read its configuration file.
+    Reload {
+        #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +81,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let stderr = std::io::stderr();
             lb_dataplane::eval::run(&config, &text, &path, &mut stdout.lock(), &mut stderr.lock())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stats { control, json } => {
+            let v = lb_dataplane::control::request(&control, "stats")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", lb_dataplane::stats_text::render(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Reload { control } => {
+            let v = lb_dataplane::control::request(&control, "reload")?;
+            if v["ok"].as_bool() == Some(true) {
+                println!("reloaded: generation {}", v["generation"]);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("reload rejected, the running configuration stays:\n{}", v["errors"].as_str().unwrap_or(""));
+                Ok(ExitCode::FAILURE)
+            }
         }
         Cmd::Lint { file } => {
             let cfg = match lb_config::load(&file) {

@@ -1,0 +1,87 @@
+//! `lbctl stats` as text: the JSON document of the control socket, laid
+//! out for a terminal.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Renders the reply of the `stats` command.
+pub fn render(v: &Value) -> String {
+    let mut s = String::new();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "generation {}  uptime {} s  reloads {} (rejected {})",
+        n(&v["generation"]),
+        n(&v["uptime_s"]),
+        n(&v["reloads"]),
+        n(&v["reload_failures"])
+    );
+    let _ = writeln!(s, "\nports\n  {:<10} {:>12} {:>10} {:>12} {:>10}", "port", "rx", "rx_drop", "tx", "tx_drop");
+    for p in v["ports"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>12} {:>10} {:>12} {:>10}",
+            p["name"].as_str().unwrap_or("?"),
+            n(&p["rx_packets"]),
+            n(&p["rx_dropped"]),
+            n(&p["tx_packets"]),
+            n(&p["tx_dropped"])
+        );
+    }
+    let _ = writeln!(s, "\nworkers\n  {:<4} {:>12} {:>12} {:>8} {:>10}", "id", "rx", "forwarded", "local", "sessions");
+    for w in v["workers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  {:<4} {:>12} {:>12} {:>8} {:>10}",
+            n(&w["id"]),
+            n(&w["rx"]),
+            n(&w["forwarded"]),
+            n(&w["local"]),
+            n(&w["sessions"])
+        );
+    }
+    let _ = writeln!(s, "\ndrops");
+    for (k, c) in v["drops"].as_object().into_iter().flatten() {
+        if n(c) > 0 {
+            let _ = writeln!(s, "  {k:<24} {:>12}", n(c));
+        }
+    }
+    let _ = writeln!(s, "\nrule hits (since the last reload)");
+    for (k, c) in v["rules"].as_object().into_iter().flatten() {
+        let _ = writeln!(s, "  {k:<48} {:>12}", n(c));
+    }
+    let _ = writeln!(s, "\nlisteners\n  {:<24} {:>10} {:>10}", "listener", "active", "total");
+    for l in v["listeners"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  {:<24} {:>10} {:>10}",
+            l["listener"].as_str().unwrap_or("?"),
+            n(&l["active_sessions"]),
+            n(&l["total_sessions"])
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nservers\n  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}",
+        "group", "server", "weight", "health", "active", "total"
+    );
+    for sv in v["servers"].as_array().into_iter().flatten() {
+        let health = match (sv["up"].as_bool(), sv["checked"].as_bool()) {
+            (Some(true), Some(true)) => "up",
+            (Some(true), _) => "up?",
+            _ => "DOWN",
+        };
+        let _ = writeln!(
+            s,
+            "  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}",
+            sv["group"].as_str().unwrap_or("?"),
+            format!("{}:{}", sv["server"].as_str().unwrap_or("?"), n(&sv["port"])),
+            n(&sv["weight"]),
+            health,
+            n(&sv["active_sessions"]),
+            n(&sv["total_sessions"])
+        );
+    }
+    s
+}
