@@ -1,0 +1,164 @@
+//! End to end: `lbd` on AF_PACKET between namespaces, real nginx backends,
+//! real curl. Needs root, iproute2, ethtool, curl and nginx (CI installs
+//! them); elsewhere each test prints `SKIPPED: …` and passes.
+
+mod common;
+
+use common::{seed_config, sg_alb, Topo, SERIAL};
+
+const V4_80: &str = "http://198.18.0.10:80/";
+const V4_81: &str = "http://198.18.0.10:81/";
+const V6_80: &str = "http://[2001:db8:18::10]:80/";
+const V6_81: &str = "http://[2001:db8:18::10]:81/";
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits until the health checker has seen both backends up.
+fn wait_healthy(t: &Topo) {
+    t.wait_for(15, "both backends healthy", |t| {
+        t.server_up("sgp-web", "ecs01") == Some(true) && t.server_up("sgp-web", "ecs02") == Some(true)
+    });
+}
+
+#[test]
+fn seed_scenario_over_ipv4_and_ipv6() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    t.start_lbd(&seed_config("", "", (100, 100)));
+    wait_healthy(&t);
+
+    // Step 5: no security group: every port answers.
+    for url in [V4_80, V4_81, V6_80, V6_81] {
+        assert!(t.backend_of(url).is_some(), "step 5: {url} should answer");
+    }
+
+    // Step 6: deny 81.
+    let out = t.reload(&seed_config("security_groups = [\"sg-alb\"]", &sg_alb(false), (100, 100)));
+    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    for url in [V4_80, V6_80] {
+        assert!(t.backend_of(url).is_some(), "step 6: {url} should answer");
+    }
+    for url in [V4_81, V6_81] {
+        assert!(t.curl(url).is_none(), "step 6: {url} should be blocked");
+    }
+
+    // Step 7: deny 80 and 81.
+    let out = t.reload(&seed_config("security_groups = [\"sg-alb\"]", &sg_alb(true), (100, 100)));
+    assert!(out.status.success());
+    for url in [V4_80, V4_81, V6_80, V6_81] {
+        assert!(t.curl(url).is_none(), "step 7: {url} should be blocked");
+    }
+    let s = t.stats();
+    assert!(s["drops"]["security_group"].as_u64().unwrap_or(0) > 0, "drops counted: {s}");
+    assert!(
+        s["rules"].as_object().is_some_and(|r| r.keys().any(|k| k.starts_with("sg sg-alb rule"))),
+        "rule hits counted: {s}"
+    );
+}
+
+#[test]
+fn weighted_round_robin_proportions() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    t.start_lbd(&seed_config("", "", (75, 25)));
+    wait_healthy(&t);
+    let (mut a, mut b) = (0, 0);
+    for _ in 0..80 {
+        match t.backend_of(V4_80).as_deref() {
+            Some("ECS01") => a += 1,
+            Some("ECS02") => b += 1,
+            other => panic!("request failed: {other:?}\n{}", t.log()),
+        }
+    }
+    // 3:1 of 80 new connections; two workers each run their own smooth
+    // round-robin, so allow a small deviation from exactly 60/20.
+    assert!((55..=65).contains(&a) && a + b == 80, "ECS01 {a}, ECS02 {b}");
+}
+
+#[test]
+fn health_check_failover_and_recovery() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    t.start_lbd(&seed_config("", "", (100, 100)));
+    wait_healthy(&t);
+    t.netns(&["nginx-stop", "1"]);
+    t.wait_for(15, "ecs01 marked down", |t| t.server_up("sgp-web", "ecs01") == Some(false));
+    for _ in 0..10 {
+        assert_eq!(t.backend_of(V4_80).as_deref(), Some("ECS02"), "traffic moved to the healthy server");
+        assert_eq!(t.backend_of(V6_81).as_deref(), Some("ECS02"));
+    }
+    t.netns(&["nginx-start", "1"]);
+    t.wait_for(15, "ecs01 back up", |t| t.server_up("sgp-web", "ecs01") == Some(true));
+    let seen: Vec<_> = (0..6).filter_map(|_| t.backend_of(V4_80)).collect();
+    assert!(seen.iter().any(|b| b == "ECS01"), "ecs01 serves again: {seen:?}");
+}
+
+#[test]
+fn nat_mode_backend_sees_the_client_address() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    t.start_lbd(&seed_config("", "", (100, 100)));
+    t.wait_for(15, "ecs01:8080 healthy", |t| t.server_up("sgp-nat", "ecs01") == Some(true));
+    assert_eq!(t.curl("http://198.18.0.10:8080/whoami").as_deref(), Some("198.18.0.2"));
+    assert_eq!(t.curl("http://[2001:db8:18::10]:8080/whoami").as_deref(), Some("2001:db8:18::2"));
+    // FULLNAT listeners show the local address instead.
+    assert_eq!(t.curl("http://198.18.0.10:80/whoami").as_deref(), Some("198.19.1.250"));
+}
+
+#[test]
+fn routed_instance_traffic_filtered_by_security_group_and_network_acl() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    t.start_lbd(&seed_config("", "", (100, 100)));
+    // Allowed by the group and the network ACL.
+    assert!(t.backend_of("http://198.19.1.11/").as_deref() == Some("ECS01"));
+    assert!(t.backend_of("http://[2001:db8:19:1::12]/").as_deref() == Some("ECS02"));
+    // The group allows 8080 over IPv4, the network ACL does not.
+    let before = t.stats();
+    assert!(t.curl("http://198.19.1.11:8080/").is_none());
+    // Over IPv6 the network ACL allows it, the group does not.
+    assert!(t.curl("http://[2001:db8:19:1::11]:8080/").is_none());
+    let after = t.stats();
+    let grew = |k: &str| after["drops"][k].as_u64().unwrap_or(0) > before["drops"][k].as_u64().unwrap_or(0);
+    assert!(grew("network_acl"), "network ACL drop counted: {after}");
+    assert!(grew("security_group"), "security group drop counted: {after}");
+}
+
+#[test]
+fn invalid_reload_keeps_traffic_flowing_and_malformed_frames_are_counted() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    let good = seed_config("", "", (100, 100));
+    t.start_lbd(&good);
+    assert!(t.backend_of(V4_80).is_some());
+    let bad = good.replace("priority = 1\nprotocol = \"tcp\"\nport_range = \"80/80\"", "priority = 0\nprotocol = \"tcp\"\nport_range = \"80/80\"");
+    let out = t.reload(&bad);
+    assert!(!out.status.success(), "an invalid file must be rejected");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lbd.toml:") && err.contains("priority"), "errors name file:line:col: {err}");
+    assert!(t.backend_of(V4_80).is_some(), "the old configuration keeps running");
+    let s = t.stats();
+    assert_eq!(s["reload_failures"], 1);
+    assert_eq!(s["generation"], 1);
+
+    // A frame with an IPv4 header length of 3 words.
+    let frame = "ffffffffffff020000000001080043000014000000004006000001020304c6120001";
+    let py = format!(
+        "import socket; s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('c-eth0', 0)); s.send(bytes.fromhex('{frame}'))"
+    );
+    let out = t.exec("client", &["python3", "-c", &py]);
+    assert!(out.status.success(), "send: {}", String::from_utf8_lossy(&out.stderr));
+    t.wait_for(5, "the malformed frame counted", |t| {
+        t.stats()["drops"]["malformed"].as_u64().unwrap_or(0) >= 1
+    });
+    // And lbd is still serving.
+    assert!(t.backend_of(V6_80).is_some());
+}
