@@ -49,8 +49,8 @@
 //! [`SessionTable::remove`] hands the payload back directly instead.
 //!
 //! Expiry is exact on lookup (a session is alive while `now <
-//! expires_at`); `expire` is a clock hand over a compact array of expiry
-//! times parallel to the slab, bounded per call.
+//! expires_at`); `expire` is a clock hand over the slab (a sequential,
+//! prefetch-friendly scan), bounded per call.
 
 mod index;
 mod tcp;
@@ -206,9 +206,6 @@ pub const EXPIRE_SCAN_PER_BUDGET: usize = 32;
 /// A bounded per-worker session table; see the [module docs](self).
 pub struct SessionTable<T> {
     slots: Vec<Slot<T>>,
-    /// `expires_at` of every slot (`Nanos::MAX` when vacant), scanned by
-    /// `expire` without touching the sessions.
-    expiry: Vec<Nanos>,
     free: Vec<u32>,
     index: Index,
     hasher: ahash::RandomState,
@@ -260,7 +257,6 @@ impl<T> SessionTable<T> {
         );
         SessionTable {
             slots: Vec::with_capacity(capacity),
-            expiry: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
             index: Index::with_max_entries(2 * capacity),
             hasher,
@@ -285,12 +281,10 @@ impl<T> SessionTable<T> {
         self.capacity
     }
 
-    /// Approximate memory per session at full capacity: slot, expiry array,
-    /// free list and index buckets (excluding the reaped queue).
+    /// Approximate memory per session at full capacity: slot, free list and
+    /// index buckets (excluding the reaped queue).
     pub fn bytes_per_session(&self) -> usize {
-        let fixed = std::mem::size_of::<Slot<T>>()
-            + std::mem::size_of::<Nanos>()
-            + std::mem::size_of::<u32>();
+        let fixed = std::mem::size_of::<Slot<T>>() + std::mem::size_of::<u32>();
         fixed + (self.index.buckets() * std::mem::size_of::<u64>()).div_ceil(self.capacity.max(1))
     }
 
@@ -309,6 +303,15 @@ impl<T> SessionTable<T> {
                 Slot::Vacant { .. } => false,
             })
             .map(|(pos, v)| (pos, v >> 1, dir_of(v)))
+    }
+
+    /// Whether `slot` holds a session expired at `now`.
+    #[inline]
+    fn slot_expired(&self, slot: usize, now: Nanos) -> bool {
+        match &self.slots[slot] {
+            Slot::Occupied(s) => s.expires_at <= now,
+            Slot::Vacant { .. } => false,
+        }
     }
 
     fn id_of(&self, slot: u32) -> SessionId {
@@ -344,7 +347,7 @@ impl<T> SessionTable<T> {
         }
         for (key, dir) in [(&orig, Dir::Orig), (&reply, Dir::Reply)] {
             if let Some((_, slot, _)) = self.find(key) {
-                if self.expiry[slot as usize] > now {
+                if !self.slot_expired(slot as usize, now) {
                     return Err(InsertError::KeyExists(dir));
                 }
                 self.reap_slot(slot);
@@ -364,7 +367,6 @@ impl<T> SessionTable<T> {
                 let slot =
                     u32::try_from(self.slots.len()).expect("slab length bounded by MAX_CAPACITY");
                 self.slots.push(Slot::Vacant { gen: 0 });
-                self.expiry.push(Nanos::MAX);
                 slot
             }
         };
@@ -387,7 +389,6 @@ impl<T> SessionTable<T> {
             seen: 0,
             payload,
         });
-        self.expiry[slot as usize] = expires_at;
         self.len += 1;
         Ok(SessionId { slot, gen })
     }
@@ -398,7 +399,7 @@ impl<T> SessionTable<T> {
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: Nanos) -> Option<(SessionId, Dir)> {
         let (_, slot, dir) = self.find(key)?;
-        if self.expiry[slot as usize] <= now {
+        if self.slot_expired(slot as usize, now) {
             self.reap_slot(slot);
             return None;
         }
@@ -447,7 +448,6 @@ impl<T> SessionTable<T> {
             .last_seen
             .saturating_add(timeouts.for_state(s.orig.proto, s.tcp_state));
         s.packets[dir.index()] = s.packets[dir.index()].saturating_add(1);
-        self.expiry[id.slot as usize] = s.expires_at;
         true
     }
 
@@ -462,7 +462,7 @@ impl<T> SessionTable<T> {
     /// `EXPIRE_SCAN_PER_BUDGET * budget` slots. Returns how many were reaped
     /// (then available from [`SessionTable::drain_reaped`]).
     pub fn expire(&mut self, now: Nanos, budget: usize) -> usize {
-        let n = self.expiry.len();
+        let n = self.slots.len();
         if n == 0 || budget == 0 {
             return 0;
         }
@@ -470,7 +470,7 @@ impl<T> SessionTable<T> {
         let mut reaped = 0;
         let mut hand = self.hand % n;
         while scan > 0 && reaped < budget {
-            if self.expiry[hand] <= now {
+            if self.slot_expired(hand, now) {
                 self.reap_slot(hand as u32);
                 reaped += 1;
             }
@@ -557,7 +557,6 @@ impl<T> SessionTable<T> {
                 gen: gen.wrapping_add(1),
             },
         );
-        self.expiry[idx] = Nanos::MAX;
         self.free.push(slot);
         self.len -= 1;
         match old {
@@ -572,7 +571,6 @@ impl<T> SessionTable<T> {
         assert_eq!(self.iter().count(), self.len);
         assert_eq!(self.slots.len() - self.len, self.free.len());
         for (id, s) in self.iter() {
-            assert_eq!(self.expiry[id.slot()], s.expires_at);
             assert_eq!(
                 self.find(&s.orig).map(|f| (f.1, f.2)),
                 Some((id.slot, Dir::Orig))
