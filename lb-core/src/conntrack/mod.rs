@@ -238,6 +238,9 @@ impl<T> SessionTable<T> {
 
     /// A table hashing with fixed seeds (reproducible layouts for tests and
     /// benchmarks).
+    ///
+    /// # Panics
+    /// If `capacity > MAX_CAPACITY`.
     pub fn with_seed(capacity: usize, seed: u64) -> Self {
         Self::with_hasher(
             capacity,
@@ -333,7 +336,11 @@ impl<T> SessionTable<T> {
     /// [`SessionTable::update`] for the first packet too.
     ///
     /// A key held by an expired session is reclaimed (that session is
-    /// reaped); a key held by a live one is an error, as is a full table.
+    /// reaped); a key held by a live one is an error, as is a full table
+    /// (`insert` does not sweep: call [`SessionTable::expire`] regularly).
+    /// On error `payload` is dropped: if it owns a resource (a NAT port),
+    /// check [`SessionTable::contains_key`] and the room left first, or
+    /// release it on error.
     pub fn insert(
         &mut self,
         orig: FlowKey,
@@ -424,6 +431,10 @@ impl<T> SessionTable<T> {
     /// refreshes `last_seen`, advances the TCP state with `tcp_flags` (if
     /// given) and sets the expiry from the new state. Returns false (and does
     /// nothing) if `id` is stale.
+    ///
+    /// Meant to follow a successful [`SessionTable::lookup`] at the same
+    /// `now` (which is what guarantees the session has not expired); a `now`
+    /// earlier than `last_seen` does not move it back.
     pub fn update(
         &mut self,
         id: SessionId,
