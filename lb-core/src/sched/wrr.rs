@@ -113,6 +113,28 @@ mod tests {
         assert_eq!(s.pick(&[], 0), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn exact_shares_per_cycle(
+            weights in proptest::collection::vec(0u8..=100, 1..8),
+            up in proptest::collection::vec(proptest::bool::ANY, 8),
+            cycles in 1usize..4,
+        ) {
+            let mut s = SmoothWrr::new(&weights);
+            let total: usize = (0..weights.len())
+                .filter(|&i| eligible(&up, &weights, i))
+                .map(|i| usize::from(weights[i]))
+                .sum();
+            let p: Vec<usize> = (0..total * cycles).filter_map(|_| s.pick(&up, 0)).collect();
+            proptest::prop_assert_eq!(p.len(), total * cycles);
+            let c = counts(&p, weights.len());
+            for (i, &w) in weights.iter().enumerate() {
+                let want = if eligible(&up, &weights, i) { usize::from(w) * cycles } else { 0 };
+                proptest::prop_assert_eq!(c[i], want);
+            }
+        }
+    }
+
     #[test]
     fn weight_zero_never_picked() {
         let mut s = SmoothWrr::new(&[0, 1, 0]);
