@@ -1,0 +1,146 @@
+//! A fixed-size open-addressing index from a key hash to a `u32` value,
+//! with linear probing and backward-shift deletion (no tombstones).
+//!
+//! Each bucket is one `u64`: the high 32 bits hold the low 32 bits of the
+//! key's hash (which also give the home bucket), the low 32 bits the value
+//! plus one, so that an all-zero bucket is empty and the whole table can be
+//! allocated zeroed. The index stores no keys: the caller confirms a
+//! candidate by comparing the key it points to.
+
+#[derive(Debug)]
+pub(crate) struct Index {
+    buckets: Vec<u64>,
+    mask: usize,
+}
+
+/// The largest value an [`Index`] can hold.
+pub(crate) const MAX_VALUE: u32 = u32::MAX - 1;
+
+impl Index {
+    /// An index for up to `max_entries` entries, keeping the load factor at
+    /// or below 3/4.
+    pub(crate) fn with_max_entries(max_entries: usize) -> Index {
+        let want = max_entries
+            .saturating_mul(4)
+            .div_ceil(3)
+            .max(8)
+            .checked_next_power_of_two()
+            .expect("index size fits in usize");
+        Index {
+            buckets: vec![0; want],
+            mask: want - 1,
+        }
+    }
+
+    /// Number of buckets.
+    pub(crate) fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    fn tag(hash: u64) -> u64 {
+        hash & 0xffff_ffff
+    }
+
+    fn home(&self, bucket: u64) -> usize {
+        ((bucket >> 32) as usize) & self.mask
+    }
+
+    /// Calls `is_match(value)` for every value stored under `hash` until it
+    /// returns true; returns the matching bucket position and value.
+    #[inline]
+    pub(crate) fn find(
+        &self,
+        hash: u64,
+        mut is_match: impl FnMut(u32) -> bool,
+    ) -> Option<(usize, u32)> {
+        let tag = Self::tag(hash);
+        let mut pos = (tag as usize) & self.mask;
+        loop {
+            let b = self.buckets[pos];
+            if b == 0 {
+                return None;
+            }
+            if b >> 32 == tag {
+                let value = (b as u32).wrapping_sub(1);
+                if is_match(value) {
+                    return Some((pos, value));
+                }
+            }
+            pos = (pos + 1) & self.mask;
+        }
+    }
+
+    /// Stores `value` under `hash` (the caller has checked the key is absent
+    /// and that there is room).
+    pub(crate) fn insert(&mut self, hash: u64, value: u32) {
+        debug_assert!(value <= MAX_VALUE);
+        let tag = Self::tag(hash);
+        let mut pos = (tag as usize) & self.mask;
+        while self.buckets[pos] != 0 {
+            pos = (pos + 1) & self.mask;
+        }
+        self.buckets[pos] = (tag << 32) | u64::from(value + 1);
+    }
+
+    /// Empties the bucket at `pos` (as returned by [`Index::find`]), shifting
+    /// later entries of the probe run back.
+    pub(crate) fn remove_at(&mut self, mut pos: usize) {
+        let mut next = pos;
+        loop {
+            next = (next + 1) & self.mask;
+            let b = self.buckets[next];
+            if b == 0 {
+                break;
+            }
+            let home = self.home(b);
+            // `b` may move to `pos` unless its home lies cyclically in
+            // (pos, next].
+            if (next.wrapping_sub(home) & self.mask) >= (next.wrapping_sub(pos) & self.mask) {
+                self.buckets[pos] = b;
+                pos = next;
+            }
+        }
+        self.buckets[pos] = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.iter().filter(|&&b| b != 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn colliding_hashes_insert_find_remove() {
+        let mut idx = Index::with_max_entries(12);
+        assert_eq!(idx.buckets(), 16);
+        // Values 0..12 with hashes that pile up on a few homes, wrapping.
+        let hash =
+            |v: u32| u64::from([15u32, 15, 0, 1, 15, 3][v as usize % 6]) | (u64::from(v) << 40);
+        let mut model = BTreeMap::new();
+        for v in 0..12 {
+            idx.insert(hash(v), v);
+            model.insert(v, ());
+        }
+        for order in [[3u32, 0, 7, 11, 5], [1, 2, 4, 6, 8]] {
+            for v in order {
+                let (pos, got) = idx.find(hash(v), |x| x == v).expect("present");
+                assert_eq!(got, v);
+                idx.remove_at(pos);
+                model.remove(&v);
+                for w in 0..12 {
+                    assert_eq!(
+                        idx.find(hash(w), |x| x == w).is_some(),
+                        model.contains_key(&w),
+                        "{w}"
+                    );
+                }
+                assert_eq!(idx.len(), model.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,494 @@
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use proptest::prelude::*;
+
+use super::tcp_flags::*;
+use super::*;
+use crate::NANOS_PER_SEC;
+
+const S: Nanos = NANOS_PER_SEC;
+
+fn key(proto: u8, n: u16) -> FlowKey {
+    FlowKey {
+        src: IpAddr::V4(Ipv4Addr::new(198, 51, 100, (n % 200) as u8)),
+        dst: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+        proto,
+        sport: 10_000 + n,
+        dport: 80,
+    }
+}
+
+/// The reply key after full NAT: backend → local address, port `n`.
+fn nat_reply(proto: u8, n: u16) -> FlowKey {
+    FlowKey {
+        src: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+        dst: IpAddr::V4(Ipv4Addr::new(10, 0, 255, 1)),
+        proto,
+        sport: 8080,
+        dport: 1024 + n,
+    }
+}
+
+fn table(cap: usize) -> SessionTable<u32> {
+    SessionTable::with_seed(cap, 7)
+}
+
+#[test]
+fn insert_lookup_both_directions() {
+    let t0 = Timeouts::default();
+    let mut t = table(16);
+    let o = key(6, 1);
+    let r = nat_reply(6, 1);
+    let id = t.insert(o, r, 42, 0, &t0).expect("room");
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.lookup(&o, 1), Some((id, Dir::Orig)));
+    assert_eq!(t.lookup(&r, 1), Some((id, Dir::Reply)));
+    assert_eq!(t.lookup(&o.reversed(), 1), None);
+    assert!(t.contains_key(&o) && t.contains_key(&r));
+    let s = t.get(id).expect("live");
+    assert_eq!((s.orig(), s.reply(), s.payload), (&o, &r, 42));
+    assert_eq!(s.tcp_state(), Some(TcpState::SynSent));
+    t.get_mut(id).expect("live").payload = 43;
+    assert_eq!(t.get(id).map(|s| s.payload), Some(43));
+
+    // IPv6, and a non-NAT reply (the reversed key).
+    let o6 = FlowKey {
+        src: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        dst: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        proto: 17,
+        sport: 1,
+        dport: 2,
+    };
+    let id6 = t.insert(o6, o6.reversed(), 6, 0, &t0).expect("room");
+    assert_eq!(t.lookup(&o6.reversed(), 0), Some((id6, Dir::Reply)));
+    assert_eq!(t.get(id6).and_then(|s| s.tcp_state()), None);
+    t.check_invariants();
+}
+
+#[test]
+fn duplicate_keys_rejected() {
+    let t0 = Timeouts::default();
+    let mut t = table(16);
+    t.insert(key(6, 1), nat_reply(6, 1), 0, 0, &t0)
+        .expect("room");
+    assert_eq!(
+        t.insert(key(6, 1), nat_reply(6, 2), 0, 0, &t0),
+        Err(InsertError::KeyExists(Dir::Orig))
+    );
+    assert_eq!(
+        t.insert(key(6, 2), nat_reply(6, 1), 0, 0, &t0),
+        Err(InsertError::KeyExists(Dir::Reply))
+    );
+    // A session's own reply key used as another's orig key.
+    assert_eq!(
+        t.insert(nat_reply(6, 1), key(6, 9), 0, 0, &t0),
+        Err(InsertError::KeyExists(Dir::Orig))
+    );
+    assert_eq!(
+        t.insert(key(6, 3), key(6, 3), 0, 0, &t0),
+        Err(InsertError::SameKeys)
+    );
+    assert_eq!(t.len(), 1);
+    t.check_invariants();
+}
+
+#[test]
+fn idle_timeout_boundary_and_refresh() {
+    let t0 = Timeouts::default();
+    let mut t = table(4);
+    let o = key(6, 1);
+    let id = t.insert(o, nat_reply(6, 1), 1, 0, &t0).expect("room");
+    // Mid-stream ACK: established, 910 s.
+    assert!(t.update(id, Dir::Orig, Some(ACK), 0, &t0));
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::Established)
+    );
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(910 * S));
+    assert!(t.lookup(&o, 910 * S - 1_000_000).is_some()); // 909.999 s
+    assert!(t.lookup(&o, 910 * S - 1).is_some());
+    // A packet at 900 s pushes the expiry to 1810 s.
+    assert!(t.update(id, Dir::Reply, Some(ACK), 900 * S, &t0));
+    assert!(t.lookup(&o, 1810 * S - 1).is_some());
+    assert_eq!(t.reaped_len(), 0);
+    assert_eq!(t.lookup(&o, 1810 * S), None);
+    assert_eq!(t.len(), 0);
+    let reaped: Vec<_> = t.drain_reaped().collect();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].payload, 1);
+    assert_eq!(reaped[0].packets(), [1, 1]);
+    assert_eq!(reaped[0].last_seen(), 900 * S);
+    assert!(t.get(id).is_none());
+    assert!(!t.update(id, Dir::Orig, None, 1811 * S, &t0));
+    t.check_invariants();
+}
+
+#[test]
+fn exact_boundary_without_update() {
+    let t0 = Timeouts::default();
+    let mut t = table(4);
+    let o = key(17, 1);
+    t.insert(o, nat_reply(17, 1), 1, 5, &t0).expect("room");
+    assert!(t.lookup(&o, 5 + 910 * S - 1).is_some());
+    assert!(t.lookup(&o, 5 + 910 * S).is_none());
+}
+
+#[test]
+fn tcp_close_and_rst_shorten_timeout() {
+    let t0 = Timeouts::default();
+    let mut t = table(8);
+    let o = key(6, 1);
+    let r = nat_reply(6, 1);
+    let id = t.insert(o, r, 1, 0, &t0).expect("room");
+    t.update(id, Dir::Orig, Some(SYN), 0, &t0);
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(30 * S));
+    t.update(id, Dir::Reply, Some(SYN | ACK), S, &t0);
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::SynRecv)
+    );
+    t.update(id, Dir::Orig, Some(ACK), 2 * S, &t0);
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(912 * S));
+    t.update(id, Dir::Orig, Some(FIN | ACK), 3 * S, &t0);
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::FinWait)
+    );
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(63 * S));
+    assert!(t
+        .get(id)
+        .is_some_and(|s| s.fin_seen(Dir::Orig) && !s.fin_seen(Dir::Reply)));
+    t.update(id, Dir::Reply, Some(FIN | ACK), 4 * S, &t0);
+    t.update(id, Dir::Orig, Some(ACK), 5 * S, &t0);
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::Closed)
+    );
+    assert!(t.lookup(&r, 15 * S - 1).is_some());
+    assert!(t.lookup(&r, 15 * S).is_none());
+
+    let id = t
+        .insert(key(6, 2), nat_reply(6, 2), 2, 100 * S, &t0)
+        .expect("room");
+    t.update(id, Dir::Orig, Some(ACK), 100 * S, &t0);
+    t.update(id, Dir::Reply, Some(RST), 101 * S, &t0);
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(111 * S));
+    assert_eq!(t.expire(110 * S, 10), 0);
+    assert_eq!(t.expire(111 * S, 10), 1);
+    let got: Vec<u32> = t.drain_reaped().map(|s| s.payload).collect();
+    assert_eq!(got, [1, 2]);
+}
+
+#[test]
+fn full_table_error_and_slot_reuse() {
+    let t0 = Timeouts::default();
+    let mut t = table(3);
+    let ids: Vec<_> = (0..3)
+        .map(|i| {
+            t.insert(key(17, i), nat_reply(17, i), u32::from(i), 0, &t0)
+                .expect("room")
+        })
+        .collect();
+    assert_eq!(
+        t.insert(key(17, 9), nat_reply(17, 9), 9, 0, &t0),
+        Err(InsertError::Full { capacity: 3 })
+    );
+    assert_eq!(t.remove(ids[1]), Some(1));
+    assert_eq!(t.remove(ids[1]), None);
+    assert_eq!(t.reaped_len(), 0);
+    let new = t
+        .insert(key(17, 9), nat_reply(17, 9), 9, 0, &t0)
+        .expect("room");
+    assert_eq!(new.slot(), ids[1].slot());
+    assert_ne!(new, ids[1]);
+    assert!(t.get(ids[1]).is_none());
+    assert_eq!(t.get(new).map(|s| s.payload), Some(9));
+    assert_eq!(t.lookup(&key(17, 1), 0), None);
+    assert_eq!(t.lookup(&key(17, 9), 0), Some((new, Dir::Orig)));
+
+    // An expired session's key is reclaimed by insert (and reaped).
+    let late = 910 * S;
+    let again = t
+        .insert(key(17, 0), nat_reply(17, 0), 10, late, &t0)
+        .expect("reclaimed");
+    assert_eq!(t.drain_reaped().map(|s| s.payload).collect::<Vec<_>>(), [0]);
+    assert_eq!(t.get(again).map(|s| s.payload), Some(10));
+    // Full again, though two are expired: insert does not sweep.
+    assert!(matches!(
+        t.insert(key(17, 20), nat_reply(17, 20), 0, late, &t0),
+        Err(InsertError::Full { .. })
+    ));
+    assert_eq!(t.capacity(), 3);
+    t.check_invariants();
+}
+
+#[test]
+fn zero_capacity() {
+    let mut t = table(0);
+    assert!(matches!(
+        t.insert(key(6, 0), nat_reply(6, 0), 0, 0, &Timeouts::default()),
+        Err(InsertError::Full { capacity: 0 })
+    ));
+    assert_eq!(t.expire(0, 10), 0);
+    assert_eq!(t.lookup(&key(6, 0), 0), None);
+}
+
+#[test]
+fn expire_respects_budget_and_delivers_once() {
+    let t0 = Timeouts::from_session_timeout(10);
+    let mut t = table(1000);
+    for i in 0..1000u16 {
+        t.insert(key(17, i), nat_reply(17, i), u32::from(i), 0, &t0)
+            .expect("room");
+    }
+    // Keep every 10th alive.
+    for i in (0..1000u16).step_by(10) {
+        let (id, _) = t.lookup(&key(17, i), 5 * S).expect("alive");
+        t.update(id, Dir::Orig, None, 5 * S, &t0);
+    }
+    assert_eq!(t.expire(10 * S - 1, 1000), 0);
+    let mut seen = vec![0u32; 1000];
+    let mut calls = 0;
+    loop {
+        let n = t.expire(10 * S, 7);
+        assert!(n <= 7);
+        let drained: Vec<_> = t.drain_reaped().collect();
+        assert_eq!(drained.len(), n);
+        for s in drained {
+            seen[s.payload as usize] += 1;
+        }
+        calls += 1;
+        if n == 0 && t.len() == 100 {
+            break;
+        }
+        assert!(calls < 1000, "sweep does not progress");
+    }
+    for (i, &c) in seen.iter().enumerate() {
+        assert_eq!(c, u32::from(i % 10 != 0), "payload {i}");
+    }
+    // Lookups of the reaped find nothing and reap nothing again.
+    assert_eq!(t.lookup(&key(17, 1), 10 * S), None);
+    assert_eq!(t.reaped_len(), 0);
+    t.check_invariants();
+    // The rest go at 15 s.
+    let mut total = 0;
+    for _ in 0..100 {
+        total += t.expire(15 * S, 3);
+    }
+    assert_eq!(total, 100);
+    assert!(t.is_empty());
+    assert_eq!(t.drain_reaped().count(), 100);
+}
+
+#[test]
+fn expire_scan_is_bounded() {
+    let t0 = Timeouts::default();
+    let mut t = table(1000);
+    for i in 0..1000u16 {
+        t.insert(key(17, i), nat_reply(17, i), 0, 0, &t0)
+            .expect("room");
+    }
+    // Only the last slot is expired-looking after an update pattern: make
+    // all but slot 999 live long.
+    for i in 0..999u16 {
+        let (id, _) = t.lookup(&key(17, i), 0).expect("alive");
+        t.update(id, Dir::Orig, None, 100 * S, &t0);
+    }
+    // One budget unit scans 32 slots: 999 slots take ~32 calls to reach it.
+    let mut calls = 0;
+    while t.expire(910 * S, 1) == 0 {
+        calls += 1;
+    }
+    assert_eq!(calls, 999 / EXPIRE_SCAN_PER_BUDGET);
+}
+
+#[test]
+fn retain_and_iter() {
+    let t0 = Timeouts::default();
+    let mut t = table(10);
+    for i in 0..10u16 {
+        t.insert(key(6, i), nat_reply(6, i), u32::from(i), 0, &t0)
+            .expect("room");
+    }
+    assert_eq!(t.iter().count(), 10);
+    t.retain(|_, s| s.payload % 2 == 0);
+    assert_eq!(t.len(), 5);
+    let mut gone: Vec<u32> = t.drain_reaped().map(|s| s.payload).collect();
+    gone.sort_unstable();
+    assert_eq!(gone, [1, 3, 5, 7, 9]);
+    assert!(t
+        .iter()
+        .all(|(id, s)| s.payload % 2 == 0 && t.get(id).is_some()));
+    t.check_invariants();
+}
+
+#[test]
+fn memory_per_session() {
+    let t: SessionTable<u64> = SessionTable::new(1 << 20);
+    let per = t.bytes_per_session();
+    // 136-byte slot + 4 free list + 8-byte index buckets, between 8/3 and
+    // 16/3 per session depending on rounding to a power of two (4 here).
+    assert_eq!(per, 136 + 4 + 32);
+    let t: SessionTable<u64> = SessionTable::new(3 << 19);
+    assert_eq!(t.bytes_per_session(), 136 + 4 + 22);
+    assert_eq!(std::mem::size_of::<Slot<u64>>(), 136);
+    assert_eq!(std::mem::size_of::<Slot<()>>(), 128);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert { o: u16, r: u16 },
+    Lookup(u16),
+    Update(u16),
+    Remove(u16),
+    Expire(usize),
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // 24 distinct keys: collisions between orig and reply keys are common.
+    prop_oneof![
+        3 => (0..24u16, 0..24u16).prop_map(|(o, r)| Op::Insert { o, r }),
+        3 => (0..24u16).prop_map(Op::Lookup),
+        2 => (0..24u16).prop_map(Op::Update),
+        1 => (0..24u16).prop_map(Op::Remove),
+        1 => (0..6usize).prop_map(Op::Expire),
+        2 => (0..15u64).prop_map(Op::Advance),
+    ]
+}
+
+#[derive(Debug)]
+struct ModelSession {
+    orig: FlowKey,
+    reply: FlowKey,
+    expires: Nanos,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn agrees_with_model(ops in proptest::collection::vec(op(), 1..200), cap in 1usize..12, seed in any::<u64>()) {
+        // UDP sessions with a 10-tick timeout.
+        let t0 = Timeouts { udp: 10, ..Timeouts::default() };
+        let k = |n: u16| key(17, n);
+        let mut t: SessionTable<u32> = SessionTable::with_seed(cap, seed);
+        let mut model: BTreeMap<u32, ModelSession> = BTreeMap::new();
+        let mut keys: BTreeMap<FlowKey, (u32, Dir)> = BTreeMap::new();
+        let mut next_payload = 0u32;
+        let mut now: Nanos = 0;
+
+        for op in ops {
+            // Sessions this op must reap (the deterministic cases).
+            let mut must_reap: Vec<u32> = Vec::new();
+            match op {
+                Op::Insert { o, r } => {
+                    let (o, r) = (k(o), k(r));
+                    let live = |key: &FlowKey| keys.get(key).map(|&(p, _)| (p, model[&p].expires > now));
+                    let expected = if o == r {
+                        Err(InsertError::SameKeys)
+                    } else if let Some((_, true)) = live(&o) {
+                        Err(InsertError::KeyExists(Dir::Orig))
+                    } else if let Some((_, true)) = live(&r) {
+                        Err(InsertError::KeyExists(Dir::Reply))
+                    } else {
+                        // Expired holders of either key are reclaimed first.
+                        for key in [&o, &r] {
+                            if let Some((p, false)) = live(key) {
+                                if !must_reap.contains(&p) {
+                                    must_reap.push(p);
+                                }
+                            }
+                        }
+                        if model.len() - must_reap.len() >= cap {
+                            Err(InsertError::Full { capacity: cap })
+                        } else {
+                            Ok(())
+                        }
+                    };
+                    let got = t.insert(o, r, next_payload, now, &t0);
+                    prop_assert_eq!(got.map(|_| ()), expected);
+                    if got.is_ok() {
+                        for p in &must_reap {
+                            let m = &model[p];
+                            keys.remove(&m.orig);
+                            keys.remove(&m.reply);
+                        }
+                        model.insert(next_payload, ModelSession { orig: o, reply: r, expires: now + 10 });
+                        keys.insert(o, (next_payload, Dir::Orig));
+                        keys.insert(r, (next_payload, Dir::Reply));
+                    }
+                    next_payload += 1;
+                }
+                Op::Lookup(n) | Op::Update(n) | Op::Remove(n) => {
+                    let key = k(n);
+                    let got = t.lookup(&key, now);
+                    match keys.get(&key).copied() {
+                        Some((p, dir)) if model[&p].expires > now => {
+                            let (id, gdir) = got.expect("live session found");
+                            prop_assert_eq!(gdir, dir);
+                            prop_assert_eq!(t.get(id).map(|s| s.payload), Some(p));
+                            if matches!(op, Op::Update(_)) {
+                                prop_assert!(t.update(id, dir, None, now, &t0));
+                                model.get_mut(&p).expect("live").expires = now + 10;
+                            } else if matches!(op, Op::Remove(_)) {
+                                prop_assert_eq!(t.remove(id), Some(p));
+                                prop_assert!(t.get(id).is_none());
+                                let m = model.remove(&p).expect("live");
+                                keys.remove(&m.orig);
+                                keys.remove(&m.reply);
+                            }
+                        }
+                        Some((p, _)) => {
+                            prop_assert_eq!(got, None);
+                            must_reap.push(p);
+                        }
+                        None => prop_assert_eq!(got, None),
+                    }
+                }
+                Op::Expire(budget) => {
+                    let n = t.expire(now, budget);
+                    prop_assert!(n <= budget);
+                    prop_assert_eq!(n, t.reaped_len());
+                }
+                Op::Advance(d) => now += d,
+            }
+
+            // Every reaped session: known, expired, delivered exactly once.
+            let reaped: Vec<_> = t.drain_reaped().collect();
+            for s in &reaped {
+                let m = model.remove(&s.payload);
+                prop_assert!(m.is_some(), "reaped twice or unknown: {}", s.payload);
+                if let Some(m) = m {
+                    prop_assert!(m.expires <= now);
+                    prop_assert_eq!(s.expires_at(), m.expires);
+                    for key in [&m.orig, &m.reply] {
+                        if keys.get(key).map(|e| e.0) == Some(s.payload) {
+                            keys.remove(key);
+                        }
+                    }
+                }
+            }
+            for p in must_reap {
+                prop_assert!(reaped.iter().any(|s| s.payload == p), "not reaped: {}", p);
+            }
+            prop_assert_eq!(t.len(), model.len());
+            t.check_invariants();
+            for (key, &(p, dir)) in &keys {
+                prop_assert!(t.contains_key(key));
+                let s = t.iter().find(|(_, s)| s.payload == p).map(|(_, s)| *s.key(dir));
+                prop_assert_eq!(s.as_ref(), Some(key));
+            }
+        }
+        // Everything left is eventually swept, exactly once.
+        let far = now + 1_000;
+        let mut total = 0;
+        for _ in 0..cap + 1 {
+            total += t.expire(far, 1);
+        }
+        prop_assert_eq!(total, model.len());
+        prop_assert!(t.is_empty());
+        prop_assert_eq!(t.drain_reaped().count(), model.len());
+    }
+}
