@@ -47,6 +47,8 @@ pub struct Snapshot {
     /// The data plane's own port addresses.
     port_addrs: HashSet<IpAddr>,
     instance_by_addr: HashMap<IpAddr, u32>,
+    /// Instance and server addresses: the inside of the data plane.
+    backend_addrs: HashSet<IpAddr>,
     /// Longest prefix first.
     routes: Vec<RouteEntry>,
     pub timeouts: Timeouts,
@@ -111,6 +113,12 @@ impl Snapshot {
                 instance_by_addr.insert(a, idx32(ii));
             }
         }
+        let mut backend_addrs: HashSet<IpAddr> = instance_by_addr.keys().copied().collect();
+        for g in &cfg.server_groups {
+            for s in &g.servers {
+                backend_addrs.extend(s.addresses.iter().copied());
+            }
+        }
         let mut port_addrs = HashSet::new();
         let mut routes = Vec::new();
         for (pi, port) in cfg.ports.iter().enumerate() {
@@ -132,7 +140,7 @@ impl Snapshot {
         }
         // Longest prefix first; on-link entries before configured ones of the same length.
         routes.sort_by_key(|r| std::cmp::Reverse(r.net.prefix_len()));
-        let timeouts = Timeouts::from_session_timeout(u64::from(cfg.platform.session_timeout_s));
+        let timeouts = Timeouts::from_session_timeout(cfg.platform.session_timeout_s);
         Snapshot {
             generation,
             cfg,
@@ -145,6 +153,7 @@ impl Snapshot {
             local_addrs,
             port_addrs,
             instance_by_addr,
+            backend_addrs,
             routes,
             timeouts,
         }
@@ -499,7 +508,15 @@ pub struct Flow {
     pub generation: u64,
 }
 
-/// Per-worker counters.
+/// Open and total sessions of a listener or a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCount {
+    pub active: u64,
+    pub total: u64,
+}
+
+/// Per-worker counters. The maps are keyed by configuration indices and
+/// refer to the generation the worker last adopted (`generation`).
 #[derive(Debug, Clone)]
 pub struct Stats {
     pub rx: u64,
@@ -507,6 +524,13 @@ pub struct Stats {
     pub local: u64,
     pub drops: [u64; DropKind::COUNT],
     pub sessions_created: u64,
+    pub generation: u64,
+    /// Packets decided by each rule (or default) since the last reload.
+    pub rule_hits: HashMap<Origin, u64>,
+    /// Per (load balancer, listener).
+    pub listener_sessions: HashMap<(u32, u32), SessionCount>,
+    /// Per (server group, server).
+    pub server_sessions: HashMap<(u32, u32), SessionCount>,
 }
 
 impl Default for Stats {
@@ -517,9 +541,17 @@ impl Default for Stats {
             local: 0,
             drops: [0; DropKind::COUNT],
             sessions_created: 0,
+            generation: 0,
+            rule_hits: HashMap::new(),
+            listener_sessions: HashMap::new(),
+            server_sessions: HashMap::new(),
         }
     }
 }
+
+/// Marks a session whose server left its group in a reload: it keeps
+/// flowing (draining) but counts toward no server.
+const GONE: u32 = u32::MAX;
 
 /// The mutable state of one worker: its sessions, scheduler state and
 /// local ports. Nothing in it is shared with another worker.
@@ -551,7 +583,8 @@ impl Worker {
         }
     }
 
-    /// Brings the schedulers up to `snap` (between bursts, after a reload).
+    /// Brings the schedulers and the sessions' configuration indices up to
+    /// `snap` (between bursts, after a reload).
     fn adopt(&mut self, snap: &Snapshot) {
         if self.generation == snap.generation {
             return;
@@ -566,33 +599,84 @@ impl Worker {
                 sched::build(g.scheduler, &weights, &names)
             })
             .collect();
-        // Least-connections needs the live count: rebuild it from the sessions
-        // whose server still exists under the same index.
+        // Listener sessions name their listener and server by index: find
+        // them again in the new configuration. A session whose listener is
+        // gone ends; one whose server left the group drains.
+        self.sessions.retain(|_, s| {
+            if s.payload.listener.is_none() {
+                return true;
+            }
+            let orig = *s.orig();
+            let Some((lbi, li)) = snap.listener_at(orig.dst, orig.proto, orig.dport) else {
+                return false;
+            };
+            let gi = snap.cfg.load_balancers[lbi].listeners[li].server_group;
+            let out = s.payload.orig_out;
+            let si = snap.cfg.server_groups[gi]
+                .servers
+                .iter()
+                .position(|srv| srv.port == out.dport && srv.addresses.contains(&out.dst))
+                .map_or(GONE, idx32);
+            s.payload.listener = Some((idx32(lbi), idx32(li), idx32(gi), si));
+            true
+        });
+        // Their counters belonged to the old configuration.
+        self.sessions.drain_reaped().for_each(drop);
+        self.stats.rule_hits.clear();
+        self.stats.listener_sessions.clear();
+        self.stats.server_sessions.clear();
         for (_, s) in self.sessions.iter() {
-            if let Some((_, _, g, srv)) = s.payload.listener {
-                if let Some(sch) = self.scheds.get_mut(g as usize) {
-                    if (srv as usize) < snap.cfg.server_groups[g as usize].servers.len() {
+            if let Some((lb, l, g, srv)) = s.payload.listener {
+                self.stats.listener_sessions.entry((lb, l)).or_default().active += 1;
+                if srv != GONE {
+                    self.stats.server_sessions.entry((g, srv)).or_default().active += 1;
+                    if let Some(sch) = self.scheds.get_mut(g as usize) {
                         sch.connected(srv as usize);
                     }
                 }
             }
         }
         self.generation = snap.generation;
+        self.stats.generation = snap.generation;
     }
 
-    fn release(&mut self, flow: &Flow) {
-        if let Some((_, _, g, srv)) = flow.listener {
-            if let Some(s) = self.scheds.get_mut(g as usize) {
-                s.disconnected(srv as usize);
-            }
-        }
+    /// Reaps expired sessions; call it now and then when no packets come.
+    pub fn housekeep(&mut self, now: Nanos, snap: &Snapshot) {
+        self.adopt(snap);
+        self.reap(now);
     }
 
     fn reap(&mut self, now: Nanos) {
         self.sessions.expire(now, REAP_BUDGET);
-        while let Some(flow) = self.sessions.pop_reaped() {
-            self.release(&flow);
+        let (scheds, stats) = (&mut self.scheds, &mut self.stats);
+        for s in self.sessions.drain_reaped() {
+            release(scheds, stats, &s.payload);
         }
+    }
+
+    fn remove(&mut self, id: crate::conntrack::SessionId) {
+        if let Some(f) = self.sessions.remove(id) {
+            release(&mut self.scheds, &mut self.stats, &f);
+        }
+    }
+
+    fn count_new(&mut self, flow: &Flow) {
+        self.stats.sessions_created += 1;
+        if let Some((lb, l, g, srv)) = flow.listener {
+            let c = self.stats.listener_sessions.entry((lb, l)).or_default();
+            c.active += 1;
+            c.total += 1;
+            let c = self.stats.server_sessions.entry((g, srv)).or_default();
+            c.active += 1;
+            c.total += 1;
+            if let Some(s) = self.scheds.get_mut(g as usize) {
+                s.connected(srv as usize);
+            }
+        }
+    }
+
+    fn hit(&mut self, d: Decision) {
+        *self.stats.rule_hits.entry(d.origin).or_default() += 1;
     }
 
     /// Runs one frame through the pipeline, rewriting it in place when it is
@@ -605,7 +689,13 @@ impl Worker {
         match &v {
             Verdict::Forward(_) => self.stats.forwarded += 1,
             Verdict::Local(..) => self.stats.local += 1,
-            Verdict::Drop(r) => self.stats.drops[r.kind() as usize] += 1,
+            Verdict::Drop(r) => {
+                self.stats.drops[r.kind() as usize] += 1;
+                if let Reason::Policy(d) = r {
+                    let d = *d;
+                    self.hit(d);
+                }
+            }
         }
         v
     }
@@ -668,7 +758,7 @@ impl Worker {
         let orig = self
             .sessions
             .get(id)
-            .map(|s| s.orig)
+            .map(|s| *s.orig())
             .expect("the session was just found");
         if flow.generation != snap.generation {
             // The rules changed since the session was admitted: its next
@@ -680,9 +770,7 @@ impl Worker {
                     }
                 }
                 Err(r) => {
-                    if let Some(f) = self.sessions.remove(id) {
-                        self.release(&f);
-                    }
+                    self.remove(id);
                     return Verdict::Drop(r);
                 }
             }
@@ -698,7 +786,7 @@ impl Worker {
         let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
         self.sessions.update(id, dir, tcp_flags, now, &snap.timeouts);
         let listener = flow.listener.map(|(lb, l, _, _)| (lb, l));
-        let backend = flow.listener.map(|(_, _, g, s)| (g, s));
+        let backend = flow.listener.and_then(|(_, _, g, s)| (s != GONE).then_some((g, s)));
         self.emit(frame, p, csum, key, out, Reason::Session { lb: listener }, backend, snap)
     }
 
@@ -746,8 +834,10 @@ impl Worker {
         let Some((lbi, li)) = snap.listener_at(key.dst, key.proto, key.dport) else {
             return Verdict::Drop(Reason::NoListener);
         };
-        if let Err(r) = listener_admits(snap, lbi, li, &key) {
-            return Verdict::Drop(r);
+        match listener_admits(snap, lbi, li, &key) {
+            Ok(Some(d)) => self.hit(d),
+            Ok(None) => {}
+            Err(r) => return Verdict::Drop(r),
         }
         // A TCP session starts with a SYN; anything else without a session
         // (a stray ACK after a restart) is dropped so the client resets.
@@ -835,19 +925,14 @@ impl Worker {
         };
         let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
         self.sessions.update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
-        if let Some(s) = self.scheds.get_mut(gi) {
-            s.connected(si);
-        }
-        self.stats.sessions_created += 1;
+        self.count_new(&flow);
         let reason = Reason::Listener {
             lb: idx32(lbi),
             listener: idx32(li),
         };
         let v = self.emit(frame, p, csum, key, orig_out, reason, Some((idx32(gi), idx32(si))), snap);
         if v.is_drop() {
-            if let Some(f) = self.sessions.remove(id) {
-                self.release(&f);
-            }
+            self.remove(id);
         }
         v
     }
@@ -866,6 +951,9 @@ impl Worker {
             Ok(r) => r,
             Err(r) => return Verdict::Drop(r),
         };
+        if let Reason::Policy(d) = reason {
+            self.hit(d);
+        }
         // ICMP errors are not sessions of their own.
         let is_icmp_error = matches!(reason, Reason::PathMtu);
         let id = if is_icmp_error {
@@ -881,7 +969,7 @@ impl Worker {
                 Ok(id) => {
                     let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
                     self.sessions.update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
-                    self.stats.sessions_created += 1;
+                    self.count_new(&flow);
                     Some(id)
                 }
                 Err(_) => return Verdict::Drop(Reason::SessionTableFull),
@@ -890,7 +978,7 @@ impl Worker {
         let v = self.emit(frame, p, csum, key, key, reason, None, snap);
         if v.is_drop() {
             if let Some(id) = id {
-                self.sessions.remove(id);
+                self.remove(id);
             }
         }
         v
@@ -900,6 +988,23 @@ impl Worker {
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+
+/// A session went away: its server and listener count one less.
+fn release(scheds: &mut [Box<dyn Scheduler>], stats: &mut Stats, flow: &Flow) {
+    if let Some((lb, l, g, srv)) = flow.listener {
+        if let Some(c) = stats.listener_sessions.get_mut(&(lb, l)) {
+            c.active = c.active.saturating_sub(1);
+        }
+        if srv != GONE {
+            if let Some(c) = stats.server_sessions.get_mut(&(g, srv)) {
+                c.active = c.active.saturating_sub(1);
+            }
+            if let Some(s) = scheds.get_mut(g as usize) {
+                s.disconnected(srv as usize);
+            }
+        }
+    }
+}
 
 /// Packets for the data plane itself that no session or listener claims.
 fn local_kind(p: &Parsed, key: &FlowKey, snap: &Snapshot) -> Option<LocalKind> {
@@ -914,7 +1019,8 @@ fn local_kind(p: &Parsed, key: &FlowKey, snap: &Snapshot) -> Option<LocalKind> {
 }
 
 /// A listener's access-control list, then the load balancer's groups.
-fn listener_admits(snap: &Snapshot, lbi: usize, li: usize, key: &FlowKey) -> Result<(), Reason> {
+/// Returns the groups' decision, if the load balancer has groups.
+fn listener_admits(snap: &Snapshot, lbi: usize, li: usize, key: &FlowKey) -> Result<Option<Decision>, Reason> {
     let lb = &snap.cfg.load_balancers[lbi];
     if let Some(acl) = lb.listeners[li].acl {
         let listed = snap.cfg.prefix_lists[acl.prefix_list]
@@ -933,13 +1039,17 @@ fn listener_admits(snap: &Snapshot, lbi: usize, li: usize, key: &FlowKey) -> Res
             });
         }
     }
-    if let Some(policy) = snap.lb_policy(lbi) {
-        let d = policy.evaluate(Direction::Ingress, key);
-        if !d.allowed() {
-            return Err(Reason::Policy(d));
+    match snap.lb_policy(lbi) {
+        Some(policy) => {
+            let d = policy.evaluate(Direction::Ingress, key);
+            if d.allowed() {
+                Ok(Some(d))
+            } else {
+                Err(Reason::Policy(d))
+            }
         }
+        None => Ok(None),
     }
-    Ok(())
 }
 
 /// Whether `p` is an ICMP "fragmentation needed" or ICMPv6 "packet too big".
@@ -1077,8 +1187,11 @@ pub fn flow_hash(key: &FlowKey) -> u64 {
     h.finish()
 }
 
-/// The worker that owns the session of a packet: the local port names it
-/// for FULLNAT replies, a symmetric hash for everything else.
+/// The worker that owns the session of a packet. The local port names it
+/// for FULLNAT replies. Otherwise the outside end of the flow does (the
+/// client of a listener, the external peer of an instance), because it is
+/// the one end a NAT-mode reply shares with its request; flows with both
+/// ends inside or outside use a symmetric hash of both.
 pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
     if workers <= 1 {
         return 0;
@@ -1086,7 +1199,21 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
     if snap.local_addrs.contains_key(&key.dst) && matches!(key.proto, proto::TCP | proto::UDP) {
         return crate::nat::port_owner(key.dport, workers);
     }
-    u16::try_from(flow_hash(key) % u64::from(workers)).expect("below workers")
+    let src_inside = snap.backend_addrs.contains(&key.src);
+    let dst_inside = snap.vips.contains(&key.dst) || snap.backend_addrs.contains(&key.dst);
+    let h = match (src_inside, dst_inside) {
+        (false, true) => endpoint_hash(key.src, key.sport, key.proto),
+        (true, false) => endpoint_hash(key.dst, key.dport, key.proto),
+        _ => flow_hash(key),
+    };
+    u16::try_from(h % u64::from(workers)).expect("below workers")
+}
+
+fn endpoint_hash(addr: IpAddr, port: u16, proto: u8) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = ahash::RandomState::with_seeds(0x6c62, 0x7370, 0x6f6c, 0x6e21).build_hasher();
+    (addr, port, proto).hash(&mut h);
+    h.finish()
 }
 
 /// Seconds as [`Nanos`].

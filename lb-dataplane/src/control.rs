@@ -31,7 +31,8 @@ pub fn serve(shared: Arc<Shared>, path: &Path) -> Result<std::thread::JoinHandle
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     listener.set_nonblocking(true)?;
     let path = path.to_path_buf();
     let h = std::thread::Builder::new()
@@ -80,7 +81,12 @@ fn handle(shared: &Shared, stream: UnixStream) -> Result<()> {
 
 /// Sends one command to a running `lbd` and returns its JSON reply.
 pub fn request(path: &Path, command: &str) -> Result<Value> {
-    let mut s = UnixStream::connect(path).with_context(|| format!("connecting to lbd at {} (is it running? --control sets the path)", path.display()))?;
+    let mut s = UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to lbd at {} (is it running? --control sets the path)",
+            path.display()
+        )
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.write_all(command.as_bytes())?;
     s.write_all(b"\n")?;
@@ -149,7 +155,9 @@ pub fn stats(shared: &Shared) -> Value {
             for (&(lb, l), c) in &core.listener_sessions {
                 if let Some(lbc) = cfg.load_balancers.get(lb as usize) {
                     if let Some(lc) = lbc.listeners.get(l as usize) {
-                        let e = listeners.entry(format!("{}:{}", lbc.id, lc.port)).or_default();
+                        let e = listeners
+                            .entry(format!("{}:{}", lbc.id, lc.port))
+                            .or_default();
                         e.0 += c.active;
                         e.1 += c.total;
                     }
@@ -236,18 +244,28 @@ pub fn prometheus(shared: &Shared) -> String {
     let s = stats(shared);
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
-        out.push_str(&format!("# HELP lbd_{name} {help}\n# TYPE lbd_{name} {kind}\n"));
+        out.push_str(&format!(
+            "# HELP lbd_{name} {help}\n# TYPE lbd_{name} {kind}\n"
+        ));
         for (labels, v) in rows {
             out.push_str(&format!("lbd_{name}{labels} {v}\n"));
         }
     };
     let num = |v: &Value| v.as_u64().unwrap_or(0);
-    let esc = |v: &Value| v.as_str().unwrap_or("").replace('\\', "\\\\").replace('"', "\\\"");
+    let esc = |v: &Value| {
+        v.as_str()
+            .unwrap_or("")
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    };
     let ports = s["ports"].as_array().cloned().unwrap_or_default();
     for (field, help) in [
         ("rx_packets", "Frames received per port."),
         ("rx_bytes", "Bytes received per port."),
-        ("rx_dropped", "Frames the kernel dropped before the data plane saw them."),
+        (
+            "rx_dropped",
+            "Frames the kernel dropped before the data plane saw them.",
+        ),
         ("tx_packets", "Frames sent per port."),
         ("tx_bytes", "Bytes sent per port."),
         ("tx_dropped", "Frames that could not be sent."),
@@ -256,7 +274,10 @@ pub fn prometheus(shared: &Shared) -> String {
             &format!("port_{field}_total"),
             help,
             "counter",
-            ports.iter().map(|p| (format!("{{port=\"{}\"}}", esc(&p["name"])), num(&p[field]))).collect(),
+            ports
+                .iter()
+                .map(|p| (format!("{{port=\"{}\"}}", esc(&p["name"])), num(&p[field])))
+                .collect(),
         );
     }
     let drops = s["drops"].as_object().cloned().unwrap_or_default();
@@ -264,7 +285,10 @@ pub fn prometheus(shared: &Shared) -> String {
         "drops_total",
         "Dropped packets by reason.",
         "counter",
-        drops.iter().map(|(k, v)| (format!("{{reason=\"{k}\"}}"), num(v))).collect(),
+        drops
+            .iter()
+            .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), num(v)))
+            .collect(),
     );
     let rules = s["rules"].as_object().cloned().unwrap_or_default();
     metric(
@@ -277,39 +301,76 @@ pub fn prometheus(shared: &Shared) -> String {
             .collect(),
     );
     let servers = s["servers"].as_array().cloned().unwrap_or_default();
-    let slabel = |v: &Value| format!("{{group=\"{}\",server=\"{}\",port=\"{}\"}}", esc(&v["group"]), esc(&v["server"]), num(&v["port"]));
+    let slabel = |v: &Value| {
+        format!(
+            "{{group=\"{}\",server=\"{}\",port=\"{}\"}}",
+            esc(&v["group"]),
+            esc(&v["server"]),
+            num(&v["port"])
+        )
+    };
     metric(
         "server_up",
         "1 when the server passes its health checks.",
         "gauge",
-        servers.iter().map(|v| (slabel(v), u64::from(v["up"].as_bool().unwrap_or(false)))).collect(),
+        servers
+            .iter()
+            .map(|v| (slabel(v), u64::from(v["up"].as_bool().unwrap_or(false))))
+            .collect(),
     );
     metric(
         "server_active_sessions",
         "Sessions open to each server.",
         "gauge",
-        servers.iter().map(|v| (slabel(v), num(&v["active_sessions"]))).collect(),
+        servers
+            .iter()
+            .map(|v| (slabel(v), num(&v["active_sessions"])))
+            .collect(),
     );
     metric(
         "server_sessions_total",
         "Sessions opened to each server since the last reload.",
         "counter",
-        servers.iter().map(|v| (slabel(v), num(&v["total_sessions"]))).collect(),
+        servers
+            .iter()
+            .map(|v| (slabel(v), num(&v["total_sessions"])))
+            .collect(),
     );
     let listeners = s["listeners"].as_array().cloned().unwrap_or_default();
     metric(
         "listener_active_sessions",
         "Sessions open on each listener.",
         "gauge",
-        listeners.iter().map(|v| (format!("{{listener=\"{}\"}}", esc(&v["listener"])), num(&v["active_sessions"]))).collect(),
+        listeners
+            .iter()
+            .map(|v| {
+                (
+                    format!("{{listener=\"{}\"}}", esc(&v["listener"])),
+                    num(&v["active_sessions"]),
+                )
+            })
+            .collect(),
     );
     metric(
         "listener_sessions_total",
         "Sessions opened on each listener since the last reload.",
         "counter",
-        listeners.iter().map(|v| (format!("{{listener=\"{}\"}}", esc(&v["listener"])), num(&v["total_sessions"]))).collect(),
+        listeners
+            .iter()
+            .map(|v| {
+                (
+                    format!("{{listener=\"{}\"}}", esc(&v["listener"])),
+                    num(&v["total_sessions"]),
+                )
+            })
+            .collect(),
     );
-    metric("reloads_total", "Configuration reloads applied.", "counter", vec![(String::new(), num(&s["reloads"]))]);
+    metric(
+        "reloads_total",
+        "Configuration reloads applied.",
+        "counter",
+        vec![(String::new(), num(&s["reloads"]))],
+    );
     metric(
         "reload_failures_total",
         "Reloads rejected (the running configuration stayed).",
@@ -321,7 +382,8 @@ pub fn prometheus(shared: &Shared) -> String {
 
 /// Serves `GET /metrics` on `addr` until `shared.stop` is set.
 pub fn serve_metrics(shared: Arc<Shared>, addr: &str) -> Result<std::thread::JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
     listener.set_nonblocking(true)?;
     let h = std::thread::Builder::new()
         .name("lbd-metrics".into())

@@ -123,7 +123,10 @@ impl Shared {
 }
 
 /// What a reload cannot change without a restart: the ports and workers.
-fn compatible(old: &lb_core::model::Config, new: &lb_core::model::Config) -> std::result::Result<(), String> {
+fn compatible(
+    old: &lb_core::model::Config,
+    new: &lb_core::model::Config,
+) -> std::result::Result<(), String> {
     let ports = |c: &lb_core::model::Config| {
         c.ports
             .iter()
@@ -151,7 +154,10 @@ impl Daemon {
     pub fn start(config_path: &Path) -> Result<Daemon> {
         let cfg = lb_config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
         if cfg.dataplane.io != IoBackend::AfPacket {
-            bail!("{}: io = \"dpdk\" needs lbd built with the dpdk feature", config_path.display());
+            bail!(
+                "{}: io = \"dpdk\" needs lbd built with the dpdk feature",
+                config_path.display()
+            );
         }
         let workers = usize::from(cfg.dataplane.workers.max(1));
         let port_names: Vec<String> = cfg
@@ -193,10 +199,12 @@ impl Daemon {
             let mut ports: Vec<Box<dyn PacketIo>> = Vec::new();
             for (pi, name) in port_names.iter().enumerate() {
                 let opts = AfPacketOpts {
-                    fanout: (workers > 1).then(|| fanout_base.wrapping_add(u16::try_from(pi).unwrap_or(0))),
+                    fanout: (workers > 1)
+                        .then(|| fanout_base.wrapping_add(u16::try_from(pi).unwrap_or(0))),
                     ..AfPacketOpts::default()
                 };
-                let io = AfPacket::open(name, &opts).with_context(|| format!("opening AF_PACKET on {name}"))?;
+                let io = AfPacket::open(name, &opts)
+                    .with_context(|| format!("opening AF_PACKET on {name}"))?;
                 ports.push(Box::new(io));
             }
             per_worker.push(ports);
@@ -253,7 +261,11 @@ fn pin_to_core(core: u16) {
     // SAFETY: `set` is a valid cpu_set_t and we pass its exact size; 0 = this thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
-        tracing::warn!(core, "could not pin worker: {}", std::io::Error::last_os_error());
+        tracing::warn!(
+            core,
+            "could not pin worker: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -282,7 +294,12 @@ struct WorkerLoop {
 }
 
 impl WorkerLoop {
-    fn new(id: usize, shared: Arc<Shared>, ports: Vec<Box<dyn PacketIo>>, idle: IdlePolicy) -> WorkerLoop {
+    fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        ports: Vec<Box<dyn PacketIo>>,
+        idle: IdlePolicy,
+    ) -> WorkerLoop {
         let n = u16::try_from(shared.workers.len()).unwrap_or(1);
         let macs = ports.iter().map(|p| p.mac()).collect();
         WorkerLoop {
@@ -372,7 +389,18 @@ impl WorkerLoop {
                 }
             }
             process_one(
-                core, &shared, rt, frame, meta, port, macs, now_ns, now, &mut out, &mut to_self, &mut wait,
+                core,
+                &shared,
+                rt,
+                frame,
+                meta,
+                port,
+                macs,
+                now_ns,
+                now,
+                &mut out,
+                &mut to_self,
+                &mut wait,
             );
         });
         self.report.handoff_out += handoff_out;
@@ -389,7 +417,9 @@ impl WorkerLoop {
         let now_ns = self.shared.now_ns();
         let now = Instant::now();
         while n < BURST {
-            let Some(mut h) = self.shared.workers[self.id].handoff.pop() else { break };
+            let Some(mut h) = self.shared.workers[self.id].handoff.pop() else {
+                break;
+            };
             n += 1;
             process_one(
                 &mut self.core,
@@ -442,11 +472,16 @@ impl WorkerLoop {
         }
         self.solicited.insert((port, next_hop), now);
         if self.solicited.len() > 4096 {
-            self.solicited.retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
+            self.solicited
+                .retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
         }
         let rt = self.shared.runtime.load();
-        let Some(src) = crate::health::port_address(&rt.snap, port, next_hop) else { return };
-        let Some(mac) = self.macs.get(port as usize).copied() else { return };
+        let Some(src) = crate::health::port_address(&rt.snap, port, next_hop) else {
+            return;
+        };
+        let Some(mac) = self.macs.get(port as usize).copied() else {
+            return;
+        };
         let frame = crate::l2::solicit(mac, src, next_hop);
         if let Some(io) = self.ports.get_mut(port as usize) {
             io.send(&frame);
@@ -538,7 +573,9 @@ fn process_one(
                 return;
             }
             let mac = macs.get(port as usize).copied().unwrap_or_default();
-            if let Some(reply) = crate::l2::answer(frame, kind, &p, port, mac, &rt.snap, &shared.neigh, now) {
+            if let Some(reply) =
+                crate::l2::answer(frame, kind, &p, port, mac, &rt.snap, &shared.neigh, now)
+            {
                 out.push((port, reply));
             }
         }

@@ -26,7 +26,11 @@ use lb_core::Nanos;
 #[derive(Debug, Clone, PartialEq)]
 pub enum TraceLine {
     Packet(TracePacket),
-    Health { group: String, server: String, up: bool },
+    Health {
+        group: String,
+        server: String,
+        up: bool,
+    },
     Reload(PathBuf),
 }
 
@@ -74,7 +78,8 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
     if !time.is_finite() || time < 0.0 {
         bail!("bad time {:?}: non-negative seconds expected", words[0]);
     }
-    let proto = proto_from_name(words[1]).ok_or_else(|| anyhow!("unknown protocol {:?}", words[1]))?;
+    let proto =
+        proto_from_name(words[1]).ok_or_else(|| anyhow!("unknown protocol {:?}", words[1]))?;
     let has_ports = matches!(proto, proto::TCP | proto::UDP);
     let (src, sport) = parse_endpoint(words[2], has_ports)?;
     let (dst, dport) = parse_endpoint(words[4], has_ports)?;
@@ -106,7 +111,11 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
     }
     // ICMP defaults to an echo request, whose identifier stands in for the ports.
     let icmp = if is_icmp {
-        Some(icmp.unwrap_or(if proto == proto::ICMP { (8, 0) } else { (128, 0) }))
+        Some(icmp.unwrap_or(if proto == proto::ICMP {
+            (8, 0)
+        } else {
+            (128, 0)
+        }))
     } else {
         None
     };
@@ -205,16 +214,20 @@ fn find_server(snap: &Snapshot, group: &str, server: &str) -> Option<Vec<(usize,
     let gi = snap.cfg.server_groups.iter().position(|g| g.id == group)?;
     let (name, port) = match parse_endpoint(server, true) {
         Ok((a, p)) => (a.to_string(), Some(p)),
-        Err(_) => (server.trim_start_matches('[').trim_end_matches(']').to_string(), None),
+        Err(_) => (
+            server
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            None,
+        ),
     };
     let found: Vec<(usize, usize)> = snap.cfg.server_groups[gi]
         .servers
         .iter()
         .enumerate()
         .filter(|(_, s)| {
-            let by_instance = s
-                .instance
-                .is_some_and(|i| snap.cfg.instances[i].id == name);
+            let by_instance = s.instance.is_some_and(|i| snap.cfg.instances[i].id == name);
             let by_addr = s.addresses.iter().any(|a| a.to_string() == name);
             (by_instance || by_addr) && port.is_none_or(|p| p == s.port)
         })
@@ -226,7 +239,13 @@ fn find_server(snap: &Snapshot, group: &str, server: &str) -> Option<Vec<(usize,
 /// Runs `trace` (read from `trace_path`, used for messages and to resolve
 /// `@reload` paths) against the configuration at `config`, writing one JSON
 /// line per packet to `out` and reload notes to `err`.
-pub fn run(config: &Path, trace: &str, trace_path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+pub fn run(
+    config: &Path,
+    trace: &str,
+    trace_path: &Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<()> {
     let cfg = lb_config::load(config).map_err(|e| anyhow!("{e}"))?;
     let mut snap = Snapshot::compile(cfg, 1);
     let mut worker = Worker::new(0, 1, 1 << 20);
@@ -235,12 +254,16 @@ pub fn run(config: &Path, trace: &str, trace_path: &Path, out: &mut dyn Write, e
     let mut last_time = 0.0f64;
     for (n, line) in trace.lines().enumerate() {
         let lineno = n + 1;
-        let parsed = parse_line(line).with_context(|| format!("{}:{lineno}", trace_path.display()))?;
+        let parsed =
+            parse_line(line).with_context(|| format!("{}:{lineno}", trace_path.display()))?;
         match parsed {
             None => {}
             Some(TraceLine::Health { group, server, up }) => {
                 if find_server(&snap, &group, &server).is_none() {
-                    bail!("{}:{lineno}: no server {server} in server group {group}", trace_path.display());
+                    bail!(
+                        "{}:{lineno}: no server {server} in server group {group}",
+                        trace_path.display()
+                    );
                 }
                 if up {
                     health.down.remove(&(group, server));
@@ -255,18 +278,36 @@ pub fn run(config: &Path, trace: &str, trace_path: &Path, out: &mut dyn Write, e
                     Ok(cfg) => {
                         snap = Snapshot::compile(cfg, snap.generation + 1);
                         for unknown in health.resolve(&snap) {
-                            writeln!(err, "{}:{lineno}: note: @health server {unknown} is gone after reload", trace_path.display())?;
+                            writeln!(
+                                err,
+                                "{}:{lineno}: note: @health server {unknown} is gone after reload",
+                                trace_path.display()
+                            )?;
                         }
-                        writeln!(err, "{}:{lineno}: reloaded {} (generation {})", trace_path.display(), path.display(), snap.generation)?;
+                        writeln!(
+                            err,
+                            "{}:{lineno}: reloaded {} (generation {})",
+                            trace_path.display(),
+                            path.display(),
+                            snap.generation
+                        )?;
                     }
                     Err(e) => {
-                        writeln!(err, "{}:{lineno}: reload rejected, the previous configuration stays:\n{e}", trace_path.display())?;
+                        writeln!(
+                            err,
+                            "{}:{lineno}: reload rejected, the previous configuration stays:\n{e}",
+                            trace_path.display()
+                        )?;
                     }
                 }
             }
             Some(TraceLine::Packet(p)) => {
                 if p.time < last_time {
-                    bail!("{}:{lineno}: time goes backwards ({} after {last_time})", trace_path.display(), p.time);
+                    bail!(
+                        "{}:{lineno}: time goes backwards ({} after {last_time})",
+                        trace_path.display(),
+                        p.time
+                    );
                 }
                 last_time = p.time;
                 let now: Nanos = secs(p.time);
@@ -309,7 +350,10 @@ pub fn verdict_json(line: usize, v: &Verdict, snap: &Snapshot) -> serde_json::Va
                 "reason": snap.describe(&f.reason),
             });
             if let Some((g, s)) = f.backend {
-                o["backend"] = snap.cfg.server_groups[g as usize].servers[s as usize].name.clone().into();
+                o["backend"] = snap.cfg.server_groups[g as usize].servers[s as usize]
+                    .name
+                    .clone()
+                    .into();
             }
             o["out"] = f.out.to_string().into();
             o
@@ -338,19 +382,24 @@ mod tests {
 
     #[test]
     fn parses_packet_lines() {
-        let Some(TraceLine::Packet(p)) = parse_line("0.5 tcp 198.18.0.2:40000 > 198.18.0.10:80 S # c").expect("ok")
+        let Some(TraceLine::Packet(p)) =
+            parse_line("0.5 tcp 198.18.0.2:40000 > 198.18.0.10:80 S # c").expect("ok")
         else {
             panic!("packet expected")
         };
         assert_eq!(p.time, 0.5);
         assert_eq!(p.key.dport, 80);
         assert_eq!(p.tcp_flags, 0x02);
-        let Some(TraceLine::Packet(p)) = parse_line("1 tcp [2001:db8::2]:40000 > [2001:db8::10]:81").expect("ok") else {
+        let Some(TraceLine::Packet(p)) =
+            parse_line("1 tcp [2001:db8::2]:40000 > [2001:db8::10]:81").expect("ok")
+        else {
             panic!("packet expected")
         };
         assert_eq!(p.tcp_flags, TCP_ACK);
         assert!(p.key.src.is_ipv6());
-        let Some(TraceLine::Packet(p)) = parse_line("2 icmp 198.18.0.2 > 198.19.1.11 icmp=3/4").expect("ok") else {
+        let Some(TraceLine::Packet(p)) =
+            parse_line("2 icmp 198.18.0.2 > 198.19.1.11 icmp=3/4").expect("ok")
+        else {
             panic!("packet expected")
         };
         assert_eq!(p.icmp, Some((3, 4)));

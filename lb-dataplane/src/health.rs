@@ -136,7 +136,9 @@ struct Probe {
 enum ProbeState {
     SynSent,
     /// HTTP: the request is out; waiting for the status line.
-    RequestSent { server_isn: u32 },
+    RequestSent {
+        server_isn: u32,
+    },
     /// UDP: waiting for an ICMP error until the deadline.
     UdpSent,
 }
@@ -153,7 +155,8 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
         if rt.snap.generation != generation {
             generation = rt.snap.generation;
             targets = build_targets(&rt.snap);
-            let keep: std::collections::HashSet<_> = targets.iter().map(|t| key_of(&rt.snap, t)).collect();
+            let keep: std::collections::HashSet<_> =
+                targets.iter().map(|t| key_of(&rt.snap, t)).collect();
             progress.retain(|k, _| keep.contains(k));
         }
         let now = Instant::now();
@@ -165,7 +168,14 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
                 if now >= probe.deadline {
                     p.probe = None;
                     let ok = probe.state == ProbeState::UdpSent;
-                    conclude(&shared, &rt.health, t, p, ok, if ok { "no ICMP error" } else { "timeout" });
+                    conclude(
+                        &shared,
+                        &rt.health,
+                        t,
+                        p,
+                        ok,
+                        if ok { "no ICMP error" } else { "timeout" },
+                    );
                 }
             }
             if p.probe.is_none() && p.next.is_none_or(|n| now >= n) {
@@ -174,7 +184,11 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
                 seed ^= seed >> 17;
                 seed ^= seed << 5;
                 let sport = next_sport;
-                next_sport = if next_sport == u16::MAX { *PROBE_PORTS.start() } else { next_sport + 1 };
+                next_sport = if next_sport == u16::MAX {
+                    *PROBE_PORTS.start()
+                } else {
+                    next_sport + 1
+                };
                 // Under `enforce`, the backend's own rules decide whether the
                 // probe may reach it at all.
                 let admitted = match rt.snap.cfg.server_groups[t.group].servers[t.server].instance {
@@ -182,7 +196,11 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
                         let key = lb_core::flow::FlowKey {
                             src: t.src,
                             dst: t.dst,
-                            proto: if t.proto == HealthProtocol::Udp { 17 } else { 6 },
+                            proto: if t.proto == HealthProtocol::Udp {
+                                17
+                            } else {
+                                6
+                            },
                             sport,
                             dport: t.port,
                         };
@@ -191,7 +209,14 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
                     None => true,
                 };
                 if !admitted {
-                    conclude(&shared, &rt.health, t, p, false, "denied by the backend's security group or network ACL");
+                    conclude(
+                        &shared,
+                        &rt.health,
+                        t,
+                        p,
+                        false,
+                        "denied by the backend's security group or network ACL",
+                    );
                     continue;
                 }
                 let probe = Probe {
@@ -221,7 +246,11 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
 
 fn key_of(snap: &Snapshot, t: &Target) -> (String, String, u16) {
     let g = &snap.cfg.server_groups[t.group];
-    (g.id.clone(), g.servers[t.server].name.clone(), g.servers[t.server].port)
+    (
+        g.id.clone(),
+        g.servers[t.server].name.clone(),
+        g.servers[t.server].port,
+    )
 }
 
 /// The probes of a configuration: every server of every group whose check
@@ -288,8 +317,17 @@ pub fn port_address(snap: &Snapshot, port: u32, dst: IpAddr) -> Option<IpAddr> {
         .map(|n| n.addr())
 }
 
-fn conclude(shared: &Shared, table: &HealthTable, t: &Target, p: &mut Progress, ok: bool, why: &str) {
-    let Some(h) = table.server(t.group, t.server) else { return };
+fn conclude(
+    shared: &Shared,
+    table: &HealthTable,
+    t: &Target,
+    p: &mut Progress,
+    ok: bool,
+    why: &str,
+) {
+    let Some(h) = table.server(t.group, t.server) else {
+        return;
+    };
     if ok {
         p.successes += 1;
         p.failures = 0;
@@ -320,12 +358,21 @@ fn conclude(shared: &Shared, table: &HealthTable, t: &Target, p: &mut Progress, 
     let _ = shared;
 }
 
-fn mac_for(shared: &Shared, senders: &mut [RawSender], t: &Target, now: Instant) -> Option<[u8; 6]> {
+fn mac_for(
+    shared: &Shared,
+    senders: &mut [RawSender],
+    t: &Target,
+    now: Instant,
+) -> Option<[u8; 6]> {
     if let Some(e) = shared.neigh.lookup(t.out_port, t.next_hop, now) {
         return Some(e.mac);
     }
     let sender = senders.get_mut(t.out_port as usize)?;
-    let src = if t.next_hop.is_ipv6() == t.src.is_ipv6() { t.src } else { return None };
+    let src = if t.next_hop.is_ipv6() == t.src.is_ipv6() {
+        t.src
+    } else {
+        return None;
+    };
     let frame = crate::l2::solicit(sender.mac(), src, t.next_hop);
     let _ = sender.send(&frame);
     // Give the neighbour a moment; the workers learn its answer.
@@ -339,9 +386,19 @@ fn mac_for(shared: &Shared, senders: &mut [RawSender], t: &Target, now: Instant)
     None
 }
 
-fn send_probe(shared: &Shared, senders: &mut [RawSender], t: &Target, probe: &Probe, now: Instant) -> bool {
-    let Some(dst_mac) = mac_for(shared, senders, t, now) else { return false };
-    let Some(sender) = senders.get_mut(t.out_port as usize) else { return false };
+fn send_probe(
+    shared: &Shared,
+    senders: &mut [RawSender],
+    t: &Target,
+    probe: &Probe,
+    now: Instant,
+) -> bool {
+    let Some(dst_mac) = mac_for(shared, senders, t, now) else {
+        return false;
+    };
+    let Some(sender) = senders.get_mut(t.out_port as usize) else {
+        return false;
+    };
     let (proto, flags, payload) = match t.proto {
         HealthProtocol::Udp => (17, 0, b"lbd health check\n".to_vec()),
         _ => (6, TCP_SYN, Vec::new()),
@@ -391,19 +448,31 @@ fn handle_reply(
     };
     // probe_key is as the server sends: server → local.
     let Some(t) = targets.iter().find(|t| {
-        t.dst == probe_key.src && t.src == probe_key.dst && t.port == probe_key.sport && PROBE_PORTS.contains(&probe_key.dport)
+        t.dst == probe_key.src
+            && t.src == probe_key.dst
+            && t.port == probe_key.sport
+            && PROBE_PORTS.contains(&probe_key.dport)
     }) else {
         return;
     };
     let k = key_of(&rt.snap, t);
-    let Some(pr) = progress.get_mut(&k) else { return };
+    let Some(pr) = progress.get_mut(&k) else {
+        return;
+    };
     let Some(mut probe) = pr.probe else { return };
     if probe.sport != probe_key.dport {
         return;
     }
     if icmp_error {
         pr.probe = None;
-        conclude(shared, &rt.health, t, pr, false, "ICMP destination unreachable");
+        conclude(
+            shared,
+            &rt.health,
+            t,
+            pr,
+            false,
+            "ICMP destination unreachable",
+        );
         return;
     }
     if key.proto != 6 {
@@ -413,9 +482,21 @@ fn handle_reply(
     let seq = p.tcp_seq;
     let ack = p.tcp_ack;
     match probe.state {
-        ProbeState::SynSent if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && ack == probe.isn.wrapping_add(1) => {
+        ProbeState::SynSent
+            if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+                && ack == probe.isn.wrapping_add(1) =>
+        {
             if t.proto == HealthProtocol::Tcp {
-                send_tcp(shared, senders, t, &probe, probe.isn.wrapping_add(1), 0, TCP_RST, Vec::new());
+                send_tcp(
+                    shared,
+                    senders,
+                    t,
+                    &probe,
+                    probe.isn.wrapping_add(1),
+                    0,
+                    TCP_RST,
+                    Vec::new(),
+                );
                 pr.probe = None;
                 conclude(shared, &rt.health, t, pr, true, "TCP handshake completed");
             } else {
@@ -448,7 +529,14 @@ fn handle_reply(
                 Some(code) if t.expected.iter().any(|&(lo, hi)| (lo..=hi).contains(&code)) => {
                     conclude(shared, &rt.health, t, pr, true, &format!("HTTP {code}"))
                 }
-                Some(code) => conclude(shared, &rt.health, t, pr, false, &format!("HTTP {code} not expected")),
+                Some(code) => conclude(
+                    shared,
+                    &rt.health,
+                    t,
+                    pr,
+                    false,
+                    &format!("HTTP {code} not expected"),
+                ),
                 None => conclude(shared, &rt.health, t, pr, false, "no HTTP status line"),
             }
         }
@@ -476,10 +564,16 @@ fn send_tcp(
     flags: u8,
     payload: Vec<u8>,
 ) {
-    let Some(dst_mac) = shared.neigh.lookup(t.out_port, t.next_hop, Instant::now()).map(|e| e.mac) else {
+    let Some(dst_mac) = shared
+        .neigh
+        .lookup(t.out_port, t.next_hop, Instant::now())
+        .map(|e| e.mac)
+    else {
         return;
     };
-    let Some(sender) = senders.get_mut(t.out_port as usize) else { return };
+    let Some(sender) = senders.get_mut(t.out_port as usize) else {
+        return;
+    };
     let spec = FrameSpec {
         src_mac: MacAddr(sender.mac()),
         dst_mac: MacAddr(dst_mac),
@@ -542,7 +636,10 @@ mod tests {
     #[test]
     fn status_lines() {
         assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\nServer: x\r\n"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status(b"HTTP/1.1 999 Nope\r\n"), None);
         assert_eq!(parse_status(b""), None);

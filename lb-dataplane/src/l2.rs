@@ -15,7 +15,9 @@ use crate::neigh::Neighbors;
 pub fn solicit(my_mac: [u8; 6], src: IpAddr, target: IpAddr) -> Vec<u8> {
     match (src, target) {
         (IpAddr::V4(s), IpAddr::V4(t)) => packet::build_arp_request(MacAddr(my_mac), s, t),
-        (IpAddr::V6(s), IpAddr::V6(t)) => packet::build_neighbor_solicitation(MacAddr(my_mac), s, t),
+        (IpAddr::V6(s), IpAddr::V6(t)) => {
+            packet::build_neighbor_solicitation(MacAddr(my_mac), s, t)
+        }
         // Mixed families never reach here: callers pick a source of the
         // target's family; an empty frame is dropped by the sender.
         _ => Vec::new(),
@@ -55,11 +57,14 @@ pub fn answer(
                 }
             }
             match nd.kind {
-                packet::NdKind::Solicitation if snap.is_own_address(IpAddr::V6(nd.target)) => {
-                    Some(packet::build_neighbor_advertisement(frame, p, &nd, MacAddr(port_mac)))
-                }
+                packet::NdKind::Solicitation if snap.is_own_address(IpAddr::V6(nd.target)) => Some(
+                    packet::build_neighbor_advertisement(frame, p, &nd, MacAddr(port_mac)),
+                ),
                 packet::NdKind::Advertisement => {
-                    let mac = nd.link_layer_addr.map(|m| m.0).unwrap_or_else(|| eth_src(frame));
+                    let mac = nd
+                        .link_layer_addr
+                        .map(|m| m.0)
+                        .unwrap_or_else(|| eth_src(frame));
                     neigh.learn(port, IpAddr::V6(nd.target), mac, now);
                     None
                 }

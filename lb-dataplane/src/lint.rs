@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 
 use lb_core::acl::lint::{lint, LintRule};
-use lb_core::acl::policy::{Decision, GroupMembers, InterfaceKind, NaclPolicy, Origin, RuleSet, SgPolicy};
+use lb_core::acl::policy::{
+    Decision, GroupMembers, InterfaceKind, NaclPolicy, Origin, RuleSet, SgPolicy,
+};
 use lb_core::model::{Action, Config};
 
 /// One finding, ready to print.
@@ -23,11 +25,25 @@ pub fn lint_config(cfg: &Config) -> Vec<Note> {
         lint_sets(cfg, &p, None, &mut notes);
     }
     for inst in &cfg.instances {
-        let p = SgPolicy::compile(cfg, &members, &inst.security_groups, InterfaceKind::Instance);
+        let p = SgPolicy::compile(
+            cfg,
+            &members,
+            &inst.security_groups,
+            InterfaceKind::Instance,
+        );
         lint_sets(cfg, &p, Some(&inst.id), &mut notes);
     }
-    for lb in cfg.load_balancers.iter().filter(|lb| !lb.security_groups.is_empty()) {
-        let p = SgPolicy::compile(cfg, &members, &lb.security_groups, InterfaceKind::LoadBalancer);
+    for lb in cfg
+        .load_balancers
+        .iter()
+        .filter(|lb| !lb.security_groups.is_empty())
+    {
+        let p = SgPolicy::compile(
+            cfg,
+            &members,
+            &lb.security_groups,
+            InterfaceKind::LoadBalancer,
+        );
         lint_sets(cfg, &p, Some(&lb.id), &mut notes);
     }
     for a in 0..cfg.network_acls.len() {
@@ -76,11 +92,17 @@ fn describe(cfg: &Config, d: &Decision) -> (u32, String) {
     match d.origin {
         Origin::SgRule { group, rule } => {
             let g = &cfg.security_groups[group as usize];
-            (g.rules[rule as usize].line, format!("sg {} rule {}", g.id, rule + 1))
+            (
+                g.rules[rule as usize].line,
+                format!("sg {} rule {}", g.id, rule + 1),
+            )
         }
         Origin::NaclRule { acl, rule } => {
             let a = &cfg.network_acls[acl as usize];
-            (a.rules[rule as usize].line, format!("nacl {} rule {}", a.id, rule + 1))
+            (
+                a.rules[rule as usize].line,
+                format!("nacl {} rule {}", a.id, rule + 1),
+            )
         }
         _ => (0, "default rule".to_string()),
     }

@@ -17,7 +17,11 @@ pub fn render(v: &Value) -> String {
         n(&v["reloads"]),
         n(&v["reload_failures"])
     );
-    let _ = writeln!(s, "\nports\n  {:<10} {:>12} {:>10} {:>12} {:>10}", "port", "rx", "rx_drop", "tx", "tx_drop");
+    let _ = writeln!(
+        s,
+        "\nports\n  {:<10} {:>12} {:>10} {:>12} {:>10}",
+        "port", "rx", "rx_drop", "tx", "tx_drop"
+    );
     for p in v["ports"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
@@ -29,7 +33,11 @@ pub fn render(v: &Value) -> String {
             n(&p["tx_dropped"])
         );
     }
-    let _ = writeln!(s, "\nworkers\n  {:<4} {:>12} {:>12} {:>8} {:>10}", "id", "rx", "forwarded", "local", "sessions");
+    let _ = writeln!(
+        s,
+        "\nworkers\n  {:<4} {:>12} {:>12} {:>8} {:>10}",
+        "id", "rx", "forwarded", "local", "sessions"
+    );
     for w in v["workers"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
@@ -51,7 +59,11 @@ pub fn render(v: &Value) -> String {
     for (k, c) in v["rules"].as_object().into_iter().flatten() {
         let _ = writeln!(s, "  {k:<48} {:>12}", n(c));
     }
-    let _ = writeln!(s, "\nlisteners\n  {:<24} {:>10} {:>10}", "listener", "active", "total");
+    let _ = writeln!(
+        s,
+        "\nlisteners\n  {:<24} {:>10} {:>10}",
+        "listener", "active", "total"
+    );
     for l in v["listeners"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
@@ -76,7 +88,11 @@ pub fn render(v: &Value) -> String {
             s,
             "  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}",
             sv["group"].as_str().unwrap_or("?"),
-            format!("{}:{}", sv["server"].as_str().unwrap_or("?"), n(&sv["port"])),
+            format!(
+                "{}:{}",
+                sv["server"].as_str().unwrap_or("?"),
+                n(&sv["port"])
+            ),
             n(&sv["weight"]),
             health,
             n(&sv["active_sessions"]),

@@ -94,7 +94,9 @@ fn run_trace(path: &Path) -> Vec<String> {
     let mut checked = 0;
     for (n, line) in text.lines().enumerate() {
         let lineno = n + 1;
-        let Some((_, exp)) = line.split_once("#=>") else { continue };
+        let Some((_, exp)) = line.split_once("#=>") else {
+            continue;
+        };
         let exp = parse_expect(exp);
         let Some(got) = results.iter().find(|r| r["line"] == lineno) else {
             failures.push(format!("{}:{lineno}: no verdict printed", path.display()));
@@ -104,7 +106,11 @@ fn run_trace(path: &Path) -> Vec<String> {
         let field = |k: &str| got[k].as_str().unwrap_or("").to_string();
         let mut bad = Vec::new();
         if field("verdict") != exp.verdict {
-            bad.push(format!("verdict {} (expected {})", field("verdict"), exp.verdict));
+            bad.push(format!(
+                "verdict {} (expected {})",
+                field("verdict"),
+                exp.verdict
+            ));
         }
         if let Some(r) = &exp.reason {
             if !field("reason").contains(r.as_str()) {
@@ -122,7 +128,11 @@ fn run_trace(path: &Path) -> Vec<String> {
             }
         }
         if !bad.is_empty() {
-            failures.push(format!("{}:{lineno}: {} — got {got}", path.display(), bad.join("; ")));
+            failures.push(format!(
+                "{}:{lineno}: {} — got {got}",
+                path.display(),
+                bad.join("; ")
+            ));
         }
     }
     assert!(checked > 0, "{}: no expectations", path.display());
@@ -145,7 +155,12 @@ fn every_trace_gives_its_expected_verdicts() {
     let traces = files(&suite_dir(), "trace");
     assert!(traces.len() >= 4, "conformance traces missing");
     let failures: Vec<String> = traces.iter().flat_map(|t| run_trace(t)).collect();
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -159,7 +174,11 @@ fn every_configuration_of_the_suite_is_valid() {
             String::from_utf8_lossy(&out.stderr)
         );
         let summary = String::from_utf8_lossy(&out.stdout);
-        assert!(summary.contains("ok"), "{}: summary {summary:?}", f.display());
+        assert!(
+            summary.contains("ok"),
+            "{}: summary {summary:?}",
+            f.display()
+        );
     }
 }
 
@@ -181,7 +200,10 @@ fn bad_configurations_are_rejected_at_their_line() {
             .filter_map(|l| l.strip_prefix("# expect:"))
             .map(|e| {
                 let (line, msg) = e.trim().split_once(':').expect("LINE: substring");
-                (line.trim().parse().expect("line number"), msg.trim().to_string())
+                (
+                    line.trim().parse().expect("line number"),
+                    msg.trim().to_string(),
+                )
             })
             .collect();
         assert!(!expects.is_empty(), "{}: no '# expect:' lines", f.display());
@@ -191,7 +213,10 @@ fn bad_configurations_are_rejected_at_their_line() {
                 .lines()
                 .any(|l| l.starts_with(&prefix) && l.contains(msg.as_str()));
             if !found {
-                failures.push(format!("{}: no error at line {line} containing {msg:?}; got:\n{stderr}", f.display()));
+                failures.push(format!(
+                    "{}: no error at line {line} containing {msg:?}; got:\n{stderr}",
+                    f.display()
+                ));
             }
         }
     }

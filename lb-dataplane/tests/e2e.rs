@@ -18,7 +18,8 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 /// Waits until the health checker has seen both backends up.
 fn wait_healthy(t: &Topo) {
     t.wait_for(15, "both backends healthy", |t| {
-        t.server_up("sgp-web", "ecs01") == Some(true) && t.server_up("sgp-web", "ecs02") == Some(true)
+        t.server_up("sgp-web", "ecs01") == Some(true)
+            && t.server_up("sgp-web", "ecs02") == Some(true)
     });
 }
 
@@ -36,8 +37,16 @@ fn seed_scenario_over_ipv4_and_ipv6() {
     }
 
     // Step 6: deny 81.
-    let out = t.reload(&seed_config("security_groups = [\"sg-alb\"]", &sg_alb(false), (100, 100)));
-    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    let out = t.reload(&seed_config(
+        "security_groups = [\"sg-alb\"]",
+        &sg_alb(false),
+        (100, 100),
+    ));
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for url in [V4_80, V6_80] {
         assert!(t.backend_of(url).is_some(), "step 6: {url} should answer");
     }
@@ -46,15 +55,24 @@ fn seed_scenario_over_ipv4_and_ipv6() {
     }
 
     // Step 7: deny 80 and 81.
-    let out = t.reload(&seed_config("security_groups = [\"sg-alb\"]", &sg_alb(true), (100, 100)));
+    let out = t.reload(&seed_config(
+        "security_groups = [\"sg-alb\"]",
+        &sg_alb(true),
+        (100, 100),
+    ));
     assert!(out.status.success());
     for url in [V4_80, V4_81, V6_80, V6_81] {
         assert!(t.curl(url).is_none(), "step 7: {url} should be blocked");
     }
     let s = t.stats();
-    assert!(s["drops"]["security_group"].as_u64().unwrap_or(0) > 0, "drops counted: {s}");
     assert!(
-        s["rules"].as_object().is_some_and(|r| r.keys().any(|k| k.starts_with("sg sg-alb rule"))),
+        s["drops"]["security_group"].as_u64().unwrap_or(0) > 0,
+        "drops counted: {s}"
+    );
+    assert!(
+        s["rules"]
+            .as_object()
+            .is_some_and(|r| r.keys().any(|k| k.starts_with("sg sg-alb rule"))),
         "rule hits counted: {s}"
     );
 }
@@ -76,7 +94,10 @@ fn weighted_round_robin_proportions() {
     }
     // 3:1 of 80 new connections; two workers each run their own smooth
     // round-robin, so allow a small deviation from exactly 60/20.
-    assert!((55..=65).contains(&a) && a + b == 80, "ECS01 {a}, ECS02 {b}");
+    assert!(
+        (55..=65).contains(&a) && a + b == 80,
+        "ECS01 {a}, ECS02 {b}"
+    );
 }
 
 #[test]
@@ -87,15 +108,26 @@ fn health_check_failover_and_recovery() {
     t.start_lbd(&seed_config("", "", (100, 100)));
     wait_healthy(&t);
     t.netns(&["nginx-stop", "1"]);
-    t.wait_for(15, "ecs01 marked down", |t| t.server_up("sgp-web", "ecs01") == Some(false));
+    t.wait_for(15, "ecs01 marked down", |t| {
+        t.server_up("sgp-web", "ecs01") == Some(false)
+    });
     for _ in 0..10 {
-        assert_eq!(t.backend_of(V4_80).as_deref(), Some("ECS02"), "traffic moved to the healthy server");
+        assert_eq!(
+            t.backend_of(V4_80).as_deref(),
+            Some("ECS02"),
+            "traffic moved to the healthy server"
+        );
         assert_eq!(t.backend_of(V6_81).as_deref(), Some("ECS02"));
     }
     t.netns(&["nginx-start", "1"]);
-    t.wait_for(15, "ecs01 back up", |t| t.server_up("sgp-web", "ecs01") == Some(true));
+    t.wait_for(15, "ecs01 back up", |t| {
+        t.server_up("sgp-web", "ecs01") == Some(true)
+    });
     let seen: Vec<_> = (0..6).filter_map(|_| t.backend_of(V4_80)).collect();
-    assert!(seen.iter().any(|b| b == "ECS01"), "ecs01 serves again: {seen:?}");
+    assert!(
+        seen.iter().any(|b| b == "ECS01"),
+        "ecs01 serves again: {seen:?}"
+    );
 }
 
 #[test]
@@ -104,11 +136,22 @@ fn nat_mode_backend_sees_the_client_address() {
     let _g = lock();
     let mut t = Topo::up();
     t.start_lbd(&seed_config("", "", (100, 100)));
-    t.wait_for(15, "ecs01:8080 healthy", |t| t.server_up("sgp-nat", "ecs01") == Some(true));
-    assert_eq!(t.curl("http://198.18.0.10:8080/whoami").as_deref(), Some("198.18.0.2"));
-    assert_eq!(t.curl("http://[2001:db8:18::10]:8080/whoami").as_deref(), Some("2001:db8:18::2"));
+    t.wait_for(15, "ecs01:8080 healthy", |t| {
+        t.server_up("sgp-nat", "ecs01") == Some(true)
+    });
+    assert_eq!(
+        t.curl("http://198.18.0.10:8080/whoami").as_deref(),
+        Some("198.18.0.2")
+    );
+    assert_eq!(
+        t.curl("http://[2001:db8:18::10]:8080/whoami").as_deref(),
+        Some("2001:db8:18::2")
+    );
     // FULLNAT listeners show the local address instead.
-    assert_eq!(t.curl("http://198.18.0.10:80/whoami").as_deref(), Some("198.19.1.250"));
+    assert_eq!(
+        t.curl("http://198.18.0.10:80/whoami").as_deref(),
+        Some("198.19.1.250")
+    );
 }
 
 #[test]
@@ -126,9 +169,14 @@ fn routed_instance_traffic_filtered_by_security_group_and_network_acl() {
     // Over IPv6 the network ACL allows it, the group does not.
     assert!(t.curl("http://[2001:db8:19:1::11]:8080/").is_none());
     let after = t.stats();
-    let grew = |k: &str| after["drops"][k].as_u64().unwrap_or(0) > before["drops"][k].as_u64().unwrap_or(0);
+    let grew = |k: &str| {
+        after["drops"][k].as_u64().unwrap_or(0) > before["drops"][k].as_u64().unwrap_or(0)
+    };
     assert!(grew("network_acl"), "network ACL drop counted: {after}");
-    assert!(grew("security_group"), "security group drop counted: {after}");
+    assert!(
+        grew("security_group"),
+        "security group drop counted: {after}"
+    );
 }
 
 #[test]
@@ -139,12 +187,21 @@ fn invalid_reload_keeps_traffic_flowing_and_malformed_frames_are_counted() {
     let good = seed_config("", "", (100, 100));
     t.start_lbd(&good);
     assert!(t.backend_of(V4_80).is_some());
-    let bad = good.replace("priority = 1\nprotocol = \"tcp\"\nport_range = \"80/80\"", "priority = 0\nprotocol = \"tcp\"\nport_range = \"80/80\"");
+    let bad = good.replace(
+        "priority = 1\nprotocol = \"tcp\"\nport_range = \"80/80\"",
+        "priority = 0\nprotocol = \"tcp\"\nport_range = \"80/80\"",
+    );
     let out = t.reload(&bad);
     assert!(!out.status.success(), "an invalid file must be rejected");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("lbd.toml:") && err.contains("priority"), "errors name file:line:col: {err}");
-    assert!(t.backend_of(V4_80).is_some(), "the old configuration keeps running");
+    assert!(
+        err.contains("lbd.toml:") && err.contains("priority"),
+        "errors name file:line:col: {err}"
+    );
+    assert!(
+        t.backend_of(V4_80).is_some(),
+        "the old configuration keeps running"
+    );
     let s = t.stats();
     assert_eq!(s["reload_failures"], 1);
     assert_eq!(s["generation"], 1);
@@ -155,7 +212,11 @@ fn invalid_reload_keeps_traffic_flowing_and_malformed_frames_are_counted() {
         "import socket; s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('c-eth0', 0)); s.send(bytes.fromhex('{frame}'))"
     );
     let out = t.exec("client", &["python3", "-c", &py]);
-    assert!(out.status.success(), "send: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     t.wait_for(5, "the malformed frame counted", |t| {
         t.stats()["drops"]["malformed"].as_u64().unwrap_or(0) >= 1
     });

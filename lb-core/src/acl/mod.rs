@@ -6,8 +6,8 @@
 //! [`FlowKey`]; [`linear_classify`] is the reference it must agree with.
 
 mod classifier;
-pub mod policy;
 pub mod lint;
+pub mod policy;
 
 pub use classifier::Classifier;
 

@@ -111,7 +111,12 @@ pub struct SgPolicy {
 impl SgPolicy {
     /// Compiles the groups `groups` (indices into `cfg.security_groups`, in
     /// attachment order) for an interface of kind `kind`.
-    pub fn compile(cfg: &Config, members: &GroupMembers, groups: &[usize], kind: InterfaceKind) -> SgPolicy {
+    pub fn compile(
+        cfg: &Config,
+        members: &GroupMembers,
+        groups: &[usize],
+        kind: InterfaceKind,
+    ) -> SgPolicy {
         let mut ingress = Vec::new();
         let mut egress = Vec::new();
         // (priority, action, attachment position, rule index): a stable total order.
@@ -292,7 +297,10 @@ impl GroupMembers {
 
     /// The members as host prefixes.
     pub fn prefixes(&self, group: usize) -> Vec<IpNet> {
-        self.members[group].iter().map(|&a| IpNet::from(a)).collect()
+        self.members[group]
+            .iter()
+            .map(|&a| IpNet::from(a))
+            .collect()
     }
 }
 

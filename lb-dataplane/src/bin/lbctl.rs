@@ -8,7 +8,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "lbctl", version, about = "Check, evaluate and lint load-balancer configurations")]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Check, evaluate and lint load-balancer configurations"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -68,18 +72,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Eval { config, trace } => {
             let (text, path) = match trace {
                 Some(p) => (
-                    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?,
                     p,
                 ),
                 None => {
                     let mut s = String::new();
-                    std::io::stdin().read_to_string(&mut s).context("reading the trace from standard input")?;
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .context("reading the trace from standard input")?;
                     (s, PathBuf::from("<stdin>"))
                 }
             };
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
-            lb_dataplane::eval::run(&config, &text, &path, &mut stdout.lock(), &mut stderr.lock())?;
+            lb_dataplane::eval::run(
+                &config,
+                &text,
+                &path,
+                &mut stdout.lock(),
+                &mut stderr.lock(),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stats { control, json } => {
@@ -97,7 +110,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("reloaded: generation {}", v["generation"]);
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("reload rejected, the running configuration stays:\n{}", v["errors"].as_str().unwrap_or(""));
+                eprintln!(
+                    "reload rejected, the running configuration stays:\n{}",
+                    v["errors"].as_str().unwrap_or("")
+                );
                 Ok(ExitCode::FAILURE)
             }
         }

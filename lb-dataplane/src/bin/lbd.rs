@@ -8,7 +8,11 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 #[derive(Debug, Parser)]
-#[command(name = "lbd", version, about = "Userspace load balancer with cloud security groups in its data path")]
+#[command(
+    name = "lbd",
+    version,
+    about = "Userspace load balancer with cloud security groups in its data path"
+)]
 struct Args {
     /// The configuration file (TOML).
     #[arg(long)]
@@ -25,7 +29,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LBD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("LBD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     if let Err(e) = run(Args::parse()) {
@@ -36,11 +41,15 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let daemon = lb_dataplane::daemon::Daemon::start(&args.config)?;
     let control = lb_dataplane::control::serve(daemon.shared.clone(), &args.control)?;
     let metrics = match &args.metrics {
-        Some(addr) => Some(lb_dataplane::control::serve_metrics(daemon.shared.clone(), addr)?),
+        Some(addr) => Some(lb_dataplane::control::serve_metrics(
+            daemon.shared.clone(),
+            addr,
+        )?),
         None => None,
     };
     tracing::info!(control = %args.control.display(), "ready");

@@ -15,11 +15,16 @@ pub struct RawSender {
 
 impl RawSender {
     pub fn open(ifname: &str) -> io::Result<RawSender> {
-        let name = CString::new(ifname).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL byte"))?;
+        let name = CString::new(ifname).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL byte")
+        })?;
         // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         if ifindex == 0 {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface {ifname}")));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface {ifname}"),
+            ));
         }
         // Protocol 0: the socket receives nothing.
         // SAFETY: plain socket(2) call with constant arguments.
@@ -30,7 +35,8 @@ impl RawSender {
         // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mac = interface_mac(&fd, ifname)?;
-        let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
+        let ifindex =
+            i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
         Ok(RawSender { fd, ifindex, mac })
     }
 
@@ -45,7 +51,11 @@ impl RawSender {
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(frame.get(..6).ok_or_else(|| io::Error::other("frame too short"))?);
+        addr.sll_addr[..6].copy_from_slice(
+            frame
+                .get(..6)
+                .ok_or_else(|| io::Error::other("frame too short"))?,
+        );
         // SAFETY: `frame` is valid for `frame.len()` bytes and `addr` is a properly
         // initialised sockaddr_ll whose size we pass.
         let n = unsafe {
@@ -72,7 +82,10 @@ pub fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = ifname.as_bytes();
     if bytes.len() >= req.ifr_name.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;

@@ -63,7 +63,11 @@ pub struct Topo {
 impl Topo {
     /// Builds the namespaces and starts nginx on both backends.
     pub fn up() -> Topo {
-        let prefix = format!("lbe{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let prefix = format!(
+            "lbe{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let run = PathBuf::from(format!("/tmp/{prefix}"));
         let t = Topo {
             config: run.join("lbd.toml"),
@@ -156,7 +160,11 @@ impl Topo {
 
     pub fn stats(&self) -> serde_json::Value {
         let out = self.lbctl(&["stats", "--json"]);
-        assert!(out.status.success(), "lbctl stats: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "lbctl stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("stats JSON")
     }
 
@@ -170,7 +178,18 @@ impl Topo {
     pub fn curl(&self, url: &str) -> Option<String> {
         let out = self.exec(
             "client",
-            &["curl", "-s", "-g", "--max-time", "2", "--connect-timeout", "2", "-H", "Connection: close", url],
+            &[
+                "curl",
+                "-s",
+                "-g",
+                "--max-time",
+                "2",
+                "--connect-timeout",
+                "2",
+                "-H",
+                "Connection: close",
+                url,
+            ],
         );
         out.status
             .success()
@@ -180,7 +199,10 @@ impl Topo {
     /// Which backend answered `url` (ECS01 / ECS02), if any.
     pub fn backend_of(&self, url: &str) -> Option<String> {
         let body = self.curl(url)?;
-        ["ECS01", "ECS02"].into_iter().find(|b| body.contains(b)).map(str::to_string)
+        ["ECS01", "ECS02"]
+            .into_iter()
+            .find(|b| body.contains(b))
+            .map(str::to_string)
     }
 
     /// Polls `cond` every 200 ms until it holds or `secs` pass.
@@ -199,7 +221,8 @@ impl Topo {
     pub fn server_up(&self, group: &str, server: &str) -> Option<bool> {
         let s = self.stats();
         s["servers"].as_array()?.iter().find_map(|v| {
-            (v["group"] == group && v["server"] == server && v["checked"] == true).then(|| v["up"] == true)
+            (v["group"] == group && v["server"] == server && v["checked"] == true)
+                .then(|| v["up"] == true)
         })
     }
 }
@@ -409,7 +432,12 @@ transfer_client_ip = true
 pub fn sg_alb(deny80: bool) -> String {
     let a80 = if deny80 { "deny" } else { "allow" };
     let mut s = String::from("\n[[security_group]]\nid = \"sg-alb\"\ntype = \"basic\"\n");
-    for (action, port, src) in [(a80, 80, "0.0.0.0/0"), (a80, 80, "::/0"), ("deny", 81, "0.0.0.0/0"), ("deny", 81, "::/0")] {
+    for (action, port, src) in [
+        (a80, 80, "0.0.0.0/0"),
+        (a80, 80, "::/0"),
+        ("deny", 81, "0.0.0.0/0"),
+        ("deny", 81, "::/0"),
+    ] {
         s.push_str(&format!(
             "\n[[security_group.rule]]\ndirection = \"ingress\"\naction = \"{action}\"\npriority = 1\nprotocol = \"tcp\"\nport_range = \"{port}/{port}\"\nsource = \"{src}\"\n"
         ));
