@@ -193,3 +193,72 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         &mut self.buffer.as_mut()[h..]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::checksum;
+    use std::net::Ipv4Addr;
+
+    // 198.18.0.2:40000 -> 198.18.0.10:443, PSH|ACK, seq 1, ack 2, window
+    // 502, options MSS 1460 / NOP / window scale 7, payload "GET".
+    const SEGMENT: [u8; 31] = [
+        0x9c, 0x40, 0x01, 0xbb, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x70, 0x18, 0x01,
+        0xf6, 0xbc, 0x94, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x01, 0x03, 0x03, 0x07, 0x47, 0x45,
+        0x54,
+    ];
+
+    fn pseudo() -> u16 {
+        checksum::pseudo_header_v4(
+            Ipv4Addr::new(198, 18, 0, 2),
+            Ipv4Addr::new(198, 18, 0, 10),
+            6,
+            SEGMENT.len() as u16,
+        )
+    }
+
+    #[test]
+    fn deconstruct() {
+        let p = TcpPacket::new_checked(&SEGMENT[..]).unwrap();
+        assert_eq!((p.src_port(), p.dst_port()), (40000, 443));
+        assert_eq!((p.seq_number(), p.ack_number()), (1, 2));
+        assert_eq!(p.header_len(), 28);
+        assert_eq!(p.flags(), TcpFlags(TcpFlags::PSH | TcpFlags::ACK));
+        assert_eq!(
+            (p.window_len(), p.checksum(), p.urgent_at()),
+            (502, 0xbc94, 0)
+        );
+        assert_eq!(p.options(), &[2, 4, 5, 0xb4, 1, 3, 3, 7]);
+        assert_eq!(p.payload(), b"GET");
+        assert_eq!(checksum::sum_with(pseudo(), &SEGMENT), 0xffff);
+    }
+
+    #[test]
+    fn construct() {
+        let mut b = [0u8; 31];
+        let mut p = TcpPacket::new_unchecked(&mut b[..]);
+        p.set_src_port(40000);
+        p.set_dst_port(443);
+        p.set_seq_number(1);
+        p.set_ack_number(2);
+        p.set_header_len(28);
+        p.set_flags(TcpFlags(TcpFlags::PSH | TcpFlags::ACK));
+        p.set_window_len(502);
+        p.set_urgent_at(0);
+        p.options_mut()
+            .copy_from_slice(&[2, 4, 5, 0xb4, 1, 3, 3, 7]);
+        p.payload_mut().copy_from_slice(b"GET");
+        p.fill_checksum(pseudo());
+        assert_eq!(b, SEGMENT);
+    }
+
+    #[test]
+    fn errors() {
+        let e = |b: &[u8]| TcpPacket::new_checked(b).unwrap_err();
+        assert_eq!(e(&SEGMENT[..19]), ParseError::TruncatedTcp);
+        assert_eq!(e(&SEGMENT[..27]), ParseError::BadTcpDataOffset);
+        let mut b = SEGMENT;
+        b[12] = 0x40;
+        assert_eq!(e(&b), ParseError::BadTcpDataOffset);
+    }
+}

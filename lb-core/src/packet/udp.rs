@@ -113,3 +113,57 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
         &mut self.buffer.as_mut()[HEADER_LEN..l]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::checksum;
+
+    // [2001:db8::1]:5353 -> [2001:db8::2]:53, "hello".
+    const DATAGRAM: [u8; 13] = [
+        0x14, 0xe9, 0x00, 0x35, 0x00, 0x0d, 0x4b, 0x6f, 0x68, 0x65, 0x6c, 0x6c, 0x6f,
+    ];
+
+    fn pseudo() -> u16 {
+        checksum::pseudo_header_v6(
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+            17,
+            13,
+        )
+    }
+
+    #[test]
+    fn deconstruct() {
+        // Followed by two bytes that are not part of the datagram.
+        let mut b = DATAGRAM.to_vec();
+        b.extend_from_slice(&[0xee, 0xee]);
+        let p = UdpPacket::new_checked(&b[..]).unwrap();
+        assert_eq!((p.src_port(), p.dst_port(), p.len()), (5353, 53, 13));
+        assert_eq!(p.checksum(), 0x4b6f);
+        assert_eq!(p.payload(), b"hello");
+        assert_eq!(checksum::sum_with(pseudo(), &DATAGRAM), 0xffff);
+    }
+
+    #[test]
+    fn construct() {
+        let mut b = [0u8; 13];
+        let mut p = UdpPacket::new_unchecked(&mut b[..]);
+        p.set_src_port(5353);
+        p.set_dst_port(53);
+        p.set_len(13);
+        p.payload_mut().copy_from_slice(b"hello");
+        p.fill_checksum(pseudo());
+        assert_eq!(b, DATAGRAM);
+    }
+
+    #[test]
+    fn errors() {
+        let e = |b: &[u8]| UdpPacket::new_checked(b).unwrap_err();
+        assert_eq!(e(&DATAGRAM[..7]), ParseError::TruncatedUdp);
+        assert_eq!(e(&DATAGRAM[..12]), ParseError::BadUdpLength);
+        let mut b = DATAGRAM;
+        b[5] = 7;
+        assert_eq!(e(&b), ParseError::BadUdpLength);
+    }
+}
