@@ -357,15 +357,48 @@ fn class_bits(bits: &[u64], class: u32, words: usize) -> &[u64] {
     bits.get(start..start + words).unwrap_or(&[])
 }
 
-/// The lowest bit set in all five bitmaps.
+/// Lays out `words`-word class bitmaps as `summary(words)` summary words
+/// (bit `i` set when word `i` is non-zero) followed by the words.
+fn with_summary(bits: &[u64], words: usize) -> Vec<u64> {
+    let s = summary(words);
+    let classes = bits.len() / words.max(1);
+    let mut out = Vec::with_capacity(classes * (s + words));
+    for class in bits.chunks(words.max(1)) {
+        let start = out.len();
+        out.resize(start + s, 0);
+        for (i, &w) in class.iter().enumerate() {
+            if w != 0 {
+                if let Some(sw) = out.get_mut(start + i / 64) {
+                    *sw |= 1 << (i % 64);
+                }
+            }
+        }
+        out.extend_from_slice(class);
+    }
+    out
+}
+
+/// Summary words of a `words`-word bitmap.
+fn summary(words: usize) -> usize {
+    words.div_ceil(64)
+}
+
+/// The lowest bit set in all five bitmaps (each `s` summary words then the
+/// words, as laid out by [`with_summary`]).
 #[inline]
-fn first_common(a: &[u64], b: &[u64], c: &[u64], d: &[u64], e: &[u64]) -> Option<usize> {
-    let n = a.len().min(b.len()).min(c.len()).min(d.len()).min(e.len());
-    let (a, b, c, d, e) = (&a[..n], &b[..n], &c[..n], &d[..n], &e[..n]);
+fn first_common(f: [&[u64]; 5], s: usize) -> Option<usize> {
+    let [a, b, c, d, e] = f.map(|x| x.split_at_checked(s).unwrap_or((&[], &[])));
+    let n = a.0.len().min(b.0.len()).min(c.0.len()).min(d.0.len()).min(e.0.len());
     for i in 0..n {
-        let x = a[i] & b[i] & c[i] & d[i] & e[i];
-        if x != 0 {
-            return Some(i * 64 + x.trailing_zeros() as usize);
+        let mut m = a.0[i] & b.0[i] & c.0[i] & d.0[i] & e.0[i];
+        while m != 0 {
+            let w = i * 64 + m.trailing_zeros() as usize;
+            let word = |x: &[u64]| x.get(w).copied().unwrap_or(0);
+            let x = word(a.1) & word(b.1) & word(c.1) & word(d.1) & word(e.1);
+            if x != 0 {
+                return Some(w * 64 + x.trailing_zeros() as usize);
+            }
+            m &= m - 1;
         }
     }
     None
@@ -392,7 +425,7 @@ struct AddrField<A> {
 }
 
 impl<A: Addr> AddrField<A> {
-    fn new(p: Partition) -> AddrField<A> {
+    fn new(p: Partition, words: usize) -> AddrField<A> {
         let n = p.starts.len();
         // About 2-4 index entries per interval, at most 2^16.
         let index_bits = (usize::BITS - n.leading_zeros() + 1)
@@ -415,7 +448,7 @@ impl<A: Addr> AddrField<A> {
             class_of: p.class_of,
             index,
             index_bits,
-            bits: p.bits,
+            bits: with_summary(&p.bits, words),
         }
     }
 
@@ -445,7 +478,10 @@ impl<A: Addr> AddrField<A> {
 struct Family<A> {
     /// Local bit number → rule index.
     rule_ids: Vec<u32>,
-    words: usize,
+    /// Words per class bitmap, summary included.
+    stride: usize,
+    /// Summary words at the start of each class bitmap.
+    summary: usize,
     proto: Box<[u16; 256]>,
     /// Protocol class bitmaps, ANDed with the single class of every field
     /// that has only one.
@@ -544,17 +580,18 @@ impl<A: Addr> Family<A> {
             fill_table(&mut table[..], &p.starts, &p.class_of);
             Some(PortField {
                 table,
-                bits: p.bits,
+                bits: with_summary(&p.bits, words),
             })
         };
         Family {
-            words,
+            stride: summary(words) + words,
+            summary: summary(words),
             proto: proto_table,
-            proto_bits,
+            proto_bits: with_summary(&proto_bits, words),
             sport: port_field(sport, sport_trivial),
             dport: port_field(dport, dport_trivial),
-            src: (!src_trivial).then(|| AddrField::new(src)),
-            dst: (!dst_trivial).then(|| AddrField::new(dst)),
+            src: (!src_trivial).then(|| AddrField::new(src, words)),
+            dst: (!dst_trivial).then(|| AddrField::new(dst, words)),
             rule_ids,
         }
     }
@@ -576,7 +613,7 @@ impl<A: Addr> Family<A> {
 
     #[inline]
     fn scan(&self, c: &[u32; 5]) -> Option<u32> {
-        let w = self.words;
+        let w = self.stride;
         let p = class_bits(&self.proto_bits, c[0], w);
         let sp = self
             .sport
@@ -594,7 +631,7 @@ impl<A: Addr> Family<A> {
             .dst
             .as_ref()
             .map_or(p, |f| class_bits(&f.bits, c[4], w));
-        let local = first_common(p, sp, dp, s, d)?;
+        let local = first_common([p, sp, dp, s, d], self.summary)?;
         self.rule_ids.get(local).copied()
     }
 
