@@ -569,10 +569,10 @@ impl<'a, 's> Compiler<'a, 's> {
             .map_or(GroupTypeConfig::Basic, |k| *k.get_ref());
         let kind = match kind_cfg {
             GroupTypeConfig::Basic => GroupKind::Basic {
-                internal_access: g
-                    .internal_access
-                    .as_ref()
-                    .map_or(true, |a| *a.get_ref() == InternalAccessConfig::Accept),
+                internal_access: !matches!(
+                    g.internal_access.as_ref().map(|a| *a.get_ref()),
+                    Some(InternalAccessConfig::Drop)
+                ),
             },
             GroupTypeConfig::Enterprise => {
                 if let Some(a) = &g.internal_access {
@@ -712,6 +712,8 @@ impl<'a, 's> Compiler<'a, 's> {
             Direction::Egress => "egress",
         };
         let mut peer = Peer::Cidr(IpNet::default());
+        // The peer when it is a valid address or CIDR.
+        let mut peer_cidr = None;
         match peer_field {
             None => self.err(
                 &r.direction.span(),
@@ -740,7 +742,10 @@ impl<'a, 's> Compiler<'a, 's> {
                     }
                 } else {
                     match parse::cidr(s) {
-                        Ok(net) => peer = Peer::Cidr(net),
+                        Ok(net) => {
+                            peer = Peer::Cidr(net);
+                            peer_cidr = Some(net);
+                        }
                         Err(e) => self.err(&p.span(), e),
                     }
                 }
@@ -757,11 +762,8 @@ impl<'a, 's> Compiler<'a, 's> {
             } else {
                 match parse::cidr(s) {
                     Ok(net) => {
-                        if let Peer::Cidr(p) = &peer {
-                            if peer_field.is_some()
-                                && p.addr().is_ipv4() != net.addr().is_ipv4()
-                                && *p != IpNet::default()
-                            {
+                        if let Some(p) = peer_cidr {
+                            if p.addr().is_ipv4() != net.addr().is_ipv4() {
                                 self.err(
                                     &l.span(),
                                     format!(
@@ -786,19 +788,12 @@ impl<'a, 's> Compiler<'a, 's> {
         };
         if let Some(v4) = want_v4 {
             let checks = [
-                (
-                    peer_field,
-                    peer_name,
-                    match &peer {
-                        Peer::Cidr(n) => Some(*n),
-                        _ => None,
-                    },
-                ),
+                (peer_field, peer_name, peer_cidr),
                 (local_field, local_name, local),
             ];
             for (field, name, net) in checks {
                 if let (Some(field), Some(net)) = (field, net) {
-                    if net.addr().is_ipv4() != v4 && field.get_ref() != "" {
+                    if net.addr().is_ipv4() != v4 {
                         let fix = if v4 { "icmpv6" } else { "icmp" };
                         self.err(
                             &field.span(),
@@ -1219,7 +1214,12 @@ impl<'a, 's> Compiler<'a, 's> {
                 self.err(
                     &key_span,
                     format!(
-                        "server {name} port {port} is already in server group {id} (line {line})"
+                        "server {} is already in server group {id} (line {line})",
+                        if instance.is_some() {
+                            format!("{name} port {port}")
+                        } else {
+                            name.clone()
+                        }
                     ),
                 );
             }

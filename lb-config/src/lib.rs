@@ -35,10 +35,11 @@
 //! ```
 //!
 //! The format is specified in `CONFIG.md`; the serde structs in [`schema`]
-//! mirror it name for name. Parsing happens in two stages: TOML syntax and
-//! schema errors (unknown field, wrong type, missing field) stop at the
-//! first one, as `toml` reports it; the semantic checks after that report
-//! every problem at once, sorted by position.
+//! mirror it name for name. Every problem is reported at once, sorted by
+//! position, with one exception: a TOML syntax error, a value of the wrong
+//! type or a missing field ends parsing there (as `toml` reports it), since
+//! nothing after it can be checked reliably. Unknown fields are reported and
+//! parsing goes on.
 
 mod compile;
 mod error;
@@ -63,19 +64,73 @@ use error::Sink;
 /// Parses and validates configuration text. `path` is used only in messages.
 pub fn parse_str(text: &str, path: &str) -> Result<Config, ConfigErrors> {
     let mut sink = Sink::new(text, path);
-    let file: schema::FileConfig = match toml::from_str(text) {
-        Ok(f) => f,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            sink.error(&span, toml_message(e.message()));
-            return Err(sink.finish());
-        }
+    let Some(file) = deserialize(text, &mut sink) else {
+        return Err(sink.finish());
     };
     let cfg = compile::Compiler::new(&mut sink).compile(&file);
     if sink.is_empty() {
         Ok(cfg)
     } else {
         Err(sink.finish())
+    }
+}
+
+/// At most this many unknown fields are reported before giving up.
+const MAX_SCHEMA_ERRORS: usize = 32;
+
+/// TOML syntax and schema. A syntax error, a wrong type or a missing field
+/// ends parsing (what follows could not be trusted); an unknown field is
+/// reported, dropped, and parsing goes on, so that a misspelt key does not
+/// hide the file's other problems.
+fn deserialize(text: &str, sink: &mut Sink<'_>) -> Option<schema::FileConfig> {
+    use serde::Deserialize as _;
+    let mut root = match toml::de::DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            sink.error(&e.span().unwrap_or(0..0), toml_message(e.message()));
+            return None;
+        }
+    };
+    for _ in 0..MAX_SCHEMA_ERRORS {
+        let de = toml::de::Deserializer::from(root.clone());
+        let e = match schema::FileConfig::deserialize(de) {
+            Ok(file) => return Some(file),
+            Err(e) => e,
+        };
+        let message = toml_message(e.message());
+        let span = e.span().unwrap_or(0..0);
+        sink.error(&span, message.as_str());
+        if !message.starts_with("unknown field") || !remove_key_at(root.get_mut(), span.start) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Removes the entry whose key covers byte offset `pos`, wherever it is.
+fn remove_key_at(table: &mut toml::de::DeTable<'_>, pos: usize) -> bool {
+    use toml::de::DeValue;
+    let mut found = None;
+    for (k, v) in table.iter_mut() {
+        if k.span().contains(&pos) {
+            found = Some(k.get_ref().to_string());
+            break;
+        }
+        let hit = match v.get_mut() {
+            DeValue::Table(t) => remove_key_at(t, pos),
+            DeValue::Array(a) => a.iter_mut().any(|item| match item.get_mut() {
+                DeValue::Table(t) => remove_key_at(t, pos),
+                _ => false,
+            }),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    match found {
+        Some(k) => table.remove(k.as_str()).is_some(),
+        None => false,
     }
 }
 
