@@ -1,1 +1,59 @@
-fn main() {}
+//! Benchmarks of the load balancer's hot paths.
+//!
+//! ```text
+//! bench acl --rules /work/shared/bench-data/cb_fw1_1000
+//! bench acl --rules sg6_1k.rules --trace sg6_1k.trace --ipv6
+//! bench acl --all /work/shared/bench-data --packets 200000
+//! ```
+
+mod acl;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "Load balancer benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Packet classifier: compiled classifier against the linear scan.
+    Acl(AclArgs),
+}
+
+/// Arguments of `bench acl`.
+#[derive(Debug, Args)]
+pub struct AclArgs {
+    /// A rule file in ClassBench / dpdk-test-acl format.
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub rules: Option<PathBuf>,
+    /// Run every rule file (cb_* and *.rules) of this directory.
+    #[arg(long, value_name = "DIR")]
+    pub all: Option<PathBuf>,
+    /// A trace in dpdk-test-acl format; generated from the rules if absent.
+    #[arg(long, conflicts_with = "all")]
+    pub trace: Option<PathBuf>,
+    /// The rule file is IPv6 (otherwise detected from the addresses).
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Packets of the generated trace.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub packets: usize,
+    /// Timing rounds per engine (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Seed of the trace generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Acl(args) => acl::run(&args),
+    }
+}

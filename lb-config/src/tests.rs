@@ -1,0 +1,1141 @@
+//! Diagnostics tests: each check with the exact position and message of
+//! its diagnostic, plus the examples and the compiled model.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use lb_core::model::{HealthProtocol, Peer, PortRange};
+
+use super::*;
+
+/// Drops one leading newline so that test texts can start on their own line.
+fn text(t: &str) -> &str {
+    t.strip_prefix('\n').unwrap_or(t)
+}
+
+/// The diagnostics of `t`, as `line:col: message`.
+fn errs(t: &str) -> Vec<String> {
+    match parse_str(text(t), "t.toml") {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            e.0.iter()
+                .map(|d| {
+                    assert_eq!(d.path, "t.toml");
+                    format!("{}:{}: {}", d.line, d.col, d.message)
+                })
+                .collect()
+        }
+    }
+}
+
+fn ok(t: &str) -> Config {
+    match parse_str(text(t), "t.toml") {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected errors:\n{e}"),
+    }
+}
+
+/// A subnet, a group and an instance, for appending rule snippets to.
+const GROUP_HEAD: &str = r#"
+[[subnet]]
+id = "vsw"
+cidr = "198.19.1.0/24"
+ipv6_cidr = "2001:db8:19:1::/64"
+
+[[instance]]
+id = "ecs01"
+subnet = "vsw"
+addresses = ["198.19.1.11"]
+security_groups = ["sg-a"]
+
+[[security_group]]
+id = "sg-a"
+"#;
+
+/// `GROUP_HEAD` (13 lines) plus one rule starting on line 14.
+fn rule(body: &str) -> Vec<String> {
+    errs(&format!(
+        "{GROUP_HEAD}[[security_group.rule]]\n{}",
+        text(body)
+    ))
+}
+
+fn rule_ok(body: &str) -> lb_core::model::Rule {
+    let cfg = ok(&format!(
+        "{GROUP_HEAD}[[security_group.rule]]\n{}",
+        text(body)
+    ));
+    cfg.security_groups[0].rules[0].clone()
+}
+
+// ---------------------------------------------------------------- TOML level
+
+#[test]
+fn syntax_error_has_a_position() {
+    assert_eq!(
+        errs("\n[platform]\nrestrict_smtp = tru\n"),
+        vec!["2:17: invalid boolean, expected `true`"]
+    );
+}
+
+#[test]
+fn unknown_field() {
+    assert_eq!(
+        errs("\n[dataplane]\nworkers = 2\nthreads = 4\n"),
+        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`"]
+    );
+}
+
+#[test]
+fn unknown_fields_do_not_hide_other_errors() {
+    assert_eq!(
+        errs("\n[dataplane]\nworkers = 0\nthreads = 4\n[platform]\nsmtp = false\n"),
+        vec![
+            "2:11: workers must be 1..=64, got 0",
+            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`",
+            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`",
+        ]
+    );
+}
+
+#[test]
+fn wrong_type_and_unknown_variant() {
+    assert_eq!(
+        errs("\n[dataplane]\nworkers = \"2\"\n"),
+        vec!["2:11: invalid type: string \"2\", expected i64"]
+    );
+    assert_eq!(
+        errs("\n[dataplane]\nio = \"xdp\"\n"),
+        vec!["2:6: unknown variant `xdp`, expected `af_packet` or `dpdk`"]
+    );
+    assert_eq!(
+        errs("\n[dataplane]\nidle = \"spin\"\n"),
+        vec!["2:8: unknown variant `spin`, expected `busy` or `adaptive`"]
+    );
+}
+
+#[test]
+fn missing_field() {
+    assert_eq!(
+        errs("\n[[subnet]]\nid = \"vsw\"\n"),
+        vec!["1:1: missing field `cidr`"]
+    );
+}
+
+// ---------------------------------------------------------------- rules
+
+#[test]
+fn priority_limits() {
+    let body = "direction = \"ingress\"\naction = \"allow\"\npriority = {}\nprotocol = \"all\"\nsource = \"0.0.0.0/0\"\n";
+    assert_eq!(
+        rule(&body.replace("{}", "0")),
+        vec!["17:12: priority must be 1..=100, got 0"]
+    );
+    assert_eq!(
+        rule(&body.replace("{}", "101")),
+        vec!["17:12: priority must be 1..=100, got 101"]
+    );
+    assert_eq!(rule_ok(&body.replace("{}", "100")).priority, 100);
+    // The cloud's default priority is 1.
+    assert_eq!(rule_ok("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"0.0.0.0/0\"\n").priority, 1);
+}
+
+fn tcp_rule(ports: &str) -> Vec<String> {
+    rule(&format!(
+        "direction = \"ingress\"\naction = \"allow\"\nprotocol = \"tcp\"\nport_range = \"{ports}\"\nsource = \"0.0.0.0/0\"\n"
+    ))
+}
+
+#[test]
+fn port_range_limits() {
+    assert_eq!(
+        tcp_rule("0/80"),
+        vec!["18:14: port 0 in \"0/80\" is out of range 1..=65535"]
+    );
+    assert_eq!(
+        tcp_rule("80/65536"),
+        vec!["18:14: port 65536 in \"80/65536\" is out of range 1..=65535"]
+    );
+    assert_eq!(
+        tcp_rule("90/80"),
+        vec!["18:14: port range \"90/80\" is reversed: 90 is greater than 80"]
+    );
+    assert_eq!(
+        tcp_rule("80"),
+        vec!["18:14: invalid port range \"80\": expected \"lo/hi\" (e.g. \"80/80\" or \"8000/8100\"), or \"-1/-1\" for any port"]
+    );
+    assert_eq!(
+        tcp_rule("-1/-1"),
+        vec!["18:14: port range -1/-1 is for protocols without ports; for all tcp ports write \"1/65535\""]
+    );
+    assert!(tcp_rule("1/65535").is_empty());
+}
+
+#[test]
+fn ports_only_with_tcp_and_udp() {
+    assert_eq!(
+        rule("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"icmp\"\nport_range = \"8/8\"\nsource = \"0.0.0.0/0\"\n"),
+        vec!["18:14: protocol icmp has no ports; its port_range must be \"-1/-1\""]
+    );
+    assert_eq!(
+        rule("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"udp\"\nsource = \"0.0.0.0/0\"\n"),
+        vec!["17:12: a udp rule needs port_range (e.g. \"80/80\") or port_list"]
+    );
+    assert_eq!(
+        rule("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"gre\"\nsource = \"0.0.0.0/0\"\nsource_port_range = \"1/2\"\n"),
+        vec!["19:21: source_port_range needs protocol tcp or udp, not gre"]
+    );
+    // Without port_range a portless protocol means -1/-1.
+    let r = rule_ok(
+        "direction = \"ingress\"\naction = \"allow\"\nprotocol = 47\nsource = \"0.0.0.0/0\"\n",
+    );
+    assert_eq!((r.protocol, r.ports), (Some(47), vec![PortRange::ANY]));
+}
+
+const PORT_LIST: &str =
+    "\n[[port_list]]\nid = \"prl-web\"\nmax_entries = 10\nentries = [\"80/80\", \"443/443\"]\n";
+
+#[test]
+fn port_lists() {
+    let with = |body: &str| rule(&format!("{}{PORT_LIST}", text(body)));
+    assert_eq!(
+        with("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"icmp\"\nport_list = \"prl-web\"\nsource = \"0.0.0.0/0\"\n"),
+        vec!["18:13: port_list needs protocol tcp or udp, not icmp"]
+    );
+    assert_eq!(
+        with("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"tcp\"\nport_range = \"1/2\"\nport_list = \"prl-web\"\nsource = \"0.0.0.0/0\"\n"),
+        vec!["19:13: a rule takes port_range or port_list, not both"]
+    );
+    assert_eq!(
+        with("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"tcp\"\nport_list = \"prl-db\"\nsource = \"0.0.0.0/0\"\n"),
+        vec!["18:13: unknown port list prl-db"]
+    );
+    let cfg = ok(&format!(
+        "{GROUP_HEAD}[[security_group.rule]]\ndirection = \"ingress\"\naction = \"allow\"\nprotocol = \"tcp\"\nport_list = \"prl-web\"\nsource = \"0.0.0.0/0\"\n{PORT_LIST}"
+    ));
+    let r = &cfg.security_groups[0].rules[0];
+    assert_eq!(r.ports, vec![PortRange::single(80), PortRange::single(443)]);
+    assert_eq!(r.port_list, Some(0));
+}
+
+#[test]
+fn port_list_entries() {
+    assert_eq!(
+        errs("\n[[port_list]]\nid = \"prl\"\nmax_entries = 2\nentries = [\"80/80\", \"-1/-1\", \"80/80\"]\n"),
+        vec![
+            "4:21: a port list entry needs real ports; -1/-1 is not allowed here",
+            "4:30: port list prl has 3 entries but max_entries = 2",
+            "4:30: 80/80 is listed twice",
+        ]
+    );
+    assert_eq!(
+        errs("\n[[port_list]]\nid = \"prl\"\nmax_entries = 0\n"),
+        vec!["3:15: max_entries must be 1..=4294967295, got 0"]
+    );
+}
+
+#[test]
+fn protocols() {
+    let p = |proto: &str| {
+        rule(&format!("direction = \"ingress\"\naction = \"allow\"\nprotocol = {proto}\nsource = \"0.0.0.0/0\"\n"))
+    };
+    assert_eq!(
+        p("\"sctp\""),
+        vec!["17:12: unknown protocol `sctp`; expected tcp, udp, icmp, icmpv6, gre, all or an IANA protocol number 0..=255"]
+    );
+    assert_eq!(
+        p("256"),
+        vec!["17:12: protocol number 256 is out of range; expected tcp, udp, icmp, icmpv6, gre, all or an IANA protocol number 0..=255"]
+    );
+    assert_eq!(
+        p("\"6\""),
+        vec!["17:12: a tcp rule needs port_range (e.g. \"80/80\") or port_list"]
+    );
+    let r = |proto: &str| {
+        rule_ok(&format!("direction = \"ingress\"\naction = \"allow\"\nprotocol = {proto}\nsource = \"0.0.0.0/0\"\n"))
+            .protocol
+    };
+    let r6 = |proto: &str| {
+        rule_ok(&format!(
+            "direction = \"ingress\"\naction = \"allow\"\nprotocol = {proto}\nsource = \"::/0\"\n"
+        ))
+        .protocol
+    };
+    assert_eq!(r("\"all\""), None);
+    assert_eq!(r("\"ICMP\""), Some(1));
+    assert_eq!(r6("\"icmpv6\""), Some(58));
+    assert_eq!(r("\"132\""), Some(132));
+    assert_eq!(r("0"), Some(0));
+}
+
+#[test]
+fn icmp_family_must_match() {
+    assert_eq!(
+        rule("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"icmp\"\nsource = \"2001:db8::/32\"\n"),
+        vec!["18:10: protocol icmp is IPv4 only but source 2001:db8::/32 is IPv6; use icmpv6"]
+    );
+    assert_eq!(
+        rule("direction = \"egress\"\naction = \"allow\"\nprotocol = \"icmpv6\"\ndestination = \"198.18.0.0/15\"\n"),
+        vec!["18:15: protocol icmpv6 is IPv6 only but destination 198.18.0.0/15 is IPv4; use icmp"]
+    );
+}
+
+#[test]
+fn direction_and_authorization_object() {
+    assert_eq!(
+        rule("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\ndestination = \"198.19.1.11\"\n"),
+        vec!["15:13: an ingress rule needs source (its authorization object: an address, CIDR, sg-… or pl-…)"]
+    );
+    assert_eq!(
+        rule("direction = \"egress\"\naction = \"deny\"\nprotocol = \"all\"\nsource = \"198.19.1.11\"\n"),
+        vec!["15:13: an egress rule needs destination (its authorization object: an address, CIDR, sg-… or pl-…)"]
+    );
+    assert_eq!(
+        rule("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"0.0.0.0/0\"\ndestination = \"sg-a\"\n"),
+        vec!["19:15: the destination of an ingress rule (a quintuple rule) must be an address or CIDR, not sg-a"]
+    );
+    assert_eq!(
+        rule("direction = \"egress\"\naction = \"allow\"\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\nsource = \"2001:db8:19:1::11\"\n"),
+        vec!["19:10: source 2001:db8:19:1::11/128 is IPv6 but destination 0.0.0.0/0 is IPv4; the rule could never match"]
+    );
+    assert_eq!(
+        rule(
+            "direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"sg-b\"\n"
+        ),
+        vec!["18:10: unknown security group sg-b"]
+    );
+    assert_eq!(
+        rule(
+            "direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"pl-x\"\n"
+        ),
+        vec!["18:10: unknown prefix list pl-x"]
+    );
+    assert_eq!(
+        rule("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"office\"\n"),
+        vec!["18:10: \"office\" is not an IP address or CIDR"]
+    );
+    assert_eq!(
+        rule_ok(
+            "direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"sg-a\"\n"
+        )
+        .peer,
+        Peer::Group(0)
+    );
+}
+
+#[test]
+fn quintuple_rule_compiles() {
+    // The seed's example (security-group-rules-and-matching.txt), with
+    // "destination port: unrestricted" written as 1/65535 for TCP.
+    let r = rule_ok(
+        r#"
+direction = "egress"
+action = "allow"
+protocol = "tcp"
+port_range = "1/65535"
+source = "172.16.1.0/32"
+source_port_range = "22/22"
+destination = "10.0.0.1/32"
+"#,
+    );
+    assert_eq!(r.peer, Peer::Cidr("10.0.0.1/32".parse().expect("cidr")));
+    assert_eq!(r.local, Some("172.16.1.0/32".parse().expect("cidr")));
+    assert_eq!(
+        (r.ports, r.source_ports),
+        (vec![PortRange::new(1, 65535)], PortRange::single(22))
+    );
+}
+
+#[test]
+fn host_bits_and_normalisation() {
+    assert_eq!(
+        rule("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"192.168.1.5/24\"\n"),
+        vec!["18:10: 192.168.1.5/24 has host bits set; did you mean 192.168.1.0/24?"]
+    );
+    let r = rule_ok("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"2408:180:0000::1\"\n");
+    assert_eq!(r.peer, Peer::Cidr("2408:180::1/128".parse().expect("cidr")));
+    let r = rule_ok("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"2408:4321:180:0000::/64\"\n");
+    assert_eq!(
+        r.peer,
+        Peer::Cidr("2408:4321:180::/64".parse().expect("cidr"))
+    );
+}
+
+#[test]
+fn rule_fields_map_to_the_model() {
+    let r = rule_ok(
+        r#"
+direction = "ingress"
+action = "deny"
+priority = 7
+protocol = "tcp"
+port_range = "8000/8100"
+source = "198.18.0.0/15"
+destination = "198.19.1.11"
+source_port_range = "1024/65535"
+description = "quintuple"
+"#,
+    );
+    assert_eq!(r.line, 14);
+    assert_eq!(r.action, lb_core::model::Action::Deny);
+    assert_eq!(r.priority, 7);
+    assert_eq!(r.protocol, Some(6));
+    assert_eq!(r.ports, vec![PortRange::new(8000, 8100)]);
+    assert_eq!(r.local, Some("198.19.1.11/32".parse().expect("cidr")));
+    assert_eq!(r.source_ports, PortRange::new(1024, 65535));
+    assert_eq!(r.description, "quintuple");
+    let r = rule_ok("direction = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nport_range = \"-1/-1\"\nsource = \"0.0.0.0/0\"\n");
+    assert_eq!(
+        (r.ports, r.source_ports, r.local),
+        (vec![PortRange::ANY], PortRange::ANY, None)
+    );
+}
+
+#[test]
+fn duplicate_rules() {
+    let one = "[[security_group.rule]]\ndirection = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"0.0.0.0/0\"\n";
+    assert_eq!(
+        errs(&format!("{GROUP_HEAD}{one}{one}")),
+        vec!["19:1: this rule duplicates the rule on line 14"]
+    );
+}
+
+// ---------------------------------------------------------------- groups
+
+fn instance_with_groups(n: usize) -> String {
+    let mut t = String::from("[[subnet]]\nid = \"vsw\"\ncidr = \"198.19.1.0/24\"\n");
+    let ids: Vec<String> = (0..n).map(|i| format!("\"sg-{i}\"")).collect();
+    t.push_str(&format!(
+        "[[instance]]\nid = \"ecs01\"\nsubnet = \"vsw\"\naddresses = [\"198.19.1.11\"]\nsecurity_groups = [{}]\n",
+        ids.join(", ")
+    ));
+    for i in 0..n {
+        t.push_str(&format!("[[security_group]]\nid = \"sg-{i}\"\n"));
+    }
+    t
+}
+
+#[test]
+fn security_group_count() {
+    assert!(errs(&instance_with_groups(10)).is_empty());
+    assert_eq!(
+        errs(&instance_with_groups(11)),
+        vec!["8:19: instance ecs01 has 11 security groups; at most 10 are allowed"]
+    );
+    assert_eq!(
+        errs(&instance_with_groups(0)),
+        vec!["8:19: instance ecs01 needs at least one security group"]
+    );
+}
+
+#[test]
+fn security_group_list_problems() {
+    assert_eq!(
+        errs(
+            r#"
+[[subnet]]
+id = "vsw"
+cidr = "198.19.1.0/24"
+[[instance]]
+id = "ecs01"
+subnet = "vsw"
+addresses = ["198.19.1.11"]
+security_groups = ["sg-a", "sg-a", "sg-e", "sg-x"]
+[[security_group]]
+id = "sg-a"
+[[security_group]]
+id = "sg-e"
+type = "enterprise"
+internal_access = "drop"
+[[security_group]]
+id = "web"
+"#
+        ),
+        vec![
+            "8:28: security group sg-a is listed twice",
+            "8:36: sg-e is an enterprise security group but sg-a is basic; the groups of one interface must all be basic or all enterprise",
+            "8:44: unknown security group sg-x",
+            "14:19: internal_access applies to basic security groups only (an enterprise group always isolates its members)",
+            "16:6: security group id web must start with \"sg-\" (rules tell security groups apart by that prefix)",
+        ]
+    );
+}
+
+#[test]
+fn rule_quota_counts_list_capacity() {
+    let t = r#"
+[[subnet]]
+id = "vsw"
+cidr = "198.19.1.0/24"
+[[instance]]
+id = "ecs01"
+subnet = "vsw"
+addresses = ["198.19.1.11"]
+security_groups = ["sg-a", "sg-b"]
+[[prefix_list]]
+id = "pl-big"
+max_entries = 500
+[[security_group]]
+id = "sg-a"
+[[security_group.rule]]
+direction = "ingress"
+action = "allow"
+protocol = "all"
+source = "pl-big"
+[[security_group]]
+id = "sg-b"
+[[security_group.rule]]
+direction = "egress"
+action = "allow"
+protocol = "all"
+destination = "pl-big"
+"#;
+    assert!(errs(t).is_empty());
+    let t = t.replace("max_entries = 500", "max_entries = 501");
+    assert_eq!(
+        errs(&t),
+        vec!["8:19: the security groups of instance ecs01 hold 1002 rules (a rule using a prefix or port list counts its max_entries); at most 1000 are allowed"]
+    );
+}
+
+#[test]
+fn prefix_lists() {
+    assert_eq!(
+        errs("\n[[prefix_list]]\nid = \"pl-a\"\nmax_entries = 2\nentries = [\"198.18.0.0/15\", \"198.18.0.1/15\", \"2001:db8::/32\", \"198.18.0.0/15\"]\n"),
+        vec![
+            "4:29: 198.18.0.1/15 has host bits set; did you mean 198.18.0.0/15?",
+            "4:46: prefix list pl-a has 4 entries but max_entries = 2",
+            "4:63: 198.18.0.0/15 is already listed on line 4",
+        ]
+    );
+    assert_eq!(
+        errs("\n[[prefix_list]]\nid = \"office\"\nmax_entries = 2\n"),
+        vec!["2:6: prefix list id office must start with \"pl-\" (rules tell prefix lists apart by that prefix)"]
+    );
+}
+
+// ---------------------------------------------------------------- ids
+
+#[test]
+fn duplicate_and_unknown_ids() {
+    assert_eq!(
+        errs(
+            r#"
+[[subnet]]
+id = "vsw"
+cidr = "198.19.1.0/24"
+network_acl = "nacl-x"
+[[subnet]]
+id = "vsw"
+cidr = "198.19.2.0/24"
+[[network_acl]]
+id = "nacl-a"
+[[instance]]
+id = "ecs01"
+subnet = "vsw-x"
+addresses = ["198.19.1.11"]
+security_groups = ["sg-a"]
+[[security_group]]
+id = "sg-a"
+[[server_group]]
+id = "sgp"
+[[server_group.server]]
+instance = "ecs02"
+port = 80
+[[load_balancer]]
+id = "lb"
+vips = ["198.18.0.10"]
+[[load_balancer.listener]]
+protocol = "tcp"
+port = 80
+server_group = "sgp-x"
+[[route]]
+destination = "0.0.0.0/0"
+port = "ext"
+"#
+        ),
+        vec![
+            "4:15: unknown network ACL nacl-x",
+            "6:6: duplicate subnet id vsw (first defined on line 2)",
+            "12:10: unknown subnet vsw-x",
+            "20:12: unknown instance ecs02",
+            "24:8: load balancer lb has an IPv4 VIP but no IPv4 local_addresses entry (the source address toward the backends; not needed only when every listener has transfer_client_ip = true)",
+            "28:16: unknown server group sgp-x",
+            "31:8: unknown port ext",
+        ]
+    );
+}
+
+#[test]
+fn network_acl_rules() {
+    assert_eq!(
+        errs("\n[[network_acl]]\nid = \"nacl\"\n[[network_acl.rule]]\ndirection = \"ingress\"\naction = \"allow\"\nprotocol = \"all\"\nsource = \"sg-a\"\n[[security_group]]\nid = \"sg-a\"\n"),
+        vec!["7:10: a network ACL rule cannot name a security group (sg-a); use addresses, CIDRs or a prefix list"]
+    );
+}
+
+// ---------------------------------------------------------------- subnets and instances
+
+#[test]
+fn subnets() {
+    assert_eq!(
+        errs(
+            r#"
+[[subnet]]
+id = "a"
+cidr = "198.19.0.0/16"
+ipv6_cidr = "198.20.0.0/16"
+[[subnet]]
+id = "b"
+cidr = "198.19.1.0/24"
+ipv6_cidr = "2001:db8:19:1::1/64"
+"#
+        ),
+        vec![
+            "4:13: ipv6_cidr must be an IPv6 CIDR, got 198.20.0.0/16",
+            "7:8: 198.19.1.0/24 overlaps 198.19.0.0/16 of subnet a",
+            "8:13: 2001:db8:19:1::1/64 has host bits set; did you mean 2001:db8:19:1::/64?",
+        ]
+    );
+    let cfg = ok(text(GROUP_HEAD));
+    assert_eq!(
+        cfg.subnets[0].cidrs,
+        vec![
+            "198.19.1.0/24".parse::<IpNet>().expect("cidr"),
+            "2001:db8:19:1::/64".parse().expect("cidr")
+        ]
+    );
+}
+
+#[test]
+fn instance_addresses() {
+    let t = r#"
+[[subnet]]
+id = "vsw"
+cidr = "198.19.1.0/24"
+[[subnet]]
+id = "vsw6"
+cidr = "198.19.2.0/24"
+ipv6_cidr = "2001:db8:19:2::/64"
+[[security_group]]
+id = "sg-a"
+[[instance]]
+id = "ecs01"
+subnet = "vsw"
+addresses = ["198.19.2.11", "2001:db8:19:2::11", "198.19.1.255", "198.19.1.11/32", "198.19.1.11"]
+security_groups = ["sg-a"]
+[[instance]]
+id = "ecs02"
+subnet = "vsw6"
+addresses = ["2001:db8:19:2:0::11", "198.19.1.11"]
+security_groups = ["sg-a"]
+[[instance]]
+id = "ecs03"
+subnet = "vsw"
+addresses = []
+security_groups = ["sg-a"]
+"#;
+    assert_eq!(
+        errs(t),
+        vec![
+            "13:14: 198.19.2.11 is outside subnet vsw (198.19.1.0/24)",
+            "13:29: 2001:db8:19:2::11 is IPv6 but subnet vsw has no ipv6_cidr",
+            "13:50: 198.19.1.255 is the network or broadcast address of subnet vsw (198.19.1.0/24)",
+            "13:66: 198.19.1.11/32 must be a plain address without a prefix length (e.g. 198.19.1.11)",
+            "18:14: address 2001:db8:19:2::11 is already used by instance ecs01 (line 13)",
+            "18:37: 198.19.1.11 is outside subnet vsw6 (198.19.2.0/24)",
+            "18:37: address 198.19.1.11 is already used by instance ecs01 (line 13)",
+            "23:13: instance ecs03 needs at least one address",
+        ]
+    );
+}
+
+#[test]
+fn instance_addresses_are_normalised() {
+    let cfg = ok(&GROUP_HEAD.replace(
+        "\"198.19.1.11\"",
+        "\"198.19.1.11\", \"2001:db8:19:1:0:0::11\"",
+    ));
+    assert_eq!(
+        cfg.instances[0].addresses[1],
+        "2001:db8:19:1::11".parse::<IpAddr>().expect("addr")
+    );
+}
+
+// ---------------------------------------------------------------- server groups and load balancers
+
+/// A subnet with two instances, a server group and a load balancer.
+fn lb(server_group: &str, load_balancer: &str) -> String {
+    format!(
+        r#"
+[[subnet]]
+id = "vsw"
+cidr = "198.19.1.0/24"
+ipv6_cidr = "2001:db8:19:1::/64"
+[[security_group]]
+id = "sg-a"
+[[instance]]
+id = "ecs01"
+subnet = "vsw"
+addresses = ["198.19.1.11"]
+security_groups = ["sg-a"]
+[[server_group]]
+id = "sgp"
+{}[[load_balancer]]
+id = "lb"
+{}"#,
+        text(server_group),
+        text(load_balancer)
+    )
+}
+
+const SERVER: &str = "[[server_group.server]]\ninstance = \"ecs01\"\nport = 80\n";
+const TCP_LB: &str = "vips = [\"198.18.0.10\"]\nlocal_addresses = [\"198.19.1.250\"]\n[[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"sgp\"\n";
+
+#[test]
+fn lb_fixture_is_valid() {
+    let cfg = ok(&lb(SERVER, TCP_LB));
+    assert_eq!(cfg.server_groups[0].servers[0].name, "ecs01");
+    assert_eq!(
+        cfg.server_groups[0].health_check,
+        lb_core::model::HealthCheck::default()
+    );
+    assert_eq!(summary(&cfg), "ok: 0 ports, 1 security group (0 rules), 1 instance, 1 server group (1 server), 1 load balancer (1 listener)");
+}
+
+#[test]
+fn servers() {
+    // Lines: the server group body starts on line 14.
+    assert_eq!(
+        errs(&lb(
+            r#"
+[[server_group.server]]
+instance = "ecs01"
+address = "198.19.1.11"
+port = 80
+[[server_group.server]]
+port = 80
+[[server_group.server]]
+instance = "ecs01"
+port = 0
+weight = 101
+[[server_group.server]]
+address = "2001:db8:19:1::99"
+port = 8080
+[[server_group.server]]
+address = "2001:db8:19:1:0::99"
+port = 8080
+"#,
+            TCP_LB
+        )),
+        vec![
+            "16:11: a server takes instance or address, not both",
+            "18:1: a server needs instance = \"…\" or address = \"…\"",
+            "22:8: port must be 1..=65535, got 0",
+            "23:10: weight must be 0..=100, got 101",
+            "28:11: server [2001:db8:19:1::99]:8080 is already in server group sgp (line 25)",
+            "37:16: server [2001:db8:19:1::99]:8080 of server group sgp has only IPv6 addresses, but load balancer lb has no IPv6 local address to reach it",
+        ]
+    );
+    let cfg = ok(&lb(
+        "[[server_group.server]]\naddress = \"198.19.1.99\"\nport = 8080\nweight = 0\n",
+        TCP_LB,
+    ));
+    let s = &cfg.server_groups[0].servers[0];
+    assert_eq!(
+        (s.name.as_str(), s.instance, s.weight),
+        ("198.19.1.99:8080", None, 0)
+    );
+}
+
+#[test]
+fn health_checks() {
+    let hc = |body: &str| {
+        errs(&lb(
+            &format!("[server_group.health_check]\n{}{SERVER}", text(body)),
+            TCP_LB,
+        ))
+    };
+    assert_eq!(
+        hc("healthy_threshold = 0\nunhealthy_threshold = 11\ninterval_s = 0\ntimeout_s = 300.5\n"),
+        vec![
+            "15:21: healthy_threshold must be 1..=10, got 0",
+            "16:23: unhealthy_threshold must be 1..=10, got 11",
+            "17:14: interval_s must be greater than 0 and at most 300 seconds, got 0",
+            "18:13: timeout_s must be greater than 0 and at most 300 seconds, got 300.5",
+        ]
+    );
+    assert_eq!(
+        hc("protocol = \"http\"\npath = \"health\"\nexpected_codes = [\"2xx\", \"600\", \"abc\"]\nport = 70000\n"),
+        vec![
+            "16:8: health check path \"health\" must start with '/'",
+            "17:26: status code 600 is out of range 100..=599",
+            "17:33: invalid status code \"abc\": expected e.g. \"2xx\", \"200\" or \"200-299\"",
+            "18:8: health check port must be 1..=65535, got 70000",
+        ]
+    );
+    assert_eq!(
+        hc("path = \"/\"\n"),
+        vec!["15:8: path applies to http health checks only, not tcp"]
+    );
+    let cfg = ok(&lb(
+        &format!("[server_group.health_check]\nprotocol = \"http\"\npath = \"/ok\"\nexpected_codes = [\"200-204\", \"3xx\"]\ninterval_s = 0.5\ntimeout_s = 3\nport = 8080\n{SERVER}"),
+        TCP_LB,
+    ));
+    let h = &cfg.server_groups[0].health_check;
+    assert_eq!(h.protocol, HealthProtocol::Http);
+    assert_eq!(
+        (h.interval_ms, h.timeout_ms, h.port),
+        (500, 3000, Some(8080))
+    );
+    assert_eq!(h.expected_codes, vec![(200, 204), (300, 399)]);
+    assert_eq!(h.path, "/ok");
+}
+
+#[test]
+fn health_check_must_match_listener_transport() {
+    let udp_lb = TCP_LB.replace("\"tcp\"", "\"udp\"");
+    assert_eq!(
+        errs(&lb(&format!("[server_group.health_check]\nprotocol = \"http\"\n{SERVER}"), &udp_lb)),
+        vec!["15:12: server group sgp serves udp listener lb:80 but its health check is http; a UDP listener needs a udp check"]
+    );
+    assert_eq!(
+        errs(&lb(&format!("[server_group.health_check]\nprotocol = \"udp\"\n{SERVER}"), TCP_LB)),
+        vec!["15:12: server group sgp serves tcp listener lb:80 but its health check is udp; a TCP listener needs a tcp or http check"]
+    );
+    // Without an explicit protocol a UDP-only group gets a UDP check.
+    let cfg = ok(&lb(SERVER, &udp_lb));
+    assert_eq!(
+        cfg.server_groups[0].health_check.protocol,
+        HealthProtocol::Udp
+    );
+    // A disabled check does not matter.
+    assert!(errs(&lb(
+        &format!("[server_group.health_check]\nenabled = false\nprotocol = \"http\"\n{SERVER}"),
+        &udp_lb
+    ))
+    .is_empty());
+    // Mixed TCP and UDP listeners on one group cannot share one check.
+    let mixed = format!("{TCP_LB}[[load_balancer.listener]]\nprotocol = \"quic\"\nport = 443\nserver_group = \"sgp\"\n");
+    assert_eq!(
+        errs(&lb(SERVER, &mixed)),
+        vec!["28:16: server group sgp serves quic listener lb:443 but its health check is tcp; a UDP listener needs a udp check (set health_check.protocol, or use separate server groups for TCP and UDP)"]
+    );
+}
+
+#[test]
+fn listeners() {
+    let t = format!(
+        "{TCP_LB}[[load_balancer.listener]]\nprotocol = \"http\"\nport = 80\nserver_group = \"sgp\"\n[[load_balancer.listener]]\nprotocol = \"udp\"\nport = 80\nserver_group = \"sgp\"\ntransfer_client_ip = true\n[[load_balancer.listener]]\nprotocol = \"https\"\nport = 0\nserver_group = \"sgp\"\nacl = {{ mode = \"whitelist\", prefix_list = \"pl-x\" }}\n"
+    );
+    assert_eq!(
+        errs(&lb(SERVER, &t)),
+        vec![
+            "27:8: http listener on port 80 conflicts with the tcp listener on line 23 (both use TCP port 80)",
+            "32:16: server group sgp serves udp listener lb:80 but its health check is tcp; a UDP listener needs a udp check (set health_check.protocol, or use separate server groups for TCP and UDP)",
+            "36:8: listener port must be 1..=65535, got 0",
+            "38:43: unknown prefix list pl-x",
+        ]
+    );
+}
+
+#[test]
+fn vips_and_local_addresses() {
+    assert_eq!(
+        errs(&lb(
+            SERVER,
+            "vips = [\"198.18.0.10\", \"2001:db8:18::10\", \"198.19.1.11\"]\nlocal_addresses = [\"198.19.1.250\"]\n[[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"sgp\"\n[[load_balancer]]\nid = \"lb2\"\nvips = [\"198.18.0.10\"]\nlocal_addresses = [\"198.19.1.250\"]\n"
+        )),
+        vec![
+            "19:43: address 198.19.1.11 is already used by instance ecs01 (line 10)",
+            "20:19: load balancer lb has an IPv6 VIP but no IPv6 local_addresses entry (the source address toward the backends; not needed only when every listener has transfer_client_ip = true)",
+            "27:9: address 198.18.0.10 is already used by load balancer lb (vips) (line 19)",
+            "28:20: address 198.19.1.250 is already used by load balancer lb (local_addresses) (line 20)",
+        ]
+    );
+    // transfer_client_ip on every listener: no local address needed.
+    assert!(errs(&lb(
+        SERVER,
+        "vips = [\"198.18.0.10\"]\n[[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"sgp\"\ntransfer_client_ip = true\n"
+    ))
+    .is_empty());
+    assert_eq!(
+        errs(&lb(SERVER, "vips = []\n")),
+        vec!["19:8: load balancer lb needs at least one VIP"]
+    );
+    assert_eq!(
+        errs(&lb(SERVER, "vips = [\"198.18.0.10\"]\n[[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"sgp\"\n")),
+        vec!["19:8: load balancer lb has an IPv4 VIP but no IPv4 local_addresses entry (the source address toward the backends; not needed only when every listener has transfer_client_ip = true)"]
+    );
+}
+
+#[test]
+fn load_balancer_groups() {
+    let groups: Vec<String> = (0..11).map(|i| format!("\"sg-{i}\"")).collect();
+    let mut t = lb(
+        SERVER,
+        &TCP_LB.replace(
+            "vips",
+            &format!("security_groups = [{}]\nvips", groups.join(", ")),
+        ),
+    );
+    for i in 0..11 {
+        t.push_str(&format!("[[security_group]]\nid = \"sg-{i}\"\n"));
+    }
+    assert_eq!(
+        errs(&t),
+        vec!["19:19: load balancer lb has 11 security groups; at most 10 are allowed"]
+    );
+}
+
+// ---------------------------------------------------------------- data plane
+
+#[test]
+fn dataplane_limits() {
+    assert_eq!(
+        errs("\n[dataplane]\nworkers = 65\ncores = [1, 1]\neal_args = [\"--no-huge\"]\n"),
+        vec![
+            "2:11: workers must be 1..=64, got 65",
+            "3:13: core 1 is listed twice; pin each worker to its own core",
+            "4:12: eal_args apply to io = \"dpdk\" only",
+        ]
+    );
+    assert_eq!(
+        errs("\n[dataplane]\nworkers = 2\ncores = [1]\n"),
+        vec!["3:9: cores lists 1 core but workers = 2; give one core per worker, or none"]
+    );
+    let cfg = ok("\n[dataplane]\nworkers = 2\ncores = [1, 2]\nidle = \"busy\"\n");
+    assert_eq!(cfg.dataplane.idle, lb_core::model::IdlePolicy::Busy);
+    assert_eq!(ok("").dataplane, lb_core::model::Dataplane::default());
+    assert_eq!(ok("").platform, lb_core::model::Platform::default());
+}
+
+#[test]
+fn ports_and_routes() {
+    assert_eq!(
+        errs(
+            r#"
+[[port]]
+name = "ext"
+addresses = ["198.18.0.1", "198.18.0.1/24"]
+dpdk_port = 0
+[[port]]
+name = "int"
+interface = "lb-int"
+addresses = ["198.18.0.1/24"]
+[[route]]
+destination = "0.0.0.0/0"
+via = "198.19.0.254"
+port = "ext"
+[[route]]
+destination = "::/0"
+via = "198.18.0.254"
+port = "ext"
+"#
+        ),
+        vec![
+            "1:1: port ext needs interface (the kernel interface io = \"af_packet\" uses)",
+            "3:14: interface address 198.18.0.1 needs the prefix length of its link, e.g. 198.18.0.1/24",
+            "4:13: dpdk_port applies to io = \"dpdk\" only; with af_packet use interface",
+            "8:14: address 198.18.0.1 is already on port ext",
+            "11:7: next hop 198.19.0.254 is not on a link of its port: port ext is on 198.18.0.0/24",
+            "15:7: next hop 198.18.0.254 is IPv4 but destination ::/0 is IPv6",
+        ]
+    );
+    assert_eq!(
+        errs("\n[dataplane]\nio = \"dpdk\"\n[[port]]\nname = \"p0\"\ninterface = \"eth0\"\n"),
+        vec![
+            "3:1: port p0 needs dpdk_port (the ethdev port io = \"dpdk\" uses)",
+            "5:13: interface applies to io = \"af_packet\" only; with dpdk use dpdk_port",
+        ]
+    );
+    let cfg = ok("\n[dataplane]\nio = \"dpdk\"\n[[port]]\nname = \"p0\"\ndpdk_port = 1\naddresses = [\"198.18.0.1/24\", \"2001:db8:18:0::1/64\"]\n[[route]]\ndestination = \"198.19.0.0/16\"\nvia = \"198.18.0.254\"\nport = \"p0\"\n");
+    assert_eq!(cfg.ports[0].dpdk_port, Some(1));
+    assert_eq!(cfg.ports[0].addresses[1].to_string(), "2001:db8:18::1/64");
+    assert_eq!(cfg.routes[0].port, 0);
+}
+
+#[test]
+fn platform() {
+    assert_eq!(
+        errs("\n[platform]\nsession_timeout_s = 0\nmetadata_address = \"100.100.100.200/32\"\n"),
+        vec![
+            "2:21: session_timeout_s must be 1..=4294967295, got 0",
+            "3:20: 100.100.100.200/32 must be a plain address without a prefix length (e.g. 100.100.100.200)",
+        ]
+    );
+    let cfg = ok("\n[platform]\nbackend_sg_policy = \"enforce\"\nrestrict_smtp = false\n");
+    assert_eq!(
+        cfg.platform.backend_sg_policy,
+        lb_core::model::BackendSgPolicy::Enforce
+    );
+    assert!(!cfg.platform.restrict_smtp);
+}
+
+// ---------------------------------------------------------------- whole files
+
+#[test]
+fn many_errors_are_all_reported_in_order() {
+    let e = parse_str(include_str!("../../examples/bad.toml"), "bad.toml")
+        .expect_err("bad.toml is bad");
+    assert_eq!(
+        e.to_string(),
+        "bad.toml:20:1: unknown field `colour`, expected one of `id`, `cidr`, `ipv6_cidr`, `network_acl`\n\
+         bad.toml:22:8: 198.19.1.5/24 has host bits set; did you mean 198.19.1.0/24?\n\
+         bad.toml:30:12: priority must be 1..=100, got 0\n\
+         bad.toml:32:14: port range -1/-1 is for protocols without ports; for all tcp ports write \"1/65535\"\n\
+         bad.toml:33:10: unknown security group sg-nope"
+    );
+}
+
+#[test]
+fn load_reports_io_errors_at_1_1() {
+    let e = load(std::path::Path::new("/nonexistent/lb.toml")).expect_err("no such file");
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(
+        (e.0[0].path.as_str(), e.0[0].line, e.0[0].col),
+        ("/nonexistent/lb.toml", 1, 1)
+    );
+    assert!(
+        e.0[0]
+            .message
+            .starts_with("cannot read the configuration: "),
+        "{}",
+        e.0[0].message
+    );
+}
+
+#[test]
+fn load_reads_the_examples() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for name in [
+        "alb-seed.toml",
+        "alb-seed-deny81.toml",
+        "alb-seed-deny80-81.toml",
+        "vpc.toml",
+    ] {
+        if let Err(e) = load(&dir.join(name)) {
+            panic!("{e}");
+        }
+    }
+}
+
+#[test]
+fn alb_seed() {
+    let cfg = ok(include_str!("../../examples/alb-seed.toml"));
+    assert_eq!(
+        summary(&cfg),
+        "ok: 2 ports, 1 security group (2 rules), 2 instances, 1 server group (2 servers), 1 load balancer (2 listeners)"
+    );
+    let lb = &cfg.load_balancers[0];
+    assert!(lb.security_groups.is_empty());
+    assert_eq!(
+        lb.listeners.iter().map(|l| l.port).collect::<Vec<_>>(),
+        vec![80, 81]
+    );
+    let rules = &cfg.security_groups[0].rules;
+    assert_eq!(
+        rules.iter().map(|r| r.line).collect::<Vec<_>>(),
+        vec![38, 47]
+    );
+}
+
+#[test]
+fn alb_seed_steps_6_and_7() {
+    use lb_core::model::Action::{Allow, Deny};
+    for (text, want) in [
+        (
+            include_str!("../../examples/alb-seed-deny81.toml"),
+            [(Allow, 80), (Allow, 80), (Deny, 81), (Deny, 81)],
+        ),
+        (
+            include_str!("../../examples/alb-seed-deny80-81.toml"),
+            [(Deny, 80), (Deny, 80), (Deny, 81), (Deny, 81)],
+        ),
+    ] {
+        let cfg = ok(text);
+        let lb = &cfg.load_balancers[0];
+        let g = &cfg.security_groups[lb.security_groups[0]];
+        assert_eq!(g.id, "sg-alb");
+        let got: Vec<_> = g.rules.iter().map(|r| (r.action, r.ports[0].lo)).collect();
+        assert_eq!(got, want);
+        assert!(g.rules.iter().all(|r| r.priority == 1));
+    }
+}
+
+#[test]
+fn vpc_example() {
+    let cfg = ok(include_str!("../../examples/vpc.toml"));
+    assert_eq!(
+        summary(&cfg),
+        "ok: 2 ports, 3 security groups (10 rules), 1 network ACL (2 rules), 4 instances, 1 server group (2 servers), 1 load balancer (2 listeners)"
+    );
+    let db = cfg
+        .security_groups
+        .iter()
+        .find(|g| g.id == "sg-db")
+        .expect("sg-db");
+    assert_eq!(db.rules[0].peer, Peer::Group(1));
+    assert_eq!(cfg.subnets[1].network_acl, Some(0));
+}
+
+mod prop {
+    use proptest::prelude::*;
+
+    const EXAMPLES: [&str; 3] = [
+        include_str!("../../examples/alb-seed.toml"),
+        include_str!("../../examples/vpc.toml"),
+        include_str!("../../examples/bad.toml"),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Mutated examples never panic, and every diagnostic has a position
+        /// inside the text.
+        #[test]
+        fn parse_never_panics(
+            which in 0..EXAMPLES.len(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0..4u8, "[ -~\n]{0,6}"), 1..6),
+        ) {
+            let mut t = EXAMPLES[which].to_string();
+            for (at, kind, s) in edits {
+                let mut i = at.index(t.len() + 1);
+                while !t.is_char_boundary(i) {
+                    i -= 1;
+                }
+                match kind {
+                    0 => t.insert_str(i, &s),
+                    1 => {
+                        let mut end = (i + s.len().max(1)).min(t.len());
+                        while !t.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        t.replace_range(i..end, "");
+                    }
+                    2 => {
+                        let mut end = (i + s.len()).min(t.len());
+                        while !t.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        t.replace_range(i..end, &s);
+                    }
+                    _ => {
+                        // Swap a digit for another number, to hit limits.
+                        if let Some(p) = t[i..].find(|c: char| c.is_ascii_digit()) {
+                            t.replace_range(i + p..i + p + 1, "0");
+                        }
+                    }
+                }
+            }
+            let lines = t.lines().count().max(1);
+            if let Err(e) = crate::parse_str(&t, "m.toml") {
+                prop_assert!(!e.0.is_empty());
+                for d in &e.0 {
+                    prop_assert!(d.line >= 1 && d.line <= lines + 1, "{d}");
+                    prop_assert!(d.col >= 1, "{d}");
+                }
+            }
+        }
+    }
+}

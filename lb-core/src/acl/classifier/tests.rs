@@ -1,0 +1,340 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+
+use super::super::{linear_classify, AddrMatch, FlowKey, MatchRule, PortRange};
+use super::Classifier;
+
+fn key(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowKey {
+    FlowKey {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        proto,
+        sport,
+        dport,
+    }
+}
+
+fn nets(list: &[&str]) -> AddrMatch {
+    AddrMatch::Prefixes(list.iter().map(|s| s.parse().unwrap()).collect())
+}
+
+fn check(rules: &[MatchRule], keys: &[FlowKey]) {
+    let c = Classifier::build(rules);
+    let mut out = vec![None; keys.len()];
+    c.classify_burst(keys, &mut out);
+    for (k, o) in keys.iter().zip(&out) {
+        let want = linear_classify(rules, k);
+        assert_eq!(c.classify(k), want, "key {k:?}");
+        assert_eq!(*o, want, "burst, key {k:?}");
+    }
+}
+
+#[test]
+fn no_rules() {
+    let c = Classifier::build(&[]);
+    assert!(c.is_empty());
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 1, 2)), None);
+    assert_eq!(c.classify(&key("::1", "::2", 17, 1, 2)), None);
+    assert!(c.memory_bytes() > 0);
+}
+
+#[test]
+fn families() {
+    let mut v4 = MatchRule::any();
+    v4.src = nets(&["0.0.0.0/0"]);
+    let mut v6 = MatchRule::any();
+    v6.src = nets(&["::/0"]);
+    let rules = vec![v4, v6, MatchRule::any()];
+    let c = Classifier::build(&rules);
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 1, 2)), Some(0));
+    assert_eq!(c.classify(&key("::1", "::2", 6, 1, 2)), Some(1));
+    // Mixed families (not produced by a real header) still agree.
+    assert_eq!(c.classify(&key("::1", "1.2.3.4", 6, 1, 2)), Some(1));
+    assert_eq!(c.classify(&key("1.2.3.4", "::1", 6, 1, 2)), Some(0));
+    // An IPv4-mapped IPv6 address is IPv6.
+    assert_eq!(c.classify(&key("::ffff:1.2.3.4", "::2", 6, 1, 2)), Some(1));
+    check(
+        &rules,
+        &[
+            key("255.255.255.255", "0.0.0.0", 0, 0, 0),
+            key(
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "::",
+                255,
+                65535,
+                65535,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn empty_prefix_list_matches_nothing() {
+    let mut r = MatchRule::any();
+    r.dst = AddrMatch::Prefixes(vec![]);
+    let mut no_ports = MatchRule::any();
+    no_ports.dport = vec![];
+    let rules = vec![r, no_ports, MatchRule::any()];
+    let c = Classifier::build(&rules);
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 1, 2)), Some(2));
+    assert_eq!(c.classify(&key("::1", "::2", 6, 1, 2)), Some(2));
+}
+
+#[test]
+fn port_edges() {
+    let mut lo = MatchRule::any();
+    lo.dport = vec![PortRange::single(0)];
+    let mut hi = MatchRule::any();
+    hi.sport = vec![PortRange::single(65535)];
+    let mut list = MatchRule::any();
+    list.proto = Some(6);
+    list.dport = vec![
+        PortRange::new(80, 81),
+        PortRange::single(443),
+        PortRange::new(1000, 999),
+    ];
+    let rules = vec![lo, hi, list];
+    let c = Classifier::build(&rules);
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 1, 0)), Some(0));
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 65535, 1)), Some(1));
+    assert_eq!(
+        c.classify(&key("1.2.3.4", "5.6.7.8", 6, 65534, 81)),
+        Some(2)
+    );
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 65534, 82)), None);
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 17, 65534, 443)), None);
+    assert_eq!(c.classify(&key("::1", "::2", 6, 1, 443)), Some(2));
+}
+
+#[test]
+fn prefix_list_is_one_rule() {
+    let mut sg = MatchRule::any();
+    sg.src = nets(&[
+        "10.0.0.1/32",
+        "10.0.0.0/24",
+        "192.168.0.0/16",
+        "2001:db8::/32",
+    ]);
+    sg.dport = vec![PortRange::single(22)];
+    let rules = vec![sg, MatchRule::any()];
+    let c = Classifier::build(&rules);
+    assert_eq!(c.classify(&key("10.0.0.1", "1.1.1.1", 6, 9, 22)), Some(0));
+    assert_eq!(c.classify(&key("10.0.0.200", "1.1.1.1", 6, 9, 22)), Some(0));
+    assert_eq!(c.classify(&key("10.0.1.0", "1.1.1.1", 6, 9, 22)), Some(1));
+    assert_eq!(
+        c.classify(&key("192.168.255.255", "1.1.1.1", 6, 9, 22)),
+        Some(0)
+    );
+    assert_eq!(c.classify(&key("2001:db8::5", "::1", 6, 9, 22)), Some(0));
+    assert_eq!(c.classify(&key("2001:db9::5", "::1", 6, 9, 22)), Some(1));
+}
+
+#[test]
+fn many_rules_span_words() {
+    // 200 single-port rules, the packet matching only the last.
+    let rules: Vec<MatchRule> = (0..200u16)
+        .map(|p| {
+            let mut r = MatchRule::any();
+            r.dport = vec![PortRange::single(p * 3)];
+            r
+        })
+        .collect();
+    let c = Classifier::build(&rules);
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 1, 597)), Some(199));
+    assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 1, 598)), None);
+}
+
+// ---- proptest ----
+
+const V4_BASES: [u32; 4] = [0x0A00_0000, 0x0A00_0100, 0xC0A8_0000, 0xFFFF_FF00];
+const V6_BASES: [u128; 3] = [
+    0x2001_0db8_0000_0000_0000_0000_0000_0000,
+    0x2001_0db8_0000_0001_0000_0000_0000_0000,
+    0xfe80_0000_0000_0000_0000_0000_0000_0000,
+];
+
+fn arb_v4_net() -> impl Strategy<Value = IpNet> {
+    (0..V4_BASES.len(), any::<u32>(), 0u8..=32).prop_map(|(b, noise, len)| {
+        let addr = V4_BASES[b] ^ (noise & 0x0000_03FF);
+        IpNet::new(IpAddr::V4(Ipv4Addr::from(addr)), len)
+            .unwrap()
+            .trunc()
+    })
+}
+
+fn arb_v6_net() -> impl Strategy<Value = IpNet> {
+    (0..V6_BASES.len(), any::<u128>(), 0u8..=128).prop_map(|(b, noise, len)| {
+        let addr = V6_BASES[b] ^ (noise & 0xFFFF) ^ ((noise >> 64) << 64 >> 100 << 32);
+        IpNet::new(IpAddr::V6(Ipv6Addr::from(addr)), len)
+            .unwrap()
+            .trunc()
+    })
+}
+
+fn arb_addr() -> impl Strategy<Value = AddrMatch> {
+    prop_oneof![
+        2 => Just(AddrMatch::Any),
+        1 => Just(AddrMatch::Prefixes(vec![])),
+        4 => prop::collection::vec(arb_v4_net(), 1..4).prop_map(AddrMatch::Prefixes),
+        3 => prop::collection::vec(arb_v6_net(), 1..4).prop_map(AddrMatch::Prefixes),
+        2 => prop::collection::vec(prop_oneof![arb_v4_net(), arb_v6_net()], 1..6)
+            .prop_map(AddrMatch::Prefixes),
+    ]
+}
+
+fn arb_port_range() -> impl Strategy<Value = PortRange> {
+    prop_oneof![
+        Just(PortRange::ANY),
+        (0u16..100).prop_map(PortRange::single),
+        (0u16..100, 0u16..40).prop_map(|(lo, w)| PortRange::new(lo, lo.saturating_add(w))),
+        (65500u16..=65535).prop_map(|lo| PortRange::new(lo, 65535)),
+        Just(PortRange::single(0)),
+    ]
+}
+
+fn arb_ports() -> impl Strategy<Value = Vec<PortRange>> {
+    prop_oneof![
+        3 => Just(vec![PortRange::ANY]),
+        3 => prop::collection::vec(arb_port_range(), 1..4),
+    ]
+}
+
+fn arb_rule() -> impl Strategy<Value = MatchRule> {
+    (
+        prop_oneof![
+            Just(None),
+            Just(Some(6u8)),
+            Just(Some(17u8)),
+            Just(Some(0u8)),
+            Just(Some(255u8))
+        ],
+        arb_addr(),
+        arb_addr(),
+        arb_ports(),
+        arb_ports(),
+    )
+        .prop_map(|(proto, src, dst, sport, dport)| MatchRule {
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+        })
+}
+
+/// Addresses at, inside and just outside every prefix of `m`.
+fn boundary_addrs(m: &AddrMatch, out: &mut Vec<IpAddr>) {
+    if let AddrMatch::Prefixes(nets) = m {
+        for n in nets {
+            match n {
+                IpNet::V4(n) => {
+                    let lo = u32::from(n.network());
+                    let hi = u32::from(n.broadcast());
+                    for a in [
+                        lo.wrapping_sub(1),
+                        lo,
+                        lo + (hi - lo) / 2,
+                        hi,
+                        hi.wrapping_add(1),
+                    ] {
+                        out.push(IpAddr::V4(a.into()));
+                    }
+                }
+                IpNet::V6(n) => {
+                    let lo = u128::from(n.network());
+                    let hi = u128::from(n.broadcast());
+                    for a in [
+                        lo.wrapping_sub(1),
+                        lo,
+                        lo + (hi - lo) / 2,
+                        hi,
+                        hi.wrapping_add(1),
+                    ] {
+                        out.push(IpAddr::V6(a.into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn boundary_ports(p: &[PortRange], out: &mut Vec<u16>) {
+    for r in p {
+        out.extend([r.lo.wrapping_sub(1), r.lo, r.hi, r.hi.wrapping_add(1)]);
+    }
+}
+
+fn arb_case() -> impl Strategy<Value = (Vec<MatchRule>, Vec<(usize, [u32; 5], bool)>)> {
+    (
+        prop::collection::vec(arb_rule(), 0..300),
+        prop::collection::vec((any::<usize>(), any::<[u32; 5]>(), any::<bool>()), 64),
+    )
+}
+
+/// Packets built from rule boundaries (selected by `pick`) or random.
+fn packets(rules: &[MatchRule], picks: &[(usize, [u32; 5], bool)]) -> Vec<FlowKey> {
+    let mut v4: Vec<IpAddr> = V4_BASES.iter().map(|&a| IpAddr::V4(a.into())).collect();
+    let mut v6: Vec<IpAddr> = V6_BASES.iter().map(|&a| IpAddr::V6(a.into())).collect();
+    let mut addrs = Vec::new();
+    let mut ports = vec![0, 1, 65535];
+    for r in rules {
+        boundary_addrs(&r.src, &mut addrs);
+        boundary_addrs(&r.dst, &mut addrs);
+        boundary_ports(&r.sport, &mut ports);
+        boundary_ports(&r.dport, &mut ports);
+    }
+    for a in addrs {
+        if a.is_ipv4() {
+            v4.push(a)
+        } else {
+            v6.push(a)
+        }
+    }
+    let protos = [0u8, 6, 17, 255, 1];
+    picks
+        .iter()
+        .map(|&(i, r, six)| {
+            let fam = if six { &v6 } else { &v4 };
+            let pick = |x: u32, v: &Vec<IpAddr>| v[(x as usize ^ i) % v.len()];
+            FlowKey {
+                src: pick(r[0], fam),
+                dst: pick(r[1], fam),
+                proto: protos[r[2] as usize % protos.len()],
+                sport: ports[(r[3] as usize ^ i) % ports.len()],
+                dport: ports[(r[4] as usize ^ (i >> 7)) % ports.len()],
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn agrees_with_linear((rules, picks) in arb_case()) {
+        let c = Classifier::build(&rules);
+        let keys = packets(&rules, &picks);
+        let mut out = vec![None; keys.len()];
+        c.classify_burst(&keys, &mut out);
+        for (k, o) in keys.iter().zip(&out) {
+            let want = linear_classify(&rules, k);
+            prop_assert_eq!(c.classify(k), want, "key {:?}", k);
+            prop_assert_eq!(*o, want, "burst key {:?}", k);
+        }
+    }
+
+    #[test]
+    fn agrees_on_random_keys(rules in prop::collection::vec(arb_rule(), 0..60),
+                             raw in prop::collection::vec((any::<u128>(), any::<u128>(), any::<u8>(), any::<u16>(), any::<u16>(), 0u8..4), 32)) {
+        let c = Classifier::build(&rules);
+        for (s, d, proto, sport, dport, fam) in raw {
+            let v4 = |x: u128| IpAddr::V4(Ipv4Addr::from(x as u32));
+            let v6 = |x: u128| IpAddr::V6(Ipv6Addr::from(x));
+            let (src, dst) = match fam { 0 => (v4(s), v4(d)), 1 => (v6(s), v6(d)), 2 => (v4(s), v6(d)), _ => (v6(s), v4(d)) };
+            let k = FlowKey { src, dst, proto, sport, dport };
+            prop_assert_eq!(c.classify(&k), linear_classify(&rules, &k));
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! The one-shot data-path parser.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::arp::{ArpPacket, ArpRepr};
+use super::checksum;
+use super::ethernet::EthernetFrame;
+use super::gre::GrePacket;
+use super::icmp::{Icmpv4Message, Icmpv4Packet};
+use super::icmpv6::{Icmpv6Message, Icmpv6Packet};
+use super::ip::{protocol_name, IpProtocol};
+use super::ipv4::Ipv4Packet;
+use super::ipv6::{self, Ipv6Packet};
+use super::tcp::TcpPacket;
+use super::udp::UdpPacket;
+use super::ParseError;
+use crate::flow::FlowKey;
+
+/// What the Ethernet payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Ipv4,
+    Ipv6,
+    Arp,
+    /// Anything else, with its EtherType (a second 802.1Q tag is
+    /// `Other(0x8100)`).
+    Other(u16),
+}
+
+/// The result of [`parse`]: offsets and the fields the data path needs.
+///
+/// For non-IP frames the IP fields are zero/unspecified. For non-first
+/// fragments there is no L4 header: ports, flags and `icmp` are empty and
+/// `l4_offset`/`l4_len` describe the fragment data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Parsed {
+    /// The 802.1Q VLAN id (12 bits) when the frame is tagged.
+    pub vlan: Option<u16>,
+    /// The EtherType of the payload (after the tag).
+    pub ethertype: u16,
+    pub kind: Kind,
+    /// Offset of the L3 header in the frame.
+    pub l3_offset: usize,
+    /// Length of the L3 packet (IP total length; 28 for ARP; the rest of
+    /// the frame for other kinds). Link padding after it is ignored.
+    pub l3_len: usize,
+    /// Offset of the L4 header (after IPv4 options / IPv6 extension headers).
+    pub l4_offset: usize,
+    /// Bytes of L4 header + payload (for UDP: the UDP length field).
+    pub l4_len: usize,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The upper-layer protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// TTL or hop limit.
+    pub ttl: u8,
+    pub is_fragment: bool,
+    pub is_first_fragment: bool,
+    /// TCP/UDP ports; for ICMP(v6) echo both are the identifier.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type and code.
+    pub icmp: Option<(u8, u8)>,
+}
+
+impl Parsed {
+    fn new(vlan: Option<u16>, ethertype: u16, l3_offset: usize, l3_len: usize) -> Parsed {
+        Parsed {
+            vlan,
+            ethertype,
+            kind: Kind::Other(ethertype),
+            l3_offset,
+            l3_len,
+            l4_offset: l3_offset + l3_len,
+            l4_len: 0,
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            proto: 0,
+            ttl: 0,
+            is_fragment: false,
+            is_first_fragment: false,
+            sport: 0,
+            dport: 0,
+            tcp_flags: 0,
+            icmp: None,
+        }
+    }
+
+    pub fn is_ip(&self) -> bool {
+        matches!(self.kind, Kind::Ipv4 | Kind::Ipv6)
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.kind == Kind::Ipv6
+    }
+
+    /// End of the L3 packet in the frame (start of link padding, if any).
+    pub fn l3_end(&self) -> usize {
+        self.l3_offset + self.l3_len
+    }
+
+    /// An IP packet that carries the L4 header (not a non-first fragment).
+    pub fn has_l4_header(&self) -> bool {
+        self.is_ip() && (!self.is_fragment || self.is_first_fragment)
+    }
+
+    /// An ICMP/ICMPv6 echo request or reply (with its header).
+    pub fn is_icmp_echo(&self) -> bool {
+        match (self.kind, self.icmp) {
+            (Kind::Ipv4, Some((t, _))) => Icmpv4Message::from(t).is_echo(),
+            (Kind::Ipv6, Some((t, _))) => Icmpv6Message::from(t).is_echo(),
+            _ => false,
+        }
+    }
+
+    /// An ICMP/ICMPv6 error message that quotes a packet.
+    pub fn is_icmp_error(&self) -> bool {
+        match (self.kind, self.icmp) {
+            (Kind::Ipv4, Some((t, _))) => Icmpv4Message::from(t).is_error(),
+            (Kind::Ipv6, Some((t, _))) => Icmpv6Message::from(t).is_error(),
+            _ => false,
+        }
+    }
+
+    /// The 5-tuple of an IP packet.
+    pub fn flow_key(&self) -> Option<FlowKey> {
+        self.is_ip().then_some(FlowKey {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+        })
+    }
+}
+
+/// Parses an Ethernet frame. Never panics and never allocates; the frame
+/// may carry link padding after the IP packet.
+pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    let eth = EthernetFrame::new_checked(frame)?;
+    let ethertype = eth.ethertype_raw();
+    let l3_offset = eth.header_len();
+    let l3 = &frame[l3_offset..];
+    let mut p = Parsed::new(eth.vlan_id(), ethertype, l3_offset, l3.len());
+    match ethertype {
+        0x0800 => parse_ipv4(l3, &mut p)?,
+        0x86dd => parse_ipv6(l3, &mut p)?,
+        0x0806 => {
+            ArpRepr::parse(&ArpPacket::new_unchecked(l3))?;
+            p.kind = Kind::Arp;
+            p.l3_len = super::arp::PACKET_LEN;
+            p.l4_offset = p.l3_end();
+        }
+        _ => {}
+    }
+    Ok(p)
+}
+
+fn parse_ipv4(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
+    let ip = Ipv4Packet::new_checked(l3)?;
+    if !ip.verify_checksum() {
+        return Err(ParseError::BadIpv4Checksum);
+    }
+    p.kind = Kind::Ipv4;
+    p.l3_len = ip.total_len() as usize;
+    p.l4_offset = p.l3_offset + ip.header_len();
+    p.l4_len = p.l3_len - ip.header_len();
+    p.src = IpAddr::V4(ip.src_addr());
+    p.dst = IpAddr::V4(ip.dst_addr());
+    p.proto = ip.protocol_raw();
+    p.ttl = ip.ttl();
+    p.is_fragment = ip.is_fragment();
+    p.is_first_fragment = p.is_fragment && ip.frag_offset() == 0;
+    if p.has_l4_header() {
+        parse_l4(ip.payload(), p)?;
+    }
+    Ok(())
+}
+
+fn parse_ipv6(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
+    let ip = Ipv6Packet::new_checked(l3)?;
+    let chain = ip.walk_ext_headers()?;
+    p.kind = Kind::Ipv6;
+    p.l3_len = ip.total_len();
+    p.l4_offset = p.l3_offset + ipv6::HEADER_LEN + chain.l4_offset;
+    p.l4_len = ip.payload().len() - chain.l4_offset;
+    p.src = IpAddr::V6(ip.src_addr());
+    p.dst = IpAddr::V6(ip.dst_addr());
+    p.proto = chain.protocol;
+    p.ttl = ip.hop_limit();
+    if let Some(f) = chain.fragment {
+        // An atomic fragment (offset 0, M clear) is still reassembled as a
+        // fragment by receivers, but carries the whole L4 header.
+        p.is_fragment = true;
+        p.is_first_fragment = f.offset == 0;
+    }
+    if p.has_l4_header() {
+        parse_l4(&ip.payload()[chain.l4_offset..], p)?;
+    }
+    Ok(())
+}
+
+fn parse_l4(l4: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
+    match (p.proto, p.kind) {
+        (IpProtocol::TCP, _) => {
+            let tcp = TcpPacket::new_checked(l4)?;
+            p.sport = tcp.src_port();
+            p.dport = tcp.dst_port();
+            p.tcp_flags = tcp.flags().0;
+        }
+        (IpProtocol::UDP, _) => {
+            let udp = UdpPacket::new_unchecked(l4);
+            if p.is_fragment {
+                // The length field covers the whole datagram.
+                if l4.len() < super::udp::HEADER_LEN {
+                    return Err(ParseError::TruncatedUdp);
+                }
+                if (udp.len() as usize) < super::udp::HEADER_LEN {
+                    return Err(ParseError::BadUdpLength);
+                }
+            } else {
+                udp.check_len()?;
+                p.l4_len = udp.len() as usize;
+            }
+            p.sport = udp.src_port();
+            p.dport = udp.dst_port();
+        }
+        (IpProtocol::ICMP, Kind::Ipv4) => {
+            let icmp = Icmpv4Packet::new_checked(l4)?;
+            let t = icmp.msg_type();
+            p.icmp = Some((t.into(), icmp.msg_code()));
+            if t.is_echo() {
+                p.sport = icmp.echo_ident();
+                p.dport = p.sport;
+            }
+        }
+        (IpProtocol::ICMPV6, Kind::Ipv6) => {
+            let icmp = Icmpv6Packet::new_checked(l4)?;
+            let t = icmp.msg_type();
+            p.icmp = Some((t.into(), icmp.msg_code()));
+            if t.is_echo() {
+                p.sport = icmp.echo_ident();
+                p.dport = p.sport;
+            }
+        }
+        (IpProtocol::GRE, _) => {
+            GrePacket::new_checked(l4)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses the ARP packet of a frame.
+pub fn parse_arp(frame: &[u8]) -> Result<ArpRepr, ParseError> {
+    let eth = EthernetFrame::new_checked(frame)?;
+    if eth.ethertype_raw() != 0x0806 {
+        return Err(ParseError::NotArp);
+    }
+    ArpRepr::parse(&ArpPacket::new_unchecked(eth.payload()))
+}
+
+/// The L4 bytes of `p` in `frame`, bounds-checked.
+pub(crate) fn l4_bytes<'a>(frame: &'a [u8], p: &Parsed) -> Option<&'a [u8]> {
+    frame.get(p.l4_offset..p.l4_offset.checked_add(p.l4_len)?)
+}
+
+/// The pseudo-header sum for `p` with the given L4 length.
+pub(crate) fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Option<u16> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(checksum::pseudo_header_v4(
+            s,
+            d,
+            proto,
+            u16::try_from(len).ok()?,
+        )),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(checksum::pseudo_header_v6(
+            s,
+            d,
+            proto,
+            u32::try_from(len).ok()?,
+        )),
+        _ => None,
+    }
+}
+
+/// Verifies the TCP, UDP, ICMP, ICMPv6 or GRE (when present) checksum of a
+/// parsed frame. UDP over IPv4 without checksum (0) verifies. Fragments
+/// cannot be verified (false); protocols without a checksum verify (true).
+pub fn verify_l4_checksum(frame: &[u8], p: &Parsed) -> bool {
+    if !p.is_ip() {
+        return false;
+    }
+    if p.is_fragment {
+        return false;
+    }
+    let Some(l4) = l4_bytes(frame, p) else {
+        return false;
+    };
+    let with_pseudo = |l4: &[u8]| match pseudo_sum(p.src, p.dst, p.proto, l4.len()) {
+        Some(s) => checksum::sum_with(s, l4) == 0xffff,
+        None => false,
+    };
+    match (p.proto, p.kind) {
+        (IpProtocol::TCP, _) => with_pseudo(l4),
+        (IpProtocol::UDP, k) => {
+            let c = l4.get(6..8).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            match c {
+                None => false,
+                Some(0) if k == Kind::Ipv4 => true,
+                Some(_) => with_pseudo(l4),
+            }
+        }
+        (IpProtocol::ICMP, Kind::Ipv4) => checksum::sum(l4) == 0xffff,
+        (IpProtocol::ICMPV6, Kind::Ipv6) => with_pseudo(l4),
+        (IpProtocol::GRE, _) => match GrePacket::new_checked(l4) {
+            Ok(g) if g.has_checksum() => checksum::sum(l4) == 0xffff,
+            Ok(_) => true,
+            Err(_) => false,
+        },
+        _ => true,
+    }
+}
+
+/// The 5-tuple of the packet quoted in an ICMP/ICMPv6 error message, as
+/// it was sent (its source is the original sender). For a quoted ICMP
+/// echo both ports are its identifier; for a quoted non-first fragment or
+/// a protocol without ports they are 0.
+pub fn parse_icmp_inner(frame: &[u8], p: &Parsed) -> Result<FlowKey, ParseError> {
+    if !p.has_l4_header() || !p.is_icmp_error() {
+        return Err(ParseError::NotIcmpError);
+    }
+    let truncated = if p.is_ipv6() {
+        ParseError::TruncatedIcmpv6
+    } else {
+        ParseError::TruncatedIcmp
+    };
+    let l4 = l4_bytes(frame, p).ok_or(truncated)?;
+    let inner = l4.get(8..).ok_or(truncated)?;
+    let (src, dst, proto, l4_inner, has_l4) = if p.is_ipv6() {
+        if inner.len() < ipv6::HEADER_LEN {
+            return Err(ParseError::TruncatedIcmpInner);
+        }
+        let ip = Ipv6Packet::new_unchecked(inner);
+        if ip.version() != 6 {
+            return Err(ParseError::BadIcmpInner);
+        }
+        let rest = &inner[ipv6::HEADER_LEN..];
+        let chain = ipv6::walk_ext_headers(rest, ip.next_header_raw()).map_err(|e| match e {
+            ParseError::TruncatedIpv6ExtHeader => ParseError::TruncatedIcmpInner,
+            e => e,
+        })?;
+        let has_l4 = match chain.fragment {
+            Some(f) => f.offset == 0,
+            None => true,
+        };
+        (
+            IpAddr::V6(ip.src_addr()),
+            IpAddr::V6(ip.dst_addr()),
+            chain.protocol,
+            &rest[chain.l4_offset..],
+            has_l4,
+        )
+    } else {
+        if inner.len() < super::ipv4::HEADER_LEN {
+            return Err(ParseError::TruncatedIcmpInner);
+        }
+        let ip = Ipv4Packet::new_unchecked(inner);
+        if ip.version() != 4 || ip.header_len() < super::ipv4::HEADER_LEN {
+            return Err(ParseError::BadIcmpInner);
+        }
+        let l4 = inner
+            .get(ip.header_len()..)
+            .ok_or(ParseError::TruncatedIcmpInner)?;
+        (
+            IpAddr::V4(ip.src_addr()),
+            IpAddr::V4(ip.dst_addr()),
+            ip.protocol_raw(),
+            l4,
+            ip.frag_offset() == 0,
+        )
+    };
+    let mut key = FlowKey {
+        src,
+        dst,
+        proto,
+        sport: 0,
+        dport: 0,
+    };
+    if !has_l4 {
+        return Ok(key);
+    }
+    let be16 = |off: usize| -> Result<u16, ParseError> {
+        l4_inner
+            .get(off..off + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or(ParseError::TruncatedIcmpInner)
+    };
+    let echo = match (proto, p.kind) {
+        (IpProtocol::TCP | IpProtocol::UDP, _) => {
+            key.sport = be16(0)?;
+            key.dport = be16(2)?;
+            false
+        }
+        (IpProtocol::ICMP, Kind::Ipv4) => {
+            Icmpv4Message::from(*l4_inner.first().ok_or(ParseError::TruncatedIcmpInner)?).is_echo()
+        }
+        (IpProtocol::ICMPV6, Kind::Ipv6) => {
+            Icmpv6Message::from(*l4_inner.first().ok_or(ParseError::TruncatedIcmpInner)?).is_echo()
+        }
+        _ => false,
+    };
+    if echo {
+        key.sport = be16(4)?;
+        key.dport = key.sport;
+    }
+    Ok(key)
+}
+
+/// Writes the trace notation of `p` into `out` (without allocating when
+/// `out` has room): `tcp 192.168.1.250:1025 > 192.168.1.11:80`,
+/// `udp [2001:db8::1]:53 > [2001:db8::2]:53`, `icmp 198.18.0.2 > 198.18.0.10`;
+/// `arp`, or `ethertype 0x88cc` for other frames.
+pub fn write_flow(out: &mut impl core::fmt::Write, p: &Parsed) -> core::fmt::Result {
+    match p.kind {
+        Kind::Arp => return out.write_str("arp"),
+        Kind::Other(t) => return write!(out, "ethertype 0x{t:04x}"),
+        Kind::Ipv4 | Kind::Ipv6 => {}
+    }
+    match protocol_name(p.proto) {
+        Some(n) => out.write_str(n)?,
+        None => write!(out, "{}", p.proto)?,
+    }
+    let ports = p.has_l4_header() && matches!(p.proto, IpProtocol::TCP | IpProtocol::UDP);
+    let addr = |out: &mut dyn core::fmt::Write, a: IpAddr, port: u16| match (a, ports) {
+        (IpAddr::V4(a), true) => write!(out, "{a}:{port}"),
+        (IpAddr::V6(a), true) => write!(out, "[{a}]:{port}"),
+        (a, false) => write!(out, "{a}"),
+    };
+    out.write_char(' ')?;
+    addr(out, p.src, p.sport)?;
+    out.write_str(" > ")?;
+    addr(out, p.dst, p.dport)
+}
+
+/// The trace notation of `p`; see [`write_flow`].
+pub fn format_flow(p: &Parsed) -> String {
+    let mut s = String::with_capacity(64);
+    write_flow(&mut s, p).expect("writing to a String cannot fail");
+    s
+}
