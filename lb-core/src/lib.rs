@@ -10,6 +10,7 @@ pub mod flow;
 pub mod model;
 pub mod nat;
 pub mod packet;
+pub mod pipeline;
 pub mod sched;
 
 /// Time in nanoseconds since an origin the caller chooses (the data plane

@@ -80,7 +80,12 @@ impl Snapshot {
             .iter()
             .map(|lb| {
                 (!lb.security_groups.is_empty()).then(|| {
-                    SgPolicy::compile(&cfg, &members, &lb.security_groups, InterfaceKind::LoadBalancer)
+                    SgPolicy::compile(
+                        &cfg,
+                        &members,
+                        &lb.security_groups,
+                        InterfaceKind::LoadBalancer,
+                    )
                 })
             })
             .collect();
@@ -100,7 +105,10 @@ impl Snapshot {
             for &vip in &lb.vips {
                 vips.insert(vip);
                 for (ni, l) in lb.listeners.iter().enumerate() {
-                    listeners.insert((vip, l.protocol.ip_protocol(), l.port), (idx32(li), idx32(ni)));
+                    listeners.insert(
+                        (vip, l.protocol.ip_protocol(), l.port),
+                        (idx32(li), idx32(ni)),
+                    );
                 }
             }
             for &a in &lb.local_addresses {
@@ -173,7 +181,9 @@ impl Snapshot {
     /// Whether `addr` is one of the data plane's own: a port address, a VIP
     /// or a local address.
     pub fn is_own_address(&self, addr: IpAddr) -> bool {
-        self.port_addrs.contains(&addr) || self.vips.contains(&addr) || self.local_addrs.contains_key(&addr)
+        self.port_addrs.contains(&addr)
+            || self.vips.contains(&addr)
+            || self.local_addrs.contains_key(&addr)
     }
 
     /// All addresses the data plane answers ARP / neighbour solicitations for.
@@ -225,7 +235,12 @@ impl Snapshot {
     /// checked (the documents: "not limited by network ACL and security
     /// group rules"); network ACLs are skipped when the load balancer's
     /// source address lies in the backend's subnet.
-    pub fn backend_admits(&self, instance: usize, key: &FlowKey, transfer_client_ip: bool) -> Result<(), Reason> {
+    pub fn backend_admits(
+        &self,
+        instance: usize,
+        key: &FlowKey,
+        transfer_client_ip: bool,
+    ) -> Result<(), Reason> {
         if self.cfg.platform.backend_sg_policy == BackendSgPolicy::Bypass || transfer_client_ip {
             return Ok(());
         }
@@ -261,24 +276,46 @@ impl Snapshot {
         // Writing into a String cannot fail.
         let _ = match reason {
             Reason::Listener { lb, listener: l } => write!(s, "listener {}", listener(*lb, *l)),
-            Reason::Session { lb: Some((lb, l)) } => write!(s, "session listener {}", listener(*lb, *l)),
+            Reason::Session { lb: Some((lb, l)) } => {
+                write!(s, "session listener {}", listener(*lb, *l))
+            }
             Reason::Session { lb: None } => write!(s, "session"),
-            Reason::Policy(d) => self.write_decision(s, d),
-            Reason::ListenerAcl { lb, listener: l, mode } => {
+            Reason::Policy(d) => {
+                self.write_decision(s, d);
+                Ok(())
+            }
+            Reason::ListenerAcl {
+                lb,
+                listener: l,
+                mode,
+            } => {
                 let lbc = &cfg.load_balancers[*lb as usize];
-                let acl = lbc.listeners[*l as usize].acl.map(|a| cfg.prefix_lists[a.prefix_list].id.as_str());
+                let acl = lbc.listeners[*l as usize]
+                    .acl
+                    .map(|a| cfg.prefix_lists[a.prefix_list].id.as_str());
                 let what = match mode {
                     AclMode::Whitelist => "not in whitelist",
                     AclMode::Blacklist => "in blacklist",
                 };
-                write!(s, "listener {} acl: client {} {}", listener(*lb, *l), what, acl.unwrap_or("?"))
+                write!(
+                    s,
+                    "listener {} acl: client {} {}",
+                    listener(*lb, *l),
+                    what,
+                    acl.unwrap_or("?")
+                )
             }
             Reason::PathMtu => write!(s, "always allowed: icmp path-mtu error"),
             Reason::Metadata => write!(s, "always allowed: metadata address"),
             Reason::RestrictSmtp => write!(s, "restrict_smtp: egress tcp/25 blocked"),
             Reason::NoHealthyServer { lb, listener: l } => {
                 let sg = cfg.load_balancers[*lb as usize].listeners[*l as usize].server_group;
-                write!(s, "listener {}: no healthy server in {}", listener(*lb, *l), cfg.server_groups[sg].id)
+                write!(
+                    s,
+                    "listener {}: no healthy server in {}",
+                    listener(*lb, *l),
+                    cfg.server_groups[sg].id
+                )
             }
             Reason::Malformed(e) => write!(s, "malformed: {}", e.as_str()),
             other => write!(s, "{}", other.kind().as_str()),
@@ -290,10 +327,22 @@ impl Snapshot {
         let action = d.action.as_str();
         let _ = match d.origin {
             Origin::SgRule { group, rule } => {
-                write!(s, "sg {} rule {} ({})", cfg.security_groups[group as usize].id, rule + 1, action)
+                write!(
+                    s,
+                    "sg {} rule {} ({})",
+                    cfg.security_groups[group as usize].id,
+                    rule + 1,
+                    action
+                )
             }
             Origin::NaclRule { acl, rule } => {
-                write!(s, "nacl {} rule {} ({})", cfg.network_acls[acl as usize].id, rule + 1, action)
+                write!(
+                    s,
+                    "nacl {} rule {} ({})",
+                    cfg.network_acls[acl as usize].id,
+                    rule + 1,
+                    action
+                )
             }
             Origin::InternalAccess { group } => write!(
                 s,
@@ -305,7 +354,11 @@ impl Snapshot {
             Origin::EnterpriseDefault => write!(s, "sg default: enterprise group ({action})"),
             Origin::LoadBalancerDefault => write!(s, "sg default: load balancer unmatched (allow)"),
             Origin::NaclDefault { acl } => {
-                write!(s, "nacl {} default: no rule matched (deny)", cfg.network_acls[acl as usize].id)
+                write!(
+                    s,
+                    "nacl {} default: no rule matched (deny)",
+                    cfg.network_acls[acl as usize].id
+                )
             }
         };
     }
@@ -315,16 +368,28 @@ impl Snapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// New listener session.
-    Listener { lb: u32, listener: u32 },
+    Listener {
+        lb: u32,
+        listener: u32,
+    },
     /// A packet of an established session (`lb` for listener sessions).
-    Session { lb: Option<(u32, u32)> },
+    Session {
+        lb: Option<(u32, u32)>,
+    },
     /// A security-group or network-ACL decision.
     Policy(Decision),
-    ListenerAcl { lb: u32, listener: u32, mode: AclMode },
+    ListenerAcl {
+        lb: u32,
+        listener: u32,
+        mode: AclMode,
+    },
     PathMtu,
     Metadata,
     RestrictSmtp,
-    NoHealthyServer { lb: u32, listener: u32 },
+    NoHealthyServer {
+        lb: u32,
+        listener: u32,
+    },
     Malformed(ParseError),
     Fragment,
     NotForUs,
@@ -342,7 +407,10 @@ impl Reason {
     /// The counter a drop with this reason increments.
     pub fn kind(&self) -> DropKind {
         match self {
-            Reason::Listener { .. } | Reason::Session { .. } | Reason::PathMtu | Reason::Metadata => DropKind::None,
+            Reason::Listener { .. }
+            | Reason::Session { .. }
+            | Reason::PathMtu
+            | Reason::Metadata => DropKind::None,
             Reason::Policy(d) => match d.origin {
                 Origin::NaclRule { .. } | Origin::NaclDefault { .. } => DropKind::NetworkAcl,
                 _ => DropKind::SecurityGroup,
@@ -627,9 +695,17 @@ impl Worker {
         self.stats.server_sessions.clear();
         for (_, s) in self.sessions.iter() {
             if let Some((lb, l, g, srv)) = s.payload.listener {
-                self.stats.listener_sessions.entry((lb, l)).or_default().active += 1;
+                self.stats
+                    .listener_sessions
+                    .entry((lb, l))
+                    .or_default()
+                    .active += 1;
                 if srv != GONE {
-                    self.stats.server_sessions.entry((g, srv)).or_default().active += 1;
+                    self.stats
+                        .server_sessions
+                        .entry((g, srv))
+                        .or_default()
+                        .active += 1;
                     if let Some(sch) = self.scheds.get_mut(g as usize) {
                         sch.connected(srv as usize);
                     }
@@ -681,7 +757,14 @@ impl Worker {
 
     /// Runs one frame through the pipeline, rewriting it in place when it is
     /// forwarded.
-    pub fn process(&mut self, frame: &mut [u8], rx: RxInfo, now: Nanos, snap: &Snapshot, health: &dyn Health) -> Verdict {
+    pub fn process(
+        &mut self,
+        frame: &mut [u8],
+        rx: RxInfo,
+        now: Nanos,
+        snap: &Snapshot,
+        health: &dyn Health,
+    ) -> Verdict {
         self.adopt(snap);
         self.reap(now);
         self.stats.rx += 1;
@@ -700,7 +783,14 @@ impl Worker {
         v
     }
 
-    fn decide(&mut self, frame: &mut [u8], rx: RxInfo, now: Nanos, snap: &Snapshot, health: &dyn Health) -> Verdict {
+    fn decide(
+        &mut self,
+        frame: &mut [u8],
+        rx: RxInfo,
+        now: Nanos,
+        snap: &Snapshot,
+        health: &dyn Health,
+    ) -> Verdict {
         let p = match packet::parse(frame) {
             Ok(p) => p,
             Err(e) => return Verdict::Drop(Reason::Malformed(e)),
@@ -723,7 +813,11 @@ impl Worker {
             return Verdict::Local(local, p);
         }
 
-        let csum = if rx.csum_partial { L4Csum::Partial } else { L4Csum::Full };
+        let csum = if rx.csum_partial {
+            L4Csum::Partial
+        } else {
+            L4Csum::Full
+        };
         if let Some((id, dir)) = self.sessions.lookup(&key, now) {
             return self.established(frame, &p, csum, key, id, dir, now, snap);
         }
@@ -784,10 +878,22 @@ impl Worker {
             return Verdict::Drop(r);
         }
         let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-        self.sessions.update(id, dir, tcp_flags, now, &snap.timeouts);
+        self.sessions
+            .update(id, dir, tcp_flags, now, &snap.timeouts);
         let listener = flow.listener.map(|(lb, l, _, _)| (lb, l));
-        let backend = flow.listener.and_then(|(_, _, g, s)| (s != GONE).then_some((g, s)));
-        self.emit(frame, p, csum, key, out, Reason::Session { lb: listener }, backend, snap)
+        let backend = flow
+            .listener
+            .and_then(|(_, _, g, s)| (s != GONE).then_some((g, s)));
+        self.emit(
+            frame,
+            p,
+            csum,
+            key,
+            out,
+            Reason::Session { lb: listener },
+            backend,
+            snap,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -850,11 +956,16 @@ impl Worker {
         let group = &snap.cfg.server_groups[gi];
         let family_v6 = key.is_ipv6();
         self.eligible.clear();
-        self.eligible.extend(group.servers.iter().enumerate().map(|(si, s)| {
-            health.is_up(gi, si) && s.addresses.iter().any(|a| a.is_ipv6() == family_v6)
-        }));
+        self.eligible
+            .extend(group.servers.iter().enumerate().map(|(si, s)| {
+                health.is_up(gi, si) && s.addresses.iter().any(|a| a.is_ipv6() == family_v6)
+            }));
         let hash = flow_hash(&key);
-        let Some(si) = self.scheds.get_mut(gi).and_then(|s| s.pick(&self.eligible, hash)) else {
+        let Some(si) = self
+            .scheds
+            .get_mut(gi)
+            .and_then(|s| s.pick(&self.eligible, hash))
+        else {
             return Verdict::Drop(Reason::NoHealthyServer {
                 lb: idx32(lbi),
                 listener: idx32(li),
@@ -924,13 +1035,23 @@ impl Worker {
             Err(_) => return Verdict::Drop(Reason::SessionTableFull),
         };
         let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-        self.sessions.update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
+        self.sessions
+            .update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
         self.count_new(&flow);
         let reason = Reason::Listener {
             lb: idx32(lbi),
             listener: idx32(li),
         };
-        let v = self.emit(frame, p, csum, key, orig_out, reason, Some((idx32(gi), idx32(si))), snap);
+        let v = self.emit(
+            frame,
+            p,
+            csum,
+            key,
+            orig_out,
+            reason,
+            Some((idx32(gi), idx32(si))),
+            snap,
+        );
         if v.is_drop() {
             self.remove(id);
         }
@@ -965,10 +1086,14 @@ impl Worker {
                 reply_out: key.reversed(),
                 generation: snap.generation,
             };
-            match self.sessions.insert(key, key.reversed(), flow, now, &snap.timeouts) {
+            match self
+                .sessions
+                .insert(key, key.reversed(), flow, now, &snap.timeouts)
+            {
                 Ok(id) => {
                     let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-                    self.sessions.update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
+                    self.sessions
+                        .update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
                     self.count_new(&flow);
                     Some(id)
                 }
@@ -1020,7 +1145,12 @@ fn local_kind(p: &Parsed, key: &FlowKey, snap: &Snapshot) -> Option<LocalKind> {
 
 /// A listener's access-control list, then the load balancer's groups.
 /// Returns the groups' decision, if the load balancer has groups.
-fn listener_admits(snap: &Snapshot, lbi: usize, li: usize, key: &FlowKey) -> Result<Option<Decision>, Reason> {
+fn listener_admits(
+    snap: &Snapshot,
+    lbi: usize,
+    li: usize,
+    key: &FlowKey,
+) -> Result<Option<Decision>, Reason> {
     let lb = &snap.cfg.load_balancers[lbi];
     if let Some(acl) = lb.listeners[li].acl {
         let listed = snap.cfg.prefix_lists[acl.prefix_list]
@@ -1134,8 +1264,18 @@ fn recheck(snap: &Snapshot, orig: &FlowKey, flow: &Flow) -> Result<(), Reason> {
 }
 
 /// Network ACLs on every packet of a session (they are stateless).
-fn nacl_check(snap: &Snapshot, flow: &Flow, key: &FlowKey, out: &FlowKey, dir: Dir) -> Result<(), Reason> {
-    let check = |inst: Option<usize>, direction: Direction, k: &FlowKey, other: IpAddr| -> Result<(), Reason> {
+fn nacl_check(
+    snap: &Snapshot,
+    flow: &Flow,
+    key: &FlowKey,
+    out: &FlowKey,
+    dir: Dir,
+) -> Result<(), Reason> {
+    let check = |inst: Option<usize>,
+                 direction: Direction,
+                 k: &FlowKey,
+                 other: IpAddr|
+     -> Result<(), Reason> {
         let Some(i) = inst else { return Ok(()) };
         if snap.in_subnet_of(i, other) {
             return Ok(());

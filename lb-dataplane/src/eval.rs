@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use lb_core::flow::{proto_from_name, FlowKey};
 use lb_core::model::proto;
-use lb_core::packet::{build_frame, FrameSpec};
+use lb_core::packet::{build_frame, FrameSpec, MacAddr};
 use lb_core::pipeline::{secs, LocalKind, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::Nanos;
 
@@ -323,8 +323,8 @@ pub fn run(
 
 fn frame_spec(p: &TracePacket) -> FrameSpec {
     FrameSpec {
-        src_mac: [0x02, 0, 0, 0, 0, 0x01],
-        dst_mac: [0x02, 0, 0, 0, 0, 0x02],
+        src_mac: MacAddr([0x02, 0, 0, 0, 0, 0x01]),
+        dst_mac: MacAddr([0x02, 0, 0, 0, 0, 0x02]),
         vlan: None,
         src: p.key.src,
         dst: p.key.dst,

@@ -479,8 +479,15 @@ fn handle_reply(
         return;
     }
     let flags = p.tcp_flags;
-    let seq = p.tcp_seq;
-    let ack = p.tcp_ack;
+    let Some(tcp) = frame
+        .get(p.l4_offset..p.l3_end())
+        .and_then(|b| packet::TcpPacket::new_checked(b).ok())
+    else {
+        return;
+    };
+    let seq = tcp.seq_number();
+    let ack = tcp.ack_number();
+    let payload = tcp.payload();
     match probe.state {
         ProbeState::SynSent
             if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
@@ -519,8 +526,7 @@ fn handle_reply(
                 pr.probe = Some(probe);
             }
         }
-        ProbeState::RequestSent { .. } if p.l4_payload_len > 0 => {
-            let payload = packet::l4_payload(frame, &p);
+        ProbeState::RequestSent { .. } if !payload.is_empty() => {
             let status = parse_status(payload);
             let ours = ack;
             send_tcp(shared, senders, t, &probe, ours, 0, TCP_RST, Vec::new());

@@ -14,9 +14,9 @@ use crate::neigh::Neighbors;
 /// neighbour solicitation to its solicited-node multicast group.
 pub fn solicit(my_mac: [u8; 6], src: IpAddr, target: IpAddr) -> Vec<u8> {
     match (src, target) {
-        (IpAddr::V4(s), IpAddr::V4(t)) => packet::build_arp_request(MacAddr(my_mac), s, t),
+        (IpAddr::V4(s), IpAddr::V4(t)) => packet::build_arp_request(MacAddr(my_mac), s, t, None),
         (IpAddr::V6(s), IpAddr::V6(t)) => {
-            packet::build_neighbor_solicitation(MacAddr(my_mac), s, t)
+            packet::build_neighbor_solicitation(MacAddr(my_mac), s, t, None)
         }
         // Mixed families never reach here: callers pick a source of the
         // target's family; an empty frame is dropped by the sender.
@@ -45,27 +45,43 @@ pub fn answer(
             neigh.learn(port, sender, arp.sender_mac.0, now);
             let target = IpAddr::V4(arp.target_ip);
             if arp.op == packet::ArpOp::Request && snap.is_own_address(target) {
-                return Some(packet::build_arp_reply(&arp, MacAddr(port_mac)));
+                return Some(packet::build_arp_reply(&arp, MacAddr(port_mac), p.vlan));
             }
             None
         }
         LocalKind::Neighbor => {
-            let nd = packet::parse_ndp(frame, p).ok()?;
-            if let Some(mac) = nd.link_layer_addr {
-                if !p.src.is_unspecified() {
-                    neigh.learn(port, p.src, mac.0, now);
+            let icmp =
+                packet::Icmpv6Packet::new_checked(frame.get(p.l4_offset..p.l3_end())?).ok()?;
+            let IpAddr::V6(src) = p.src else { return None };
+            match icmp.msg_type() {
+                packet::Icmpv6Message::NeighborSolicit => {
+                    let sender_mac = icmp.source_lladdr().ok().flatten();
+                    if let Some(mac) = sender_mac {
+                        if !src.is_unspecified() {
+                            neigh.learn(port, p.src, mac.0, now);
+                        }
+                    }
+                    let target = icmp.nd_target();
+                    if !snap.is_own_address(IpAddr::V6(target)) {
+                        return None;
+                    }
+                    let to_mac = sender_mac.unwrap_or(MacAddr(eth_src(frame)));
+                    Some(packet::build_neighbor_advertisement(
+                        MacAddr(port_mac),
+                        target,
+                        to_mac,
+                        src,
+                        true,
+                        p.vlan,
+                    ))
                 }
-            }
-            match nd.kind {
-                packet::NdKind::Solicitation if snap.is_own_address(IpAddr::V6(nd.target)) => Some(
-                    packet::build_neighbor_advertisement(frame, p, &nd, MacAddr(port_mac)),
-                ),
-                packet::NdKind::Advertisement => {
-                    let mac = nd
-                        .link_layer_addr
-                        .map(|m| m.0)
-                        .unwrap_or_else(|| eth_src(frame));
-                    neigh.learn(port, IpAddr::V6(nd.target), mac, now);
+                packet::Icmpv6Message::NeighborAdvert => {
+                    let mac = icmp
+                        .target_lladdr()
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| eth_src(frame), |m| m.0);
+                    neigh.learn(port, IpAddr::V6(icmp.nd_target()), mac, now);
                     None
                 }
                 _ => None,
