@@ -1350,10 +1350,7 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
 }
 
 fn endpoint_hash(addr: IpAddr, port: u16, proto: u8) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = ahash::RandomState::with_seeds(0x6c62, 0x7370, 0x6f6c, 0x6e21).build_hasher();
-    (addr, port, proto).hash(&mut h);
-    h.finish()
+    ahash::RandomState::with_seeds(0x6c62, 0x7370, 0x6f6c, 0x6e21).hash_one((addr, port, proto))
 }
 
 /// Seconds as [`Nanos`].

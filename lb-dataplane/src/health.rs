@@ -133,14 +133,15 @@ struct Probe {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a probe waits for.
 enum ProbeState {
-    SynSent,
+    SynAck,
     /// HTTP: the request is out; waiting for the status line.
-    RequestSent {
+    StatusLine {
         server_isn: u32,
     },
     /// UDP: waiting for an ICMP error until the deadline.
-    UdpSent,
+    IcmpError,
 }
 
 /// Runs the checks until `shared.stop` is set.
@@ -167,7 +168,7 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
             if let Some(probe) = p.probe {
                 if now >= probe.deadline {
                     p.probe = None;
-                    let ok = probe.state == ProbeState::UdpSent;
+                    let ok = probe.state == ProbeState::IcmpError;
                     conclude(
                         &shared,
                         &rt.health,
@@ -224,9 +225,9 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
                     isn: seed,
                     deadline: now + t.timeout,
                     state: if t.proto == HealthProtocol::Udp {
-                        ProbeState::UdpSent
+                        ProbeState::IcmpError
                     } else {
-                        ProbeState::SynSent
+                        ProbeState::SynAck
                     },
                 };
                 if send_probe(&shared, &mut senders, t, &probe, now) {
@@ -489,7 +490,7 @@ fn handle_reply(
     let ack = tcp.ack_number();
     let payload = tcp.payload();
     match probe.state {
-        ProbeState::SynSent
+        ProbeState::SynAck
             if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
                 && ack == probe.isn.wrapping_add(1) =>
         {
@@ -522,11 +523,11 @@ fn handle_reply(
                     TCP_ACK | TCP_PSH,
                     req.into_bytes(),
                 );
-                probe.state = ProbeState::RequestSent { server_isn: seq };
+                probe.state = ProbeState::StatusLine { server_isn: seq };
                 pr.probe = Some(probe);
             }
         }
-        ProbeState::RequestSent { .. } if !payload.is_empty() => {
+        ProbeState::StatusLine { .. } if !payload.is_empty() => {
             let status = parse_status(payload);
             let ours = ack;
             send_tcp(shared, senders, t, &probe, ours, 0, TCP_RST, Vec::new());
@@ -550,7 +551,7 @@ fn handle_reply(
             pr.probe = None;
             conclude(shared, &rt.health, t, pr, false, "connection refused");
         }
-        ProbeState::RequestSent { .. } if flags & TCP_FIN != 0 => {
+        ProbeState::StatusLine { .. } if flags & TCP_FIN != 0 => {
             send_tcp(shared, senders, t, &probe, ack, 0, TCP_RST, Vec::new());
             pr.probe = None;
             conclude(shared, &rt.health, t, pr, false, "closed without a reply");

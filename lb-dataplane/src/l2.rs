@@ -27,6 +27,7 @@ pub fn solicit(my_mac: [u8; 6], src: IpAddr, target: IpAddr) -> Vec<u8> {
 /// Handles a frame the pipeline left to the data plane itself. Learns
 /// neighbours on `port`; returns the frame to send back out of the same
 /// port, if any.
+#[allow(clippy::too_many_arguments)]
 pub fn answer(
     frame: &[u8],
     kind: LocalKind,
