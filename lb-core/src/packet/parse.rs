@@ -1,4 +1,20 @@
 //! The one-shot data-path parser.
+//!
+//! ```
+//! use lb_core::packet::{parse, FrameSpec, Kind};
+//!
+//! let frame = lb_core::packet::build_frame(&FrameSpec {
+//!     src: "2001:db8::1".parse().unwrap(),
+//!     dst: "2001:db8::2".parse().unwrap(),
+//!     proto: 17,
+//!     sport: 5353,
+//!     dport: 53,
+//!     ..FrameSpec::default()
+//! });
+//! let p = parse(&frame).unwrap();
+//! assert_eq!((p.kind, p.proto, p.dport, p.l4_len), (Kind::Ipv6, 17, 53, 8));
+//! assert!(parse(&frame[..20]).is_err());
+//! ```
 
 use std::net::{IpAddr, Ipv4Addr};
 

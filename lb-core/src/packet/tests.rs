@@ -923,3 +923,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn double_tagged_and_unknown_ethertypes_are_other() {
+    let mut f = UDP6_VLAN.to_vec();
+    f[16..18].copy_from_slice(&[0x81, 0x00]);
+    let p = parse(&f).unwrap();
+    assert_eq!(
+        (p.kind, p.vlan, p.flow_key()),
+        (Kind::Other(0x8100), Some(100), None)
+    );
+    assert_eq!(format_flow(&p), "ethertype 0x8100");
+    assert!(!verify_l4_checksum(&f, &p));
+    assert!(!decrement_ttl(&mut f, &p));
+    let mut f = TCP4_SYN.to_vec();
+    f[12..14].copy_from_slice(&[0x88, 0xcc]);
+    let p = parse(&f).unwrap();
+    assert_eq!(
+        (p.kind, p.ethertype, p.l3_offset, p.l3_len),
+        (Kind::Other(0x88cc), 0x88cc, 14, 40)
+    );
+}
