@@ -206,10 +206,10 @@ fn parse_ipv6(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
     p.proto = chain.protocol;
     p.ttl = ip.hop_limit();
     if let Some(f) = chain.fragment {
-        // An atomic fragment (offset 0, M clear) is still reassembled as a
-        // fragment by receivers, but carries the whole L4 header.
-        p.is_fragment = true;
-        p.is_first_fragment = f.offset == 0;
+        // An atomic fragment (offset 0, M clear) is a whole packet
+        // (RFC 6946).
+        p.is_fragment = f.offset != 0 || f.more;
+        p.is_first_fragment = p.is_fragment && f.offset == 0;
     }
     if p.has_l4_header() {
         parse_l4(&ip.payload()[chain.l4_offset..], p)?;

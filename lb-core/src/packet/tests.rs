@@ -399,6 +399,13 @@ fn ipv6_extension_headers_and_fragments() {
     assert_eq!((p.sport, p.dport, p.l4_len), (12345, 53, 10));
     assert!(!verify_l4_checksum(&f, &p));
 
+    // An atomic fragment is a whole packet.
+    let mut atomic = vec![17, 0, 0, 0, 0, 0, 0, 1];
+    atomic.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0x00, 0x0a, 0x00, 0x00, 1, 2]);
+    let p = parse(&v6(44, &atomic)).unwrap();
+    assert!(!p.is_fragment && !p.is_first_fragment && p.has_l4_header());
+    assert_eq!((p.sport, p.l4_len), (12345, 10));
+
     // IPv4 fragments.
     let mut f = TCP4_SYN.to_vec();
     Ipv4Packet::new_unchecked(&mut f[14..]).set_frag(false, false, 64);
