@@ -1,6 +1,6 @@
 //! Frame builders for `lbctl eval`, tests, health checks and the control
 //! replies of the data plane (ARP, neighbour discovery, echo, ICMP errors).
-//! These allocate; the per-packet path uses [`super::rewrite`] instead.
+//! These allocate; the per-packet path uses [`super::rewrite()`] instead.
 //!
 //! ```
 //! use lb_core::packet::{build_frame, parse, FrameSpec};
