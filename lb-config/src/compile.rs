@@ -2,7 +2,7 @@
 //! [`lb_core::model::Config`]. Every problem is reported; compilation goes
 //! on with placeholder values after an error so that later checks still run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -88,11 +88,17 @@ struct GroupFacts {
 
 pub(crate) struct Compiler<'a, 's> {
     sink: &'s mut Sink<'a>,
+    /// Subnets with an invalid CIDR: their members' addresses are not
+    /// checked against them (that would only repeat the error).
+    broken_subnets: Vec<usize>,
 }
 
 impl<'a, 's> Compiler<'a, 's> {
     pub(crate) fn new(sink: &'s mut Sink<'a>) -> Self {
-        Compiler { sink }
+        Compiler {
+            sink,
+            broken_subnets: Vec::new(),
+        }
     }
 
     fn err(&mut self, span: &Range<usize>, msg: impl Into<String>) {
@@ -140,7 +146,10 @@ impl<'a, 's> Compiler<'a, 's> {
                 let line = self.line(first);
                 self.err(
                     &id.span(),
-                    format!("duplicate {kind} id {s} (first defined on line {line})"),
+                    format!(
+                        "duplicate {kind} {} {s} (first defined on line {line})",
+                        if kind == "port" { "name" } else { "id" }
+                    ),
                 );
             } else {
                 map.insert(s, (i, id.span()));
@@ -283,11 +292,10 @@ impl<'a, 's> Compiler<'a, 's> {
             out.workers = self.int(w, "workers", 1, MAX_WORKERS);
         }
         if let Some(cores) = &d.cores {
-            let mut seen: HashMap<u16, usize> = HashMap::new();
+            let mut seen: HashSet<u16> = HashSet::new();
             for c in cores.get_ref() {
                 let core: u16 = self.int(c, "a core number", 0, i64::from(u16::MAX));
-                if let Some(first) = seen.insert(core, 0) {
-                    let _ = first;
+                if !seen.insert(core) {
                     self.err(
                         &c.span(),
                         format!("core {core} is listed twice; pin each worker to its own core"),
@@ -326,7 +334,7 @@ impl<'a, 's> Compiler<'a, 's> {
         let mut out = Vec::new();
         let mut ifaces: HashMap<&str, usize> = HashMap::new();
         let mut dpdk: HashMap<u16, usize> = HashMap::new();
-        let mut addrs: HashMap<IpAddr, (String, usize)> = HashMap::new();
+        let mut addrs: HashMap<IpAddr, String> = HashMap::new();
         for p in ports {
             let span = p.span();
             let p = p.get_ref();
@@ -393,13 +401,13 @@ impl<'a, 's> Compiler<'a, 's> {
             for a in &p.addresses {
                 match parse::interface_address(a.get_ref()) {
                     Ok(net) => {
-                        if let Some((other, _)) = addrs.get(&net.addr()) {
+                        if let Some(other) = addrs.get(&net.addr()) {
                             self.err(
                                 &a.span(),
                                 format!("address {} is already on port {other}", net.addr()),
                             );
                         } else {
-                            addrs.insert(net.addr(), (name.clone(), 0));
+                            addrs.insert(net.addr(), name.clone());
                         }
                         port.addresses.push(net);
                     }
@@ -843,10 +851,11 @@ impl<'a, 's> Compiler<'a, 's> {
         let mut out: Vec<Subnet> = Vec::new();
         // (net, subnet id) of every CIDR seen so far, for the overlap check.
         let mut nets: Vec<(IpNet, String)> = Vec::new();
-        for s in subnets {
+        for (index, s) in subnets.iter().enumerate() {
             let s = s.get_ref();
             let id = s.id.get_ref();
             let mut cidrs = Vec::new();
+            let errors_before = self.sink.len();
             let fields = [
                 (Some(&s.cidr), true, "cidr"),
                 (s.ipv6_cidr.as_ref(), false, "ipv6_cidr"),
@@ -876,6 +885,9 @@ impl<'a, 's> Compiler<'a, 's> {
                     }
                     Err(e) => self.err(&field.span(), e),
                 }
+            }
+            if self.sink.len() != errors_before {
+                self.broken_subnets.push(index);
             }
             let network_acl = s.network_acl.as_ref().map(|a| self.resolve(nacl_ids, a));
             out.push(Subnet {
@@ -987,6 +999,7 @@ impl<'a, 's> Compiler<'a, 's> {
             let subnet = self.resolve(subnet_ids, &i.subnet);
             let subnet_ok = subnet_ids
                 .get(i.subnet.get_ref())
+                .filter(|s| !self.broken_subnets.contains(s))
                 .and_then(|s| subnets.get(s));
             if i.addresses.get_ref().is_empty() {
                 self.err(

@@ -1139,3 +1139,22 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn a_broken_subnet_does_not_cascade() {
+    assert_eq!(
+        errs(&GROUP_HEAD.replace("198.19.1.0/24", "198.19.1.0/33")),
+        vec!["3:8: \"198.19.1.0/33\" is not an IP address or CIDR"]
+    );
+}
+
+#[test]
+fn duplicate_port_names() {
+    assert_eq!(
+        errs("\n[[port]]\nname = \"ext\"\ninterface = \"a\"\n[[port]]\nname = \"ext\"\ninterface = \"a\"\n"),
+        vec![
+            "5:8: duplicate port name ext (first defined on line 2)",
+            "6:13: interface a is already used by the port on line 3",
+        ]
+    );
+}
