@@ -69,6 +69,10 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 struct Owner {
     what: String,
     line: usize,
+    /// A data-plane port's own address: it may double as a VIP or local
+    /// address (the data plane answers for it either way), not as an
+    /// instance's.
+    port: bool,
 }
 
 /// Where a server group is used, for the health check checks.
@@ -181,7 +185,22 @@ impl<'a, 's> Compiler<'a, 's> {
 
         let platform = self.platform(f.platform.as_ref());
         let dataplane = self.dataplane(f.dataplane.as_ref());
+        let mut owners: HashMap<IpAddr, Owner> = HashMap::new();
         let ports = self.ports(&f.ports, dataplane.io);
+        for p in &f.ports {
+            let p = p.get_ref();
+            for a in &p.addresses {
+                if let Ok(net) = parse::interface_address(a.get_ref()) {
+                    let line = self.line(&a.span());
+                    let what = format!("port {}", p.name.get_ref());
+                    owners.entry(net.addr()).or_insert(Owner {
+                        what,
+                        line,
+                        port: true,
+                    });
+                }
+            }
+        }
         let routes = self.routes(&f.routes, &port_ids, &ports);
         let prefix_lists: Vec<PrefixList> =
             f.prefix_lists.iter().map(|p| self.prefix_list(p)).collect();
@@ -208,7 +227,6 @@ impl<'a, 's> Compiler<'a, 's> {
             .collect();
         let subnets = self.subnets(&f.subnets, &nacl_ids);
 
-        let mut owners: HashMap<IpAddr, Owner> = HashMap::new();
         let instances = self.instances(
             &f.instances,
             &subnet_ids,
@@ -971,7 +989,8 @@ impl<'a, 's> Compiler<'a, 's> {
         span: &Range<usize>,
         what: String,
     ) {
-        if let Some(o) = owners.get(&addr) {
+        let lb = what.starts_with("load balancer");
+        if let Some(o) = owners.get(&addr).filter(|o| !(o.port && lb)) {
             let msg = format!(
                 "address {addr} is already used by {} (line {})",
                 o.what, o.line
@@ -979,7 +998,14 @@ impl<'a, 's> Compiler<'a, 's> {
             self.err(span, msg);
         } else {
             let line = self.line(span);
-            owners.insert(addr, Owner { what, line });
+            owners.insert(
+                addr,
+                Owner {
+                    what,
+                    line,
+                    port: false,
+                },
+            );
         }
     }
 

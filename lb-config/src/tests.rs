@@ -1158,3 +1158,17 @@ fn duplicate_port_names() {
         ]
     );
 }
+
+#[test]
+fn port_addresses_are_not_instance_addresses() {
+    let t = format!(
+        "[[port]]\nname = \"int\"\ninterface = \"lb-int\"\naddresses = [\"198.19.1.11/24\", \"198.19.1.250/24\"]\n{}",
+        lb(SERVER, TCP_LB)
+    );
+    // The instance may not take the port's address; the load balancer's
+    // local address may.
+    assert_eq!(
+        errs(&t),
+        vec!["15:14: address 198.19.1.11 is already used by port int (line 4)"]
+    );
+}
