@@ -988,8 +988,8 @@ impl<'a, 's> Compiler<'a, 's> {
         addr: IpAddr,
         span: &Range<usize>,
         what: String,
+        lb: bool,
     ) {
-        let lb = what.starts_with("load balancer");
         if let Some(o) = owners.get(&addr).filter(|o| !(o.port && lb)) {
             let msg = format!(
                 "address {addr} is already used by {} (line {})",
@@ -1065,7 +1065,7 @@ impl<'a, 's> Compiler<'a, 's> {
                         );
                     }
                 }
-                self.claim(owners, addr, &a.span(), format!("instance {id}"));
+                self.claim(owners, addr, &a.span(), format!("instance {id}"), false);
                 addresses.push(addr);
             }
             let security_groups = self.attach_groups(
@@ -1303,7 +1303,8 @@ impl<'a, 's> Compiler<'a, 's> {
                             owners,
                             addr,
                             &v.span(),
-                            format!("load balancer {id} (vips)"),
+                            format!("the vips of load balancer {id}"),
+                            true,
                         );
                         vips.push(addr);
                     }
@@ -1329,7 +1330,8 @@ impl<'a, 's> Compiler<'a, 's> {
                                 owners,
                                 addr,
                                 &a.span(),
-                                format!("load balancer {id} (local_addresses)"),
+                                format!("the local_addresses of load balancer {id}"),
+                                true,
                             );
                             local_addresses.push(addr);
                         }

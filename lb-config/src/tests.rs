@@ -849,8 +849,8 @@ fn vips_and_local_addresses() {
         vec![
             "19:43: address 198.19.1.11 is already used by instance ecs01 (line 10)",
             "20:19: load balancer lb has an IPv6 VIP but no IPv6 local_addresses entry (the source address toward the backends; not needed only when every listener has transfer_client_ip = true)",
-            "27:9: address 198.18.0.10 is already used by load balancer lb (vips) (line 19)",
-            "28:20: address 198.19.1.250 is already used by load balancer lb (local_addresses) (line 20)",
+            "27:9: address 198.18.0.10 is already used by the vips of load balancer lb (line 19)",
+            "28:20: address 198.19.1.250 is already used by the local_addresses of load balancer lb (line 20)",
         ]
     );
     // transfer_client_ip on every listener: no local address needed.
@@ -1170,5 +1170,13 @@ fn port_addresses_are_not_instance_addresses() {
     assert_eq!(
         errs(&t),
         vec!["15:14: address 198.19.1.11 is already used by port int (line 4)"]
+    );
+}
+
+#[test]
+fn duplicate_keys_are_syntax_errors() {
+    assert_eq!(
+        errs("\n[[subnet]]\nid = \"a\"\nid = \"b\"\ncidr = \"198.19.1.0/24\"\n"),
+        vec!["3:1: duplicate key"]
     );
 }
