@@ -132,13 +132,15 @@ impl<'a, 's> Compiler<'a, 's> {
         prefix: Option<&str>,
     ) -> Ids<'c> {
         let mut map: HashMap<&'c str, (usize, Range<usize>)> = HashMap::new();
+        // Ports have a name; everything else an id.
+        let field = if kind == "port" { "name" } else { "id" };
         for (i, item) in items.iter().enumerate() {
             let id = id(item.get_ref());
             let s = id.get_ref().as_str();
             if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 self.err(
                     &id.span(),
-                    format!("{kind} id {s:?} must be non-empty and contain no whitespace"),
+                    format!("{kind} {field} {s:?} must be non-empty and contain no whitespace"),
                 );
             } else if let Some(p) = prefix.filter(|p| !s.starts_with(p)) {
                 self.err(
@@ -150,10 +152,7 @@ impl<'a, 's> Compiler<'a, 's> {
                 let line = self.line(first);
                 self.err(
                     &id.span(),
-                    format!(
-                        "duplicate {kind} {} {s} (first defined on line {line})",
-                        if kind == "port" { "name" } else { "id" }
-                    ),
+                    format!("duplicate {kind} {field} {s} (first defined on line {line})"),
                 );
             } else {
                 map.insert(s, (i, id.span()));

@@ -1180,3 +1180,72 @@ fn duplicate_keys_are_syntax_errors() {
         vec!["3:1: duplicate key"]
     );
 }
+
+#[test]
+fn more_data_plane_checks() {
+    assert_eq!(
+        errs(
+            r#"
+[dataplane]
+io = "dpdk"
+[[port]]
+name = "a b"
+dpdk_port = 0
+addresses = ["198.18.0.1/24"]
+[[port]]
+name = "p1"
+dpdk_port = 0
+[[route]]
+destination = "198.20.0.0/16"
+via = "198.18.0.254"
+port = "a b"
+[[route]]
+destination = "198.20.0.0/16"
+port = "a b"
+"#
+        ),
+        vec![
+            "4:8: port name \"a b\" must be non-empty and contain no whitespace",
+            "9:13: dpdk_port 0 is already used by the port on line 5",
+            "15:15: a route to 198.20.0.0/16 is already defined on line 11",
+        ]
+    );
+    assert_eq!(
+        errs("\n[[port]]\nname = \"p\"\ninterface = \"eth0:1\"\n"),
+        vec!["3:13: \"eth0:1\" is not a valid interface name"]
+    );
+}
+
+#[test]
+fn more_health_check_checks() {
+    let hc = |body: &str| {
+        errs(&lb(
+            &format!("[server_group.health_check]\n{}{SERVER}", text(body)),
+            TCP_LB,
+        ))
+    };
+    assert_eq!(
+        hc("protocol = \"http\"\npath = \"/a b\"\nexpected_codes = []\ninterval_s = 0.0001\n"),
+        vec![
+            "16:8: health check path \"/a b\" must not contain spaces or control characters",
+            "17:18: expected_codes must list at least one status code",
+            "18:14: interval_s must be at least 0.001 seconds, got 0.0001",
+        ]
+    );
+    assert_eq!(
+        hc("expected_codes = [\"2xx\"]\n"),
+        vec!["15:18: expected_codes applies to http health checks only, not tcp"]
+    );
+}
+
+#[test]
+fn transparent_listeners_reach_servers_from_their_vips() {
+    let server6 = "[[server_group.server]]\naddress = \"2001:db8:19:1::99\"\nport = 80\n";
+    assert_eq!(
+        errs(&lb(
+            server6,
+            "vips = [\"198.18.0.10\"]\n[[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"sgp\"\ntransfer_client_ip = true\n"
+        )),
+        vec!["23:16: server [2001:db8:19:1::99]:80 of server group sgp has only IPv6 addresses, but load balancer lb has no IPv6 VIP to reach it"]
+    );
+}
