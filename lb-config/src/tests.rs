@@ -1092,7 +1092,7 @@ mod prop {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Mutated examples never panic, and every diagnostic has a position
-        /// inside the text.
+        /// inside the text, in order.
         #[test]
         fn parse_never_panics(
             which in 0..EXAMPLES.len(),
@@ -1135,6 +1135,11 @@ mod prop {
                     prop_assert!(d.line >= 1 && d.line <= lines + 1, "{d}");
                     prop_assert!(d.col >= 1, "{d}");
                 }
+                // Sorted by position.
+                let positions: Vec<(usize, usize)> = e.0.iter().map(|d| (d.line, d.col)).collect();
+                let mut sorted = positions.clone();
+                sorted.sort_unstable();
+                prop_assert_eq!(positions, sorted);
             }
         }
     }
