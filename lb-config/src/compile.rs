@@ -2,7 +2,7 @@
 //! [`lb_core::model::Config`]. Every problem is reported; compilation goes
 //! on with placeholder values after an error so that later checks still run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -69,6 +69,10 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 struct Owner {
     what: String,
     line: usize,
+    /// A data-plane port's own address: it may double as a VIP or local
+    /// address (the data plane answers for it either way), not as an
+    /// instance's.
+    port: bool,
 }
 
 /// Where a server group is used, for the health check checks.
@@ -88,11 +92,17 @@ struct GroupFacts {
 
 pub(crate) struct Compiler<'a, 's> {
     sink: &'s mut Sink<'a>,
+    /// Subnets with an invalid CIDR: their members' addresses are not
+    /// checked against them (that would only repeat the error).
+    broken_subnets: Vec<usize>,
 }
 
 impl<'a, 's> Compiler<'a, 's> {
     pub(crate) fn new(sink: &'s mut Sink<'a>) -> Self {
-        Compiler { sink }
+        Compiler {
+            sink,
+            broken_subnets: Vec::new(),
+        }
     }
 
     fn err(&mut self, span: &Range<usize>, msg: impl Into<String>) {
@@ -122,13 +132,15 @@ impl<'a, 's> Compiler<'a, 's> {
         prefix: Option<&str>,
     ) -> Ids<'c> {
         let mut map: HashMap<&'c str, (usize, Range<usize>)> = HashMap::new();
+        // Ports have a name; everything else an id.
+        let field = if kind == "port" { "name" } else { "id" };
         for (i, item) in items.iter().enumerate() {
             let id = id(item.get_ref());
             let s = id.get_ref().as_str();
             if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 self.err(
                     &id.span(),
-                    format!("{kind} id {s:?} must be non-empty and contain no whitespace"),
+                    format!("{kind} {field} {s:?} must be non-empty and contain no whitespace"),
                 );
             } else if let Some(p) = prefix.filter(|p| !s.starts_with(p)) {
                 self.err(
@@ -140,7 +152,7 @@ impl<'a, 's> Compiler<'a, 's> {
                 let line = self.line(first);
                 self.err(
                     &id.span(),
-                    format!("duplicate {kind} id {s} (first defined on line {line})"),
+                    format!("duplicate {kind} {field} {s} (first defined on line {line})"),
                 );
             } else {
                 map.insert(s, (i, id.span()));
@@ -172,7 +184,22 @@ impl<'a, 's> Compiler<'a, 's> {
 
         let platform = self.platform(f.platform.as_ref());
         let dataplane = self.dataplane(f.dataplane.as_ref());
+        let mut owners: HashMap<IpAddr, Owner> = HashMap::new();
         let ports = self.ports(&f.ports, dataplane.io);
+        for p in &f.ports {
+            let p = p.get_ref();
+            for a in &p.addresses {
+                if let Ok(net) = parse::interface_address(a.get_ref()) {
+                    let line = self.line(&a.span());
+                    let what = format!("port {}", p.name.get_ref());
+                    owners.entry(net.addr()).or_insert(Owner {
+                        what,
+                        line,
+                        port: true,
+                    });
+                }
+            }
+        }
         let routes = self.routes(&f.routes, &port_ids, &ports);
         let prefix_lists: Vec<PrefixList> =
             f.prefix_lists.iter().map(|p| self.prefix_list(p)).collect();
@@ -199,7 +226,6 @@ impl<'a, 's> Compiler<'a, 's> {
             .collect();
         let subnets = self.subnets(&f.subnets, &nacl_ids);
 
-        let mut owners: HashMap<IpAddr, Owner> = HashMap::new();
         let instances = self.instances(
             &f.instances,
             &subnet_ids,
@@ -283,11 +309,10 @@ impl<'a, 's> Compiler<'a, 's> {
             out.workers = self.int(w, "workers", 1, MAX_WORKERS);
         }
         if let Some(cores) = &d.cores {
-            let mut seen: HashMap<u16, usize> = HashMap::new();
+            let mut seen: HashSet<u16> = HashSet::new();
             for c in cores.get_ref() {
                 let core: u16 = self.int(c, "a core number", 0, i64::from(u16::MAX));
-                if let Some(first) = seen.insert(core, 0) {
-                    let _ = first;
+                if !seen.insert(core) {
                     self.err(
                         &c.span(),
                         format!("core {core} is listed twice; pin each worker to its own core"),
@@ -326,7 +351,7 @@ impl<'a, 's> Compiler<'a, 's> {
         let mut out = Vec::new();
         let mut ifaces: HashMap<&str, usize> = HashMap::new();
         let mut dpdk: HashMap<u16, usize> = HashMap::new();
-        let mut addrs: HashMap<IpAddr, (String, usize)> = HashMap::new();
+        let mut addrs: HashMap<IpAddr, String> = HashMap::new();
         for p in ports {
             let span = p.span();
             let p = p.get_ref();
@@ -393,13 +418,13 @@ impl<'a, 's> Compiler<'a, 's> {
             for a in &p.addresses {
                 match parse::interface_address(a.get_ref()) {
                     Ok(net) => {
-                        if let Some((other, _)) = addrs.get(&net.addr()) {
+                        if let Some(other) = addrs.get(&net.addr()) {
                             self.err(
                                 &a.span(),
                                 format!("address {} is already on port {other}", net.addr()),
                             );
                         } else {
-                            addrs.insert(net.addr(), (name.clone(), 0));
+                            addrs.insert(net.addr(), name.clone());
                         }
                         port.addresses.push(net);
                     }
@@ -843,10 +868,11 @@ impl<'a, 's> Compiler<'a, 's> {
         let mut out: Vec<Subnet> = Vec::new();
         // (net, subnet id) of every CIDR seen so far, for the overlap check.
         let mut nets: Vec<(IpNet, String)> = Vec::new();
-        for s in subnets {
+        for (index, s) in subnets.iter().enumerate() {
             let s = s.get_ref();
             let id = s.id.get_ref();
             let mut cidrs = Vec::new();
+            let errors_before = self.sink.len();
             let fields = [
                 (Some(&s.cidr), true, "cidr"),
                 (s.ipv6_cidr.as_ref(), false, "ipv6_cidr"),
@@ -876,6 +902,9 @@ impl<'a, 's> Compiler<'a, 's> {
                     }
                     Err(e) => self.err(&field.span(), e),
                 }
+            }
+            if self.sink.len() != errors_before {
+                self.broken_subnets.push(index);
             }
             let network_acl = s.network_acl.as_ref().map(|a| self.resolve(nacl_ids, a));
             out.push(Subnet {
@@ -958,8 +987,9 @@ impl<'a, 's> Compiler<'a, 's> {
         addr: IpAddr,
         span: &Range<usize>,
         what: String,
+        lb: bool,
     ) {
-        if let Some(o) = owners.get(&addr) {
+        if let Some(o) = owners.get(&addr).filter(|o| !(o.port && lb)) {
             let msg = format!(
                 "address {addr} is already used by {} (line {})",
                 o.what, o.line
@@ -967,7 +997,14 @@ impl<'a, 's> Compiler<'a, 's> {
             self.err(span, msg);
         } else {
             let line = self.line(span);
-            owners.insert(addr, Owner { what, line });
+            owners.insert(
+                addr,
+                Owner {
+                    what,
+                    line,
+                    port: false,
+                },
+            );
         }
     }
 
@@ -987,6 +1024,7 @@ impl<'a, 's> Compiler<'a, 's> {
             let subnet = self.resolve(subnet_ids, &i.subnet);
             let subnet_ok = subnet_ids
                 .get(i.subnet.get_ref())
+                .filter(|s| !self.broken_subnets.contains(s))
                 .and_then(|s| subnets.get(s));
             if i.addresses.get_ref().is_empty() {
                 self.err(
@@ -1026,7 +1064,7 @@ impl<'a, 's> Compiler<'a, 's> {
                         );
                     }
                 }
-                self.claim(owners, addr, &a.span(), format!("instance {id}"));
+                self.claim(owners, addr, &a.span(), format!("instance {id}"), false);
                 addresses.push(addr);
             }
             let security_groups = self.attach_groups(
@@ -1264,7 +1302,8 @@ impl<'a, 's> Compiler<'a, 's> {
                             owners,
                             addr,
                             &v.span(),
-                            format!("load balancer {id} (vips)"),
+                            format!("the vips of load balancer {id}"),
+                            true,
                         );
                         vips.push(addr);
                     }
@@ -1290,7 +1329,8 @@ impl<'a, 's> Compiler<'a, 's> {
                                 owners,
                                 addr,
                                 &a.span(),
-                                format!("load balancer {id} (local_addresses)"),
+                                format!("the local_addresses of load balancer {id}"),
+                                true,
                             );
                             local_addresses.push(addr);
                         }

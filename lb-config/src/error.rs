@@ -104,6 +104,10 @@ impl<'a> Sink<'a> {
         self.diags.push((span.start, d));
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.diags.len()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.diags.is_empty()
     }

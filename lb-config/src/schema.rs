@@ -1,5 +1,19 @@
 //! The TOML schema: serde structs that mirror `CONFIG.md` one to one.
 //!
+//! ```
+//! use lb_config::schema::{ProtocolConfig, RuleConfig};
+//!
+//! let rule: RuleConfig = toml::from_str(
+//!     "direction = \"ingress\"\naction = \"deny\"\nprotocol = \"tcp\"\nport_range = \"81/81\"\nsource = \"0.0.0.0/0\"",
+//! )
+//! .expect("a valid rule");
+//! assert_eq!(*rule.protocol.get_ref(), ProtocolConfig(Some(6)));
+//! assert_eq!(rule.port_range.map(|p| p.into_inner()), Some("81/81".to_string()));
+//! ```
+//!
+//! These structs only check the shape of the file; [`crate::parse_str`]
+//! validates the values and resolves ids.
+//!
 //! Values that validation may complain about are wrapped in
 //! [`toml::Spanned`] so that every diagnostic carries a position. Numbers
 //! with limits are read as `i64` so that an out-of-range value gets our own

@@ -849,8 +849,8 @@ fn vips_and_local_addresses() {
         vec![
             "19:43: address 198.19.1.11 is already used by instance ecs01 (line 10)",
             "20:19: load balancer lb has an IPv6 VIP but no IPv6 local_addresses entry (the source address toward the backends; not needed only when every listener has transfer_client_ip = true)",
-            "27:9: address 198.18.0.10 is already used by load balancer lb (vips) (line 19)",
-            "28:20: address 198.19.1.250 is already used by load balancer lb (local_addresses) (line 20)",
+            "27:9: address 198.18.0.10 is already used by the vips of load balancer lb (line 19)",
+            "28:20: address 198.19.1.250 is already used by the local_addresses of load balancer lb (line 20)",
         ]
     );
     // transfer_client_ip on every listener: no local address needed.
@@ -1092,7 +1092,7 @@ mod prop {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Mutated examples never panic, and every diagnostic has a position
-        /// inside the text.
+        /// inside the text, in order.
         #[test]
         fn parse_never_panics(
             which in 0..EXAMPLES.len(),
@@ -1135,7 +1135,122 @@ mod prop {
                     prop_assert!(d.line >= 1 && d.line <= lines + 1, "{d}");
                     prop_assert!(d.col >= 1, "{d}");
                 }
+                // Sorted by position.
+                let positions: Vec<(usize, usize)> = e.0.iter().map(|d| (d.line, d.col)).collect();
+                let mut sorted = positions.clone();
+                sorted.sort_unstable();
+                prop_assert_eq!(positions, sorted);
             }
         }
     }
+}
+
+#[test]
+fn a_broken_subnet_does_not_cascade() {
+    assert_eq!(
+        errs(&GROUP_HEAD.replace("198.19.1.0/24", "198.19.1.0/33")),
+        vec!["3:8: \"198.19.1.0/33\" is not an IP address or CIDR"]
+    );
+}
+
+#[test]
+fn duplicate_port_names() {
+    assert_eq!(
+        errs("\n[[port]]\nname = \"ext\"\ninterface = \"a\"\n[[port]]\nname = \"ext\"\ninterface = \"a\"\n"),
+        vec![
+            "5:8: duplicate port name ext (first defined on line 2)",
+            "6:13: interface a is already used by the port on line 3",
+        ]
+    );
+}
+
+#[test]
+fn port_addresses_are_not_instance_addresses() {
+    let t = format!(
+        "[[port]]\nname = \"int\"\ninterface = \"lb-int\"\naddresses = [\"198.19.1.11/24\", \"198.19.1.250/24\"]\n{}",
+        lb(SERVER, TCP_LB)
+    );
+    // The instance may not take the port's address; the load balancer's
+    // local address may.
+    assert_eq!(
+        errs(&t),
+        vec!["15:14: address 198.19.1.11 is already used by port int (line 4)"]
+    );
+}
+
+#[test]
+fn duplicate_keys_are_syntax_errors() {
+    assert_eq!(
+        errs("\n[[subnet]]\nid = \"a\"\nid = \"b\"\ncidr = \"198.19.1.0/24\"\n"),
+        vec!["3:1: duplicate key"]
+    );
+}
+
+#[test]
+fn more_data_plane_checks() {
+    assert_eq!(
+        errs(
+            r#"
+[dataplane]
+io = "dpdk"
+[[port]]
+name = "a b"
+dpdk_port = 0
+addresses = ["198.18.0.1/24"]
+[[port]]
+name = "p1"
+dpdk_port = 0
+[[route]]
+destination = "198.20.0.0/16"
+via = "198.18.0.254"
+port = "a b"
+[[route]]
+destination = "198.20.0.0/16"
+port = "a b"
+"#
+        ),
+        vec![
+            "4:8: port name \"a b\" must be non-empty and contain no whitespace",
+            "9:13: dpdk_port 0 is already used by the port on line 5",
+            "15:15: a route to 198.20.0.0/16 is already defined on line 11",
+        ]
+    );
+    assert_eq!(
+        errs("\n[[port]]\nname = \"p\"\ninterface = \"eth0:1\"\n"),
+        vec!["3:13: \"eth0:1\" is not a valid interface name"]
+    );
+}
+
+#[test]
+fn more_health_check_checks() {
+    let hc = |body: &str| {
+        errs(&lb(
+            &format!("[server_group.health_check]\n{}{SERVER}", text(body)),
+            TCP_LB,
+        ))
+    };
+    assert_eq!(
+        hc("protocol = \"http\"\npath = \"/a b\"\nexpected_codes = []\ninterval_s = 0.0001\n"),
+        vec![
+            "16:8: health check path \"/a b\" must not contain spaces or control characters",
+            "17:18: expected_codes must list at least one status code",
+            "18:14: interval_s must be at least 0.001 seconds, got 0.0001",
+        ]
+    );
+    assert_eq!(
+        hc("expected_codes = [\"2xx\"]\n"),
+        vec!["15:18: expected_codes applies to http health checks only, not tcp"]
+    );
+}
+
+#[test]
+fn transparent_listeners_reach_servers_from_their_vips() {
+    let server6 = "[[server_group.server]]\naddress = \"2001:db8:19:1::99\"\nport = 80\n";
+    assert_eq!(
+        errs(&lb(
+            server6,
+            "vips = [\"198.18.0.10\"]\n[[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"sgp\"\ntransfer_client_ip = true\n"
+        )),
+        vec!["23:16: server [2001:db8:19:1::99]:80 of server group sgp has only IPv6 addresses, but load balancer lb has no IPv6 VIP to reach it"]
+    );
 }

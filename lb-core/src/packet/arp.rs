@@ -1,4 +1,14 @@
 //! ARP for Ethernet/IPv4 (RFC 826).
+//!
+//! ```
+//! use lb_core::packet::{build_arp_request, parse_arp, ArpOp, MacAddr};
+//! use std::net::Ipv4Addr;
+//!
+//! let f = build_arp_request(MacAddr([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(10, 0, 0, 1),
+//!                           Ipv4Addr::new(10, 0, 0, 2), None);
+//! let a = parse_arp(&f).unwrap();
+//! assert_eq!((a.op, a.target_ip), (ArpOp::Request, Ipv4Addr::new(10, 0, 0, 2)));
+//! ```
 
 use std::net::Ipv4Addr;
 

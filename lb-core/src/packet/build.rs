@@ -1,6 +1,16 @@
 //! Frame builders for `lbctl eval`, tests, health checks and the control
 //! replies of the data plane (ARP, neighbour discovery, echo, ICMP errors).
-//! These allocate; the per-packet path uses [`super::rewrite`] instead.
+//! These allocate; the per-packet path uses [`super::rewrite()`] instead.
+//!
+//! ```
+//! use lb_core::packet::{build_frame, parse, FrameSpec};
+//!
+//! let ping = build_frame(&FrameSpec { src: "198.18.0.2".parse().unwrap(),
+//!                                     dst: "198.18.0.10".parse().unwrap(),
+//!                                     proto: 1, sport: 7, ..FrameSpec::default() });
+//! let p = parse(&ping).unwrap();
+//! assert_eq!((p.icmp, p.sport, p.dport), (Some((8, 0)), 7, 7));
+//! ```
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

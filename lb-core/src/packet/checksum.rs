@@ -1,6 +1,17 @@
 //! The internet checksum (RFC 1071), pseudo-header sums and incremental
 //! updates (RFC 1624).
 //!
+//! ```
+//! use lb_core::packet::checksum;
+//!
+//! // RFC 1071's example, then an RFC 1624 update of one 16-bit word.
+//! let mut data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+//! assert_eq!(checksum::sum(&data), 0xddf2);
+//! let hc = checksum::checksum(&data);
+//! data[2..4].copy_from_slice(&[0x12, 0x34]);
+//! assert_eq!(checksum::update16(hc, 0xf203, 0x1234), checksum::checksum(&data));
+//! ```
+//!
 //! Terminology: a *sum* is the folded, non-inverted 16-bit one's complement
 //! sum of some data; a *checksum* is the inverted sum as it is stored in a
 //! header. A buffer whose stored checksum is right sums to `0xffff`.

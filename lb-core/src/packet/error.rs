@@ -1,4 +1,14 @@
 //! The one error type of the packet layer.
+//!
+//! ```
+//! use lb_core::packet::{parse, ParseError};
+//!
+//! let mut counters = [0u64; ParseError::COUNT];
+//! if let Err(e) = parse(&[0u8; 10]) {
+//!     counters[e as usize] += 1;
+//!     assert_eq!(e.as_str(), "truncated_ethernet");
+//! }
+//! ```
 
 use core::fmt;
 

@@ -1,4 +1,17 @@
 //! Ethernet II frames with at most one 802.1Q tag.
+//!
+//! ```
+//! use lb_core::packet::{EtherType, EthernetFrame, MacAddr};
+//!
+//! let mut buf = [0u8; 18];
+//! let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+//! f.set_src_addr(MacAddr([2, 0, 0, 0, 0, 1]));
+//! f.set_outer_ethertype(0x8100);
+//! f.set_vlan_tci(42);
+//! f.set_ethertype(EtherType::Ipv6);
+//! let f = EthernetFrame::new_checked(&buf[..]).unwrap();
+//! assert_eq!((f.vlan_id(), f.ethertype(), f.header_len()), (Some(42), EtherType::Ipv6, 18));
+//! ```
 
 use core::fmt;
 use std::net::Ipv6Addr;

@@ -1,4 +1,12 @@
 //! GRE headers (RFC 2784 / RFC 2890): flags, protocol type and the
+//!
+//! ```
+//! use lb_core::packet::GrePacket;
+//!
+//! let hdr = [0x20, 0x00, 0x08, 0x00, 0, 0, 0, 42];
+//! let g = GrePacket::new_checked(&hdr[..]).unwrap();
+//! assert_eq!((g.protocol_type(), g.key(), g.header_len()), (0x0800, Some(42), 8));
+//! ```
 //! optional checksum, key and sequence number fields.
 
 use super::ParseError;

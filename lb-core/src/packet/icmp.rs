@@ -1,4 +1,16 @@
 //! ICMP for IPv4 (RFC 792).
+//!
+//! ```
+//! use lb_core::packet::{Icmpv4Message, Icmpv4Packet};
+//!
+//! let mut buf = [0u8; 8];
+//! let mut m = Icmpv4Packet::new_unchecked(&mut buf[..]);
+//! m.set_msg_type(Icmpv4Message::EchoRequest);
+//! m.set_echo_ident(7);
+//! m.fill_checksum();
+//! let m = Icmpv4Packet::new_checked(&buf[..]).unwrap();
+//! assert!(m.verify_checksum() && m.msg_type().is_echo());
+//! ```
 
 use super::ParseError;
 

@@ -1,4 +1,14 @@
 //! ICMPv6 (RFC 4443) and the neighbour discovery messages the load
+//!
+//! ```
+//! use lb_core::packet::{Icmpv6Message, Icmpv6Packet};
+//!
+//! let ns = [135, 0, 0, 0, 0, 0, 0, 0, 0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+//!           1, 1, 2, 0, 0, 0, 0, 9];
+//! let m = Icmpv6Packet::new_checked(&ns[..]).unwrap();
+//! assert_eq!(m.msg_type(), Icmpv6Message::NeighborSolicit);
+//! assert_eq!(m.source_lladdr().unwrap().unwrap().to_string(), "02:00:00:00:00:09");
+//! ```
 //! balancer answers (RFC 4861).
 
 use std::net::Ipv6Addr;

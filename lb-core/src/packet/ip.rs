@@ -1,4 +1,10 @@
 //! IP protocol numbers.
+//!
+//! ```
+//! use lb_core::packet::IpProtocol;
+//! assert_eq!(IpProtocol::from(6), IpProtocol::Tcp);
+//! assert_eq!(u8::from(IpProtocol::Unknown(132)), 132);
+//! ```
 
 /// An IANA protocol number (IPv4 protocol / IPv6 next header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,4 +1,15 @@
 //! IPv4 headers (RFC 791).
+//!
+//! ```
+//! use lb_core::packet::Ipv4Packet;
+//!
+//! let hdr = [0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+//! let mut buf = hdr;
+//! Ipv4Packet::new_unchecked(&mut buf[..]).fill_checksum();
+//! let ip = Ipv4Packet::new_checked(&buf[..]).unwrap();
+//! assert!(ip.verify_checksum() && ip.dont_frag());
+//! assert_eq!(ip.dst_addr(), std::net::Ipv4Addr::new(10, 0, 0, 2));
+//! ```
 
 use std::net::Ipv4Addr;
 

@@ -1,4 +1,13 @@
 //! IPv6 headers (RFC 8200) and extension-header chain walking.
+//!
+//! ```
+//! use lb_core::packet::ipv6::walk_ext_headers;
+//!
+//! // A destination options header (8 bytes) followed by TCP.
+//! let payload = [6, 0, 1, 4, 0, 0, 0, 0, /* TCP header… */];
+//! let chain = walk_ext_headers(&payload, 60).unwrap();
+//! assert_eq!((chain.protocol, chain.l4_offset, chain.count), (6, 8, 1));
+//! ```
 
 use std::net::Ipv6Addr;
 

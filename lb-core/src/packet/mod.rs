@@ -33,9 +33,9 @@
 //!   `new_checked` (validates lengths; the one to use on untrusted input),
 //!   getters for `T: AsRef<[u8]>`, setters for `T: AsMut<[u8]>`;
 //! - [`checksum`]: RFC 1071 sums, pseudo-headers, RFC 1624 updates;
-//! - [`parse`] / [`Parsed`]: the one-shot, allocation-free data-path parser,
+//! - [`parse()`] / [`Parsed`]: the one-shot, allocation-free data-path parser,
 //!   with [`parse_icmp_inner`], [`verify_l4_checksum`], [`format_flow`];
-//! - [`rewrite`] / [`decrement_ttl`]: in-place NAT;
+//! - [`rewrite()`] / [`decrement_ttl`]: in-place NAT;
 //! - builders ([`build_frame`], [`build_icmp_error`], ARP, neighbour
 //!   discovery, echo replies), which allocate.
 //!

@@ -1,4 +1,20 @@
 //! The one-shot data-path parser.
+//!
+//! ```
+//! use lb_core::packet::{parse, FrameSpec, Kind};
+//!
+//! let frame = lb_core::packet::build_frame(&FrameSpec {
+//!     src: "2001:db8::1".parse().unwrap(),
+//!     dst: "2001:db8::2".parse().unwrap(),
+//!     proto: 17,
+//!     sport: 5353,
+//!     dport: 53,
+//!     ..FrameSpec::default()
+//! });
+//! let p = parse(&frame).unwrap();
+//! assert_eq!((p.kind, p.proto, p.dport, p.l4_len), (Kind::Ipv6, 17, 53, 8));
+//! assert!(parse(&frame[..20]).is_err());
+//! ```
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -190,10 +206,10 @@ fn parse_ipv6(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
     p.proto = chain.protocol;
     p.ttl = ip.hop_limit();
     if let Some(f) = chain.fragment {
-        // An atomic fragment (offset 0, M clear) is still reassembled as a
-        // fragment by receivers, but carries the whole L4 header.
-        p.is_fragment = true;
-        p.is_first_fragment = f.offset == 0;
+        // An atomic fragment (offset 0, M clear) is a whole packet
+        // (RFC 6946).
+        p.is_fragment = f.offset != 0 || f.more;
+        p.is_first_fragment = p.is_fragment && f.offset == 0;
     }
     if p.has_l4_header() {
         parse_l4(&ip.payload()[chain.l4_offset..], p)?;

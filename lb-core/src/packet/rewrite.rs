@@ -1,4 +1,18 @@
 //! In-place NAT rewrites with incremental checksum updates (RFC 1624).
+//!
+//! ```
+//! use lb_core::packet::{self, decrement_ttl, rewrite, FrameSpec, L4Csum};
+//!
+//! let spec = FrameSpec { src: "10.0.0.1".parse().unwrap(), dst: "10.0.0.2".parse().unwrap(),
+//!                        proto: 17, sport: 1000, dport: 53, ..FrameSpec::default() };
+//! let mut frame = packet::build_frame(&spec);
+//! let p = packet::parse(&frame).unwrap();
+//! let snat = lb_core::flow::FlowKey { src: "192.0.2.1".parse().unwrap(), sport: 40000, ..p.flow_key().unwrap() };
+//! rewrite(&mut frame, &p, &snat, L4Csum::Full).unwrap();
+//! assert!(decrement_ttl(&mut frame, &p));
+//! let expect = FrameSpec { src: snat.src, sport: 40000, ttl: 63, ..spec };
+//! assert_eq!(frame, packet::build_frame(&expect));
+//! ```
 
 use std::net::IpAddr;
 
@@ -51,6 +65,10 @@ impl Csum {
 /// UDP over IPv4 without checksum (0) keeps 0; a UDP checksum that comes
 /// out as 0 is stored as 0xffff. For non-first fragments only the
 /// addresses change. Does not allocate.
+///
+/// Limitation: an IPv6 packet with a routing header (segments left > 0)
+/// has the final destination, not the destination field, in its
+/// pseudo-header; rewriting its destination leaves a wrong L4 checksum.
 ///
 /// Errors: [`ParseError::NotIp`], [`ParseError::AddressFamilyMismatch`],
 /// or a truncation error when `frame` is shorter than `p` says (a `p` from
@@ -174,8 +192,9 @@ pub fn rewrite(
         _ => return Err(ParseError::AddressFamilyMismatch),
     }
 
-    // Ports / echo identifier: covered by full checksums only.
-    if p.has_l4_header() {
+    // Ports / echo identifier (only where the L4 header was bounds-checked
+    // above): covered by full checksums only.
+    if l4.is_some() {
         let mut change = |frame: &mut [u8], off: usize, new: u16| {
             let old = rd16(frame, off);
             if !partial {

@@ -1,4 +1,16 @@
 //! TCP headers (RFC 9293). Options are exposed as bytes, not parsed.
+//!
+//! ```
+//! use lb_core::packet::{TcpFlags, TcpPacket};
+//!
+//! let mut seg = [0u8; 20];
+//! let mut t = TcpPacket::new_unchecked(&mut seg[..]);
+//! t.set_dst_port(443);
+//! t.set_header_len(20);
+//! t.set_flags(TcpFlags(TcpFlags::SYN));
+//! let t = TcpPacket::new_checked(&seg[..]).unwrap();
+//! assert!(t.flags().contains(TcpFlags::SYN) && t.payload().is_empty());
+//! ```
 
 use super::ParseError;
 

@@ -399,6 +399,13 @@ fn ipv6_extension_headers_and_fragments() {
     assert_eq!((p.sport, p.dport, p.l4_len), (12345, 53, 10));
     assert!(!verify_l4_checksum(&f, &p));
 
+    // An atomic fragment is a whole packet.
+    let mut atomic = vec![17, 0, 0, 0, 0, 0, 0, 1];
+    atomic.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0x00, 0x0a, 0x00, 0x00, 1, 2]);
+    let p = parse(&v6(44, &atomic)).unwrap();
+    assert!(!p.is_fragment && !p.is_first_fragment && p.has_l4_header());
+    assert_eq!((p.sport, p.l4_len), (12345, 10));
+
     // IPv4 fragments.
     let mut f = TCP4_SYN.to_vec();
     Ipv4Packet::new_unchecked(&mut f[14..]).set_frag(false, false, 64);
@@ -744,6 +751,10 @@ fn arb_spec() -> impl Strategy<Value = FrameSpec> {
                     mut payload,
                     (sm, dm),
                 )| {
+                    if proto == 58 && matches!(icmp, Some((135 | 136, _))) && payload.len() < 16 {
+                        // Neighbour discovery messages have a 24-byte fixed part.
+                        payload.resize(16, 0);
+                    }
                     if proto == 47 {
                         // A minimal GRE header (no optional fields).
                         payload.splice(0..0, [0, 0, 0x08, 0x00]);
@@ -921,5 +932,82 @@ proptest! {
             prop_assert_eq!(&h[..off], &g[..off]);
             prop_assert_eq!(&h[off + 2..], &g[off + 2..]);
         }
+    }
+}
+
+#[test]
+fn double_tagged_and_unknown_ethertypes_are_other() {
+    let mut f = UDP6_VLAN.to_vec();
+    f[16..18].copy_from_slice(&[0x81, 0x00]);
+    let p = parse(&f).unwrap();
+    assert_eq!(
+        (p.kind, p.vlan, p.flow_key()),
+        (Kind::Other(0x8100), Some(100), None)
+    );
+    assert_eq!(format_flow(&p), "ethertype 0x8100");
+    assert!(!verify_l4_checksum(&f, &p));
+    assert!(!decrement_ttl(&mut f, &p));
+    let mut f = TCP4_SYN.to_vec();
+    f[12..14].copy_from_slice(&[0x88, 0xcc]);
+    let p = parse(&f).unwrap();
+    assert_eq!(
+        (p.kind, p.ethertype, p.l3_offset, p.l3_len),
+        (Kind::Other(0x88cc), 0x88cc, 14, 40)
+    );
+}
+
+/// Inserts 4 bytes of IPv4 options (NOPs) or an 8-byte IPv6 destination
+/// options header between the IP header and the L4 header of a built
+/// frame. L4 checksums stay valid (the pseudo-header length is the
+/// upper-layer length).
+fn with_l3_extras(f: &[u8], p: &Parsed) -> Vec<u8> {
+    let l3 = p.l3_offset;
+    let mut g = f[..p.l4_offset].to_vec();
+    if p.is_ipv6() {
+        g.extend_from_slice(&[p.proto, 0, 1, 4, 0, 0, 0, 0]);
+        g[l3 + 6] = 60;
+        let len = u16::from_be_bytes([g[l3 + 4], g[l3 + 5]]) + 8;
+        g[l3 + 4..l3 + 6].copy_from_slice(&len.to_be_bytes());
+    } else {
+        g.extend_from_slice(&[1, 1, 1, 1]);
+        g[l3] = 0x46;
+        let len = u16::from_be_bytes([g[l3 + 2], g[l3 + 3]]) + 4;
+        g[l3 + 2..l3 + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    g.extend_from_slice(&f[p.l4_offset..]);
+    if !p.is_ipv6() {
+        Ipv4Packet::new_unchecked(&mut g[l3..]).fill_checksum();
+    }
+    g
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rewrite_with_ipv4_options_and_ipv6_ext_headers(
+        spec in arb_spec().prop_filter("ports or echo", |s| matches!(s.proto, 6 | 17) || is_echo(s)),
+        new_src in any::<u128>(),
+        nsport in any::<u16>(),
+        ndport in any::<u16>(),
+        padding in 0..8usize,
+    ) {
+        let f = build_frame(&spec);
+        let p0 = parse(&f).unwrap();
+        let mut g = with_l3_extras(&f, &p0);
+        g.extend(std::iter::repeat_n(0u8, padding));
+        let p = parse(&g).unwrap();
+        prop_assert_eq!(p.l4_offset, p0.l4_offset + if p.is_ipv6() { 8 } else { 4 });
+        prop_assert_eq!(p.flow_key(), p0.flow_key());
+        prop_assert_eq!(p.l3_end() + padding, g.len());
+        prop_assert!(verify_l4_checksum(&g, &p));
+        let src = if p.is_ipv6() { IpAddr::V6(new_src.into()) } else { IpAddr::V4((new_src as u32).into()) };
+        let dport = if is_echo(&spec) { nsport } else { ndport };
+        let new = FlowKey { src, sport: nsport, dport, ..p.flow_key().unwrap() };
+        rewrite(&mut g, &p, &new, L4Csum::Full).unwrap();
+        let q = parse(&g).unwrap();
+        prop_assert_eq!(q.flow_key(), Some(new));
+        prop_assert!(verify_l4_checksum(&g, &q));
+        prop_assert!(g[q.l3_end()..].iter().all(|b| *b == 0), "padding untouched");
     }
 }

@@ -1,4 +1,12 @@
 //! UDP headers (RFC 768).
+//!
+//! ```
+//! use lb_core::packet::UdpPacket;
+//!
+//! let dgram = [0x04, 0x00, 0x00, 0x35, 0x00, 0x0a, 0x00, 0x00, b'h', b'i'];
+//! let u = UdpPacket::new_checked(&dgram[..]).unwrap();
+//! assert_eq!((u.src_port(), u.dst_port(), u.payload()), (1024, 53, &b"hi"[..]));
+//! ```
 
 use super::ParseError;
 
