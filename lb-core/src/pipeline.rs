@@ -401,6 +401,7 @@ pub enum Reason {
     TtlExceeded,
     UnsupportedEthertype,
     Rewrite,
+    OwnSource,
 }
 
 impl Reason {
@@ -429,6 +430,7 @@ impl Reason {
             Reason::TtlExceeded => DropKind::TtlExceeded,
             Reason::UnsupportedEthertype => DropKind::UnsupportedEthertype,
             Reason::Rewrite => DropKind::Rewrite,
+            Reason::OwnSource => DropKind::OwnSource,
         }
     }
 }
@@ -454,10 +456,11 @@ pub enum DropKind {
     TtlExceeded,
     UnsupportedEthertype,
     Rewrite,
+    OwnSource,
 }
 
 impl DropKind {
-    pub const COUNT: usize = DropKind::Rewrite as usize + 1;
+    pub const COUNT: usize = DropKind::OwnSource as usize + 1;
     pub const ALL: [DropKind; DropKind::COUNT] = [
         DropKind::None,
         DropKind::Malformed,
@@ -476,6 +479,7 @@ impl DropKind {
         DropKind::TtlExceeded,
         DropKind::UnsupportedEthertype,
         DropKind::Rewrite,
+        DropKind::OwnSource,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -497,6 +501,7 @@ impl DropKind {
             DropKind::TtlExceeded => "ttl_exceeded",
             DropKind::UnsupportedEthertype => "unsupported_ethertype",
             DropKind::Rewrite => "rewrite_failed",
+            DropKind::OwnSource => "source_is_ours",
         }
     }
 }
@@ -808,6 +813,11 @@ impl Worker {
             // No ports to match: a load balancer without reassembly cannot
             // place it.
             return Verdict::Drop(Reason::Fragment);
+        }
+        if snap.is_own_address(key.src) {
+            // Only we send from our addresses: this is a spoof, or our own
+            // frame looped back.
+            return Verdict::Drop(Reason::OwnSource);
         }
         if let Some(local) = local_kind(&p, &key, snap) {
             return Verdict::Local(local, p);

@@ -147,8 +147,14 @@ enum ProbeState {
 /// Runs the checks until `shared.stop` is set.
 pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<RawSender>) {
     let mut progress: HashMap<(String, String, u16), Progress> = HashMap::new();
-    let mut next_sport = *PROBE_PORTS.start();
-    let mut seed: u32 = 0x9e37_79b9 ^ std::process::id();
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut seed: u32 = (0x9e37_79b9 ^ std::process::id() ^ clock) | 1;
+    // Start somewhere new each run, so a backend still holding state for a
+    // probe of a previous run does not answer this run's first probes.
+    let span = u32::from(u16::MAX - *PROBE_PORTS.start()) + 1;
+    let mut next_sport = *PROBE_PORTS.start() + u16::try_from(seed % span).unwrap_or(0);
     let mut generation = 0;
     let mut targets: Vec<Target> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -168,6 +174,19 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Raw
             if let Some(probe) = p.probe {
                 if now >= probe.deadline {
                     p.probe = None;
+                    if probe.state != ProbeState::IcmpError {
+                        // Let the server forget a half-open probe.
+                        send_tcp(
+                            &shared,
+                            &mut senders,
+                            t,
+                            &probe,
+                            probe.isn.wrapping_add(1),
+                            0,
+                            TCP_RST,
+                            Vec::new(),
+                        );
+                    }
                     let ok = probe.state == ProbeState::IcmpError;
                     conclude(
                         &shared,

@@ -34,6 +34,22 @@ impl RawSender {
         }
         // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Straight to the driver: no qdisc, and no copy to the packet taps,
+        // so the workers' sockets on this port never read our own frames.
+        let one: libc::c_int = 1;
+        // SAFETY: `one` outlives the call and we pass its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         let mac = interface_mac(&fd, ifname)?;
         let ifindex =
             i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
