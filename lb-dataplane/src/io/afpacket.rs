@@ -417,6 +417,8 @@ pub struct AfPacket {
     tx_msgs: TxMsgs,
     tx_slot: usize,
     tx_count: usize,
+    /// A send error met by a flush that send() started, for flush() to report.
+    tx_error: Option<io::Error>,
 
     stats: IoStats,
     /// Kernel drops read so far (PACKET_STATISTICS resets on each read).
@@ -603,6 +605,7 @@ impl AfPacket {
             tx_msgs: TxMsgs::new(batch),
             tx_slot,
             tx_count: 0,
+            tx_error: None,
             stats: IoStats::default(),
             rx_dropped: Cell::new(0),
         })
@@ -728,10 +731,15 @@ impl AfPacket {
                 last_ok = sent == n;
                 continue;
             }
-            let err = io::Error::last_os_error();
+            let err = if ret == 0 {
+                // Nothing taken and no error: treat as a full queue.
+                io::Error::from(io::ErrorKind::WouldBlock)
+            } else {
+                io::Error::last_os_error()
+            };
             match err.raw_os_error() {
                 Some(libc::EINTR) => {}
-                Some(libc::EAGAIN | libc::ENOBUFS) | Some(0) | None => {
+                Some(libc::EAGAIN | libc::ENOBUFS) | None => {
                     self.stats.tx_dropped += (n - sent) as u64;
                     break;
                 }
@@ -827,14 +835,19 @@ impl PacketIo for AfPacket {
         self.tx_lens[i] = frame.len();
         self.tx_count += 1;
         if self.tx_count == self.tx_lens.len() {
-            // Errors are counted in tx_dropped; the worker's flush() reports them.
-            return self.flush_batch().0;
+            let (last_ok, err) = self.flush_batch();
+            if let Some(e) = err {
+                // Counted in tx_dropped already; the next flush() reports it.
+                self.tx_error.get_or_insert(e);
+            }
+            return last_ok;
         }
         true
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.flush_batch().1 {
+        let err = self.flush_batch().1;
+        match self.tx_error.take().or(err) {
             Some(e) => Err(e),
             None => Ok(()),
         }
