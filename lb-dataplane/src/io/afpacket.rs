@@ -7,7 +7,14 @@
 //! preallocated batch and sent with one `sendmmsg` per batch, bypassing the
 //! qdisc layer (the fastest path measured on veth, see DPDK-NOTES).
 //!
-//! Ring memory is touched through [`Ring`] only: it is the one place that makes
+//! Frames are handed out as the wire carried them: a VLAN tag the kernel
+//! took off into metadata is put back (in the ring's free bytes before the
+//! frame, so without a copy). Frames leaving the interface are not read back
+//! (`PACKET_IGNORE_OUTGOING`, or filtering on `sll_pkttype` on kernels
+//! without it). Kernel drops (`PACKET_STATISTICS`) are read once per ring turn
+//! and by [`PacketIo::stats`].
+//!
+//! Ring memory is touched through `Ring` only: it is the one place that makes
 //! Rust references over the mapping, and everything after it is safe,
 //! bounds-checked slice code.
 //!
@@ -779,7 +786,9 @@ impl PacketIo for AfPacket {
             }
             let Some(hdr) = frame_hdr(body, self.rx_offset) else {
                 // The kernel never writes this; skip the block rather than
-                // trust its remaining offsets.
+                // trust its remaining offsets, and count what is lost.
+                let lost = u64::from(self.rx_left);
+                self.rx_dropped.set(self.rx_dropped.get() + lost);
                 empty_blocks += 1;
                 self.next_block();
                 continue;
