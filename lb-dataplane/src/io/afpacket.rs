@@ -103,7 +103,8 @@ pub struct AfPacketOpts {
     /// (`PACKET_FANOUT_HASH`, symmetric) with IP fragments reassembled first
     /// (`PACKET_FANOUT_FLAG_DEFRAG`), so one flow always reaches one socket.
     pub fanout: Option<u16>,
-    /// Sends straight to the driver (`PACKET_QDISC_BYPASS`).
+    /// Sends straight to the driver (`PACKET_QDISC_BYPASS`): faster, but no
+    /// traffic control applies and packet taps (tcpdump) do not see our TX.
     pub qdisc_bypass: bool,
     /// Frames per `sendmmsg`; [`PacketIo::send`] flushes when it is full.
     pub tx_batch: usize,
