@@ -613,3 +613,44 @@ fn kernel_drops_of_a_full_ring_are_counted() {
         }
     });
 }
+
+#[test]
+fn wait_sleeps_while_idle_and_wakes_on_traffic() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::new("wait");
+    ns.veth("va", "vb", false);
+    ns.enter(|| {
+        let mut a = AfPacket::open("va", &small_ring()).expect("open va");
+        let mut b = AfPacket::open("vb", &small_ring()).expect("open vb");
+        let t = Instant::now();
+        assert!(!b.wait(30).expect("poll"), "nothing was sent");
+        assert!(
+            t.elapsed() >= Duration::from_millis(25),
+            "{:?}",
+            t.elapsed()
+        );
+
+        assert!(a.send(&test_frame(b.mac(), a.mac(), 1, 60)));
+        a.flush().expect("flush");
+        let t = Instant::now();
+        assert!(b.wait(2000).expect("poll"));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(b.rx_ready());
+        let mut got = Vec::new();
+        collect(
+            &mut b,
+            1,
+            Duration::from_secs(1),
+            1,
+            &is_test_frame,
+            &mut got,
+        );
+        assert_eq!(got.len(), 1);
+    });
+}
