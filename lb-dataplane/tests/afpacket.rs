@@ -191,6 +191,7 @@ fn collect(
                 out.push((frame.to_vec(), meta));
             }
         });
+        assert!(n <= max, "recv_burst({max}) returned {n}");
         if n == 0 {
             port.wait(5).expect("poll");
         }
@@ -259,22 +260,49 @@ fn frames_arrive_byte_exact_and_are_not_read_back() {
         assert!(sb.rx_packets >= N as u64 && sb.rx_bytes >= bytes, "{sb:?}");
         assert_eq!(sb.rx_dropped, 0);
 
-        // The sender's own socket never sees what it sent.
-        let mut echo = Vec::new();
+        // Outgoing frames are not read back: neither the socket's own nor
+        // another's on the same interface (sent through the qdisc, where
+        // the kernel shows outgoing frames to every other packet socket).
+        let mut a2 = AfPacket::open(
+            "va",
+            &AfPacketOpts {
+                qdisc_bypass: false,
+                ..small_ring()
+            },
+        )
+        .expect("open va again");
+        for seq in 0..8 {
+            assert!(a2.send(&test_frame(b.mac(), a2.mac(), N + seq, 100)));
+        }
+        a2.flush().expect("flush");
+        let mut at_b = Vec::new();
         collect(
-            &mut a,
-            1,
-            Duration::from_millis(50),
+            &mut b,
+            8,
+            Duration::from_secs(2),
             64,
             &is_test_frame,
-            &mut echo,
+            &mut at_b,
         );
-        assert!(echo.is_empty(), "{} own frames read back", echo.len());
+        assert_eq!(at_b.len(), 8, "the second sender's frames did not arrive");
+        let mut echo = Vec::new();
+        for port in [&mut a, &mut a2] {
+            collect(
+                port,
+                1,
+                Duration::from_millis(50),
+                64,
+                &is_test_frame,
+                &mut echo,
+            );
+        }
+        assert!(echo.is_empty(), "{} outgoing frames read back", echo.len());
     });
 }
 
-/// An IPv4/UDP frame of flow `flow` carrying `seq`.
-fn udp_frame(dst: [u8; 6], src: [u8; 6], flow: u16, seq: u32) -> Vec<u8> {
+/// An IPv4/UDP frame of flow `flow` carrying `seq`: 198.18.0.1:(10000 +
+/// flow) → 198.18.0.2:9, or the other way round if `reply`.
+fn udp_frame(dst: [u8; 6], src: [u8; 6], flow: u16, reply: bool, seq: u32) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
@@ -286,8 +314,14 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], flow: u16, seq: u32) -> Vec<u8> {
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip[8] = 64;
     ip[9] = 17;
-    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
+    let (client, server) = ([198, 18, 0, 1], [198, 18, 0, 2]);
+    let (saddr, daddr) = if reply {
+        (server, client)
+    } else {
+        (client, server)
+    };
+    ip[12..16].copy_from_slice(&saddr);
+    ip[16..20].copy_from_slice(&daddr);
     let mut sum: u32 = ip
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
@@ -297,8 +331,13 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], flow: u16, seq: u32) -> Vec<u8> {
     }
     ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     f.extend_from_slice(&ip);
-    f.extend_from_slice(&(10_000 + flow).to_be_bytes());
-    f.extend_from_slice(&9u16.to_be_bytes());
+    let (sport, dport) = if reply {
+        (9, 10_000 + flow)
+    } else {
+        (10_000 + flow, 9)
+    };
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
     f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]); // no UDP checksum
     f.extend_from_slice(&payload);
@@ -311,12 +350,13 @@ fn udp_seq_flow(frame: &[u8]) -> Option<(u32, u16)> {
         return None;
     }
     let sport = u16::from_be_bytes(frame.get(34..36)?.try_into().ok()?);
+    let dport = u16::from_be_bytes(frame.get(36..38)?.try_into().ok()?);
     let seq = u32::from_be_bytes(frame.get(42..46)?.try_into().ok()?);
-    Some((seq, sport.checked_sub(10_000)?))
+    Some((seq, sport.max(dport).checked_sub(10_000)?))
 }
 
 #[test]
-fn fanout_delivers_each_frame_once_and_keeps_flows_together() {
+fn fanout_delivers_each_frame_once_and_keeps_both_directions_of_a_flow_together() {
     if skip() {
         return;
     }
@@ -337,7 +377,7 @@ fn fanout_delivers_each_frame_once_and_keeps_flows_together() {
 
         const FLOWS: u16 = 32;
         const PER_FLOW: u32 = 20;
-        let total = usize::from(FLOWS) * PER_FLOW as usize;
+        let total = 2 * usize::from(FLOWS) * PER_FLOW as usize;
         let mut seen: HashMap<u32, usize> = HashMap::new();
         let mut flow_socks: HashMap<u16, HashSet<usize>> = HashMap::new();
         let mut seq = 0u32;
@@ -354,8 +394,12 @@ fn fanout_delivers_each_frame_once_and_keeps_flows_together() {
         };
         for _ in 0..PER_FLOW {
             for flow in 0..FLOWS {
-                assert!(a.send(&udp_frame(dst, a.mac(), flow, seq)));
-                seq += 1;
+                // Both directions of a flow: the kernel's flow hash is
+                // symmetric, so they must meet on one socket.
+                for reply in [false, true] {
+                    assert!(a.send(&udp_frame(dst, a.mac(), flow, reply, seq)));
+                    seq += 1;
+                }
             }
             a.flush().expect("flush");
             drain(&mut socks, &mut seen);
@@ -518,5 +562,95 @@ fn loop_rate_of_64_byte_frames() {
             sb.rx_dropped
         );
         assert!(got > 0);
+    });
+}
+
+#[test]
+fn kernel_drops_of_a_full_ring_are_counted() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::new("drops");
+    ns.veth("va", "vb", false);
+    ns.enter(|| {
+        let mut a = AfPacket::open("va", &small_ring()).expect("open va");
+        // Two one-page blocks hold a few dozen small frames.
+        let tiny = AfPacketOpts {
+            block_size: 4096,
+            block_count: 2,
+            frame_size: 2048,
+            block_timeout_ms: 1,
+            ..AfPacketOpts::default()
+        };
+        let mut b = AfPacket::open("vb", &tiny).expect("open vb");
+        const N: u64 = 500;
+        for seq in 0..N as u32 {
+            assert!(a.send(&test_frame(b.mac(), a.mac(), seq, 200)));
+        }
+        a.flush().expect("flush");
+        assert_eq!(a.stats().tx_packets, N);
+        // Nothing read yet: the ring is full and the rest was dropped.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut got = Vec::new();
+        collect(
+            &mut b,
+            N as usize,
+            Duration::from_millis(200),
+            64,
+            &is_test_frame,
+            &mut got,
+        );
+        let st = b.stats();
+        assert!(st.rx_dropped > 0, "{st:?}");
+        assert_eq!(got.len() as u64 + st.rx_dropped, N, "{st:?}");
+        // Received frames are still intact and in order.
+        let mut last = None;
+        for (frame, _) in &got {
+            let seq = u32::from_be_bytes(frame[14..18].try_into().expect("4 bytes"));
+            assert_eq!(frame, &test_frame(b.mac(), a.mac(), seq, 200));
+            assert!(last < Some(seq));
+            last = Some(seq);
+        }
+    });
+}
+
+#[test]
+fn wait_sleeps_while_idle_and_wakes_on_traffic() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::new("wait");
+    ns.veth("va", "vb", false);
+    ns.enter(|| {
+        let mut a = AfPacket::open("va", &small_ring()).expect("open va");
+        let mut b = AfPacket::open("vb", &small_ring()).expect("open vb");
+        let t = Instant::now();
+        assert!(!b.wait(30).expect("poll"), "nothing was sent");
+        assert!(
+            t.elapsed() >= Duration::from_millis(25),
+            "{:?}",
+            t.elapsed()
+        );
+
+        assert!(a.send(&test_frame(b.mac(), a.mac(), 1, 60)));
+        a.flush().expect("flush");
+        let t = Instant::now();
+        assert!(b.wait(2000).expect("poll"));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(b.rx_ready());
+        let mut got = Vec::new();
+        collect(
+            &mut b,
+            1,
+            Duration::from_secs(1),
+            1,
+            &is_test_frame,
+            &mut got,
+        );
+        assert_eq!(got.len(), 1);
     });
 }

@@ -7,7 +7,14 @@
 //! preallocated batch and sent with one `sendmmsg` per batch, bypassing the
 //! qdisc layer (the fastest path measured on veth, see DPDK-NOTES).
 //!
-//! Ring memory is touched through [`Ring`] only: it is the one place that makes
+//! Frames are handed out as the wire carried them: a VLAN tag the kernel
+//! took off into metadata is put back (in the ring's free bytes before the
+//! frame, so without a copy). Frames leaving the interface are not read back
+//! (`PACKET_IGNORE_OUTGOING`, or filtering on `sll_pkttype` on kernels
+//! without it). Kernel drops (`PACKET_STATISTICS`) are read once per ring turn
+//! and by [`PacketIo::stats`].
+//!
+//! Ring memory is touched through `Ring` only: it is the one place that makes
 //! Rust references over the mapping, and everything after it is safe,
 //! bounds-checked slice code.
 //!
@@ -96,7 +103,8 @@ pub struct AfPacketOpts {
     /// (`PACKET_FANOUT_HASH`, symmetric) with IP fragments reassembled first
     /// (`PACKET_FANOUT_FLAG_DEFRAG`), so one flow always reaches one socket.
     pub fanout: Option<u16>,
-    /// Sends straight to the driver (`PACKET_QDISC_BYPASS`).
+    /// Sends straight to the driver (`PACKET_QDISC_BYPASS`): faster, but no
+    /// traffic control applies and packet taps (tcpdump) do not see our TX.
     pub qdisc_bypass: bool,
     /// Frames per `sendmmsg`; [`PacketIo::send`] flushes when it is full.
     pub tx_batch: usize,
@@ -417,6 +425,8 @@ pub struct AfPacket {
     tx_msgs: TxMsgs,
     tx_slot: usize,
     tx_count: usize,
+    /// A send error met by a flush that send() started, for flush() to report.
+    tx_error: Option<io::Error>,
 
     stats: IoStats,
     /// Kernel drops read so far (PACKET_STATISTICS resets on each read).
@@ -603,6 +613,7 @@ impl AfPacket {
             tx_msgs: TxMsgs::new(batch),
             tx_slot,
             tx_count: 0,
+            tx_error: None,
             stats: IoStats::default(),
             rx_dropped: Cell::new(0),
         })
@@ -728,10 +739,15 @@ impl AfPacket {
                 last_ok = sent == n;
                 continue;
             }
-            let err = io::Error::last_os_error();
+            let err = if ret == 0 {
+                // Nothing taken and no error: treat as a full queue.
+                io::Error::from(io::ErrorKind::WouldBlock)
+            } else {
+                io::Error::last_os_error()
+            };
             match err.raw_os_error() {
                 Some(libc::EINTR) => {}
-                Some(libc::EAGAIN | libc::ENOBUFS) | Some(0) | None => {
+                Some(libc::EAGAIN | libc::ENOBUFS) | None => {
                     self.stats.tx_dropped += (n - sent) as u64;
                     break;
                 }
@@ -771,7 +787,9 @@ impl PacketIo for AfPacket {
             }
             let Some(hdr) = frame_hdr(body, self.rx_offset) else {
                 // The kernel never writes this; skip the block rather than
-                // trust its remaining offsets.
+                // trust its remaining offsets, and count what is lost.
+                let lost = u64::from(self.rx_left);
+                self.rx_dropped.set(self.rx_dropped.get() + lost);
                 empty_blocks += 1;
                 self.next_block();
                 continue;
@@ -827,14 +845,19 @@ impl PacketIo for AfPacket {
         self.tx_lens[i] = frame.len();
         self.tx_count += 1;
         if self.tx_count == self.tx_lens.len() {
-            // Errors are counted in tx_dropped; the worker's flush() reports them.
-            return self.flush_batch().0;
+            let (last_ok, err) = self.flush_batch();
+            if let Some(e) = err {
+                // Counted in tx_dropped already; the next flush() reports it.
+                self.tx_error.get_or_insert(e);
+            }
+            return last_ok;
         }
         true
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.flush_batch().1 {
+        let err = self.flush_batch().1;
+        match self.tx_error.take().or(err) {
             Some(e) => Err(e),
             None => Ok(()),
         }
