@@ -11,6 +11,7 @@
 #     | sw-be2 ── eth0 of be2 (198.19.1.12, 2001:db8:19:1::12)
 #
 # Usage: scripts/netns.sh up|down|nginx-up|nginx-down|status
+# LBT_CLIENT_OFFLOAD=on leaves checksum offload on at the client.
 # LBT_PREFIX (default "lbt") prefixes every namespace, so several
 # topologies can coexist. Addresses come only from 198.18.0.0/15 and
 # 2001:db8::/32; traffic stays between these namespaces.
@@ -56,7 +57,13 @@ up() {
     done
 
     nsx "$NS_CLIENT" ip link set c-eth0 up
-    no_offload "$NS_CLIENT" c-eth0
+    if [ "${LBT_CLIENT_OFFLOAD:-off}" = on ]; then
+        # The client's kernel defers its checksums (CHECKSUM_PARTIAL): the
+        # data plane must complete them.
+        nsx "$NS_CLIENT" ethtool -K c-eth0 tx on tso off gso off gro off >/dev/null 2>&1 || true
+    else
+        no_offload "$NS_CLIENT" c-eth0
+    fi
     nsx "$NS_CLIENT" ip addr add 198.18.0.2/24 dev c-eth0
     nsx "$NS_CLIENT" ip addr add 2001:db8:18::2/64 dev c-eth0 nodad
     nsx "$NS_CLIENT" ip route add default via 198.18.0.1

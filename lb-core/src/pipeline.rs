@@ -925,6 +925,11 @@ impl Worker {
         if out != key && packet::rewrite(frame, p, &out, csum).is_err() {
             return Verdict::Drop(Reason::Rewrite);
         }
+        if csum == L4Csum::Partial {
+            // The kernel deferred the checksum to a device that will never
+            // see this frame: finish it here.
+            packet::complete_l4_checksum(frame, p, out.src, out.dst);
+        }
         if backend.is_none() && !packet::decrement_ttl(frame, p) {
             return Verdict::Drop(Reason::TtlExceeded);
         }
@@ -1373,4 +1378,177 @@ pub fn secs(s: f64) -> Nanos {
 
 fn idx32(i: usize) -> u32 {
     u32::try_from(i).expect("configuration indices fit in u32")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use crate::packet::{build_frame, FrameSpec, MacAddr};
+
+    fn addr(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    /// One load balancer with a TCP listener in front of one instance.
+    fn config() -> Config {
+        let mut cfg = Config::default();
+        cfg.ports.push(Port {
+            name: "ext".into(),
+            interface: Some("lb-ext".into()),
+            dpdk_port: None,
+            addresses: vec![
+                "198.18.0.1/24".parse().expect("net"),
+                "198.19.1.1/24".parse().expect("net"),
+            ],
+        });
+        cfg.security_groups.push(SecurityGroup {
+            id: "sg-web".into(),
+            kind: GroupKind::Basic {
+                internal_access: true,
+            },
+            rules: vec![],
+        });
+        cfg.subnets.push(Subnet {
+            id: "vsw".into(),
+            cidrs: vec!["198.19.1.0/24".parse().expect("net")],
+            network_acl: None,
+        });
+        cfg.instances.push(Instance {
+            id: "ecs01".into(),
+            subnet: 0,
+            addresses: vec![addr("198.19.1.11")],
+            security_groups: vec![0],
+        });
+        cfg.server_groups.push(ServerGroup {
+            id: "sgp".into(),
+            scheduler: SchedulerKind::Wrr,
+            health_check: HealthCheck::default(),
+            servers: vec![Server {
+                name: "ecs01".into(),
+                instance: Some(0),
+                addresses: vec![addr("198.19.1.11")],
+                port: 80,
+                weight: 100,
+            }],
+        });
+        cfg.load_balancers.push(LoadBalancer {
+            id: "alb-1".into(),
+            vips: vec![addr("198.18.0.10")],
+            security_groups: vec![],
+            local_addresses: vec![addr("198.19.1.250")],
+            listeners: vec![Listener {
+                protocol: ListenerProtocol::Tcp,
+                port: 80,
+                server_group: 0,
+                transfer_client_ip: false,
+                acl: None,
+            }],
+        });
+        cfg
+    }
+
+    fn syn(payload: &[u8]) -> Vec<u8> {
+        build_frame(&FrameSpec {
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            src: addr("198.18.0.2"),
+            dst: addr("198.18.0.10"),
+            proto: proto::TCP,
+            sport: 40000,
+            dport: 80,
+            tcp_flags: TCP_SYN,
+            ttl: 64,
+            payload: payload.to_vec(),
+            ..FrameSpec::default()
+        })
+    }
+
+    #[test]
+    fn fullnat_rewrite_keeps_checksums_valid() {
+        let snap = Snapshot::compile(config(), 1);
+        let mut w = Worker::new(0, 1, 16);
+        let mut frame = syn(b"hello");
+        let v = w.process(&mut frame, RxInfo::default(), 0, &snap, &AllUp);
+        let Verdict::Forward(f) = v else {
+            panic!("forwarded expected: {v:?}")
+        };
+        assert_eq!(f.out.to_string(), "tcp 198.19.1.250:1025 > 198.19.1.11:80");
+        let p = packet::parse(&frame).expect("valid after rewrite");
+        assert!(packet::verify_l4_checksum(&frame, &p));
+        assert_eq!(p.flow_key(), Some(f.out));
+    }
+
+    #[test]
+    fn partial_checksums_are_completed() {
+        let snap = Snapshot::compile(config(), 1);
+        let mut w = Worker::new(0, 1, 16);
+        let mut frame = syn(b"hello");
+        // What veth hands over with tx offload on: the checksum field holds
+        // only the folded pseudo-header sum.
+        let p = packet::parse(&frame).expect("valid");
+        let pseudo = crate::packet::checksum::pseudo_header_v4(
+            "198.18.0.2".parse().expect("v4"),
+            "198.18.0.10".parse().expect("v4"),
+            proto::TCP,
+            u16::try_from(p.l4_len).expect("small"),
+        );
+        let at = p.l4_offset + 16;
+        frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+        assert!(!packet::verify_l4_checksum(&frame, &p));
+        let v = w.process(&mut frame, RxInfo { csum_partial: true }, 0, &snap, &AllUp);
+        assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+        let p = packet::parse(&frame).expect("valid");
+        assert!(packet::verify_l4_checksum(&frame, &p), "checksum completed");
+    }
+
+    #[test]
+    fn malformed_frames_are_dropped_and_counted() {
+        let snap = Snapshot::compile(config(), 1);
+        let mut w = Worker::new(0, 1, 16);
+        let good = syn(b"");
+        for cut in [0, 5, 13, 20, 33, 40] {
+            let mut f = good[..cut].to_vec();
+            let v = w.process(&mut f, RxInfo::default(), 0, &snap, &AllUp);
+            assert!(
+                matches!(v, Verdict::Drop(Reason::Malformed(_))),
+                "cut at {cut}: {v:?}"
+            );
+        }
+        assert_eq!(w.stats.drops[DropKind::Malformed as usize], 6);
+        assert_eq!(w.stats.rx, 6);
+    }
+
+    #[test]
+    fn owner_is_the_same_for_both_directions_of_a_nat_flow() {
+        let mut cfg = config();
+        cfg.load_balancers[0].listeners[0].transfer_client_ip = true;
+        let snap = Snapshot::compile(cfg, 1);
+        for sport in 1000..1200u16 {
+            let req = FlowKey {
+                src: addr("198.18.0.2"),
+                dst: addr("198.18.0.10"),
+                proto: proto::TCP,
+                sport,
+                dport: 80,
+            };
+            let reply = FlowKey {
+                src: addr("198.19.1.11"),
+                dst: addr("198.18.0.2"),
+                proto: proto::TCP,
+                sport: 80,
+                dport: sport,
+            };
+            assert_eq!(owner(&snap, &req, 4), owner(&snap, &reply, 4));
+            // A FULLNAT reply names its worker by port.
+            let fullnat = FlowKey {
+                src: addr("198.19.1.11"),
+                dst: addr("198.19.1.250"),
+                proto: proto::TCP,
+                sport: 80,
+                dport: sport,
+            };
+            assert_eq!(owner(&snap, &fullnat, 4), sport % 4);
+        }
+    }
 }

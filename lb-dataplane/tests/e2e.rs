@@ -223,3 +223,75 @@ fn invalid_reload_keeps_traffic_flowing_and_malformed_frames_are_counted() {
     // And lbd is still serving.
     assert!(t.backend_of(V6_80).is_some());
 }
+
+#[test]
+fn partial_checksums_from_the_client_are_completed() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up_with(&[("LBT_CLIENT_OFFLOAD", "on")]);
+    t.start_lbd(&seed_config("", "", (100, 100)));
+    wait_healthy(&t);
+    // Bodies bigger than one segment, both ways, through FULLNAT and routing.
+    let big = "x".repeat(3000);
+    for url in [V4_80, V6_81, "http://198.19.1.11/"] {
+        let out = t.exec(
+            "client",
+            &[
+                "curl",
+                "-s",
+                "-g",
+                "--max-time",
+                "3",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data",
+                &big,
+                url,
+            ],
+        );
+        // nginx answers a POST to a static file with 405: a whole exchange.
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "405", "{url}");
+    }
+}
+
+#[test]
+fn metrics_endpoint_and_sighup_reload() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    t.start_lbd_with(
+        &seed_config("", "", (100, 100)),
+        &["--metrics", "127.0.0.1:9464"],
+    );
+    assert!(t.backend_of(V4_80).is_some());
+    let out = t.exec(
+        "lb",
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9464/metrics",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("lbd_port_rx_packets_total{port=\"ext\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lbd_server_up{group=\"sgp-web\",server=\"ecs01\",port=\"80\"}"),
+        "{text}"
+    );
+    // SIGHUP re-reads the file like `lbctl reload`.
+    t.write_config(&seed_config(
+        "security_groups = [\"sg-alb\"]",
+        &sg_alb(false),
+        (100, 100),
+    ));
+    t.signal(libc::SIGHUP);
+    t.wait_for(5, "generation 2", |t| t.stats()["generation"] == 2);
+    assert!(t.curl(V4_81).is_none(), "port 81 denied after SIGHUP");
+}

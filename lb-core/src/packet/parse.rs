@@ -339,6 +339,42 @@ pub fn verify_l4_checksum(frame: &[u8], p: &Parsed) -> bool {
     }
 }
 
+/// Computes the TCP, UDP or ICMPv6 checksum of `p` from scratch, for the
+/// addresses `src` and `dst` the packet now carries. A frame whose checksum
+/// the kernel left partial (CHECKSUM_PARTIAL on veth) must be completed
+/// before it leaves through a raw socket: nothing else will. Returns false
+/// when the packet has no such checksum or is too short.
+pub fn complete_l4_checksum(frame: &mut [u8], p: &Parsed, src: IpAddr, dst: IpAddr) -> bool {
+    if !p.has_l4_header() || p.is_fragment {
+        return false;
+    }
+    let field = match (p.proto, p.kind) {
+        (IpProtocol::TCP, _) => 16,
+        (IpProtocol::UDP, _) => 6,
+        (IpProtocol::ICMPV6, Kind::Ipv6) => 2,
+        _ => return false,
+    };
+    let Some(end) = p.l4_offset.checked_add(p.l4_len) else {
+        return false;
+    };
+    let Some(l4) = frame.get_mut(p.l4_offset..end) else {
+        return false;
+    };
+    if l4.len() < field + 2 {
+        return false;
+    }
+    let Some(pseudo) = pseudo_sum(src, dst, p.proto, l4.len()) else {
+        return false;
+    };
+    l4[field..field + 2].copy_from_slice(&[0, 0]);
+    let mut c = !checksum::sum_with(pseudo, l4);
+    if c == 0 && p.proto == IpProtocol::UDP {
+        c = 0xffff;
+    }
+    l4[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
 /// The 5-tuple of the packet quoted in an ICMP/ICMPv6 error message, as
 /// it was sent (its source is the original sender). For a quoted ICMP
 /// echo both ports are its identifier; for a quoted non-first fragment or

@@ -63,6 +63,11 @@ pub struct Topo {
 impl Topo {
     /// Builds the namespaces and starts nginx on both backends.
     pub fn up() -> Topo {
+        Topo::up_with(&[])
+    }
+
+    /// As [`Topo::up`], with extra environment for netns.sh.
+    pub fn up_with(env: &[(&str, &str)]) -> Topo {
         let prefix = format!(
             "lbe{}x{}",
             std::process::id() % 100_000,
@@ -76,15 +81,20 @@ impl Topo {
             run,
             lbd: None,
         };
-        t.netns(&["up"]);
+        t.netns_env(&["up"], env);
         t.netns(&["nginx-up"]);
         t
     }
 
     pub fn netns(&self, args: &[&str]) {
+        self.netns_env(args, &[]);
+    }
+
+    pub fn netns_env(&self, args: &[&str], env: &[(&str, &str)]) {
         let out = Command::new("bash")
             .arg(repo().join("scripts/netns.sh"))
             .args(args)
+            .envs(env.iter().copied())
             .env("LBT_PREFIX", &self.prefix)
             .env("LBT_RUN", &self.run)
             .output()
@@ -117,6 +127,20 @@ impl Topo {
     /// Starts `lbd` in the load-balancer namespace and waits for its
     /// control socket.
     pub fn start_lbd(&mut self, config: &str) {
+        self.start_lbd_with(config, &[]);
+    }
+
+    /// Sends `sig` to `lbd`.
+    pub fn signal(&self, sig: i32) {
+        // `ip netns exec` execs lbd in place, so the child is lbd itself.
+        let pid = self.lbd.as_ref().map(|c| c.id()).expect("lbd running");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(i32::try_from(pid).unwrap_or(0), sig);
+        }
+    }
+
+    pub fn start_lbd_with(&mut self, config: &str, args: &[&str]) {
         self.write_config(config);
         let log = std::fs::File::create(self.run.join("lbd.log")).expect("log file");
         let child = Command::new("ip")
@@ -126,6 +150,7 @@ impl Topo {
             .arg(&self.config)
             .arg("--control")
             .arg(&self.control)
+            .args(args)
             .env("LBD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
