@@ -10,7 +10,7 @@
 #     | sw-be1 ── eth0 of be1 (198.19.1.11, 2001:db8:19:1::11)
 #     | sw-be2 ── eth0 of be2 (198.19.1.12, 2001:db8:19:1::12)
 #
-# Usage: scripts/netns.sh up|down|nginx-up|nginx-down|status
+# Usage: scripts/netns.sh up|down|nginx-up|nginx-stop N|nginx-start N|udp-up|udp-stop N|status
 # LBT_CLIENT_OFFLOAD=on leaves checksum offload on at the client.
 # LBT_PREFIX (default "lbt") prefixes every namespace, so several
 # topologies can coexist. Addresses come only from 198.18.0.0/15 and
@@ -135,6 +135,42 @@ nginx_stop() {
     fi
 }
 
+udp_up() {
+    # A UDP echo server on port 5353 of each backend: it answers
+    # "ECS0N <payload>", over IPv4 and IPv6.
+    local n=1
+    for ns in "$NS_BE1" "$NS_BE2"; do
+        local dir="$RUN/be$n"
+        mkdir -p "$dir"
+        # Not through nsx: $! must be the server itself (ip netns exec execs it).
+        ip netns exec "$ns" python3 -c '
+import select, socket, sys
+name = sys.argv[1]
+socks = []
+for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, 5353))
+    socks.append(s)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        data, peer = s.recvfrom(2048)
+        s.sendto(name.encode() + b" " + data, peer)
+' "$(printf 'ECS%02d' "$n")" >/dev/null 2>&1 &
+        echo $! >"$dir/udp.pid"
+        n=$((n + 1))
+    done
+}
+
+udp_stop() {
+    local pidfile="$RUN/be$1/udp.pid"
+    if [ -f "$pidfile" ]; then
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+        rm -f "$pidfile"
+    fi
+}
+
 down() {
     for ns in $ALL; do
         if ip netns list | grep -qw "$ns"; then
@@ -157,11 +193,13 @@ case "${1:-}" in
     down) down ;;
     nginx-up) nginx_up ;;
     nginx-stop) nginx_stop "${2:?backend number}" ;;
+    udp-up) udp_up ;;
+    udp-stop) udp_stop "${2:?backend number}" ;;
     nginx-start)
         n=${2:?backend number}
         ns=$P-be$n
         nsx "$ns" nginx -c "$RUN/be$n/nginx.conf" -g "user root;"
         ;;
     status) ip netns list | grep "^$P-" || true ;;
-    *) echo "usage: $0 up|down|nginx-up|nginx-stop N|nginx-start N|status" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|nginx-up|nginx-stop N|nginx-start N|udp-up|udp-stop N|status" >&2; exit 2 ;;
 esac

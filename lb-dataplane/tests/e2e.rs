@@ -295,3 +295,82 @@ fn metrics_endpoint_and_sighup_reload() {
     t.wait_for(5, "generation 2", |t| t.stats()["generation"] == 2);
     assert!(t.curl(V4_81).is_none(), "port 81 denied after SIGHUP");
 }
+
+/// A UDP request from the client: which backend answered, if any.
+fn udp_backend(t: &Topo, addr: &str) -> Option<String> {
+    let fam = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let py = format!(
+        "import socket; s=socket.socket(socket.{fam}, socket.SOCK_DGRAM); s.settimeout(1.5); \
+         s.sendto(b'ping', ('{addr}', 53)); print(s.recv(100).decode())"
+    );
+    let out = t.exec("client", &["python3", "-c", &py]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    out.status
+        .success()
+        .then(|| text.split_whitespace().next().unwrap_or("").to_string())
+}
+
+#[test]
+fn udp_listener_and_udp_health_checks() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    t.netns(&["udp-up"]);
+    let udp = r#"
+[[server_group]]
+id = "sgp-udp"
+
+[server_group.health_check]
+protocol = "udp"
+port = 5353
+interval_s = 1
+timeout_s = 1
+healthy_threshold = 2
+unhealthy_threshold = 2
+
+[[server_group.server]]
+instance = "ecs01"
+port = 5353
+
+[[server_group.server]]
+instance = "ecs02"
+port = 5353
+
+[[load_balancer]]
+id = "nlb-1"
+vips = ["198.18.0.20", "2001:db8:18::20"]
+local_addresses = ["198.19.1.251", "2001:db8:19:1::251"]
+
+[[load_balancer.listener]]
+protocol = "udp"
+port = 53
+server_group = "sgp-udp"
+"#;
+    let mut cfg = seed_config("", "", (100, 100));
+    // The backends' group must let the datagrams and the ICMP errors through
+    // only under "enforce"; under the default "bypass" nothing is needed.
+    cfg.push_str(udp);
+    t.start_lbd(&cfg);
+    t.wait_for(15, "UDP servers healthy", |t| {
+        t.server_up("sgp-udp", "ecs01") == Some(true)
+            && t.server_up("sgp-udp", "ecs02") == Some(true)
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(udp_backend(&t, "198.18.0.20").expect("UDP answer over IPv4"));
+        seen.insert(udp_backend(&t, "2001:db8:18::20").expect("UDP answer over IPv6"));
+    }
+    assert_eq!(seen.len(), 2, "both servers answer: {seen:?}");
+    // A stopped server answers probes with ICMP port unreachable: down.
+    t.netns(&["udp-stop", "1"]);
+    t.wait_for(15, "ecs01 UDP marked down", |t| {
+        t.server_up("sgp-udp", "ecs01") == Some(false)
+    });
+    for _ in 0..4 {
+        assert_eq!(udp_backend(&t, "198.18.0.20").as_deref(), Some("ECS02"));
+    }
+}
