@@ -283,7 +283,8 @@ struct Pending {
 struct WorkerLoop {
     id: usize,
     shared: Arc<Shared>,
-    ports: Vec<Box<dyn PacketIo>>,
+    /// `None` only while that port is being read.
+    ports: Vec<Option<Box<dyn PacketIo>>>,
     macs: Vec<[u8; 6]>,
     core: Worker,
     idle: IdlePolicy,
@@ -306,7 +307,7 @@ impl WorkerLoop {
             id,
             core: Worker::new(u16::try_from(id).unwrap_or(0), n, MAX_SESSIONS),
             shared,
-            ports,
+            ports: ports.into_iter().map(Some).collect(),
             macs,
             idle,
             pending: std::collections::VecDeque::new(),
@@ -329,7 +330,7 @@ impl WorkerLoop {
             if !self.pending.is_empty() {
                 self.retry_pending();
             }
-            for p in &mut self.ports {
+            for p in self.ports.iter_mut().flatten() {
                 if let Err(e) = p.flush() {
                     tracing::debug!("flush: {e}");
                 }
@@ -342,7 +343,7 @@ impl WorkerLoop {
             if seen == 0 {
                 idle_polls = idle_polls.saturating_add(1);
                 if self.idle == IdlePolicy::Adaptive {
-                    backoff(idle_polls);
+                    self.backoff(idle_polls);
                 } else {
                     std::hint::spin_loop();
                 }
@@ -359,11 +360,19 @@ impl WorkerLoop {
         let port = u32::try_from(pi).unwrap_or(0);
         let now_ns = self.shared.now_ns();
         let now = Instant::now();
+        // The port being read is taken out, so frames can go straight into
+        // the other ports' TX batches.
+        let Some(mut io) = self.ports[pi].take() else {
+            return 0;
+        };
         let shared = self.shared.clone();
-        let io = &mut self.ports[pi];
         let core = &mut self.core;
         let macs = &self.macs;
-        let mut out: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut deferred: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut tx = Tx {
+            ports: &mut self.ports,
+            deferred: &mut deferred,
+        };
         let mut to_self: Vec<Vec<u8>> = Vec::new();
         let mut wait: Vec<Pending> = Vec::new();
         let mut handoff_out = 0u64;
@@ -398,24 +407,29 @@ impl WorkerLoop {
                 macs,
                 now_ns,
                 now,
-                &mut out,
+                &mut tx,
                 &mut to_self,
                 &mut wait,
             );
         });
+        self.ports[pi] = Some(io);
         self.report.handoff_out += handoff_out;
         self.report.handoff_dropped += handoff_dropped;
-        self.dispatch(out, to_self, wait);
+        self.dispatch(deferred, to_self, wait);
         n
     }
 
     fn drain_handoff(&mut self, rt: &Runtime) -> usize {
         let mut n = 0;
-        let mut out = Vec::new();
+        let mut deferred = Vec::new();
         let mut to_self = Vec::new();
         let mut wait = Vec::new();
         let now_ns = self.shared.now_ns();
         let now = Instant::now();
+        let mut tx = Tx {
+            ports: &mut self.ports,
+            deferred: &mut deferred,
+        };
         while n < BURST {
             let Some(mut h) = self.shared.workers[self.id].handoff.pop() else {
                 break;
@@ -431,18 +445,18 @@ impl WorkerLoop {
                 &self.macs,
                 now_ns,
                 now,
-                &mut out,
+                &mut tx,
                 &mut to_self,
                 &mut wait,
             );
         }
-        self.dispatch(out, to_self, wait);
+        self.dispatch(deferred, to_self, wait);
         n
     }
 
     fn dispatch(&mut self, out: Vec<(u32, Vec<u8>)>, to_self: Vec<Vec<u8>>, wait: Vec<Pending>) {
         for (port, frame) in out {
-            if let Some(io) = self.ports.get_mut(port as usize) {
+            if let Some(Some(io)) = self.ports.get_mut(port as usize) {
                 io.send(&frame);
             }
         }
@@ -483,7 +497,7 @@ impl WorkerLoop {
             return;
         };
         let frame = crate::l2::solicit(mac, src, next_hop);
-        if let Some(io) = self.ports.get_mut(port as usize) {
+        if let Some(Some(io)) = self.ports.get_mut(port as usize) {
             io.send(&frame);
         }
     }
@@ -495,7 +509,7 @@ impl WorkerLoop {
             if let Some(e) = self.shared.neigh.lookup(p.port, p.next_hop, now) {
                 let src = self.macs.get(p.port as usize).copied().unwrap_or_default();
                 crate::l2::set_macs(&mut p.frame, e.mac, src);
-                if let Some(io) = self.ports.get_mut(p.port as usize) {
+                if let Some(Some(io)) = self.ports.get_mut(p.port as usize) {
                     io.send(&p.frame);
                 }
             } else if now.duration_since(p.since) > PENDING_WAIT {
@@ -507,9 +521,41 @@ impl WorkerLoop {
         self.pending = still;
     }
 
+    /// Adaptive idle: spin briefly, yield, then sleep in poll(2) on the
+    /// ports until traffic comes (at most 1 ms, so handed-over frames and
+    /// housekeeping wait no longer).
+    fn backoff(&self, idle_polls: u32) {
+        match idle_polls {
+            0..=64 => std::hint::spin_loop(),
+            65..=128 => std::thread::yield_now(),
+            _ => {
+                let mut fds: Vec<libc::pollfd> = self
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| p.poll_fd())
+                    .map(|fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                if fds.is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                    return;
+                }
+                // SAFETY: `fds` is a valid, exclusively borrowed array of
+                // `fds.len()` pollfds for the duration of the call.
+                unsafe {
+                    libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1);
+                }
+            }
+        }
+    }
+
     fn publish(&mut self, now: Instant, generation: u64) {
         self.last_publish = now;
-        self.report.ports = self.ports.iter().map(|p| p.stats()).collect();
+        self.report.ports = self.ports.iter().flatten().map(|p| p.stats()).collect();
         self.report.core = Some(self.core.stats.clone());
         self.report.sessions = self.core.sessions.len();
         if generation != 0 {
@@ -521,8 +567,27 @@ impl WorkerLoop {
     }
 }
 
+/// Where a worker sends frames: straight into the TX batch of the port, or,
+/// for the port being read at the moment, into `deferred`.
+struct Tx<'a> {
+    ports: &'a mut [Option<Box<dyn PacketIo>>],
+    deferred: &'a mut Vec<(u32, Vec<u8>)>,
+}
+
+impl Tx<'_> {
+    fn send(&mut self, port: u32, frame: &[u8]) {
+        match self.ports.get_mut(port as usize) {
+            Some(Some(io)) => {
+                io.send(frame);
+            }
+            Some(None) => self.deferred.push((port, frame.to_vec())),
+            None => {}
+        }
+    }
+}
+
 /// Runs one frame through the pipeline and sorts the outcome: frames to
-/// send (`out`), frames for the health checker (`to_self`), frames waiting
+/// send (`tx`), frames for the health checker (`to_self`), frames waiting
 /// for a neighbour (`wait`).
 #[allow(clippy::too_many_arguments)]
 fn process_one(
@@ -535,7 +600,7 @@ fn process_one(
     macs: &[[u8; 6]],
     now_ns: u64,
     now: Instant,
-    out: &mut Vec<(u32, Vec<u8>)>,
+    tx: &mut Tx<'_>,
     to_self: &mut Vec<Vec<u8>>,
     wait: &mut Vec<Pending>,
 ) {
@@ -548,7 +613,7 @@ fn process_one(
             match shared.neigh.lookup(f.hop.port, f.hop.next_hop, now) {
                 Some(e) => {
                     crate::l2::set_macs(frame, e.mac, src);
-                    out.push((f.hop.port, frame.to_vec()));
+                    tx.send(f.hop.port, frame);
                     if now.saturating_duration_since(e.learned) > REFRESH {
                         // Ask again while the entry still works.
                         wait.push(Pending {
@@ -576,19 +641,9 @@ fn process_one(
             if let Some(reply) =
                 crate::l2::answer(frame, kind, &p, port, mac, &rt.snap, &shared.neigh, now)
             {
-                out.push((port, reply));
+                tx.send(port, &reply);
             }
         }
         Verdict::Drop(_) => {}
-    }
-}
-
-/// Adaptive idle: spin briefly, then yield, then sleep up to 1 ms.
-fn backoff(idle_polls: u32) {
-    match idle_polls {
-        0..=64 => std::hint::spin_loop(),
-        65..=256 => std::thread::yield_now(),
-        257..=1024 => std::thread::sleep(Duration::from_micros(50)),
-        _ => std::thread::sleep(Duration::from_millis(1)),
     }
 }

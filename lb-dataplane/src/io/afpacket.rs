@@ -765,6 +765,10 @@ impl AfPacket {
 }
 
 impl PacketIo for AfPacket {
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+
     fn recv_burst(&mut self, max: usize, f: &mut dyn FnMut(&mut [u8], RxMeta)) -> usize {
         let mut seen = 0;
         let mut examined = 0;

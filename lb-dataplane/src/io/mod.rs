@@ -46,4 +46,11 @@ pub trait PacketIo: Send {
     fn mac(&self) -> [u8; 6];
 
     fn stats(&self) -> IoStats;
+
+    /// A descriptor that polls readable when frames arrive, so an idle
+    /// worker can sleep until traffic instead of spinning; `None` if the
+    /// backend has none (DPDK polls only).
+    fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
