@@ -81,9 +81,15 @@ fn lint_set(cfg: &Config, set: &RuleSet, dir: &str, on: Option<&str>, notes: &mu
             Some(id) => format!(" ({dir} of {id}, groups merged)"),
             None => format!(" ({dir})"),
         };
+        let message = format!("{this} is {} {by}", f.kind);
+        // The same finding seen from several interfaces is reported once,
+        // from the first place it was found (the group on its own first).
+        if notes.iter().any(|n| n.line == line && n.message.starts_with(&message)) {
+            continue;
+        }
         notes.insert(Note {
             line,
-            message: format!("{this} is {} {by}{scope}", f.kind),
+            message: format!("{message}{scope}"),
         });
     }
 }
