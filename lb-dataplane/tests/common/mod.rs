@@ -25,7 +25,7 @@ pub fn unsupported() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespaces)".into());
     }
-    for tool in ["ip", "ethtool", "curl", "nginx"] {
+    for tool in ["ip", "ethtool", "curl", "nginx", "ping", "python3"] {
         let found = Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
