@@ -721,7 +721,8 @@ impl Worker {
         self.stats.generation = snap.generation;
     }
 
-    /// Reaps expired sessions; call it now and then when no packets come.
+    /// Reaps a few expired sessions (a bounded amount of work). Call it once
+    /// per burst; lookups already ignore expired sessions, this frees them.
     pub fn housekeep(&mut self, now: Nanos, snap: &Snapshot) {
         self.adopt(snap);
         self.reap(now);
@@ -771,7 +772,6 @@ impl Worker {
         health: &dyn Health,
     ) -> Verdict {
         self.adopt(snap);
-        self.reap(now);
         self.stats.rx += 1;
         let v = self.decide(frame, rx, now, snap, health);
         match &v {

@@ -335,9 +335,9 @@ impl WorkerLoop {
                     tracing::debug!("flush: {e}");
                 }
             }
+            self.core.housekeep(self.shared.now_ns(), &rt.snap);
             let now = Instant::now();
             if now.duration_since(self.last_publish) >= Duration::from_millis(100) {
-                self.core.housekeep(self.shared.now_ns(), &rt.snap);
                 self.publish(now, rt.snap.generation);
             }
             if seen == 0 {

@@ -312,6 +312,7 @@ pub fn run(
                 last_time = p.time;
                 let now: Nanos = secs(p.time);
                 let mut frame = build_frame(&frame_spec(&p));
+                worker.housekeep(now, &snap);
                 let v = worker.process(&mut frame, RxInfo::default(), now, &snap, &health);
                 let obj = verdict_json(lineno, &v, &snap);
                 writeln!(out, "{obj}")?;
