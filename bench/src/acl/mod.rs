@@ -134,8 +134,10 @@ fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
         );
     }
     let unmatched = reference.iter().filter(|r| r.is_none()).count();
+    let matched: Vec<f64> = reference.iter().flatten().map(|&i| f64::from(i)).collect();
+    let mean_index = matched.iter().sum::<f64>() / matched.len().max(1) as f64;
     println!(
-        "trace: {} packets ({origin}), {:.1}% match no rule; all agree with linear_classify",
+        "trace: {} packets ({origin}), {:.1}% match no rule, mean matching rule index {mean_index:.0}; all agree with linear_classify",
         trace.len(),
         100.0 * unmatched as f64 / trace.len() as f64
     );

@@ -388,7 +388,12 @@ fn summary(words: usize) -> usize {
 #[inline]
 fn first_common(f: [&[u64]; 5], s: usize) -> Option<usize> {
     let [a, b, c, d, e] = f.map(|x| x.split_at_checked(s).unwrap_or((&[], &[])));
-    let n = a.0.len().min(b.0.len()).min(c.0.len()).min(d.0.len()).min(e.0.len());
+    let n =
+        a.0.len()
+            .min(b.0.len())
+            .min(c.0.len())
+            .min(d.0.len())
+            .min(e.0.len());
     for i in 0..n {
         let mut m = a.0[i] & b.0[i] & c.0[i] & d.0[i] & e.0[i];
         while m != 0 {

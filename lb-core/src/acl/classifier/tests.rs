@@ -266,7 +266,10 @@ fn boundary_ports(p: &[PortRange], out: &mut Vec<u16>) {
     }
 }
 
-fn arb_case() -> impl Strategy<Value = (Vec<MatchRule>, Vec<(usize, [u32; 5], bool)>)> {
+/// How a packet is picked from the boundary pools.
+type Pick = (usize, [u32; 5], bool);
+
+fn arb_case() -> impl Strategy<Value = (Vec<MatchRule>, Vec<Pick>)> {
     (
         prop::collection::vec(arb_rule(), 0..300),
         prop::collection::vec((any::<usize>(), any::<[u32; 5]>(), any::<bool>()), 64),
@@ -274,7 +277,7 @@ fn arb_case() -> impl Strategy<Value = (Vec<MatchRule>, Vec<(usize, [u32; 5], bo
 }
 
 /// Packets built from rule boundaries (selected by `pick`) or random.
-fn packets(rules: &[MatchRule], picks: &[(usize, [u32; 5], bool)]) -> Vec<FlowKey> {
+fn packets(rules: &[MatchRule], picks: &[Pick]) -> Vec<FlowKey> {
     let mut v4: Vec<IpAddr> = V4_BASES.iter().map(|&a| IpAddr::V4(a.into())).collect();
     let mut v6: Vec<IpAddr> = V6_BASES.iter().map(|&a| IpAddr::V6(a.into())).collect();
     let mut addrs = Vec::new();
