@@ -47,7 +47,12 @@
 //! is the first matching rule. Since rules are in precedence order, most
 //! packets stop in the first words. A field with a single class over its
 //! whole domain (e.g. source ports that are "any" in every rule) is folded
-//! into the protocol bitmaps and costs nothing at lookup time.
+//! into the protocol bitmaps and costs nothing at lookup time. When the
+//! product stays small, the port classes are cross-producted with the
+//! protocol classes (RFC phase 1: two small tables), so that a packet ANDs
+//! three bitmaps instead of five. Each class bitmap begins with summary words
+//! (one bit per non-zero word: an aggregated bit vector), so a packet whose
+//! first matching rule is deep in the list skips the empty words.
 //!
 //! A key whose source and destination are of different families (no IP
 //! header yields one) is answered by a linear scan of the few rules that can
@@ -409,6 +414,65 @@ fn first_common(f: [&[u64]; 5], s: usize) -> Option<usize> {
     None
 }
 
+/// A cross-product table: transport class × port class → transport class.
+#[derive(Debug, Clone)]
+struct Combo {
+    right: usize,
+    table: Vec<u32>,
+}
+
+impl Combo {
+    #[inline]
+    fn get(&self, left: u32, right: u32) -> u32 {
+        self.table
+            .get(left as usize * self.right + right as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Most bitmap words a [`cross`] may compute (keeps builds fast).
+const CROSS_BUDGET: usize = 1 << 21;
+
+/// The cross product of two class sets (`words`-word bitmaps): the table of
+/// `(i, j)` ↦ class of `a_i & b_j` (row-major) and the deduplicated class
+/// bitmaps; `None` when over [`CROSS_BUDGET`].
+fn cross(a: &[u64], b: &[u64], words: usize) -> Option<(Vec<u32>, Vec<u64>)> {
+    let words = words.max(1);
+    let pairs = (a.len() / words).checked_mul(b.len() / words)?;
+    if pairs.checked_mul(words)? > CROSS_BUDGET || u32::try_from(pairs).is_err() {
+        return None;
+    }
+    let mut table = Vec::with_capacity(pairs);
+    let mut bits: Vec<u64> = Vec::new();
+    let mut known: AHashMap<u64, u32> = AHashMap::new();
+    let mut cur = vec![0u64; words];
+    let mut classes = 0u32;
+    for ai in a.chunks(words) {
+        for bj in b.chunks(words) {
+            let mut h = 0u64;
+            for ((c, x), y) in cur.iter_mut().zip(ai).zip(bj) {
+                *c = x & y;
+                h = (h.rotate_left(23) ^ *c).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+            let class = match known.get(&h) {
+                Some(&c) if class_bits(&bits, c, words) == cur.as_slice() => c,
+                found => {
+                    let c = classes;
+                    classes += 1;
+                    bits.extend_from_slice(&cur);
+                    if found.is_none() {
+                        known.insert(h, c);
+                    }
+                    c
+                }
+            };
+            table.push(class);
+        }
+    }
+    Some((table, bits))
+}
+
 /// A port field: class per port.
 #[derive(Debug, Clone)]
 struct PortField {
@@ -488,11 +552,16 @@ struct Family<A> {
     /// Summary words at the start of each class bitmap.
     summary: usize,
     proto: Box<[u16; 256]>,
-    /// Protocol class bitmaps, ANDed with the single class of every field
-    /// that has only one.
+    /// Transport class bitmaps: the protocol classes, crossed with the
+    /// destination and source port classes when those have a [`Combo`], and
+    /// ANDed with the single class of every field that has only one.
     proto_bits: Vec<u64>,
+    /// Port fields with more than one class (their `bits` are empty when
+    /// crossed into the transport classes).
     sport: Option<PortField>,
     dport: Option<PortField>,
+    dport_combo: Option<Combo>,
+    sport_combo: Option<Combo>,
     src: Option<AddrField<A>>,
     dst: Option<AddrField<A>>,
 }
@@ -574,9 +643,26 @@ impl<A: Addr> Family<A> {
         let src_trivial = fold(&src);
         let dst_trivial = fold(&dst);
 
+        // Cross-product the port classes into the protocol classes (RFC
+        // phase 1) when the result stays small.
+        let mut l4_bits = proto_bits;
+        let mut combine = |p: &Partition, trivial: bool| {
+            if trivial {
+                return None;
+            }
+            let (table, bits) = cross(&l4_bits, &p.bits, words)?;
+            l4_bits = bits;
+            Some(Combo {
+                right: p.classes,
+                table,
+            })
+        };
+        let dport_combo = combine(&dport, dport_trivial);
+        let sport_combo = combine(&sport, sport_trivial);
+
         let mut proto_table = Box::new([0u16; 256]);
         fill_table(&mut proto_table[..], &proto.starts, &proto.class_of);
-        let port_field = |p: Partition, trivial: bool| {
+        let port_field = |p: Partition, trivial: bool, combined: bool| {
             if trivial {
                 return None;
             }
@@ -585,16 +671,22 @@ impl<A: Addr> Family<A> {
             fill_table(&mut table[..], &p.starts, &p.class_of);
             Some(PortField {
                 table,
-                bits: with_summary(&p.bits, words),
+                bits: if combined {
+                    Vec::new()
+                } else {
+                    with_summary(&p.bits, words)
+                },
             })
         };
         Family {
             stride: summary(words) + words,
             summary: summary(words),
             proto: proto_table,
-            proto_bits: with_summary(&proto_bits, words),
-            sport: port_field(sport, sport_trivial),
-            dport: port_field(dport, dport_trivial),
+            proto_bits: with_summary(&l4_bits, words),
+            sport: port_field(sport, sport_trivial, sport_combo.is_some()),
+            dport: port_field(dport, dport_trivial, dport_combo.is_some()),
+            sport_combo,
+            dport_combo,
             src: (!src_trivial).then(|| AddrField::new(src, words)),
             dst: (!dst_trivial).then(|| AddrField::new(dst, words)),
             rule_ids,
@@ -603,31 +695,40 @@ impl<A: Addr> Family<A> {
 
     #[inline]
     fn lookup(&self, key: &FlowKey, src: A, dst: A) -> [u32; 5] {
+        let sc = self
+            .sport
+            .as_ref()
+            .map_or(0, |f| f.table[usize::from(key.sport)].into());
+        let dc = self
+            .dport
+            .as_ref()
+            .map_or(0, |f| f.table[usize::from(key.dport)].into());
+        let mut l4 = self.proto[usize::from(key.proto)].into();
+        if let Some(c) = &self.dport_combo {
+            l4 = c.get(l4, dc);
+        }
+        if let Some(c) = &self.sport_combo {
+            l4 = c.get(l4, sc);
+        }
         [
-            self.proto[usize::from(key.proto)].into(),
-            self.sport
-                .as_ref()
-                .map_or(0, |f| f.table[usize::from(key.sport)].into()),
-            self.dport
-                .as_ref()
-                .map_or(0, |f| f.table[usize::from(key.dport)].into()),
+            l4,
+            sc,
+            dc,
             self.src.as_ref().map_or(0, |f| f.class(src)),
             self.dst.as_ref().map_or(0, |f| f.class(dst)),
         ]
     }
 
     #[inline]
-    fn scan(&self, c: &[u32; 5]) -> Option<u32> {
+    fn scan<'a>(&'a self, c: &[u32; 5]) -> Option<u32> {
         let w = self.stride;
         let p = class_bits(&self.proto_bits, c[0], w);
-        let sp = self
-            .sport
-            .as_ref()
-            .map_or(p, |f| class_bits(&f.bits, c[1], w));
-        let dp = self
-            .dport
-            .as_ref()
-            .map_or(p, |f| class_bits(&f.bits, c[2], w));
+        let port = |f: &'a Option<PortField>, class| match f {
+            Some(f) if !f.bits.is_empty() => class_bits(&f.bits, class, w),
+            _ => p,
+        };
+        let sp = port(&self.sport, c[1]);
+        let dp = port(&self.dport, c[2]);
         let s = self
             .src
             .as_ref()
@@ -641,6 +742,7 @@ impl<A: Addr> Family<A> {
     }
 
     fn memory_bytes(&self) -> usize {
+        let combo = |c: &Option<Combo>| c.as_ref().map_or(0, |c| c.table.capacity() * 4);
         let port = |f: &Option<PortField>| {
             f.as_ref().map_or(0, |f| {
                 std::mem::size_of::<[u16; 65536]>() + f.bits.capacity() * 8
@@ -654,6 +756,8 @@ impl<A: Addr> Family<A> {
             + port(&self.dport)
             + addr(&self.src)
             + addr(&self.dst)
+            + combo(&self.sport_combo)
+            + combo(&self.dport_combo)
     }
 }
 
