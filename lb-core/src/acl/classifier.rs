@@ -91,6 +91,11 @@ enum Looked {
 impl Classifier {
     /// Compiles `rules`; index order is precedence (0 first).
     pub fn build(rules: &[MatchRule]) -> Classifier {
+        Classifier::build_with(rules, CROSS_BUDGET)
+    }
+
+    /// [`Classifier::build`] with a cross-product budget (0: never cross).
+    fn build_with(rules: &[MatchRule], cross_budget: usize) -> Classifier {
         let mixed = rules
             .iter()
             .enumerate()
@@ -101,8 +106,8 @@ impl Classifier {
             .filter_map(|(i, r)| Some((u32::try_from(i).ok()?, r.clone())))
             .collect();
         Classifier {
-            v4: Family::build(rules),
-            v6: Family::build(rules),
+            v4: Family::build(rules, cross_budget),
+            v6: Family::build(rules, cross_budget),
             mixed,
             rules: rules.len(),
         }
@@ -436,11 +441,11 @@ const CROSS_BUDGET: usize = 1 << 21;
 
 /// The cross product of two class sets (`words`-word bitmaps): the table of
 /// `(i, j)` ↦ class of `a_i & b_j` (row-major) and the deduplicated class
-/// bitmaps; `None` when over [`CROSS_BUDGET`].
-fn cross(a: &[u64], b: &[u64], words: usize) -> Option<(Vec<u32>, Vec<u64>)> {
+/// bitmaps; `None` when it would compute more than `budget` words.
+fn cross(a: &[u64], b: &[u64], words: usize, budget: usize) -> Option<(Vec<u32>, Vec<u64>)> {
     let words = words.max(1);
     let pairs = (a.len() / words).checked_mul(b.len() / words)?;
-    if pairs.checked_mul(words)? > CROSS_BUDGET || u32::try_from(pairs).is_err() {
+    if pairs.checked_mul(words)? > budget || u32::try_from(pairs).is_err() {
         return None;
     }
     let mut table = Vec::with_capacity(pairs);
@@ -567,7 +572,7 @@ struct Family<A> {
 }
 
 impl<A: Addr> Family<A> {
-    fn build(rules: &[MatchRule]) -> Family<A> {
+    fn build(rules: &[MatchRule], cross_budget: usize) -> Family<A> {
         let rule_ids: Vec<u32> = rules
             .iter()
             .enumerate()
@@ -650,7 +655,7 @@ impl<A: Addr> Family<A> {
             if trivial {
                 return None;
             }
-            let (table, bits) = cross(&l4_bits, &p.bits, words)?;
+            let (table, bits) = cross(&l4_bits, &p.bits, words, cross_budget)?;
             l4_bits = bits;
             Some(Combo {
                 right: p.classes,

@@ -84,8 +84,9 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Work budget (box splits) of the union-coverage check of one rule.
-const UNION_BUDGET: usize = 4096;
+/// Work budget (candidate rules examined) of the union-coverage check of one
+/// rule.
+const UNION_BUDGET: usize = 16_384;
 
 /// Lints `rules` (precedence order); at most one finding per rule, in rule
 /// order. Duplicates are reported before shadowing, shadowing before
@@ -160,11 +161,11 @@ fn covered_by_union(b: Boxed, cands: &[&Boxed], budget: &mut usize) -> bool {
     if b.is_empty() {
         return true;
     }
-    if *budget == 0 {
-        return false;
-    }
-    *budget -= 1;
     for (k, a) in cands.iter().enumerate() {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
         if !a.overlaps(&b) {
             continue;
         }

@@ -318,6 +318,7 @@ proptest! {
     #[test]
     fn agrees_with_linear((rules, picks) in arb_case()) {
         let c = Classifier::build(&rules);
+        let uncrossed = Classifier::build_with(&rules, 0);
         let keys = packets(&rules, &picks);
         let mut out = vec![None; keys.len()];
         c.classify_burst(&keys, &mut out);
@@ -325,6 +326,7 @@ proptest! {
             let want = linear_classify(&rules, k);
             prop_assert_eq!(c.classify(k), want, "key {:?}", k);
             prop_assert_eq!(*o, want, "burst key {:?}", k);
+            prop_assert_eq!(uncrossed.classify(k), want, "uncrossed key {:?}", k);
         }
     }
 
@@ -340,4 +342,32 @@ proptest! {
             prop_assert_eq!(c.classify(&k), linear_classify(&rules, &k));
         }
     }
+}
+
+#[test]
+fn more_than_4096_rules() {
+    // Several summary words per class bitmap.
+    let mut rules: Vec<MatchRule> = (0..5000u16)
+        .map(|p| {
+            let mut r = MatchRule::any();
+            r.dport = vec![PortRange::single(p)];
+            r.src = nets(&["10.0.0.0/8", "2001:db8::/32"]);
+            r
+        })
+        .collect();
+    rules.push(MatchRule::any());
+    let c = Classifier::build(&rules);
+    let keys: Vec<FlowKey> = [0u16, 63, 64, 4095, 4096, 4100, 4999, 5000, 65535]
+        .iter()
+        .flat_map(|&p| {
+            [
+                key("10.1.2.3", "1.1.1.1", 6, 1, p),
+                key("11.1.2.3", "1.1.1.1", 6, 1, p),
+                key("2001:db8::1", "::1", 17, 1, p),
+            ]
+        })
+        .collect();
+    check(&rules, &keys);
+    assert_eq!(c.classify(&keys[15]), Some(4100));
+    assert_eq!(c.classify(&keys[16]), Some(5000));
 }
