@@ -42,7 +42,10 @@
 //!
 //! A lookup maps each field to its class (protocol: 256-entry table, ports:
 //! 65536-entry tables, addresses: a direct index on the top bits followed by
-//! a short binary search over the interval starts), then ANDs the class
+//! a short binary search over the interval starts; for IPv6, whose prefixes
+//! cluster under a few top bits, a fat index slot gets nested,
+//! path-compressed sub-indexes on the bits where its starts differ), then
+//! ANDs the class
 //! bitmaps word by word and stops at the first non-zero word: its lowest bit
 //! is the first matching rule. Since rules are in precedence order, most
 //! packets stop in the first words. A field with a single class over its
@@ -195,7 +198,12 @@ fn rule_heap_bytes(r: &MatchRule) -> usize {
 trait Addr: Copy + Ord + Default + std::fmt::Debug {
     const BITS: u32;
     const MAX: u128;
+    /// Whether fat index slots get a [`SubIndex`] (they pay for IPv6, whose
+    /// prefixes cluster under a few top bits and compare slowly; for IPv4 the
+    /// plain binary search measured faster).
+    const SUB_INDEX: bool;
     fn from_u128(v: u128) -> Self;
+    fn to_u128(self) -> u128;
     /// The `bits` most significant bits.
     fn top(self, bits: u32) -> usize;
     /// The inclusive range of `net` if it is of this family.
@@ -205,9 +213,14 @@ trait Addr: Copy + Ord + Default + std::fmt::Debug {
 impl Addr for u32 {
     const BITS: u32 = 32;
     const MAX: u128 = u32::MAX as u128;
+    const SUB_INDEX: bool = false;
     #[inline]
     fn from_u128(v: u128) -> Self {
         v as u32
+    }
+    #[inline]
+    fn to_u128(self) -> u128 {
+        self.into()
     }
     #[inline]
     fn top(self, bits: u32) -> usize {
@@ -227,9 +240,14 @@ impl Addr for u32 {
 impl Addr for u128 {
     const BITS: u32 = 128;
     const MAX: u128 = u128::MAX;
+    const SUB_INDEX: bool = true;
     #[inline]
     fn from_u128(v: u128) -> Self {
         v
+    }
+    #[inline]
+    fn to_u128(self) -> u128 {
+        self
     }
     #[inline]
     fn top(self, bits: u32) -> usize {
@@ -486,16 +504,99 @@ struct PortField {
 }
 
 /// An address field: interval starts, searched through a direct index on the
-/// top bits.
+/// top bits; a slot holding many interval starts gets a second-level index
+/// on the bits where those starts differ (path-compressed), recursively.
 #[derive(Debug, Clone)]
 struct AddrField<A> {
     starts: Vec<A>,
     class_of: Vec<u32>,
-    /// `index[t]` = the interval holding the first address whose top
-    /// `index_bits` bits are `t`; one extra entry at the end.
-    index: Vec<u32>,
+    /// Per slot of the top `index_bits` bits (one extra at the end): the low
+    /// 32 bits are the interval holding the slot's first address; the high
+    /// 32 bits are 1 + the index of the slot's [`SubIndex`], or 0.
+    index: Vec<u64>,
     index_bits: u32,
+    subs: Vec<SubIndex>,
+    /// The entries of every [`SubIndex`], encoded as `index`'s.
+    sub_entries: Vec<u64>,
     bits: Vec<u64>,
+}
+
+/// A lower-level index: the region `base .. base + 2^(shift + bits)`
+/// holding all the inner interval starts of a slot, cut into `2^bits`
+/// sub-slots.
+#[derive(Debug, Clone, Copy)]
+struct SubIndex {
+    base: u128,
+    shift: u32,
+    bits: u32,
+    /// Offset of the `2^bits + 1` entries in `sub_entries`.
+    offset: u32,
+}
+
+/// Slots with more inner interval starts than this get a [`SubIndex`].
+const SUB_INDEX_MIN: usize = 48;
+
+/// The index of the interval holding `addr` (starts sorted, first is 0).
+fn interval_of(starts: &[u128], addr: u128) -> usize {
+    starts.partition_point(|&s| s <= addr).saturating_sub(1)
+}
+
+/// Builds the [`SubIndex`] of a slot (an aligned region of `2^slot_bits`
+/// addresses) whose inner starts are within `starts[lo + 1..=hi]`, and those
+/// of its fat sub-slots; returns its id + 1 (0 if none is needed).
+fn build_sub(
+    starts: &[u128],
+    (lo, hi): (usize, usize),
+    slot_bits: u32,
+    subs: &mut Vec<SubIndex>,
+    entries: &mut Vec<u64>,
+) -> u64 {
+    if hi.saturating_sub(lo) <= SUB_INDEX_MIN {
+        return 0;
+    }
+    let (Some(&first), Some(&last)) = (starts.get(lo + 1), starts.get(hi)) else {
+        return 0;
+    };
+    if first == last {
+        return 0;
+    }
+    // Highest bit where the inner starts differ, within the slot (`hi` may
+    // be the start of the next slot).
+    let h = (127 - (first ^ last).leading_zeros()).min(slot_bits.saturating_sub(1));
+    let count = (hi - lo) as u32;
+    let want = (u32::BITS - count.leading_zeros() + 2).clamp(2, 12);
+    let shift = (h + 1).saturating_sub(want);
+    let bits = h + 1 - shift;
+    let base = first
+        .checked_shr(h + 1)
+        .unwrap_or(0)
+        .checked_shl(h + 1)
+        .unwrap_or(0);
+    let (Ok(offset), Ok(id)) = (u32::try_from(entries.len()), u64::try_from(subs.len() + 1)) else {
+        return 0;
+    };
+    subs.push(SubIndex {
+        base,
+        shift,
+        bits,
+        offset,
+    });
+    let slots = 1usize << bits;
+    for k in 0..slots {
+        entries.push(interval_of(starts, base + ((k as u128) << shift)) as u64);
+    }
+    let end = base.saturating_add(((slots as u128) << shift).wrapping_sub(1));
+    entries.push(interval_of(starts, end) as u64);
+    for k in 0..slots {
+        let at = offset as usize + k;
+        let slo = entries.get(at).map_or(0, |&e| e as u32 as usize);
+        let shi = entries.get(at + 1).map_or(0, |&e| e as u32 as usize);
+        let child = build_sub(starts, (slo, shi), shift, subs, entries);
+        if let Some(e) = entries.get_mut(at) {
+            *e |= child << 32;
+        }
+    }
+    id
 }
 
 impl<A: Addr> AddrField<A> {
@@ -507,21 +608,34 @@ impl<A: Addr> AddrField<A> {
             .min(A::BITS);
         let slots = 1usize << index_bits;
         let shift = A::BITS - index_bits;
-        let mut index = Vec::with_capacity(slots + 1);
+        let mut index: Vec<u64> = Vec::with_capacity(slots + 1);
         let mut j = 0usize;
         for t in 0..slots {
             let first = (t as u128) << shift;
             while p.starts.get(j + 1).is_some_and(|&s| s <= first) {
                 j += 1;
             }
-            index.push(j as u32);
+            index.push(j as u64);
         }
-        index.push(n.saturating_sub(1) as u32);
+        index.push(n.saturating_sub(1) as u64);
+
+        let mut subs = Vec::new();
+        let mut sub_entries = Vec::new();
+        for t in (0..slots).filter(|_| A::SUB_INDEX) {
+            let lo = index.get(t).map_or(0, |&e| e as u32 as usize);
+            let hi = index.get(t + 1).map_or(0, |&e| e as u32 as usize);
+            let child = build_sub(&p.starts, (lo, hi), shift, &mut subs, &mut sub_entries);
+            if let Some(e) = index.get_mut(t) {
+                *e |= child << 32;
+            }
+        }
         AddrField {
             starts: p.starts.into_iter().map(A::from_u128).collect(),
             class_of: p.class_of,
             index,
             index_bits,
+            subs,
+            sub_entries,
             bits: with_summary(&p.bits, words),
         }
     }
@@ -529,8 +643,31 @@ impl<A: Addr> AddrField<A> {
     #[inline]
     fn class(&self, addr: A) -> u32 {
         let t = addr.top(self.index_bits);
-        let lo = self.index.get(t).copied().unwrap_or(0) as usize;
-        let hi = self.index.get(t + 1).copied().unwrap_or(0) as usize;
+        let mut e = self.index.get(t).copied().unwrap_or(0);
+        let mut lo = e as u32 as usize;
+        let mut hi = self.index.get(t + 1).map_or(0, |&e| e as u32 as usize);
+        while e >> 32 != 0 {
+            let Some(s) = self.subs.get((e >> 32) as usize - 1) else {
+                break;
+            };
+            let a = addr.to_u128();
+            if a < s.base {
+                hi = lo;
+                break;
+            }
+            let k = ((a - s.base) >> s.shift) as usize;
+            if k >> s.bits != 0 {
+                lo = hi;
+                break;
+            }
+            let at = s.offset as usize + k;
+            e = self.sub_entries.get(at).copied().unwrap_or(0);
+            lo = e as u32 as usize;
+            hi = self
+                .sub_entries
+                .get(at + 1)
+                .map_or(lo, |&x| x as u32 as usize);
+        }
         let mut i = lo;
         if hi > lo {
             if let Some(range) = self.starts.get(lo + 1..=hi) {
@@ -542,7 +679,9 @@ impl<A: Addr> AddrField<A> {
 
     fn memory_bytes(&self) -> usize {
         self.starts.capacity() * std::mem::size_of::<A>()
-            + (self.class_of.capacity() + self.index.capacity()) * 4
+            + self.class_of.capacity() * 4
+            + (self.index.capacity() + self.sub_entries.capacity()) * 8
+            + self.subs.capacity() * std::mem::size_of::<SubIndex>()
             + self.bits.capacity() * 8
     }
 }

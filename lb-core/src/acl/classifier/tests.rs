@@ -371,3 +371,60 @@ fn more_than_4096_rules() {
     assert_eq!(c.classify(&keys[15]), Some(4100));
     assert_eq!(c.classify(&keys[16]), Some(5000));
 }
+
+#[test]
+fn clustered_ipv6_uses_sub_index() {
+    // Many prefixes under 2001:db8::/32, a few outliers in the same top
+    // slot: the fat slot gets (nested) sub-indexes.
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut rules = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..400u32 {
+        let r = u128::from(next());
+        let base = (0x2001_0db8u128 << 96) | ((r & 0xffff_ffff) << 64);
+        let (addr, len) = match i % 4 {
+            0 => (base | u128::from(next()), 128),
+            1 => (base, 64),
+            2 => (base | (u128::from(next() & 0xff) << 56), 56 + (i % 8) as u8),
+            _ => ((0x2000u128 << 112) | (r << 60), 60),
+        };
+        let net = IpNet::new(IpAddr::V6(Ipv6Addr::from(addr)), len)
+            .unwrap()
+            .trunc();
+        let mut rule = MatchRule::any();
+        rule.src = AddrMatch::Prefixes(vec![net]);
+        rule.dport = vec![PortRange::single((i % 7) as u16)];
+        rules.push(rule);
+        let (lo, hi) = match net {
+            IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+            IpNet::V4(_) => unreachable!(),
+        };
+        addrs.extend([
+            lo.wrapping_sub(1),
+            lo,
+            lo + (hi - lo) / 3,
+            hi,
+            hi.wrapping_add(1),
+        ]);
+    }
+    let c = Classifier::build(&rules);
+    assert!(!c.v6.src.as_ref().unwrap().subs.is_empty());
+    let keys: Vec<FlowKey> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| FlowKey {
+            src: IpAddr::V6(Ipv6Addr::from(a)),
+            dst: "::1".parse().unwrap(),
+            proto: 6,
+            sport: 1,
+            dport: (i % 7) as u16,
+        })
+        .collect();
+    check(&rules, &keys);
+}
