@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
+use lb_core::acl::lint::{lint, FindingKind, LintRule};
 use lb_core::acl::{linear_classify, AddrMatch, Classifier, FlowKey, MatchRule};
 
 use crate::AclArgs;
@@ -134,8 +135,10 @@ fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
         );
     }
     let unmatched = reference.iter().filter(|r| r.is_none()).count();
+    let matched: Vec<f64> = reference.iter().flatten().map(|&i| f64::from(i)).collect();
+    let mean_index = matched.iter().sum::<f64>() / matched.len().max(1) as f64;
     println!(
-        "trace: {} packets ({origin}), {:.1}% match no rule; all agree with linear_classify",
+        "trace: {} packets ({origin}), {:.1}% match no rule, mean matching rule index {mean_index:.0}; all agree with linear_classify",
         trace.len(),
         100.0 * unmatched as f64 / trace.len() as f64
     );
@@ -144,6 +147,8 @@ fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
         build.as_secs_f64() * 1e3,
         compiled.memory_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0)
     );
+
+    lint_report(path, &rules, &reference)?;
 
     // Linear scan on a prefix of the trace short enough for ~LINEAR_ROUND
     // per round (estimated from the verification, which ran on 2 threads).
@@ -183,6 +188,78 @@ fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
     }
     println!("ratio linear/compiled: {}", ratio_line(&ratios));
     Ok(ratios)
+}
+
+/// Runs the linter, with the actions of `<rules>.meta` when it exists (all
+/// rules allow otherwise).
+/// Checks that no trace packet is decided by a rule reported as shadowed or
+/// duplicate (`reference`: the first matching rule of each packet).
+fn lint_report(path: &Path, rules: &[MatchRule], reference: &[Option<u32>]) -> Result<()> {
+    let mut meta = path.as_os_str().to_owned();
+    meta.push(".meta");
+    let meta = PathBuf::from(meta);
+    let mut allow = vec![true; rules.len()];
+    let actions = if meta.is_file() {
+        let text = std::fs::read_to_string(&meta)
+            .with_context(|| format!("reading {}", meta.display()))?;
+        for (n, line) in text.lines().enumerate().skip(1) {
+            let mut cols = line.split(',');
+            let (Some(num), Some(_prio), Some(action)) = (cols.next(), cols.next(), cols.next())
+            else {
+                bail!(
+                    "{}:{}: expected line,sg_prio,action,origin",
+                    meta.display(),
+                    n + 1
+                );
+            };
+            let num: usize = num
+                .trim()
+                .parse()
+                .with_context(|| format!("{}:{}: bad line number", meta.display(), n + 1))?;
+            if let Some(a) = num.checked_sub(1).and_then(|i| allow.get_mut(i)) {
+                *a = action.trim() == "allow";
+            }
+        }
+        "actions from .meta"
+    } else {
+        "every rule taken as allow"
+    };
+    let lint_rules: Vec<LintRule> = rules
+        .iter()
+        .zip(&allow)
+        .map(|(r, &allow)| LintRule {
+            rule: r.clone(),
+            allow,
+        })
+        .collect();
+    let t = Instant::now();
+    let findings = lint(&lint_rules);
+    let took = t.elapsed();
+    let count = |k: FindingKind| findings.iter().filter(|f| f.kind == k).count();
+    let mut never = vec![false; rules.len()];
+    for f in &findings {
+        if matches!(f.kind, FindingKind::Shadowed | FindingKind::Duplicate) {
+            if let Some(n) = never.get_mut(f.rule) {
+                *n = true;
+            }
+        }
+    }
+    let wrong = reference
+        .iter()
+        .flatten()
+        .filter(|&&i| never.get(i as usize).copied().unwrap_or(false))
+        .count();
+    if wrong > 0 {
+        bail!("{wrong} trace packets are decided by rules lint reports as shadowed or duplicate");
+    }
+    println!(
+        "lint ({actions}): {} duplicate, {} shadowed, {} redundant in {:.1} ms",
+        count(FindingKind::Duplicate),
+        count(FindingKind::Shadowed),
+        count(FindingKind::Redundant),
+        took.as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 /// Median of `v` (sorts it); NaN when empty.

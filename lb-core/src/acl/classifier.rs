@@ -42,12 +42,20 @@
 //!
 //! A lookup maps each field to its class (protocol: 256-entry table, ports:
 //! 65536-entry tables, addresses: a direct index on the top bits followed by
-//! a short binary search over the interval starts), then ANDs the class
+//! a short binary search over the interval starts; for IPv6, whose prefixes
+//! cluster under a few top bits, a fat index slot gets nested,
+//! path-compressed sub-indexes on the bits where its starts differ), then
+//! ANDs the class
 //! bitmaps word by word and stops at the first non-zero word: its lowest bit
 //! is the first matching rule. Since rules are in precedence order, most
 //! packets stop in the first words. A field with a single class over its
 //! whole domain (e.g. source ports that are "any" in every rule) is folded
-//! into the protocol bitmaps and costs nothing at lookup time.
+//! into the protocol bitmaps and costs nothing at lookup time. When the
+//! product stays small, the port classes are cross-producted with the
+//! protocol classes (RFC phase 1: two small tables), so that a packet ANDs
+//! three bitmaps instead of five. Each class bitmap begins with summary words
+//! (one bit per non-zero word: an aggregated bit vector), so a packet whose
+//! first matching rule is deep in the list skips the empty words.
 //!
 //! A key whose source and destination are of different families (no IP
 //! header yields one) is answered by a linear scan of the few rules that can
@@ -86,6 +94,11 @@ enum Looked {
 impl Classifier {
     /// Compiles `rules`; index order is precedence (0 first).
     pub fn build(rules: &[MatchRule]) -> Classifier {
+        Classifier::build_with(rules, CROSS_BUDGET)
+    }
+
+    /// [`Classifier::build`] with a cross-product budget (0: never cross).
+    fn build_with(rules: &[MatchRule], cross_budget: usize) -> Classifier {
         let mixed = rules
             .iter()
             .enumerate()
@@ -96,8 +109,8 @@ impl Classifier {
             .filter_map(|(i, r)| Some((u32::try_from(i).ok()?, r.clone())))
             .collect();
         Classifier {
-            v4: Family::build(rules),
-            v6: Family::build(rules),
+            v4: Family::build(rules, cross_budget),
+            v6: Family::build(rules, cross_budget),
             mixed,
             rules: rules.len(),
         }
@@ -185,7 +198,12 @@ fn rule_heap_bytes(r: &MatchRule) -> usize {
 trait Addr: Copy + Ord + Default + std::fmt::Debug {
     const BITS: u32;
     const MAX: u128;
+    /// Whether fat index slots get a [`SubIndex`] (they pay for IPv6, whose
+    /// prefixes cluster under a few top bits and compare slowly; for IPv4 the
+    /// plain binary search measured faster).
+    const SUB_INDEX: bool;
     fn from_u128(v: u128) -> Self;
+    fn to_u128(self) -> u128;
     /// The `bits` most significant bits.
     fn top(self, bits: u32) -> usize;
     /// The inclusive range of `net` if it is of this family.
@@ -195,9 +213,14 @@ trait Addr: Copy + Ord + Default + std::fmt::Debug {
 impl Addr for u32 {
     const BITS: u32 = 32;
     const MAX: u128 = u32::MAX as u128;
+    const SUB_INDEX: bool = false;
     #[inline]
     fn from_u128(v: u128) -> Self {
         v as u32
+    }
+    #[inline]
+    fn to_u128(self) -> u128 {
+        self.into()
     }
     #[inline]
     fn top(self, bits: u32) -> usize {
@@ -217,9 +240,14 @@ impl Addr for u32 {
 impl Addr for u128 {
     const BITS: u32 = 128;
     const MAX: u128 = u128::MAX;
+    const SUB_INDEX: bool = true;
     #[inline]
     fn from_u128(v: u128) -> Self {
         v
+    }
+    #[inline]
+    fn to_u128(self) -> u128 {
+        self
     }
     #[inline]
     fn top(self, bits: u32) -> usize {
@@ -409,6 +437,65 @@ fn first_common(f: [&[u64]; 5], s: usize) -> Option<usize> {
     None
 }
 
+/// A cross-product table: transport class × port class → transport class.
+#[derive(Debug, Clone)]
+struct Combo {
+    right: usize,
+    table: Vec<u32>,
+}
+
+impl Combo {
+    #[inline]
+    fn get(&self, left: u32, right: u32) -> u32 {
+        self.table
+            .get(left as usize * self.right + right as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Most bitmap words a [`cross`] may compute (keeps builds fast).
+const CROSS_BUDGET: usize = 1 << 21;
+
+/// The cross product of two class sets (`words`-word bitmaps): the table of
+/// `(i, j)` ↦ class of `a_i & b_j` (row-major) and the deduplicated class
+/// bitmaps; `None` when it would compute more than `budget` words.
+fn cross(a: &[u64], b: &[u64], words: usize, budget: usize) -> Option<(Vec<u32>, Vec<u64>)> {
+    let words = words.max(1);
+    let pairs = (a.len() / words).checked_mul(b.len() / words)?;
+    if pairs.checked_mul(words)? > budget || u32::try_from(pairs).is_err() {
+        return None;
+    }
+    let mut table = Vec::with_capacity(pairs);
+    let mut bits: Vec<u64> = Vec::new();
+    let mut known: AHashMap<u64, u32> = AHashMap::new();
+    let mut cur = vec![0u64; words];
+    let mut classes = 0u32;
+    for ai in a.chunks(words) {
+        for bj in b.chunks(words) {
+            let mut h = 0u64;
+            for ((c, x), y) in cur.iter_mut().zip(ai).zip(bj) {
+                *c = x & y;
+                h = (h.rotate_left(23) ^ *c).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+            let class = match known.get(&h) {
+                Some(&c) if class_bits(&bits, c, words) == cur.as_slice() => c,
+                found => {
+                    let c = classes;
+                    classes += 1;
+                    bits.extend_from_slice(&cur);
+                    if found.is_none() {
+                        known.insert(h, c);
+                    }
+                    c
+                }
+            };
+            table.push(class);
+        }
+    }
+    Some((table, bits))
+}
+
 /// A port field: class per port.
 #[derive(Debug, Clone)]
 struct PortField {
@@ -417,16 +504,99 @@ struct PortField {
 }
 
 /// An address field: interval starts, searched through a direct index on the
-/// top bits.
+/// top bits; a slot holding many interval starts gets a second-level index
+/// on the bits where those starts differ (path-compressed), recursively.
 #[derive(Debug, Clone)]
 struct AddrField<A> {
     starts: Vec<A>,
     class_of: Vec<u32>,
-    /// `index[t]` = the interval holding the first address whose top
-    /// `index_bits` bits are `t`; one extra entry at the end.
-    index: Vec<u32>,
+    /// Per slot of the top `index_bits` bits (one extra at the end): the low
+    /// 32 bits are the interval holding the slot's first address; the high
+    /// 32 bits are 1 + the index of the slot's [`SubIndex`], or 0.
+    index: Vec<u64>,
     index_bits: u32,
+    subs: Vec<SubIndex>,
+    /// The entries of every [`SubIndex`], encoded as `index`'s.
+    sub_entries: Vec<u64>,
     bits: Vec<u64>,
+}
+
+/// A lower-level index: the region `base .. base + 2^(shift + bits)`
+/// holding all the inner interval starts of a slot, cut into `2^bits`
+/// sub-slots.
+#[derive(Debug, Clone, Copy)]
+struct SubIndex {
+    base: u128,
+    shift: u32,
+    bits: u32,
+    /// Offset of the `2^bits + 1` entries in `sub_entries`.
+    offset: u32,
+}
+
+/// Slots with more inner interval starts than this get a [`SubIndex`].
+const SUB_INDEX_MIN: usize = 48;
+
+/// The index of the interval holding `addr` (starts sorted, first is 0).
+fn interval_of(starts: &[u128], addr: u128) -> usize {
+    starts.partition_point(|&s| s <= addr).saturating_sub(1)
+}
+
+/// Builds the [`SubIndex`] of a slot (an aligned region of `2^slot_bits`
+/// addresses) whose inner starts are within `starts[lo + 1..=hi]`, and those
+/// of its fat sub-slots; returns its id + 1 (0 if none is needed).
+fn build_sub(
+    starts: &[u128],
+    (lo, hi): (usize, usize),
+    slot_bits: u32,
+    subs: &mut Vec<SubIndex>,
+    entries: &mut Vec<u64>,
+) -> u64 {
+    if hi.saturating_sub(lo) <= SUB_INDEX_MIN {
+        return 0;
+    }
+    let (Some(&first), Some(&last)) = (starts.get(lo + 1), starts.get(hi)) else {
+        return 0;
+    };
+    if first == last {
+        return 0;
+    }
+    // Highest bit where the inner starts differ, within the slot (`hi` may
+    // be the start of the next slot).
+    let h = (127 - (first ^ last).leading_zeros()).min(slot_bits.saturating_sub(1));
+    let count = (hi - lo) as u32;
+    let want = (u32::BITS - count.leading_zeros() + 2).clamp(2, 12);
+    let shift = (h + 1).saturating_sub(want);
+    let bits = h + 1 - shift;
+    let base = first
+        .checked_shr(h + 1)
+        .unwrap_or(0)
+        .checked_shl(h + 1)
+        .unwrap_or(0);
+    let (Ok(offset), Ok(id)) = (u32::try_from(entries.len()), u64::try_from(subs.len() + 1)) else {
+        return 0;
+    };
+    subs.push(SubIndex {
+        base,
+        shift,
+        bits,
+        offset,
+    });
+    let slots = 1usize << bits;
+    for k in 0..slots {
+        entries.push(interval_of(starts, base + ((k as u128) << shift)) as u64);
+    }
+    let end = base.saturating_add(((slots as u128) << shift).wrapping_sub(1));
+    entries.push(interval_of(starts, end) as u64);
+    for k in 0..slots {
+        let at = offset as usize + k;
+        let slo = entries.get(at).map_or(0, |&e| e as u32 as usize);
+        let shi = entries.get(at + 1).map_or(0, |&e| e as u32 as usize);
+        let child = build_sub(starts, (slo, shi), shift, subs, entries);
+        if let Some(e) = entries.get_mut(at) {
+            *e |= child << 32;
+        }
+    }
+    id
 }
 
 impl<A: Addr> AddrField<A> {
@@ -438,21 +608,34 @@ impl<A: Addr> AddrField<A> {
             .min(A::BITS);
         let slots = 1usize << index_bits;
         let shift = A::BITS - index_bits;
-        let mut index = Vec::with_capacity(slots + 1);
+        let mut index: Vec<u64> = Vec::with_capacity(slots + 1);
         let mut j = 0usize;
         for t in 0..slots {
             let first = (t as u128) << shift;
             while p.starts.get(j + 1).is_some_and(|&s| s <= first) {
                 j += 1;
             }
-            index.push(j as u32);
+            index.push(j as u64);
         }
-        index.push(n.saturating_sub(1) as u32);
+        index.push(n.saturating_sub(1) as u64);
+
+        let mut subs = Vec::new();
+        let mut sub_entries = Vec::new();
+        for t in (0..slots).filter(|_| A::SUB_INDEX) {
+            let lo = index.get(t).map_or(0, |&e| e as u32 as usize);
+            let hi = index.get(t + 1).map_or(0, |&e| e as u32 as usize);
+            let child = build_sub(&p.starts, (lo, hi), shift, &mut subs, &mut sub_entries);
+            if let Some(e) = index.get_mut(t) {
+                *e |= child << 32;
+            }
+        }
         AddrField {
             starts: p.starts.into_iter().map(A::from_u128).collect(),
             class_of: p.class_of,
             index,
             index_bits,
+            subs,
+            sub_entries,
             bits: with_summary(&p.bits, words),
         }
     }
@@ -460,8 +643,31 @@ impl<A: Addr> AddrField<A> {
     #[inline]
     fn class(&self, addr: A) -> u32 {
         let t = addr.top(self.index_bits);
-        let lo = self.index.get(t).copied().unwrap_or(0) as usize;
-        let hi = self.index.get(t + 1).copied().unwrap_or(0) as usize;
+        let mut e = self.index.get(t).copied().unwrap_or(0);
+        let mut lo = e as u32 as usize;
+        let mut hi = self.index.get(t + 1).map_or(0, |&e| e as u32 as usize);
+        while e >> 32 != 0 {
+            let Some(s) = self.subs.get((e >> 32) as usize - 1) else {
+                break;
+            };
+            let a = addr.to_u128();
+            if a < s.base {
+                hi = lo;
+                break;
+            }
+            let k = ((a - s.base) >> s.shift) as usize;
+            if k >> s.bits != 0 {
+                lo = hi;
+                break;
+            }
+            let at = s.offset as usize + k;
+            e = self.sub_entries.get(at).copied().unwrap_or(0);
+            lo = e as u32 as usize;
+            hi = self
+                .sub_entries
+                .get(at + 1)
+                .map_or(lo, |&x| x as u32 as usize);
+        }
         let mut i = lo;
         if hi > lo {
             if let Some(range) = self.starts.get(lo + 1..=hi) {
@@ -473,7 +679,9 @@ impl<A: Addr> AddrField<A> {
 
     fn memory_bytes(&self) -> usize {
         self.starts.capacity() * std::mem::size_of::<A>()
-            + (self.class_of.capacity() + self.index.capacity()) * 4
+            + self.class_of.capacity() * 4
+            + (self.index.capacity() + self.sub_entries.capacity()) * 8
+            + self.subs.capacity() * std::mem::size_of::<SubIndex>()
             + self.bits.capacity() * 8
     }
 }
@@ -488,17 +696,22 @@ struct Family<A> {
     /// Summary words at the start of each class bitmap.
     summary: usize,
     proto: Box<[u16; 256]>,
-    /// Protocol class bitmaps, ANDed with the single class of every field
-    /// that has only one.
+    /// Transport class bitmaps: the protocol classes, crossed with the
+    /// destination and source port classes when those have a [`Combo`], and
+    /// ANDed with the single class of every field that has only one.
     proto_bits: Vec<u64>,
+    /// Port fields with more than one class (their `bits` are empty when
+    /// crossed into the transport classes).
     sport: Option<PortField>,
     dport: Option<PortField>,
+    dport_combo: Option<Combo>,
+    sport_combo: Option<Combo>,
     src: Option<AddrField<A>>,
     dst: Option<AddrField<A>>,
 }
 
 impl<A: Addr> Family<A> {
-    fn build(rules: &[MatchRule]) -> Family<A> {
+    fn build(rules: &[MatchRule], cross_budget: usize) -> Family<A> {
         let rule_ids: Vec<u32> = rules
             .iter()
             .enumerate()
@@ -574,9 +787,26 @@ impl<A: Addr> Family<A> {
         let src_trivial = fold(&src);
         let dst_trivial = fold(&dst);
 
+        // Cross-product the port classes into the protocol classes (RFC
+        // phase 1) when the result stays small.
+        let mut l4_bits = proto_bits;
+        let mut combine = |p: &Partition, trivial: bool| {
+            if trivial {
+                return None;
+            }
+            let (table, bits) = cross(&l4_bits, &p.bits, words, cross_budget)?;
+            l4_bits = bits;
+            Some(Combo {
+                right: p.classes,
+                table,
+            })
+        };
+        let dport_combo = combine(&dport, dport_trivial);
+        let sport_combo = combine(&sport, sport_trivial);
+
         let mut proto_table = Box::new([0u16; 256]);
         fill_table(&mut proto_table[..], &proto.starts, &proto.class_of);
-        let port_field = |p: Partition, trivial: bool| {
+        let port_field = |p: Partition, trivial: bool, combined: bool| {
             if trivial {
                 return None;
             }
@@ -585,16 +815,22 @@ impl<A: Addr> Family<A> {
             fill_table(&mut table[..], &p.starts, &p.class_of);
             Some(PortField {
                 table,
-                bits: with_summary(&p.bits, words),
+                bits: if combined {
+                    Vec::new()
+                } else {
+                    with_summary(&p.bits, words)
+                },
             })
         };
         Family {
             stride: summary(words) + words,
             summary: summary(words),
             proto: proto_table,
-            proto_bits: with_summary(&proto_bits, words),
-            sport: port_field(sport, sport_trivial),
-            dport: port_field(dport, dport_trivial),
+            proto_bits: with_summary(&l4_bits, words),
+            sport: port_field(sport, sport_trivial, sport_combo.is_some()),
+            dport: port_field(dport, dport_trivial, dport_combo.is_some()),
+            sport_combo,
+            dport_combo,
             src: (!src_trivial).then(|| AddrField::new(src, words)),
             dst: (!dst_trivial).then(|| AddrField::new(dst, words)),
             rule_ids,
@@ -603,31 +839,40 @@ impl<A: Addr> Family<A> {
 
     #[inline]
     fn lookup(&self, key: &FlowKey, src: A, dst: A) -> [u32; 5] {
+        let sc = self
+            .sport
+            .as_ref()
+            .map_or(0, |f| f.table[usize::from(key.sport)].into());
+        let dc = self
+            .dport
+            .as_ref()
+            .map_or(0, |f| f.table[usize::from(key.dport)].into());
+        let mut l4 = self.proto[usize::from(key.proto)].into();
+        if let Some(c) = &self.dport_combo {
+            l4 = c.get(l4, dc);
+        }
+        if let Some(c) = &self.sport_combo {
+            l4 = c.get(l4, sc);
+        }
         [
-            self.proto[usize::from(key.proto)].into(),
-            self.sport
-                .as_ref()
-                .map_or(0, |f| f.table[usize::from(key.sport)].into()),
-            self.dport
-                .as_ref()
-                .map_or(0, |f| f.table[usize::from(key.dport)].into()),
+            l4,
+            sc,
+            dc,
             self.src.as_ref().map_or(0, |f| f.class(src)),
             self.dst.as_ref().map_or(0, |f| f.class(dst)),
         ]
     }
 
     #[inline]
-    fn scan(&self, c: &[u32; 5]) -> Option<u32> {
+    fn scan<'a>(&'a self, c: &[u32; 5]) -> Option<u32> {
         let w = self.stride;
         let p = class_bits(&self.proto_bits, c[0], w);
-        let sp = self
-            .sport
-            .as_ref()
-            .map_or(p, |f| class_bits(&f.bits, c[1], w));
-        let dp = self
-            .dport
-            .as_ref()
-            .map_or(p, |f| class_bits(&f.bits, c[2], w));
+        let port = |f: &'a Option<PortField>, class| match f {
+            Some(f) if !f.bits.is_empty() => class_bits(&f.bits, class, w),
+            _ => p,
+        };
+        let sp = port(&self.sport, c[1]);
+        let dp = port(&self.dport, c[2]);
         let s = self
             .src
             .as_ref()
@@ -641,6 +886,7 @@ impl<A: Addr> Family<A> {
     }
 
     fn memory_bytes(&self) -> usize {
+        let combo = |c: &Option<Combo>| c.as_ref().map_or(0, |c| c.table.capacity() * 4);
         let port = |f: &Option<PortField>| {
             f.as_ref().map_or(0, |f| {
                 std::mem::size_of::<[u16; 65536]>() + f.bits.capacity() * 8
@@ -654,6 +900,8 @@ impl<A: Addr> Family<A> {
             + port(&self.dport)
             + addr(&self.src)
             + addr(&self.dst)
+            + combo(&self.sport_combo)
+            + combo(&self.dport_combo)
     }
 }
 

@@ -84,8 +84,10 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Work budget (box splits) of the union-coverage check of one rule.
-const UNION_BUDGET: usize = 4096;
+/// Work budget of the union-coverage check of one rule: a candidate rule
+/// examined costs 1, a split [`SPLIT_COST`].
+const UNION_BUDGET: usize = 2048;
+const SPLIT_COST: usize = 32;
 
 /// Lints `rules` (precedence order); at most one finding per rule, in rule
 /// order. Duplicates are reported before shadowing, shadowing before
@@ -160,17 +162,21 @@ fn covered_by_union(b: Boxed, cands: &[&Boxed], budget: &mut usize) -> bool {
     if b.is_empty() {
         return true;
     }
-    if *budget == 0 {
-        return false;
-    }
-    *budget -= 1;
     for (k, a) in cands.iter().enumerate() {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
         if !a.overlaps(&b) {
             continue;
         }
         if a.covers(&b) {
             return true;
         }
+        if *budget < SPLIT_COST {
+            return false;
+        }
+        *budget -= SPLIT_COST;
         let rest = cands.get(k + 1..).unwrap_or(&[]);
         return b
             .minus(a)
@@ -230,6 +236,28 @@ impl<T: Point> Set<T> {
 
     fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The smallest range holding the set.
+    fn hull(&self) -> Option<(T, T)> {
+        Some((self.0.first()?.0, self.0.last()?.1))
+    }
+
+    /// Quick necessary condition for `self.contains(other)`.
+    fn hull_contains(&self, other: &Self) -> bool {
+        match (self.hull(), other.hull()) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(a), Some(b)) => a.0 <= b.0 && b.1 <= a.1,
+        }
+    }
+
+    /// Quick necessary condition for `self.intersects(other)`.
+    fn hull_intersects(&self, other: &Self) -> bool {
+        match (self.hull(), other.hull()) {
+            (Some(a), Some(b)) => a.0.max(b.0) <= a.1.min(b.1),
+            _ => false,
+        }
     }
 
     fn contains(&self, other: &Self) -> bool {
@@ -368,7 +396,8 @@ impl Boxed {
     /// non-empty, product containment is per-field containment.
     fn covers(&self, other: &Boxed) -> bool {
         other.is_empty()
-            || (self.proto.contains(&other.proto)
+            || (self.hull_covers(other)
+                && self.proto.contains(&other.proto)
                 && self.src4.contains(&other.src4)
                 && self.src6.contains(&other.src6)
                 && self.dst4.contains(&other.dst4)
@@ -377,9 +406,30 @@ impl Boxed {
                 && self.dport.contains(&other.dport))
     }
 
+    /// Cheap necessary condition for [`Boxed::covers`] (`other` non-empty).
+    fn hull_covers(&self, other: &Boxed) -> bool {
+        self.proto.hull_contains(&other.proto)
+            && self.sport.hull_contains(&other.sport)
+            && self.dport.hull_contains(&other.dport)
+            && self.src4.hull_contains(&other.src4)
+            && self.dst4.hull_contains(&other.dst4)
+            && self.src6.hull_contains(&other.src6)
+            && self.dst6.hull_contains(&other.dst6)
+    }
+
+    /// Cheap necessary condition for [`Boxed::overlaps`].
+    fn hull_overlaps(&self, other: &Boxed) -> bool {
+        self.proto.hull_intersects(&other.proto)
+            && self.sport.hull_intersects(&other.sport)
+            && self.dport.hull_intersects(&other.dport)
+            && (self.src4.hull_intersects(&other.src4) || self.src6.hull_intersects(&other.src6))
+            && (self.dst4.hull_intersects(&other.dst4) || self.dst6.hull_intersects(&other.dst6))
+    }
+
     /// Whether some packet is in both.
     fn overlaps(&self, other: &Boxed) -> bool {
-        self.proto.intersects(&other.proto)
+        self.hull_overlaps(other)
+            && self.proto.intersects(&other.proto)
             && (self.src4.intersects(&other.src4) || self.src6.intersects(&other.src6))
             && (self.dst4.intersects(&other.dst4) || self.dst6.intersects(&other.dst6))
             && self.sport.intersects(&other.sport)

@@ -266,7 +266,10 @@ fn boundary_ports(p: &[PortRange], out: &mut Vec<u16>) {
     }
 }
 
-fn arb_case() -> impl Strategy<Value = (Vec<MatchRule>, Vec<(usize, [u32; 5], bool)>)> {
+/// How a packet is picked from the boundary pools.
+type Pick = (usize, [u32; 5], bool);
+
+fn arb_case() -> impl Strategy<Value = (Vec<MatchRule>, Vec<Pick>)> {
     (
         prop::collection::vec(arb_rule(), 0..300),
         prop::collection::vec((any::<usize>(), any::<[u32; 5]>(), any::<bool>()), 64),
@@ -274,7 +277,7 @@ fn arb_case() -> impl Strategy<Value = (Vec<MatchRule>, Vec<(usize, [u32; 5], bo
 }
 
 /// Packets built from rule boundaries (selected by `pick`) or random.
-fn packets(rules: &[MatchRule], picks: &[(usize, [u32; 5], bool)]) -> Vec<FlowKey> {
+fn packets(rules: &[MatchRule], picks: &[Pick]) -> Vec<FlowKey> {
     let mut v4: Vec<IpAddr> = V4_BASES.iter().map(|&a| IpAddr::V4(a.into())).collect();
     let mut v6: Vec<IpAddr> = V6_BASES.iter().map(|&a| IpAddr::V6(a.into())).collect();
     let mut addrs = Vec::new();
@@ -315,6 +318,7 @@ proptest! {
     #[test]
     fn agrees_with_linear((rules, picks) in arb_case()) {
         let c = Classifier::build(&rules);
+        let uncrossed = Classifier::build_with(&rules, 0);
         let keys = packets(&rules, &picks);
         let mut out = vec![None; keys.len()];
         c.classify_burst(&keys, &mut out);
@@ -322,6 +326,7 @@ proptest! {
             let want = linear_classify(&rules, k);
             prop_assert_eq!(c.classify(k), want, "key {:?}", k);
             prop_assert_eq!(*o, want, "burst key {:?}", k);
+            prop_assert_eq!(uncrossed.classify(k), want, "uncrossed key {:?}", k);
         }
     }
 
@@ -337,4 +342,89 @@ proptest! {
             prop_assert_eq!(c.classify(&k), linear_classify(&rules, &k));
         }
     }
+}
+
+#[test]
+fn more_than_4096_rules() {
+    // Several summary words per class bitmap.
+    let mut rules: Vec<MatchRule> = (0..5000u16)
+        .map(|p| {
+            let mut r = MatchRule::any();
+            r.dport = vec![PortRange::single(p)];
+            r.src = nets(&["10.0.0.0/8", "2001:db8::/32"]);
+            r
+        })
+        .collect();
+    rules.push(MatchRule::any());
+    let c = Classifier::build(&rules);
+    let keys: Vec<FlowKey> = [0u16, 63, 64, 4095, 4096, 4100, 4999, 5000, 65535]
+        .iter()
+        .flat_map(|&p| {
+            [
+                key("10.1.2.3", "1.1.1.1", 6, 1, p),
+                key("11.1.2.3", "1.1.1.1", 6, 1, p),
+                key("2001:db8::1", "::1", 17, 1, p),
+            ]
+        })
+        .collect();
+    check(&rules, &keys);
+    assert_eq!(c.classify(&keys[15]), Some(4100));
+    assert_eq!(c.classify(&keys[16]), Some(5000));
+}
+
+#[test]
+fn clustered_ipv6_uses_sub_index() {
+    // Many prefixes under 2001:db8::/32, a few outliers in the same top
+    // slot: the fat slot gets (nested) sub-indexes.
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut rules = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..400u32 {
+        let r = u128::from(next());
+        let base = (0x2001_0db8u128 << 96) | ((r & 0xffff_ffff) << 64);
+        let (addr, len) = match i % 4 {
+            0 => (base | u128::from(next()), 128),
+            1 => (base, 64),
+            2 => (base | (u128::from(next() & 0xff) << 56), 56 + (i % 8) as u8),
+            _ => ((0x2000u128 << 112) | (r << 60), 60),
+        };
+        let net = IpNet::new(IpAddr::V6(Ipv6Addr::from(addr)), len)
+            .unwrap()
+            .trunc();
+        let mut rule = MatchRule::any();
+        rule.src = AddrMatch::Prefixes(vec![net]);
+        rule.dport = vec![PortRange::single((i % 7) as u16)];
+        rules.push(rule);
+        let (lo, hi) = match net {
+            IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+            IpNet::V4(_) => unreachable!(),
+        };
+        addrs.extend([
+            lo.wrapping_sub(1),
+            lo,
+            lo + (hi - lo) / 3,
+            hi,
+            hi.wrapping_add(1),
+        ]);
+    }
+    let c = Classifier::build(&rules);
+    assert!(!c.v6.src.as_ref().unwrap().subs.is_empty());
+    let keys: Vec<FlowKey> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| FlowKey {
+            src: IpAddr::V6(Ipv6Addr::from(a)),
+            dst: "::1".parse().unwrap(),
+            proto: 6,
+            sport: 1,
+            dport: (i % 7) as u16,
+        })
+        .collect();
+    check(&rules, &keys);
 }
