@@ -4,9 +4,11 @@
 //! bench acl --rules /work/shared/bench-data/cb_fw1_1000
 //! bench acl --rules sg6_1k.rules --trace sg6_1k.trace --ipv6
 //! bench acl --all /work/shared/bench-data --packets 200000
+//! bench pipeline
 //! ```
 
 mod acl;
+mod pipeline;
 
 use std::path::PathBuf;
 
@@ -23,6 +25,22 @@ struct Cli {
 enum Command {
     /// Packet classifier: compiled classifier against the linear scan.
     Acl(AclArgs),
+    /// The per-core fast path: frames through the real worker code, no I/O.
+    Pipeline(PipelineArgs),
+}
+
+/// Arguments of `bench pipeline`.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Session counts of the established-flow scenarios.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000usize, 1_000_000])]
+    pub sessions: Vec<usize>,
+    /// Packets per scenario.
+    #[arg(long, default_value_t = 4_000_000)]
+    pub packets: usize,
+    /// Also measure lookups in a table of this many sessions (e.g. 10000000).
+    #[arg(long, default_value_t = 0)]
+    pub big: usize,
 }
 
 /// Arguments of `bench acl`.
@@ -55,5 +73,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Acl(args) => acl::run(&args),
+        Command::Pipeline(a) => {
+            pipeline::run(&pipeline::Opts {
+                sessions: a.sessions,
+                packets: a.packets,
+                big: a.big,
+            });
+            Ok(())
+        }
     }
 }

@@ -42,7 +42,10 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub const ANY: PortRange = PortRange { lo: 0, hi: u16::MAX };
+    pub const ANY: PortRange = PortRange {
+        lo: 0,
+        hi: u16::MAX,
+    };
 
     pub const fn new(lo: u16, hi: u16) -> PortRange {
         PortRange { lo, hi }

@@ -84,7 +84,10 @@ fn lint_set(cfg: &Config, set: &RuleSet, dir: &str, on: Option<&str>, notes: &mu
         let message = format!("{this} is {} {by}", f.kind);
         // The same finding seen from several interfaces is reported once,
         // from the first place it was found (the group on its own first).
-        if notes.iter().any(|n| n.line == line && n.message.starts_with(&message)) {
+        if notes
+            .iter()
+            .any(|n| n.line == line && n.message.starts_with(&message))
+        {
             continue;
         }
         notes.insert(Note {

@@ -225,19 +225,33 @@ fn bad_configurations_are_rejected_at_their_line() {
 
 #[test]
 fn lint_reports_shadowed_rules_within_and_across_groups() {
-    let out = lbctl().arg("lint").arg(suite_dir().join("vpc.toml")).output().expect("run lbctl");
+    let out = lbctl()
+        .arg("lint")
+        .arg(suite_dir().join("vpc.toml"))
+        .output()
+        .expect("run lbctl");
     assert_eq!(out.status.code(), Some(1), "findings give exit 1");
     let text = String::from_utf8_lossy(&out.stdout);
     // Allow 22 from 198.18.0.2 never decides: the deny of the same priority
     // for its /24 comes first.
-    assert!(text.contains(":45:1: warning: sg sg-web rule 2 is shadowed by sg sg-web rule 3"), "{text}");
+    assert!(
+        text.contains(":45:1: warning: sg sg-web rule 2 is shadowed by sg sg-web rule 3"),
+        "{text}"
+    );
     // Across the groups of agg1: sg-low's deny of 8081 shadows sg-extra's allow.
-    assert!(text.contains("sg sg-extra rule 2 is shadowed by sg sg-low rule 2 (ingress of agg1"), "{text}");
+    assert!(
+        text.contains("sg sg-extra rule 2 is shadowed by sg sg-low rule 2 (ingress of agg1"),
+        "{text}"
+    );
     assert_eq!(text.lines().count(), 2, "each finding once: {text}");
 
     let clean = repo_examples().join("vpc.toml");
     let out = lbctl().arg("lint").arg(&clean).output().expect("run lbctl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 fn repo_examples() -> PathBuf {

@@ -161,9 +161,18 @@ fn routed_instance_traffic_filtered_by_security_group_and_network_acl() {
     let mut t = Topo::up();
     t.start_lbd(&seed_config("", "", (100, 100)));
     // The data plane answers pings to its own addresses.
-    for target in ["198.18.0.10", "198.18.0.1", "2001:db8:18::10", "2001:db8:18::1"] {
+    for target in [
+        "198.18.0.10",
+        "198.18.0.1",
+        "2001:db8:18::10",
+        "2001:db8:18::1",
+    ] {
         let out = t.exec("client", &["ping", "-c", "1", "-W", "2", target]);
-        assert!(out.status.success(), "ping {target}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "ping {target}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     // Allowed by the group and the network ACL.
     assert!(t.backend_of("http://198.19.1.11/").as_deref() == Some("ECS01"));

@@ -1,0 +1,385 @@
+//! `bench pipeline`: the per-core fast path without I/O. Pre-built frames
+//! run through the real worker code (`lb_core::pipeline::Worker::process`:
+//! parse, session lookup, classifier on a miss, scheduling, NAT rewrite with
+//! checksum update), and each forwarded frame is copied into a 32-frame TX
+//! batch as a port would. One thread, one core.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use lb_core::model::*;
+use lb_core::packet::{build_frame, FrameSpec, MacAddr};
+use lb_core::pipeline::{AllUp, RxInfo, Snapshot, Verdict, Worker};
+use lb_core::NANOS_PER_SEC;
+
+/// Local (FULLNAT source) addresses: each gives ~60 000 ports.
+const LOCALS: u32 = 48;
+
+/// How the benchmark is run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Session counts of the established scenarios.
+    pub sessions: Vec<usize>,
+    /// Packets per timed scenario.
+    pub packets: usize,
+    /// Also measure a table of this many sessions (0: skip).
+    pub big: usize,
+}
+
+/// A load balancer with an allowed listener (80) and a denied one (81),
+/// two backends, and enough local addresses for millions of sessions.
+fn config(v6: bool) -> Config {
+    let a = |s: &str| -> IpAddr { s.parse().expect("address") };
+    let mut cfg = Config::default();
+    cfg.ports.push(Port {
+        name: "ext".into(),
+        interface: Some("ext".into()),
+        dpdk_port: None,
+        addresses: vec![
+            "198.18.0.1/15".parse().expect("net"),
+            "2001:db8::1/32".parse().expect("net"),
+        ],
+    });
+    cfg.security_groups.push(SecurityGroup {
+        id: "sg-alb".into(),
+        kind: GroupKind::Basic {
+            internal_access: true,
+        },
+        rules: [(Action::Allow, 80), (Action::Deny, 81)]
+            .into_iter()
+            .flat_map(|(action, port)| {
+                ["0.0.0.0/0", "::/0"].into_iter().map(move |src| Rule {
+                    direction: Direction::Ingress,
+                    action,
+                    priority: 1,
+                    protocol: Some(proto::TCP),
+                    ports: vec![PortRange::single(port)],
+                    port_list: None,
+                    peer: Peer::Cidr(src.parse().expect("net")),
+                    local: None,
+                    source_ports: PortRange::ANY,
+                    description: String::new(),
+                    line: 0,
+                })
+            })
+            .collect(),
+    });
+    cfg.subnets.push(Subnet {
+        id: "vsw".into(),
+        cidrs: vec![
+            "198.19.0.0/16".parse().expect("net"),
+            "2001:db8:19::/48".parse().expect("net"),
+        ],
+        network_acl: None,
+    });
+    let servers = (1..=2)
+        .map(|i| Server {
+            name: format!("ecs0{i}"),
+            instance: None,
+            addresses: vec![
+                a(&format!("198.19.1.1{i}")),
+                a(&format!("2001:db8:19:1::1{i}")),
+            ],
+            port: 80,
+            weight: 100,
+        })
+        .collect();
+    cfg.server_groups.push(ServerGroup {
+        id: "sgp".into(),
+        scheduler: SchedulerKind::Wrr,
+        health_check: HealthCheck::default(),
+        servers,
+    });
+    let locals = (0..LOCALS)
+        .map(|i| {
+            if v6 {
+                a(&format!("2001:db8:19:2::{:x}", i + 1))
+            } else {
+                a(&format!("198.19.2.{}", i + 1))
+            }
+        })
+        .collect();
+    cfg.load_balancers.push(LoadBalancer {
+        id: "alb-1".into(),
+        vips: vec![a("198.18.0.10"), a("2001:db8:18::10")],
+        security_groups: vec![0],
+        local_addresses: locals,
+        listeners: [80, 81]
+            .into_iter()
+            .map(|port| Listener {
+                protocol: ListenerProtocol::Http,
+                port,
+                server_group: 0,
+                transfer_client_ip: false,
+                acl: None,
+            })
+            .collect(),
+    });
+    cfg
+}
+
+/// The client of flow `i`: addresses over 198.18.128.0/17 (or an IPv6 /64),
+/// 16 000 ports each.
+fn client(i: usize, v6: bool) -> (IpAddr, u16) {
+    let host = u32::try_from(i / 16_000).expect("fewer than 2^32 flows");
+    let port = 40_000 + u16::try_from(i % 16_000).expect("below 16000");
+    let addr = if v6 {
+        IpAddr::from(std::net::Ipv6Addr::from((0x2001_0db8_0018_0001_u128 << 64) | u128::from(host + 2)))
+    } else {
+        IpAddr::from(std::net::Ipv4Addr::from(u32::from_be_bytes([198, 18, 128, 0]) + host + 2))
+    };
+    (addr, port)
+}
+
+fn frame(i: usize, v6: bool, dport: u16, flags: u8) -> Vec<u8> {
+    let (src, sport) = client(i, v6);
+    let dst: IpAddr = if v6 {
+        "2001:db8:18::10".parse().expect("v6")
+    } else {
+        "198.18.0.10".parse().expect("v4")
+    };
+    build_frame(&FrameSpec {
+        src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+        src,
+        dst,
+        proto: proto::TCP,
+        sport,
+        dport,
+        tcp_flags: flags,
+        tcp_seq: 1,
+        tcp_ack: 1,
+        ttl: 64,
+        ..FrameSpec::default()
+    })
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// A tiny deterministic PRNG (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % u64::try_from(n).expect("fits")).expect("below n")
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Flow indices drawn with a Zipf distribution (s = 1.0) over `n` flows.
+fn zipf_trace(n: usize, len: usize, rng: &mut Rng) -> Vec<u32> {
+    let mut cdf = Vec::with_capacity(n);
+    let mut acc = 0.0f64;
+    for k in 1..=n {
+        acc += 1.0 / k as f64;
+        cdf.push(acc);
+    }
+    (0..len)
+        .map(|_| {
+            let x = rng.unit() * acc;
+            let i = cdf.partition_point(|&c| c < x).min(n - 1);
+            u32::try_from(i).expect("flows fit in u32")
+        })
+        .collect()
+}
+
+/// A port's TX batch: forwarded frames are copied in, and the batch is
+/// "sent" (reset) when full.
+struct TxBatch {
+    slots: Vec<[u8; 128]>,
+    lens: Vec<usize>,
+    sent: u64,
+}
+
+impl TxBatch {
+    fn new() -> TxBatch {
+        TxBatch {
+            slots: vec![[0u8; 128]; 32],
+            lens: Vec::with_capacity(32),
+            sent: 0,
+        }
+    }
+
+    fn push(&mut self, frame: &[u8]) {
+        let i = self.lens.len();
+        let n = frame.len().min(128);
+        self.slots[i][..n].copy_from_slice(&frame[..n]);
+        self.lens.push(n);
+        if self.lens.len() == 32 {
+            black_box(&self.slots);
+            self.sent += 32;
+            self.lens.clear();
+        }
+    }
+}
+
+/// Runs `trace` (indices into `frames`) through `worker`; returns ns/packet
+/// and how many were forwarded.
+fn run_trace(
+    worker: &mut Worker,
+    snap: &Snapshot,
+    frames: &[Vec<u8>],
+    trace: &[u32],
+    start_ns: u64,
+) -> (f64, u64) {
+    let mut buf = [0u8; 128];
+    let mut tx = TxBatch::new();
+    let mut forwarded = 0u64;
+    let t0 = Instant::now();
+    for (n, &i) in trace.iter().enumerate() {
+        let f = &frames[i as usize];
+        let len = f.len();
+        // The port hands the worker a buffer: here, a copy of the template.
+        buf[..len].copy_from_slice(f);
+        let now = start_ns + u64::try_from(n).expect("fits");
+        if let Verdict::Forward(_) =
+            worker.process(&mut buf[..len], RxInfo::default(), now, snap, &AllUp)
+        {
+            forwarded += 1;
+            tx.push(&buf[..len]);
+        }
+    }
+    let dt = t0.elapsed();
+    black_box(tx.sent);
+    (dt.as_nanos() as f64 / trace.len() as f64, forwarded)
+}
+
+fn report(name: &str, ns: f64, forwarded: u64, packets: usize, extra: &str) {
+    println!(
+        "{name:<44} {ns:>8.1} ns/pkt {:>7.2} Mpps  forwarded {:>5.1} %{extra}",
+        1e3 / ns,
+        100.0 * forwarded as f64 / packets as f64
+    );
+}
+
+/// Opens `n` sessions with SYNs; returns the worker and how long it took.
+fn open_sessions(snap: &Snapshot, n: usize, v6: bool) -> (Worker, f64) {
+    let mut w = Worker::new(0, 1, n + 1024);
+    let mut buf = [0u8; 128];
+    let t0 = Instant::now();
+    for i in 0..n {
+        let f = frame(i, v6, 80, SYN);
+        buf[..f.len()].copy_from_slice(&f);
+        let v = w.process(&mut buf[..f.len()], RxInfo::default(), 0, snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Forward(_)),
+            "session {i} not admitted: {v:?}"
+        );
+    }
+    (w, t0.elapsed().as_nanos() as f64 / n as f64)
+}
+
+pub fn run(opts: &Opts) {
+    println!("bench pipeline: one core, no I/O; frames copied in from memory, forwarded frames copied to a 32-frame TX batch");
+    for v6 in [false, true] {
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        let snap = Snapshot::compile(config(v6), 1);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+
+        for &n in &opts.sessions {
+            let (mut w, insert_ns) = open_sessions(&snap, n, v6);
+            let per_session = w.sessions.bytes_per_session();
+            let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, v6, 80, ACK)).collect();
+            let uniform: Vec<u32> = (0..opts.packets)
+                .map(|_| u32::try_from(rng.below(n)).expect("fits"))
+                .collect();
+            let zipf = zipf_trace(n, opts.packets, &mut rng);
+            // Warm up, then measure.
+            run_trace(
+                &mut w,
+                &snap,
+                &frames,
+                &uniform[..opts.packets / 10],
+                NANOS_PER_SEC,
+            );
+            let (ns, fw) = run_trace(&mut w, &snap, &frames, &uniform, 2 * NANOS_PER_SEC);
+            report(
+                &format!("{fam} established, {n} sessions, uniform"),
+                ns,
+                fw,
+                opts.packets,
+                &format!("  ({per_session} B/session; open: {insert_ns:.0} ns/session)"),
+            );
+            let (ns, fw) = run_trace(&mut w, &snap, &frames, &zipf, 3 * NANOS_PER_SEC);
+            report(
+                &format!("{fam} established, {n} sessions, Zipf"),
+                ns,
+                fw,
+                opts.packets,
+                "",
+            );
+
+            // 20 % of the packets are new connections to the denied port.
+            let denied: Vec<Vec<u8>> = (0..4096).map(|i| frame(n + i, v6, 81, SYN)).collect();
+            let mut all = frames;
+            let base = u32::try_from(all.len()).expect("fits");
+            all.extend(denied);
+            let mix: Vec<u32> = uniform
+                .iter()
+                .map(|&i| {
+                    if rng.below(5) == 0 {
+                        base + u32::try_from(rng.below(4096)).expect("fits")
+                    } else {
+                        i
+                    }
+                })
+                .collect();
+            let (ns, fw) = run_trace(&mut w, &snap, &all, &mix, 4 * NANOS_PER_SEC);
+            report(
+                &format!("{fam} mix: 80 % established, 20 % denied"),
+                ns,
+                fw,
+                opts.packets,
+                "",
+            );
+        }
+
+        // New connections: every packet a SYN of a new flow.
+        let n = opts.packets.min(2_000_000);
+        let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, v6, 80, SYN)).collect();
+        let trace: Vec<u32> = (0..u32::try_from(n).expect("fits")).collect();
+        let mut w = Worker::new(0, 1, n + 1024);
+        let (ns, fw) = run_trace(&mut w, &snap, &frames, &trace, NANOS_PER_SEC);
+        report(
+            &format!("{fam} new connections (classify+schedule+insert)"),
+            ns,
+            fw,
+            n,
+            "",
+        );
+    }
+
+    if opts.big > 0 {
+        let snap = Snapshot::compile(config(false), 1);
+        let n = opts.big;
+        let (mut w, insert_ns) = open_sessions(&snap, n, false);
+        let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, false, 80, ACK)).collect();
+        let mut rng = Rng(7);
+        let trace: Vec<u32> = (0..opts.packets)
+            .map(|_| u32::try_from(rng.below(n)).expect("fits"))
+            .collect();
+        let (ns, fw) = run_trace(&mut w, &snap, &frames, &trace, NANOS_PER_SEC);
+        report(
+            &format!("IPv4 established, {n} sessions, uniform"),
+            ns,
+            fw,
+            opts.packets,
+            &format!(
+                "  ({} B/session; open: {insert_ns:.0} ns/session)",
+                w.sessions.bytes_per_session()
+            ),
+        );
+    }
+}
