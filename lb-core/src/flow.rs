@@ -4,13 +4,32 @@ use std::net::IpAddr;
 
 /// A packet's 5-tuple. For ICMP echo both ports carry the echo identifier;
 /// for other protocols without ports both are 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
+}
+
+/// Hashes as five machine words (two 128-bit addresses, one word of ports
+/// and protocol): the session table hashes every packet's key.
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u128(addr_bits(self.src));
+        h.write_u128(addr_bits(self.dst));
+        h.write_u64((u64::from(self.sport) << 24) | (u64::from(self.dport) << 8) | u64::from(self.proto));
+    }
+}
+
+/// An address as 128 bits, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+#[inline]
+pub fn addr_bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)) | (0xffff_u128 << 32),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 impl FlowKey {

@@ -12,7 +12,7 @@
 //! assert!(v.is_drop());
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -526,7 +526,8 @@ pub enum Verdict {
     /// The frame was rewritten in place; send it through `hop`.
     Forward(Forward),
     Drop(Reason),
-    Local(LocalKind, Parsed),
+    /// For the data plane itself (it parses the frame again: rare).
+    Local(LocalKind),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -804,7 +805,7 @@ impl Worker {
             Some(k) => k,
             None => {
                 return match p.kind {
-                    packet::Kind::Arp => Verdict::Local(LocalKind::Arp, p),
+                    packet::Kind::Arp => Verdict::Local(LocalKind::Arp),
                     _ => Verdict::Drop(Reason::UnsupportedEthertype),
                 }
             }
@@ -814,13 +815,8 @@ impl Worker {
             // place it.
             return Verdict::Drop(Reason::Fragment);
         }
-        if snap.is_own_address(key.src) {
-            // Only we send from our addresses: this is a spoof, or our own
-            // frame looped back.
-            return Verdict::Drop(Reason::OwnSource);
-        }
         if let Some(local) = local_kind(&p, &key, snap) {
-            return Verdict::Local(local, p);
+            return Verdict::Local(local);
         }
 
         let csum = if rx.csum_partial {
@@ -831,6 +827,11 @@ impl Worker {
         if let Some((id, dir)) = self.sessions.lookup(&key, now) {
             return self.established(frame, &p, csum, key, id, dir, now, snap);
         }
+        if snap.is_own_address(key.src) {
+            // Only we send from our addresses: this is a spoof, or our own
+            // frame looped back. (No session ever has such a source.)
+            return Verdict::Drop(Reason::OwnSource);
+        }
 
         if snap.vips.contains(&key.dst) {
             return self.new_listener_session(frame, &p, csum, key, now, snap, health);
@@ -838,7 +839,7 @@ impl Worker {
         if snap.is_own_address(key.dst) {
             // A reply to a local address without a session, or traffic to a
             // port address: for the data plane itself (health checks).
-            return Verdict::Local(LocalKind::ToSelf, p);
+            return Verdict::Local(LocalKind::ToSelf);
         }
         self.new_routed_session(frame, &p, csum, key, now, snap)
     }

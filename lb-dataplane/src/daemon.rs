@@ -632,11 +632,12 @@ fn process_one(
                 }),
             }
         }
-        Verdict::Local(kind, p) => {
+        Verdict::Local(kind) => {
             if kind == lb_core::pipeline::LocalKind::ToSelf {
                 to_self.push(frame.to_vec());
                 return;
             }
+            let Ok(p) = lb_core::packet::parse(frame) else { return };
             let mac = macs.get(port as usize).copied().unwrap_or_default();
             if let Some(reply) =
                 crate::l2::answer(frame, kind, &p, port, mac, &rt.snap, &shared.neigh, now)

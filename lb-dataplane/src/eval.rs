@@ -364,7 +364,7 @@ pub fn verdict_json(line: usize, v: &Verdict, snap: &Snapshot) -> serde_json::Va
             "verdict": "drop",
             "reason": snap.describe(r),
         }),
-        Verdict::Local(kind, _) => serde_json::json!({
+        Verdict::Local(kind) => serde_json::json!({
             "line": line,
             "verdict": "local",
             "reason": match kind {
