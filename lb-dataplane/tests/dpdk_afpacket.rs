@@ -4,6 +4,9 @@
 //! `SKIPPED: <reason>` and passes. No frame leaves the namespace, and no
 //! IP address is configured (the frames carry an experimental EtherType).
 
+// Built only with the `dpdk` feature (`cargo test --features dpdk`).
+#![cfg(feature = "dpdk")]
+
 mod dpdk_common;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,9 @@
 //! everything): counters and drops. One test: EAL initialises once per
 //! process.
 
+// Built only with the `dpdk` feature (`cargo test --features dpdk`).
+#![cfg(feature = "dpdk")]
+
 mod dpdk_common;
 
 use lb_dataplane::io::dpdk::{DpdkPort, DpdkPortOpts, Mempool};

@@ -2,6 +2,9 @@
 //! sent, and read back from the pcap file the port wrote. One test: EAL
 //! initialises once per process.
 
+// Built only with the `dpdk` feature (`cargo test --features dpdk`).
+#![cfg(feature = "dpdk")]
+
 mod dpdk_common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! the EAL, mempool and mbuf basics. One test: EAL initialises once per
 //! process.
 
+// Built only with the `dpdk` feature (`cargo test --features dpdk`).
+#![cfg(feature = "dpdk")]
+
 mod dpdk_common;
 
 use std::time::Duration;

@@ -95,7 +95,9 @@ enum Convention {
     RteErrno,
 }
 
-/// The one place FFI return codes become [`DpdkError`].
+/// The one place FFI return codes become [`DpdkError`]: `Ok(ret)` for
+/// `ret >= 0`, otherwise the error named by `conv`, with `rte_strerror`'s
+/// message.
 fn check(call: &'static str, ret: c_int, conv: Convention) -> Result<c_int, DpdkError> {
     if ret >= 0 {
         return Ok(ret);
@@ -121,9 +123,10 @@ fn check(call: &'static str, ret: c_int, conv: Convention) -> Result<c_int, Dpdk
 fn check_ptr<T>(call: &'static str, ptr: *mut T) -> Result<NonNull<T>, DpdkError> {
     match NonNull::new(ptr) {
         Some(p) => Ok(p),
-        None => Err(check(call, -1, Convention::RteErrno)
-            .err()
-            .expect("a negative return always makes an error")),
+        None => match check(call, -1, Convention::RteErrno) {
+            Err(e) => Err(e),
+            Ok(_) => unreachable!("check fails on negative values"),
+        },
     }
 }
 
