@@ -212,7 +212,11 @@ impl Eal {
         let mut state = eal_state();
         match &*state {
             EalState::Live(weak) => {
-                let inner = weak.upgrade().ok_or(DpdkError::EalFinished)?;
+                let live = weak.upgrade();
+                // Unlock first: if ours becomes the last handle, its drop
+                // takes the lock.
+                drop(state);
+                let inner = live.ok_or(DpdkError::EalFinished)?;
                 return if inner.args == args {
                     Ok(Eal { inner })
                 } else {
