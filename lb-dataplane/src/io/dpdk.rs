@@ -392,6 +392,9 @@ impl Mempool {
     /// DPDK's default buffer: 2048 bytes of data after 128 of headroom.
     pub const DEFAULT_DATA_ROOM: u16 = sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
 
+    /// Bytes reserved in front of each frame for headers to be prepended.
+    pub const HEADROOM: u16 = sys::RTE_PKTMBUF_HEADROOM as u16;
+
     /// Creates a pool of `n_mbufs` buffers (best a power of two minus one)
     /// with a per-lcore cache of `cache` (at most 512, and at most
     /// `n_mbufs / 1.5`), each of `data_room` bytes including
@@ -434,9 +437,6 @@ impl Mempool {
             }),
         })
     }
-
-    /// Bytes reserved in front of each frame for headers to be prepended.
-    pub const HEADROOM: u16 = sys::RTE_PKTMBUF_HEADROOM as u16;
 
     /// Buffers free in the pool (including per-lcore caches).
     pub fn available(&self) -> u32 {
