@@ -2,6 +2,8 @@
 //! with the `dpdk` feature) plug into the same worker loop.
 
 pub mod afpacket;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod raw;
 
 use std::io;
