@@ -125,9 +125,13 @@ fn client(i: usize, v6: bool) -> (IpAddr, u16) {
     let host = u32::try_from(i / 16_000).expect("fewer than 2^32 flows");
     let port = 40_000 + u16::try_from(i % 16_000).expect("below 16000");
     let addr = if v6 {
-        IpAddr::from(std::net::Ipv6Addr::from((0x2001_0db8_0018_0001_u128 << 64) | u128::from(host + 2)))
+        IpAddr::from(std::net::Ipv6Addr::from(
+            (0x2001_0db8_0018_0001_u128 << 64) | u128::from(host + 2),
+        ))
     } else {
-        IpAddr::from(std::net::Ipv4Addr::from(u32::from_be_bytes([198, 18, 128, 0]) + host + 2))
+        IpAddr::from(std::net::Ipv4Addr::from(
+            u32::from_be_bytes([198, 18, 128, 0]) + host + 2,
+        ))
     };
     (addr, port)
 }

@@ -19,7 +19,9 @@ impl std::hash::Hash for FlowKey {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         h.write_u128(addr_bits(self.src));
         h.write_u128(addr_bits(self.dst));
-        h.write_u64((u64::from(self.sport) << 24) | (u64::from(self.dport) << 8) | u64::from(self.proto));
+        h.write_u64(
+            (u64::from(self.sport) << 24) | (u64::from(self.dport) << 8) | u64::from(self.proto),
+        );
     }
 }
 

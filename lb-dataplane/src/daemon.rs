@@ -637,7 +637,9 @@ fn process_one(
                 to_self.push(frame.to_vec());
                 return;
             }
-            let Ok(p) = lb_core::packet::parse(frame) else { return };
+            let Ok(p) = lb_core::packet::parse(frame) else {
+                return;
+            };
             let mac = macs.get(port as usize).copied().unwrap_or_default();
             if let Some(reply) =
                 crate::l2::answer(frame, kind, &p, port, mac, &rt.snap, &shared.neigh, now)
