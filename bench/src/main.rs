@@ -41,6 +41,9 @@ pub struct PipelineArgs {
     /// Also measure lookups in a table of this many sessions (e.g. 10000000).
     #[arg(long, default_value_t = 0)]
     pub big: usize,
+    /// Skip the new-connection scenarios.
+    #[arg(long)]
+    pub no_new: bool,
 }
 
 /// Arguments of `bench acl`.
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
                 sessions: a.sessions,
                 packets: a.packets,
                 big: a.big,
+                new_connections: !a.no_new,
             });
             Ok(())
         }

@@ -25,6 +25,8 @@ pub struct Opts {
     pub packets: usize,
     /// Also measure a table of this many sessions (0: skip).
     pub big: usize,
+    /// Run the new-connection scenarios.
+    pub new_connections: bool,
 }
 
 /// A load balancer with an allowed listener (80) and a denied one (81),
@@ -350,6 +352,9 @@ pub fn run(opts: &Opts) {
             );
         }
 
+        if !opts.new_connections {
+            continue;
+        }
         // New connections: every packet a SYN of a new flow.
         let n = opts.packets.min(2_000_000);
         let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, v6, 80, SYN)).collect();

@@ -56,9 +56,29 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone, Copy)]
 struct RouteEntry {
-    net: IpNet,
+    /// The prefix as 128-bit value and mask (IPv4 mapped into IPv6).
+    bits: u128,
+    mask: u128,
+    v6: bool,
     via: Option<IpAddr>,
     port: u32,
+}
+
+impl RouteEntry {
+    fn new(net: IpNet, via: Option<IpAddr>, port: u32) -> RouteEntry {
+        let len = match net {
+            IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+            IpNet::V6(n) => u32::from(n.prefix_len()),
+        };
+        let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+        RouteEntry {
+            bits: crate::flow::addr_bits(net.network()) & mask,
+            mask,
+            v6: matches!(net, IpNet::V6(_)),
+            via,
+            port,
+        }
+    }
 }
 
 /// Where a forwarded packet goes.
@@ -132,22 +152,14 @@ impl Snapshot {
         for (pi, port) in cfg.ports.iter().enumerate() {
             for net in &port.addresses {
                 port_addrs.insert(net.addr());
-                routes.push(RouteEntry {
-                    net: net.trunc(),
-                    via: None,
-                    port: idx32(pi),
-                });
+                routes.push(RouteEntry::new(net.trunc(), None, idx32(pi)));
             }
         }
         for r in &cfg.routes {
-            routes.push(RouteEntry {
-                net: r.destination,
-                via: r.via,
-                port: idx32(r.port),
-            });
+            routes.push(RouteEntry::new(r.destination, r.via, idx32(r.port)));
         }
         // Longest prefix first; on-link entries before configured ones of the same length.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.net.prefix_len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
         let timeouts = Timeouts::from_session_timeout(cfg.platform.session_timeout_s);
         Snapshot {
             generation,
@@ -169,9 +181,10 @@ impl Snapshot {
 
     /// The route toward `dst`.
     pub fn route(&self, dst: IpAddr) -> Option<Hop> {
+        let bits = crate::flow::addr_bits(dst);
         self.routes
             .iter()
-            .find(|r| r.net.contains(&dst))
+            .find(|r| bits & r.mask == r.bits && r.v6 == dst.is_ipv6())
             .map(|r| Hop {
                 port: r.port,
                 next_hop: r.via.unwrap_or(dst),
@@ -573,11 +586,10 @@ impl Health for AllUp {
 #[derive(Debug, Clone, Copy)]
 pub struct Flow {
     /// For listener sessions: (load balancer, listener, server group, server).
+    /// What the packets leave as follows from the session's two keys: an
+    /// original-direction packet leaves as the reply key reversed, a reply
+    /// as the original key reversed.
     pub listener: Option<(u32, u32, u32, u32)>,
-    /// Original-direction packets leave as this.
-    pub orig_out: FlowKey,
-    /// Reply-direction packets leave as this.
-    pub reply_out: FlowKey,
     /// The configuration generation whose rules admitted the session.
     pub generation: u64,
 }
@@ -685,7 +697,7 @@ impl Worker {
                 return false;
             };
             let gi = snap.cfg.load_balancers[lbi].listeners[li].server_group;
-            let out = s.payload.orig_out;
+            let out = s.reply().reversed();
             let si = snap.cfg.server_groups[gi]
                 .servers
                 .iter()
@@ -856,19 +868,14 @@ impl Worker {
         now: Nanos,
         snap: &Snapshot,
     ) -> Verdict {
-        let flow = match self.sessions.get(id) {
-            Some(s) => s.payload,
+        let (flow, orig, reply) = match self.sessions.get(id) {
+            Some(s) => (s.payload, *s.orig(), *s.reply()),
             None => return Verdict::Drop(Reason::NoSession),
         };
-        let orig = self
-            .sessions
-            .get(id)
-            .map(|s| *s.orig())
-            .expect("the session was just found");
         if flow.generation != snap.generation {
             // The rules changed since the session was admitted: its next
             // packet is checked against the new ones.
-            match recheck(snap, &orig, &flow) {
+            match recheck(snap, &orig, &reply.reversed(), &flow) {
                 Ok(()) => {
                     if let Some(s) = self.sessions.get_mut(id) {
                         s.payload.generation = snap.generation;
@@ -881,8 +888,8 @@ impl Worker {
             }
         }
         let out = match dir {
-            Dir::Orig => flow.orig_out,
-            Dir::Reply => flow.reply_out,
+            Dir::Orig => reply.reversed(),
+            Dir::Reply => orig.reversed(),
         };
         // Network ACLs are stateless: every packet, both directions.
         if let Err(r) = nacl_check(snap, &flow, &key, &out, dir) {
@@ -1042,8 +1049,6 @@ impl Worker {
         }
         let flow = Flow {
             listener: Some((idx32(lbi), idx32(li), idx32(gi), idx32(si))),
-            orig_out,
-            reply_out: key.reversed(),
             generation: snap.generation,
         };
         let id = match self.sessions.insert(key, reply, flow, now, &snap.timeouts) {
@@ -1098,8 +1103,6 @@ impl Worker {
         } else {
             let flow = Flow {
                 listener: None,
-                orig_out: key,
-                reply_out: key.reversed(),
                 generation: snap.generation,
             };
             match self
@@ -1259,7 +1262,7 @@ fn routed_admits(snap: &Snapshot, icmp: Option<(u8, u8)>, key: &FlowKey) -> Resu
 }
 
 /// Re-admits a session under a new configuration.
-fn recheck(snap: &Snapshot, orig: &FlowKey, flow: &Flow) -> Result<(), Reason> {
+fn recheck(snap: &Snapshot, orig: &FlowKey, orig_out: &FlowKey, flow: &Flow) -> Result<(), Reason> {
     match flow.listener {
         Some(_) => {
             let Some((lbi, li)) = snap.listener_at(orig.dst, orig.proto, orig.dport) else {
@@ -1267,8 +1270,8 @@ fn recheck(snap: &Snapshot, orig: &FlowKey, flow: &Flow) -> Result<(), Reason> {
             };
             listener_admits(snap, lbi, li, orig)?;
             let listener = &snap.cfg.load_balancers[lbi].listeners[li];
-            if let Some(inst) = snap.instance_at(flow.orig_out.dst) {
-                snap.backend_admits(inst, &flow.orig_out, listener.transfer_client_ip)?;
+            if let Some(inst) = snap.instance_at(orig_out.dst) {
+                snap.backend_admits(inst, orig_out, listener.transfer_client_ip)?;
             }
             Ok(())
         }
