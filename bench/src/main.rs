@@ -10,6 +10,10 @@
 mod acl;
 mod pipeline;
 
+// Session tables and classifier tables on huge pages, as in lbd.
+#[global_allocator]
+static ALLOC: lb_dataplane::alloc::HugePageAlloc = lb_dataplane::alloc::HugePageAlloc;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

@@ -559,6 +559,14 @@ impl Verdict {
     }
 }
 
+/// A received frame and what the port knows about it, for
+/// [`Worker::process_burst`].
+#[derive(Debug)]
+pub struct Frame<'a> {
+    pub data: &'a mut [u8],
+    pub rx: RxInfo,
+}
+
 /// Facts about a received frame that only the port knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RxInfo {
@@ -785,8 +793,58 @@ impl Worker {
         health: &dyn Health,
     ) -> Verdict {
         self.adopt(snap);
+        let parsed = packet::parse(frame);
+        self.finish(frame, parsed, None, rx, now, snap, health)
+    }
+
+    /// Runs a burst of frames through the pipeline: the same verdicts as
+    /// [`Worker::process`] frame by frame, faster on big session tables
+    /// because the session lookups of the whole burst touch memory first,
+    /// so their cache misses overlap. `verdicts[i]` is the verdict of
+    /// `frames[i]`; at most `min(frames.len(), verdicts.len(), 64)` frames
+    /// are handled, and that count returned.
+    pub fn process_burst(
+        &mut self,
+        frames: &mut [Frame<'_>],
+        now: Nanos,
+        snap: &Snapshot,
+        health: &dyn Health,
+        verdicts: &mut [Verdict],
+    ) -> usize {
+        const MAX: usize = 64;
+        self.adopt(snap);
+        let n = frames.len().min(verdicts.len()).min(MAX);
+        // First pass: find each frame's session bucket and read it, so the
+        // misses of the whole burst are in flight together.
+        let mut hashes = [0u64; MAX];
+        let mut warm = 0u64;
+        for (h, f) in hashes.iter_mut().zip(frames.iter()).take(n) {
+            if let Some(k) = packet::parse(f.data).ok().and_then(|p| p.flow_key()) {
+                *h = self.sessions.hash_key(&k);
+                warm ^= self.sessions.warm(*h);
+            }
+        }
+        std::hint::black_box(warm);
+        for (i, f) in frames.iter_mut().enumerate().take(n) {
+            let parsed = packet::parse(f.data);
+            verdicts[i] = self.finish(f.data, parsed, Some(hashes[i]), f.rx, now, snap, health);
+        }
+        n
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        frame: &mut [u8],
+        parsed: Result<Parsed, ParseError>,
+        hash: Option<u64>,
+        rx: RxInfo,
+        now: Nanos,
+        snap: &Snapshot,
+        health: &dyn Health,
+    ) -> Verdict {
         self.stats.rx += 1;
-        let v = self.decide(frame, rx, now, snap, health);
+        let v = self.decide(frame, parsed, hash, rx, now, snap, health);
         match &v {
             Verdict::Forward(_) => self.stats.forwarded += 1,
             Verdict::Local(..) => self.stats.local += 1,
@@ -801,15 +859,18 @@ impl Worker {
         v
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
         frame: &mut [u8],
+        parsed: Result<Parsed, ParseError>,
+        hash: Option<u64>,
         rx: RxInfo,
         now: Nanos,
         snap: &Snapshot,
         health: &dyn Health,
     ) -> Verdict {
-        let p = match packet::parse(frame) {
+        let p = match parsed {
             Ok(p) => p,
             Err(e) => return Verdict::Drop(Reason::Malformed(e)),
         };
@@ -836,7 +897,11 @@ impl Worker {
         } else {
             L4Csum::Full
         };
-        if let Some((id, dir)) = self.sessions.lookup(&key, now) {
+        let found = match hash {
+            Some(h) => self.sessions.lookup_hashed(&key, h, now),
+            None => self.sessions.lookup(&key, now),
+        };
+        if let Some((id, dir)) = found {
             return self.established(frame, &p, csum, key, id, dir, now, snap);
         }
         if snap.is_own_address(key.src) {

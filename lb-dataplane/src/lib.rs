@@ -1,5 +1,6 @@
 //! The load balancer's data plane (`lbd`) and its control tool (`lbctl`).
 
+pub mod alloc;
 pub mod control;
 pub mod daemon;
 pub mod eval;

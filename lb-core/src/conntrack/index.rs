@@ -45,6 +45,12 @@ impl Index {
         ((bucket >> 32) as usize) & self.mask
     }
 
+    /// The home bucket of `hash` (0 if empty): a first read to warm the cache.
+    #[inline]
+    pub(crate) fn bucket_of(&self, hash: u64) -> u64 {
+        self.buckets[(Self::tag(hash) as usize) & self.mask]
+    }
+
     /// Calls `is_match(value)` for every value stored under `hash` until it
     /// returns true; returns the matching bucket position and value.
     #[inline]

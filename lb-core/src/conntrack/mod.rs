@@ -295,10 +295,55 @@ impl<T> SessionTable<T> {
         self.hasher.hash_one(key)
     }
 
+    /// The hash the table files `key` under, for [`SessionTable::warm`] and
+    /// [`SessionTable::lookup_hashed`].
+    #[inline]
+    pub fn hash_key(&self, key: &FlowKey) -> u64 {
+        self.hash(key)
+    }
+
+    /// Reads the memory a lookup of `hash` will need (the index bucket, and
+    /// the session it points to) and returns a value derived from it, which
+    /// the caller should keep (e.g. pass to `std::hint::black_box`) so the
+    /// reads happen. Warming the keys of a whole burst first lets their
+    /// cache misses overlap instead of being paid one after another.
+    #[inline]
+    pub fn warm(&self, hash: u64) -> u64 {
+        let b = self.index.bucket_of(hash);
+        if b == 0 {
+            return 0;
+        }
+        let value = ((b as u32).wrapping_sub(1) >> 1) as usize;
+        match self.slots.get(value) {
+            Some(Slot::Occupied(s)) => s.expires_at ^ b,
+            _ => b,
+        }
+    }
+
+    /// [`SessionTable::lookup`] with the hash already computed.
+    #[inline]
+    pub fn lookup_hashed(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        now: Nanos,
+    ) -> Option<(SessionId, Dir)> {
+        let (_, slot, dir) = self.find_hashed(key, hash)?;
+        if self.slot_expired(slot as usize, now) {
+            self.reap_slot(slot);
+            return None;
+        }
+        Some((self.id_of(slot), dir))
+    }
+
     /// Finds the slot and direction holding `key` and the index position.
     #[inline]
     fn find(&self, key: &FlowKey) -> Option<(usize, u32, Dir)> {
-        let hash = self.hash(key);
+        self.find_hashed(key, self.hash(key))
+    }
+
+    #[inline]
+    fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<(usize, u32, Dir)> {
         let slots = &self.slots;
         self.index
             .find(hash, |v| match &slots[(v >> 1) as usize] {

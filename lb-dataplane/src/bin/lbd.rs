@@ -7,6 +7,10 @@ use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+// Session tables are big arrays read at random: back them with huge pages.
+#[global_allocator]
+static ALLOC: lb_dataplane::alloc::HugePageAlloc = lb_dataplane::alloc::HugePageAlloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lbd",
