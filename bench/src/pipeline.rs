@@ -312,6 +312,7 @@ fn report(name: &str, ns: f64, forwarded: u64, packets: usize, extra: &str) {
 /// Opens `n` sessions with SYNs; returns the worker and how long it took.
 fn open_sessions(snap: &Snapshot, n: usize, v6: bool) -> (Worker, f64) {
     let mut w = Worker::new(0, 1, n + 1024);
+    w.prefault();
     let mut buf = [0u8; 128];
     let t0 = Instant::now();
     for i in 0..n {
@@ -443,6 +444,7 @@ pub fn run(opts: &Opts) {
         let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, v6, 80, SYN)).collect();
         let trace: Vec<u32> = (0..u32::try_from(n).expect("fits")).collect();
         let mut w = Worker::new(0, 1, n + 1024);
+        w.prefault();
         let (ns, fw) = run_trace(&mut w, &snap, &frames, &trace, NANOS_PER_SEC, 32);
         report(
             &format!("{fam} new connections (classify+schedule+insert)"),

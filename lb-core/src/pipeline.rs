@@ -677,6 +677,12 @@ impl Worker {
         }
     }
 
+    /// Maps the session table's memory now (see
+    /// [`SessionTable::prefault`]): a data plane's start-up.
+    pub fn prefault(&mut self) {
+        self.sessions.prefault();
+    }
+
     /// Brings the schedulers and the sessions' configuration indices up to
     /// `snap` (between bursts, after a reload).
     fn adopt(&mut self, snap: &Snapshot) {

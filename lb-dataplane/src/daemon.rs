@@ -318,6 +318,8 @@ impl WorkerLoop {
     }
 
     fn run(mut self) {
+        // Map the session table before traffic, not page by page under it.
+        self.core.prefault();
         let mut idle_polls: u32 = 0;
         while !self.shared.stop.load(Ordering::Relaxed) {
             // The snapshot is taken once per burst: a reload lands between bursts.

@@ -32,6 +32,14 @@ impl Index {
         }
     }
 
+    /// Writes every page of the bucket array (keeping its contents), so it
+    /// is mapped now and not on first use.
+    pub(crate) fn prefault(&mut self) {
+        for b in self.buckets.iter_mut().step_by(512) {
+            *b = std::hint::black_box(*b);
+        }
+    }
+
     /// Number of buckets.
     pub(crate) fn buckets(&self) -> usize {
         self.buckets.len()

@@ -270,6 +270,26 @@ impl<T> SessionTable<T> {
         }
     }
 
+    /// Touches all the memory the table will ever use, so that the kernel
+    /// maps it now rather than one page fault at a time as sessions arrive
+    /// (a data plane calls this at start-up; it commits roughly
+    /// `capacity * bytes_per_session()` bytes). The table behaves exactly
+    /// as before.
+    pub fn prefault(&mut self) {
+        let start = self.slots.len();
+        self.slots
+            .resize_with(self.capacity, || Slot::Vacant { gen: 0 });
+        // Fresh slots are handed out lowest first, as without prefaulting.
+        let fresh = (start..self.capacity)
+            .rev()
+            .map(|s| u32::try_from(s).expect("slab length bounded by MAX_CAPACITY"));
+        let mut free: Vec<u32> = fresh.collect();
+        free.extend(self.free.drain(..));
+        self.free = free;
+        self.index.prefault();
+        self.reaped.reserve(self.capacity.min(4096));
+    }
+
     /// Sessions held, including expired ones not yet reaped.
     pub fn len(&self) -> usize {
         self.len

@@ -492,3 +492,35 @@ proptest! {
         prop_assert_eq!(t.drain_reaped().count(), model.len());
     }
 }
+
+#[test]
+fn prefaulted_table_behaves_the_same() {
+    let t = Timeouts::default();
+    let mut a: SessionTable<u32> = SessionTable::with_seed(64, 9);
+    let mut b: SessionTable<u32> = SessionTable::with_seed(64, 9);
+    b.prefault();
+    let key = |i: u16| FlowKey {
+        src: "198.18.0.2".parse().expect("addr"),
+        dst: "198.18.0.10".parse().expect("addr"),
+        proto: 17,
+        sport: 1000 + i,
+        dport: 53,
+    };
+    for i in 0..64u16 {
+        let ia = a
+            .insert(key(i), key(i).reversed(), u32::from(i), 0, &t)
+            .expect("room");
+        let ib = b
+            .insert(key(i), key(i).reversed(), u32::from(i), 0, &t)
+            .expect("room");
+        assert_eq!(ia, ib, "same slots handed out");
+    }
+    assert!(
+        b.insert(key(100), key(100).reversed(), 0, 0, &t).is_err(),
+        "full at capacity"
+    );
+    for i in 0..64u16 {
+        assert_eq!(a.lookup(&key(i), 1), b.lookup(&key(i), 1));
+    }
+    assert_eq!(b.len(), 64);
+}
