@@ -284,7 +284,7 @@ impl<T> SessionTable<T> {
             .rev()
             .map(|s| u32::try_from(s).expect("slab length bounded by MAX_CAPACITY"));
         let mut free: Vec<u32> = fresh.collect();
-        free.extend(self.free.drain(..));
+        free.append(&mut self.free);
         self.free = free;
         self.index.prefault();
         self.reaped.reserve(self.capacity.min(4096));
