@@ -252,6 +252,15 @@ impl Daemon {
                 .context("starting the health checker")?;
             threads.push(h);
         }
+        #[cfg(feature = "dpdk")]
+        if !shared.dpdk_ports.is_empty() {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-link".into())
+                .spawn(move || watch_links(&shared))
+                .context("starting the link watcher")?;
+            threads.push(h);
+        }
         tracing::info!(workers, ports = ?port_names, "lbd running");
         Ok(Daemon { shared, threads })
     }
@@ -526,6 +535,45 @@ fn open_dpdk(cfg: &Config, requested: usize, config_path: &Path) -> Result<OpenP
         eal: Some(eal),
         dpdk_ports: ports,
     })
+}
+
+/// Logs every change of a DPDK port's link (a NIC usually reports "down"
+/// for a moment after start, while it negotiates), until `shared.stop`.
+#[cfg(feature = "dpdk")]
+fn watch_links(shared: &Shared) {
+    let names: Vec<String> = shared
+        .runtime
+        .load()
+        .snap
+        .cfg
+        .ports
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let mut last: Vec<Option<String>> = (0..shared.dpdk_ports.len())
+        .map(|pi| shared.link_status(pi))
+        .collect();
+    let mut since = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if since.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        since = Instant::now();
+        for (pi, prev) in last.iter_mut().enumerate() {
+            let now = shared.link_status(pi);
+            if now != *prev {
+                let port = names.get(pi).map_or("?", String::as_str);
+                let link = now.as_deref().unwrap_or("unknown");
+                if link.starts_with("up") {
+                    tracing::info!(port, link, "DPDK link changed");
+                } else {
+                    tracing::warn!(port, link, "DPDK link changed");
+                }
+                *prev = now;
+            }
+        }
+    }
 }
 
 /// Buffers for every RX and TX descriptor of every queue, what the workers
