@@ -11,6 +11,7 @@
 #     | sw-be2 ── eth0 of be2 (198.19.1.12, 2001:db8:19:1::12)
 #
 # Usage: scripts/netns.sh up|down|nginx-up|nginx-stop N|nginx-start N|udp-up|udp-stop N|status
+#        scripts/netns.sh dpdk-config FILE   (prints FILE on DPDK net_af_packet vdevs)
 # LBT_CLIENT_OFFLOAD=on leaves checksum offload on at the client.
 # LBT_PREFIX (default "lbt") prefixes every namespace, so several
 # topologies can coexist. Addresses come only from 198.18.0.0/15 and
@@ -188,6 +189,37 @@ down() {
     [ "${1:-}" = quiet ] || echo "$P: namespaces removed"
 }
 
+dpdk_config() {
+    # FILE, an io = "af_packet" configuration of this topology, rewritten
+    # for lbd built with --features dpdk: io = "dpdk", EAL without
+    # hugepages or PCI, one net_af_packet vdev per port on the port's
+    # interface (lbd runs in $NS_LB, where the vdevs find lb-ext and
+    # lb-int), and each port's interface replaced by its dpdk_port.
+    local file=${1:?configuration file} ifaces args i=0
+    [ -f "$file" ] || { echo "no file $file" >&2; exit 2; }
+    ifaces=$(sed -n 's/^interface *= *"\([^"]*\)".*/\1/p' "$file")
+    [ -n "$ifaces" ] || { echo "$file: no port with an interface" >&2; exit 2; }
+    args='"--no-huge", "--no-pci", "--no-shconf", "--no-telemetry", "-m", "256", "-l", "0"'
+    args="$args, \"--file-prefix\", \"$P\""
+    for ifc in $ifaces; do
+        args="$args, \"--vdev=net_af_packet$i,iface=$ifc,qdisc_bypass=1\""
+        i=$((i + 1))
+    done
+    local has_dp=0
+    grep -q '^\[dataplane\]' "$file" && has_dp=1
+    awk -v eal="eal_args = [$args]" -v seen="$has_dp" '
+        BEGIN { port = 0 }
+        /^\[dataplane\]/ { print; print "io = \"dpdk\""; print eal; dp = 1; seen = 1; next }
+        /^\[/ {
+            if (!seen) { print "[dataplane]"; print "io = \"dpdk\""; print eal; print ""; seen = 1 }
+            dp = 0
+        }
+        dp && /^(io|eal_args) *=/ { next }
+        /^interface *= *"/ { print "dpdk_port = " port; port++; next }
+        { print }
+    ' "$file"
+}
+
 case "${1:-}" in
     up) up ;;
     down) down ;;
@@ -201,5 +233,6 @@ case "${1:-}" in
         nsx "$ns" nginx -c "$RUN/be$n/nginx.conf" -g "user root;"
         ;;
     status) ip netns list | grep "^$P-" || true ;;
-    *) echo "usage: $0 up|down|nginx-up|nginx-stop N|nginx-start N|udp-up|udp-stop N|status" >&2; exit 2 ;;
+    dpdk-config) dpdk_config "${2:?configuration file}" ;;
+    *) echo "usage: $0 up|down|nginx-up|nginx-stop N|nginx-start N|udp-up|udp-stop N|status|dpdk-config FILE" >&2; exit 2 ;;
 esac

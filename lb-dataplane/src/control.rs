@@ -122,6 +122,7 @@ pub fn stats(shared: &Shared) -> Value {
         ports.push(json!({
             "name": p.name,
             "interface": shared.port_names.get(pi),
+            "link": shared.link_status(pi),
             "rx_packets": t.rx_packets, "rx_bytes": t.rx_bytes, "rx_dropped": t.rx_dropped,
             "tx_packets": t.tx_packets, "tx_bytes": t.tx_bytes, "tx_dropped": t.tx_dropped,
         }));

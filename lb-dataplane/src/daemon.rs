@@ -19,6 +19,8 @@ use crate::io::afpacket::{AfPacket, AfPacketOpts};
 use crate::io::raw::RawSender;
 use crate::io::{IoStats, PacketIo, RxMeta};
 use crate::neigh::{Neighbors, REFRESH};
+#[cfg(feature = "dpdk")]
+use lb_core::model::Config;
 
 /// Frames handled per port per poll.
 pub const BURST: usize = 32;
@@ -83,8 +85,12 @@ pub struct Shared {
     pub started: Instant,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
-    /// Interface names of the ports, by index.
+    /// Interface names of the ports, by index (DPDK: the device names,
+    /// e.g. `0000:03:00.0` or `net_af_packet0`).
     pub port_names: Vec<String>,
+    /// The DPDK ports, by index, for their link state; empty with AF_PACKET.
+    #[cfg(feature = "dpdk")]
+    pub dpdk_ports: Vec<crate::io::dpdk::DpdkPort>,
 }
 
 impl Shared {
@@ -114,6 +120,20 @@ impl Shared {
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "configuration reloaded");
         Ok(generation)
+    }
+
+    /// The link state of port `pi` ("up 10000 Mb/s full-duplex", "down"),
+    /// where the backend knows it (DPDK ports); `None` for AF_PACKET.
+    #[cfg_attr(not(feature = "dpdk"), allow(unused_variables))]
+    pub fn link_status(&self, pi: usize) -> Option<String> {
+        #[cfg(feature = "dpdk")]
+        if let Some(port) = self.dpdk_ports.get(pi) {
+            return Some(match port.link_status() {
+                Ok(link) => link.to_string(),
+                Err(e) => format!("unknown ({e})"),
+            });
+        }
+        None
     }
 
     /// Nanoseconds since start: the pipeline's clock.
@@ -153,22 +173,23 @@ impl Daemon {
     /// Loads the configuration, opens the ports and starts the threads.
     pub fn start(config_path: &Path) -> Result<Daemon> {
         let cfg = lb_config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if cfg.dataplane.io != IoBackend::AfPacket {
-            bail!(
-                "{}: io = \"dpdk\" needs lbd built with the dpdk feature",
-                config_path.display()
-            );
-        }
-        let workers = usize::from(cfg.dataplane.workers.max(1));
-        let port_names: Vec<String> = cfg
-            .ports
-            .iter()
-            .map(|p| {
-                p.interface
-                    .clone()
-                    .with_context(|| format!("port {} has no interface", p.name))
-            })
-            .collect::<Result<_>>()?;
+        let requested = usize::from(cfg.dataplane.workers.max(1));
+        // Open every port before starting anything, so a bad interface
+        // fails the start cleanly.
+        let opened = match cfg.dataplane.io {
+            IoBackend::AfPacket => open_af_packet(&cfg, requested)?,
+            IoBackend::Dpdk => open_dpdk(&cfg, requested, config_path)?,
+        };
+        let OpenPorts {
+            per_worker,
+            senders,
+            port_names,
+            #[cfg(feature = "dpdk")]
+            eal,
+            #[cfg(feature = "dpdk")]
+            dpdk_ports,
+        } = opened;
+        let workers = per_worker.len();
         let snap = Arc::new(Snapshot::compile(cfg.clone(), 1));
         let health = Arc::new(HealthTable::new(&snap, None));
         let (health_tx, health_rx) = bounded(4096);
@@ -189,30 +210,9 @@ impl Daemon {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             port_names: port_names.clone(),
+            #[cfg(feature = "dpdk")]
+            dpdk_ports,
         });
-
-        // Open every socket before starting anything, so a bad interface
-        // fails the start cleanly.
-        let fanout_base = u16::try_from(std::process::id() & 0x7fff).unwrap_or(0);
-        let mut per_worker: Vec<Vec<Box<dyn PacketIo>>> = Vec::new();
-        for _ in 0..workers {
-            let mut ports: Vec<Box<dyn PacketIo>> = Vec::new();
-            for (pi, name) in port_names.iter().enumerate() {
-                let opts = AfPacketOpts {
-                    fanout: (workers > 1)
-                        .then(|| fanout_base.wrapping_add(u16::try_from(pi).unwrap_or(0))),
-                    ..AfPacketOpts::default()
-                };
-                let io = AfPacket::open(name, &opts)
-                    .with_context(|| format!("opening AF_PACKET on {name}"))?;
-                ports.push(Box::new(io));
-            }
-            per_worker.push(ports);
-        }
-        let senders: Vec<RawSender> = port_names
-            .iter()
-            .map(|n| RawSender::open(n).with_context(|| format!("opening a send socket on {n}")))
-            .collect::<Result<_>>()?;
 
         let mut threads = Vec::new();
         let cores = cfg.dataplane.cores.clone();
@@ -220,12 +220,25 @@ impl Daemon {
         for (id, ports) in per_worker.into_iter().enumerate() {
             let shared = shared.clone();
             let core = cores.get(id).copied();
+            #[cfg(feature = "dpdk")]
+            let eal = eal.clone();
             let h = std::thread::Builder::new()
                 .name(format!("lbd-worker-{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         pin_to_core(core);
                     }
+                    // A DPDK worker is an EAL thread: an lcore id, and the
+                    // mempool's per-lcore cache. Unregistered when it ends,
+                    // after its queues (dropped with the loop) are gone.
+                    #[cfg(feature = "dpdk")]
+                    let _registration = eal.as_ref().and_then(|eal| {
+                        eal.register_thread()
+                            .map_err(|e| {
+                                tracing::warn!("worker {id}: registering with DPDK EAL: {e}");
+                            })
+                            .ok()
+                    });
                     WorkerLoop::new(id, shared, ports, idle).run();
                 })
                 .context("starting a worker thread")?;
@@ -237,6 +250,15 @@ impl Daemon {
                 .name("lbd-health".into())
                 .spawn(move || crate::health::run(shared, health_rx, senders))
                 .context("starting the health checker")?;
+            threads.push(h);
+        }
+        #[cfg(feature = "dpdk")]
+        if !shared.dpdk_ports.is_empty() {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-link".into())
+                .spawn(move || watch_links(&shared))
+                .context("starting the link watcher")?;
             threads.push(h);
         }
         tracing::info!(workers, ports = ?port_names, "lbd running");
@@ -266,6 +288,382 @@ fn pin_to_core(core: u16) {
             "could not pin worker: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// How a thread other than the workers (the health checker) puts a frame
+/// on a port.
+#[derive(Debug)]
+pub enum PortSender {
+    /// A send-only AF_PACKET socket on the port's interface.
+    Raw(RawSender),
+    /// Handed to worker 0, which sends it on its own queue of the port at
+    /// its next flush: a DPDK TX queue belongs to one thread.
+    #[cfg(feature = "dpdk")]
+    Queued {
+        frames: Arc<ArrayQueue<Vec<u8>>>,
+        mac: [u8; 6],
+    },
+}
+
+impl PortSender {
+    /// The port's Ethernet address.
+    pub fn mac(&self) -> [u8; 6] {
+        match self {
+            PortSender::Raw(s) => s.mac(),
+            #[cfg(feature = "dpdk")]
+            PortSender::Queued { mac, .. } => *mac,
+        }
+    }
+
+    /// Sends (or queues for sending) one complete Ethernet frame.
+    pub fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        match self {
+            PortSender::Raw(s) => s.send(frame),
+            #[cfg(feature = "dpdk")]
+            PortSender::Queued { frames, .. } => frames.push(frame.to_vec()).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "the port's send queue is full",
+                )
+            }),
+        }
+    }
+}
+
+/// The ports, opened: each worker's queues, the health checker's senders.
+struct OpenPorts {
+    /// One entry per worker, each with one queue per port (in port order).
+    per_worker: Vec<Vec<Box<dyn PacketIo>>>,
+    senders: Vec<PortSender>,
+    port_names: Vec<String>,
+    /// The EAL, when the ports are DPDK's: workers register with it.
+    #[cfg(feature = "dpdk")]
+    eal: Option<crate::io::dpdk::Eal>,
+    #[cfg(feature = "dpdk")]
+    dpdk_ports: Vec<crate::io::dpdk::DpdkPort>,
+}
+
+/// AF_PACKET: one socket per worker and port (a fanout group per port when
+/// there are several workers), and a send-only socket per port.
+fn open_af_packet(cfg: &lb_core::model::Config, workers: usize) -> Result<OpenPorts> {
+    let port_names: Vec<String> = cfg
+        .ports
+        .iter()
+        .map(|p| {
+            p.interface
+                .clone()
+                .with_context(|| format!("port {} has no interface", p.name))
+        })
+        .collect::<Result<_>>()?;
+    let fanout_base = u16::try_from(std::process::id() & 0x7fff).unwrap_or(0);
+    let mut per_worker: Vec<Vec<Box<dyn PacketIo>>> = Vec::new();
+    for _ in 0..workers {
+        let mut ports: Vec<Box<dyn PacketIo>> = Vec::new();
+        for (pi, name) in port_names.iter().enumerate() {
+            let opts = AfPacketOpts {
+                fanout: (workers > 1)
+                    .then(|| fanout_base.wrapping_add(u16::try_from(pi).unwrap_or(0))),
+                ..AfPacketOpts::default()
+            };
+            let io = AfPacket::open(name, &opts)
+                .with_context(|| format!("opening AF_PACKET on {name}"))?;
+            ports.push(Box::new(io));
+        }
+        per_worker.push(ports);
+    }
+    let senders: Vec<PortSender> = port_names
+        .iter()
+        .map(|n| {
+            RawSender::open(n)
+                .map(PortSender::Raw)
+                .with_context(|| format!("opening a send socket on {n}"))
+        })
+        .collect::<Result<_>>()?;
+    Ok(OpenPorts {
+        per_worker,
+        senders,
+        port_names,
+        #[cfg(feature = "dpdk")]
+        eal: None,
+        #[cfg(feature = "dpdk")]
+        dpdk_ports: Vec::new(),
+    })
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn open_dpdk(
+    _cfg: &lb_core::model::Config,
+    _workers: usize,
+    config_path: &Path,
+) -> Result<OpenPorts> {
+    bail!(
+        "{}: io = \"dpdk\" needs lbd built with the dpdk feature \
+         (cargo build --release -p lb-dataplane --features dpdk)",
+        config_path.display()
+    )
+}
+
+/// Frames the health checker can queue for worker 0, per DPDK port.
+#[cfg(feature = "dpdk")]
+const INJECT_DEPTH: usize = 1024;
+
+/// Per-lcore cache of the DPDK mempool.
+#[cfg(feature = "dpdk")]
+const POOL_CACHE: u32 = 256;
+
+/// DPDK: EAL once, one mempool, each port by its `dpdk_port` id with one
+/// queue pair per worker. A port with fewer queues (no RSS, as with most
+/// virtual devices) lowers the number of workers for all.
+#[cfg(feature = "dpdk")]
+fn open_dpdk(cfg: &Config, requested: usize, config_path: &Path) -> Result<OpenPorts> {
+    use crate::io::dpdk::{DpdkPort, DpdkPortOpts, Eal, Mempool};
+
+    let affinity = thread_affinity();
+    let eal = Eal::init(&cfg.dataplane.eal_args).with_context(|| {
+        format!(
+            "{}: initialising DPDK (check [dataplane] eal_args, hugepages: scripts/dpdk-setup.sh --check)",
+            config_path.display()
+        )
+    })?;
+    // EAL pins the calling thread to its main lcore, and every thread
+    // spawned later would inherit that: give this one its CPUs back.
+    // Workers with `cores` pin themselves.
+    if let Some(set) = affinity {
+        set_thread_affinity(&set);
+    }
+    let found = DpdkPort::count();
+    let opts = DpdkPortOpts::default();
+    let mut want = u16::try_from(requested).unwrap_or(u16::MAX);
+    let n_mbufs = pool_size(cfg.ports.len(), want, &opts, requested);
+    let pool = Mempool::new(
+        "lbd_pool",
+        n_mbufs,
+        POOL_CACHE,
+        Mempool::DEFAULT_DATA_ROOM,
+        None,
+    )
+    .with_context(|| format!("creating a DPDK mempool of {n_mbufs} buffers"))?;
+    let mut ports: Vec<DpdkPort> = Vec::new();
+    for p in &cfg.ports {
+        let id = p
+            .dpdk_port
+            .with_context(|| format!("port {} has no dpdk_port", p.name))?;
+        let port = DpdkPort::open(id, want, &pool, &opts).with_context(|| {
+            format!(
+                "opening DPDK port {id} (port {}): EAL found {found} port(s)",
+                p.name
+            )
+        })?;
+        let link = port
+            .link_status()
+            .map_or_else(|e| format!("unknown ({e})"), |l| l.to_string());
+        tracing::info!(
+            port = %p.name,
+            dpdk_port = id,
+            device = port.name(),
+            driver = port.driver(),
+            mac = %fmt_mac(port.mac()),
+            link = %link,
+            queues = port.queue_count(),
+            rss = port.rss(),
+            "DPDK port open"
+        );
+        if port.queue_count() < want {
+            // Every port needs a queue per worker: ask the next ports for
+            // no more than this one has.
+            want = port.queue_count();
+        }
+        ports.push(port);
+    }
+    let workers = usize::from(want);
+    if workers < requested {
+        tracing::warn!(
+            "a DPDK port has only {workers} queue(s) (no RSS, or fewer queues): \
+             running {workers} worker(s) instead of {requested}"
+        );
+    }
+    if let Some(p) = ports
+        .iter()
+        .find(|p| usize::from(p.queue_count()) > workers)
+    {
+        // RSS would spread its flows over queues no worker polls.
+        bail!(
+            "DPDK port {} ({}) has {} queues but another port only {workers}: \
+             set [dataplane] workers = {workers}",
+            p.port_id(),
+            p.name(),
+            p.queue_count()
+        );
+    }
+    let inject: Vec<Arc<ArrayQueue<Vec<u8>>>> = ports
+        .iter()
+        .map(|_| Arc::new(ArrayQueue::new(INJECT_DEPTH)))
+        .collect();
+    let mut per_worker: Vec<Vec<Box<dyn PacketIo>>> = Vec::new();
+    for w in 0..workers {
+        let mut ios: Vec<Box<dyn PacketIo>> = Vec::new();
+        for (port, frames) in ports.iter().zip(&inject) {
+            let q = u16::try_from(w % usize::from(port.queue_count())).unwrap_or(0);
+            let queue = port
+                .queue(q)
+                .with_context(|| format!("queue {q} of DPDK port {}", port.port_id()))?;
+            if w == 0 {
+                ios.push(Box::new(WithInjected {
+                    io: queue,
+                    frames: frames.clone(),
+                }));
+            } else {
+                ios.push(Box::new(queue));
+            }
+        }
+        per_worker.push(ios);
+    }
+    let senders = ports
+        .iter()
+        .zip(&inject)
+        .map(|(p, frames)| PortSender::Queued {
+            frames: frames.clone(),
+            mac: p.mac(),
+        })
+        .collect();
+    let port_names = ports.iter().map(|p| p.name().to_string()).collect();
+    Ok(OpenPorts {
+        per_worker,
+        senders,
+        port_names,
+        eal: Some(eal),
+        dpdk_ports: ports,
+    })
+}
+
+/// Logs every change of a DPDK port's link (a NIC usually reports "down"
+/// for a moment after start, while it negotiates), until `shared.stop`.
+#[cfg(feature = "dpdk")]
+fn watch_links(shared: &Shared) {
+    let names: Vec<String> = shared
+        .runtime
+        .load()
+        .snap
+        .cfg
+        .ports
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let mut last: Vec<Option<String>> = (0..shared.dpdk_ports.len())
+        .map(|pi| shared.link_status(pi))
+        .collect();
+    let mut since = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if since.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        since = Instant::now();
+        for (pi, prev) in last.iter_mut().enumerate() {
+            let now = shared.link_status(pi);
+            if now != *prev {
+                let port = names.get(pi).map_or("?", String::as_str);
+                let link = now.as_deref().unwrap_or("unknown");
+                if link.starts_with("up") {
+                    tracing::info!(port, link, "DPDK link changed");
+                } else {
+                    tracing::warn!(port, link, "DPDK link changed");
+                }
+                *prev = now;
+            }
+        }
+    }
+}
+
+/// Buffers for every RX and TX descriptor of every queue, what the workers
+/// hold in flight, the per-lcore caches and a margin; rounded up to a power
+/// of two minus one, as DPDK prefers.
+#[cfg(feature = "dpdk")]
+fn pool_size(
+    ports: usize,
+    queues: u16,
+    opts: &crate::io::dpdk::DpdkPortOpts,
+    workers: usize,
+) -> u32 {
+    let rings =
+        ports * usize::from(queues) * (usize::from(opts.rx_desc) + usize::from(opts.tx_desc));
+    let in_flight =
+        workers * (POOL_CACHE as usize + ports * (crate::io::dpdk::MAX_BURST + opts.tx_batch));
+    let n = (rings + in_flight + 1024).next_power_of_two() - 1;
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(feature = "dpdk")]
+fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The calling thread's CPU set, if it can be read.
+#[cfg(feature = "dpdk")]
+fn thread_affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t and we pass its exact size; 0 = this thread.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    (rc == 0).then_some(set)
+}
+
+#[cfg(feature = "dpdk")]
+fn set_thread_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: `set` is a valid cpu_set_t and we pass its exact size; 0 = this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if rc != 0 {
+        tracing::warn!(
+            "could not restore the CPU affinity after EAL init: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Worker 0's queue of a DPDK port: also sends, at each flush, the frames
+/// the health checker queued for the port.
+#[cfg(feature = "dpdk")]
+struct WithInjected {
+    io: crate::io::dpdk::DpdkQueue,
+    frames: Arc<ArrayQueue<Vec<u8>>>,
+}
+
+#[cfg(feature = "dpdk")]
+impl PacketIo for WithInjected {
+    fn recv_burst(&mut self, max: usize, f: &mut dyn FnMut(&mut [u8], RxMeta)) -> usize {
+        self.io.recv_burst(max, f)
+    }
+
+    fn send(&mut self, frame: &[u8]) -> bool {
+        self.io.send(frame)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Bounded, so a flood of probes cannot hold up the worker.
+        for _ in 0..BURST {
+            let Some(frame) = self.frames.pop() else {
+                break;
+            };
+            self.io.send(&frame);
+        }
+        self.io.flush()
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        self.io.mac()
+    }
+
+    fn stats(&self) -> IoStats {
+        self.io.stats()
+    }
+
+    fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.io.poll_fd()
     }
 }
 

@@ -23,8 +23,7 @@ use lb_core::model::{HealthProtocol, ServerGroup};
 use lb_core::packet::{self, FrameSpec, MacAddr};
 use lb_core::pipeline::{Health, Snapshot};
 
-use crate::daemon::Shared;
-use crate::io::raw::RawSender;
+use crate::daemon::{PortSender, Shared};
 
 /// Source ports of probes: above the FULLNAT range, so replies never meet
 /// a session.
@@ -145,7 +144,7 @@ enum ProbeState {
 }
 
 /// Runs the checks until `shared.stop` is set.
-pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<RawSender>) {
+pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<PortSender>) {
     let mut progress: HashMap<(String, String, u16), Progress> = HashMap::new();
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -380,7 +379,7 @@ fn conclude(
 
 fn mac_for(
     shared: &Shared,
-    senders: &mut [RawSender],
+    senders: &mut [PortSender],
     t: &Target,
     now: Instant,
 ) -> Option<[u8; 6]> {
@@ -408,7 +407,7 @@ fn mac_for(
 
 fn send_probe(
     shared: &Shared,
-    senders: &mut [RawSender],
+    senders: &mut [PortSender],
     t: &Target,
     probe: &Probe,
     now: Instant,
@@ -453,7 +452,7 @@ fn handle_reply(
     rt: &crate::daemon::Runtime,
     targets: &[Target],
     progress: &mut HashMap<(String, String, u16), Progress>,
-    senders: &mut [RawSender],
+    senders: &mut [PortSender],
     frame: &[u8],
 ) {
     let Ok(p) = packet::parse(frame) else { return };
@@ -582,7 +581,7 @@ fn handle_reply(
 #[allow(clippy::too_many_arguments)]
 fn send_tcp(
     shared: &Shared,
-    senders: &mut [RawSender],
+    senders: &mut [PortSender],
     t: &Target,
     probe: &Probe,
     seq: u32,

@@ -32,6 +32,9 @@ pub fn render(v: &Value) -> String {
             n(&p["tx_packets"]),
             n(&p["tx_dropped"])
         );
+        if let Some(link) = p["link"].as_str() {
+            let _ = writeln!(s, "  {:<10} link {link}", "");
+        }
     }
     let _ = writeln!(
         s,

@@ -469,3 +469,34 @@ pub fn sg_alb(deny80: bool) -> String {
     }
     s
 }
+
+/// `config` (from [`seed_config`]) with `io = "dpdk"`: the `[dataplane]`
+/// table replaced by one with `eal_args`, and each port's `interface`
+/// replaced by `dpdk_port` = its index (vdevs are numbered in command-line
+/// order, so list them in port order).
+pub fn dpdk_config(config: &str, eal_args: &[String]) -> String {
+    let start = config.find("[dataplane]").expect("a [dataplane] table");
+    let end = config[start..]
+        .find("[[port]]")
+        .map(|i| start + i)
+        .expect("ports after [dataplane]");
+    let args = eal_args
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dataplane = format!("[dataplane]\nio = \"dpdk\"\nworkers = 2\neal_args = [{args}]\n\n");
+    let mut out = format!("{}{dataplane}{}", &config[..start], &config[end..]);
+    let mut port = 0;
+    while let Some(at) = out.find("interface = \"") {
+        let line_end = at + out[at..].find('\n').expect("a line end");
+        out.replace_range(at..line_end, &format!("dpdk_port = {port}"));
+        port += 1;
+    }
+    out
+}
+
+/// Where DPDK keeps the runtime files of `file_prefix` (as root).
+pub fn dpdk_runtime_dir(file_prefix: &str) -> PathBuf {
+    PathBuf::from("/var/run/dpdk").join(file_prefix)
+}
