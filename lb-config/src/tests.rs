@@ -1013,6 +1013,7 @@ fn load_reads_the_examples() {
         "alb-seed-deny81.toml",
         "alb-seed-deny80-81.toml",
         "vpc.toml",
+        "bare-metal-2port.toml",
     ] {
         if let Err(e) = load(&dir.join(name)) {
             panic!("{e}");

@@ -7,9 +7,13 @@
 //! marked `MADV_HUGEPAGE`, which is what THP's default `madvise` mode waits
 //! for; everything else goes to the system allocator unchanged.
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static ALLOC: lb_dataplane::alloc::HugePageAlloc = lb_dataplane::alloc::HugePageAlloc;
+//!
+//! // A session-table-sized block: 2 MiB aligned, on huge pages where THP allows.
+//! let table = vec![0u64; 1 << 20];
+//! assert_eq!(table.as_ptr() as usize % lb_dataplane::alloc::HUGE, 0);
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
