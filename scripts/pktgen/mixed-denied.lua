@@ -21,7 +21,6 @@ for i = 0, n - 1 do
     ["dport"] = dport,
     ["ethType"] = "ipv4",
     ["ipProto"] = "tcp",
-    ["vlanid"] = 1,
     ["pktSize"] = c.size,
   })
 end
