@@ -217,8 +217,12 @@ impl Daemon {
         let mut threads = Vec::new();
         let cores = cfg.dataplane.cores.clone();
         let idle = cfg.dataplane.idle;
+        // Each worker maps its session table on its own core; `start`
+        // returns (and lbd reports ready) once all of them have.
+        let ready = Arc::new(std::sync::Barrier::new(per_worker.len() + 1));
         for (id, ports) in per_worker.into_iter().enumerate() {
             let shared = shared.clone();
+            let ready = ready.clone();
             let core = cores.get(id).copied();
             #[cfg(feature = "dpdk")]
             let eal = eal.clone();
@@ -239,11 +243,17 @@ impl Daemon {
                             })
                             .ok()
                     });
-                    WorkerLoop::new(id, shared, ports, idle).run();
+                    let mut worker = WorkerLoop::new(id, shared, ports, idle);
+                    // Map the session table before traffic, not page by page under it.
+                    worker.core.prefault();
+                    ready.wait();
+                    worker.run();
                 })
                 .context("starting a worker thread")?;
             threads.push(h);
         }
+        // Probes go out once the workers are there to receive the answers.
+        ready.wait();
         {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
@@ -716,8 +726,6 @@ impl WorkerLoop {
     }
 
     fn run(mut self) {
-        // Map the session table before traffic, not page by page under it.
-        self.core.prefault();
         let mut idle_polls: u32 = 0;
         while !self.shared.stop.load(Ordering::Relaxed) {
             // The snapshot is taken once per burst: a reload lands between bursts.
