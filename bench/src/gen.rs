@@ -307,7 +307,7 @@ pub fn parse_rate(s: &str) -> Result<Option<u64>> {
         .parse()
         .map_err(|_| anyhow!("{s:?} is not a rate (e.g. 20000, 20k, 1.5M, flat)"))?;
     let pps = v * mult;
-    if !pps.is_finite() || pps < 1.0 || pps > 1e9 {
+    if !(1.0..=1e9).contains(&pps) {
         bail!("the rate {s:?} must be between 1 pps and 1 Gpps");
     }
     Ok(Some(pps.round() as u64))
@@ -1087,7 +1087,7 @@ impl Report {
 
     pub fn latency(&self) -> Option<Latency> {
         let h = &self.rx.as_ref()?.latency;
-        (h.len() > 0).then(|| Latency {
+        (!h.is_empty()).then(|| Latency {
             count: h.len(),
             p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
             p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
@@ -1131,8 +1131,8 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  {:<12} {:>11} {:>11} {:>9}  {}",
-            "class", "sent", "received", "loss", "tx drops"
+            "  {:<12} {:>11} {:>11} {:>9}  tx drops",
+            "class", "sent", "received", "loss"
         )?;
         for c in ALL {
             let sent = self.sent(c);
@@ -1223,7 +1223,7 @@ pub fn run_on(o: &Opts, tx: Box<dyn PacketIo>, rx: Option<Box<dyn PacketIo>>) ->
         (Class::Denied, o.mix.denied),
     ]
     .iter()
-    .flat_map(|&(c, w)| std::iter::repeat(c).take(w as usize))
+    .flat_map(|&(c, w)| std::iter::repeat_n(c, w as usize))
     .collect();
     for i in (1..pattern.len()).rev() {
         pattern.swap(i, rng.below(i as u64 + 1) as usize);
