@@ -80,8 +80,10 @@ pub enum Class {
     Warmup = 3,
 }
 
-const CLASSES: usize = 4;
-const ALL: [Class; CLASSES] = [Class::New, Class::Established, Class::Denied, Class::Warmup];
+/// Number of classes (the length of the per-class counters).
+pub const CLASSES: usize = 4;
+/// Every class, in counter order.
+pub const ALL: [Class; CLASSES] = [Class::New, Class::Established, Class::Denied, Class::Warmup];
 
 impl Class {
     pub fn name(self) -> &'static str {
@@ -414,6 +416,9 @@ impl GenArgs {
         } else {
             IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10))
         });
+        if self.ipv6 != vip.is_ipv6() {
+            bail!("--ipv6 and the VIP {vip} disagree on the address family");
+        }
         let src = self.src_net.clone().unwrap_or_else(|| {
             SrcNet::Net(if vip.is_ipv6() {
                 "2001:db8:18:1::/64".parse().expect("prefix")
@@ -555,8 +560,7 @@ pub fn open_afpacket(
             s.spawn(open)
                 .join()
                 .map_err(|_| anyhow!("opening {iface} in {ns}: the thread panicked"))?
-        })
-        .with_context(|| format!("in network namespace {ns}")),
+        }),
     }
 }
 
@@ -931,7 +935,9 @@ impl Sender {
                 d -= 1;
             } else {
                 self.sent[class as usize] += 1;
-                self.tx_bytes += len as u64;
+                if class != Class::Warmup {
+                    self.tx_bytes += len as u64;
+                }
             }
         }
         Ok(())
@@ -943,7 +949,7 @@ impl Sender {
 pub struct RxCounts {
     /// Stamped frames of this run, per class (duplicates not counted).
     pub received: [u64; CLASSES],
-    /// Bytes of the measured classes.
+    /// Bytes of the measured classes (Ethernet frames without the FCS).
     pub bytes: u64,
     pub duplicates: u64,
     /// Frames that were not ours (health checks, ARP, other runs).
@@ -974,6 +980,9 @@ fn rx_loop(
     let mut seen: Vec<u64> = Vec::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     let fd = port.poll_fd();
+    // Once told to stop, read what is queued, but not for long if
+    // frames keep coming.
+    let mut stop_by = None;
     loop {
         let now = Instant::now();
         let now_ns = epoch.elapsed().as_nanos() as u32;
@@ -1011,10 +1020,13 @@ fn rx_loop(
             first.get_or_insert(now);
             last = Some(now);
         }
-        if n == 0 {
-            if stop.load(Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) {
+            let by = *stop_by.get_or_insert(now + Duration::from_millis(100));
+            if n == 0 || now > by {
                 break;
             }
+        }
+        if n == 0 {
             match fd {
                 Some(fd) => {
                     let mut pfd = libc::pollfd {
@@ -1060,6 +1072,7 @@ pub struct Report {
     pub sent: [u64; CLASSES],
     /// Frames the TX port could not take (not counted as loss).
     pub tx_dropped: [u64; CLASSES],
+    /// Bytes of the measured classes (Ethernet frames without the FCS).
     pub tx_bytes: u64,
     /// Length of the measured sending phase.
     pub tx_time: Duration,
@@ -1143,8 +1156,9 @@ impl fmt::Display for Report {
                 .received(c)
                 .map_or_else(|| "-".to_string(), |g| g.to_string());
             let loss = match (c, self.received(c)) {
-                (Class::Denied, Some(g)) if g > 0 => format!("LEAKED {g}"),
-                (Class::Denied, Some(_)) => "none leak".into(),
+                (Class::Denied, Some(g)) => {
+                    format!("{} {g}", if g > 0 { "LEAKED" } else { "leaked" })
+                }
                 _ => self
                     .loss(c)
                     .map_or_else(|| "-".into(), |l| format!("{:.3} %", l * 100.0)),
@@ -1354,12 +1368,19 @@ fn send_all(o: &Opts, s: &mut Sender) -> Result<Duration> {
     Ok(last - start)
 }
 
-/// `bench gen`.
+/// `bench gen`: runs and prints the summary; on a setup error, prints
+/// the error chain on one line and exits with status 1.
 pub fn main(args: &GenArgs) -> Result<()> {
-    let o = args.opts()?;
-    let report = run(&o)?;
-    println!("{report}");
-    Ok(())
+    match args.opts().and_then(|o| run(&o)) {
+        Ok(report) => {
+            println!("{report}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("bench gen: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }
 
 #[cfg(test)]
