@@ -8,7 +8,9 @@
 //! * **new**: a SYN of a flow never seen before (a fresh client address and
 //!   port each time, from `--src-net`);
 //! * **established**: packets (ACK|PSH) of a fixed set of `--flows` flows,
-//!   each opened by a SYN during a warm-up before the measurement;
+//!   each opened by a SYN during a warm-up before the measurement (SYNs the
+//!   receiver did not see are sent again, so that established loss is not
+//!   warm-up loss in disguise);
 //! * **denied**: SYNs to `--deny-port`, which the load balancer must drop.
 //!
 //! Every frame carries a 10-byte stamp at the start of its TCP payload
@@ -19,6 +21,10 @@
 //! balancer) recognises its frames by the stamp and counts them per class,
 //! with the send → receive latency in a histogram. Denied frames must not
 //! arrive: any that do are reported as leaked.
+//!
+//! New flows start at a random point of the client tuple space (source
+//! addresses x ports 1024-65535) in every run, so that a second run against
+//! the same load balancer does not hit the first one's sessions.
 //!
 //! The generator answers ARP requests (and IPv6 neighbour solicitations)
 //! for its source addresses on the TX interface, so that the load balancer
@@ -34,7 +40,7 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +64,11 @@ pub const BURST: usize = 32;
 const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// Longest warm-up (opening the established flows).
 const MAX_WARMUP: Duration = Duration::from_secs(10);
+/// Rounds of warm-up SYNs: the first, and resends of those that did not
+/// arrive.
+const WARMUP_ROUNDS: usize = 4;
+/// Most established flows (their index is the warm-up's sequence number).
+const MAX_FLOWS: usize = 10_000_000;
 /// Client ports of generated flows.
 const PORT_BASE: u16 = 1024;
 const PORTS: u64 = 65536 - PORT_BASE as u64;
@@ -488,8 +499,8 @@ impl Opts {
         if self.port == self.deny_port && self.mix.denied > 0 {
             bail!("--port and --deny-port are the same ({})", self.port);
         }
-        if self.mix.established > 0 && self.flows == 0 {
-            bail!("established traffic needs --flows of at least 1");
+        if self.mix.established > 0 && !(1..=MAX_FLOWS).contains(&self.flows) {
+            bail!("established traffic needs --flows between 1 and {MAX_FLOWS}");
         }
         if self.port == 0 || self.deny_port == 0 {
             bail!("port 0 is not a listener port");
@@ -824,6 +835,8 @@ struct Sender {
     epoch: Instant,
     seq: u32,
     new_flows: u64,
+    /// Where this run's new flows start in the tuple space.
+    new_base: u64,
     denied_flows: u64,
     sent: [u64; CLASSES],
     tx_dropped: [u64; CLASSES],
@@ -879,9 +892,10 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends `n` frames; `warmup` sends the SYNs of the established flows
-    /// `*cursor..` instead of the mix.
-    fn send_burst(&mut self, n: usize, warmup: Option<&mut u64>) -> Result<()> {
+    /// Sends `n` frames of the mix, or with `warmup` = (flows, cursor) the
+    /// SYNs of the established flows `flows[*cursor..]` (stamped with the
+    /// flow's index as the sequence number).
+    fn send_burst(&mut self, n: usize, warmup: Option<(&[u64], &mut usize)>) -> Result<()> {
         self.burst.clear();
         let mut warm = warmup;
         for _ in 0..n {
@@ -889,19 +903,22 @@ impl Sender {
                 Some(_) => Class::Warmup,
                 None => self.next_class(),
             };
+            let mut seq = self.seq;
             let tuple = match class {
                 Class::Warmup => {
-                    let c = warm.as_deref_mut().expect("warm-up cursor");
-                    let t = self.tuple(*c);
-                    *c += 1;
-                    t
+                    let (flows, c) = warm.as_mut().expect("warm-up flows");
+                    let flow = flows[**c];
+                    **c += 1;
+                    seq = flow as u32;
+                    self.tuple(flow)
                 }
                 Class::Established => {
                     let i = self.rng.below(self.flows);
                     self.tuple(i)
                 }
                 Class::New => {
-                    let i = self.flows + self.new_flows % (self.tuples - self.flows);
+                    let i =
+                        self.flows + (self.new_base + self.new_flows) % (self.tuples - self.flows);
                     self.new_flows += 1;
                     self.tuple(i)
                 }
@@ -914,10 +931,12 @@ impl Sender {
             let stamp = Stamp {
                 run: self.run,
                 class,
-                seq: self.seq,
+                seq,
                 tx_ns: self.epoch.elapsed().as_nanos() as u32,
             };
-            self.seq = self.seq.wrapping_add(1);
+            if class != Class::Warmup {
+                self.seq = self.seq.wrapping_add(1);
+            }
             let len = self.tpl.fill(&mut self.buf, tuple.0, tuple.1, &stamp);
             self.port.send(&self.buf[..len]);
             self.burst.push((class, len));
@@ -966,6 +985,7 @@ fn rx_loop(
     run: u8,
     epoch: Instant,
     stop: &AtomicBool,
+    opened: &[AtomicU64],
 ) -> Result<RxCounts> {
     let mut c = RxCounts {
         received: [0; CLASSES],
@@ -997,7 +1017,17 @@ fn rx_loop(
                 return;
             }
             let seq = u64::from(s.seq);
-            if seq < DEDUP_LIMIT {
+            if s.class == Class::Warmup {
+                // The sequence number is the flow's index.
+                let Some(w) = opened.get((seq / 64) as usize) else {
+                    c.other += 1;
+                    return;
+                };
+                if w.fetch_or(1 << (seq % 64), Ordering::Relaxed) & (1 << (seq % 64)) != 0 {
+                    c.duplicates += 1;
+                    return;
+                }
+            } else if seq < DEDUP_LIMIT {
                 let (w, b) = ((seq / 64) as usize, seq % 64);
                 if seen.len() <= w {
                     seen.resize(w + 1024, 0);
@@ -1080,6 +1110,9 @@ pub struct Report {
     pub neighbor_replies: u64,
     /// New flows outnumbered the client tuples, which were reused.
     pub tuples_reused: bool,
+    /// Established flows whose SYN reached the receiver in the warm-up
+    /// (`None` without a receiver or established traffic).
+    pub flows_opened: Option<u64>,
 }
 
 impl Report {
@@ -1198,6 +1231,13 @@ impl fmt::Display for Report {
             )?,
             None => writeln!(f, "  latency: no samples")?,
         }
+        if let Some(n) = self.flows_opened {
+            writeln!(
+                f,
+                "  established flows opened by the warm-up: {n} of {}",
+                self.flows
+            )?;
+        }
         write!(
             f,
             "  neighbour replies sent: {}{}",
@@ -1228,7 +1268,14 @@ pub fn run_on(o: &Opts, tx: Box<dyn PacketIo>, rx: Option<Box<dyn PacketIo>>) ->
     o.check()?;
     let epoch = Instant::now();
     let mut rng = Rng::new(o.seed);
-    let run = (rng.next() & 0x0f) as u8;
+    // Each run its own stamp nibble and new-flow tuples: a second run
+    // against the same load balancer must not hit the first one's sessions.
+    let mut fresh = Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    let run = (fresh.next() & 0x0f) as u8;
     let sources = o.src.addresses(&[o.vip]);
     let mac = tx.mac();
     let mut pattern: Vec<Class> = [
@@ -1249,6 +1296,7 @@ pub fn run_on(o: &Opts, tx: Box<dyn PacketIo>, rx: Option<Box<dyn PacketIo>>) ->
         mac,
         own: sources.iter().copied().collect(),
         tuples: sources.len() as u64 * PORTS,
+        new_base: fresh.below(sources.len() as u64 * PORTS - flows as u64),
         sources,
         flows: flows as u64,
         pattern,
@@ -1271,17 +1319,20 @@ pub fn run_on(o: &Opts, tx: Box<dyn PacketIo>, rx: Option<Box<dyn PacketIo>>) ->
     s.last_dropped = s.port.stats().tx_dropped;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let opened: Arc<Vec<AtomicU64>> =
+        Arc::new((0..flows.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
+    let has_rx = rx.is_some();
     let receiver = rx.map(|port| {
-        let stop = Arc::clone(&stop);
+        let (stop, opened) = (Arc::clone(&stop), Arc::clone(&opened));
         std::thread::Builder::new()
             .name("gen-rx".into())
-            .spawn(move || rx_loop(port, run, epoch, &stop))
+            .spawn(move || rx_loop(port, run, epoch, &stop, &opened))
     });
     let receiver = match receiver {
         Some(r) => Some(r.context("starting the receiver thread")?),
         None => None,
     };
-    let result = send_all(o, &mut s);
+    let result = send_all(o, &mut s, has_rx.then_some(&opened[..]));
     // Let the last frames arrive, answering neighbours meanwhile.
     let drain_end = Instant::now() + o.drain;
     while Instant::now() < drain_end {
@@ -1298,7 +1349,7 @@ pub fn run_on(o: &Opts, tx: Box<dyn PacketIo>, rx: Option<Box<dyn PacketIo>>) ->
         ),
         None => None,
     };
-    let tx_time = result?;
+    let (tx_time, unopened) = result?;
     let sources = s.sources.len();
     Ok(Report {
         tx_iface: o.tx_iface.clone(),
@@ -1314,38 +1365,66 @@ pub fn run_on(o: &Opts, tx: Box<dyn PacketIo>, rx: Option<Box<dyn PacketIo>>) ->
         tx_time,
         rx,
         neighbor_replies: s.neighbor_replies,
+        flows_opened: unopened.map(|u| flows as u64 - u),
     })
 }
 
-/// The warm-up and the measured phase; returns the measured time.
-fn send_all(o: &Opts, s: &mut Sender) -> Result<Duration> {
-    // Warm-up: one SYN per established flow, at the run's rate but fast
-    // enough to finish within a few seconds.
-    if s.flows > 0 {
-        let warm_rate = o.rate.map(|r| r.max(s.flows / 2 + 1));
-        let start = Instant::now();
-        let mut pacer = Pacer::new(warm_rate, start);
-        let mut cursor = 0u64;
-        while cursor < s.flows {
+/// Sends the SYNs of the established flows: one per flow, at the run's
+/// rate but fast enough to finish within a few seconds; with a receiver
+/// (`opened`: the flows whose SYN arrived), SYNs that did not arrive are
+/// sent again, up to [`WARMUP_ROUNDS`] rounds in [`MAX_WARMUP`]. Returns
+/// how many flows remain unopened (with a receiver).
+fn warm_up(o: &Opts, s: &mut Sender, opened: Option<&[AtomicU64]>) -> Result<Option<u64>> {
+    let deadline = Instant::now() + MAX_WARMUP;
+    let mut todo: Vec<u64> = (0..s.flows).collect();
+    for _ in 0..WARMUP_ROUNDS {
+        let rate = o.rate.map(|r| r.max(todo.len() as u64 / 2 + 1));
+        let mut pacer = Pacer::new(rate, Instant::now());
+        let mut cursor = 0usize;
+        while cursor < todo.len() {
             let now = Instant::now();
-            if now - start > MAX_WARMUP {
-                bail!("the warm-up did not finish in {} s", MAX_WARMUP.as_secs());
+            if now > deadline {
+                break;
             }
             s.service()?;
-            let n = pacer.grant(now).min((s.flows - cursor) as usize);
+            let n = pacer.grant(now).min(todo.len() - cursor);
             if n == 0 {
                 pause(pacer.until_next());
                 continue;
             }
-            s.send_burst(n, Some(&mut cursor))?;
+            s.send_burst(n, Some((&todo, &mut cursor)))?;
         }
-        // Let the sessions settle before the measurement.
+        // Let the sessions settle (and the SYNs arrive).
         let settle = Instant::now() + Duration::from_millis(200);
         while Instant::now() < settle {
             s.service()?;
             std::thread::sleep(Duration::from_millis(1));
         }
+        let Some(opened) = opened else {
+            return Ok(None);
+        };
+        let is_open =
+            |f: u64| opened[(f / 64) as usize].load(Ordering::Relaxed) & (1 << (f % 64)) != 0;
+        todo.retain(|&f| !is_open(f));
+        if todo.is_empty() || Instant::now() > deadline {
+            break;
+        }
     }
+    Ok(opened.map(|_| todo.len() as u64))
+}
+
+/// The warm-up and the measured phase; returns the measured time and the
+/// flows the warm-up could not open (with a receiver).
+fn send_all(
+    o: &Opts,
+    s: &mut Sender,
+    opened: Option<&[AtomicU64]>,
+) -> Result<(Duration, Option<u64>)> {
+    let unopened = if s.flows > 0 {
+        warm_up(o, s, opened)?
+    } else {
+        None
+    };
 
     let start = Instant::now();
     let end = start + o.duration;
@@ -1365,7 +1444,7 @@ fn send_all(o: &Opts, s: &mut Sender) -> Result<Duration> {
         s.send_burst(n, None)?;
         last = Instant::now();
     }
-    Ok(last - start)
+    Ok((last - start, unopened))
 }
 
 /// `bench gen`: runs and prints the summary; on a setup error, prints
