@@ -5,6 +5,7 @@
 //! bench acl --rules sg6_1k.rules --trace sg6_1k.trace --ipv6
 //! bench acl --all /work/shared/bench-data --packets 200000
 //! bench pipeline
+//! bench gen --tx-iface c-eth0 --rx-iface sw-lb --dst-mac 02:00:00:00:00:02 --rate 20k
 //! ```
 
 mod acl;
@@ -31,6 +32,9 @@ enum Command {
     Acl(AclArgs),
     /// The per-core fast path: frames through the real worker code, no I/O.
     Pipeline(PipelineArgs),
+    /// Traffic generator: new / established / denied TCP flows to a VIP
+    /// through a port, counted after the load balancer.
+    Gen(lb_bench::gen::GenArgs),
 }
 
 /// Arguments of `bench pipeline`.
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Acl(args) => acl::run(&args),
+        Command::Gen(args) => lb_bench::gen::main(&args),
         Command::Pipeline(a) => {
             pipeline::run(&pipeline::Opts {
                 sessions: a.sessions,
