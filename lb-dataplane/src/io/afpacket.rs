@@ -112,9 +112,13 @@ pub struct AfPacketOpts {
 
 impl Default for AfPacketOpts {
     fn default() -> Self {
+        // A block goes back to user space when full or after the retire
+        // timeout, so under light traffic the ring holds `block_count`
+        // timeouts' worth of frames: many small blocks ride out a stall of
+        // the worker (64 ms here) that 16 big ones (16 ms) would not.
         AfPacketOpts {
-            block_size: 1 << 20,
-            block_count: 16,
+            block_size: 256 << 10,
+            block_count: 64,
             frame_size: 2048,
             block_timeout_ms: 1,
             fanout: None,
