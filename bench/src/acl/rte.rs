@@ -697,6 +697,74 @@ mod tests {
         assert_eq!(v(10), (80, 81));
     }
 
+    /// The one test of this binary that starts EAL (once per process).
+    #[test]
+    fn rte_acl_agrees_with_linear() {
+        use crate::acl::rng::Rng;
+        use lb_core::acl::linear_classify;
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        let _eal = Eal::init().unwrap();
+        let v4 = parse_rules(
+            "@10.0.0.0/8 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xff\n\
+             @10.1.0.0/16 192.168.0.0/24 1000 : 2000 0 : 65535 0x11/0xff\n\
+             @0.0.0.0/0 192.168.0.7/32 0 : 65535 0 : 1023 0x00/0x00\n\
+             @10.1.2.0/24 0.0.0.0/0 0 : 65535 0 : 65535 0x00/0x00\n",
+            "v4",
+            false,
+        )
+        .unwrap()
+        .rules;
+        let v6 = parse_rules(
+            "@2001:db8::/32 ::/0 0 : 65535 443 : 443 0x06/0xff\n\
+             @2001:db8:0:1::/64 fd00::/8 0 : 65535 0 : 65535 0x11/0xff\n\
+             @::/0 fd00::7/128 0 : 65535 0 : 1023 0x00/0x00\n\
+             @2001:db8:0:1:8000::/65 ::/0 0 : 65535 0 : 65535 0x00/0x00\n",
+            "v6",
+            true,
+        )
+        .unwrap()
+        .rules;
+        let mut rng = Rng::new(7);
+        for (rules, ipv6) in [(&v4, false), (&v6, true)] {
+            let answers: Vec<u32> = (0..rules.len() as u32).collect();
+            let acl = RteAcl::build(rules, &answers, ipv6).unwrap();
+            let keys: Vec<FlowKey> = (0..20_000)
+                .map(|_| {
+                    let (src, dst) = if ipv6 {
+                        let s = 0x2001_0db8_0000_0001_0000_0000_0000_0000u128
+                            | (rng.next_u128() >> (32 + rng.below(96) as u32));
+                        let d = 0xfd00u128 << 112 | rng.below(16) as u128;
+                        (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)))
+                    } else {
+                        let s = 0x0a01_0000u32 | (rng.next_u64() as u32 >> (8 + rng.below(24)));
+                        let d = 0xc0a8_0000u32 | rng.below(16) as u32;
+                        (IpAddr::V4(Ipv4Addr::from(s)), IpAddr::V4(Ipv4Addr::from(d)))
+                    };
+                    FlowKey {
+                        src,
+                        dst,
+                        proto: [6u8, 17, 1][rng.below(3) as usize],
+                        sport: rng.range_u16(900, 2100),
+                        dport: [80u16, 443, 53, 8080][rng.below(4) as usize],
+                    }
+                })
+                .collect();
+            let want: Vec<Option<u32>> = keys.iter().map(|k| linear_classify(rules, k)).collect();
+            assert!(want.iter().flatten().count() > 1000);
+            let mut got = vec![None; keys.len()];
+            acl.classify_burst(&keys, &mut got);
+            assert_eq!(got, want, "ipv6={ipv6}");
+            let input = acl.prepare(&keys).unwrap();
+            for m in &acl.methods {
+                let mut res = vec![0u32; keys.len()];
+                acl.classify_raw(&input.data, &mut res, *m);
+                let got: Vec<Option<u32>> = res.iter().map(|r| r.checked_sub(1)).collect();
+                assert_eq!(got, want, "ipv6={ipv6} method {}", m.name);
+            }
+        }
+    }
+
     #[test]
     fn encodes_network_order() {
         let k = FlowKey {
