@@ -41,8 +41,26 @@ struct FileResult {
     name: String,
     /// linear / compiled per burst.
     linear: Vec<f64>,
-    /// rte_acl (best method) / compiled per burst.
-    rte: Option<Vec<f64>>,
+    /// Rules given to ours (groups when grouped) and lines.
+    rules: usize,
+    lines: usize,
+    /// Ours: build time (ms), memory (bytes), ns/packet per burst.
+    build_ms: f64,
+    memory: usize,
+    ns: Vec<f64>,
+    /// rte_acl, when measured.
+    rte: Option<RteFigures>,
+}
+
+/// rte_acl's figures of one run.
+#[derive(Debug)]
+struct RteFigures {
+    build_ms: f64,
+    memory: usize,
+    /// Best method's ns/packet per burst, with the method.
+    ns: Vec<(f64, &'static str)>,
+    /// rte_acl / ours per burst.
+    ratio: Vec<f64>,
 }
 
 pub fn run(args: &AclArgs) -> Result<()> {
@@ -53,6 +71,7 @@ pub fn run(args: &AclArgs) -> Result<()> {
     };
     #[cfg(feature = "dpdk")]
     let _eal = rte::Eal::init()?;
+    println!("load average at the start: {}", load_average());
     let mut summary = Vec::new();
     for f in &files {
         let set = classbench::read_rules(f, args.ipv6)?;
@@ -73,12 +92,69 @@ pub fn run(args: &AclArgs) -> Result<()> {
             println!("summary (ratio rte_acl/ours, above 1: ours is faster):");
             for r in &summary {
                 if let Some(x) = &r.rte {
-                    println!("  {:<24} {}", r.name, ratio_line(x, 2));
+                    println!("  {:<24} {}", r.name, ratio_line(&x.ratio, 2));
                 }
             }
         }
     }
+    print_table(&summary);
+    println!("load average at the end: {}", load_average());
     Ok(())
+}
+
+/// `/proc/loadavg` (the machine may be shared).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The summary as a Markdown table (for bench/README.md).
+fn print_table(summary: &[FileResult]) {
+    println!();
+    let bursts: Vec<String> = BURSTS.iter().map(|b| format!("b{b}")).collect();
+    let vs = if summary.iter().any(|r| r.rte.is_some()) {
+        " / rte_acl"
+    } else {
+        ""
+    };
+    println!(
+        "| set | rules | build ms ours{vs} | memory MiB ours{vs} | ns/pkt ours{vs} {} | rte_acl/ours |",
+        bursts.join(" · ")
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in summary {
+        let rules = if r.rules == r.lines {
+            format!("{}", r.rules)
+        } else {
+            format!("{} ({} lines)", r.rules, r.lines)
+        };
+        let (build, memory, ns, ratio) = match &r.rte {
+            Some(x) => (
+                format!("{:.1} / {:.1}", r.build_ms, x.build_ms),
+                format!("{:.2} / {:.2}", mib(r.memory), mib(x.memory)),
+                r.ns.iter()
+                    .zip(&x.ns)
+                    .map(|(o, (t, m))| format!("{o:.1} / {t:.1} {m}"))
+                    .collect::<Vec<_>>()
+                    .join(" · "),
+                ratio_line(&x.ratio, 2),
+            ),
+            None => (
+                format!("{:.1}", r.build_ms),
+                format!("{:.2}", mib(r.memory)),
+                r.ns.iter()
+                    .map(|o| format!("{o:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" · "),
+                "-".to_owned(),
+            ),
+        };
+        println!(
+            "| {} | {rules} | {build} | {memory} | {ns} | {ratio} |",
+            r.name
+        );
+    }
 }
 
 fn file_name(p: &Path) -> String {
@@ -287,18 +363,21 @@ fn run_file(
             lin / c
         );
     }
-    #[cfg(not(feature = "dpdk"))]
-    let _ = &ours;
     println!("ratio linear/compiled: {}", ratio_line(&ratios, 1));
 
     #[cfg(feature = "dpdk")]
-    let rte_ratios = Some(rte_report(&rte, &mut rte_ns, &ours));
+    let rte_figures = Some(rte_report(&rte, &mut rte_ns, &ours));
     #[cfg(not(feature = "dpdk"))]
-    let rte_ratios = None;
+    let rte_figures = None;
     Ok(FileResult {
         name,
         linear: ratios,
-        rte: rte_ratios,
+        rules: rules.len(),
+        lines: lines.len(),
+        build_ms: build.as_secs_f64() * 1e3,
+        memory: compiled.memory_bytes().unwrap_or(0),
+        ns: ours,
+        rte: rte_figures,
     })
 }
 
@@ -379,8 +458,8 @@ fn rte_setup(
 /// Prints rte_acl's figures per method and burst; returns rte_acl (best
 /// method per burst) / ours per burst.
 #[cfg(feature = "dpdk")]
-fn rte_report(rte: &RteRun, rte_ns: &mut [Vec<Vec<f64>>], ours: &[f64]) -> Vec<f64> {
-    let mut best: Vec<(f64, &str)> = vec![(f64::INFINITY, ""); BURSTS.len()];
+fn rte_report(rte: &RteRun, rte_ns: &mut [Vec<Vec<f64>>], ours: &[f64]) -> RteFigures {
+    let mut best: Vec<(f64, &'static str)> = vec![(f64::INFINITY, ""); BURSTS.len()];
     for (m, per_burst) in rte.acl.methods.iter().zip(rte_ns.iter_mut()) {
         for ((b, times), best) in BURSTS.iter().zip(per_burst.iter_mut()).zip(best.iter_mut()) {
             let t = median(times);
@@ -404,7 +483,12 @@ fn rte_report(rte: &RteRun, rte_ns: &mut [Vec<Vec<f64>>], ours: &[f64]) -> Vec<f
         ratios.push(r / o);
     }
     println!("ratio rte_acl/ours: {}", ratio_line(&ratios, 2));
-    ratios
+    RteFigures {
+        build_ms: rte.acl.build_time.as_secs_f64() * 1e3,
+        memory: rte.acl.memory.rules + rte.acl.memory.tries,
+        ns: best,
+        ratio: ratios,
+    }
 }
 
 /// `0..n` in consecutive ranges of `burst`.
