@@ -1,12 +1,21 @@
-//! `bench acl`: the compiled classifier against the linear scan (and, later,
-//! other engines behind [`Engine`]).
+//! `bench acl`: the compiled classifier against the linear scan and, with
+//! the `dpdk` feature, DPDK's `rte_acl` (behind the same [`Engine`] trait).
+//!
+//! Sets with a `.meta` (security groups) run twice: as written (one rule per
+//! line for both engines) and grouped (our classifier gets one rule with a
+//! prefix list per remote group / prefix list; rte_acl still one rule per
+//! line, answering the line's group).
 
 mod classbench;
 mod engine;
+mod meta;
 mod rng;
+#[cfg(feature = "dpdk")]
+mod rte;
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,25 +35,126 @@ const RANDOM_SHARE: f64 = 0.03;
 /// Target duration of one timing round of the linear scan.
 const LINEAR_ROUND: Duration = Duration::from_millis(300);
 
+/// What one run of a rule file found.
+#[derive(Debug)]
+struct FileResult {
+    name: String,
+    /// linear / compiled per burst.
+    linear: Vec<f64>,
+    /// Rules given to ours (groups when grouped) and lines.
+    rules: usize,
+    lines: usize,
+    /// Ours: build time (ms), memory (bytes), ns/packet per burst.
+    build_ms: f64,
+    memory: usize,
+    ns: Vec<f64>,
+    /// rte_acl, when measured.
+    rte: Option<RteFigures>,
+}
+
+/// rte_acl's figures of one run.
+#[derive(Debug)]
+struct RteFigures {
+    build_ms: f64,
+    memory: usize,
+    /// Best method's ns/packet per burst, with the method.
+    ns: Vec<(f64, &'static str)>,
+    /// rte_acl / ours per burst.
+    ratio: Vec<f64>,
+}
+
 pub fn run(args: &AclArgs) -> Result<()> {
     let files = match (&args.all, &args.rules) {
         (Some(dir), _) => rule_files(dir)?,
         (None, Some(f)) => vec![f.clone()],
         (None, None) => bail!("give --rules FILE or --all DIR"),
     };
+    #[cfg(feature = "dpdk")]
+    let _eal = rte::Eal::init()?;
+    println!("load average at the start: {}", load_average());
     let mut summary = Vec::new();
     for f in &files {
-        let ratios = run_file(f, args)?;
-        summary.push((f.clone(), ratios));
+        let set = classbench::read_rules(f, args.ipv6)?;
+        let meta = meta::read_meta(f, set.rules.len())?;
+        summary.push(run_file(f, &set, meta.as_ref(), false, args)?);
         println!();
-    }
-    if files.len() > 1 {
-        println!("summary (ratio linear/compiled):");
-        for (f, r) in &summary {
-            println!("  {:<16} {}", file_name(f), ratio_line(r));
+        if let Some(m) = &meta {
+            summary.push(run_file(f, &set, Some(m), true, args)?);
+            println!();
         }
     }
+    if summary.len() > 1 {
+        println!("summary (ratio linear/compiled):");
+        for r in &summary {
+            println!("  {:<24} {}", r.name, ratio_line(&r.linear, 1));
+        }
+        if summary.iter().any(|r| r.rte.is_some()) {
+            println!("summary (ratio rte_acl/ours, above 1: ours is faster):");
+            for r in &summary {
+                if let Some(x) = &r.rte {
+                    println!("  {:<24} {}", r.name, ratio_line(&x.ratio, 2));
+                }
+            }
+        }
+    }
+    print_table(&summary);
+    println!("load average at the end: {}", load_average());
     Ok(())
+}
+
+/// `/proc/loadavg` (the machine may be shared).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The summary as a Markdown table (for bench/README.md).
+fn print_table(summary: &[FileResult]) {
+    println!();
+    let bursts: Vec<String> = BURSTS.iter().map(|b| format!("b{b}")).collect();
+    let vs = if summary.iter().any(|r| r.rte.is_some()) {
+        " / rte_acl"
+    } else {
+        ""
+    };
+    println!(
+        "| set | rules | build ms ours{vs} | memory MiB ours{vs} | ns/pkt ours{vs} {} | rte_acl/ours |",
+        bursts.join(" · ")
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in summary {
+        let rules = if r.rules == r.lines {
+            format!("{}", r.rules)
+        } else {
+            format!("{} ({} lines)", r.rules, r.lines)
+        };
+        let (build, memory, ns, ratio) = match &r.rte {
+            Some(x) => (
+                format!("{:.1} / {:.1}", r.build_ms, x.build_ms),
+                format!("{:.2} / {:.2}", mib(r.memory), mib(x.memory)),
+                r.ns.iter()
+                    .zip(&x.ns)
+                    .map(|(o, (t, m))| format!("{o:.1} / {t:.1} {m}"))
+                    .collect::<Vec<_>>()
+                    .join(" · "),
+                ratio_line(&x.ratio, 2),
+            ),
+            None => (
+                format!("{:.1}", r.build_ms),
+                format!("{:.2}", mib(r.memory)),
+                r.ns.iter()
+                    .map(|o| format!("{o:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" · "),
+                "-".to_owned(),
+            ),
+        };
+        println!(
+            "| {} | {rules} | {build} | {memory} | {ns} | {ratio} |",
+            r.name
+        );
+    }
 }
 
 fn file_name(p: &Path) -> String {
@@ -71,29 +181,60 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn ratio_line(r: &[f64]) -> String {
+fn ratio_line(r: &[f64], decimals: usize) -> String {
     let parts: Vec<String> = BURSTS
         .iter()
         .zip(r)
-        .map(|(b, x)| format!("b{b}={x:.1}"))
+        .map(|(b, x)| format!("b{b}={x:.decimals$}"))
         .collect();
     parts.join(" ")
 }
 
-/// Runs one rule file; returns the linear/compiled ratio per burst size.
-fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
-    let set = classbench::read_rules(path, args.ipv6)?;
-    let rules = set.rules;
-    println!(
-        "== {}: {} rules ({})",
-        file_name(path),
-        rules.len(),
-        if set.ipv6 { "IPv6" } else { "IPv4" }
-    );
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Runs one rule file, as written or (`grouped`, needs `meta`) grouped.
+fn run_file(
+    path: &Path,
+    set: &classbench::RuleSet,
+    meta: Option<&meta::Meta>,
+    grouped: bool,
+    args: &AclArgs,
+) -> Result<FileResult> {
+    let lines = &set.rules;
+    let groups = match (grouped, meta) {
+        (true, Some(m)) => Some(meta::group(lines, m)),
+        _ => None,
+    };
+    let (rules, answer_of_line): (&[MatchRule], Vec<u32>) = match &groups {
+        Some(g) => (&g.rules, g.group_of.clone()),
+        None => (lines, (0..u32::try_from(lines.len())?).collect()),
+    };
+    let name = if grouped {
+        format!("{} grouped", file_name(path))
+    } else {
+        file_name(path)
+    };
+    match &groups {
+        Some(g) => println!(
+            "== {name}: {} lines as {} rules for ours (remote groups and prefix lists as one rule each), {} lines for rte_acl ({})",
+            lines.len(),
+            g.rules.len(),
+            lines.len(),
+            if set.ipv6 { "IPv6" } else { "IPv4" }
+        ),
+        None => println!(
+            "== {name}: {} rules ({})",
+            lines.len(),
+            if set.ipv6 { "IPv6" } else { "IPv4" }
+        ),
+    }
+    // The same packets both ways: drawn from the lines.
     let (trace, origin) = match &args.trace {
         Some(t) => (classbench::read_trace(t)?, format!("{}", t.display())),
         None => (
-            generate_trace(&rules, set.ipv6, args.packets, args.seed),
+            generate_trace(lines, set.ipv6, args.packets, args.seed),
             format!("generated, {:.0}% random", RANDOM_SHARE * 100.0),
         ),
     };
@@ -106,15 +247,19 @@ fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
     let mut classifier = Classifier::build(&[]);
     for _ in 0..5 {
         let t = Instant::now();
-        classifier = black_box(Classifier::build(black_box(&rules)));
+        classifier = black_box(Classifier::build(black_box(rules)));
         build = build.min(t.elapsed());
     }
     let compiled = Compiled(classifier);
-    let linear = Linear { rules: &rules };
+    let linear = Linear { rules };
 
-    // Verify every packet against the reference (both cores).
+    // The brute-force answers: first matching line (both cores), as the
+    // answer of that line (its group when grouped).
     let t = Instant::now();
-    let reference = reference_answers(&rules, &trace);
+    let reference: Vec<Option<u32>> = reference_answers(lines, &trace)
+        .into_iter()
+        .map(|r| r.and_then(|l| answer_of_line.get(l as usize).copied()))
+        .collect();
     let verify_time = t.elapsed();
     let mut got = vec![None; trace.len()];
     compiled.classify_burst(&trace, &mut got);
@@ -122,15 +267,14 @@ fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
     for ((k, want), have) in trace.iter().zip(&reference).zip(&got) {
         if want != have {
             if mismatches < 5 {
-                eprintln!("mismatch: {k:?}: linear {want:?}, compiled {have:?}");
+                eprintln!("mismatch: {k:?}: brute force {want:?}, compiled {have:?}");
             }
             mismatches += 1;
         }
     }
     if mismatches > 0 {
         bail!(
-            "{}: the compiled classifier disagrees with linear_classify on {mismatches} of {} packets",
-            path.display(),
+            "{name}: the compiled classifier disagrees with the brute-force scan on {mismatches} of {} packets",
             trace.len()
         );
     }
@@ -138,33 +282,64 @@ fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
     let matched: Vec<f64> = reference.iter().flatten().map(|&i| f64::from(i)).collect();
     let mean_index = matched.iter().sum::<f64>() / matched.len().max(1) as f64;
     println!(
-        "trace: {} packets ({origin}), {:.1}% match no rule, mean matching rule index {mean_index:.0}; all agree with linear_classify",
+        "trace: {} packets ({origin}), {:.1}% match no rule, mean matching {} index {mean_index:.0}; compiled == brute force on every packet",
         trace.len(),
-        100.0 * unmatched as f64 / trace.len() as f64
+        100.0 * unmatched as f64 / trace.len() as f64,
+        if grouped { "group" } else { "rule" }
     );
     println!(
         "compiled: build {:.3} ms, memory {:.2} MiB",
         build.as_secs_f64() * 1e3,
-        compiled.memory_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+        mib(compiled.memory_bytes().unwrap_or(0))
     );
 
-    lint_report(path, &rules, &reference)?;
+    #[cfg(feature = "dpdk")]
+    let rte = rte_setup(lines, &answer_of_line, set.ipv6, &trace, &reference, &got)?;
+
+    match (meta, &groups) {
+        (_, Some(g)) => lint_report(rules, &g.allow, "actions from .meta", &reference)?,
+        (Some(m), None) => lint_report(rules, &m.allow, "actions from .meta", &reference)?,
+        (None, None) => lint_report(
+            rules,
+            &vec![true; rules.len()],
+            "every rule taken as allow",
+            &reference,
+        )?,
+    }
 
     // Linear scan on a prefix of the trace short enough for ~LINEAR_ROUND
-    // per round (estimated from the verification, which ran on 2 threads).
-    let per_packet = verify_time.as_secs_f64() * 2.0 / trace.len() as f64;
+    // per round (estimated from the verification, which ran on 2 threads
+    // over the lines).
+    let per_packet = verify_time.as_secs_f64() * 2.0 / trace.len() as f64 * rules.len() as f64
+        / lines.len().max(1) as f64;
     let linear_n =
         ((LINEAR_ROUND.as_secs_f64() / per_packet.max(1e-9)) as usize).clamp(1000, trace.len());
     let linear_trace = trace.get(..linear_n).unwrap_or(&trace);
 
+    // Rounds alternate between the engines, every burst size each round.
     let rounds = args.rounds.max(1);
     let mut linear_ns = Vec::new();
     let mut compiled_ns: Vec<Vec<f64>> = vec![Vec::new(); BURSTS.len()];
+    #[cfg(feature = "dpdk")]
+    let mut rte_ns: Vec<Vec<Vec<f64>>> =
+        vec![vec![Vec::new(); BURSTS.len()]; rte.acl.methods.len()];
+    #[cfg(feature = "dpdk")]
+    let mut results = vec![0u32; trace.len()];
     let mut out = vec![None; trace.len()];
     for _ in 0..rounds {
         linear_ns.push(time_engine(&linear, linear_trace, 1, &mut out));
         for (b, times) in BURSTS.iter().zip(compiled_ns.iter_mut()) {
             times.push(time_engine(&compiled, &trace, *b, &mut out));
+        }
+        #[cfg(feature = "dpdk")]
+        for (m, per_burst) in rte.acl.methods.iter().zip(rte_ns.iter_mut()) {
+            for (b, times) in BURSTS.iter().zip(per_burst.iter_mut()) {
+                times.push(time_chunks(trace.len(), *b, |r| {
+                    rte.acl
+                        .classify_raw(&rte.input.data[r.clone()], &mut results[r], *m);
+                }));
+            }
+            black_box(&mut results);
         }
     }
     let lin = median(&mut linear_ns);
@@ -173,60 +348,177 @@ fn run_file(path: &Path, args: &AclArgs) -> Result<Vec<f64>> {
     } else {
         String::new()
     };
-    println!("{:<12} {:>10.1} ns/packet{subset}", linear.name(), lin);
+    println!("{:<20} {:>8.1} ns/packet{subset}", linear.name(), lin);
     let mut ratios = Vec::new();
+    let mut ours = Vec::new();
     for (b, times) in BURSTS.iter().zip(compiled_ns.iter_mut()) {
         let c = median(times);
         let best = times.iter().copied().fold(f64::INFINITY, f64::min);
         ratios.push(lin / c);
+        ours.push(c);
         println!(
-            "{:<12} {:>10.1} ns/packet (best {best:.1})  burst {b:>3}  linear/compiled {:.1}",
+            "{:<20} {:>8.1} ns/packet (best {best:>6.1})  burst {b:>3}  linear/compiled {:.1}",
             compiled.name(),
             c,
             lin / c
         );
     }
-    println!("ratio linear/compiled: {}", ratio_line(&ratios));
-    Ok(ratios)
+    println!("ratio linear/compiled: {}", ratio_line(&ratios, 1));
+
+    #[cfg(feature = "dpdk")]
+    let rte_figures = Some(rte_report(&rte, &mut rte_ns, &ours));
+    #[cfg(not(feature = "dpdk"))]
+    let rte_figures = None;
+    Ok(FileResult {
+        name,
+        linear: ratios,
+        rules: rules.len(),
+        lines: lines.len(),
+        build_ms: build.as_secs_f64() * 1e3,
+        memory: compiled.memory_bytes().unwrap_or(0),
+        ns: ours,
+        rte: rte_figures,
+    })
 }
 
-/// Runs the linter, with the actions of `<rules>.meta` when it exists (all
-/// rules allow otherwise).
-/// Checks that no trace packet is decided by a rule reported as shadowed or
-/// duplicate (`reference`: the first matching rule of each packet).
-fn lint_report(path: &Path, rules: &[MatchRule], reference: &[Option<u32>]) -> Result<()> {
-    let mut meta = path.as_os_str().to_owned();
-    meta.push(".meta");
-    let meta = PathBuf::from(meta);
-    let mut allow = vec![true; rules.len()];
-    let actions = if meta.is_file() {
-        let text = std::fs::read_to_string(&meta)
-            .with_context(|| format!("reading {}", meta.display()))?;
-        for (n, line) in text.lines().enumerate().skip(1) {
-            let mut cols = line.split(',');
-            let (Some(num), Some(_prio), Some(action)) = (cols.next(), cols.next(), cols.next())
-            else {
-                bail!(
-                    "{}:{}: expected line,sg_prio,action,origin",
-                    meta.display(),
-                    n + 1
-                );
-            };
-            let num: usize = num
-                .trim()
-                .parse()
-                .with_context(|| format!("{}:{}: bad line number", meta.display(), n + 1))?;
-            if let Some(a) = num.checked_sub(1).and_then(|i| allow.get_mut(i)) {
-                *a = action.trim() == "allow";
+/// The rte_acl side of one run: the context and the trace in its input form.
+#[cfg(feature = "dpdk")]
+struct RteRun {
+    acl: rte::RteAcl,
+    input: rte::Prepared,
+}
+
+/// Builds rte_acl from the lines, prepares the trace, and checks every method
+/// on every packet against the brute force (`reference`) and ours (`ours`).
+#[cfg(feature = "dpdk")]
+fn rte_setup(
+    lines: &[MatchRule],
+    answer_of_line: &[u32],
+    ipv6: bool,
+    trace: &[FlowKey],
+    reference: &[Option<u32>],
+    ours: &[Option<u32>],
+) -> Result<RteRun> {
+    let acl = rte::RteAcl::build(lines, answer_of_line, ipv6)?;
+    let input = acl.prepare(trace)?;
+    let mut results = vec![0u32; trace.len()];
+    for m in &acl.methods {
+        results.fill(u32::MAX);
+        for r in chunk_ranges(trace.len(), 256) {
+            acl.classify_raw(&input.data[r.clone()], &mut results[r], *m);
+        }
+        let mut bad = 0usize;
+        for (i, &res) in results.iter().enumerate() {
+            let have = res.checked_sub(1);
+            if have != reference[i] || have != ours[i] {
+                if bad < 5 {
+                    eprintln!(
+                        "mismatch: packet {} {:?}: ours {:?}, rte_acl/{} {:?}, brute force {:?}",
+                        i + 1,
+                        trace[i],
+                        ours[i],
+                        m.name,
+                        have,
+                        reference[i]
+                    );
+                }
+                bad += 1;
             }
         }
-        "actions from .meta"
-    } else {
-        "every rule taken as allow"
-    };
+        if bad > 0 {
+            bail!(
+                "rte_acl/{} disagrees on {bad} of {} packets",
+                m.name,
+                trace.len()
+            );
+        }
+    }
+    let mut engine_out = vec![None; trace.len()];
+    acl.classify_burst(trace, &mut engine_out);
+    if engine_out != reference {
+        bail!("rte_acl (Engine, default method) disagrees with the brute force");
+    }
+    let names: Vec<&str> = acl.methods.iter().map(|m| m.name).collect();
+    println!(
+        "rte_acl: build {:.3} ms, memory {:.2} MiB (rte_malloc heap: tries {:.2} MiB + context and rules {:.2} MiB); methods {}{}; every packet: ours == rte_acl (each method) == brute force",
+        acl.build_time.as_secs_f64() * 1e3,
+        mib(acl.memory.tries + acl.memory.rules),
+        mib(acl.memory.tries),
+        mib(acl.memory.rules),
+        names.join(" "),
+        if acl.unsupported.is_empty() {
+            String::new()
+        } else {
+            format!(" (refused here: {})", acl.unsupported.join(" "))
+        }
+    );
+    Ok(RteRun { acl, input })
+}
+
+/// Prints rte_acl's figures per method and burst; returns rte_acl (best
+/// method per burst) / ours per burst.
+#[cfg(feature = "dpdk")]
+fn rte_report(rte: &RteRun, rte_ns: &mut [Vec<Vec<f64>>], ours: &[f64]) -> RteFigures {
+    let mut best: Vec<(f64, &'static str)> = vec![(f64::INFINITY, ""); BURSTS.len()];
+    for (m, per_burst) in rte.acl.methods.iter().zip(rte_ns.iter_mut()) {
+        for ((b, times), best) in BURSTS.iter().zip(per_burst.iter_mut()).zip(best.iter_mut()) {
+            let t = median(times);
+            let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+            if t < best.0 {
+                *best = (t, m.name);
+            }
+            println!(
+                "{:<20} {:>8.1} ns/packet (best {min:>6.1})  burst {b:>3}",
+                format!("rte_acl/{}", m.name),
+                t
+            );
+        }
+    }
+    let mut ratios = Vec::new();
+    for ((b, (r, m)), o) in BURSTS.iter().zip(&best).zip(ours) {
+        println!(
+            "burst {b:>3}: ours {o:>6.1} ns/packet, rte_acl {r:>6.1} ({m}), rte_acl/ours {:.2}",
+            r / o
+        );
+        ratios.push(r / o);
+    }
+    println!("ratio rte_acl/ours: {}", ratio_line(&ratios, 2));
+    RteFigures {
+        build_ms: rte.acl.build_time.as_secs_f64() * 1e3,
+        memory: rte.acl.memory.rules + rte.acl.memory.tries,
+        ns: best,
+        ratio: ratios,
+    }
+}
+
+/// `0..n` in consecutive ranges of `burst`.
+fn chunk_ranges(n: usize, burst: usize) -> impl Iterator<Item = Range<usize>> {
+    let burst = burst.max(1);
+    (0..n).step_by(burst).map(move |a| a..(a + burst).min(n))
+}
+
+/// ns per packet of `f` over `0..n` in bursts of `burst`.
+#[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+fn time_chunks(n: usize, burst: usize, mut f: impl FnMut(Range<usize>)) -> f64 {
+    let t = Instant::now();
+    for r in chunk_ranges(n, burst) {
+        f(black_box(r));
+    }
+    t.elapsed().as_secs_f64() * 1e9 / n.max(1) as f64
+}
+
+/// Runs the linter with the given actions; checks that no trace packet is
+/// decided by a rule reported as shadowed or duplicate (`reference`: the first
+/// matching rule of each packet).
+fn lint_report(
+    rules: &[MatchRule],
+    allow: &[bool],
+    actions: &str,
+    reference: &[Option<u32>],
+) -> Result<()> {
     let lint_rules: Vec<LintRule> = rules
         .iter()
-        .zip(&allow)
+        .zip(allow)
         .map(|(r, &allow)| LintRule {
             rule: r.clone(),
             allow,
@@ -269,7 +561,12 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// ns per packet of classifying `trace` in bursts of `burst`.
-fn time_engine(e: &dyn Engine, trace: &[FlowKey], burst: usize, out: &mut [Option<u32>]) -> f64 {
+fn time_engine<E: Engine + ?Sized>(
+    e: &E,
+    trace: &[FlowKey],
+    burst: usize,
+    out: &mut [Option<u32>],
+) -> f64 {
     let t = Instant::now();
     for (k, o) in trace.chunks(burst).zip(out.chunks_mut(burst)) {
         e.classify_burst(black_box(k), o);
