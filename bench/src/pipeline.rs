@@ -13,8 +13,9 @@ use lb_core::packet::{build_frame, FrameSpec, MacAddr};
 use lb_core::pipeline::{AllUp, Frame, Reason, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::NANOS_PER_SEC;
 
-/// Local (FULLNAT source) addresses: each gives ~60 000 ports.
-const LOCALS: u32 = 48;
+/// Local (FULLNAT source) addresses: each gives ~60 000 ports, so 200 of
+/// them carry the 10 M sessions of `--big`.
+const LOCALS: u32 = 200;
 
 /// How the benchmark is run.
 #[derive(Debug, Clone)]
@@ -98,7 +99,7 @@ fn config(v6: bool) -> Config {
             if v6 {
                 a(&format!("2001:db8:19:2::{:x}", i + 1))
             } else {
-                a(&format!("198.19.2.{}", i + 1))
+                a(&format!("198.19.{}.{}", 2 + i / 250, i % 250 + 1))
             }
         })
         .collect();
