@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lb_dataplane::io::dpdk::Eal;
@@ -135,4 +135,63 @@ pub fn collect(
         }
     }
     out
+}
+
+const LINKTYPE_ETHERNET: u32 = 1;
+const MAGIC_US: u32 = 0xa1b2_c3d4;
+const MAGIC_NS: u32 = 0xa1b2_3c4d;
+
+/// A classic pcap file (microsecond timestamps, native byte order).
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAGIC_US.to_ne_bytes());
+    out.extend_from_slice(&2u16.to_ne_bytes()); // version 2.4
+    out.extend_from_slice(&4u16.to_ne_bytes());
+    out.extend_from_slice(&0i32.to_ne_bytes()); // thiszone
+    out.extend_from_slice(&0u32.to_ne_bytes()); // sigfigs
+    out.extend_from_slice(&65535u32.to_ne_bytes()); // snaplen
+    out.extend_from_slice(&LINKTYPE_ETHERNET.to_ne_bytes());
+    for (i, f) in frames.iter().enumerate() {
+        let len = u32::try_from(f.len()).expect("small frame");
+        out.extend_from_slice(&(1_700_000_000u32 + i as u32).to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(&len.to_ne_bytes()); // captured
+        out.extend_from_slice(&len.to_ne_bytes()); // on the wire
+        out.extend_from_slice(f);
+    }
+    std::fs::write(path, out).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The frames of a pcap file, in either byte order and timestamp precision.
+pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(data.len() >= 24, "pcap global header missing");
+    let magic = u32::from_le_bytes(data[0..4].try_into().expect("4 bytes"));
+    let le = match magic {
+        MAGIC_US | MAGIC_NS => true,
+        m if m.swap_bytes() == MAGIC_US || m.swap_bytes() == MAGIC_NS => false,
+        m => panic!("not a pcap file (magic {m:#x})"),
+    };
+    let u32_at = |at: usize| {
+        let b: [u8; 4] = data[at..at + 4].try_into().expect("4 bytes");
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    assert_eq!(u32_at(20), LINKTYPE_ETHERNET);
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at < data.len() {
+        assert!(at + 16 <= data.len(), "truncated record header");
+        let caplen = u32_at(at + 8) as usize;
+        let wirelen = u32_at(at + 12) as usize;
+        assert_eq!(caplen, wirelen, "frame was cut");
+        at += 16;
+        assert!(at + caplen <= data.len(), "truncated record");
+        frames.push(data[at..at + caplen].to_vec());
+        at += caplen;
+    }
+    frames
 }
