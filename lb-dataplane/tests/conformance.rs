@@ -164,6 +164,14 @@ fn every_trace_gives_its_expected_verdicts() {
 }
 
 #[test]
+fn the_example_traces_give_their_expected_verdicts() {
+    let traces = files(&repo_examples(), "trace");
+    assert!(!traces.is_empty(), "example traces missing");
+    let failures: Vec<String> = traces.iter().flat_map(|t| run_trace(t)).collect();
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
 fn every_configuration_of_the_suite_is_valid() {
     for f in files(&suite_dir(), "toml") {
         let out = lbctl().arg("check").arg(&f).output().expect("run lbctl");
