@@ -168,7 +168,12 @@ fn the_example_traces_give_their_expected_verdicts() {
     let traces = files(&repo_examples(), "trace");
     assert!(!traces.is_empty(), "example traces missing");
     let failures: Vec<String> = traces.iter().flat_map(|t| run_trace(t)).collect();
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
