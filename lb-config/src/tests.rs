@@ -1069,7 +1069,7 @@ fn vpc_example() {
     let cfg = ok(include_str!("../../examples/vpc.toml"));
     assert_eq!(
         summary(&cfg),
-        "ok: 2 ports, 3 security groups (10 rules), 1 network ACL (2 rules), 4 instances, 1 server group (2 servers), 1 load balancer (2 listeners)"
+        "ok: 2 ports, 3 security groups (11 rules), 1 network ACL (2 rules), 4 instances, 1 server group (2 servers), 1 load balancer (2 listeners)"
     );
     let db = cfg
         .security_groups
@@ -1077,6 +1077,9 @@ fn vpc_example() {
         .find(|g| g.id == "sg-db")
         .expect("sg-db");
     assert_eq!(db.rules[0].peer, Peer::Group(1));
+    // sg-app's egress rule toward the database names sg-db.
+    let app = &cfg.security_groups[1];
+    assert!(app.rules.iter().any(|r| r.peer == Peer::Group(2)));
     assert_eq!(cfg.subnets[1].network_acl, Some(0));
 }
 
