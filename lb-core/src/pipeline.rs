@@ -319,6 +319,7 @@ impl Snapshot {
                 )
             }
             Reason::PathMtu => write!(s, "always allowed: icmp path-mtu error"),
+            Reason::Related => write!(s, "icmp error related to a session"),
             Reason::Metadata => write!(s, "always allowed: metadata address"),
             Reason::RestrictSmtp => write!(s, "restrict_smtp: egress tcp/25 blocked"),
             Reason::NoHealthyServer { lb, listener: l } => {
@@ -389,6 +390,8 @@ pub enum Reason {
     Session {
         lb: Option<(u32, u32)>,
     },
+    /// An ICMP error about a packet of a session.
+    Related,
     /// A security-group or network-ACL decision.
     Policy(Decision),
     ListenerAcl {
@@ -423,6 +426,7 @@ impl Reason {
         match self {
             Reason::Listener { .. }
             | Reason::Session { .. }
+            | Reason::Related
             | Reason::PathMtu
             | Reason::Metadata => DropKind::None,
             Reason::Policy(d) => match d.origin {
@@ -910,6 +914,11 @@ impl Worker {
         if let Some((id, dir)) = found {
             return self.established(frame, &p, csum, key, id, dir, now, snap);
         }
+        if p.is_icmp_error() {
+            if let Some(v) = self.related_error(frame, &p, key, now, snap) {
+                return v;
+            }
+        }
         if snap.is_own_address(key.src) {
             // Only we send from our addresses: this is a spoof, or our own
             // frame looped back. (No session ever has such a source.)
@@ -983,6 +992,58 @@ impl Worker {
             backend,
             snap,
         )
+    }
+
+    /// An ICMP error about a packet of a session (path-MTU, unreachable,
+    /// time exceeded): it belongs to the session, whatever the rules say,
+    /// and goes to the session's other end about the packet as that end
+    /// sent it. `None` when it quotes no session of ours.
+    fn related_error(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        key: FlowKey,
+        now: Nanos,
+        snap: &Snapshot,
+    ) -> Option<Verdict> {
+        let quoted = packet::parse_icmp_inner(frame, p).ok()?;
+        // The quoted packet is one we sent: the reverse of a session key.
+        let (id, dir) = self.sessions.lookup(&quoted.reversed(), now)?;
+        let s = self.sessions.get(id)?;
+        let (orig, reply, listener) = (*s.orig(), *s.reply(), s.payload.listener);
+        if listener.is_none() {
+            // Routed sessions are not translated: forward it as it is.
+            return Some(self.emit(
+                frame,
+                p,
+                L4Csum::Full,
+                key,
+                key,
+                Reason::Related,
+                None,
+                snap,
+            ));
+        }
+        // From the client side (about a reply we sent): to the backend,
+        // quoting the reply as the backend sent it. From the backend side:
+        // to the client, quoting the client's own packet.
+        let inner = match dir {
+            Dir::Orig => reply,
+            Dir::Reply => orig,
+        };
+        let (src, dst) = (inner.dst, inner.src);
+        if crate::nat::icmp::translate_error(frame, p, src, dst, &inner).is_err() {
+            return Some(Verdict::Drop(Reason::Rewrite));
+        }
+        let Some(hop) = snap.route(dst) else {
+            return Some(Verdict::Drop(Reason::NoRoute));
+        };
+        Some(Verdict::Forward(Forward {
+            hop,
+            reason: Reason::Related,
+            backend: None,
+            out: FlowKey { src, dst, ..key },
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1625,5 +1686,145 @@ mod tests {
             };
             assert_eq!(owner(&snap, &fullnat, 4), sport % 4);
         }
+    }
+
+    fn tcp_frame(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        build_frame(&FrameSpec {
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            src: addr(src),
+            dst: addr(dst),
+            proto: proto::TCP,
+            sport,
+            dport,
+            tcp_flags: flags,
+            ttl: 64,
+            payload: vec![0x55; 1200],
+            ..FrameSpec::default()
+        })
+    }
+
+    /// An ICMP error from `router` about `original` (sent to its source).
+    fn error_about(original: &[u8], router: &str, icmp: (u8, u8), mtu: u32) -> Vec<u8> {
+        let p = packet::parse(original).expect("valid");
+        packet::build_icmp_error(
+            original,
+            &p,
+            addr(router),
+            icmp.0,
+            icmp.1,
+            mtu,
+            MacAddr([2, 0, 0, 0, 0, 9]),
+            MacAddr([2, 0, 0, 0, 0, 2]),
+        )
+        .expect("error built")
+    }
+
+    fn ipv4_header_ok(frame: &[u8], at: usize) -> bool {
+        let ihl = usize::from(frame[at] & 0x0f) * 4;
+        crate::packet::checksum::sum(&frame[at..at + ihl]) == 0xffff
+    }
+
+    #[test]
+    fn icmp_errors_about_a_fullnat_session_reach_the_other_end() {
+        let mut cfg = config();
+        cfg.ports[0]
+            .addresses
+            .push("2001:db8:18::1/64".parse().expect("net"));
+        cfg.ports[0]
+            .addresses
+            .push("2001:db8:19:1::1/64".parse().expect("net"));
+        let snap = Snapshot::compile(cfg, 1);
+        let mut w = Worker::new(0, 1, 16);
+        let mut f = syn(b"");
+        assert!(matches!(
+            w.process(&mut f, RxInfo::default(), 0, &snap, &AllUp),
+            Verdict::Forward(_)
+        ));
+
+        // A router near the client: "fragmentation needed" about the reply
+        // the load balancer sent (VIP:80 > client:40000) goes to the backend
+        // about the reply as the backend sent it.
+        let reply_out = tcp_frame("198.18.0.10", "198.18.0.2", 80, 40000, 0x12);
+        let mut err = error_about(&reply_out, "198.18.0.254", (3, 4), 1400);
+        let v = w.process(&mut err, RxInfo::default(), 1, &snap, &AllUp);
+        let Verdict::Forward(fw) = v else {
+            panic!("forwarded expected: {v:?}")
+        };
+        assert_eq!(fw.reason, Reason::Related);
+        assert_eq!(
+            (fw.out.src, fw.out.dst),
+            (addr("198.19.1.250"), addr("198.19.1.11"))
+        );
+        let p = packet::parse(&err).expect("valid");
+        assert_eq!((p.src, p.dst), (addr("198.19.1.250"), addr("198.19.1.11")));
+        assert!(packet::verify_l4_checksum(&err, &p), "ICMP checksum");
+        assert!(ipv4_header_ok(&err, p.l3_offset), "outer header checksum");
+        assert!(
+            ipv4_header_ok(&err, p.l4_offset + 8),
+            "quoted header checksum"
+        );
+        let q = packet::parse_icmp_inner(&err, &p).expect("quoted packet");
+        assert_eq!(q.to_string(), "tcp 198.19.1.11:80 > 198.19.1.250:1025");
+
+        // The backend's side: an error about what we sent it (local:1025 >
+        // backend:80) goes to the client about the client's own packet.
+        let to_backend = tcp_frame("198.19.1.250", "198.19.1.11", 1025, 80, 0x10);
+        let mut err = error_about(&to_backend, "198.19.1.254", (3, 4), 1300);
+        let v = w.process(&mut err, RxInfo::default(), 2, &snap, &AllUp);
+        let Verdict::Forward(fw) = v else {
+            panic!("forwarded expected: {v:?}")
+        };
+        assert_eq!(
+            (fw.out.src, fw.out.dst),
+            (addr("198.18.0.10"), addr("198.18.0.2"))
+        );
+        let p = packet::parse(&err).expect("valid");
+        assert!(packet::verify_l4_checksum(&err, &p));
+        let q = packet::parse_icmp_inner(&err, &p).expect("quoted packet");
+        assert_eq!(q.to_string(), "tcp 198.18.0.2:40000 > 198.18.0.10:80");
+
+        // An error quoting no session of ours is not forwarded.
+        let stranger = tcp_frame("198.18.0.10", "198.18.0.7", 80, 41000, 0x12);
+        let mut err = error_about(&stranger, "198.18.0.254", (3, 4), 1400);
+        assert!(w
+            .process(&mut err, RxInfo::default(), 3, &snap, &AllUp)
+            .is_drop());
+
+        // IPv6: "packet too big" from a router near an IPv6 client.
+        let mut cfg6 = config();
+        cfg6.ports[0].addresses = vec![
+            "2001:db8:18::1/64".parse().expect("net"),
+            "2001:db8:19:1::1/64".parse().expect("net"),
+        ];
+        cfg6.instances[0].addresses = vec![addr("2001:db8:19:1::11")];
+        cfg6.server_groups[0].servers[0].addresses = vec![addr("2001:db8:19:1::11")];
+        cfg6.load_balancers[0].vips = vec![addr("2001:db8:18::10")];
+        cfg6.load_balancers[0].local_addresses = vec![addr("2001:db8:19:1::250")];
+        cfg6.subnets[0].cidrs = vec!["2001:db8:19:1::/64".parse().expect("net")];
+        let snap6 = Snapshot::compile(cfg6, 1);
+        let mut w6 = Worker::new(0, 1, 16);
+        let mut s6 = tcp_frame("2001:db8:18::2", "2001:db8:18::10", 40000, 80, 0x02);
+        assert!(matches!(
+            w6.process(&mut s6, RxInfo::default(), 0, &snap6, &AllUp),
+            Verdict::Forward(_)
+        ));
+        let reply6 = tcp_frame("2001:db8:18::10", "2001:db8:18::2", 80, 40000, 0x12);
+        let mut err6 = error_about(&reply6, "2001:db8:18::fe", (2, 0), 1280);
+        let v = w6.process(&mut err6, RxInfo::default(), 1, &snap6, &AllUp);
+        let Verdict::Forward(fw) = v else {
+            panic!("forwarded expected: {v:?}")
+        };
+        assert_eq!(fw.out.dst, addr("2001:db8:19:1::11"));
+        let p = packet::parse(&err6).expect("valid");
+        assert!(
+            packet::verify_l4_checksum(&err6, &p),
+            "ICMPv6 checksum with the new pseudo-header"
+        );
+        let q = packet::parse_icmp_inner(&err6, &p).expect("quoted packet");
+        assert_eq!(
+            q.to_string(),
+            "tcp [2001:db8:19:1::11]:80 > [2001:db8:19:1::250]:1025"
+        );
     }
 }

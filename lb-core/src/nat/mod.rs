@@ -5,6 +5,8 @@
 //! another worker can be handed over: worker `w` of `n` allocates only ports
 //! `p` with `p % n == w`.
 
+pub mod icmp;
+
 use std::net::IpAddr;
 
 /// The lowest port handed out; below are the well-known and registered
