@@ -685,7 +685,20 @@ impl<'a, 's> Compiler<'a, 's> {
             .priority
             .as_ref()
             .map_or(1, |p| self.int(p, "priority", 1, 100));
-        let protocol = r.protocol.get_ref().0;
+        let protocol = match r.protocol.get_ref().resolve() {
+            Ok(p) => p.0,
+            Err(message) => {
+                self.err(&r.protocol.span(), message);
+                // Check the rest of the rule as the protocol its ports
+                // suggest, so no error merely echoes this one.
+                let portless = match (&r.port_range, &r.port_list) {
+                    (None, None) => true,
+                    (Some(pr), _) => pr.get_ref().trim() == "-1/-1",
+                    (None, Some(_)) => false,
+                };
+                (!portless).then_some(proto::TCP)
+            }
+        };
         let pname = protocol_name(protocol);
         let has_ports = matches!(protocol, Some(proto::TCP | proto::UDP));
         let mut cost = 1u64;

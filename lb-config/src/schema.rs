@@ -7,7 +7,7 @@
 //!     "direction = \"ingress\"\naction = \"deny\"\nprotocol = \"tcp\"\nport_range = \"81/81\"\nsource = \"0.0.0.0/0\"",
 //! )
 //! .expect("a valid rule");
-//! assert_eq!(*rule.protocol.get_ref(), ProtocolConfig(Some(6)));
+//! assert_eq!(rule.protocol.get_ref().resolve(), Ok(ProtocolConfig(Some(6))));
 //! assert_eq!(rule.port_range.map(|p| p.into_inner()), Some("81/81".to_string()));
 //! ```
 //!
@@ -182,7 +182,7 @@ pub struct RuleConfig {
     pub direction: S<DirectionConfig>,
     pub action: S<ActionConfig>,
     pub priority: Option<S<i64>>,
-    pub protocol: S<ProtocolConfig>,
+    pub protocol: S<ProtocolValue>,
     pub port_range: Option<S<String>>,
     pub port_list: Option<S<String>>,
     pub source: Option<S<String>>,
@@ -244,6 +244,27 @@ impl ProtocolConfig {
             },
         };
         Ok(ProtocolConfig(p))
+    }
+}
+
+/// A rule's protocol as written. It is resolved when the file is compiled
+/// ([`ProtocolValue::resolve`]), so that an unknown name is reported with
+/// every other problem of the file rather than stopping the check.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ProtocolValue {
+    Number(i64),
+    Name(String),
+}
+
+impl ProtocolValue {
+    /// The protocol, or the message explaining why it is none.
+    pub fn resolve(&self) -> Result<ProtocolConfig, String> {
+        let r: Result<ProtocolConfig, de::value::Error> = match self {
+            ProtocolValue::Number(n) => ProtocolConfig::from_number(i128::from(*n)),
+            ProtocolValue::Name(s) => ProtocolConfig::from_name(s),
+        };
+        r.map_err(|e| e.to_string())
     }
 }
 
