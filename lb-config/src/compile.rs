@@ -308,6 +308,9 @@ impl<'a, 's> Compiler<'a, 's> {
         if let Some(w) = &d.workers {
             out.workers = self.int(w, "workers", 1, MAX_WORKERS);
         }
+        if let Some(m) = &d.max_sessions {
+            out.max_sessions = self.int(m, "max_sessions", 1024, 1 << 26);
+        }
         if let Some(cores) = &d.cores {
             let mut seen: HashSet<u16> = HashSet::new();
             for c in cores.get_ref() {

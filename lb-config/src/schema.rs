@@ -84,6 +84,8 @@ pub struct DataplaneConfig {
     pub cores: Option<S<Vec<S<i64>>>>,
     pub eal_args: Option<S<Vec<String>>>,
     pub idle: Option<IdleConfig>,
+    /// Sessions per worker.
+    pub max_sessions: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

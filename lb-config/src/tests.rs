@@ -1258,3 +1258,21 @@ fn transparent_listeners_reach_servers_from_their_vips() {
         vec!["23:16: server [2001:db8:19:1::99]:80 of server group sgp has only IPv6 addresses, but load balancer lb has no IPv6 VIP to reach it"]
     );
 }
+
+#[test]
+fn max_sessions_per_worker() {
+    assert_eq!(
+        ok("[dataplane]\nmax_sessions = 65536\n")
+            .dataplane
+            .max_sessions,
+        65536
+    );
+    assert_eq!(
+        ok("[dataplane]\nworkers = 2\n").dataplane.max_sessions,
+        1 << 20
+    );
+    assert_eq!(
+        errs("[dataplane]\nmax_sessions = 10\n"),
+        vec!["2:16: max_sessions must be 1024..=67108864, got 10"]
+    );
+}

@@ -320,6 +320,8 @@ pub struct Dataplane {
     pub cores: Vec<u16>,
     pub eal_args: Vec<String>,
     pub idle: IdlePolicy,
+    /// Sessions each worker can hold (its table is allocated at start).
+    pub max_sessions: usize,
 }
 
 impl Default for Dataplane {
@@ -330,6 +332,7 @@ impl Default for Dataplane {
             cores: Vec::new(),
             eal_args: Vec::new(),
             idle: IdlePolicy::Adaptive,
+            max_sessions: 1 << 20,
         }
     }
 }

@@ -34,9 +34,6 @@ const PENDING_MAX: usize = 256;
 /// How long a frame waits for its next hop to be resolved.
 const PENDING_WAIT: Duration = Duration::from_secs(1);
 
-/// Sessions each worker can hold.
-pub const MAX_SESSIONS: usize = 1 << 20;
-
 /// The configuration the workers run and the health of its servers,
 /// published together.
 #[derive(Debug)]
@@ -217,6 +214,7 @@ impl Daemon {
         let mut threads = Vec::new();
         let cores = cfg.dataplane.cores.clone();
         let idle = cfg.dataplane.idle;
+        let max_sessions = cfg.dataplane.max_sessions;
         // Each worker maps its session table on its own core; `start`
         // returns (and lbd reports ready) once all of them have.
         let ready = Arc::new(std::sync::Barrier::new(per_worker.len() + 1));
@@ -243,7 +241,7 @@ impl Daemon {
                             })
                             .ok()
                     });
-                    let mut worker = WorkerLoop::new(id, shared, ports, idle);
+                    let mut worker = WorkerLoop::new(id, shared, ports, idle, max_sessions);
                     // Map the session table before traffic, not page by page under it.
                     worker.core.prefault();
                     ready.wait();
@@ -708,12 +706,13 @@ impl WorkerLoop {
         shared: Arc<Shared>,
         ports: Vec<Box<dyn PacketIo>>,
         idle: IdlePolicy,
+        max_sessions: usize,
     ) -> WorkerLoop {
         let n = u16::try_from(shared.workers.len()).unwrap_or(1);
         let macs = ports.iter().map(|p| p.mac()).collect();
         WorkerLoop {
             id,
-            core: Worker::new(u16::try_from(id).unwrap_or(0), n, MAX_SESSIONS),
+            core: Worker::new(u16::try_from(id).unwrap_or(0), n, max_sessions),
             shared,
             ports: ports.into_iter().map(Some).collect(),
             macs,

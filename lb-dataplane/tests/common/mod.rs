@@ -290,6 +290,7 @@ pub fn seed_config(lb_groups: &str, extra: &str, weights: (u8, u8)) -> String {
         r#"
 [dataplane]
 workers = 2
+max_sessions = 65536
 
 [[port]]
 name = "ext"
@@ -485,7 +486,9 @@ pub fn dpdk_config(config: &str, eal_args: &[String]) -> String {
         .map(|a| format!("{a:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let dataplane = format!("[dataplane]\nio = \"dpdk\"\nworkers = 2\neal_args = [{args}]\n\n");
+    let dataplane = format!(
+        "[dataplane]\nio = \"dpdk\"\nworkers = 2\nmax_sessions = 65536\neal_args = [{args}]\n\n"
+    );
     let mut out = format!("{}{dataplane}{}", &config[..start], &config[end..]);
     let mut port = 0;
     while let Some(at) = out.find("interface = \"") {
