@@ -1463,19 +1463,19 @@ fn nacl_check(
     }
 }
 
+/// The fixed-seed hasher of flow ownership: every worker must agree.
+fn flow_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(0x6c62, 0x7370, 0x6f6c, 0x6e21)
+}
+
 /// A hash of the flow that is the same for both directions.
 pub fn flow_hash(key: &FlowKey) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
     let (a, b) = if (key.src, key.sport) <= (key.dst, key.dport) {
         ((key.src, key.sport), (key.dst, key.dport))
     } else {
         ((key.dst, key.dport), (key.src, key.sport))
     };
-    let mut h = ahash::RandomState::with_seeds(0x6c62, 0x7370, 0x6f6c, 0x6e21).build_hasher();
-    a.hash(&mut h);
-    b.hash(&mut h);
-    key.proto.hash(&mut h);
-    h.finish()
+    flow_hasher().hash_one((a, b, key.proto))
 }
 
 /// The worker that owns the session of a packet. The local port names it
@@ -1501,7 +1501,7 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
 }
 
 fn endpoint_hash(addr: IpAddr, port: u16, proto: u8) -> u64 {
-    ahash::RandomState::with_seeds(0x6c62, 0x7370, 0x6f6c, 0x6e21).hash_one((addr, port, proto))
+    flow_hasher().hash_one((addr, port, proto))
 }
 
 /// Seconds as [`Nanos`].
@@ -1585,19 +1585,7 @@ mod tests {
     }
 
     fn syn(payload: &[u8]) -> Vec<u8> {
-        build_frame(&FrameSpec {
-            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
-            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-            src: addr("198.18.0.2"),
-            dst: addr("198.18.0.10"),
-            proto: proto::TCP,
-            sport: 40000,
-            dport: 80,
-            tcp_flags: TCP_SYN,
-            ttl: 64,
-            payload: payload.to_vec(),
-            ..FrameSpec::default()
-        })
+        tcp_frame_with("198.18.0.2", "198.18.0.10", 40000, 80, TCP_SYN, payload)
     }
 
     #[test]
@@ -1689,6 +1677,17 @@ mod tests {
     }
 
     fn tcp_frame(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        tcp_frame_with(src, dst, sport, dport, flags, &[0x55; 1200])
+    }
+
+    fn tcp_frame_with(
+        src: &str,
+        dst: &str,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
         build_frame(&FrameSpec {
             src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
@@ -1699,7 +1698,7 @@ mod tests {
             dport,
             tcp_flags: flags,
             ttl: 64,
-            payload: vec![0x55; 1200],
+            payload: payload.to_vec(),
             ..FrameSpec::default()
         })
     }

@@ -422,8 +422,35 @@ fn send_probe(
         HealthProtocol::Udp => (17, 0, b"lbd health check\n".to_vec()),
         _ => (6, TCP_SYN, Vec::new()),
     };
-    let spec = FrameSpec {
-        src_mac: MacAddr(sender.mac()),
+    let frame = probe_frame(
+        sender.mac(),
+        dst_mac,
+        t,
+        probe,
+        proto,
+        flags,
+        probe.isn,
+        0,
+        payload,
+    );
+    sender.send(&frame).is_ok()
+}
+
+/// A frame of probe `probe` to target `t`.
+#[allow(clippy::too_many_arguments)]
+fn probe_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    t: &Target,
+    probe: &Probe,
+    proto: u8,
+    tcp_flags: u8,
+    tcp_seq: u32,
+    tcp_ack: u32,
+    payload: Vec<u8>,
+) -> Vec<u8> {
+    packet::build_frame(&FrameSpec {
+        src_mac: MacAddr(src_mac),
         dst_mac: MacAddr(dst_mac),
         vlan: None,
         src: t.src,
@@ -431,14 +458,13 @@ fn send_probe(
         proto,
         sport: probe.sport,
         dport: t.port,
-        tcp_flags: flags,
-        tcp_seq: probe.isn,
-        tcp_ack: 0,
+        tcp_flags,
+        tcp_seq,
+        tcp_ack,
         icmp: None,
         ttl: 64,
         payload,
-    };
-    sender.send(&packet::build_frame(&spec)).is_ok()
+    })
 }
 
 const TCP_FIN: u8 = 0x01;
@@ -599,23 +625,8 @@ fn send_tcp(
     let Some(sender) = senders.get_mut(t.out_port as usize) else {
         return;
     };
-    let spec = FrameSpec {
-        src_mac: MacAddr(sender.mac()),
-        dst_mac: MacAddr(dst_mac),
-        vlan: None,
-        src: t.src,
-        dst: t.dst,
-        proto: 6,
-        sport: probe.sport,
-        dport: t.port,
-        tcp_flags: flags,
-        tcp_seq: seq,
-        tcp_ack: ack,
-        icmp: None,
-        ttl: 64,
-        payload,
-    };
-    let _ = sender.send(&packet::build_frame(&spec));
+    let frame = probe_frame(sender.mac(), dst_mac, t, probe, 6, flags, seq, ack, payload);
+    let _ = sender.send(&frame);
 }
 
 fn host_header(addr: IpAddr, port: u16) -> String {

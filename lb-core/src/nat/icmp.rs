@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use crate::flow::FlowKey;
 use crate::model::proto;
-use crate::packet::{checksum, Kind, ParseError, Parsed};
+use crate::packet::{checksum, Ipv4Packet, Kind, ParseError, Parsed};
 
 /// Rewrites the ICMP or ICMPv6 error `p` in `frame` so that it goes from
 /// `src` to `dst` and quotes the packet `quoted` (its addresses and, for
@@ -49,8 +49,7 @@ pub fn translate_error(
     } else {
         put_addr(frame, l3 + 12, src);
         put_addr(frame, l3 + 16, dst);
-        let ihl = usize::from(frame[l3] & 0x0f) * 4;
-        fill_ipv4_checksum(&mut frame[l3..l3 + ihl]);
+        Ipv4Packet::new_unchecked(&mut frame[l3..end]).fill_checksum();
     }
 
     // The quoted packet: its IP header, then the first bytes of its L4.
@@ -79,7 +78,7 @@ pub fn translate_error(
         }
         put_addr(frame, q + 12, quoted.src);
         put_addr(frame, q + 16, quoted.dst);
-        fill_ipv4_checksum(&mut frame[q..q + ihl]);
+        Ipv4Packet::new_unchecked(&mut frame[q..end]).fill_checksum();
         (q + ihl, frame[q + 9])
     };
     // Only the first 8 bytes of the quoted L4 header are guaranteed; its
@@ -111,10 +110,4 @@ fn put_addr(frame: &mut [u8], at: usize, a: IpAddr) {
         IpAddr::V4(v4) => frame[at..at + 4].copy_from_slice(&v4.octets()),
         IpAddr::V6(v6) => frame[at..at + 16].copy_from_slice(&v6.octets()),
     }
-}
-
-fn fill_ipv4_checksum(header: &mut [u8]) {
-    header[10..12].copy_from_slice(&[0, 0]);
-    let c = !checksum::sum(header);
-    header[10..12].copy_from_slice(&c.to_be_bytes());
 }

@@ -494,6 +494,20 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     Ok(req)
 }
 
+/// The Ethernet address of `ifname`, asked through socket `fd`.
+pub(crate) fn interface_mac(fd: RawFd, ifname: &str) -> io::Result<[u8; 6]> {
+    let mut hw = ifreq(ifname)?;
+    ioctl_ifreq(fd, libc::SIOCGIFHWADDR, &mut hw)?;
+    // SAFETY: SIOCGIFHWADDR succeeded, so `ifru_hwaddr` is the member the
+    // kernel wrote.
+    let sa_data = unsafe { hw.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(sa_data.iter()) {
+        *dst = *src as u8;
+    }
+    Ok(mac)
+}
+
 fn ioctl_ifreq(fd: RawFd, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
     // SAFETY: SIOCGIF* requests read the name from and write one union
     // member of the `ifreq` we pass, which is valid and exclusively borrowed.
@@ -584,15 +598,7 @@ impl AfPacket {
             setsockopt(raw, libc::SOL_PACKET, libc::PACKET_FANOUT, &arg)?;
         }
 
-        let mut hw = ifreq(ifname)?;
-        ioctl_ifreq(raw, libc::SIOCGIFHWADDR, &mut hw)?;
-        // SAFETY: SIOCGIFHWADDR succeeded, so `ifru_hwaddr` is the member
-        // the kernel wrote.
-        let sa_data = unsafe { hw.ifr_ifru.ifru_hwaddr.sa_data };
-        let mut mac = [0u8; 6];
-        for (dst, src) in mac.iter_mut().zip(sa_data.iter()) {
-            *dst = *src as u8;
-        }
+        let mac = interface_mac(raw, ifname)?;
         let mut mtu_req = ifreq(ifname)?;
         ioctl_ifreq(raw, libc::SIOCGIFMTU, &mut mtu_req)?;
         // SAFETY: SIOCGIFMTU succeeded, so `ifru_mtu` is the member written.

@@ -50,7 +50,7 @@ impl RawSender {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let mac = interface_mac(&fd, ifname)?;
+        let mac = super::afpacket::interface_mac(fd.as_raw_fd(), ifname)?;
         let ifindex =
             i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
         Ok(RawSender { fd, ifindex, mac })
@@ -90,33 +90,4 @@ impl RawSender {
             Ok(())
         }
     }
-}
-
-/// The Ethernet address of `ifname` (SIOCGIFHWADDR).
-pub fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = ifname.as_bytes();
-    if bytes.len() >= req.ifr_name.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface name too long",
-        ));
-    }
-    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; the ioctl writes
-    // only inside it.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: after a successful SIOCGIFHWADDR the union holds ifru_hwaddr.
-    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
-    let mut mac = [0u8; 6];
-    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *d = *s as u8;
-    }
-    Ok(mac)
 }
