@@ -802,8 +802,22 @@ impl Worker {
         snap: &Snapshot,
         health: &dyn Health,
     ) -> Verdict {
-        self.adopt(snap);
         let parsed = packet::parse(frame);
+        self.process_parsed(frame, parsed, rx, now, snap, health)
+    }
+
+    /// [`Worker::process`] for a frame the caller has already parsed (as
+    /// the data plane does to find the frame's worker), so it is parsed once.
+    pub fn process_parsed(
+        &mut self,
+        frame: &mut [u8],
+        parsed: Result<Parsed, ParseError>,
+        rx: RxInfo,
+        now: Nanos,
+        snap: &Snapshot,
+        health: &dyn Health,
+    ) -> Verdict {
+        self.adopt(snap);
         self.finish(frame, parsed, None, rx, now, snap, health)
     }
 

@@ -785,8 +785,9 @@ impl WorkerLoop {
         let mut handoff_out = 0u64;
         let mut handoff_dropped = 0u64;
         let n = io.recv_burst(BURST, &mut |frame: &mut [u8], meta: RxMeta| {
+            let parsed = lb_core::packet::parse(frame);
             if n_workers > 1 {
-                if let Ok(p) = lb_core::packet::parse(frame) {
+                if let Ok(p) = &parsed {
                     if let Some(k) = p.flow_key() {
                         let o = owner(&rt.snap, &k, n_workers);
                         if o != me {
@@ -809,6 +810,7 @@ impl WorkerLoop {
                 &shared,
                 rt,
                 frame,
+                Some(parsed),
                 meta,
                 port,
                 macs,
@@ -847,6 +849,7 @@ impl WorkerLoop {
                 &self.shared,
                 rt,
                 &mut h.frame,
+                None,
                 h.meta,
                 h.port,
                 &self.macs,
@@ -1002,6 +1005,7 @@ fn process_one(
     shared: &Shared,
     rt: &Runtime,
     frame: &mut [u8],
+    parsed: Option<Result<lb_core::packet::Parsed, lb_core::packet::ParseError>>,
     meta: RxMeta,
     port: u32,
     macs: &[[u8; 6]],
@@ -1014,7 +1018,8 @@ fn process_one(
     let rx = RxInfo {
         csum_partial: meta.csum_partial,
     };
-    match core.process(frame, rx, now_ns, &rt.snap, rt.health.as_ref()) {
+    let parsed = parsed.unwrap_or_else(|| lb_core::packet::parse(frame));
+    match core.process_parsed(frame, parsed, rx, now_ns, &rt.snap, rt.health.as_ref()) {
         Verdict::Forward(f) => {
             let src = macs.get(f.hop.port as usize).copied().unwrap_or_default();
             match shared.neigh.lookup(f.hop.port, f.hop.next_hop, now) {
