@@ -250,6 +250,7 @@ fn run_file(
         classifier = black_box(Classifier::build(black_box(rules)));
         build = build.min(t.elapsed());
     }
+    println!("compiled shape: {}", classifier.shape());
     let compiled = Compiled(classifier);
     let linear = Linear { rules };
 

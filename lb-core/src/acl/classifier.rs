@@ -40,22 +40,27 @@
 //! prefixes or port ranges stays one bit. Intervals whose rule sets are equal
 //! share an equivalence class, which stores the set as a bitmap.
 //!
-//! A lookup maps each field to its class (protocol: 256-entry table, ports:
-//! 65536-entry tables, addresses: a direct index on the top bits followed by
-//! a short binary search over the interval starts; for IPv6, whose prefixes
-//! cluster under a few top bits, a fat index slot gets nested,
-//! path-compressed sub-indexes on the bits where its starts differ), then
-//! ANDs the class
-//! bitmaps word by word and stops at the first non-zero word: its lowest bit
-//! is the first matching rule. Since rules are in precedence order, most
-//! packets stop in the first words. A field with a single class over its
-//! whole domain (e.g. source ports that are "any" in every rule) is folded
-//! into the protocol bitmaps and costs nothing at lookup time. When the
-//! product stays small, the port classes are cross-producted with the
-//! protocol classes (RFC phase 1: two small tables), so that a packet ANDs
-//! three bitmaps instead of five. Each class bitmap begins with summary words
-//! (one bit per non-zero word: an aggregated bit vector), so a packet whose
-//! first matching rule is deep in the list skips the empty words.
+//! A lookup maps each field to its class: protocol through a 256-entry
+//! table, ports through 65536-entry tables, IPv4 addresses through a
+//! three-step multibit trie (16, 8 and 8 bits, classes pushed to the leaves,
+//! a class found early carried by conditional moves: three loads and no
+//! data-dependent branch), IPv6 addresses through a static B+ tree of 16-key
+//! nodes searched branch-free (count the keys not above the address, one
+//! node per level). A field with a single class over its whole domain (e.g.
+//! source ports that are "any" in every rule) is folded into the protocol
+//! bitmaps and costs nothing at lookup time. Then, RFC-style, the class
+//! sets are cross-producted into one another while the product stays within
+//! a budget (protocol × destination port × source port × the address with
+//! fewer classes × the other): each product is a table of class pairs and
+//! the deduplicated bitmaps of the resulting classes. When every field made
+//! it into the products, the final class stores its first rule and the
+//! lookup is a handful of table reads. Otherwise the bitmaps of the fields
+//! left out are ANDed word by word with the product's, stopping at the first
+//! non-zero word: its lowest bit is the first matching rule. Since rules are
+//! in precedence order, most packets stop in the first words. Each class
+//! bitmap begins with summary words (one bit per non-zero word: an
+//! aggregated bit vector), so a packet whose first matching rule is deep in
+//! the list skips the empty words.
 //!
 //! A key whose source and destination are of different families (no IP
 //! header yields one) is answered by a linear scan of the few rules that can
@@ -148,6 +153,12 @@ impl Classifier {
         }
     }
 
+    /// The table shape, for reports: per family, the class counts of each
+    /// field.
+    pub fn shape(&self) -> String {
+        format!("v4 {}; v6 {}", self.v4.shape(), self.v6.shape())
+    }
+
     /// Heap and inline bytes used by the compiled tables.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -198,14 +209,15 @@ fn rule_heap_bytes(r: &MatchRule) -> usize {
 trait Addr: Copy + Ord + Default + std::fmt::Debug {
     const BITS: u32;
     const MAX: u128;
-    /// Whether fat index slots get a [`SubIndex`] (they pay for IPv6, whose
-    /// prefixes cluster under a few top bits and compare slowly; for IPv4 the
-    /// plain binary search measured faster).
-    const SUB_INDEX: bool;
+    /// The largest address.
+    const LAST: Self;
+    /// The form of an address in [`STree`] nodes.
+    type Key: Copy + std::fmt::Debug;
+    fn key(self) -> Self::Key;
+    /// How many keys of `node` are not above `x`.
+    fn count_le(node: &[Self::Key; NODE], x: Self::Key) -> usize;
     fn from_u128(v: u128) -> Self;
     fn to_u128(self) -> u128;
-    /// The `bits` most significant bits.
-    fn top(self, bits: u32) -> usize;
     /// The inclusive range of `net` if it is of this family.
     fn range(net: &IpNet) -> Option<(u128, u128)>;
 }
@@ -213,7 +225,18 @@ trait Addr: Copy + Ord + Default + std::fmt::Debug {
 impl Addr for u32 {
     const BITS: u32 = 32;
     const MAX: u128 = u32::MAX as u128;
-    const SUB_INDEX: bool = false;
+    const LAST: Self = u32::MAX;
+    /// Sign-flipped, so that a signed comparison orders it as unsigned (SSE2
+    /// has signed 32-bit comparisons only).
+    type Key = i32;
+    #[inline(always)]
+    fn key(self) -> i32 {
+        (self ^ 0x8000_0000) as i32
+    }
+    #[inline(always)]
+    fn count_le(node: &[i32; NODE], x: i32) -> usize {
+        node.iter().filter(|&&k| k <= x).count()
+    }
     #[inline]
     fn from_u128(v: u128) -> Self {
         v as u32
@@ -221,10 +244,6 @@ impl Addr for u32 {
     #[inline]
     fn to_u128(self) -> u128 {
         self.into()
-    }
-    #[inline]
-    fn top(self, bits: u32) -> usize {
-        self.checked_shr(32 - bits).unwrap_or(0) as usize
     }
     fn range(net: &IpNet) -> Option<(u128, u128)> {
         match net {
@@ -240,7 +259,16 @@ impl Addr for u32 {
 impl Addr for u128 {
     const BITS: u32 = 128;
     const MAX: u128 = u128::MAX;
-    const SUB_INDEX: bool = true;
+    const LAST: Self = u128::MAX;
+    type Key = u128;
+    #[inline(always)]
+    fn key(self) -> u128 {
+        self
+    }
+    #[inline(always)]
+    fn count_le(node: &[u128; NODE], x: u128) -> usize {
+        node.iter().filter(|&&k| k <= x).count()
+    }
     #[inline]
     fn from_u128(v: u128) -> Self {
         v
@@ -248,10 +276,6 @@ impl Addr for u128 {
     #[inline]
     fn to_u128(self) -> u128 {
         self
-    }
-    #[inline]
-    fn top(self, bits: u32) -> usize {
-        self.checked_shr(128 - bits).unwrap_or(0) as usize
     }
     fn range(net: &IpNet) -> Option<(u128, u128)> {
         match net {
@@ -411,10 +435,31 @@ fn summary(words: usize) -> usize {
     words.div_ceil(64)
 }
 
-/// The lowest bit set in all five bitmaps (each `s` summary words then the
-/// words, as laid out by [`with_summary`]).
-#[inline]
-fn first_common(f: [&[u64]; 5], s: usize) -> Option<usize> {
+/// The lowest bit set in four bitmaps (each `s` summary words then the
+/// words, as laid out by [`with_summary`]); pass one twice for three.
+#[inline(always)]
+fn first_common(a: &[u64], b: &[u64], c: &[u64], d: &[u64], s: usize) -> Option<usize> {
+    let n = a.len().min(b.len()).min(c.len()).min(d.len());
+    let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+    for i in 0..s.min(n) {
+        let mut m = a[i] & b[i] & c[i] & d[i];
+        while m != 0 {
+            let w = s + i * 64 + m.trailing_zeros() as usize;
+            if w >= n {
+                break;
+            }
+            let x = a[w] & b[w] & c[w] & d[w];
+            if x != 0 {
+                return Some((w - s) * 64 + x.trailing_zeros() as usize);
+            }
+            m &= m - 1;
+        }
+    }
+    None
+}
+
+/// [`first_common`] for five bitmaps.
+fn first_common5(f: [&[u64]; 5], s: usize) -> Option<usize> {
     let [a, b, c, d, e] = f.map(|x| x.split_at_checked(s).unwrap_or((&[], &[])));
     let n =
         a.0.len()
@@ -437,6 +482,9 @@ fn first_common(f: [&[u64]; 5], s: usize) -> Option<usize> {
     None
 }
 
+/// No rule: an empty class.
+const NO_RULE: u32 = u32::MAX;
+
 /// A cross-product table: transport class × port class → transport class.
 #[derive(Debug, Clone)]
 struct Combo {
@@ -455,7 +503,7 @@ impl Combo {
 }
 
 /// Most bitmap words a [`cross`] may compute (keeps builds fast).
-const CROSS_BUDGET: usize = 1 << 21;
+const CROSS_BUDGET: usize = 1 << 18;
 
 /// The cross product of two class sets (`words`-word bitmaps): the table of
 /// `(i, j)` ↦ class of `a_i & b_j` (row-major) and the deduplicated class
@@ -503,192 +551,250 @@ struct PortField {
     bits: Vec<u64>,
 }
 
-/// An address field: interval starts, searched through a direct index on the
-/// top bits; a slot holding many interval starts gets a second-level index
-/// on the bits where those starts differ (path-compressed), recursively.
+/// Keys per node of an [`STree`] (one cache line of IPv4 addresses).
+const NODE: usize = 16;
+
+/// A static B+ tree over sorted keys (an "S+ tree"): nodes of [`NODE`]
+/// keys, `NODE + 1` children per inner node, stored level by level. A search
+/// reads one node per level and counts its keys not above the address, with
+/// no data-dependent branch: the count picks the child, and at the leaves it
+/// is the rank.
 #[derive(Debug, Clone)]
-struct AddrField<A> {
-    starts: Vec<A>,
-    class_of: Vec<u32>,
-    /// Per slot of the top `index_bits` bits (one extra at the end): the low
-    /// 32 bits are the interval holding the slot's first address; the high
-    /// 32 bits are 1 + the index of the slot's [`SubIndex`], or 0.
-    index: Vec<u64>,
-    index_bits: u32,
-    subs: Vec<SubIndex>,
-    /// The entries of every [`SubIndex`], encoded as `index`'s.
-    sub_entries: Vec<u64>,
-    bits: Vec<u64>,
+struct STree<A: Addr> {
+    /// Every level's nodes, the root first and the leaves last.
+    nodes: Vec<[A::Key; NODE]>,
+    /// Where each inner level starts in `nodes`, root first.
+    inner: Vec<usize>,
+    /// Where the leaves start in `nodes`.
+    leaves: usize,
+    /// The number of keys.
+    len: usize,
 }
 
-/// A lower-level index: the region `base .. base + 2^(shift + bits)`
-/// holding all the inner interval starts of a slot, cut into `2^bits`
-/// sub-slots.
-#[derive(Debug, Clone, Copy)]
-struct SubIndex {
-    base: u128,
-    shift: u32,
-    bits: u32,
-    /// Offset of the `2^bits + 1` entries in `sub_entries`.
-    offset: u32,
+impl<A: Addr> STree<A> {
+    /// `keys` must be sorted.
+    fn new(keys: &[A]) -> STree<A> {
+        let pad = |chunk: &[A]| {
+            let mut node = [A::LAST.key(); NODE];
+            for (n, &k) in node.iter_mut().zip(chunk) {
+                *n = k.key();
+            }
+            node
+        };
+        let leaves: Vec<[A::Key; NODE]> = if keys.is_empty() {
+            vec![[A::LAST.key(); NODE]]
+        } else {
+            keys.chunks(NODE).map(pad).collect()
+        };
+        // Bottom up: each level's nodes and the first key under each node.
+        let mut first: Vec<A> = keys.iter().step_by(NODE).copied().collect();
+        let mut levels = vec![leaves];
+        while first.len() > 1 {
+            let parents: Vec<[A::Key; NODE]> = first
+                .chunks(NODE + 1)
+                .map(|children| pad(children.get(1..).unwrap_or(&[])))
+                .collect();
+            first = first.chunks(NODE + 1).map(|c| c[0]).collect();
+            levels.push(parents);
+        }
+        levels.reverse();
+        let mut nodes = Vec::new();
+        let mut inner = Vec::new();
+        let mut leaves = 0;
+        let depth = levels.len();
+        for (l, level) in levels.into_iter().enumerate() {
+            if l + 1 < depth {
+                inner.push(nodes.len());
+            } else {
+                leaves = nodes.len();
+            }
+            nodes.extend(level);
+        }
+        STree {
+            nodes,
+            inner,
+            leaves,
+            len: keys.len(),
+        }
+    }
+
+    /// The number of keys not above `x`.
+    #[inline(always)]
+    fn rank(&self, x: A) -> usize {
+        if x == A::LAST {
+            // Padding counts as `A::LAST`.
+            return self.len;
+        }
+        let x = x.key();
+        let count = |at: usize| self.nodes.get(at).map_or(0, |n| A::count_le(n, x));
+        let mut node = 0;
+        for &level in &self.inner {
+            node = node * (NODE + 1) + count(level + node);
+        }
+        node * NODE + count(self.leaves + node)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<[A::Key; NODE]>()
+            + self.inner.capacity() * std::mem::size_of::<usize>()
+    }
 }
 
-/// Slots with more inner interval starts than this get a [`SubIndex`].
-const SUB_INDEX_MIN: usize = 48;
+/// The class of every IPv4 address in three fixed steps of 16, 8 and 8 bits
+/// (a multibit trie with the classes pushed to the leaves): an entry is a
+/// class (`LEAF` set) or the block of the next step. A class found early is
+/// carried through the remaining steps by conditional moves (reading block
+/// 0), so a lookup has no data-dependent branch.
+#[derive(Debug, Clone)]
+struct Dir {
+    top: Box<[u32; 1 << 16]>,
+    /// 256-entry blocks of the second and third steps; block 0 is unused.
+    mid: Vec<u32>,
+    low: Vec<u32>,
+}
+
+const LEAF: u32 = 1 << 31;
+
+impl Dir {
+    /// `starts` sorted, the first 0; `class_of` the class of each interval.
+    fn new(starts: &[u128], class_of: &[u32]) -> Option<Dir> {
+        if class_of.iter().any(|&c| c & LEAF != 0) || u32::try_from(starts.len()).is_err() {
+            return None;
+        }
+        let mut top: Box<[u32; 1 << 16]> =
+            vec![0u32; 1 << 16].into_boxed_slice().try_into().ok()?;
+        let mut mid = vec![LEAF; 256];
+        let mut low = vec![LEAF; 256];
+        for t in fill(&mut top[..], 0, 16, starts, class_of) {
+            let base = t << 16;
+            let block = mid.len();
+            mid.resize(block + 256, LEAF);
+            let inner = fill(mid.get_mut(block..)?, base, 8, starts, class_of);
+            for b in inner {
+                let id = u32::try_from(low.len() / 256).ok()?;
+                let at = low.len();
+                low.resize(at + 256, LEAF);
+                fill(low.get_mut(at..)?, base | (b << 8), 0, starts, class_of);
+                *mid.get_mut(block + b as usize)? = id;
+            }
+            top[t as usize] = u32::try_from(block / 256).ok()?;
+        }
+        Some(Dir { top, mid, low })
+    }
+
+    #[inline(always)]
+    fn class(&self, a: u32) -> u32 {
+        let step = |e: u32, blocks: &[u32], byte: u32| {
+            let at = if e & LEAF != 0 { 0 } else { (e as usize) << 8 } | byte as usize;
+            let next = blocks.get(at).copied().unwrap_or(LEAF);
+            if e & LEAF != 0 {
+                e
+            } else {
+                next
+            }
+        };
+        let e = self.top[(a >> 16) as usize];
+        let e = step(e, &self.mid, (a >> 8) & 0xff);
+        step(e, &self.low, a & 0xff) & !LEAF
+    }
+
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<[u32; 1 << 16]>() + (self.mid.capacity() + self.low.capacity()) * 4
+    }
+}
+
+/// Sets every entry of `entries` (entry `k` covers the addresses `base + (k
+/// << shift)` and the `2^shift - 1` after it) that lies within one interval
+/// to `LEAF | class`; returns the entries holding the start of an interval
+/// (they need a block of the next step).
+fn fill(entries: &mut [u32], base: u32, shift: u32, starts: &[u128], class_of: &[u32]) -> Vec<u32> {
+    let base = u64::from(base);
+    let end = base + ((entries.len() as u64) << shift);
+    let mut inner = Vec::new();
+    let mut i = interval_of(starts, base.into());
+    while let Some(&s) = starts.get(i) {
+        let s = (s as u64).max(base);
+        if s >= end {
+            break;
+        }
+        let e = starts.get(i + 1).map_or(end, |&e| (e as u64).min(end));
+        let first = (s - base).div_ceil(1 << shift) as usize;
+        let last = ((e - base) >> shift) as usize;
+        if let Some(run) = entries.get_mut(first..last.max(first)) {
+            run.fill(LEAF | class_of.get(i).copied().unwrap_or(0));
+        }
+        if e < end && (e - base) & ((1 << shift) - 1) != 0 {
+            let k = ((e - base) >> shift) as u32;
+            if inner.last() != Some(&k) {
+                inner.push(k);
+            }
+        }
+        i += 1;
+    }
+    inner
+}
 
 /// The index of the interval holding `addr` (starts sorted, first is 0).
 fn interval_of(starts: &[u128], addr: u128) -> usize {
     starts.partition_point(|&s| s <= addr).saturating_sub(1)
 }
 
-/// Builds the [`SubIndex`] of a slot (an aligned region of `2^slot_bits`
-/// addresses) whose inner starts are within `starts[lo + 1..=hi]`, and those
-/// of its fat sub-slots; returns its id + 1 (0 if none is needed).
-fn build_sub(
-    starts: &[u128],
-    (lo, hi): (usize, usize),
-    slot_bits: u32,
-    subs: &mut Vec<SubIndex>,
-    entries: &mut Vec<u64>,
-) -> u64 {
-    if hi.saturating_sub(lo) <= SUB_INDEX_MIN {
-        return 0;
-    }
-    let (Some(&first), Some(&last)) = (starts.get(lo + 1), starts.get(hi)) else {
-        return 0;
-    };
-    if first == last {
-        return 0;
-    }
-    // Highest bit where the inner starts differ, within the slot (`hi` may
-    // be the start of the next slot).
-    let h = (127 - (first ^ last).leading_zeros()).min(slot_bits.saturating_sub(1));
-    let count = (hi - lo) as u32;
-    let want = (u32::BITS - count.leading_zeros() + 2).clamp(2, 12);
-    let shift = (h + 1).saturating_sub(want);
-    let bits = h + 1 - shift;
-    let base = first
-        .checked_shr(h + 1)
-        .unwrap_or(0)
-        .checked_shl(h + 1)
-        .unwrap_or(0);
-    let (Ok(offset), Ok(id)) = (u32::try_from(entries.len()), u64::try_from(subs.len() + 1)) else {
-        return 0;
-    };
-    subs.push(SubIndex {
-        base,
-        shift,
-        bits,
-        offset,
-    });
-    let slots = 1usize << bits;
-    for k in 0..slots {
-        entries.push(interval_of(starts, base + ((k as u128) << shift)) as u64);
-    }
-    let end = base.saturating_add(((slots as u128) << shift).wrapping_sub(1));
-    entries.push(interval_of(starts, end) as u64);
-    for k in 0..slots {
-        let at = offset as usize + k;
-        let slo = entries.get(at).map_or(0, |&e| e as u32 as usize);
-        let shi = entries.get(at + 1).map_or(0, |&e| e as u32 as usize);
-        let child = build_sub(starts, (slo, shi), shift, subs, entries);
-        if let Some(e) = entries.get_mut(at) {
-            *e |= child << 32;
-        }
-    }
-    id
+/// An address field: the starts of its intervals (but the first, 0) in an
+/// [`STree`], and each interval's class; for IPv4 also a [`Dir`].
+#[derive(Debug, Clone)]
+struct AddrField<A: Addr> {
+    tree: STree<A>,
+    dir: Option<Dir>,
+    class_of: Vec<u32>,
+    bits: Vec<u64>,
 }
 
 impl<A: Addr> AddrField<A> {
-    fn new(p: Partition, words: usize) -> AddrField<A> {
-        let n = p.starts.len();
-        // About 2-4 index entries per interval, at most 2^16.
-        let index_bits = (usize::BITS - n.leading_zeros() + 1)
-            .clamp(4, 16)
-            .min(A::BITS);
-        let slots = 1usize << index_bits;
-        let shift = A::BITS - index_bits;
-        let mut index: Vec<u64> = Vec::with_capacity(slots + 1);
-        let mut j = 0usize;
-        for t in 0..slots {
-            let first = (t as u128) << shift;
-            while p.starts.get(j + 1).is_some_and(|&s| s <= first) {
-                j += 1;
-            }
-            index.push(j as u64);
-        }
-        index.push(n.saturating_sub(1) as u64);
-
-        let mut subs = Vec::new();
-        let mut sub_entries = Vec::new();
-        for t in (0..slots).filter(|_| A::SUB_INDEX) {
-            let lo = index.get(t).map_or(0, |&e| e as u32 as usize);
-            let hi = index.get(t + 1).map_or(0, |&e| e as u32 as usize);
-            let child = build_sub(&p.starts, (lo, hi), shift, &mut subs, &mut sub_entries);
-            if let Some(e) = index.get_mut(t) {
-                *e |= child << 32;
-            }
-        }
+    fn new(p: Partition, words: usize, combined: bool) -> AddrField<A> {
+        let starts: Vec<A> = p.starts.iter().skip(1).map(|&s| A::from_u128(s)).collect();
         AddrField {
-            starts: p.starts.into_iter().map(A::from_u128).collect(),
+            tree: STree::new(&starts),
+            dir: if A::BITS == 32 {
+                Dir::new(&p.starts, &p.class_of)
+            } else {
+                None
+            },
             class_of: p.class_of,
-            index,
-            index_bits,
-            subs,
-            sub_entries,
-            bits: with_summary(&p.bits, words),
+            bits: if combined {
+                Vec::new()
+            } else {
+                with_summary(&p.bits, words)
+            },
         }
+    }
+
+    /// The number of intervals.
+    fn intervals(&self) -> usize {
+        self.class_of.len()
     }
 
     #[inline]
     fn class(&self, addr: A) -> u32 {
-        let t = addr.top(self.index_bits);
-        let mut e = self.index.get(t).copied().unwrap_or(0);
-        let mut lo = e as u32 as usize;
-        let mut hi = self.index.get(t + 1).map_or(0, |&e| e as u32 as usize);
-        while e >> 32 != 0 {
-            let Some(s) = self.subs.get((e >> 32) as usize - 1) else {
-                break;
-            };
-            let a = addr.to_u128();
-            if a < s.base {
-                hi = lo;
-                break;
-            }
-            let k = ((a - s.base) >> s.shift) as usize;
-            if k >> s.bits != 0 {
-                lo = hi;
-                break;
-            }
-            let at = s.offset as usize + k;
-            e = self.sub_entries.get(at).copied().unwrap_or(0);
-            lo = e as u32 as usize;
-            hi = self
-                .sub_entries
-                .get(at + 1)
-                .map_or(lo, |&x| x as u32 as usize);
+        if let Some(d) = &self.dir {
+            return d.class(addr.to_u128() as u32);
         }
-        let mut i = lo;
-        if hi > lo {
-            if let Some(range) = self.starts.get(lo + 1..=hi) {
-                i += range.partition_point(|&s| s <= addr);
-            }
-        }
-        self.class_of.get(i).copied().unwrap_or(0)
+        self.class_of
+            .get(self.tree.rank(addr))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn memory_bytes(&self) -> usize {
-        self.starts.capacity() * std::mem::size_of::<A>()
+        self.tree.memory_bytes()
+            + self.dir.as_ref().map_or(0, Dir::memory_bytes)
             + self.class_of.capacity() * 4
-            + (self.index.capacity() + self.sub_entries.capacity()) * 8
-            + self.subs.capacity() * std::mem::size_of::<SubIndex>()
             + self.bits.capacity() * 8
     }
 }
 
 /// The tables of one address family.
 #[derive(Debug, Clone)]
-struct Family<A> {
+struct Family<A: Addr> {
     /// Local bit number → rule index.
     rule_ids: Vec<u32>,
     /// Words per class bitmap, summary included.
@@ -706,6 +812,13 @@ struct Family<A> {
     dport: Option<PortField>,
     dport_combo: Option<Combo>,
     sport_combo: Option<Combo>,
+    /// Cross products of the address classes into the transport classes
+    /// (the destination first when `dst_first`).
+    dst_combo: Option<Combo>,
+    src_combo: Option<Combo>,
+    dst_first: bool,
+    /// The first rule (local bit) of each transport class, or [`NO_RULE`].
+    first_rule: Vec<u32>,
     src: Option<AddrField<A>>,
     dst: Option<AddrField<A>>,
 }
@@ -803,6 +916,27 @@ impl<A: Addr> Family<A> {
         };
         let dport_combo = combine(&dport, dport_trivial);
         let sport_combo = combine(&sport, sport_trivial);
+        // Then the addresses, fewest classes first.
+        let dst_first = dst.classes <= src.classes;
+        let (dst_combo, src_combo) = if dst_first {
+            let d = combine(&dst, dst_trivial);
+            (d, combine(&src, src_trivial))
+        } else {
+            let s = combine(&src, src_trivial);
+            (combine(&dst, dst_trivial), s)
+        };
+        // The first rule of each transport class (the answer when no field
+        // is left outside the cross products).
+        let first_rule = l4_bits
+            .chunks(words)
+            .map(|class| {
+                class
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &w)| w != 0)
+                    .map_or(NO_RULE, |(i, &w)| (i * 64) as u32 + w.trailing_zeros())
+            })
+            .collect();
 
         let mut proto_table = Box::new([0u16; 256]);
         fill_table(&mut proto_table[..], &proto.starts, &proto.class_of);
@@ -831,8 +965,12 @@ impl<A: Addr> Family<A> {
             dport: port_field(dport, dport_trivial, dport_combo.is_some()),
             sport_combo,
             dport_combo,
-            src: (!src_trivial).then(|| AddrField::new(src, words)),
-            dst: (!dst_trivial).then(|| AddrField::new(dst, words)),
+            src: (!src_trivial).then(|| AddrField::new(src, words, src_combo.is_some())),
+            dst: (!dst_trivial).then(|| AddrField::new(dst, words, dst_combo.is_some())),
+            src_combo,
+            dst_combo,
+            dst_first,
+            first_rule,
             rule_ids,
         }
     }
@@ -854,35 +992,73 @@ impl<A: Addr> Family<A> {
         if let Some(c) = &self.sport_combo {
             l4 = c.get(l4, sc);
         }
-        [
-            l4,
-            sc,
-            dc,
-            self.src.as_ref().map_or(0, |f| f.class(src)),
-            self.dst.as_ref().map_or(0, |f| f.class(dst)),
-        ]
+        let s = self.src.as_ref().map_or(0, |f| f.class(src));
+        let d = self.dst.as_ref().map_or(0, |f| f.class(dst));
+        let (first, second) = if self.dst_first {
+            ((&self.dst_combo, d), (&self.src_combo, s))
+        } else {
+            ((&self.src_combo, s), (&self.dst_combo, d))
+        };
+        if let Some(c) = first.0 {
+            l4 = c.get(l4, first.1);
+        }
+        if let Some(c) = second.0 {
+            l4 = c.get(l4, second.1);
+        }
+        [l4, sc, dc, s, d]
     }
 
     #[inline]
-    fn scan<'a>(&'a self, c: &[u32; 5]) -> Option<u32> {
+    fn scan(&self, c: &[u32; 5]) -> Option<u32> {
         let w = self.stride;
-        let p = class_bits(&self.proto_bits, c[0], w);
-        let port = |f: &'a Option<PortField>, class| match f {
-            Some(f) if !f.bits.is_empty() => class_bits(&f.bits, class, w),
-            _ => p,
+        // The bitmaps of the fields left outside the cross products.
+        let mut rows: [&[u64]; 4] = [&[]; 4];
+        let mut n = 0;
+        let fields = [
+            self.sport.as_ref().map(|f| &f.bits),
+            self.dport.as_ref().map(|f| &f.bits),
+            self.src.as_ref().map(|f| &f.bits),
+            self.dst.as_ref().map(|f| &f.bits),
+        ];
+        for (bits, &class) in fields.into_iter().zip(&c[1..]) {
+            if let Some(bits) = bits.filter(|b| !b.is_empty()) {
+                if let Some(r) = rows.get_mut(n) {
+                    *r = class_bits(bits, class, w);
+                    n += 1;
+                }
+            }
+        }
+        let local = if n == 0 {
+            let first = self.first_rule.get(c[0] as usize).copied()?;
+            (first != NO_RULE).then_some(first as usize)?
+        } else {
+            let p = class_bits(&self.proto_bits, c[0], w);
+            let [a, b, d, e] = rows;
+            match n {
+                1 => first_common(p, a, a, a, self.summary),
+                2 => first_common(p, a, b, b, self.summary),
+                3 => first_common(p, a, b, d, self.summary),
+                _ => first_common5([p, a, b, d, e], self.summary),
+            }?
         };
-        let sp = port(&self.sport, c[1]);
-        let dp = port(&self.dport, c[2]);
-        let s = self
-            .src
-            .as_ref()
-            .map_or(p, |f| class_bits(&f.bits, c[3], w));
-        let d = self
-            .dst
-            .as_ref()
-            .map_or(p, |f| class_bits(&f.bits, c[4], w));
-        let local = first_common([p, sp, dp, s, d], self.summary)?;
         self.rule_ids.get(local).copied()
+    }
+
+    fn shape(&self) -> String {
+        let w = self.stride.max(1);
+        let classes = |b: &[u64]| b.len() / w;
+        let addr = |f: &Option<AddrField<A>>| {
+            f.as_ref()
+                .map_or((1, 1), |f| (f.intervals(), classes(&f.bits)))
+        };
+        let (si, sc) = addr(&self.src);
+        let (di, dc) = addr(&self.dst);
+        format!(
+            "rules {} words {} l4 classes {} src {si} intervals {sc} classes, dst {di} intervals {dc} classes",
+            self.rule_ids.len(),
+            w,
+            classes(&self.proto_bits)
+        )
     }
 
     fn memory_bytes(&self) -> usize {

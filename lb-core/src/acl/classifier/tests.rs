@@ -4,7 +4,7 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 
 use super::super::{linear_classify, AddrMatch, FlowKey, MatchRule, PortRange};
-use super::Classifier;
+use super::{Addr, Classifier, STree};
 
 fn key(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowKey {
     FlowKey {
@@ -373,9 +373,9 @@ fn more_than_4096_rules() {
 }
 
 #[test]
-fn clustered_ipv6_uses_sub_index() {
-    // Many prefixes under 2001:db8::/32, a few outliers in the same top
-    // slot: the fat slot gets (nested) sub-indexes.
+fn clustered_ipv6() {
+    // Many prefixes under 2001:db8::/32, a few outliers: a tree of several
+    // levels.
     let mut x = 0x1234_5678_9abc_def0u64;
     let mut next = move || {
         x ^= x << 13;
@@ -414,7 +414,7 @@ fn clustered_ipv6_uses_sub_index() {
         ]);
     }
     let c = Classifier::build(&rules);
-    assert!(!c.v6.src.as_ref().unwrap().subs.is_empty());
+    assert!(c.v6.src.as_ref().unwrap().tree.inner.len() >= 2);
     let keys: Vec<FlowKey> = addrs
         .iter()
         .enumerate()
@@ -427,4 +427,57 @@ fn clustered_ipv6_uses_sub_index() {
         })
         .collect();
     check(&rules, &keys);
+}
+
+fn check_rank<A: Addr>(keys: &[A], probes: &[A]) {
+    let tree = STree::new(keys);
+    for &x in probes {
+        assert_eq!(
+            tree.rank(x),
+            keys.partition_point(|&k| k <= x),
+            "{x:?} in {} keys",
+            keys.len()
+        );
+    }
+}
+
+proptest! {
+    #[test]
+    fn stree_rank_is_partition_point(mut keys in prop::collection::vec(any::<u32>(), 0..2000),
+                                     probes in prop::collection::vec(any::<u32>(), 0..200)) {
+        keys.sort_unstable();
+        keys.dedup();
+        let mut all = probes;
+        for &k in keys.iter().step_by(7) {
+            all.extend([k, k.wrapping_sub(1), k.wrapping_add(1)]);
+        }
+        all.extend([0, u32::MAX, u32::MAX - 1]);
+        check_rank(&keys, &all);
+    }
+
+    #[test]
+    fn stree_rank_is_partition_point_v6(mut keys in prop::collection::vec(any::<u128>(), 0..600),
+                                        probes in prop::collection::vec(any::<u128>(), 0..100)) {
+        keys.sort_unstable();
+        keys.dedup();
+        let mut all = probes;
+        for &k in keys.iter().step_by(5) {
+            all.extend([k, k.wrapping_sub(1), k.wrapping_add(1)]);
+        }
+        all.extend([0, u128::MAX]);
+        check_rank(&keys, &all);
+    }
+}
+
+#[test]
+fn stree_edges() {
+    check_rank::<u32>(&[], &[0, 1, u32::MAX]);
+    check_rank::<u32>(&[u32::MAX], &[0, u32::MAX - 1, u32::MAX]);
+    check_rank::<u32>(&[0], &[0, 1, u32::MAX]);
+    // Exactly full levels: 16, 16 * 17 and 16 * 17 * 17 keys.
+    for n in [16u32, 17, 272, 273, 4624, 4625] {
+        let keys: Vec<u32> = (1..=n).map(|k| k * 3).collect();
+        let probes: Vec<u32> = (0..=n * 3 + 2).collect();
+        check_rank(&keys, &probes);
+    }
 }
