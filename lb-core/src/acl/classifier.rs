@@ -142,6 +142,10 @@ impl Classifier {
     /// Classifies `keys[i]` into `out[i]` for every `i` below
     /// `min(keys.len(), out.len())`.
     pub fn classify_burst(&self, keys: &[FlowKey], out: &mut [Option<u32>]) {
+        if let ([key], [o, ..]) = (keys, &mut *out) {
+            *o = self.classify(key);
+            return;
+        }
         for (kc, oc) in keys.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
             let mut looked = [Looked::Mixed; BATCH];
             for (k, l) in kc.iter().zip(looked.iter_mut()) {
@@ -172,7 +176,7 @@ impl Classifier {
                 .sum::<usize>()
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup(&self, key: &FlowKey) -> Looked {
         match (key.src, key.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => Looked::V4(self.v4.lookup(key, s.into(), d.into())),
@@ -181,7 +185,7 @@ impl Classifier {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn finish(&self, key: &FlowKey, looked: &Looked) -> Option<u32> {
         match looked {
             Looked::V4(c) => self.v4.scan(c),
@@ -267,7 +271,13 @@ impl Addr for u128 {
     }
     #[inline(always)]
     fn count_le(node: &[u128; NODE], x: u128) -> usize {
-        node.iter().filter(|&&k| k <= x).count()
+        // 128-bit comparisons are scalar: a branch-free binary search over
+        // the sorted keys (five comparisons) instead of sixteen.
+        let mut i = 0;
+        for step in [8, 4, 2, 1] {
+            i += step * usize::from(node[i + step - 1] <= x);
+        }
+        i + usize::from(node[i] <= x)
     }
     #[inline]
     fn from_u128(v: u128) -> Self {
@@ -458,6 +468,22 @@ fn first_common(a: &[u64], b: &[u64], c: &[u64], d: &[u64], s: usize) -> Option<
     None
 }
 
+/// [`first_common`] for three bitmaps of at most 64 words (one summary
+/// word, skipped): ANDs every word, without branches, into a mask of the
+/// non-zero ones.
+#[inline(always)]
+fn first_common_dense(a: &[u64], b: &[u64], c: &[u64]) -> Option<usize> {
+    let n = a.len().min(b.len()).min(c.len()).min(65);
+    let (a, b, c) = (a.get(1..n)?, b.get(1..n)?, c.get(1..n)?);
+    let mut mask = 0u64;
+    for (i, ((x, y), z)) in a.iter().zip(b).zip(c).enumerate() {
+        mask |= u64::from(x & y & z != 0) << i;
+    }
+    let w = mask.trailing_zeros() as usize;
+    let x = a.get(w)? & b.get(w)? & c.get(w)?;
+    Some(w * 64 + x.trailing_zeros() as usize)
+}
+
 /// [`first_common`] for five bitmaps.
 fn first_common5(f: [&[u64]; 5], s: usize) -> Option<usize> {
     let [a, b, c, d, e] = f.map(|x| x.split_at_checked(s).unwrap_or((&[], &[])));
@@ -493,7 +519,7 @@ struct Combo {
 }
 
 impl Combo {
-    #[inline]
+    #[inline(always)]
     fn get(&self, left: u32, right: u32) -> u32 {
         self.table
             .get(left as usize * self.right + right as usize)
@@ -773,7 +799,7 @@ impl<A: Addr> AddrField<A> {
         self.class_of.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn class(&self, addr: A) -> u32 {
         if let Some(d) = &self.dir {
             return d.class(addr.to_u128() as u32);
@@ -975,7 +1001,7 @@ impl<A: Addr> Family<A> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup(&self, key: &FlowKey, src: A, dst: A) -> [u32; 5] {
         let sc = self
             .sport
@@ -1008,7 +1034,7 @@ impl<A: Addr> Family<A> {
         [l4, sc, dc, s, d]
     }
 
-    #[inline]
+    #[inline(always)]
     fn scan(&self, c: &[u32; 5]) -> Option<u32> {
         let w = self.stride;
         // The bitmaps of the fields left outside the cross products.
@@ -1035,6 +1061,7 @@ impl<A: Addr> Family<A> {
             let p = class_bits(&self.proto_bits, c[0], w);
             let [a, b, d, e] = rows;
             match n {
+                1 if self.summary == 1 => first_common_dense(p, a, a),
                 1 => first_common(p, a, a, a, self.summary),
                 2 => first_common(p, a, b, b, self.summary),
                 3 => first_common(p, a, b, d, self.summary),
