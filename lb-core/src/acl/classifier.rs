@@ -445,20 +445,21 @@ fn summary(words: usize) -> usize {
     words.div_ceil(64)
 }
 
-/// The lowest bit set in four bitmaps (each `s` summary words then the
-/// words, as laid out by [`with_summary`]); pass one twice for three.
+/// The lowest bit set in all `N` bitmaps (each `s` summary words then the
+/// words, as laid out by [`with_summary`]).
 #[inline(always)]
-fn first_common(a: &[u64], b: &[u64], c: &[u64], d: &[u64], s: usize) -> Option<usize> {
-    let n = a.len().min(b.len()).min(c.len()).min(d.len());
-    let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+fn first_common<const N: usize>(rows: [&[u64]; N], s: usize) -> Option<usize> {
+    let n = rows.iter().map(|r| r.len()).min()?;
+    let rows = rows.map(|r| &r[..n]);
+    let and = |w: usize| rows.iter().fold(u64::MAX, |acc, r| acc & r[w]);
     for i in 0..s.min(n) {
-        let mut m = a[i] & b[i] & c[i] & d[i];
+        let mut m = and(i);
         while m != 0 {
             let w = s + i * 64 + m.trailing_zeros() as usize;
             if w >= n {
                 break;
             }
-            let x = a[w] & b[w] & c[w] & d[w];
+            let x = and(w);
             if x != 0 {
                 return Some((w - s) * 64 + x.trailing_zeros() as usize);
             }
@@ -468,44 +469,20 @@ fn first_common(a: &[u64], b: &[u64], c: &[u64], d: &[u64], s: usize) -> Option<
     None
 }
 
-/// [`first_common`] for three bitmaps of at most 64 words (one summary
-/// word, skipped): ANDs every word, without branches, into a mask of the
-/// non-zero ones.
+/// [`first_common`] for two bitmaps of at most 64 words (one summary word,
+/// skipped): ANDs every word, without branches, into a mask of the non-zero
+/// ones.
 #[inline(always)]
-fn first_common_dense(a: &[u64], b: &[u64], c: &[u64]) -> Option<usize> {
-    let n = a.len().min(b.len()).min(c.len()).min(65);
-    let (a, b, c) = (a.get(1..n)?, b.get(1..n)?, c.get(1..n)?);
+fn first_common_dense(a: &[u64], b: &[u64]) -> Option<usize> {
+    let n = a.len().min(b.len()).min(65);
+    let (a, b) = (a.get(1..n)?, b.get(1..n)?);
     let mut mask = 0u64;
-    for (i, ((x, y), z)) in a.iter().zip(b).zip(c).enumerate() {
-        mask |= u64::from(x & y & z != 0) << i;
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        mask |= u64::from(x & y != 0) << i;
     }
     let w = mask.trailing_zeros() as usize;
-    let x = a.get(w)? & b.get(w)? & c.get(w)?;
+    let x = a.get(w)? & b.get(w)?;
     Some(w * 64 + x.trailing_zeros() as usize)
-}
-
-/// [`first_common`] for five bitmaps.
-fn first_common5(f: [&[u64]; 5], s: usize) -> Option<usize> {
-    let [a, b, c, d, e] = f.map(|x| x.split_at_checked(s).unwrap_or((&[], &[])));
-    let n =
-        a.0.len()
-            .min(b.0.len())
-            .min(c.0.len())
-            .min(d.0.len())
-            .min(e.0.len());
-    for i in 0..n {
-        let mut m = a.0[i] & b.0[i] & c.0[i] & d.0[i] & e.0[i];
-        while m != 0 {
-            let w = i * 64 + m.trailing_zeros() as usize;
-            let word = |x: &[u64]| x.get(w).copied().unwrap_or(0);
-            let x = word(a.1) & word(b.1) & word(c.1) & word(d.1) & word(e.1);
-            if x != 0 {
-                return Some(w * 64 + x.trailing_zeros() as usize);
-            }
-            m &= m - 1;
-        }
-    }
-    None
 }
 
 /// No rule: an empty class.
@@ -765,26 +742,40 @@ fn interval_of(starts: &[u128], addr: u128) -> usize {
     starts.partition_point(|&s| s <= addr).saturating_sub(1)
 }
 
-/// An address field: the starts of its intervals (but the first, 0) in an
-/// [`STree`], and each interval's class; for IPv4 also a [`Dir`].
+/// How an address field finds an address's interval.
+#[derive(Debug, Clone)]
+enum Search<A: Addr> {
+    /// IPv4: the class directly.
+    Dir(Dir),
+    /// The starts of the intervals but the first (0): the rank is the
+    /// interval.
+    Tree(STree<A>),
+}
+
+/// An address field: its search and each interval's class.
 #[derive(Debug, Clone)]
 struct AddrField<A: Addr> {
-    tree: STree<A>,
-    dir: Option<Dir>,
+    search: Search<A>,
     class_of: Vec<u32>,
     bits: Vec<u64>,
 }
 
 impl<A: Addr> AddrField<A> {
     fn new(p: Partition, words: usize, combined: bool) -> AddrField<A> {
-        let starts: Vec<A> = p.starts.iter().skip(1).map(|&s| A::from_u128(s)).collect();
-        AddrField {
-            tree: STree::new(&starts),
-            dir: if A::BITS == 32 {
-                Dir::new(&p.starts, &p.class_of)
-            } else {
-                None
+        let dir = if A::BITS == 32 {
+            Dir::new(&p.starts, &p.class_of)
+        } else {
+            None
+        };
+        let search = dir.map_or_else(
+            || {
+                let starts: Vec<A> = p.starts.iter().skip(1).map(|&s| A::from_u128(s)).collect();
+                Search::Tree(STree::new(&starts))
             },
+            Search::Dir,
+        );
+        AddrField {
+            search,
             class_of: p.class_of,
             bits: if combined {
                 Vec::new()
@@ -801,20 +792,18 @@ impl<A: Addr> AddrField<A> {
 
     #[inline(always)]
     fn class(&self, addr: A) -> u32 {
-        if let Some(d) = &self.dir {
-            return d.class(addr.to_u128() as u32);
+        match &self.search {
+            Search::Dir(d) => d.class(addr.to_u128() as u32),
+            Search::Tree(t) => self.class_of.get(t.rank(addr)).copied().unwrap_or(0),
         }
-        self.class_of
-            .get(self.tree.rank(addr))
-            .copied()
-            .unwrap_or(0)
     }
 
     fn memory_bytes(&self) -> usize {
-        self.tree.memory_bytes()
-            + self.dir.as_ref().map_or(0, Dir::memory_bytes)
-            + self.class_of.capacity() * 4
-            + self.bits.capacity() * 8
+        let search = match &self.search {
+            Search::Dir(d) => d.memory_bytes(),
+            Search::Tree(t) => t.memory_bytes(),
+        };
+        search + self.class_of.capacity() * 4 + self.bits.capacity() * 8
     }
 }
 
@@ -1061,11 +1050,11 @@ impl<A: Addr> Family<A> {
             let p = class_bits(&self.proto_bits, c[0], w);
             let [a, b, d, e] = rows;
             match n {
-                1 if self.summary == 1 => first_common_dense(p, a, a),
-                1 => first_common(p, a, a, a, self.summary),
-                2 => first_common(p, a, b, b, self.summary),
-                3 => first_common(p, a, b, d, self.summary),
-                _ => first_common5([p, a, b, d, e], self.summary),
+                1 if self.summary == 1 => first_common_dense(p, a),
+                1 => first_common([p, a], self.summary),
+                2 => first_common([p, a, b], self.summary),
+                3 => first_common([p, a, b, d], self.summary),
+                _ => first_common([p, a, b, d, e], self.summary),
             }?
         };
         self.rule_ids.get(local).copied()
