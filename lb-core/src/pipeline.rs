@@ -27,6 +27,9 @@ use crate::packet::{self, L4Csum, ParseError, Parsed};
 use crate::sched::{self, Scheduler};
 use crate::{Nanos, NANOS_PER_SEC};
 
+/// The most frames [`Worker::process_burst`] handles in one call.
+pub const BURST_MAX: usize = 64;
+
 /// How many expired sessions one call of [`Worker::process`] reaps at most.
 const REAP_BUDGET: usize = 8;
 
@@ -664,6 +667,8 @@ pub struct Worker {
     ports: PortAllocator,
     /// Scratch "eligible" flags for scheduling, reused across packets.
     eligible: Vec<bool>,
+    /// The parsed frames of a burst, reused across bursts.
+    parsed: Vec<Result<Parsed, ParseError>>,
     pub stats: Stats,
 }
 
@@ -677,6 +682,7 @@ impl Worker {
             scheds: Vec::new(),
             ports: PortAllocator::new(id, workers),
             eligible: Vec::new(),
+            parsed: Vec::with_capacity(BURST_MAX),
             stats: Stats::default(),
         }
     }
@@ -818,7 +824,7 @@ impl Worker {
         health: &dyn Health,
     ) -> Verdict {
         self.adopt(snap);
-        self.finish(frame, parsed, None, rx, now, snap, health)
+        self.finish(frame, &parsed, None, rx, now, snap, health)
     }
 
     /// Runs a burst of frames through the pipeline: the same verdicts as
@@ -835,24 +841,35 @@ impl Worker {
         health: &dyn Health,
         verdicts: &mut [Verdict],
     ) -> usize {
-        const MAX: usize = 64;
         self.adopt(snap);
-        let n = frames.len().min(verdicts.len()).min(MAX);
-        // First pass: find each frame's session bucket and read it, so the
-        // misses of the whole burst are in flight together.
-        let mut hashes = [0u64; MAX];
-        let mut warm = 0u64;
+        let n = frames.len().min(verdicts.len()).min(BURST_MAX);
+        // Each frame is parsed once. The session lookups of the whole burst
+        // go in stages (every index bucket, then every session those
+        // buckets point to) so that their cache misses are in flight
+        // together rather than paid one packet at a time.
+        let mut parsed = std::mem::take(&mut self.parsed);
+        parsed.clear();
+        let mut hashes = [0u64; BURST_MAX];
         for (h, f) in hashes.iter_mut().zip(frames.iter()).take(n) {
-            if let Some(k) = packet::parse(f.data).ok().and_then(|p| p.flow_key()) {
+            let p = packet::parse(f.data);
+            if let Some(k) = p.as_ref().ok().and_then(Parsed::flow_key) {
                 *h = self.sessions.hash_key(&k);
-                warm ^= self.sessions.warm(*h);
             }
+            parsed.push(p);
+        }
+        let mut buckets = [0u64; BURST_MAX];
+        for (b, &h) in buckets.iter_mut().zip(&hashes).take(n) {
+            *b = self.sessions.warm_bucket(h);
+        }
+        let mut warm = 0u64;
+        for &b in &buckets[..n] {
+            warm ^= self.sessions.warm_session(b);
         }
         std::hint::black_box(warm);
-        for (i, f) in frames.iter_mut().enumerate().take(n) {
-            let parsed = packet::parse(f.data);
-            verdicts[i] = self.finish(f.data, parsed, Some(hashes[i]), f.rx, now, snap, health);
+        for (i, (f, p)) in frames.iter_mut().zip(&parsed).enumerate() {
+            verdicts[i] = self.finish(f.data, p, Some(hashes[i]), f.rx, now, snap, health);
         }
+        self.parsed = parsed;
         n
     }
 
@@ -860,7 +877,7 @@ impl Worker {
     fn finish(
         &mut self,
         frame: &mut [u8],
-        parsed: Result<Parsed, ParseError>,
+        parsed: &Result<Parsed, ParseError>,
         hash: Option<u64>,
         rx: RxInfo,
         now: Nanos,
@@ -887,7 +904,7 @@ impl Worker {
     fn decide(
         &mut self,
         frame: &mut [u8],
-        parsed: Result<Parsed, ParseError>,
+        parsed: &Result<Parsed, ParseError>,
         hash: Option<u64>,
         rx: RxInfo,
         now: Nanos,
@@ -896,7 +913,7 @@ impl Worker {
     ) -> Verdict {
         let p = match parsed {
             Ok(p) => p,
-            Err(e) => return Verdict::Drop(Reason::Malformed(e)),
+            Err(e) => return Verdict::Drop(Reason::Malformed(*e)),
         };
         let key = match p.flow_key() {
             Some(k) => k,
@@ -912,7 +929,7 @@ impl Worker {
             // place it.
             return Verdict::Drop(Reason::Fragment);
         }
-        if let Some(local) = local_kind(&p, &key, snap) {
+        if let Some(local) = local_kind(p, &key, snap) {
             return Verdict::Local(local);
         }
 
@@ -926,10 +943,10 @@ impl Worker {
             None => self.sessions.lookup(&key, now),
         };
         if let Some((id, dir)) = found {
-            return self.established(frame, &p, csum, key, id, dir, now, snap);
+            return self.established(frame, p, csum, key, id, dir, now, snap);
         }
         if p.is_icmp_error() {
-            if let Some(v) = self.related_error(frame, &p, key, now, snap) {
+            if let Some(v) = self.related_error(frame, p, key, now, snap) {
                 return v;
             }
         }
@@ -940,14 +957,14 @@ impl Worker {
         }
 
         if snap.vips.contains(&key.dst) {
-            return self.new_listener_session(frame, &p, csum, key, now, snap, health);
+            return self.new_listener_session(frame, p, csum, key, now, snap, health);
         }
         if snap.is_own_address(key.dst) {
             // A reply to a local address without a session, or traffic to a
             // port address: for the data plane itself (health checks).
             return Verdict::Local(LocalKind::ToSelf);
         }
-        self.new_routed_session(frame, &p, csum, key, now, snap)
+        self.new_routed_session(frame, p, csum, key, now, snap)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -962,13 +979,14 @@ impl Worker {
         now: Nanos,
         snap: &Snapshot,
     ) -> Verdict {
-        let (flow, orig, reply) = match self.sessions.get(id) {
-            Some(s) => (s.payload, *s.orig(), *s.reply()),
-            None => return Verdict::Drop(Reason::NoSession),
+        let Some(s) = self.sessions.get(id) else {
+            return Verdict::Drop(Reason::NoSession);
         };
+        let flow = s.payload;
         if flow.generation != snap.generation {
             // The rules changed since the session was admitted: its next
             // packet is checked against the new ones.
+            let (orig, reply) = (*s.orig(), *s.reply());
             match recheck(snap, &orig, &reply.reversed(), &flow) {
                 Ok(()) => {
                     if let Some(s) = self.sessions.get_mut(id) {
@@ -981,9 +999,9 @@ impl Worker {
                 }
             }
         }
-        let out = match dir {
-            Dir::Orig => reply.reversed(),
-            Dir::Reply => orig.reversed(),
+        let out = match self.sessions.get(id) {
+            Some(s) => s.key(dir.opposite()).reversed(),
+            None => return Verdict::Drop(Reason::NoSession),
         };
         // Network ACLs are stateless: every packet, both directions.
         if let Err(r) = nacl_check(snap, &flow, &key, &out, dir) {

@@ -315,28 +315,45 @@ impl<T> SessionTable<T> {
         self.hasher.hash_one(key)
     }
 
-    /// The hash the table files `key` under, for [`SessionTable::warm`] and
+    /// The hash the table files `key` under, for [`SessionTable::warm_bucket`] and
     /// [`SessionTable::lookup_hashed`].
     #[inline]
     pub fn hash_key(&self, key: &FlowKey) -> u64 {
         self.hash(key)
     }
 
-    /// Reads the memory a lookup of `hash` will need (the index bucket, and
-    /// the session it points to) and returns a value derived from it, which
-    /// the caller should keep (e.g. pass to `std::hint::black_box`) so the
-    /// reads happen. Warming the keys of a whole burst first lets their
-    /// cache misses overlap instead of being paid one after another.
+    /// The index bucket a lookup of `hash` starts at (a read of it), for
+    /// the first stage of a burst's lookups: reading the buckets of a whole
+    /// burst one after another lets their cache misses overlap instead of
+    /// being paid one lookup at a time. Pass the result to
+    /// [`SessionTable::warm_session`].
     #[inline]
-    pub fn warm(&self, hash: u64) -> u64 {
-        let b = self.index.bucket_of(hash);
-        if b == 0 {
+    pub fn warm_bucket(&self, hash: u64) -> u64 {
+        self.index.bucket_of(hash)
+    }
+
+    /// The second stage after [`SessionTable::warm_bucket`]: reads the
+    /// session the bucket points to and returns a value derived from it,
+    /// which the caller should keep (e.g. pass to `std::hint::black_box`)
+    /// so the read happens.
+    #[inline]
+    pub fn warm_session(&self, bucket: u64) -> u64 {
+        if bucket == 0 {
             return 0;
         }
-        let value = ((b as u32).wrapping_sub(1) >> 1) as usize;
+        let value = ((bucket as u32).wrapping_sub(1) >> 1) as usize;
         match self.slots.get(value) {
-            Some(Slot::Occupied(s)) => s.expires_at ^ b,
-            _ => b,
+            // Every cache line of the session that the packet will use:
+            // both keys, the times and counters.
+            Some(Slot::Occupied(s)) => {
+                s.expires_at
+                    ^ u64::from(s.orig.sport)
+                    ^ u64::from(s.reply.dport)
+                    ^ s.packets[1]
+                    ^ u64::from(s.gen)
+                    ^ bucket
+            }
+            _ => bucket,
         }
     }
 

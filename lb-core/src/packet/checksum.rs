@@ -67,6 +67,17 @@ pub fn sum_with(initial: u16, data: &[u8]) -> u16 {
     fold(accumulate(data, initial as u64))
 }
 
+/// Whether an IPv4 header without options carries a correct checksum (its
+/// ten words sum to `0xffff`).
+#[inline]
+pub fn ipv4_header_ok(h: &[u8; 20]) -> bool {
+    let mut acc = 0u64;
+    for w in h.chunks_exact(4) {
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    fold(acc) == 0xffff
+}
+
 /// The internet checksum of `data`: `!sum(data)`.
 pub fn checksum(data: &[u8]) -> u16 {
     !sum(data)

@@ -153,7 +153,108 @@ impl Parsed {
 
 /// Parses an Ethernet frame. Never panics and never allocates; the frame
 /// may carry link padding after the IP packet.
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    match parse_simple(frame) {
+        Some(p) => Ok(p),
+        None => parse_general(frame),
+    }
+}
+
+/// The common case in a few instructions: an untagged IPv4 packet without
+/// options, or IPv6 without extension headers, not a fragment, carrying
+/// TCP or UDP, all well-formed. `None` for anything else, which
+/// [`parse_general`] then handles; where this answers, it answers what
+/// `parse_general` would.
+#[inline]
+pub(crate) fn parse_simple(frame: &[u8]) -> Option<Parsed> {
+    const ETH: usize = super::ethernet::HEADER_LEN;
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let (kind, l4_offset, l3_len, src, dst, proto, ttl) = match ethertype {
+        0x0800 => {
+            let ip: &[u8; 20] = frame.get(ETH..ETH + 20)?.try_into().ok()?;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            // Version 4, no options; neither MF nor an offset.
+            if ip[0] != 0x45 || ip[6] & 0x3f != 0 || ip[7] != 0 {
+                return None;
+            }
+            if total < 20 || ETH + total > frame.len() || !checksum::ipv4_header_ok(ip) {
+                return None;
+            }
+            let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+            let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+            (
+                Kind::Ipv4,
+                ETH + 20,
+                total,
+                IpAddr::V4(Ipv4Addr::from(src)),
+                IpAddr::V4(Ipv4Addr::from(dst)),
+                ip[9],
+                ip[8],
+            )
+        }
+        0x86dd => {
+            let ip: &[u8; 40] = frame.get(ETH..ETH + 40)?.try_into().ok()?;
+            let total = 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if ip[0] >> 4 != 6 || ETH + total > frame.len() {
+                return None;
+            }
+            let src: [u8; 16] = ip[8..24].try_into().ok()?;
+            let dst: [u8; 16] = ip[24..40].try_into().ok()?;
+            (
+                Kind::Ipv6,
+                ETH + 40,
+                total,
+                IpAddr::from(src),
+                IpAddr::from(dst),
+                ip[6],
+                ip[7],
+            )
+        }
+        _ => return None,
+    };
+    let l4 = frame.get(l4_offset..ETH + l3_len)?;
+    let (tcp_flags, l4_len) = match proto {
+        IpProtocol::TCP => {
+            let off = usize::from(*l4.get(12)? >> 4) * 4;
+            if l4.len() < 20 || off < 20 || off > l4.len() {
+                return None;
+            }
+            (l4[13], l4.len())
+        }
+        IpProtocol::UDP => {
+            let len = usize::from(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]));
+            if l4.len() < 8 || len < 8 || len > l4.len() {
+                return None;
+            }
+            (0, len)
+        }
+        _ => return None,
+    };
+    Some(Parsed {
+        vlan: None,
+        ethertype,
+        kind,
+        l3_offset: ETH,
+        l3_len,
+        l4_offset,
+        l4_len,
+        src,
+        dst,
+        proto,
+        ttl,
+        is_fragment: false,
+        is_first_fragment: false,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        tcp_flags,
+        icmp: None,
+    })
+}
+
+/// [`parse`] without its fast path for the common case: every frame the
+/// long way.
+pub fn parse_general(frame: &[u8]) -> Result<Parsed, ParseError> {
     let eth = EthernetFrame::new_checked(frame)?;
     let ethertype = eth.ethertype_raw();
     let l3_offset = eth.header_len();

@@ -41,22 +41,6 @@ fn wr16(frame: &mut [u8], off: usize, v: u16) {
     frame[off..off + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Accumulates changes to a checksum field, in full or partial arithmetic.
-struct Csum {
-    value: u16,
-    partial: bool,
-}
-
-impl Csum {
-    fn change(&mut self, old: u16, new: u16) {
-        self.value = if self.partial {
-            checksum::update_sum(self.value, old, new)
-        } else {
-            checksum::update(self.value, old, new)
-        };
-    }
-}
-
 /// Rewrites the addresses and (TCP/UDP) ports or (ICMP/ICMPv6 echo)
 /// identifier of the parsed packet in `frame` to those of `new` (for echo,
 /// `new.sport` is the identifier; the protocol of `new` is ignored),
@@ -141,89 +125,121 @@ pub fn rewrite(
         }
     }
     let partial = csum == L4Csum::Partial;
-    let mut l4c = l4.map(|(off, pseudo, _, _)| {
-        (
-            p.l4_offset + off,
-            pseudo,
-            Csum {
-                value: rd16(frame, p.l4_offset + off),
-                partial,
-            },
-        )
+    // The L4 checksum field, if it is to be updated; UDP over IPv4
+    // without checksum stays without.
+    let l4c = l4.and_then(|(off, pseudo, _, _)| {
+        let at = p.l4_offset + off;
+        let none = p.proto == IpProtocol::UDP && !v6 && !partial && rd16(frame, at) == 0;
+        (!none).then_some((at, pseudo))
     });
-    // UDP over IPv4 without checksum stays without.
-    let udp_no_csum = p.proto == IpProtocol::UDP
-        && !v6
-        && !partial
-        && l4c.as_ref().is_some_and(|c| c.2.value == 0);
-    if udp_no_csum {
-        l4c = None;
-    }
 
-    // Addresses.
-    match (new.src, new.dst) {
-        (IpAddr::V4(ns), IpAddr::V4(nd)) => {
-            let a = p.l3_offset + ipv4::SRC_OFFSET;
-            let mut ipc = Csum {
-                value: rd16(frame, p.l3_offset + ipv4::CHECKSUM_OFFSET),
-                partial: false,
-            };
-            for (off, new) in [(a, ns), (a + 4, nd)] {
-                let old = u32::from_be_bytes(frame[off..off + 4].try_into().expect("4-byte range"));
-                let (o, n) = (checksum::sum32(old), checksum::sum32(new.to_bits()));
-                ipc.change(o, n);
-                if let Some((_, true, c)) = l4c.as_mut() {
-                    c.change(o, n);
-                }
-                frame[off..off + 4].copy_from_slice(&new.octets());
-            }
-            wr16(frame, p.l3_offset + ipv4::CHECKSUM_OFFSET, ipc.value);
-        }
-        (IpAddr::V6(ns), IpAddr::V6(nd)) => {
-            let a = p.l3_offset + ipv6::SRC_OFFSET;
-            for (off, new) in [(a, ns), (a + 16, nd)] {
-                let old: [u8; 16] = frame[off..off + 16].try_into().expect("16-byte range");
-                if let Some((_, true, c)) = l4c.as_mut() {
-                    c.change(checksum::sum128(old.into()), checksum::sum128(new));
-                }
-                frame[off..off + 16].copy_from_slice(&new.octets());
-            }
-        }
-        _ => return Err(ParseError::AddressFamilyMismatch),
+    // Every changed field adds `!old + new` (RFC 1624) to one wide
+    // accumulator per checksum, folded once at the end.
+    let mut addrs = Delta::default();
+    if let (IpAddr::V4(ns), IpAddr::V4(nd)) = (new.src, new.dst) {
+        let a = p.l3_offset + ipv4::SRC_OFFSET;
+        addrs.change32(rd32(frame, a), ns.to_bits());
+        addrs.change32(rd32(frame, a + 4), nd.to_bits());
+        frame[a..a + 4].copy_from_slice(&ns.octets());
+        frame[a + 4..a + 8].copy_from_slice(&nd.octets());
+        let c = p.l3_offset + ipv4::CHECKSUM_OFFSET;
+        wr16(frame, c, addrs.apply(rd16(frame, c)));
+    } else if let (IpAddr::V6(ns), IpAddr::V6(nd)) = (new.src, new.dst) {
+        let a = p.l3_offset + ipv6::SRC_OFFSET;
+        addrs.change128(rd128(frame, a), ns.to_bits());
+        addrs.change128(rd128(frame, a + 16), nd.to_bits());
+        frame[a..a + 16].copy_from_slice(&ns.octets());
+        frame[a + 16..a + 32].copy_from_slice(&nd.octets());
+    } else {
+        return Err(ParseError::AddressFamilyMismatch);
     }
 
     // Ports / echo identifier (only where the L4 header was bounds-checked
     // above): covered by full checksums only.
+    let mut ports = Delta::default();
     if l4.is_some() {
-        let mut change = |frame: &mut [u8], off: usize, new: u16| {
-            let old = rd16(frame, off);
-            if !partial {
-                if let Some((_, _, c)) = l4c.as_mut() {
-                    c.change(old, new);
-                }
-            }
-            wr16(frame, off, new);
-        };
         match p.proto {
             IpProtocol::TCP | IpProtocol::UDP => {
-                change(frame, p.l4_offset, new.sport);
-                change(frame, p.l4_offset + 2, new.dport);
+                let at = p.l4_offset;
+                let new_ports = (u32::from(new.sport) << 16) | u32::from(new.dport);
+                ports.change32(rd32(frame, at), new_ports);
+                frame[at..at + 4].copy_from_slice(&new_ports.to_be_bytes());
             }
             IpProtocol::ICMP | IpProtocol::ICMPV6 if p.is_icmp_echo() => {
-                change(frame, p.l4_offset + icmp::ECHO_IDENT_OFFSET, new.sport);
+                let at = p.l4_offset + icmp::ECHO_IDENT_OFFSET;
+                ports.change16(rd16(frame, at), new.sport);
+                wr16(frame, at, new.sport);
             }
             _ => {}
         }
     }
 
-    if let Some((off, _, c)) = l4c {
-        let mut v = c.value;
-        if p.proto == IpProtocol::UDP && !partial && v == 0 {
-            v = 0xffff;
-        }
-        wr16(frame, off, v);
+    if let Some((at, pseudo)) = l4c {
+        let old = rd16(frame, at);
+        let v = if partial {
+            // The field holds the pseudo-header sum: only addresses count,
+            // in non-inverted arithmetic.
+            if pseudo {
+                addrs.apply_sum(old)
+            } else {
+                old
+            }
+        } else {
+            let mut d = ports;
+            if pseudo {
+                d.0 += addrs.0;
+            }
+            let v = d.apply(old);
+            if p.proto == IpProtocol::UDP && v == 0 {
+                0xffff
+            } else {
+                v
+            }
+        };
+        wr16(frame, at, v);
     }
     Ok(())
+}
+
+fn rd32(frame: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes(frame[off..off + 4].try_into().expect("4-byte range"))
+}
+
+fn rd128(frame: &[u8], off: usize) -> u128 {
+    u128::from_be_bytes(frame[off..off + 16].try_into().expect("16-byte range"))
+}
+
+/// The change to a one's complement sum as fields change: the sum of
+/// `!old + new` over them, as 32-bit halves of 16-bit word pairs in a
+/// 64-bit accumulator (which cannot overflow for a header's worth of
+/// fields), folded when applied.
+#[derive(Debug, Clone, Copy, Default)]
+struct Delta(u64);
+
+impl Delta {
+    fn change16(&mut self, old: u16, new: u16) {
+        self.0 += u64::from(!old) + u64::from(new);
+    }
+
+    fn change32(&mut self, old: u32, new: u32) {
+        self.0 += u64::from(!old) + u64::from(new);
+    }
+
+    fn change128(&mut self, old: u128, new: u128) {
+        for shift in [0, 32, 64, 96] {
+            self.change32((old >> shift) as u32, (new >> shift) as u32);
+        }
+    }
+
+    /// The checksum `hc` (inverted sum) after the changes: `~(~hc + Δ)`.
+    fn apply(self, hc: u16) -> u16 {
+        !checksum::fold(u64::from(!hc) + self.0)
+    }
+
+    /// A non-inverted sum `s` after the changes: `s + Δ`.
+    fn apply_sum(self, s: u16) -> u16 {
+        checksum::fold(u64::from(s) + self.0)
+    }
 }
 
 /// Decrements the TTL / hop limit of the parsed IP packet, updating the

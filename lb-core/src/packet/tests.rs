@@ -793,6 +793,10 @@ fn is_echo(spec: &FrameSpec) -> bool {
 
 /// Everything one may do with a parsed frame; must never panic.
 fn exercise(frame: &[u8]) {
+    // The fast path, where it answers, answers as the general parser.
+    if let Some(fast) = super::parse::parse_simple(frame) {
+        assert_eq!(Ok(fast), parse_general(frame), "{frame:02x?}");
+    }
     let Ok(p) = parse(frame) else {
         let _ = parse_arp(frame);
         return;
@@ -864,6 +868,10 @@ proptest! {
     fn build_parse_round_trip(spec in arb_spec()) {
         let f = build_frame(&spec);
         let p = parse(&f).unwrap();
+        prop_assert_eq!(Ok(p), parse_general(&f));
+        // Plain TCP and UDP take the fast path.
+        let plain = spec.vlan.is_none() && matches!(spec.proto, 6 | 17);
+        prop_assert_eq!(super::parse::parse_simple(&f).is_some(), plain);
         let v6 = spec.src.is_ipv6();
         prop_assert_eq!(p.kind, if v6 { Kind::Ipv6 } else { Kind::Ipv4 });
         prop_assert_eq!(p.vlan, spec.vlan);
