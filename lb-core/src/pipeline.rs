@@ -47,6 +47,8 @@ pub struct Snapshot {
     vips: HashSet<IpAddr>,
     /// Local (FULLNAT source) address → load balancer.
     local_addrs: HashMap<IpAddr, u32>,
+    /// Per load balancer, its local addresses of each family (`[IPv4, IPv6]`).
+    locals_by_family: Vec<[Vec<IpAddr>; 2]>,
     /// The data plane's own port addresses.
     port_addrs: HashSet<IpAddr>,
     instance_by_addr: HashMap<IpAddr, u32>,
@@ -138,6 +140,17 @@ impl Snapshot {
                 local_addrs.insert(a, idx32(li));
             }
         }
+        let locals_by_family = cfg
+            .load_balancers
+            .iter()
+            .map(|lb| {
+                let of = |v6: bool| -> Vec<IpAddr> {
+                    let all = lb.local_addresses.iter().copied();
+                    all.filter(|a| a.is_ipv6() == v6).collect()
+                };
+                [of(false), of(true)]
+            })
+            .collect();
         let mut instance_by_addr = HashMap::new();
         for (ii, inst) in cfg.instances.iter().enumerate() {
             for &a in &inst.addresses {
@@ -174,6 +187,7 @@ impl Snapshot {
             listeners,
             vips,
             local_addrs,
+            locals_by_family,
             port_addrs,
             instance_by_addr,
             backend_addrs,
@@ -607,6 +621,9 @@ pub struct Flow {
     pub listener: Option<(u32, u32, u32, u32)>,
     /// The configuration generation whose rules admitted the session.
     pub generation: u64,
+    /// The session holds a local port (FULLNAT): its reply key's
+    /// destination address and port, given back when the session ends.
+    pub local_port: bool,
 }
 
 /// Open and total sessions of a listener or a server.
@@ -730,8 +747,11 @@ impl Worker {
             s.payload.listener = Some((idx32(lbi), idx32(li), idx32(gi), si));
             true
         });
-        // Their counters belonged to the old configuration.
-        self.sessions.drain_reaped().for_each(drop);
+        // Their counters belonged to the old configuration; their ports
+        // are free again.
+        for s in self.sessions.drain_reaped() {
+            release_port(&mut self.ports, &s.payload, s.reply());
+        }
         self.stats.rule_hits.clear();
         self.stats.listener_sessions.clear();
         self.stats.server_sessions.clear();
@@ -767,14 +787,19 @@ impl Worker {
 
     fn reap(&mut self, now: Nanos) {
         self.sessions.expire(now, REAP_BUDGET);
-        let (scheds, stats) = (&mut self.scheds, &mut self.stats);
+        let (scheds, stats, ports) = (&mut self.scheds, &mut self.stats, &mut self.ports);
         for s in self.sessions.drain_reaped() {
+            release_port(ports, &s.payload, s.reply());
             release(scheds, stats, &s.payload);
         }
     }
 
     fn remove(&mut self, id: crate::conntrack::SessionId) {
+        let Some(reply) = self.sessions.get(id).map(|s| *s.reply()) else {
+            return;
+        };
         if let Some(f) = self.sessions.remove(id) {
+            release_port(&mut self.ports, &f, &reply);
             release(&mut self.scheds, &mut self.stats, &f);
         }
     }
@@ -1174,12 +1199,7 @@ impl Worker {
             };
             (out, out.reversed())
         } else {
-            let locals: Vec<IpAddr> = lb
-                .local_addresses
-                .iter()
-                .copied()
-                .filter(|a| a.is_ipv6() == family_v6)
-                .collect();
+            let locals = &snap.locals_by_family[lbi][usize::from(family_v6)];
             if locals.is_empty() {
                 return Verdict::Drop(Reason::NatPortsExhausted);
             }
@@ -1206,18 +1226,26 @@ impl Worker {
             };
             (out, out.reversed())
         };
-        if let Some(inst) = server.instance {
-            if let Err(r) = snap.backend_admits(inst, &orig_out, listener.transfer_client_ip) {
-                return Verdict::Drop(r);
-            }
-        }
         let flow = Flow {
             listener: Some((idx32(lbi), idx32(li), idx32(gi), idx32(si))),
             generation: snap.generation,
+            local_port: !listener.transfer_client_ip,
         };
-        let id = match self.sessions.insert(key, reply, flow, now, &snap.timeouts) {
+        let admitted = match server.instance {
+            Some(inst) => snap.backend_admits(inst, &orig_out, listener.transfer_client_ip),
+            None => Ok(()),
+        };
+        let inserted = admitted.and_then(|()| {
+            self.sessions
+                .insert(key, reply, flow, now, &snap.timeouts)
+                .map_err(|_| Reason::SessionTableFull)
+        });
+        let id = match inserted {
             Ok(id) => id,
-            Err(_) => return Verdict::Drop(Reason::SessionTableFull),
+            Err(r) => {
+                release_port(&mut self.ports, &flow, &reply);
+                return Verdict::Drop(r);
+            }
         };
         let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
         self.sessions
@@ -1268,6 +1296,7 @@ impl Worker {
             let flow = Flow {
                 listener: None,
                 generation: snap.generation,
+                local_port: false,
             };
             match self
                 .sessions
@@ -1296,6 +1325,13 @@ impl Worker {
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+
+/// A session went away: its local port is free again.
+fn release_port(ports: &mut PortAllocator, flow: &Flow, reply: &FlowKey) {
+    if flow.local_port {
+        ports.release(reply.dst, reply.dport);
+    }
+}
 
 /// A session went away: its server and listener count one less.
 fn release(scheds: &mut [Box<dyn Scheduler>], stats: &mut Stats, flow: &Flow) {
@@ -1633,6 +1669,34 @@ mod tests {
         let p = packet::parse(&frame).expect("valid after rewrite");
         assert!(packet::verify_l4_checksum(&frame, &p));
         assert_eq!(p.flow_key(), Some(f.out));
+    }
+
+    #[test]
+    fn local_ports_come_back_when_sessions_end() {
+        let snap = Snapshot::compile(config(), 1);
+        let local = addr("198.19.1.250");
+        let mut w = Worker::new(0, 1, 16);
+        let mut frame = syn(b"");
+        let v = w.process(&mut frame, RxInfo::default(), 0, &snap, &AllUp);
+        assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+        assert_eq!(w.ports.users(local, 1025), 1);
+        // Expired after the handshake timeout, reaped by housekeeping.
+        for i in 0..4 {
+            w.housekeep(secs(60.0) + i, &snap);
+        }
+        assert!(w.sessions.is_empty());
+        assert_eq!(w.ports.users(local, 1025), 0);
+
+        // A session ended by a reload that removes its listener.
+        let mut frame = syn(b"");
+        w.process(&mut frame, RxInfo::default(), secs(61.0), &snap, &AllUp);
+        assert_eq!(w.ports.users(local, 1026), 1);
+        let mut cfg = config();
+        cfg.load_balancers[0].listeners[0].port = 8080;
+        let next = Snapshot::compile(cfg, 2);
+        w.housekeep(secs(62.0), &next);
+        assert!(w.sessions.is_empty());
+        assert_eq!(w.ports.users(local, 1026), 0);
     }
 
     #[test]

@@ -29,12 +29,29 @@ pub fn port_owner(port: u16, workers: u16) -> u16 {
     port % workers.max(1)
 }
 
-/// Per-worker port cursors, one per local address in use.
+/// Per-worker port allocation, per local address in use.
+///
+/// A port goes to one session at a time where possible: each local address
+/// counts the sessions of this worker that use each port, and an allocation
+/// first looks for a port nobody uses, which needs no session-table lookup
+/// (a miss in a big table costs a trip to memory). Only when the probed
+/// ports are all taken does it share one: a port may serve sessions toward
+/// different backends, as long as the reply tuple is free (`is_free`).
 #[derive(Debug, Clone)]
 pub struct PortAllocator {
     worker: u16,
     workers: u16,
-    cursors: Vec<(IpAddr, u16)>,
+    locals: ahash::AHashMap<IpAddr, LocalPorts>,
+}
+
+/// The cursor and per-port session counts of one local address.
+#[derive(Debug, Clone)]
+struct LocalPorts {
+    /// The next port to try.
+    next: u16,
+    /// Sessions using each port; `u8::MAX` sticks (the count is no longer
+    /// known, so the port is only shared from then on).
+    users: Box<[u8]>,
 }
 
 impl PortAllocator {
@@ -43,7 +60,7 @@ impl PortAllocator {
         PortAllocator {
             worker: worker % workers,
             workers,
-            cursors: Vec::new(),
+            locals: ahash::AHashMap::new(),
         }
     }
 
@@ -56,32 +73,59 @@ impl PortAllocator {
         p
     }
 
-    /// A port of this worker's share on `local` for which `is_free` holds
-    /// (the caller checks that the reply tuple it makes is not in use).
+    /// A port of this worker's share on `local`: one no session uses if
+    /// one of the next [`MAX_PROBES`] candidates is, else one of them for
+    /// which `is_free` holds (the caller checks that the reply tuple it
+    /// makes is not in use). Give it back with [`PortAllocator::release`].
     pub fn allocate(&mut self, local: IpAddr, mut is_free: impl FnMut(u16) -> bool) -> Option<u16> {
         let first = self.first();
         let step = self.workers;
-        let pos = match self.cursors.iter().position(|(a, _)| *a == local) {
-            Some(pos) => pos,
-            None => {
-                self.cursors.push((local, first));
-                self.cursors.len() - 1
-            }
+        let ports = self.locals.entry(local).or_insert_with(|| LocalPorts {
+            next: first,
+            users: vec![0u8; usize::from(u16::MAX) + 1].into_boxed_slice(),
+        });
+        let next = |p: u16| match p.checked_add(step) {
+            Some(p) if p <= LAST_PORT => p,
+            _ => first,
         };
-        let mut port = self.cursors[pos].1;
-        for _ in 0..MAX_PROBES {
-            let candidate = port;
-            port = match port.checked_add(step) {
-                Some(p) if p <= LAST_PORT => p,
-                _ => first,
-            };
-            if is_free(candidate) {
-                self.cursors[pos].1 = port;
-                return Some(candidate);
+        let start = ports.next;
+        for exclusive in [true, false] {
+            let mut port = start;
+            for _ in 0..MAX_PROBES {
+                let candidate = port;
+                port = next(port);
+                let users = &mut ports.users[usize::from(candidate)];
+                let take = if exclusive {
+                    *users == 0
+                } else {
+                    is_free(candidate)
+                };
+                if take {
+                    *users = users.saturating_add(1);
+                    ports.next = port;
+                    return Some(candidate);
+                }
+            }
+            ports.next = port;
+        }
+        None
+    }
+
+    /// A session using `port` on `local` ended.
+    pub fn release(&mut self, local: IpAddr, port: u16) {
+        if let Some(ports) = self.locals.get_mut(&local) {
+            let users = &mut ports.users[usize::from(port)];
+            if *users != u8::MAX {
+                *users = users.saturating_sub(1);
             }
         }
-        self.cursors[pos].1 = port;
-        None
+    }
+
+    /// Sessions of this worker using `port` on `local` (`u8::MAX`: many).
+    pub fn users(&self, local: IpAddr, port: u16) -> u8 {
+        self.locals
+            .get(&local)
+            .map_or(0, |p| p.users[usize::from(port)])
     }
 }
 
@@ -108,17 +152,62 @@ mod tests {
         let mut a = PortAllocator::new(0, 1);
         assert_eq!(a.allocate(local, |_| true), Some(1025));
         assert_eq!(a.allocate(local, |_| true), Some(1026));
-        // Taken ports are skipped.
-        assert_eq!(a.allocate(local, |p| p != 1027), Some(1028));
+        assert_eq!(a.users(local, 1026), 1);
+        // A port nobody uses needs no check of the reply tuple.
+        assert_eq!(a.allocate(local, |_| panic!("not asked")), Some(1027));
+        a.release(local, 1026);
+        assert_eq!(a.users(local, 1026), 0);
+        assert_eq!(a.allocate(local, |_| true), Some(1028));
+    }
+
+    #[test]
+    fn shares_a_port_only_when_every_probed_one_is_taken() {
+        let local = IpAddr::from([198, 19, 1, 250]);
+        let mut a = PortAllocator::new(0, 1);
+        let all = usize::from(LAST_PORT - FIRST_PORT) + 1;
+        for _ in 0..all {
+            a.allocate(local, |_| panic!("a free port exists"))
+                .expect("free");
+        }
+        assert_eq!(a.users(local, FIRST_PORT), 1);
+        assert_eq!(a.users(local, LAST_PORT), 1);
+        // Every port has a session: share the first whose reply tuple is free.
+        assert_eq!(
+            a.allocate(local, |p| p > FIRST_PORT + 1),
+            Some(FIRST_PORT + 2)
+        );
+        assert_eq!(a.users(local, FIRST_PORT + 2), 2);
+        assert_eq!(a.allocate(local, |_| false), None);
+        // A port given back is used on its own again.
+        a.release(local, 5000);
+        a.locals.get_mut(&local).expect("in use").next = 4990;
+        assert_eq!(a.allocate(local, |_| panic!("5000 is free")), Some(5000));
+    }
+
+    #[test]
+    fn a_saturated_count_sticks() {
+        let local = IpAddr::from([198, 19, 1, 250]);
+        let mut a = PortAllocator::new(0, 1);
+        a.allocate(local, |_| true).expect("free");
+        a.locals.get_mut(&local).expect("in use").users[usize::from(FIRST_PORT)] = u8::MAX;
+        a.release(local, FIRST_PORT);
+        assert_eq!(a.users(local, FIRST_PORT), u8::MAX);
     }
 
     #[test]
     fn wraps_around_and_gives_up_when_nothing_is_free() {
         let local = IpAddr::from([198, 19, 1, 250]);
         let mut a = PortAllocator::new(0, 1);
-        a.cursors.push((local, LAST_PORT));
+        a.allocate(local, |_| true).expect("free");
+        a.locals.get_mut(&local).expect("in use").next = LAST_PORT;
         assert_eq!(a.allocate(local, |_| true), Some(LAST_PORT));
-        assert_eq!(a.allocate(local, |_| true), Some(FIRST_PORT));
-        assert_eq!(a.allocate(local, |_| false), None);
+        // FIRST_PORT is taken: the next free one.
+        assert_eq!(a.allocate(local, |_| true), Some(FIRST_PORT + 1));
+        let mut b = PortAllocator::new(0, 1);
+        for _ in 0..MAX_PROBES {
+            b.allocate(local, |_| true).expect("free");
+        }
+        b.locals.get_mut(&local).expect("in use").next = FIRST_PORT;
+        assert_eq!(b.allocate(local, |_| false), None);
     }
 }
