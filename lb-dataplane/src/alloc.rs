@@ -65,9 +65,17 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match Self::huge(layout) {
             Some(big) => {
+                // Advise first, then zero: zeroing faults the pages in, and
+                // only pages faulted after the advice come as huge pages
+                // (`System.alloc_zeroed` of an over-aligned block zeroes
+                // before we could advise).
                 // SAFETY: `big` has a non-zero size.
-                let p = unsafe { System.alloc_zeroed(big) };
+                let p = unsafe { System.alloc(big) };
                 Self::advise(p, big.size());
+                if !p.is_null() {
+                    // SAFETY: `p` starts a fresh block of `big.size()` bytes.
+                    unsafe { std::ptr::write_bytes(p, 0, big.size()) };
+                }
                 p
             }
             // SAFETY: forwarded unchanged.
