@@ -684,8 +684,8 @@ pub struct Worker {
     ports: PortAllocator,
     /// Scratch "eligible" flags for scheduling, reused across packets.
     eligible: Vec<bool>,
-    /// The parsed frames of a burst, reused across bursts.
-    parsed: Vec<Result<Parsed, ParseError>>,
+    /// The parsed frames of a burst and their keys, reused across bursts.
+    parsed: Vec<(Result<Parsed, ParseError>, Option<FlowKey>)>,
     pub stats: Stats,
 }
 
@@ -849,7 +849,9 @@ impl Worker {
         health: &dyn Health,
     ) -> Verdict {
         self.adopt(snap);
-        self.finish(frame, &parsed, None, rx, now, snap, health)
+        let key = parsed.as_ref().ok().and_then(Parsed::flow_key);
+        let looked = key.as_ref().map(|k| (k, self.sessions.hash_key(k)));
+        self.finish(frame, &parsed, looked, rx, now, snap, health)
     }
 
     /// Runs a burst of frames through the pipeline: the same verdicts as
@@ -877,10 +879,11 @@ impl Worker {
         let mut hashes = [0u64; BURST_MAX];
         for (h, f) in hashes.iter_mut().zip(frames.iter()).take(n) {
             let p = packet::parse(f.data);
-            if let Some(k) = p.as_ref().ok().and_then(Parsed::flow_key) {
-                *h = self.sessions.hash_key(&k);
+            let key = p.as_ref().ok().and_then(Parsed::flow_key);
+            if let Some(k) = &key {
+                *h = self.sessions.hash_key(k);
             }
-            parsed.push(p);
+            parsed.push((p, key));
         }
         let mut buckets = [0u64; BURST_MAX];
         for (b, &h) in buckets.iter_mut().zip(&hashes).take(n) {
@@ -891,8 +894,9 @@ impl Worker {
             warm ^= self.sessions.warm_session(b);
         }
         std::hint::black_box(warm);
-        for (i, (f, p)) in frames.iter_mut().zip(&parsed).enumerate() {
-            verdicts[i] = self.finish(f.data, p, Some(hashes[i]), f.rx, now, snap, health);
+        for (i, (f, (p, key))) in frames.iter_mut().zip(&parsed).enumerate() {
+            let looked = key.as_ref().map(|k| (k, hashes[i]));
+            verdicts[i] = self.finish(f.data, p, looked, f.rx, now, snap, health);
         }
         self.parsed = parsed;
         n
@@ -903,14 +907,14 @@ impl Worker {
         &mut self,
         frame: &mut [u8],
         parsed: &Result<Parsed, ParseError>,
-        hash: Option<u64>,
+        key: Option<(&FlowKey, u64)>,
         rx: RxInfo,
         now: Nanos,
         snap: &Snapshot,
         health: &dyn Health,
     ) -> Verdict {
         self.stats.rx += 1;
-        let v = self.decide(frame, parsed, hash, rx, now, snap, health);
+        let v = self.decide(frame, parsed, key, rx, now, snap, health);
         match &v {
             Verdict::Forward(_) => self.stats.forwarded += 1,
             Verdict::Local(..) => self.stats.local += 1,
@@ -930,7 +934,7 @@ impl Worker {
         &mut self,
         frame: &mut [u8],
         parsed: &Result<Parsed, ParseError>,
-        hash: Option<u64>,
+        key: Option<(&FlowKey, u64)>,
         rx: RxInfo,
         now: Nanos,
         snap: &Snapshot,
@@ -940,8 +944,8 @@ impl Worker {
             Ok(p) => p,
             Err(e) => return Verdict::Drop(Reason::Malformed(*e)),
         };
-        let key = match p.flow_key() {
-            Some(k) => k,
+        let (key, hash) = match key {
+            Some((k, h)) => (*k, h),
             None => {
                 return match p.kind {
                     packet::Kind::Arp => Verdict::Local(LocalKind::Arp),
@@ -963,10 +967,7 @@ impl Worker {
         } else {
             L4Csum::Full
         };
-        let found = match hash {
-            Some(h) => self.sessions.lookup_hashed(&key, h, now),
-            None => self.sessions.lookup(&key, now),
-        };
+        let found = self.sessions.lookup_hashed(&key, hash, now);
         if let Some((id, dir)) = found {
             return self.established(frame, p, csum, key, id, dir, now, snap);
         }
@@ -1043,8 +1044,8 @@ impl Worker {
             frame,
             p,
             csum,
-            key,
-            out,
+            &key,
+            &out,
             Reason::Session { lb: listener },
             backend,
             snap,
@@ -1074,8 +1075,8 @@ impl Worker {
                 frame,
                 p,
                 L4Csum::Full,
-                key,
-                key,
+                &key,
+                &key,
                 Reason::Related,
                 None,
                 snap,
@@ -1109,8 +1110,8 @@ impl Worker {
         frame: &mut [u8],
         p: &Parsed,
         csum: L4Csum,
-        key: FlowKey,
-        out: FlowKey,
+        key: &FlowKey,
+        out: &FlowKey,
         reason: Reason,
         backend: Option<(u32, u32)>,
         snap: &Snapshot,
@@ -1119,7 +1120,7 @@ impl Worker {
             Some(h) => h,
             None => return Verdict::Drop(Reason::NoRoute),
         };
-        if out != key && packet::rewrite(frame, p, &out, csum).is_err() {
+        if out != key && packet::rewrite(frame, p, out, csum).is_err() {
             return Verdict::Drop(Reason::Rewrite);
         }
         if csum == L4Csum::Partial {
@@ -1134,7 +1135,7 @@ impl Worker {
             hop,
             reason,
             backend,
-            out,
+            out: *out,
         })
     }
 
@@ -1259,8 +1260,8 @@ impl Worker {
             frame,
             p,
             csum,
-            key,
-            orig_out,
+            &key,
+            &orig_out,
             reason,
             Some((idx32(gi), idx32(si))),
             snap,
@@ -1312,7 +1313,7 @@ impl Worker {
                 Err(_) => return Verdict::Drop(Reason::SessionTableFull),
             }
         };
-        let v = self.emit(frame, p, csum, key, key, reason, None, snap);
+        let v = self.emit(frame, p, csum, &key, &key, reason, None, snap);
         if v.is_drop() {
             if let Some(id) = id {
                 self.remove(id);

@@ -115,20 +115,25 @@ pub enum InsertError {
 
 /// One tracked session. Keys, state and times are read through methods (the
 /// table indexes the keys and owns the expiry); the payload is the caller's.
+///
+/// The fields are laid out in this order (`repr(C)`) so that reading a few
+/// of them, no more than 64 bytes apart, brings every cache line of the
+/// session in (see [`SessionTable::warm_session`]).
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct Session<T> {
     orig: FlowKey,
     reply: FlowKey,
-    created: Nanos,
-    last_seen: Nanos,
+    /// The caller's per-session data (backend, NAT port, ...).
+    pub payload: T,
     expires_at: Nanos,
+    last_seen: Nanos,
     packets: [u64; 2],
+    created: Nanos,
     gen: u32,
     tcp_state: Option<TcpState>,
     /// `tcp::SEEN_*` bits.
     seen: u8,
-    /// The caller's per-session data (backend, NAT port, ...).
-    pub payload: T,
 }
 
 impl<T> Session<T> {
@@ -343,12 +348,14 @@ impl<T> SessionTable<T> {
         }
         let value = ((bucket as u32).wrapping_sub(1) >> 1) as usize;
         match self.slots.get(value) {
-            // Every cache line of the session that the packet will use:
-            // both keys, the times and counters.
+            // Every cache line of the session (the slot's tag, then fields
+            // less than 64 bytes apart in the `repr(C)` layout, the payload
+            // between the keys and the times): a packet uses all of them.
             Some(Slot::Occupied(s)) => {
-                s.expires_at
+                u64::from(s.orig.src.is_ipv6())
                     ^ u64::from(s.orig.sport)
                     ^ u64::from(s.reply.dport)
+                    ^ s.expires_at
                     ^ s.packets[1]
                     ^ u64::from(s.gen)
                     ^ bucket
