@@ -851,7 +851,9 @@ impl Worker {
         self.adopt(snap);
         let key = parsed.as_ref().ok().and_then(Parsed::flow_key);
         let looked = key.as_ref().map(|k| (k, self.sessions.hash_key(k)));
-        self.finish(frame, &parsed, looked, rx, now, snap, health)
+        let v = self.finish(frame, &parsed, looked, rx, now, snap, health);
+        self.sessions.flush();
+        v
     }
 
     /// Runs a burst of frames through the pipeline: the same verdicts as
@@ -898,6 +900,7 @@ impl Worker {
             let looked = key.as_ref().map(|k| (k, hashes[i]));
             verdicts[i] = self.finish(f.data, p, looked, f.rx, now, snap, health);
         }
+        self.sessions.flush();
         self.parsed = parsed;
         n
     }
@@ -1236,10 +1239,17 @@ impl Worker {
             Some(inst) => snap.backend_admits(inst, &orig_out, listener.transfer_client_ip),
             None => Ok(()),
         };
+        // A local port of its own makes the reply key unique: its index
+        // entry can wait for the end of the burst.
+        let own_port = flow.local_port && self.ports.users(reply.dst, reply.dport) == 1;
         let inserted = admitted.and_then(|()| {
-            self.sessions
-                .insert(key, reply, flow, now, &snap.timeouts)
-                .map_err(|_| Reason::SessionTableFull)
+            let r = if own_port {
+                self.sessions
+                    .insert_deferred(key, reply, flow, now, &snap.timeouts)
+            } else {
+                self.sessions.insert(key, reply, flow, now, &snap.timeouts)
+            };
+            r.map_err(|_| Reason::SessionTableFull)
         });
         let id = match inserted {
             Ok(id) => id,

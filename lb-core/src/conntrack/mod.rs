@@ -218,6 +218,9 @@ pub struct SessionTable<T> {
     capacity: usize,
     hand: usize,
     reaped: Vec<Session<T>>,
+    /// Index entries of reply keys waiting for [`SessionTable::flush`]:
+    /// (hash, value).
+    pending: Vec<(u64, u32)>,
 }
 
 impl<T> fmt::Debug for SessionTable<T> {
@@ -272,6 +275,7 @@ impl<T> SessionTable<T> {
             capacity,
             hand: 0,
             reaped: Vec::with_capacity(capacity.min(4096)),
+            pending: Vec::with_capacity(256),
         }
     }
 
@@ -372,7 +376,7 @@ impl<T> SessionTable<T> {
         hash: u64,
         now: Nanos,
     ) -> Option<(SessionId, Dir)> {
-        let (_, slot, dir) = self.find_hashed(key, hash)?;
+        let (slot, dir) = self.find_hashed(key, hash)?;
         if self.slot_expired(slot as usize, now) {
             self.reap_slot(slot);
             return None;
@@ -380,21 +384,30 @@ impl<T> SessionTable<T> {
         Some((self.id_of(slot), dir))
     }
 
-    /// Finds the slot and direction holding `key` and the index position.
+    /// Finds the slot and direction holding `key`.
     #[inline]
-    fn find(&self, key: &FlowKey) -> Option<(usize, u32, Dir)> {
+    fn find(&self, key: &FlowKey) -> Option<(u32, Dir)> {
         self.find_hashed(key, self.hash(key))
     }
 
     #[inline]
-    fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<(usize, u32, Dir)> {
+    fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
         let slots = &self.slots;
-        self.index
-            .find(hash, |v| match &slots[(v >> 1) as usize] {
-                Slot::Occupied(s) => s.key(dir_of(v)) == key,
-                Slot::Vacant { .. } => false,
-            })
-            .map(|(pos, v)| (pos, v >> 1, dir_of(v)))
+        let is_match = |v: u32| match &slots[(v >> 1) as usize] {
+            Slot::Occupied(s) => s.key(dir_of(v)) == key,
+            Slot::Vacant { .. } => false,
+        };
+        let v = match self.index.find(hash, is_match) {
+            Some((_, v)) => v,
+            // Reply keys not yet in the index (see `insert_deferred`).
+            None if !self.pending.is_empty() => self
+                .pending
+                .iter()
+                .find(|&&(h, v)| h == hash && is_match(v))
+                .map(|&(_, v)| v)?,
+            None => return None,
+        };
+        Some((v >> 1, dir_of(v)))
     }
 
     /// Whether `slot` holds a session expired at `now`.
@@ -438,11 +451,63 @@ impl<T> SessionTable<T> {
         now: Nanos,
         timeouts: &Timeouts,
     ) -> Result<SessionId, InsertError> {
+        self.insert_with(orig, reply, payload, now, timeouts, false)
+    }
+
+    /// [`SessionTable::insert`] for a session whose reply key the caller
+    /// knows no session holds (it owns the local port in that key on its
+    /// own): the reply key is not looked up, and its index entry is written
+    /// by the next [`SessionTable::flush`], so that the index misses of a
+    /// burst of new sessions overlap instead of being paid one after
+    /// another. The session is found by both keys at once all the same.
+    pub fn insert_deferred(
+        &mut self,
+        orig: FlowKey,
+        reply: FlowKey,
+        payload: T,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> Result<SessionId, InsertError> {
+        debug_assert!(!self.contains_key(&reply), "reply key {reply} in use");
+        self.insert_with(orig, reply, payload, now, timeouts, true)
+    }
+
+    /// Writes the index entries [`SessionTable::insert_deferred`] left
+    /// waiting: first a read of every bucket they go to, so the misses
+    /// overlap, then the entries. Call it after each burst.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut warm = 0u64;
+        for &(h, _) in &self.pending {
+            warm ^= self.index.bucket_of(h);
+        }
+        std::hint::black_box(warm);
+        for (h, v) in self.pending.drain(..) {
+            self.index.insert(h, v);
+        }
+    }
+
+    fn insert_with(
+        &mut self,
+        orig: FlowKey,
+        reply: FlowKey,
+        payload: T,
+        now: Nanos,
+        timeouts: &Timeouts,
+        defer_reply: bool,
+    ) -> Result<SessionId, InsertError> {
         if orig == reply {
             return Err(InsertError::SameKeys);
         }
-        for (key, dir) in [(&orig, Dir::Orig), (&reply, Dir::Reply)] {
-            if let Some((_, slot, _)) = self.find(key) {
+        let checked: &[(&FlowKey, Dir)] = if defer_reply {
+            &[(&orig, Dir::Orig)]
+        } else {
+            &[(&orig, Dir::Orig), (&reply, Dir::Reply)]
+        };
+        for &(key, dir) in checked {
+            if let Some((slot, _)) = self.find(key) {
                 if !self.slot_expired(slot as usize, now) {
                     return Err(InsertError::KeyExists(dir));
                 }
@@ -472,7 +537,11 @@ impl<T> SessionTable<T> {
         };
         let (ho, hr) = (self.hash(&orig), self.hash(&reply));
         self.index.insert(ho, slot << 1);
-        self.index.insert(hr, (slot << 1) | 1);
+        if defer_reply {
+            self.pending.push((hr, (slot << 1) | 1));
+        } else {
+            self.index.insert(hr, (slot << 1) | 1);
+        }
         self.slots[slot as usize] = Slot::Occupied(Session {
             orig,
             reply,
@@ -494,7 +563,7 @@ impl<T> SessionTable<T> {
     /// Does not refresh the session: see [`SessionTable::update`].
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: Nanos) -> Option<(SessionId, Dir)> {
-        let (_, slot, dir) = self.find(key)?;
+        let (slot, dir) = self.find(key)?;
         if self.slot_expired(slot as usize, now) {
             self.reap_slot(slot);
             return None;
@@ -638,6 +707,7 @@ impl<T> SessionTable<T> {
 
     /// Unlinks the session in `slot` from the index and the slab.
     fn take_slot(&mut self, slot: u32) -> Option<Session<T>> {
+        self.flush();
         let idx = slot as usize;
         let (gen, hashes) = match &self.slots[idx] {
             Slot::Occupied(s) => (s.gen, [self.hash(&s.orig), self.hash(&s.reply)]),
@@ -667,18 +737,12 @@ impl<T> SessionTable<T> {
 
     #[cfg(test)]
     fn check_invariants(&self) {
-        assert_eq!(self.index.len(), 2 * self.len);
+        assert_eq!(self.index.len() + self.pending.len(), 2 * self.len);
         assert_eq!(self.iter().count(), self.len);
         assert_eq!(self.slots.len() - self.len, self.free.len());
         for (id, s) in self.iter() {
-            assert_eq!(
-                self.find(&s.orig).map(|f| (f.1, f.2)),
-                Some((id.slot, Dir::Orig))
-            );
-            assert_eq!(
-                self.find(&s.reply).map(|f| (f.1, f.2)),
-                Some((id.slot, Dir::Reply))
-            );
+            assert_eq!(self.find(&s.orig), Some((id.slot, Dir::Orig)));
+            assert_eq!(self.find(&s.reply), Some((id.slot, Dir::Reply)));
         }
     }
 }

@@ -524,3 +524,42 @@ fn prefaulted_table_behaves_the_same() {
     }
     assert_eq!(b.len(), 64);
 }
+
+#[test]
+fn deferred_reply_keys_are_found_before_and_after_the_flush() {
+    let t0 = Timeouts::default();
+    let mut t = table(64);
+    let ids: Vec<SessionId> = (0..40)
+        .map(|n| {
+            t.insert_deferred(key(6, n), nat_reply(6, n), u32::from(n), 0, &t0)
+                .expect("room")
+        })
+        .collect();
+    t.check_invariants();
+    // Waiting for the flush, and after it: the same answers.
+    for flushed in [false, true] {
+        if flushed {
+            t.flush();
+            assert!(t.pending.is_empty());
+        }
+        for (n, id) in (0..40u16).zip(&ids) {
+            assert_eq!(t.lookup(&nat_reply(6, n), 1), Some((*id, Dir::Reply)));
+            assert_eq!(t.lookup(&key(6, n), 1), Some((*id, Dir::Orig)));
+        }
+        t.check_invariants();
+    }
+    // Removing a session whose reply entry still waits, and sessions
+    // reaped before a flush.
+    let extra = t
+        .insert_deferred(key(6, 50), nat_reply(6, 50), 50, 0, &t0)
+        .expect("room");
+    assert_eq!(t.remove(extra), Some(50));
+    assert!(!t.contains_key(&nat_reply(6, 50)));
+    t.insert_deferred(key(6, 51), nat_reply(6, 51), 51, 0, &t0)
+        .expect("room");
+    let later = 100 * S;
+    assert_eq!(t.expire(later, 64), 41);
+    assert!(t.is_empty());
+    assert!(!t.contains_key(&nat_reply(6, 51)));
+    t.check_invariants();
+}
