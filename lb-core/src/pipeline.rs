@@ -685,7 +685,8 @@ pub struct Worker {
     /// Scratch "eligible" flags for scheduling, reused across packets.
     eligible: Vec<bool>,
     /// The parsed frames of a burst and their keys, reused across bursts.
-    parsed: Vec<(Result<Parsed, ParseError>, Option<FlowKey>)>,
+    parsed: Vec<(Parsed, Result<(), ParseError>)>,
+    keys: Vec<Option<FlowKey>>,
     pub stats: Stats,
 }
 
@@ -700,6 +701,7 @@ impl Worker {
             ports: PortAllocator::new(id, workers),
             eligible: Vec::new(),
             parsed: Vec::with_capacity(BURST_MAX),
+            keys: Vec::with_capacity(BURST_MAX),
             stats: Stats::default(),
         }
     }
@@ -851,7 +853,8 @@ impl Worker {
         self.adopt(snap);
         let key = parsed.as_ref().ok().and_then(Parsed::flow_key);
         let looked = key.as_ref().map(|k| (k, self.sessions.hash_key(k)));
-        let v = self.finish(frame, &parsed, looked, rx, now, snap, health);
+        let p = parsed.as_ref().map_err(|e| *e);
+        let v = self.finish(frame, p, looked, rx, now, snap, health);
         self.sessions.flush();
         v
     }
@@ -878,14 +881,21 @@ impl Worker {
         // together rather than paid one packet at a time.
         let mut parsed = std::mem::take(&mut self.parsed);
         parsed.clear();
+        parsed.resize(n, (Parsed::EMPTY, Ok(())));
+        for ((p, r), f) in parsed.iter_mut().zip(frames.iter()) {
+            *r = packet::parse_into(f.data, p);
+        }
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        keys.extend(parsed.iter().map(|(p, r)| match r {
+            Ok(()) => p.flow_key(),
+            Err(_) => None,
+        }));
         let mut hashes = [0u64; BURST_MAX];
-        for (h, f) in hashes.iter_mut().zip(frames.iter()).take(n) {
-            let p = packet::parse(f.data);
-            let key = p.as_ref().ok().and_then(Parsed::flow_key);
-            if let Some(k) = &key {
+        for (h, key) in hashes.iter_mut().zip(&keys) {
+            if let Some(k) = key {
                 *h = self.sessions.hash_key(k);
             }
-            parsed.push((p, key));
         }
         let mut buckets = [0u64; BURST_MAX];
         for (b, &h) in buckets.iter_mut().zip(&hashes).take(n) {
@@ -896,12 +906,14 @@ impl Worker {
             warm ^= self.sessions.warm_session(b);
         }
         std::hint::black_box(warm);
-        for (i, (f, (p, key))) in frames.iter_mut().zip(&parsed).enumerate() {
-            let looked = key.as_ref().map(|k| (k, hashes[i]));
+        for (i, (f, (p, r))) in frames.iter_mut().zip(&parsed).enumerate() {
+            let looked = keys[i].as_ref().map(|k| (k, hashes[i]));
+            let p = r.map(|()| p);
             verdicts[i] = self.finish(f.data, p, looked, f.rx, now, snap, health);
         }
         self.sessions.flush();
         self.parsed = parsed;
+        self.keys = keys;
         n
     }
 
@@ -909,7 +921,7 @@ impl Worker {
     fn finish(
         &mut self,
         frame: &mut [u8],
-        parsed: &Result<Parsed, ParseError>,
+        parsed: Result<&Parsed, ParseError>,
         key: Option<(&FlowKey, u64)>,
         rx: RxInfo,
         now: Nanos,
@@ -936,7 +948,7 @@ impl Worker {
     fn decide(
         &mut self,
         frame: &mut [u8],
-        parsed: &Result<Parsed, ParseError>,
+        parsed: Result<&Parsed, ParseError>,
         key: Option<(&FlowKey, u64)>,
         rx: RxInfo,
         now: Nanos,
@@ -945,10 +957,10 @@ impl Worker {
     ) -> Verdict {
         let p = match parsed {
             Ok(p) => p,
-            Err(e) => return Verdict::Drop(Reason::Malformed(*e)),
+            Err(e) => return Verdict::Drop(Reason::Malformed(e)),
         };
         let (key, hash) = match key {
-            Some((k, h)) => (*k, h),
+            Some((k, h)) => (k, h),
             None => {
                 return match p.kind {
                     packet::Kind::Arp => Verdict::Local(LocalKind::Arp),
@@ -961,7 +973,7 @@ impl Worker {
             // place it.
             return Verdict::Drop(Reason::Fragment);
         }
-        if let Some(local) = local_kind(p, &key, snap) {
+        if let Some(local) = local_kind(p, key, snap) {
             return Verdict::Local(local);
         }
 
@@ -970,12 +982,12 @@ impl Worker {
         } else {
             L4Csum::Full
         };
-        let found = self.sessions.lookup_hashed(&key, hash, now);
+        let found = self.sessions.lookup_hashed(key, hash, now);
         if let Some((id, dir)) = found {
             return self.established(frame, p, csum, key, id, dir, now, snap);
         }
         if p.is_icmp_error() {
-            if let Some(v) = self.related_error(frame, p, key, now, snap) {
+            if let Some(v) = self.related_error(frame, p, *key, now, snap) {
                 return v;
             }
         }
@@ -986,14 +998,14 @@ impl Worker {
         }
 
         if snap.vips.contains(&key.dst) {
-            return self.new_listener_session(frame, p, csum, key, now, snap, health);
+            return self.new_listener_session(frame, p, csum, *key, now, snap, health);
         }
         if snap.is_own_address(key.dst) {
             // A reply to a local address without a session, or traffic to a
             // port address: for the data plane itself (health checks).
             return Verdict::Local(LocalKind::ToSelf);
         }
-        self.new_routed_session(frame, p, csum, key, now, snap)
+        self.new_routed_session(frame, p, csum, *key, now, snap)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1002,7 +1014,7 @@ impl Worker {
         frame: &mut [u8],
         p: &Parsed,
         csum: L4Csum,
-        key: FlowKey,
+        key: &FlowKey,
         id: crate::conntrack::SessionId,
         dir: Dir,
         now: Nanos,
@@ -1033,7 +1045,7 @@ impl Worker {
             None => return Verdict::Drop(Reason::NoSession),
         };
         // Network ACLs are stateless: every packet, both directions.
-        if let Err(r) = nacl_check(snap, &flow, &key, &out, dir) {
+        if let Err(r) = nacl_check(snap, &flow, key, &out, dir) {
             return Verdict::Drop(r);
         }
         let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
@@ -1047,7 +1059,7 @@ impl Worker {
             frame,
             p,
             csum,
-            &key,
+            key,
             &out,
             Reason::Session { lb: listener },
             backend,

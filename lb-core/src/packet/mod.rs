@@ -79,7 +79,7 @@ pub use ipv4::Ipv4Packet;
 pub use ipv6::{Ipv6FragHeader, Ipv6Packet};
 pub use parse::{
     complete_l4_checksum, format_flow, parse, parse_arp, parse_general, parse_icmp_inner,
-    verify_l4_checksum, write_flow, Kind, Parsed,
+    parse_into, verify_l4_checksum, write_flow, Kind, Parsed,
 };
 pub use rewrite::{decrement_ttl, rewrite, L4Csum};
 pub use tcp::{TcpFlags, TcpPacket};

@@ -81,6 +81,27 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// No frame: a placeholder for [`parse_into`] to write over.
+    pub const EMPTY: Parsed = Parsed {
+        vlan: None,
+        ethertype: 0,
+        kind: Kind::Other(0),
+        l3_offset: 0,
+        l3_len: 0,
+        l4_offset: 0,
+        l4_len: 0,
+        src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        proto: 0,
+        ttl: 0,
+        is_fragment: false,
+        is_first_fragment: false,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp: None,
+    };
+
     fn new(vlan: Option<u16>, ethertype: u16, l3_offset: usize, l3_len: usize) -> Parsed {
         Parsed {
             vlan,
@@ -155,19 +176,47 @@ impl Parsed {
 /// may carry link padding after the IP packet.
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
-    match parse_simple(frame) {
-        Some(p) => Ok(p),
-        None => parse_general(frame),
+    let mut p = Parsed::EMPTY;
+    parse_into(frame, &mut p).map(|()| p)
+}
+
+/// [`parse`] writing its result into `out` (left unspecified on error):
+/// for a caller that keeps the parsed frames of a burst in place, so the
+/// result is not copied again while its bytes are still being written.
+#[inline]
+pub fn parse_into(frame: &[u8], out: &mut Parsed) -> Result<(), ParseError> {
+    if parse_simple_into(frame, out) {
+        return Ok(());
     }
+    *out = parse_general(frame)?;
+    Ok(())
+}
+
+/// [`parse_simple_into`] returning the result.
+#[cfg(test)]
+pub(crate) fn parse_simple(frame: &[u8]) -> Option<Parsed> {
+    let mut p = Parsed::EMPTY;
+    parse_simple_into(frame, &mut p).then_some(p)
 }
 
 /// The common case in a few instructions: an untagged IPv4 packet without
 /// options, or IPv6 without extension headers, not a fragment, carrying
-/// TCP or UDP, all well-formed. `None` for anything else, which
-/// [`parse_general`] then handles; where this answers, it answers what
-/// `parse_general` would.
+/// TCP or UDP, all well-formed, parsed into `out`. False (and `out`
+/// untouched) for anything else, which [`parse_general`] then handles;
+/// where this answers, it answers what `parse_general` would.
 #[inline]
-pub(crate) fn parse_simple(frame: &[u8]) -> Option<Parsed> {
+fn parse_simple_into(frame: &[u8], out: &mut Parsed) -> bool {
+    match simple_fields(frame) {
+        Some(p) => {
+            *out = p;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn simple_fields(frame: &[u8]) -> Option<Parsed> {
     const ETH: usize = super::ethernet::HEADER_LEN;
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let (kind, l4_offset, l3_len, src, dst, proto, ttl) = match ethertype {
