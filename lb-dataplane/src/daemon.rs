@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use crossbeam::channel::{bounded, Sender};
 use crossbeam::queue::ArrayQueue;
 use lb_core::model::{IdlePolicy, IoBackend};
-use lb_core::pipeline::{owner, RxInfo, Snapshot, Stats, Verdict, Worker};
+use lb_core::pipeline::{owner, Frame, Reason, RxInfo, Snapshot, Stats, Verdict, Worker};
 
 use crate::health::HealthTable;
 use crate::io::afpacket::{AfPacket, AfPacketOpts};
@@ -698,6 +698,10 @@ struct WorkerLoop {
     solicited: std::collections::HashMap<(u32, std::net::IpAddr), Instant>,
     report: WorkerReport,
     last_publish: Instant,
+    /// The frames of the burst being processed, copied out of the RX
+    /// queue so the whole burst goes through the pipeline at once (its
+    /// session lookups overlap); buffers are reused across bursts.
+    staged: Vec<(Vec<u8>, RxMeta)>,
 }
 
 impl WorkerLoop {
@@ -721,6 +725,7 @@ impl WorkerLoop {
             solicited: std::collections::HashMap::new(),
             report: WorkerReport::default(),
             last_publish: Instant::now(),
+            staged: Vec::new(),
         }
     }
 
@@ -765,67 +770,100 @@ impl WorkerLoop {
         let n_workers = u16::try_from(self.shared.workers.len()).unwrap_or(1);
         let me = u16::try_from(self.id).unwrap_or(0);
         let port = u32::try_from(pi).unwrap_or(0);
-        let now_ns = self.shared.now_ns();
-        let now = Instant::now();
-        // The port being read is taken out, so frames can go straight into
-        // the other ports' TX batches.
         let Some(mut io) = self.ports[pi].take() else {
             return 0;
         };
-        let shared = self.shared.clone();
-        let core = &mut self.core;
-        let macs = &self.macs;
+        let shared = &self.shared;
+        let mut staged = std::mem::take(&mut self.staged);
+        let mut count = 0usize;
+        let mut handoff_out = 0u64;
+        let mut handoff_dropped = 0u64;
+        let n = io.recv_burst(BURST, &mut |frame: &mut [u8], meta: RxMeta| {
+            if n_workers > 1 {
+                let key = lb_core::packet::parse(frame)
+                    .ok()
+                    .and_then(|p| p.flow_key());
+                if let Some(k) = key {
+                    let o = owner(&rt.snap, &k, n_workers);
+                    if o != me {
+                        let h = Handoff {
+                            frame: frame.to_vec(),
+                            meta,
+                            port,
+                        };
+                        handoff_out += 1;
+                        if shared.workers[usize::from(o)].handoff.push(h).is_err() {
+                            handoff_dropped += 1;
+                        }
+                        return;
+                    }
+                }
+            }
+            if staged.len() == count {
+                staged.push((Vec::with_capacity(2048), meta));
+            }
+            let (buf, m) = &mut staged[count];
+            buf.clear();
+            buf.extend_from_slice(frame);
+            *m = meta;
+            count += 1;
+        });
+        self.ports[pi] = Some(io);
+        self.report.handoff_out += handoff_out;
+        self.report.handoff_dropped += handoff_dropped;
+        self.process_staged(&mut staged[..count], port, rt);
+        self.staged = staged;
+        n
+    }
+
+    /// Runs a burst of received frames through the pipeline together and
+    /// sends, answers or parks each as its verdict says.
+    fn process_staged(&mut self, staged: &mut [(Vec<u8>, RxMeta)], port: u32, rt: &Runtime) {
+        if staged.is_empty() {
+            return;
+        }
+        let now_ns = self.shared.now_ns();
+        let now = Instant::now();
+        let mut verdicts = [Verdict::Drop(Reason::NoSession); BURST];
+        let mut frames: Vec<Frame<'_>> = staged
+            .iter_mut()
+            .map(|(buf, meta)| Frame {
+                data: &mut buf[..],
+                rx: RxInfo {
+                    csum_partial: meta.csum_partial,
+                },
+            })
+            .collect();
+        let done = self.core.process_burst(
+            &mut frames,
+            now_ns,
+            &rt.snap,
+            rt.health.as_ref(),
+            &mut verdicts,
+        );
+        debug_assert_eq!(done, frames.len(), "bursts are at most BURST frames");
         let mut deferred: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut to_self: Vec<Vec<u8>> = Vec::new();
+        let mut wait: Vec<Pending> = Vec::new();
         let mut tx = Tx {
             ports: &mut self.ports,
             deferred: &mut deferred,
         };
-        let mut to_self: Vec<Vec<u8>> = Vec::new();
-        let mut wait: Vec<Pending> = Vec::new();
-        let mut handoff_out = 0u64;
-        let mut handoff_dropped = 0u64;
-        let n = io.recv_burst(BURST, &mut |frame: &mut [u8], meta: RxMeta| {
-            let parsed = lb_core::packet::parse(frame);
-            if n_workers > 1 {
-                if let Ok(p) = &parsed {
-                    if let Some(k) = p.flow_key() {
-                        let o = owner(&rt.snap, &k, n_workers);
-                        if o != me {
-                            let h = Handoff {
-                                frame: frame.to_vec(),
-                                meta,
-                                port,
-                            };
-                            handoff_out += 1;
-                            if shared.workers[usize::from(o)].handoff.push(h).is_err() {
-                                handoff_dropped += 1;
-                            }
-                            return;
-                        }
-                    }
-                }
-            }
-            process_one(
-                core,
-                &shared,
+        for (f, v) in frames.iter_mut().zip(verdicts).take(done) {
+            deliver(
+                v,
+                &self.shared,
                 rt,
-                frame,
-                Some(parsed),
-                meta,
+                f.data,
                 port,
-                macs,
-                now_ns,
+                &self.macs,
                 now,
                 &mut tx,
                 &mut to_self,
                 &mut wait,
             );
-        });
-        self.ports[pi] = Some(io);
-        self.report.handoff_out += handoff_out;
-        self.report.handoff_dropped += handoff_dropped;
+        }
         self.dispatch(deferred, to_self, wait);
-        n
     }
 
     fn drain_handoff(&mut self, rt: &Runtime) -> usize {
@@ -1019,7 +1057,26 @@ fn process_one(
         csum_partial: meta.csum_partial,
     };
     let parsed = parsed.unwrap_or_else(|| lb_core::packet::parse(frame));
-    match core.process_parsed(frame, parsed, rx, now_ns, &rt.snap, rt.health.as_ref()) {
+    let v = core.process_parsed(frame, parsed, rx, now_ns, &rt.snap, rt.health.as_ref());
+    deliver(v, shared, rt, frame, port, macs, now, tx, to_self, wait);
+}
+
+/// Acts on a frame's verdict: frames to send (`tx`), frames for the health
+/// checker (`to_self`), frames waiting for a neighbour (`wait`).
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    v: Verdict,
+    shared: &Shared,
+    rt: &Runtime,
+    frame: &mut [u8],
+    port: u32,
+    macs: &[[u8; 6]],
+    now: Instant,
+    tx: &mut Tx<'_>,
+    to_self: &mut Vec<Vec<u8>>,
+    wait: &mut Vec<Pending>,
+) {
+    match v {
         Verdict::Forward(f) => {
             let src = macs.get(f.hop.port as usize).copied().unwrap_or_default();
             match shared.neigh.lookup(f.hop.port, f.hop.next_hop, now) {
