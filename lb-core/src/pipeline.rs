@@ -51,6 +51,10 @@ pub struct Snapshot {
     locals_by_family: Vec<[Vec<IpAddr>; 2]>,
     /// The data plane's own port addresses.
     port_addrs: HashSet<IpAddr>,
+    /// Every address of the data plane's own (port, VIP, local), for the
+    /// one lookup each packet without a session needs: whether it is a VIP
+    /// (`true`) or another of ours (`false`).
+    own: HashMap<IpAddr, bool>,
     instance_by_addr: HashMap<IpAddr, u32>,
     /// Instance and server addresses: the inside of the data plane.
     backend_addrs: HashSet<IpAddr>,
@@ -177,6 +181,12 @@ impl Snapshot {
         // Longest prefix first; on-link entries before configured ones of the same length.
         routes.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
         let timeouts = Timeouts::from_session_timeout(cfg.platform.session_timeout_s);
+        let own = port_addrs
+            .iter()
+            .chain(local_addrs.keys())
+            .map(|&a| (a, false))
+            .chain(vips.iter().map(|&a| (a, true)))
+            .collect();
         Snapshot {
             generation,
             cfg,
@@ -189,6 +199,7 @@ impl Snapshot {
             local_addrs,
             locals_by_family,
             port_addrs,
+            own,
             instance_by_addr,
             backend_addrs,
             routes,
@@ -211,9 +222,7 @@ impl Snapshot {
     /// Whether `addr` is one of the data plane's own: a port address, a VIP
     /// or a local address.
     pub fn is_own_address(&self, addr: IpAddr) -> bool {
-        self.port_addrs.contains(&addr)
-            || self.vips.contains(&addr)
-            || self.local_addrs.contains_key(&addr)
+        self.own.contains_key(&addr)
     }
 
     /// All addresses the data plane answers ARP / neighbour solicitations for.
@@ -997,7 +1006,7 @@ impl Worker {
             return Verdict::Drop(Reason::OwnSource);
         }
 
-        if snap.vips.contains(&key.dst) {
+        if snap.own.get(&key.dst) == Some(&true) {
             return self.new_listener_session(frame, p, csum, *key, now, snap, health);
         }
         if snap.is_own_address(key.dst) {
