@@ -402,7 +402,14 @@ fn fanout_delivers_each_frame_once_and_keeps_both_directions_of_a_flow_together(
                 }
             }
             a.flush().expect("flush");
-            drain(&mut socks, &mut seen);
+            // Take this round in before sending the next, so the kernel's
+            // receive backlog never holds more than one round (on a loaded
+            // machine a deeper one overflows and drops frames).
+            let round_end = Instant::now() + Duration::from_millis(500);
+            while seen.len() < seq as usize && Instant::now() < round_end {
+                drain(&mut socks, &mut seen);
+                socks[0].wait(1).expect("poll");
+            }
         }
         while seen.len() < total && Instant::now() < deadline {
             drain(&mut socks, &mut seen);
