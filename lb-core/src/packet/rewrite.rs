@@ -201,10 +201,12 @@ pub fn rewrite(
     Ok(())
 }
 
+#[inline]
 fn rd32(frame: &[u8], off: usize) -> u32 {
     u32::from_be_bytes(frame[off..off + 4].try_into().expect("4-byte range"))
 }
 
+#[inline]
 fn rd128(frame: &[u8], off: usize) -> u128 {
     u128::from_be_bytes(frame[off..off + 16].try_into().expect("16-byte range"))
 }
@@ -217,14 +219,17 @@ fn rd128(frame: &[u8], off: usize) -> u128 {
 struct Delta(u64);
 
 impl Delta {
+    #[inline]
     fn change16(&mut self, old: u16, new: u16) {
         self.0 += u64::from(!old) + u64::from(new);
     }
 
+    #[inline]
     fn change32(&mut self, old: u32, new: u32) {
         self.0 += u64::from(!old) + u64::from(new);
     }
 
+    #[inline]
     fn change128(&mut self, old: u128, new: u128) {
         for shift in [0, 32, 64, 96] {
             self.change32((old >> shift) as u32, (new >> shift) as u32);
@@ -232,11 +237,13 @@ impl Delta {
     }
 
     /// The checksum `hc` (inverted sum) after the changes: `~(~hc + Δ)`.
+    #[inline]
     fn apply(self, hc: u16) -> u16 {
         !checksum::fold(u64::from(!hc) + self.0)
     }
 
     /// A non-inverted sum `s` after the changes: `s + Δ`.
+    #[inline]
     fn apply_sum(self, s: u16) -> u16 {
         checksum::fold(u64::from(s) + self.0)
     }
