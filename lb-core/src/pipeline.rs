@@ -1731,6 +1731,117 @@ mod tests {
         assert_eq!(w.ports.users(local, 1026), 0);
     }
 
+    /// A burst gives the verdicts, the rewritten frames and the counters
+    /// that the same frames give one by one: new connections, their later
+    /// packets, replies from the backend, a port without listener,
+    /// malformed frames, pings.
+    #[test]
+    fn a_burst_decides_as_frame_by_frame() {
+        let snap = Snapshot::compile(config(), 1);
+        let mut one = Worker::new(0, 1, 4096);
+        let mut burst = Worker::new(0, 1, 4096);
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut replies: Vec<Vec<u8>> = Vec::new();
+        let mut now = secs(1.0);
+        for _ in 0..150 {
+            let n = 1 + next(64) as usize;
+            let frames: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    let sport = 1000 + next(300) as u16;
+                    match next(8) {
+                        0 | 1 => {
+                            tcp_frame_with("198.18.0.2", "198.18.0.10", sport, 80, TCP_SYN, b"")
+                        }
+                        2 | 3 => {
+                            tcp_frame_with("198.18.0.2", "198.18.0.10", sport, 80, TCP_ACK, b"x")
+                        }
+                        4 if !replies.is_empty() => {
+                            replies[next(replies.len() as u64) as usize].clone()
+                        }
+                        5 => tcp_frame_with("198.18.0.2", "198.18.0.10", sport, 81, TCP_SYN, b""),
+                        6 => syn(b"")[..20 + next(30) as usize].to_vec(),
+                        _ => build_frame(&FrameSpec {
+                            src: addr("198.18.0.2"),
+                            dst: addr("198.18.0.10"),
+                            proto: proto::ICMP,
+                            sport,
+                            ..FrameSpec::default()
+                        }),
+                    }
+                })
+                .collect();
+            let mut a = frames.clone();
+            let va: Vec<String> = a
+                .iter_mut()
+                .map(|f| {
+                    format!(
+                        "{:?}",
+                        one.process(f, RxInfo::default(), now, &snap, &AllUp)
+                    )
+                })
+                .collect();
+            let mut b = frames.clone();
+            let mut batch: Vec<Frame<'_>> = b
+                .iter_mut()
+                .map(|f| Frame {
+                    data: &mut f[..],
+                    rx: RxInfo::default(),
+                })
+                .collect();
+            let mut verdicts = [Verdict::Drop(Reason::NoSession); BURST_MAX];
+            let done = burst.process_burst(&mut batch, now, &snap, &AllUp, &mut verdicts);
+            assert_eq!(done, n);
+            for (i, v) in verdicts[..n].iter().enumerate() {
+                if let Verdict::Forward(f) = v {
+                    if f.backend.is_some() && frames[i][47] & TCP_SYN != 0 {
+                        let o = f.out;
+                        replies.push(tcp_frame_with(
+                            &o.dst.to_string(),
+                            &o.src.to_string(),
+                            o.dport,
+                            o.sport,
+                            TCP_SYN | TCP_ACK,
+                            b"",
+                        ));
+                    }
+                }
+            }
+            let vb: Vec<String> = verdicts[..n].iter().map(|v| format!("{v:?}")).collect();
+            assert_eq!(va, vb);
+            assert_eq!(a, b);
+            now += secs(0.5);
+            one.housekeep(now, &snap);
+            burst.housekeep(now, &snap);
+        }
+        assert!(one.stats.sessions_created > 100, "{:?}", one.stats);
+        assert!(one.stats.drops.iter().sum::<u64>() > 100);
+        assert!(replies.len() > 100);
+        let counters = |w: &Worker| {
+            let t = &w.stats;
+            let mut l: Vec<_> = t
+                .listener_sessions
+                .iter()
+                .map(|(k, v)| (*k, v.active, v.total))
+                .collect();
+            let mut s: Vec<_> = t
+                .server_sessions
+                .iter()
+                .map(|(k, v)| (*k, v.active, v.total))
+                .collect();
+            l.sort_unstable();
+            s.sort_unstable();
+            let c = (t.rx, t.forwarded, t.local, t.drops, t.sessions_created);
+            (c, l, s, w.sessions.len())
+        };
+        assert_eq!(counters(&one), counters(&burst));
+    }
+
     #[test]
     fn partial_checksums_are_completed() {
         let snap = Snapshot::compile(config(), 1);
