@@ -701,7 +701,7 @@ struct WorkerLoop {
     /// The frames of the burst being processed, copied out of the RX
     /// queue so the whole burst goes through the pipeline at once (its
     /// session lookups overlap); buffers are reused across bursts.
-    staged: Vec<(Vec<u8>, RxMeta)>,
+    staged: Vec<(Vec<u8>, RxMeta, u32)>,
 }
 
 impl WorkerLoop {
@@ -800,34 +800,39 @@ impl WorkerLoop {
                 }
             }
             if staged.len() == count {
-                staged.push((Vec::with_capacity(2048), meta));
+                staged.push((Vec::with_capacity(2048), meta, port));
             }
-            let (buf, m) = &mut staged[count];
+            let (buf, m, p) = &mut staged[count];
             buf.clear();
             buf.extend_from_slice(frame);
             *m = meta;
+            *p = port;
             count += 1;
         });
         self.ports[pi] = Some(io);
         self.report.handoff_out += handoff_out;
         self.report.handoff_dropped += handoff_dropped;
-        self.process_staged(&mut staged[..count], port, rt);
+        self.process_staged(&mut staged[..count], rt);
         self.staged = staged;
         n
     }
 
     /// Runs a burst of received frames through the pipeline together and
     /// sends, answers or parks each as its verdict says.
-    fn process_staged(&mut self, staged: &mut [(Vec<u8>, RxMeta)], port: u32, rt: &Runtime) {
+    fn process_staged(&mut self, staged: &mut [(Vec<u8>, RxMeta, u32)], rt: &Runtime) {
         if staged.is_empty() {
             return;
         }
         let now_ns = self.shared.now_ns();
         let now = Instant::now();
         let mut verdicts = [Verdict::Drop(Reason::NoSession); BURST];
+        let mut ports = [0u32; BURST];
+        for (p, (_, _, port)) in ports.iter_mut().zip(staged.iter()) {
+            *p = *port;
+        }
         let mut frames: Vec<Frame<'_>> = staged
             .iter_mut()
-            .map(|(buf, meta)| Frame {
+            .map(|(buf, meta, _)| Frame {
                 data: &mut buf[..],
                 rx: RxInfo {
                     csum_partial: meta.csum_partial,
@@ -849,7 +854,7 @@ impl WorkerLoop {
             ports: &mut self.ports,
             deferred: &mut deferred,
         };
-        for (f, v) in frames.iter_mut().zip(verdicts).take(done) {
+        for ((f, v), port) in frames.iter_mut().zip(verdicts).zip(ports).take(done) {
             deliver(
                 v,
                 &self.shared,
@@ -866,39 +871,24 @@ impl WorkerLoop {
         self.dispatch(deferred, to_self, wait);
     }
 
+    /// Frames other workers handed over (this worker owns their flows),
+    /// a burst at a time.
     fn drain_handoff(&mut self, rt: &Runtime) -> usize {
+        let mut staged = std::mem::take(&mut self.staged);
         let mut n = 0;
-        let mut deferred = Vec::new();
-        let mut to_self = Vec::new();
-        let mut wait = Vec::new();
-        let now_ns = self.shared.now_ns();
-        let now = Instant::now();
-        let mut tx = Tx {
-            ports: &mut self.ports,
-            deferred: &mut deferred,
-        };
         while n < BURST {
-            let Some(mut h) = self.shared.workers[self.id].handoff.pop() else {
+            let Some(h) = self.shared.workers[self.id].handoff.pop() else {
                 break;
             };
+            if staged.len() == n {
+                staged.push((h.frame, h.meta, h.port));
+            } else {
+                staged[n] = (h.frame, h.meta, h.port);
+            }
             n += 1;
-            process_one(
-                &mut self.core,
-                &self.shared,
-                rt,
-                &mut h.frame,
-                None,
-                h.meta,
-                h.port,
-                &self.macs,
-                now_ns,
-                now,
-                &mut tx,
-                &mut to_self,
-                &mut wait,
-            );
         }
-        self.dispatch(deferred, to_self, wait);
+        self.process_staged(&mut staged[..n], rt);
+        self.staged = staged;
         n
     }
 
@@ -1032,33 +1022,6 @@ impl Tx<'_> {
             None => {}
         }
     }
-}
-
-/// Runs one frame through the pipeline and sorts the outcome: frames to
-/// send (`tx`), frames for the health checker (`to_self`), frames waiting
-/// for a neighbour (`wait`).
-#[allow(clippy::too_many_arguments)]
-fn process_one(
-    core: &mut Worker,
-    shared: &Shared,
-    rt: &Runtime,
-    frame: &mut [u8],
-    parsed: Option<Result<lb_core::packet::Parsed, lb_core::packet::ParseError>>,
-    meta: RxMeta,
-    port: u32,
-    macs: &[[u8; 6]],
-    now_ns: u64,
-    now: Instant,
-    tx: &mut Tx<'_>,
-    to_self: &mut Vec<Vec<u8>>,
-    wait: &mut Vec<Pending>,
-) {
-    let rx = RxInfo {
-        csum_partial: meta.csum_partial,
-    };
-    let parsed = parsed.unwrap_or_else(|| lb_core::packet::parse(frame));
-    let v = core.process_parsed(frame, parsed, rx, now_ns, &rt.snap, rt.health.as_ref());
-    deliver(v, shared, rt, frame, port, macs, now, tx, to_self, wait);
 }
 
 /// Acts on a frame's verdict: frames to send (`tx`), frames for the health
