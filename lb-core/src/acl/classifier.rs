@@ -62,6 +62,12 @@
 //! aggregated bit vector), so a packet whose first matching rule is deep in
 //! the list skips the empty words.
 //!
+//! A burst is classified in groups of keys of one family: each step (the
+//! protocol and port tables, each trie level or tree level, each cross
+//! product, the bitmap scan) runs over every key of the group before the
+//! next step, so that the table reads of different keys overlap instead of
+//! waiting on one key's chain of dependent reads.
+//!
 //! A key whose source and destination are of different families (no IP
 //! header yields one) is answered by a linear scan of the few rules that can
 //! match such a key.
@@ -84,16 +90,62 @@ pub struct Classifier {
     rules: usize,
 }
 
-/// Keys handled per inner batch of [`Classifier::classify_burst`]: all the
-/// table lookups of a batch are issued before the bitmap scans, so that their
-/// cache misses overlap.
-const BATCH: usize = 16;
+/// Keys per group of [`Classifier::classify_burst`]: each step of the
+/// lookup (the protocol and port tables, each trie level, each cross
+/// product, the bitmap scan) runs over all the keys of a group before the
+/// next step, so that the loads of different keys overlap.
+const GROUP: usize = 32;
 
-#[derive(Debug, Clone, Copy)]
-enum Looked {
-    V4([u32; 5]),
-    V6([u32; 5]),
-    Mixed,
+/// The fields of the keys of one family within a group, one array per
+/// field.
+#[derive(Debug, Clone)]
+struct Group<A> {
+    n: usize,
+    /// The position of each key in its chunk of the burst.
+    at: [u8; GROUP],
+    src: [A; GROUP],
+    dst: [A; GROUP],
+    proto: [u8; GROUP],
+    sport: [u16; GROUP],
+    dport: [u16; GROUP],
+}
+
+impl<A: Addr> Group<A> {
+    fn new() -> Group<A> {
+        Group {
+            n: 0,
+            at: [0; GROUP],
+            src: [A::default(); GROUP],
+            dst: [A::default(); GROUP],
+            proto: [0; GROUP],
+            sport: [0; GROUP],
+            dport: [0; GROUP],
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, at: usize, key: &FlowKey, src: A, dst: A) {
+        let j = self.n;
+        if j < GROUP {
+            self.at[j] = at as u8;
+            self.src[j] = src;
+            self.dst[j] = dst;
+            self.proto[j] = key.proto;
+            self.sport[j] = key.sport;
+            self.dport[j] = key.dport;
+            self.n = j + 1;
+        }
+    }
+
+    /// Writes the answers of the group's keys to their places in `out`.
+    #[inline(always)]
+    fn scatter(&self, res: &[Option<u32>; GROUP], out: &mut [Option<u32>]) {
+        for (&at, &r) in self.at.iter().zip(res).take(self.n) {
+            if let Some(o) = out.get_mut(usize::from(at)) {
+                *o = r;
+            }
+        }
+    }
 }
 
 impl Classifier {
@@ -135,8 +187,15 @@ impl Classifier {
     /// [`linear_classify`](super::linear_classify)).
     #[inline]
     pub fn classify(&self, key: &FlowKey) -> Option<u32> {
-        let looked = self.lookup(key);
-        self.finish(key, &looked)
+        match (key.src, key.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                self.v4.scan(&self.v4.lookup(key, s.into(), d.into()))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                self.v6.scan(&self.v6.lookup(key, s.into(), d.into()))
+            }
+            _ => self.mixed(key),
+        }
     }
 
     /// Classifies `keys[i]` into `out[i]` for every `i` below
@@ -146,13 +205,37 @@ impl Classifier {
             *o = self.classify(key);
             return;
         }
-        for (kc, oc) in keys.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
-            let mut looked = [Looked::Mixed; BATCH];
-            for (k, l) in kc.iter().zip(looked.iter_mut()) {
-                *l = self.lookup(k);
+        // A family's arrays are set up at its first key only.
+        let mut v4: Option<Group<u32>> = None;
+        let mut v6: Option<Group<u128>> = None;
+        let mut res = [None; GROUP];
+        for (kc, oc) in keys.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
+            if let Some(g) = v4.as_mut() {
+                g.n = 0;
             }
-            for ((k, l), o) in kc.iter().zip(looked.iter()).zip(oc.iter_mut()) {
-                *o = self.finish(k, l);
+            if let Some(g) = v6.as_mut() {
+                g.n = 0;
+            }
+            for (i, (k, o)) in kc.iter().zip(oc.iter_mut()).enumerate() {
+                match (k.src, k.dst) {
+                    (IpAddr::V4(s), IpAddr::V4(d)) => {
+                        v4.get_or_insert_with(Group::new)
+                            .push(i, k, s.into(), d.into());
+                    }
+                    (IpAddr::V6(s), IpAddr::V6(d)) => {
+                        v6.get_or_insert_with(Group::new)
+                            .push(i, k, s.into(), d.into());
+                    }
+                    _ => *o = self.mixed(k),
+                }
+            }
+            if let Some(g) = v4.as_ref().filter(|g| g.n > 0) {
+                self.v4.classify_group(g, &mut res);
+                g.scatter(&res, oc);
+            }
+            if let Some(g) = v6.as_ref().filter(|g| g.n > 0) {
+                self.v6.classify_group(g, &mut res);
+                g.scatter(&res, oc);
             }
         }
     }
@@ -177,25 +260,11 @@ impl Classifier {
     }
 
     #[inline(always)]
-    fn lookup(&self, key: &FlowKey) -> Looked {
-        match (key.src, key.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => Looked::V4(self.v4.lookup(key, s.into(), d.into())),
-            (IpAddr::V6(s), IpAddr::V6(d)) => Looked::V6(self.v6.lookup(key, s.into(), d.into())),
-            _ => Looked::Mixed,
-        }
-    }
-
-    #[inline(always)]
-    fn finish(&self, key: &FlowKey, looked: &Looked) -> Option<u32> {
-        match looked {
-            Looked::V4(c) => self.v4.scan(c),
-            Looked::V6(c) => self.v6.scan(c),
-            Looked::Mixed => self
-                .mixed
-                .iter()
-                .find(|(_, r)| r.matches(key))
-                .map(|(i, _)| *i),
-        }
+    fn mixed(&self, key: &FlowKey) -> Option<u32> {
+        self.mixed
+            .iter()
+            .find(|(_, r)| r.matches(key))
+            .map(|(i, _)| *i)
     }
 }
 
@@ -503,6 +572,14 @@ impl Combo {
             .copied()
             .unwrap_or(0)
     }
+
+    /// `left[i] = self.get(left[i], right[i])` for every `i`.
+    #[inline(always)]
+    fn apply(&self, left: &mut [u32], right: &[u32]) {
+        for (l, &r) in left.iter_mut().zip(right) {
+            *l = self.get(*l, r);
+        }
+    }
 }
 
 /// Most bitmap words a [`cross`] may compute (keeps builds fast).
@@ -637,6 +714,26 @@ impl<A: Addr> STree<A> {
         node * NODE + count(self.leaves + node)
     }
 
+    /// `out[i]` = the rank of `xs[i]`, one level at a time over all the
+    /// keys.
+    #[inline(always)]
+    fn ranks(&self, xs: &[A], out: &mut [u32]) {
+        let count = |at: usize, x: A| self.nodes.get(at).map_or(0, |n| A::count_le(n, x.key()));
+        out.fill(0);
+        for &level in &self.inner {
+            for (node, &x) in out.iter_mut().zip(xs) {
+                let at = *node as usize;
+                *node = (at * (NODE + 1) + count(level + at, x)) as u32;
+            }
+        }
+        for (node, &x) in out.iter_mut().zip(xs) {
+            let at = *node as usize;
+            let r = (at * NODE + count(self.leaves + at, x)) as u32;
+            // Padding counts as `A::LAST`.
+            *node = if x == A::LAST { self.len as u32 } else { r };
+        }
+    }
+
     fn memory_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<[A::Key; NODE]>()
             + self.inner.capacity() * std::mem::size_of::<usize>()
@@ -699,6 +796,30 @@ impl Dir {
         let e = self.top[(a >> 16) as usize];
         let e = step(e, &self.mid, (a >> 8) & 0xff);
         step(e, &self.low, a & 0xff) & !LEAF
+    }
+
+    /// `out[i]` = the class of `addrs[i]`, one step at a time over all the
+    /// addresses.
+    #[inline(always)]
+    fn classes(&self, addrs: &[u32], out: &mut [u32]) {
+        let step = |e: u32, blocks: &[u32], byte: u32| {
+            let at = if e & LEAF != 0 { 0 } else { (e as usize) << 8 } | byte as usize;
+            let next = blocks.get(at).copied().unwrap_or(LEAF);
+            if e & LEAF != 0 {
+                e
+            } else {
+                next
+            }
+        };
+        for (e, &a) in out.iter_mut().zip(addrs) {
+            *e = self.top[(a >> 16) as usize];
+        }
+        for (e, &a) in out.iter_mut().zip(addrs) {
+            *e = step(*e, &self.mid, (a >> 8) & 0xff);
+        }
+        for (e, &a) in out.iter_mut().zip(addrs) {
+            *e = step(*e, &self.low, a & 0xff) & !LEAF;
+        }
     }
 
     fn memory_bytes(&self) -> usize {
@@ -795,6 +916,26 @@ impl<A: Addr> AddrField<A> {
         match &self.search {
             Search::Dir(d) => d.class(addr.to_u128() as u32),
             Search::Tree(t) => self.class_of.get(t.rank(addr)).copied().unwrap_or(0),
+        }
+    }
+
+    /// `out[i]` = the class of `addrs[i]`.
+    #[inline(always)]
+    fn classes(&self, addrs: &[A], out: &mut [u32]) {
+        match &self.search {
+            Search::Dir(d) => {
+                let mut a = [0u32; GROUP];
+                for (a, &x) in a.iter_mut().zip(addrs) {
+                    *a = x.to_u128() as u32;
+                }
+                d.classes(&a[..addrs.len().min(GROUP)], out);
+            }
+            Search::Tree(t) => {
+                t.ranks(addrs, out);
+                for c in out.iter_mut() {
+                    *c = self.class_of.get(*c as usize).copied().unwrap_or(0);
+                }
+            }
         }
     }
 
@@ -1058,6 +1199,127 @@ impl<A: Addr> Family<A> {
             }?
         };
         self.rule_ids.get(local).copied()
+    }
+
+    /// Classifies the `g.n` keys of `g` into `out`, one step at a time over
+    /// all the keys.
+    #[inline(always)]
+    fn classify_group(&self, g: &Group<A>, out: &mut [Option<u32>; GROUP]) {
+        let n = g.n.min(GROUP);
+        let mut l4 = [0u32; GROUP];
+        for (c, &p) in l4.iter_mut().zip(&g.proto[..n]) {
+            *c = self.proto[usize::from(p)].into();
+        }
+        let mut sc = [0u32; GROUP];
+        let mut dc = [0u32; GROUP];
+        if let Some(f) = &self.dport {
+            for (c, &p) in dc.iter_mut().zip(&g.dport[..n]) {
+                *c = f.table[usize::from(p)].into();
+            }
+        }
+        if let Some(f) = &self.sport {
+            for (c, &p) in sc.iter_mut().zip(&g.sport[..n]) {
+                *c = f.table[usize::from(p)].into();
+            }
+        }
+        if let Some(c) = &self.dport_combo {
+            c.apply(&mut l4[..n], &dc);
+        }
+        if let Some(c) = &self.sport_combo {
+            c.apply(&mut l4[..n], &sc);
+        }
+        let mut s = [0u32; GROUP];
+        let mut d = [0u32; GROUP];
+        if let Some(f) = &self.src {
+            f.classes(&g.src[..n], &mut s[..n]);
+        }
+        if let Some(f) = &self.dst {
+            f.classes(&g.dst[..n], &mut d[..n]);
+        }
+        let (first, second) = if self.dst_first {
+            ((&self.dst_combo, &d), (&self.src_combo, &s))
+        } else {
+            ((&self.src_combo, &s), (&self.dst_combo, &d))
+        };
+        if let Some(c) = first.0 {
+            c.apply(&mut l4[..n], first.1);
+        }
+        if let Some(c) = second.0 {
+            c.apply(&mut l4[..n], second.1);
+        }
+
+        // The bitmaps of the fields left outside the cross products.
+        let w = self.stride;
+        let mut rows: [(&[u64], &[u32; GROUP]); 4] = [(&[], &sc); 4];
+        let mut nrows = 0;
+        let fields = [
+            (self.sport.as_ref().map(|f| &f.bits), &sc),
+            (self.dport.as_ref().map(|f| &f.bits), &dc),
+            (self.src.as_ref().map(|f| &f.bits), &s),
+            (self.dst.as_ref().map(|f| &f.bits), &d),
+        ];
+        for (bits, classes) in fields {
+            if let Some(bits) = bits.filter(|b| !b.is_empty()) {
+                if let Some(r) = rows.get_mut(nrows) {
+                    *r = (bits, classes);
+                    nrows += 1;
+                }
+            }
+        }
+        let out = &mut out[..n];
+        let rule = |local: Option<usize>| local.and_then(|l| self.rule_ids.get(l).copied());
+        let p = |j: usize| class_bits(&self.proto_bits, l4[j], w);
+        let [(a, ac), (b, bc), (e, ec), (f, fc)] = rows;
+        let sm = self.summary;
+        match nrows {
+            0 => {
+                for (o, &c) in out.iter_mut().zip(&l4) {
+                    let first = self.first_rule.get(c as usize).copied().unwrap_or(NO_RULE);
+                    *o = rule((first != NO_RULE).then_some(first as usize));
+                }
+            }
+            1 if sm == 1 => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = rule(first_common_dense(p(j), class_bits(a, ac[j], w)));
+                }
+            }
+            1 => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = rule(first_common([p(j), class_bits(a, ac[j], w)], sm));
+                }
+            }
+            2 => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = rule(first_common(
+                        [p(j), class_bits(a, ac[j], w), class_bits(b, bc[j], w)],
+                        sm,
+                    ));
+                }
+            }
+            3 => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    let rows = [
+                        p(j),
+                        class_bits(a, ac[j], w),
+                        class_bits(b, bc[j], w),
+                        class_bits(e, ec[j], w),
+                    ];
+                    *o = rule(first_common(rows, sm));
+                }
+            }
+            _ => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    let rows = [
+                        p(j),
+                        class_bits(a, ac[j], w),
+                        class_bits(b, bc[j], w),
+                        class_bits(e, ec[j], w),
+                        class_bits(f, fc[j], w),
+                    ];
+                    *o = rule(first_common(rows, sm));
+                }
+            }
+        }
     }
 
     fn shape(&self) -> String {
