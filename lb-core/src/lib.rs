@@ -2,7 +2,9 @@
 //! sessions, scheduling, NAT and the pipeline that ties them together.
 //!
 //! Nothing here does I/O or reads a clock: time is a parameter.
-#![forbid(unsafe_code)]
+// No unsafe code but the SIMD steps of the classifier (`acl::classifier::simd`,
+// behind runtime CPU feature detection).
+#![deny(unsafe_code)]
 
 pub mod acl;
 pub mod conntrack;

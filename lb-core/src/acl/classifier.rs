@@ -79,6 +79,11 @@ use ipnet::IpNet;
 
 use super::{AddrMatch, FlowKey, MatchRule, PortRange};
 
+#[allow(unsafe_code)]
+mod simd;
+
+use simd::{AddrStep, Avx512, Plan, Trie};
+
 /// A compiled rule set answering "first matching rule" for a [`FlowKey`].
 #[derive(Debug, Clone)]
 pub struct Classifier {
@@ -94,7 +99,7 @@ pub struct Classifier {
 /// lookup (the protocol and port tables, each trie level, each cross
 /// product, the bitmap scan) runs over all the keys of a group before the
 /// next step, so that the loads of different keys overlap.
-const GROUP: usize = 32;
+const GROUP: usize = simd::GROUP;
 
 /// The fields of the keys of one family within a group, one array per
 /// field.
@@ -105,9 +110,9 @@ struct Group<A> {
     at: [u8; GROUP],
     src: [A; GROUP],
     dst: [A; GROUP],
-    proto: [u8; GROUP],
-    sport: [u16; GROUP],
-    dport: [u16; GROUP],
+    proto: [u32; GROUP],
+    sport: [u32; GROUP],
+    dport: [u32; GROUP],
 }
 
 impl<A: Addr> Group<A> {
@@ -130,9 +135,9 @@ impl<A: Addr> Group<A> {
             self.at[j] = at as u8;
             self.src[j] = src;
             self.dst[j] = dst;
-            self.proto[j] = key.proto;
-            self.sport[j] = key.sport;
-            self.dport[j] = key.dport;
+            self.proto[j] = key.proto.into();
+            self.sport[j] = key.sport.into();
+            self.dport[j] = key.dport.into();
             self.n = j + 1;
         }
     }
@@ -977,6 +982,8 @@ struct Family<A: Addr> {
     first_rule: Vec<u32>,
     src: Option<AddrField<A>>,
     dst: Option<AddrField<A>>,
+    /// The AVX-512 steps for bursts, when the CPU has them.
+    simd: Option<Avx512>,
 }
 
 impl<A: Addr> Family<A> {
@@ -1128,6 +1135,7 @@ impl<A: Addr> Family<A> {
             dst_first,
             first_rule,
             rule_ids,
+            simd: Avx512::detect(),
         }
     }
 
@@ -1206,57 +1214,23 @@ impl<A: Addr> Family<A> {
     #[inline(always)]
     fn classify_group(&self, g: &Group<A>, out: &mut [Option<u32>; GROUP]) {
         let n = g.n.min(GROUP);
-        let mut l4 = [0u32; GROUP];
-        for (c, &p) in l4.iter_mut().zip(&g.proto[..n]) {
-            *c = self.proto[usize::from(p)].into();
+        // The transport class, then the class of each field.
+        let mut cls = [[0u32; GROUP]; 5];
+        match self.simd {
+            Some(v) => self.lookup_simd(v, g, &mut cls),
+            None => self.lookup_group(g, &mut cls),
         }
-        let mut sc = [0u32; GROUP];
-        let mut dc = [0u32; GROUP];
-        if let Some(f) = &self.dport {
-            for (c, &p) in dc.iter_mut().zip(&g.dport[..n]) {
-                *c = f.table[usize::from(p)].into();
-            }
-        }
-        if let Some(f) = &self.sport {
-            for (c, &p) in sc.iter_mut().zip(&g.sport[..n]) {
-                *c = f.table[usize::from(p)].into();
-            }
-        }
-        if let Some(c) = &self.dport_combo {
-            c.apply(&mut l4[..n], &dc);
-        }
-        if let Some(c) = &self.sport_combo {
-            c.apply(&mut l4[..n], &sc);
-        }
-        let mut s = [0u32; GROUP];
-        let mut d = [0u32; GROUP];
-        if let Some(f) = &self.src {
-            f.classes(&g.src[..n], &mut s[..n]);
-        }
-        if let Some(f) = &self.dst {
-            f.classes(&g.dst[..n], &mut d[..n]);
-        }
-        let (first, second) = if self.dst_first {
-            ((&self.dst_combo, &d), (&self.src_combo, &s))
-        } else {
-            ((&self.src_combo, &s), (&self.dst_combo, &d))
-        };
-        if let Some(c) = first.0 {
-            c.apply(&mut l4[..n], first.1);
-        }
-        if let Some(c) = second.0 {
-            c.apply(&mut l4[..n], second.1);
-        }
+        let [l4, sc, dc, s, d] = &cls;
 
         // The bitmaps of the fields left outside the cross products.
         let w = self.stride;
-        let mut rows: [(&[u64], &[u32; GROUP]); 4] = [(&[], &sc); 4];
+        let mut rows: [(&[u64], &[u32; GROUP]); 4] = [(&[], sc); 4];
         let mut nrows = 0;
         let fields = [
-            (self.sport.as_ref().map(|f| &f.bits), &sc),
-            (self.dport.as_ref().map(|f| &f.bits), &dc),
-            (self.src.as_ref().map(|f| &f.bits), &s),
-            (self.dst.as_ref().map(|f| &f.bits), &d),
+            (self.sport.as_ref().map(|f| &f.bits), sc),
+            (self.dport.as_ref().map(|f| &f.bits), dc),
+            (self.src.as_ref().map(|f| &f.bits), s),
+            (self.dst.as_ref().map(|f| &f.bits), d),
         ];
         for (bits, classes) in fields {
             if let Some(bits) = bits.filter(|b| !b.is_empty()) {
@@ -1273,14 +1247,38 @@ impl<A: Addr> Family<A> {
         let sm = self.summary;
         match nrows {
             0 => {
-                for (o, &c) in out.iter_mut().zip(&l4) {
+                for (o, &c) in out.iter_mut().zip(l4) {
                     let first = self.first_rule.get(c as usize).copied().unwrap_or(NO_RULE);
                     *o = rule((first != NO_RULE).then_some(first as usize));
                 }
             }
-            1 if sm == 1 => {
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = rule(first_common_dense(p(j), class_bits(a, ac[j], w)));
+            1 if sm == 1 => match self.simd {
+                Some(v) => v.first_dense(
+                    n,
+                    |j| [p(j), class_bits(a, ac[j], w)],
+                    |j, l| {
+                        if let Some(o) = out.get_mut(j) {
+                            *o = rule(l);
+                        }
+                    },
+                ),
+                None => {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = rule(first_common_dense(p(j), class_bits(a, ac[j], w)));
+                    }
+                }
+            },
+            2 if sm == 1 && self.simd.is_some() => {
+                if let Some(v) = self.simd {
+                    v.first_dense(
+                        n,
+                        |j| [p(j), class_bits(a, ac[j], w), class_bits(b, bc[j], w)],
+                        |j, l| {
+                            if let Some(o) = out.get_mut(j) {
+                                *o = rule(l);
+                            }
+                        },
+                    );
                 }
             }
             1 => {
@@ -1320,6 +1318,114 @@ impl<A: Addr> Family<A> {
                 }
             }
         }
+    }
+
+    /// The scalar lookup of a group's keys into `cls` (the transport class,
+    /// then the class of each field), one step at a time over all the keys.
+    #[inline(always)]
+    fn lookup_group(&self, g: &Group<A>, cls: &mut [[u32; GROUP]; 5]) {
+        let n = g.n.min(GROUP);
+        let table = |t: &[u16], idx: &[u32], out: &mut [u32]| {
+            for (c, &i) in out.iter_mut().zip(idx) {
+                *c = t.get(i as usize).copied().unwrap_or(0).into();
+            }
+        };
+        let [l4, sc, dc, s, d] = cls;
+        table(&self.proto[..], &g.proto[..n], &mut l4[..n]);
+        if let Some(f) = &self.dport {
+            table(&f.table[..], &g.dport[..n], &mut dc[..n]);
+        }
+        if let Some(f) = &self.sport {
+            table(&f.table[..], &g.sport[..n], &mut sc[..n]);
+        }
+        if let Some(c) = &self.dport_combo {
+            c.apply(&mut l4[..n], &dc[..n]);
+        }
+        if let Some(c) = &self.sport_combo {
+            c.apply(&mut l4[..n], &sc[..n]);
+        }
+        if let Some(f) = &self.src {
+            f.classes(&g.src[..n], &mut s[..n]);
+        }
+        if let Some(f) = &self.dst {
+            f.classes(&g.dst[..n], &mut d[..n]);
+        }
+        let (first, second) = if self.dst_first {
+            ((&self.dst_combo, &*d), (&self.src_combo, &*s))
+        } else {
+            ((&self.src_combo, &*s), (&self.dst_combo, &*d))
+        };
+        if let Some(c) = first.0 {
+            c.apply(&mut l4[..n], &first.1[..n]);
+        }
+        if let Some(c) = second.0 {
+            c.apply(&mut l4[..n], &second.1[..n]);
+        }
+    }
+
+    /// [`Family::lookup_group`] with AVX-512: the IPv6 trees scalar, the
+    /// rest 16 keys per vector.
+    #[inline(always)]
+    fn lookup_simd(&self, v: Avx512, g: &Group<A>, cls: &mut [[u32; GROUP]; 5]) {
+        let n = g.n.min(GROUP);
+        let mut addrs = [[0u32; GROUP]; 2];
+        let [src_in, dst_in] = &mut addrs;
+        fn step<'a, A: Addr>(
+            f: &'a Option<AddrField<A>>,
+            xs: &[A; GROUP],
+            into: &mut [u32; GROUP],
+            n: usize,
+        ) -> AddrStep<'a> {
+            let Some(f) = f else {
+                return AddrStep::Zero;
+            };
+            match &f.search {
+                Search::Dir(d) => {
+                    for (i, &x) in into.iter_mut().zip(xs) {
+                        *i = x.to_u128() as u32;
+                    }
+                    AddrStep::Trie(Trie {
+                        top: &d.top,
+                        mid: &d.mid,
+                        low: &d.low,
+                        leaf: LEAF,
+                    })
+                }
+                Search::Tree(_) => {
+                    f.classes(&xs[..n], &mut into[..n]);
+                    AddrStep::Given
+                }
+            }
+        }
+        fn combo(c: &Option<Combo>, f: usize) -> Option<(&[u32], usize, usize)> {
+            c.as_ref().map(|c| (&c.table[..], c.right, f))
+        }
+        let src = step(&self.src, &g.src, src_in, n);
+        let dst = step(&self.dst, &g.dst, dst_in, n);
+        let (first, second) = if self.dst_first {
+            ((&self.dst_combo, simd::DST), (&self.src_combo, simd::SRC))
+        } else {
+            ((&self.src_combo, simd::SRC), (&self.dst_combo, simd::DST))
+        };
+        let plan = Plan {
+            proto: &self.proto[..],
+            sport: self.sport.as_ref().map(|f| &f.table[..]),
+            dport: self.dport.as_ref().map(|f| &f.table[..]),
+            src,
+            dst,
+            combos: [
+                combo(&self.dport_combo, simd::DPORT),
+                combo(&self.sport_combo, simd::SPORT),
+                combo(first.0, first.1),
+                combo(second.0, second.1),
+            ],
+        };
+        v.lookup(
+            &plan,
+            n,
+            [&g.proto, &g.sport, &g.dport, src_in, dst_in],
+            cls,
+        );
     }
 
     fn shape(&self) -> String {

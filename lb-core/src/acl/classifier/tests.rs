@@ -29,6 +29,7 @@ fn check(rules: &[MatchRule], keys: &[FlowKey]) {
         assert_eq!(c.classify(k), want, "key {k:?}");
         assert_eq!(*o, want, "burst, key {k:?}");
     }
+    check_bursts(rules, &c, keys);
 }
 
 #[test]
@@ -312,6 +313,34 @@ fn packets(rules: &[MatchRule], picks: &[Pick]) -> Vec<FlowKey> {
         .collect()
 }
 
+/// `c` with its scalar burst steps only (no AVX-512).
+fn scalar(c: &Classifier) -> Classifier {
+    let mut s = c.clone();
+    s.v4.simd = None;
+    s.v6.simd = None;
+    s
+}
+
+/// The answers of `c.classify_burst` over `keys` in bursts of `burst`.
+fn in_bursts(c: &Classifier, keys: &[FlowKey], burst: usize) -> Vec<Option<u32>> {
+    let mut out = vec![Some(u32::MAX); keys.len()];
+    for (k, o) in keys.chunks(burst).zip(out.chunks_mut(burst)) {
+        c.classify_burst(k, o);
+    }
+    out
+}
+
+/// Every burst size and both step sets (AVX-512 when the CPU has it, and
+/// scalar) give the linear scan's answers.
+fn check_bursts(rules: &[MatchRule], c: &Classifier, keys: &[FlowKey]) {
+    let want: Vec<Option<u32>> = keys.iter().map(|k| linear_classify(rules, k)).collect();
+    for c in [c.clone(), scalar(c)] {
+        for burst in [2, 7, 16, 31, 32, 33, 64, 256] {
+            assert_eq!(in_bursts(&c, keys, burst), want, "bursts of {burst}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
@@ -328,19 +357,24 @@ proptest! {
             prop_assert_eq!(*o, want, "burst key {:?}", k);
             prop_assert_eq!(uncrossed.classify(k), want, "uncrossed key {:?}", k);
         }
+        check_bursts(&rules, &c, &keys);
+        check_bursts(&rules, &uncrossed, &keys);
     }
 
     #[test]
     fn agrees_on_random_keys(rules in prop::collection::vec(arb_rule(), 0..60),
                              raw in prop::collection::vec((any::<u128>(), any::<u128>(), any::<u8>(), any::<u16>(), any::<u16>(), 0u8..4), 32)) {
         let c = Classifier::build(&rules);
+        let mut keys = Vec::new();
         for (s, d, proto, sport, dport, fam) in raw {
             let v4 = |x: u128| IpAddr::V4(Ipv4Addr::from(x as u32));
             let v6 = |x: u128| IpAddr::V6(Ipv6Addr::from(x));
             let (src, dst) = match fam { 0 => (v4(s), v4(d)), 1 => (v6(s), v6(d)), 2 => (v4(s), v6(d)), _ => (v6(s), v4(d)) };
             let k = FlowKey { src, dst, proto, sport, dport };
             prop_assert_eq!(c.classify(&k), linear_classify(&rules, &k));
+            keys.push(k);
         }
+        check_bursts(&rules, &c, &keys);
     }
 }
 

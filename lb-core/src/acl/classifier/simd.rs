@@ -1,0 +1,334 @@
+//! AVX-512 versions of the classifier's per-group steps: 16 keys per
+//! vector, table and trie reads as masked gathers, the rule bitmap AND as
+//! 8-word tests.
+//!
+//! Every step is reached through [`Avx512`], which exists only once the CPU
+//! has been seen to support AVX-512F/BW/VL (runtime detection); without it
+//! the classifier takes its scalar steps, which compute the same values
+//! (the tests compare the two). Every gather index is checked against its
+//! table's length in the gather's mask, so an out-of-range index reads
+//! nothing (the lane gets the scalar path's fallback value) instead of
+//! reading out of bounds.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Proof that the CPU supports the AVX-512 subsets these steps use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Avx512(());
+
+/// Lanes per vector.
+const LANES: usize = 16;
+
+/// The mask of the first `n` lanes (all 16 from 16 on).
+#[inline(always)]
+fn lanes(n: usize) -> u16 {
+    if n >= LANES {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// `len` as a gather bound: gather indices are signed 32-bit.
+#[inline(always)]
+fn bound(len: usize) -> u32 {
+    len.min(i32::MAX as usize) as u32
+}
+
+impl Avx512 {
+    /// The token when the CPU has AVX-512F, BW and VL.
+    pub(super) fn detect() -> Option<Avx512> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+            {
+                return Some(Avx512(()));
+            }
+        }
+        None
+    }
+
+    /// For every key `j` below `n`: `put(j, the lowest bit set in all the
+    /// rows of rows(j))`, each row one summary word (skipped) then at most
+    /// 64 words, as `first_common_dense` for any number of rows.
+    #[inline]
+    pub(super) fn first_dense<'a, const N: usize>(
+        self,
+        n: usize,
+        rows: impl Fn(usize) -> [&'a [u64]; N],
+        put: impl FnMut(usize, Option<usize>),
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL.
+        unsafe {
+            first_dense_each(n, rows, put)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn dir_step(e: __m512i, m: __mmask16, blocks: &[u32], byte: __m512i, leaf: __m512i) -> __m512i {
+    let is_leaf = _mm512_mask_test_epi32_mask(m, e, leaf);
+    let at = _mm512_or_si512(_mm512_slli_epi32::<8>(e), byte);
+    let len = _mm512_set1_epi32(bound(blocks.len()) as i32);
+    // A block number from 2^23 on would wrap the 32-bit `at`: out of range
+    // (as in the scalar step, which computes it wider).
+    let small = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(1 << 23));
+    let ok = _mm512_mask_cmplt_epu32_mask(m & !is_leaf & small, at, len);
+    // SAFETY: lanes under `ok` have `at < blocks.len()` and `at < 2^31`.
+    let next = unsafe { _mm512_mask_i32gather_epi32::<4>(leaf, ok, at, blocks.as_ptr().cast()) };
+    _mm512_mask_blend_epi32(is_leaf, next, e)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn first_dense_each<'a, const N: usize>(
+    n: usize,
+    rows: impl Fn(usize) -> [&'a [u64]; N],
+    mut put: impl FnMut(usize, Option<usize>),
+) {
+    for j in 0..n {
+        put(j, first_dense(rows(j)));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn first_dense<const N: usize>(rows: [&[u64]; N]) -> Option<usize> {
+    // The words after the summary word, at most 64.
+    let mut len = 65;
+    for r in &rows {
+        len = len.min(r.len());
+    }
+    let n = len.max(1) - 1;
+    let mut mask = 0u64;
+    let mut at = 0;
+    while at < n {
+        let m = lanes(n - at) as u8;
+        let mut and = _mm512_set1_epi64(-1);
+        for r in &rows {
+            // SAFETY: lanes under `m` are the words `1 + at..1 + n` at
+            // most, within `r` since `1 + n <= r.len()`.
+            let v = unsafe { _mm512_maskz_loadu_epi64(m, r.as_ptr().add(1 + at).cast()) };
+            and = _mm512_and_si512(and, v);
+        }
+        mask |= u64::from(_mm512_mask_test_epi64_mask(m, and, and)) << at;
+        at += 8;
+    }
+    let w = mask.trailing_zeros() as usize;
+    if w >= n {
+        return None;
+    }
+    let mut x = u64::MAX;
+    for r in &rows {
+        x &= r.get(1 + w).copied().unwrap_or(0);
+    }
+    Some(w * 64 + x.trailing_zeros() as usize)
+}
+
+/// An IPv4 trie's tables (see `Dir`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Trie<'a> {
+    pub top: &'a [u32; 1 << 16],
+    pub mid: &'a [u32],
+    pub low: &'a [u32],
+    pub leaf: u32,
+}
+
+/// How [`Avx512::lookup`] gets an address field's class.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum AddrStep<'a> {
+    /// The field has one class: 0.
+    Zero,
+    /// The input is the IPv4 address: through its trie.
+    Trie(Trie<'a>),
+    /// The input is already the class.
+    Given,
+}
+
+/// A family's lookup tables, for [`Avx512::lookup`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plan<'a> {
+    pub proto: &'a [u16],
+    pub sport: Option<&'a [u16]>,
+    pub dport: Option<&'a [u16]>,
+    pub src: AddrStep<'a>,
+    pub dst: AddrStep<'a>,
+    /// The cross products in order: the table, the number of classes of
+    /// its right side and the field of its right side ([`SPORT`],
+    /// [`DPORT`], [`SRC`] or [`DST`]).
+    pub combos: [Option<(&'a [u32], usize, usize)>; 4],
+}
+
+/// Indices of the fields in [`Avx512::lookup`]'s arrays (0 is the
+/// protocol, then the transport class).
+pub(super) const SPORT: usize = 1;
+pub(super) const DPORT: usize = 2;
+pub(super) const SRC: usize = 3;
+pub(super) const DST: usize = 4;
+
+/// Keys per group: a multiple of [`LANES`].
+pub(super) const GROUP: usize = 32;
+const VECS: usize = GROUP / LANES;
+
+impl Avx512 {
+    /// A family's whole lookup for the first `n` keys of a group, every
+    /// step over all the keys in registers: `input` holds per key the
+    /// protocol, ports and addresses (IPv4) or address classes (as the
+    /// plan says); `out` gets the transport class (after every cross
+    /// product) and the class of each field. Lanes from `n` on get 0.
+    #[inline]
+    pub(super) fn lookup(
+        self,
+        plan: &Plan<'_>,
+        n: usize,
+        input: [&[u32; GROUP]; 5],
+        out: &mut [[u32; GROUP]; 5],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL.
+        unsafe {
+            lookup(plan, n, input, out)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn load(a: &[u32; GROUP], k: usize) -> __m512i {
+    match a.get(k * LANES..(k + 1) * LANES) {
+        // SAFETY: the 16 words at `s` are within `a`.
+        Some(s) => unsafe { _mm512_loadu_si512(s.as_ptr().cast()) },
+        None => _mm512_setzero_si512(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn store(a: &mut [u32; GROUP], k: usize, v: __m512i) {
+    if let Some(s) = a.get_mut(k * LANES..(k + 1) * LANES) {
+        // SAFETY: the 16 words at `s` are within `a`.
+        unsafe { _mm512_storeu_si512(s.as_mut_ptr().cast(), v) }
+    }
+}
+
+/// `table[i]` per lane under `m` (0 elsewhere or out of range), 16-bit
+/// entries.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn gather_u16(table: &[u16], i: __m512i, m: __mmask16) -> __m512i {
+    let one = _mm512_set1_epi32(1);
+    let pair = _mm512_andnot_si512(one, i);
+    let len = _mm512_set1_epi32(bound(table.len()) as i32);
+    let ok = _mm512_mask_cmplt_epu32_mask(m, _mm512_or_si512(pair, one), len);
+    // SAFETY: lanes under `ok` read the 4 bytes at `2 * pair`, inside
+    // `table` since `pair + 1 < table.len()` (and `pair < 2^31`, a valid
+    // signed index).
+    let words = unsafe {
+        _mm512_mask_i32gather_epi32::<2>(_mm512_setzero_si512(), ok, pair, table.as_ptr().cast())
+    };
+    let shift = _mm512_slli_epi32::<4>(_mm512_and_si512(i, one));
+    _mm512_and_si512(_mm512_srlv_epi32(words, shift), _mm512_set1_epi32(0xffff))
+}
+
+/// `table[i]` per lane under `m` (`src` elsewhere or out of range).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn gather_u32(table: &[u32], i: __m512i, m: __mmask16, src: __m512i) -> __m512i {
+    let len = _mm512_set1_epi32(bound(table.len()) as i32);
+    let ok = _mm512_mask_cmplt_epu32_mask(m, i, len);
+    // SAFETY: lanes under `ok` have `i < table.len()` and `i < 2^31`.
+    unsafe { _mm512_mask_i32gather_epi32::<4>(src, ok, i, table.as_ptr().cast()) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32; GROUP]; 5]) {
+    let zero = _mm512_setzero_si512();
+    let mut m = [0u16; VECS];
+    for (k, m) in m.iter_mut().enumerate() {
+        *m = if n > k * LANES {
+            lanes(n - k * LANES)
+        } else {
+            0
+        };
+    }
+    let [proto, sport, dport, src, dst] = input;
+    let mut cls = [[zero; VECS]; 5];
+    for k in 0..VECS {
+        cls[0][k] = gather_u16(plan.proto, load(proto, k), m[k]);
+    }
+    if let Some(t) = plan.dport {
+        for k in 0..VECS {
+            cls[DPORT][k] = gather_u16(t, load(dport, k), m[k]);
+        }
+    }
+    if let Some(t) = plan.sport {
+        for k in 0..VECS {
+            cls[SPORT][k] = gather_u16(t, load(sport, k), m[k]);
+        }
+    }
+    // Both tries a step at a time.
+    let byte = _mm512_set1_epi32(0xff);
+    let mut tries: [Option<(Trie<'_>, [__m512i; VECS], usize)>; 2] = [None, None];
+    for (slot, (step, addrs, f)) in tries
+        .iter_mut()
+        .zip([(plan.src, src, SRC), (plan.dst, dst, DST)])
+    {
+        match step {
+            AddrStep::Zero => {}
+            AddrStep::Given => {
+                for k in 0..VECS {
+                    cls[f][k] = _mm512_maskz_mov_epi32(m[k], load(addrs, k));
+                }
+            }
+            AddrStep::Trie(t) => {
+                let mut a = [zero; VECS];
+                for k in 0..VECS {
+                    a[k] = load(addrs, k);
+                    // SAFETY: `a >> 16 < 2^16`, the length of `top`.
+                    cls[f][k] = unsafe {
+                        _mm512_mask_i32gather_epi32::<4>(
+                            _mm512_set1_epi32(t.leaf as i32),
+                            m[k],
+                            _mm512_srli_epi32::<16>(a[k]),
+                            t.top.as_ptr().cast(),
+                        )
+                    };
+                }
+                *slot = Some((t, a, f));
+            }
+        }
+    }
+    for (t, a, f) in tries.iter().flatten() {
+        let leaf = _mm512_set1_epi32(t.leaf as i32);
+        for k in 0..VECS {
+            let b = _mm512_and_si512(_mm512_srli_epi32::<8>(a[k]), byte);
+            cls[*f][k] = dir_step(cls[*f][k], m[k], t.mid, b, leaf);
+        }
+    }
+    for (t, a, f) in tries.iter().flatten() {
+        let leaf = _mm512_set1_epi32(t.leaf as i32);
+        for k in 0..VECS {
+            let e = dir_step(cls[*f][k], m[k], t.low, _mm512_and_si512(a[k], byte), leaf);
+            cls[*f][k] = _mm512_andnot_si512(leaf, e);
+        }
+    }
+    for &(table, right, f) in plan.combos.iter().flatten() {
+        let r = _mm512_set1_epi32(right as i32);
+        let Some(&c) = cls.get(f) else { continue };
+        for k in 0..VECS {
+            let i = _mm512_add_epi32(_mm512_mullo_epi32(cls[0][k], r), c[k]);
+            cls[0][k] = gather_u32(table, i, m[k], zero);
+        }
+    }
+    for (o, c) in out.iter_mut().zip(&cls) {
+        for (k, &v) in c.iter().enumerate() {
+            store(o, k, v);
+        }
+    }
+}
