@@ -101,6 +101,17 @@ pub struct Classifier {
 /// next step, so that the loads of different keys overlap.
 const GROUP: usize = simd::GROUP;
 
+/// Bursts below this size are classified key by key.
+const SMALL_BURST: usize = 16;
+
+/// A key's classes in its family (see `Family::lookup`).
+#[derive(Debug, Clone, Copy)]
+enum Looked {
+    V4([u32; 5]),
+    V6([u32; 5]),
+    Mixed,
+}
+
 /// The fields of the keys of one family within a group, one array per
 /// field.
 #[derive(Debug, Clone)]
@@ -140,6 +151,19 @@ impl<A: Addr> Group<A> {
             self.dport[j] = key.dport.into();
             self.n = j + 1;
         }
+    }
+
+    /// Takes the keys of `keys` (all of this family, at most [`GROUP`]).
+    #[inline(always)]
+    fn fill(&mut self, keys: &[FlowKey], addr: impl Fn(IpAddr) -> A) {
+        for (j, k) in keys.iter().enumerate().take(GROUP) {
+            self.src[j] = addr(k.src);
+            self.dst[j] = addr(k.dst);
+            self.proto[j] = k.proto.into();
+            self.sport[j] = k.sport.into();
+            self.dport[j] = k.dport.into();
+        }
+        self.n = keys.len().min(GROUP);
     }
 
     /// Writes the answers of the group's keys to their places in `out`.
@@ -210,11 +234,66 @@ impl Classifier {
             *o = self.classify(key);
             return;
         }
+        if keys.len() < SMALL_BURST {
+            // Too few keys to fill a vector: every key's lookup, then every
+            // key's scan.
+            let mut looked = [Looked::Mixed; SMALL_BURST];
+            for (k, l) in keys.iter().zip(looked.iter_mut()) {
+                *l = match (k.src, k.dst) {
+                    (IpAddr::V4(s), IpAddr::V4(d)) => {
+                        Looked::V4(self.v4.lookup(k, s.into(), d.into()))
+                    }
+                    (IpAddr::V6(s), IpAddr::V6(d)) => {
+                        Looked::V6(self.v6.lookup(k, s.into(), d.into()))
+                    }
+                    _ => Looked::Mixed,
+                };
+            }
+            for ((k, l), o) in keys.iter().zip(&looked).zip(out.iter_mut()) {
+                *o = match l {
+                    Looked::V4(c) => self.v4.scan(c),
+                    Looked::V6(c) => self.v6.scan(c),
+                    Looked::Mixed => self.mixed(k),
+                };
+            }
+            return;
+        }
         // A family's arrays are set up at its first key only.
         let mut v4: Option<Group<u32>> = None;
         let mut v6: Option<Group<u128>> = None;
         let mut res = [None; GROUP];
         for (kc, oc) in keys.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
+            // The usual case, a chunk of one family: no sorting out.
+            if kc
+                .iter()
+                .all(|k| matches!((k.src, k.dst), (IpAddr::V4(_), IpAddr::V4(_))))
+            {
+                let g = v4.get_or_insert_with(Group::new);
+                g.fill(kc, |a| match a {
+                    IpAddr::V4(a) => a.into(),
+                    IpAddr::V6(_) => 0,
+                });
+                self.v4.classify_group(g, &mut res);
+                for (o, r) in oc.iter_mut().zip(res) {
+                    *o = r;
+                }
+                continue;
+            }
+            if kc
+                .iter()
+                .all(|k| matches!((k.src, k.dst), (IpAddr::V6(_), IpAddr::V6(_))))
+            {
+                let g = v6.get_or_insert_with(Group::new);
+                g.fill(kc, |a| match a {
+                    IpAddr::V6(a) => a.into(),
+                    IpAddr::V4(_) => 0,
+                });
+                self.v6.classify_group(g, &mut res);
+                for (o, r) in oc.iter_mut().zip(res) {
+                    *o = r;
+                }
+                continue;
+            }
             if let Some(g) = v4.as_mut() {
                 g.n = 0;
             }
@@ -749,86 +828,89 @@ impl<A: Addr> STree<A> {
 /// (a multibit trie with the classes pushed to the leaves): an entry is a
 /// class (`LEAF` set) or the block of the next step. A class found early is
 /// carried through the remaining steps by conditional moves (reading block
-/// 0), so a lookup has no data-dependent branch.
+/// 0), so a lookup has no data-dependent branch. Entries are 16-bit (a
+/// field with more classes or blocks takes the B+ tree instead), which
+/// halves the trie's cache footprint.
 #[derive(Debug, Clone)]
 struct Dir {
-    top: Box<[u32; 1 << 16]>,
+    top: Box<[u16; 1 << 16]>,
     /// 256-entry blocks of the second and third steps; block 0 is unused.
-    mid: Vec<u32>,
-    low: Vec<u32>,
+    mid: Vec<u16>,
+    low: Vec<u16>,
 }
 
-const LEAF: u32 = 1 << 31;
+const LEAF: u16 = 1 << 15;
 
 impl Dir {
     /// `starts` sorted, the first 0; `class_of` the class of each interval.
     fn new(starts: &[u128], class_of: &[u32]) -> Option<Dir> {
-        if class_of.iter().any(|&c| c & LEAF != 0) || u32::try_from(starts.len()).is_err() {
+        if class_of.iter().any(|&c| c >= u32::from(LEAF)) {
             return None;
         }
-        let mut top: Box<[u32; 1 << 16]> =
-            vec![0u32; 1 << 16].into_boxed_slice().try_into().ok()?;
+        let mut top: Box<[u16; 1 << 16]> =
+            vec![0u16; 1 << 16].into_boxed_slice().try_into().ok()?;
         let mut mid = vec![LEAF; 256];
         let mut low = vec![LEAF; 256];
+        let id = |len: usize| u16::try_from(len / 256).ok().filter(|&b| b < LEAF);
         for t in fill(&mut top[..], 0, 16, starts, class_of) {
             let base = t << 16;
             let block = mid.len();
+            let mid_id = id(block)?;
             mid.resize(block + 256, LEAF);
             let inner = fill(mid.get_mut(block..)?, base, 8, starts, class_of);
             for b in inner {
-                let id = u32::try_from(low.len() / 256).ok()?;
                 let at = low.len();
+                let low_id = id(at)?;
                 low.resize(at + 256, LEAF);
                 fill(low.get_mut(at..)?, base | (b << 8), 0, starts, class_of);
-                *mid.get_mut(block + b as usize)? = id;
+                *mid.get_mut(block + b as usize)? = low_id;
             }
-            top[t as usize] = u32::try_from(block / 256).ok()?;
+            top[t as usize] = mid_id;
         }
         Some(Dir { top, mid, low })
     }
 
+    /// One step below the top: a class is kept, a block number is replaced
+    /// by entry `byte` of its block.
+    #[inline(always)]
+    fn step(e: u16, blocks: &[u16], byte: u32) -> u16 {
+        let at = if e & LEAF != 0 {
+            0
+        } else {
+            usize::from(e) << 8
+        } | byte as usize;
+        let next = blocks.get(at).copied().unwrap_or(LEAF);
+        if e & LEAF != 0 {
+            e
+        } else {
+            next
+        }
+    }
+
     #[inline(always)]
     fn class(&self, a: u32) -> u32 {
-        let step = |e: u32, blocks: &[u32], byte: u32| {
-            let at = if e & LEAF != 0 { 0 } else { (e as usize) << 8 } | byte as usize;
-            let next = blocks.get(at).copied().unwrap_or(LEAF);
-            if e & LEAF != 0 {
-                e
-            } else {
-                next
-            }
-        };
         let e = self.top[(a >> 16) as usize];
-        let e = step(e, &self.mid, (a >> 8) & 0xff);
-        step(e, &self.low, a & 0xff) & !LEAF
+        let e = Dir::step(e, &self.mid, (a >> 8) & 0xff);
+        u32::from(Dir::step(e, &self.low, a & 0xff) & !LEAF)
     }
 
     /// `out[i]` = the class of `addrs[i]`, one step at a time over all the
     /// addresses.
     #[inline(always)]
     fn classes(&self, addrs: &[u32], out: &mut [u32]) {
-        let step = |e: u32, blocks: &[u32], byte: u32| {
-            let at = if e & LEAF != 0 { 0 } else { (e as usize) << 8 } | byte as usize;
-            let next = blocks.get(at).copied().unwrap_or(LEAF);
-            if e & LEAF != 0 {
-                e
-            } else {
-                next
-            }
-        };
         for (e, &a) in out.iter_mut().zip(addrs) {
-            *e = self.top[(a >> 16) as usize];
+            *e = self.top[(a >> 16) as usize].into();
         }
         for (e, &a) in out.iter_mut().zip(addrs) {
-            *e = step(*e, &self.mid, (a >> 8) & 0xff);
+            *e = Dir::step(*e as u16, &self.mid, (a >> 8) & 0xff).into();
         }
         for (e, &a) in out.iter_mut().zip(addrs) {
-            *e = step(*e, &self.low, a & 0xff) & !LEAF;
+            *e = (Dir::step(*e as u16, &self.low, a & 0xff) & !LEAF).into();
         }
     }
 
     fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<[u32; 1 << 16]>() + (self.mid.capacity() + self.low.capacity()) * 4
+        std::mem::size_of::<[u16; 1 << 16]>() + (self.mid.capacity() + self.low.capacity()) * 2
     }
 }
 
@@ -836,7 +918,7 @@ impl Dir {
 /// << shift)` and the `2^shift - 1` after it) that lies within one interval
 /// to `LEAF | class`; returns the entries holding the start of an interval
 /// (they need a block of the next step).
-fn fill(entries: &mut [u32], base: u32, shift: u32, starts: &[u128], class_of: &[u32]) -> Vec<u32> {
+fn fill(entries: &mut [u16], base: u32, shift: u32, starts: &[u128], class_of: &[u32]) -> Vec<u32> {
     let base = u64::from(base);
     let end = base + ((entries.len() as u64) << shift);
     let mut inner = Vec::new();
@@ -850,7 +932,8 @@ fn fill(entries: &mut [u32], base: u32, shift: u32, starts: &[u128], class_of: &
         let first = (s - base).div_ceil(1 << shift) as usize;
         let last = ((e - base) >> shift) as usize;
         if let Some(run) = entries.get_mut(first..last.max(first)) {
-            run.fill(LEAF | class_of.get(i).copied().unwrap_or(0));
+            let class = class_of.get(i).copied().unwrap_or(0);
+            run.fill(LEAF | u16::try_from(class).unwrap_or(0));
         }
         if e < end && (e - base) & ((1 << shift) - 1) != 0 {
             let k = ((e - base) >> shift) as u32;
@@ -1156,8 +1239,14 @@ impl<A: Addr> Family<A> {
         if let Some(c) = &self.sport_combo {
             l4 = c.get(l4, sc);
         }
-        let s = self.src.as_ref().map_or(0, |f| f.class(src));
-        let d = self.dst.as_ref().map_or(0, |f| f.class(dst));
+        let s = match &self.src {
+            Some(f) => f.class(src),
+            None => 0,
+        };
+        let d = match &self.dst {
+            Some(f) => f.class(dst),
+            None => 0,
+        };
         let (first, second) = if self.dst_first {
             ((&self.dst_combo, d), (&self.src_combo, s))
         } else {
@@ -1240,6 +1329,37 @@ impl<A: Addr> Family<A> {
                 }
             }
         }
+        if let (Some(v), 1..) = (self.simd, nrows) {
+            let mut all = [(&self.proto_bits[..], l4); 5];
+            for (a, r) in all.iter_mut().skip(1).zip(&rows[..nrows.min(4)]) {
+                *a = *r;
+            }
+            let mut local = [None; GROUP];
+            let sm = self.summary;
+            let row = |i: usize, j: usize| {
+                let (bits, classes) = all[i];
+                class_bits(bits, classes[j], w)
+            };
+            let put = |j: usize, l: Option<usize>| {
+                if let Some(o) = local.get_mut(j) {
+                    *o = l;
+                }
+            };
+            match (nrows, sm) {
+                // Up to 64 words: test them all, 8 per instruction, key by
+                // key.
+                (1, 1) => v.first_dense(n, |j| [row(0, j), row(1, j)], put),
+                (2, 1) => v.first_dense(n, |j| [row(0, j), row(1, j), row(2, j)], put),
+                (3, 1) => v.first_dense(n, |j| [0, 1, 2, 3].map(|i| row(i, j)), put),
+                (_, 1) => v.first_dense(n, |j| [0, 1, 2, 3, 4].map(|i| row(i, j)), put),
+                // Longer bitmaps: follow the summary bits, 8 keys at once.
+                _ => v.scan(n, w, sm, &all[..=nrows.min(4)], &mut local),
+            }
+            for (o, l) in out.iter_mut().zip(&local).take(n) {
+                *o = l.and_then(|l| self.rule_ids.get(l).copied());
+            }
+            return;
+        }
         let out = &mut out[..n];
         let rule = |local: Option<usize>| local.and_then(|l| self.rule_ids.get(l).copied());
         let p = |j: usize| class_bits(&self.proto_bits, l4[j], w);
@@ -1252,33 +1372,9 @@ impl<A: Addr> Family<A> {
                     *o = rule((first != NO_RULE).then_some(first as usize));
                 }
             }
-            1 if sm == 1 => match self.simd {
-                Some(v) => v.first_dense(
-                    n,
-                    |j| [p(j), class_bits(a, ac[j], w)],
-                    |j, l| {
-                        if let Some(o) = out.get_mut(j) {
-                            *o = rule(l);
-                        }
-                    },
-                ),
-                None => {
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = rule(first_common_dense(p(j), class_bits(a, ac[j], w)));
-                    }
-                }
-            },
-            2 if sm == 1 && self.simd.is_some() => {
-                if let Some(v) = self.simd {
-                    v.first_dense(
-                        n,
-                        |j| [p(j), class_bits(a, ac[j], w), class_bits(b, bc[j], w)],
-                        |j, l| {
-                            if let Some(o) = out.get_mut(j) {
-                                *o = rule(l);
-                            }
-                        },
-                    );
+            1 if sm == 1 => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = rule(first_common_dense(p(j), class_bits(a, ac[j], w)));
                 }
             }
             1 => {

@@ -3,7 +3,7 @@
 //! 8-word tests.
 //!
 //! Every step is reached through [`Avx512`], which exists only once the CPU
-//! has been seen to support AVX-512F/BW/VL (runtime detection); without it
+//! has been seen to support AVX-512F/BW/VL/CD (runtime detection); without it
 //! the classifier takes its scalar steps, which compute the same values
 //! (the tests compare the two). Every gather index is checked against its
 //! table's length in the gather's mask, so an out-of-range index reads
@@ -37,13 +37,14 @@ fn bound(len: usize) -> u32 {
 }
 
 impl Avx512 {
-    /// The token when the CPU has AVX-512F, BW and VL.
+    /// The token when the CPU has AVX-512F, BW, VL and CD.
     pub(super) fn detect() -> Option<Avx512> {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512cd")
             {
                 return Some(Avx512(()));
             }
@@ -62,30 +63,27 @@ impl Avx512 {
         put: impl FnMut(usize, Option<usize>),
     ) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL.
+        // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL/CD.
         unsafe {
             first_dense_each(n, rows, put)
         }
     }
 }
 
+/// One step of the trie below the top: an entry that is a class (`leaf`
+/// set) is kept, another is replaced by entry `byte` of its block (`leaf`
+/// when out of range). Entries are 16-bit, block numbers below 2^15.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn dir_step(e: __m512i, m: __mmask16, blocks: &[u32], byte: __m512i, leaf: __m512i) -> __m512i {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
+fn dir_step(e: __m512i, m: __mmask16, blocks: &[u16], byte: __m512i, leaf: __m512i) -> __m512i {
     let is_leaf = _mm512_mask_test_epi32_mask(m, e, leaf);
     let at = _mm512_or_si512(_mm512_slli_epi32::<8>(e), byte);
-    let len = _mm512_set1_epi32(bound(blocks.len()) as i32);
-    // A block number from 2^23 on would wrap the 32-bit `at`: out of range
-    // (as in the scalar step, which computes it wider).
-    let small = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(1 << 23));
-    let ok = _mm512_mask_cmplt_epu32_mask(m & !is_leaf & small, at, len);
-    // SAFETY: lanes under `ok` have `at < blocks.len()` and `at < 2^31`.
-    let next = unsafe { _mm512_mask_i32gather_epi32::<4>(leaf, ok, at, blocks.as_ptr().cast()) };
+    let next = gather_u16(blocks, at, m & !is_leaf, leaf);
     _mm512_mask_blend_epi32(is_leaf, next, e)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
 fn first_dense_each<'a, const N: usize>(
     n: usize,
     rows: impl Fn(usize) -> [&'a [u64]; N],
@@ -97,7 +95,7 @@ fn first_dense_each<'a, const N: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
 fn first_dense<const N: usize>(rows: [&[u64]; N]) -> Option<usize> {
     // The words after the summary word, at most 64.
     let mut len = 65;
@@ -133,10 +131,10 @@ fn first_dense<const N: usize>(rows: [&[u64]; N]) -> Option<usize> {
 /// An IPv4 trie's tables (see `Dir`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Trie<'a> {
-    pub top: &'a [u32; 1 << 16],
-    pub mid: &'a [u32],
-    pub low: &'a [u32],
-    pub leaf: u32,
+    pub top: &'a [u16; 1 << 16],
+    pub mid: &'a [u16],
+    pub low: &'a [u16],
+    pub leaf: u16,
 }
 
 /// How [`Avx512::lookup`] gets an address field's class.
@@ -176,6 +174,27 @@ pub(super) const GROUP: usize = 32;
 const VECS: usize = GROUP / LANES;
 
 impl Avx512 {
+    /// The first rule common to a group's bitmaps, 8 keys per vector:
+    /// `rows` are per field the class bitmaps (`stride` words per class,
+    /// `summary` summary words first, as laid out by `with_summary`) and
+    /// each key's class; `out[j]` gets the lowest bit set in all the
+    /// bitmaps of key `j` (as `first_common`), for `j < n`.
+    #[inline]
+    pub(super) fn scan(
+        self,
+        n: usize,
+        stride: usize,
+        summary: usize,
+        rows: &[(&[u64], &[u32; GROUP])],
+        out: &mut [Option<usize>; GROUP],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL/CD.
+        unsafe {
+            scan(n, stride, summary, rows, out)
+        }
+    }
+
     /// A family's whole lookup for the first `n` keys of a group, every
     /// step over all the keys in registers: `input` holds per key the
     /// protocol, ports and addresses (IPv4) or address classes (as the
@@ -190,7 +209,7 @@ impl Avx512 {
         out: &mut [[u32; GROUP]; 5],
     ) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL.
+        // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL/CD.
         unsafe {
             lookup(plan, n, input, out)
         }
@@ -198,7 +217,7 @@ impl Avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
 fn load(a: &[u32; GROUP], k: usize) -> __m512i {
     match a.get(k * LANES..(k + 1) * LANES) {
         // SAFETY: the 16 words at `s` are within `a`.
@@ -208,7 +227,7 @@ fn load(a: &[u32; GROUP], k: usize) -> __m512i {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
 fn store(a: &mut [u32; GROUP], k: usize, v: __m512i) {
     if let Some(s) = a.get_mut(k * LANES..(k + 1) * LANES) {
         // SAFETY: the 16 words at `s` are within `a`.
@@ -216,11 +235,11 @@ fn store(a: &mut [u32; GROUP], k: usize, v: __m512i) {
     }
 }
 
-/// `table[i]` per lane under `m` (0 elsewhere or out of range), 16-bit
-/// entries.
+/// `table[i]` per lane under `m` (`or` where out of range, 0 elsewhere),
+/// 16-bit entries.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn gather_u16(table: &[u16], i: __m512i, m: __mmask16) -> __m512i {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
+fn gather_u16(table: &[u16], i: __m512i, m: __mmask16, or: __m512i) -> __m512i {
     let one = _mm512_set1_epi32(1);
     let pair = _mm512_andnot_si512(one, i);
     let len = _mm512_set1_epi32(bound(table.len()) as i32);
@@ -232,12 +251,13 @@ fn gather_u16(table: &[u16], i: __m512i, m: __mmask16) -> __m512i {
         _mm512_mask_i32gather_epi32::<2>(_mm512_setzero_si512(), ok, pair, table.as_ptr().cast())
     };
     let shift = _mm512_slli_epi32::<4>(_mm512_and_si512(i, one));
-    _mm512_and_si512(_mm512_srlv_epi32(words, shift), _mm512_set1_epi32(0xffff))
+    let v = _mm512_and_si512(_mm512_srlv_epi32(words, shift), _mm512_set1_epi32(0xffff));
+    _mm512_mask_mov_epi32(v, m & !ok, or)
 }
 
 /// `table[i]` per lane under `m` (`src` elsewhere or out of range).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
 fn gather_u32(table: &[u32], i: __m512i, m: __mmask16, src: __m512i) -> __m512i {
     let len = _mm512_set1_epi32(bound(table.len()) as i32);
     let ok = _mm512_mask_cmplt_epu32_mask(m, i, len);
@@ -246,7 +266,7 @@ fn gather_u32(table: &[u32], i: __m512i, m: __mmask16, src: __m512i) -> __m512i 
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
 fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32; GROUP]; 5]) {
     let zero = _mm512_setzero_si512();
     let mut m = [0u16; VECS];
@@ -260,16 +280,16 @@ fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32;
     let [proto, sport, dport, src, dst] = input;
     let mut cls = [[zero; VECS]; 5];
     for k in 0..VECS {
-        cls[0][k] = gather_u16(plan.proto, load(proto, k), m[k]);
+        cls[0][k] = gather_u16(plan.proto, load(proto, k), m[k], zero);
     }
     if let Some(t) = plan.dport {
         for k in 0..VECS {
-            cls[DPORT][k] = gather_u16(t, load(dport, k), m[k]);
+            cls[DPORT][k] = gather_u16(t, load(dport, k), m[k], zero);
         }
     }
     if let Some(t) = plan.sport {
         for k in 0..VECS {
-            cls[SPORT][k] = gather_u16(t, load(sport, k), m[k]);
+            cls[SPORT][k] = gather_u16(t, load(sport, k), m[k], zero);
         }
     }
     // Both tries a step at a time.
@@ -290,29 +310,22 @@ fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32;
                 let mut a = [zero; VECS];
                 for k in 0..VECS {
                     a[k] = load(addrs, k);
-                    // SAFETY: `a >> 16 < 2^16`, the length of `top`.
-                    cls[f][k] = unsafe {
-                        _mm512_mask_i32gather_epi32::<4>(
-                            _mm512_set1_epi32(t.leaf as i32),
-                            m[k],
-                            _mm512_srli_epi32::<16>(a[k]),
-                            t.top.as_ptr().cast(),
-                        )
-                    };
+                    let top = _mm512_srli_epi32::<16>(a[k]);
+                    cls[f][k] = gather_u16(t.top, top, m[k], zero);
                 }
                 *slot = Some((t, a, f));
             }
         }
     }
     for (t, a, f) in tries.iter().flatten() {
-        let leaf = _mm512_set1_epi32(t.leaf as i32);
+        let leaf = _mm512_set1_epi32(t.leaf.into());
         for k in 0..VECS {
             let b = _mm512_and_si512(_mm512_srli_epi32::<8>(a[k]), byte);
             cls[*f][k] = dir_step(cls[*f][k], m[k], t.mid, b, leaf);
         }
     }
     for (t, a, f) in tries.iter().flatten() {
-        let leaf = _mm512_set1_epi32(t.leaf as i32);
+        let leaf = _mm512_set1_epi32(t.leaf.into());
         for k in 0..VECS {
             let e = dir_step(cls[*f][k], m[k], t.low, _mm512_and_si512(a[k], byte), leaf);
             cls[*f][k] = _mm512_andnot_si512(leaf, e);
@@ -329,6 +342,94 @@ fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32;
     for (o, c) in out.iter_mut().zip(&cls) {
         for (k, &v) in c.iter().enumerate() {
             store(o, k, v);
+        }
+    }
+}
+
+/// Word `at[i]` of `bits` per lane under `m` (0 elsewhere or out of
+/// range).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
+fn gather_u64(bits: &[u64], at: __m256i, m: __mmask8) -> __m512i {
+    let len = _mm256_set1_epi32(bound(bits.len()) as i32);
+    let ok = _mm256_mask_cmplt_epu32_mask(m, at, len);
+    // SAFETY: lanes under `ok` have `at < bits.len()` and `at < 2^31`.
+    unsafe {
+        _mm512_mask_i32gather_epi64::<8>(_mm512_setzero_si512(), ok, at, bits.as_ptr().cast())
+    }
+}
+
+/// The number of trailing zeros of each (non-zero) lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
+fn trailing_zeros(x: __m512i) -> __m512i {
+    let low = _mm512_and_si512(x, _mm512_sub_epi64(_mm512_setzero_si512(), x));
+    _mm512_sub_epi64(_mm512_set1_epi64(63), _mm512_lzcnt_epi64(low))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
+fn scan(
+    n: usize,
+    stride: usize,
+    summary: usize,
+    rows: &[(&[u64], &[u32; GROUP])],
+    out: &mut [Option<usize>; GROUP],
+) {
+    const HALF: usize = LANES / 2;
+    let none = _mm512_set1_epi64(-1);
+    let stride32 = _mm256_set1_epi32(bound(stride) as i32);
+    let summary64 = _mm512_set1_epi64(summary as i64);
+    for (h, out) in out.chunks_mut(HALF).enumerate() {
+        let first = h * HALF;
+        if first >= n {
+            break;
+        }
+        let mut active = lanes(n - first) as u8;
+        // Each row's start (its class times the stride) per lane.
+        let mut base = [_mm256_setzero_si256(); 5];
+        for (b, (_, classes)) in base.iter_mut().zip(rows) {
+            if let Some(c) = classes.get(first..first + HALF) {
+                // SAFETY: the 8 words at `c` are within `classes`.
+                let c = unsafe { _mm256_loadu_si256(c.as_ptr().cast()) };
+                *b = _mm256_mullo_epi32(c, stride32);
+            }
+        }
+        let and = |at: __m256i, m: __mmask8| {
+            let mut x = _mm512_set1_epi64(-1);
+            for (b, (bits, _)) in base.iter().zip(rows) {
+                x = _mm512_and_si512(x, gather_u64(bits, _mm256_add_epi32(*b, at), m));
+            }
+            x
+        };
+        let mut res = none;
+        for sw in 0..summary {
+            if active == 0 {
+                break;
+            }
+            let mut sm = and(_mm256_set1_epi32(sw as i32), active);
+            let mut live = _mm512_mask_test_epi64_mask(active, sm, sm);
+            while live != 0 {
+                // The word of each lane's lowest candidate bit.
+                let w = _mm512_add_epi64(_mm512_set1_epi64((sw * 64) as i64), trailing_zeros(sm));
+                let at = _mm512_add_epi64(summary64, w);
+                let inside =
+                    _mm512_mask_cmplt_epu64_mask(live, at, _mm512_set1_epi64(stride as i64));
+                let x = and(_mm512_cvtepi64_epi32(at), inside);
+                let hit = _mm512_mask_test_epi64_mask(inside, x, x);
+                let bit = _mm512_add_epi64(_mm512_slli_epi64::<6>(w), trailing_zeros(x));
+                res = _mm512_mask_mov_epi64(res, hit, bit);
+                active &= !hit;
+                // The next candidate of the lanes still looking.
+                sm = _mm512_and_si512(sm, _mm512_sub_epi64(sm, _mm512_set1_epi64(1)));
+                live = _mm512_mask_test_epi64_mask(live & !hit, sm, sm);
+            }
+        }
+        let mut found = [0u64; HALF];
+        // SAFETY: `found` holds 8 words.
+        unsafe { _mm512_storeu_si512(found.as_mut_ptr().cast(), res) };
+        for (o, &f) in out.iter_mut().zip(&found) {
+            *o = (f != u64::MAX).then_some(f as usize);
         }
     }
 }
