@@ -153,17 +153,23 @@ impl<A: Addr> Group<A> {
         }
     }
 
-    /// Takes the keys of `keys` (all of this family, at most [`GROUP`]).
+    /// Takes the keys of `keys` (at most [`GROUP`]), in order; false (and
+    /// the group unusable) when some address is not of this family
+    /// (`addr` gives `None`).
     #[inline(always)]
-    fn fill(&mut self, keys: &[FlowKey], addr: impl Fn(IpAddr) -> A) {
+    fn fill(&mut self, keys: &[FlowKey], addr: impl Fn(IpAddr) -> Option<A>) -> bool {
+        let mut all = true;
         for (j, k) in keys.iter().enumerate().take(GROUP) {
-            self.src[j] = addr(k.src);
-            self.dst[j] = addr(k.dst);
+            let (s, d) = (addr(k.src), addr(k.dst));
+            all &= s.is_some() & d.is_some();
+            self.src[j] = s.unwrap_or_default();
+            self.dst[j] = d.unwrap_or_default();
             self.proto[j] = k.proto.into();
             self.sport[j] = k.sport.into();
             self.dport[j] = k.dport.into();
         }
         self.n = keys.len().min(GROUP);
+        all
     }
 
     /// Writes the answers of the group's keys to their places in `out`.
@@ -263,32 +269,32 @@ impl Classifier {
         let mut v6: Option<Group<u128>> = None;
         let mut res = [None; GROUP];
         for (kc, oc) in keys.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
-            // The usual case, a chunk of one family: no sorting out.
-            if kc
-                .iter()
-                .all(|k| matches!((k.src, k.dst), (IpAddr::V4(_), IpAddr::V4(_))))
-            {
-                let g = v4.get_or_insert_with(Group::new);
-                g.fill(kc, |a| match a {
-                    IpAddr::V4(a) => a.into(),
-                    IpAddr::V6(_) => 0,
-                });
-                self.v4.classify_group(g, &mut res);
-                for (o, r) in oc.iter_mut().zip(res) {
-                    *o = r;
+            // The usual case, a chunk of one family (the family of its first
+            // key): no sorting out.
+            let done = match kc.first().map(|k| k.src) {
+                Some(IpAddr::V4(_)) => {
+                    let g = v4.get_or_insert_with(Group::new);
+                    g.fill(kc, |a| match a {
+                        IpAddr::V4(a) => Some(a.into()),
+                        IpAddr::V6(_) => None,
+                    }) && {
+                        self.v4.classify_group(g, &mut res);
+                        true
+                    }
                 }
-                continue;
-            }
-            if kc
-                .iter()
-                .all(|k| matches!((k.src, k.dst), (IpAddr::V6(_), IpAddr::V6(_))))
-            {
-                let g = v6.get_or_insert_with(Group::new);
-                g.fill(kc, |a| match a {
-                    IpAddr::V6(a) => a.into(),
-                    IpAddr::V4(_) => 0,
-                });
-                self.v6.classify_group(g, &mut res);
+                Some(IpAddr::V6(_)) => {
+                    let g = v6.get_or_insert_with(Group::new);
+                    g.fill(kc, |a| match a {
+                        IpAddr::V6(a) => Some(a.into()),
+                        IpAddr::V4(_) => None,
+                    }) && {
+                        self.v6.classify_group(g, &mut res);
+                        true
+                    }
+                }
+                None => false,
+            };
+            if done {
                 for (o, r) in oc.iter_mut().zip(res) {
                     *o = r;
                 }
@@ -572,12 +578,45 @@ fn class_bits(bits: &[u64], class: u32, words: usize) -> &[u64] {
     bits.get(start..start + words).unwrap_or(&[])
 }
 
-/// Lays out `words`-word class bitmaps as `summary(words)` summary words
-/// (bit `i` set when word `i` is non-zero) followed by the words.
-fn with_summary(bits: &[u64], words: usize) -> Vec<u64> {
+/// Class bitmaps laid out for the scans: per class, `summary(words)`
+/// summary words (bit `i` set when word `i` is non-zero), the words, then
+/// zero words up to [`stride`]`(words)`, a multiple of 8; the first row
+/// starts at `off`, chosen so that every row's words start on a 64-byte
+/// boundary (a 16-word bitmap is two cache lines, not three). A copy may
+/// lose the alignment (the allocation moves), not the layout.
+#[derive(Debug, Clone, Default)]
+struct Rows {
+    bits: Vec<u64>,
+    off: usize,
+}
+
+impl Rows {
+    /// The rows, the first at 0.
+    #[inline(always)]
+    fn rows(&self) -> &[u64] {
+        self.bits.get(self.off..).unwrap_or(&[])
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.bits.capacity() * 8
+    }
+}
+
+/// Words per class in [`Rows`].
+fn stride(words: usize) -> usize {
+    (summary(words) + words).next_multiple_of(8)
+}
+
+/// Lays out `words`-word class bitmaps as [`Rows`].
+fn with_summary(bits: &[u64], words: usize) -> Rows {
     let s = summary(words);
+    let stride = stride(words);
     let classes = bits.len() / words.max(1);
-    let mut out = Vec::with_capacity(classes * (s + words));
+    let mut out: Vec<u64> = Vec::with_capacity(classes * stride + 8);
+    // The allocation does not move while it is filled.
+    let at = out.as_ptr() as usize / 8;
+    let off = (8 - (at + s) % 8) % 8;
+    out.resize(off, 0);
     for class in bits.chunks(words.max(1)) {
         let start = out.len();
         out.resize(start + s, 0);
@@ -589,8 +628,9 @@ fn with_summary(bits: &[u64], words: usize) -> Vec<u64> {
             }
         }
         out.extend_from_slice(class);
+        out.resize(start + stride, 0);
     }
-    out
+    Rows { bits: out, off }
 }
 
 /// Summary words of a `words`-word bitmap.
@@ -712,7 +752,7 @@ fn cross(a: &[u64], b: &[u64], words: usize, budget: usize) -> Option<(Vec<u32>,
 #[derive(Debug, Clone)]
 struct PortField {
     table: Box<[u16; 65536]>,
-    bits: Vec<u64>,
+    bits: Rows,
 }
 
 /// Keys per node of an [`STree`] (one cache line of IPv4 addresses).
@@ -966,7 +1006,7 @@ enum Search<A: Addr> {
 struct AddrField<A: Addr> {
     search: Search<A>,
     class_of: Vec<u32>,
-    bits: Vec<u64>,
+    bits: Rows,
 }
 
 impl<A: Addr> AddrField<A> {
@@ -987,7 +1027,7 @@ impl<A: Addr> AddrField<A> {
             search,
             class_of: p.class_of,
             bits: if combined {
-                Vec::new()
+                Rows::default()
             } else {
                 with_summary(&p.bits, words)
             },
@@ -1032,7 +1072,7 @@ impl<A: Addr> AddrField<A> {
             Search::Dir(d) => d.memory_bytes(),
             Search::Tree(t) => t.memory_bytes(),
         };
-        search + self.class_of.capacity() * 4 + self.bits.capacity() * 8
+        search + self.class_of.capacity() * 4 + self.bits.memory_bytes()
     }
 }
 
@@ -1045,11 +1085,13 @@ struct Family<A: Addr> {
     stride: usize,
     /// Summary words at the start of each class bitmap.
     summary: usize,
+    /// Bitmap words after the summary (without the padding).
+    words: usize,
     proto: Box<[u16; 256]>,
     /// Transport class bitmaps: the protocol classes, crossed with the
     /// destination and source port classes when those have a [`Combo`], and
     /// ANDed with the single class of every field that has only one.
-    proto_bits: Vec<u64>,
+    proto_bits: Rows,
     /// Port fields with more than one class (their `bits` are empty when
     /// crossed into the transport classes).
     sport: Option<PortField>,
@@ -1196,14 +1238,15 @@ impl<A: Addr> Family<A> {
             Some(PortField {
                 table,
                 bits: if combined {
-                    Vec::new()
+                    Rows::default()
                 } else {
                     with_summary(&p.bits, words)
                 },
             })
         };
         Family {
-            stride: summary(words) + words,
+            stride: stride(words),
+            words,
             summary: summary(words),
             proto: proto_table,
             proto_bits: with_summary(&l4_bits, words),
@@ -1268,10 +1311,10 @@ impl<A: Addr> Family<A> {
         let mut rows: [&[u64]; 4] = [&[]; 4];
         let mut n = 0;
         let fields = [
-            self.sport.as_ref().map(|f| &f.bits),
-            self.dport.as_ref().map(|f| &f.bits),
-            self.src.as_ref().map(|f| &f.bits),
-            self.dst.as_ref().map(|f| &f.bits),
+            self.sport.as_ref().map(|f| f.bits.rows()),
+            self.dport.as_ref().map(|f| f.bits.rows()),
+            self.src.as_ref().map(|f| f.bits.rows()),
+            self.dst.as_ref().map(|f| f.bits.rows()),
         ];
         for (bits, &class) in fields.into_iter().zip(&c[1..]) {
             if let Some(bits) = bits.filter(|b| !b.is_empty()) {
@@ -1285,7 +1328,7 @@ impl<A: Addr> Family<A> {
             let first = self.first_rule.get(c[0] as usize).copied()?;
             (first != NO_RULE).then_some(first as usize)?
         } else {
-            let p = class_bits(&self.proto_bits, c[0], w);
+            let p = class_bits(self.proto_bits.rows(), c[0], w);
             let [a, b, d, e] = rows;
             match n {
                 1 if self.summary == 1 => first_common_dense(p, a),
@@ -1316,10 +1359,10 @@ impl<A: Addr> Family<A> {
         let mut rows: [(&[u64], &[u32; GROUP]); 4] = [(&[], sc); 4];
         let mut nrows = 0;
         let fields = [
-            (self.sport.as_ref().map(|f| &f.bits), sc),
-            (self.dport.as_ref().map(|f| &f.bits), dc),
-            (self.src.as_ref().map(|f| &f.bits), s),
-            (self.dst.as_ref().map(|f| &f.bits), d),
+            (self.sport.as_ref().map(|f| f.bits.rows()), sc),
+            (self.dport.as_ref().map(|f| f.bits.rows()), dc),
+            (self.src.as_ref().map(|f| f.bits.rows()), s),
+            (self.dst.as_ref().map(|f| f.bits.rows()), d),
         ];
         for (bits, classes) in fields {
             if let Some(bits) = bits.filter(|b| !b.is_empty()) {
@@ -1330,7 +1373,7 @@ impl<A: Addr> Family<A> {
             }
         }
         if let (Some(v), 1..) = (self.simd, nrows) {
-            let mut all = [(&self.proto_bits[..], l4); 5];
+            let mut all = [(self.proto_bits.rows(), l4); 5];
             for (a, r) in all.iter_mut().skip(1).zip(&rows[..nrows.min(4)]) {
                 *a = *r;
             }
@@ -1348,10 +1391,10 @@ impl<A: Addr> Family<A> {
             match (nrows, sm) {
                 // Up to 64 words: test them all, 8 per instruction, key by
                 // key.
-                (1, 1) => v.first_dense(n, |j| [row(0, j), row(1, j)], put),
-                (2, 1) => v.first_dense(n, |j| [row(0, j), row(1, j), row(2, j)], put),
-                (3, 1) => v.first_dense(n, |j| [0, 1, 2, 3].map(|i| row(i, j)), put),
-                (_, 1) => v.first_dense(n, |j| [0, 1, 2, 3, 4].map(|i| row(i, j)), put),
+                (1, 1) => v.first_dense(n, self.words, |j| [row(0, j), row(1, j)], put),
+                (2, 1) => v.first_dense(n, self.words, |j| [row(0, j), row(1, j), row(2, j)], put),
+                (3, 1) => v.first_dense(n, self.words, |j| [0, 1, 2, 3].map(|i| row(i, j)), put),
+                (_, 1) => v.first_dense(n, self.words, |j| [0, 1, 2, 3, 4].map(|i| row(i, j)), put),
                 // Longer bitmaps: follow the summary bits, 8 keys at once.
                 _ => v.scan(n, w, sm, &all[..=nrows.min(4)], &mut local),
             }
@@ -1362,7 +1405,7 @@ impl<A: Addr> Family<A> {
         }
         let out = &mut out[..n];
         let rule = |local: Option<usize>| local.and_then(|l| self.rule_ids.get(l).copied());
-        let p = |j: usize| class_bits(&self.proto_bits, l4[j], w);
+        let p = |j: usize| class_bits(self.proto_bits.rows(), l4[j], w);
         let [(a, ac), (b, bc), (e, ec), (f, fc)] = rows;
         let sm = self.summary;
         match nrows {
@@ -1529,7 +1572,7 @@ impl<A: Addr> Family<A> {
         let classes = |b: &[u64]| b.len() / w;
         let addr = |f: &Option<AddrField<A>>| {
             f.as_ref()
-                .map_or((1, 1), |f| (f.intervals(), classes(&f.bits)))
+                .map_or((1, 1), |f| (f.intervals(), classes(f.bits.rows())))
         };
         let (si, sc) = addr(&self.src);
         let (di, dc) = addr(&self.dst);
@@ -1537,7 +1580,7 @@ impl<A: Addr> Family<A> {
             "rules {} words {} l4 classes {} src {si} intervals {sc} classes, dst {di} intervals {dc} classes",
             self.rule_ids.len(),
             w,
-            classes(&self.proto_bits)
+            classes(self.proto_bits.rows())
         )
     }
 
@@ -1545,13 +1588,13 @@ impl<A: Addr> Family<A> {
         let combo = |c: &Option<Combo>| c.as_ref().map_or(0, |c| c.table.capacity() * 4);
         let port = |f: &Option<PortField>| {
             f.as_ref().map_or(0, |f| {
-                std::mem::size_of::<[u16; 65536]>() + f.bits.capacity() * 8
+                std::mem::size_of::<[u16; 65536]>() + f.bits.memory_bytes()
             })
         };
         let addr = |f: &Option<AddrField<A>>| f.as_ref().map_or(0, AddrField::memory_bytes);
         self.rule_ids.capacity() * 4
             + std::mem::size_of::<[u16; 256]>()
-            + self.proto_bits.capacity() * 8
+            + self.proto_bits.memory_bytes()
             + port(&self.sport)
             + port(&self.dport)
             + addr(&self.src)

@@ -53,19 +53,21 @@ impl Avx512 {
     }
 
     /// For every key `j` below `n`: `put(j, the lowest bit set in all the
-    /// rows of rows(j))`, each row one summary word (skipped) then at most
-    /// 64 words, as `first_common_dense` for any number of rows.
+    /// rows of rows(j))`, each row one summary word (skipped) then `words`
+    /// words (at most 64 are read), as `first_common_dense` for any number
+    /// of rows.
     #[inline]
     pub(super) fn first_dense<'a, const N: usize>(
         self,
         n: usize,
+        words: usize,
         rows: impl Fn(usize) -> [&'a [u64]; N],
         put: impl FnMut(usize, Option<usize>),
     ) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL/CD.
         unsafe {
-            first_dense_each(n, rows, put)
+            first_dense_each(n, words, rows, put)
         }
     }
 }
@@ -86,19 +88,20 @@ fn dir_step(e: __m512i, m: __mmask16, blocks: &[u16], byte: __m512i, leaf: __m51
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
 fn first_dense_each<'a, const N: usize>(
     n: usize,
+    words: usize,
     rows: impl Fn(usize) -> [&'a [u64]; N],
     mut put: impl FnMut(usize, Option<usize>),
 ) {
     for j in 0..n {
-        put(j, first_dense(rows(j)));
+        put(j, first_dense(rows(j), words));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
-fn first_dense<const N: usize>(rows: [&[u64]; N]) -> Option<usize> {
+fn first_dense<const N: usize>(rows: [&[u64]; N], words: usize) -> Option<usize> {
     // The words after the summary word, at most 64.
-    let mut len = 65;
+    let mut len = words.min(64) + 1;
     for r in &rows {
         len = len.min(r.len());
     }
