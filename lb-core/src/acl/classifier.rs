@@ -42,9 +42,9 @@
 //!
 //! A lookup maps each field to its class: protocol through a 256-entry
 //! table, ports through 65536-entry tables, IPv4 addresses through a
-//! three-step multibit trie (16, 8 and 8 bits, classes pushed to the leaves,
-//! a class found early carried by conditional moves: three loads and no
-//! data-dependent branch), IPv6 addresses through a static B+ tree of 16-key
+//! three-step multibit trie (16, 8 and 8 bits, 16-bit entries, classes
+//! pushed to the leaves, a class found early carried by conditional moves:
+//! three loads and no data-dependent branch), IPv6 addresses through a static B+ tree of 16-key
 //! nodes searched branch-free (count the keys not above the address, one
 //! node per level). A field with a single class over its whole domain (e.g.
 //! source ports that are "any" in every rule) is folded into the protocol
@@ -62,11 +62,19 @@
 //! aggregated bit vector), so a packet whose first matching rule is deep in
 //! the list skips the empty words.
 //!
-//! A burst is classified in groups of keys of one family: each step (the
-//! protocol and port tables, each trie level or tree level, each cross
-//! product, the bitmap scan) runs over every key of the group before the
-//! next step, so that the table reads of different keys overlap instead of
-//! waiting on one key's chain of dependent reads.
+//! A burst of 16 keys or more is classified in groups of 32 keys of one
+//! family: each step (the protocol and port tables, each trie level or tree
+//! level, each cross product, the bitmap scan) runs over every key of the
+//! group before the next step, so that the table reads of different keys
+//! overlap instead of waiting on one key's chain of dependent reads. On a
+//! CPU with AVX-512 (detected at run time, `simd`), the steps take 16 keys
+//! per vector: the table, trie and cross-product reads are masked gathers,
+//! bitmaps of up to 64 words are ANDed 8 words per instruction, longer ones
+//! are followed along their summary bits 8 keys at a time; the scalar steps
+//! remain as the fallback and compute the same answers. Smaller bursts take
+//! every key's lookup, then every key's scan. Bitmap rows are padded to
+//! whole cache lines with their words 64-byte aligned, and the IPv4 trie
+//! entries are 16-bit, to keep the tables' cache footprint small.
 //!
 //! A key whose source and destination are of different families (no IP
 //! header yields one) is answered by a linear scan of the few rules that can
