@@ -670,12 +670,13 @@ fn first_common<const N: usize>(rows: [&[u64]; N], s: usize) -> Option<usize> {
     None
 }
 
-/// [`first_common`] for two bitmaps of at most 64 words (one summary word,
-/// skipped): ANDs every word, without branches, into a mask of the non-zero
+/// [`first_common`] for two bitmaps of one summary word (skipped) then
+/// `words` words (at most 64 read; the padding of [`Rows`] is not),
+/// ANDing every word, without branches, into a mask of the non-zero
 /// ones.
 #[inline(always)]
-fn first_common_dense(a: &[u64], b: &[u64]) -> Option<usize> {
-    let n = a.len().min(b.len()).min(65);
+fn first_common_dense(a: &[u64], b: &[u64], words: usize) -> Option<usize> {
+    let n = a.len().min(b.len()).min(words.min(64) + 1);
     let (a, b) = (a.get(1..n)?, b.get(1..n)?);
     let mut mask = 0u64;
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -1339,7 +1340,7 @@ impl<A: Addr> Family<A> {
             let p = class_bits(self.proto_bits.rows(), c[0], w);
             let [a, b, d, e] = rows;
             match n {
-                1 if self.summary == 1 => first_common_dense(p, a),
+                1 if self.summary == 1 => first_common_dense(p, a, self.words),
                 1 => first_common([p, a], self.summary),
                 2 => first_common([p, a, b], self.summary),
                 3 => first_common([p, a, b, d], self.summary),
@@ -1425,7 +1426,11 @@ impl<A: Addr> Family<A> {
             }
             1 if sm == 1 => {
                 for (j, o) in out.iter_mut().enumerate() {
-                    *o = rule(first_common_dense(p(j), class_bits(a, ac[j], w)));
+                    *o = rule(first_common_dense(
+                        p(j),
+                        class_bits(a, ac[j], w),
+                        self.words,
+                    ));
                 }
             }
             1 => {
