@@ -44,13 +44,10 @@ pub struct Snapshot {
     nacl_policy: Vec<NaclPolicy>,
     /// (VIP, IP protocol, port) → (load balancer, listener).
     listeners: HashMap<(IpAddr, u8, u16), (u32, u32)>,
-    vips: HashSet<IpAddr>,
     /// Local (FULLNAT source) address → load balancer.
     local_addrs: HashMap<IpAddr, u32>,
     /// Per load balancer, its local addresses of each family (`[IPv4, IPv6]`).
     locals_by_family: Vec<[Vec<IpAddr>; 2]>,
-    /// The data plane's own port addresses.
-    port_addrs: HashSet<IpAddr>,
     /// Every address of the data plane's own (port, VIP, local), for the
     /// one lookup each packet without a session needs: whether it is a VIP
     /// (`true`) or another of ours (`false`).
@@ -195,10 +192,8 @@ impl Snapshot {
             instance_policy,
             nacl_policy,
             listeners,
-            vips,
             local_addrs,
             locals_by_family,
-            port_addrs,
             own,
             instance_by_addr,
             backend_addrs,
@@ -225,17 +220,15 @@ impl Snapshot {
         self.own.contains_key(&addr)
     }
 
+    /// Whether `addr` is a load balancer's VIP.
+    pub fn is_vip(&self, addr: IpAddr) -> bool {
+        self.own.get(&addr) == Some(&true)
+    }
+
     /// All addresses the data plane answers ARP / neighbour solicitations for.
     pub fn own_addresses(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self
-            .port_addrs
-            .iter()
-            .chain(self.vips.iter())
-            .chain(self.local_addrs.keys())
-            .copied()
-            .collect();
+        let mut v: Vec<IpAddr> = self.own.keys().copied().collect();
         v.sort_unstable();
-        v.dedup();
         v
     }
 
@@ -1006,7 +999,7 @@ impl Worker {
             return Verdict::Drop(Reason::OwnSource);
         }
 
-        if snap.own.get(&key.dst) == Some(&true) {
+        if snap.is_vip(key.dst) {
             return self.new_listener_session(frame, p, csum, *key, now, snap, health);
         }
         if snap.is_own_address(key.dst) {
@@ -1591,7 +1584,7 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
         return crate::nat::port_owner(key.dport, workers);
     }
     let src_inside = snap.backend_addrs.contains(&key.src);
-    let dst_inside = snap.vips.contains(&key.dst) || snap.backend_addrs.contains(&key.dst);
+    let dst_inside = snap.is_vip(key.dst) || snap.backend_addrs.contains(&key.dst);
     let h = match (src_inside, dst_inside) {
         (false, true) => endpoint_hash(key.src, key.sport, key.proto),
         (true, false) => endpoint_hash(key.dst, key.dport, key.proto),
