@@ -110,17 +110,7 @@ impl Parsed {
             l3_offset,
             l3_len,
             l4_offset: l3_offset + l3_len,
-            l4_len: 0,
-            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            proto: 0,
-            ttl: 0,
-            is_fragment: false,
-            is_first_fragment: false,
-            sport: 0,
-            dport: 0,
-            tcp_flags: 0,
-            icmp: None,
+            ..Parsed::EMPTY
         }
     }
 
@@ -185,38 +175,20 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
 /// result is not copied again while its bytes are still being written.
 #[inline]
 pub fn parse_into(frame: &[u8], out: &mut Parsed) -> Result<(), ParseError> {
-    if parse_simple_into(frame, out) {
-        return Ok(());
-    }
-    *out = parse_general(frame)?;
+    *out = match parse_simple(frame) {
+        Some(p) => p,
+        None => parse_general(frame)?,
+    };
     Ok(())
-}
-
-/// [`parse_simple_into`] returning the result.
-#[cfg(test)]
-pub(crate) fn parse_simple(frame: &[u8]) -> Option<Parsed> {
-    let mut p = Parsed::EMPTY;
-    parse_simple_into(frame, &mut p).then_some(p)
 }
 
 /// The common case in a few instructions: an untagged IPv4 packet without
 /// options, or IPv6 without extension headers, not a fragment, carrying
-/// TCP or UDP, all well-formed, parsed into `out`. False (and `out`
-/// untouched) for anything else, which [`parse_general`] then handles;
-/// where this answers, it answers what `parse_general` would.
-#[inline]
-fn parse_simple_into(frame: &[u8], out: &mut Parsed) -> bool {
-    match simple_fields(frame) {
-        Some(p) => {
-            *out = p;
-            true
-        }
-        None => false,
-    }
-}
-
+/// TCP or UDP, all well-formed. `None` for anything else, which
+/// [`parse_general`] then handles; where this answers, it answers what
+/// `parse_general` would.
 #[inline(always)]
-fn simple_fields(frame: &[u8]) -> Option<Parsed> {
+pub(crate) fn parse_simple(frame: &[u8]) -> Option<Parsed> {
     const ETH: usize = super::ethernet::HEADER_LEN;
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let (kind, l4_offset, l3_len, src, dst, proto, ttl) = match ethertype {
