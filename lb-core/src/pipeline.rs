@@ -1209,13 +1209,16 @@ impl Worker {
             .find(|a| a.is_ipv6() == family_v6)
             .expect("eligible servers have an address of the flow's family");
 
-        let (orig_out, reply) = if listener.transfer_client_ip {
+        // `own_port`: the session has its local port to itself, which makes
+        // its reply key unique, so the key's index entry can wait for the
+        // end of the burst.
+        let (orig_out, reply, own_port) = if listener.transfer_client_ip {
             let out = FlowKey {
                 dst: backend_addr,
                 dport: server.port,
                 ..key
             };
-            (out, out.reversed())
+            (out, out.reversed(), false)
         } else {
             let locals = &snap.locals_by_family[lbi][usize::from(family_v6)];
             if locals.is_empty() {
@@ -1239,10 +1242,10 @@ impl Worker {
                 src: local,
                 dst: backend_addr,
                 proto: key.proto,
-                sport: lport,
+                sport: lport.port,
                 dport: server.port,
             };
-            (out, out.reversed())
+            (out, out.reversed(), !lport.shared)
         };
         let flow = Flow {
             listener: Some((idx32(lbi), idx32(li), idx32(gi), idx32(si))),
@@ -1253,9 +1256,6 @@ impl Worker {
             Some(inst) => snap.backend_admits(inst, &orig_out, listener.transfer_client_ip),
             None => Ok(()),
         };
-        // A local port of its own makes the reply key unique: its index
-        // entry can wait for the end of the burst.
-        let own_port = flow.local_port && self.ports.users(reply.dst, reply.dport) == 1;
         let inserted = admitted.and_then(|()| {
             let r = if own_port {
                 self.sessions

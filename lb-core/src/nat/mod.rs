@@ -44,6 +44,16 @@ pub struct PortAllocator {
     locals: ahash::AHashMap<IpAddr, LocalPorts>,
 }
 
+/// A port handed out by [`PortAllocator::allocate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalPort {
+    pub port: u16,
+    /// Other sessions of this worker use the port too (toward other
+    /// backends); false when the session has it to itself, which makes
+    /// its reply tuple unique without a look at the session table.
+    pub shared: bool,
+}
+
 /// The cursor and per-port session counts of one local address.
 #[derive(Debug, Clone)]
 struct LocalPorts {
@@ -77,7 +87,11 @@ impl PortAllocator {
     /// one of the next [`MAX_PROBES`] candidates is, else one of them for
     /// which `is_free` holds (the caller checks that the reply tuple it
     /// makes is not in use). Give it back with [`PortAllocator::release`].
-    pub fn allocate(&mut self, local: IpAddr, mut is_free: impl FnMut(u16) -> bool) -> Option<u16> {
+    pub fn allocate(
+        &mut self,
+        local: IpAddr,
+        mut is_free: impl FnMut(u16) -> bool,
+    ) -> Option<LocalPort> {
         let first = self.first();
         let step = self.workers;
         let ports = self.locals.entry(local).or_insert_with(|| LocalPorts {
@@ -103,7 +117,10 @@ impl PortAllocator {
                 if take {
                     *users = users.saturating_add(1);
                     ports.next = port;
-                    return Some(candidate);
+                    return Some(LocalPort {
+                        port: candidate,
+                        shared: !exclusive,
+                    });
                 }
             }
             ports.next = port;
@@ -139,8 +156,8 @@ mod tests {
         let mut a = PortAllocator::new(0, 2);
         let mut b = PortAllocator::new(1, 2);
         for _ in 0..100 {
-            let pa = a.allocate(local, |_| true).expect("free");
-            let pb = b.allocate(local, |_| true).expect("free");
+            let pa = a.allocate(local, |_| true).expect("free").port;
+            let pb = b.allocate(local, |_| true).expect("free").port;
             assert_eq!(port_owner(pa, 2), 0);
             assert_eq!(port_owner(pb, 2), 1);
         }
@@ -150,14 +167,23 @@ mod tests {
     fn first_port_and_sequence() {
         let local = IpAddr::from([198, 19, 1, 250]);
         let mut a = PortAllocator::new(0, 1);
-        assert_eq!(a.allocate(local, |_| true), Some(1025));
-        assert_eq!(a.allocate(local, |_| true), Some(1026));
+        assert_eq!(
+            a.allocate(local, |_| true),
+            Some(LocalPort {
+                port: 1025,
+                shared: false
+            })
+        );
+        assert_eq!(a.allocate(local, |_| true).map(|p| p.port), Some(1026));
         assert_eq!(a.users(local, 1026), 1);
         // A port nobody uses needs no check of the reply tuple.
-        assert_eq!(a.allocate(local, |_| panic!("not asked")), Some(1027));
+        assert_eq!(
+            a.allocate(local, |_| panic!("not asked")).map(|p| p.port),
+            Some(1027)
+        );
         a.release(local, 1026);
         assert_eq!(a.users(local, 1026), 0);
-        assert_eq!(a.allocate(local, |_| true), Some(1028));
+        assert_eq!(a.allocate(local, |_| true).map(|p| p.port), Some(1028));
     }
 
     #[test]
@@ -172,16 +198,24 @@ mod tests {
         assert_eq!(a.users(local, FIRST_PORT), 1);
         assert_eq!(a.users(local, LAST_PORT), 1);
         // Every port has a session: share the first whose reply tuple is free.
+        let shared = a.allocate(local, |p| p > FIRST_PORT + 1);
         assert_eq!(
-            a.allocate(local, |p| p > FIRST_PORT + 1),
-            Some(FIRST_PORT + 2)
+            shared,
+            Some(LocalPort {
+                port: FIRST_PORT + 2,
+                shared: true
+            })
         );
         assert_eq!(a.users(local, FIRST_PORT + 2), 2);
-        assert_eq!(a.allocate(local, |_| false), None);
+        assert_eq!(a.allocate(local, |_| false).map(|p| p.port), None);
         // A port given back is used on its own again.
         a.release(local, 5000);
         a.locals.get_mut(&local).expect("in use").next = 4990;
-        assert_eq!(a.allocate(local, |_| panic!("5000 is free")), Some(5000));
+        assert_eq!(
+            a.allocate(local, |_| panic!("5000 is free"))
+                .map(|p| p.port),
+            Some(5000)
+        );
     }
 
     #[test]
@@ -200,14 +234,17 @@ mod tests {
         let mut a = PortAllocator::new(0, 1);
         a.allocate(local, |_| true).expect("free");
         a.locals.get_mut(&local).expect("in use").next = LAST_PORT;
-        assert_eq!(a.allocate(local, |_| true), Some(LAST_PORT));
+        assert_eq!(a.allocate(local, |_| true).map(|p| p.port), Some(LAST_PORT));
         // FIRST_PORT is taken: the next free one.
-        assert_eq!(a.allocate(local, |_| true), Some(FIRST_PORT + 1));
+        assert_eq!(
+            a.allocate(local, |_| true).map(|p| p.port),
+            Some(FIRST_PORT + 1)
+        );
         let mut b = PortAllocator::new(0, 1);
         for _ in 0..MAX_PROBES {
             b.allocate(local, |_| true).expect("free");
         }
         b.locals.get_mut(&local).expect("in use").next = FIRST_PORT;
-        assert_eq!(b.allocate(local, |_| false), None);
+        assert_eq!(b.allocate(local, |_| false).map(|p| p.port), None);
     }
 }
