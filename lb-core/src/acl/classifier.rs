@@ -230,14 +230,26 @@ impl Classifier {
     /// [`linear_classify`](super::linear_classify)).
     #[inline]
     pub fn classify(&self, key: &FlowKey) -> Option<u32> {
+        self.finish(key, &self.lookup(key))
+    }
+
+    /// The per-field classes of `key` in its family's tables.
+    #[inline(always)]
+    fn lookup(&self, key: &FlowKey) -> Looked {
         match (key.src, key.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                self.v4.scan(&self.v4.lookup(key, s.into(), d.into()))
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                self.v6.scan(&self.v6.lookup(key, s.into(), d.into()))
-            }
-            _ => self.mixed(key),
+            (IpAddr::V4(s), IpAddr::V4(d)) => Looked::V4(self.v4.lookup(key, s.into(), d.into())),
+            (IpAddr::V6(s), IpAddr::V6(d)) => Looked::V6(self.v6.lookup(key, s.into(), d.into())),
+            _ => Looked::Mixed,
+        }
+    }
+
+    /// The first rule matching `key`, from its classes.
+    #[inline(always)]
+    fn finish(&self, key: &FlowKey, looked: &Looked) -> Option<u32> {
+        match looked {
+            Looked::V4(c) => self.v4.scan(c),
+            Looked::V6(c) => self.v6.scan(c),
+            Looked::Mixed => self.mixed(key),
         }
     }
 
@@ -253,22 +265,10 @@ impl Classifier {
             // key's scan.
             let mut looked = [Looked::Mixed; SMALL_BURST];
             for (k, l) in keys.iter().zip(looked.iter_mut()) {
-                *l = match (k.src, k.dst) {
-                    (IpAddr::V4(s), IpAddr::V4(d)) => {
-                        Looked::V4(self.v4.lookup(k, s.into(), d.into()))
-                    }
-                    (IpAddr::V6(s), IpAddr::V6(d)) => {
-                        Looked::V6(self.v6.lookup(k, s.into(), d.into()))
-                    }
-                    _ => Looked::Mixed,
-                };
+                *l = self.lookup(k);
             }
             for ((k, l), o) in keys.iter().zip(&looked).zip(out.iter_mut()) {
-                *o = match l {
-                    Looked::V4(c) => self.v4.scan(c),
-                    Looked::V6(c) => self.v6.scan(c),
-                    Looked::Mixed => self.mixed(k),
-                };
+                *o = self.finish(k, l);
             }
             return;
         }
