@@ -400,12 +400,11 @@ impl<T> SessionTable<T> {
         let v = match self.index.find(hash, is_match) {
             Some((_, v)) => v,
             // Reply keys not yet in the index (see `insert_deferred`).
-            None if !self.pending.is_empty() => self
+            None => self
                 .pending
                 .iter()
                 .find(|&&(h, v)| h == hash && is_match(v))
                 .map(|&(_, v)| v)?,
-            None => return None,
         };
         Some((v >> 1, dir_of(v)))
     }
@@ -563,12 +562,7 @@ impl<T> SessionTable<T> {
     /// Does not refresh the session: see [`SessionTable::update`].
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: Nanos) -> Option<(SessionId, Dir)> {
-        let (slot, dir) = self.find(key)?;
-        if self.slot_expired(slot as usize, now) {
-            self.reap_slot(slot);
-            return None;
-        }
-        Some((self.id_of(slot), dir))
+        self.lookup_hashed(key, self.hash(key), now)
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Session<T>> {
