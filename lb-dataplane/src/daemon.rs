@@ -847,12 +847,10 @@ impl WorkerLoop {
             &mut verdicts,
         );
         debug_assert_eq!(done, frames.len(), "bursts are at most BURST frames");
-        let mut deferred: Vec<(u32, Vec<u8>)> = Vec::new();
         let mut to_self: Vec<Vec<u8>> = Vec::new();
         let mut wait: Vec<Pending> = Vec::new();
         let mut tx = Tx {
             ports: &mut self.ports,
-            deferred: &mut deferred,
         };
         for ((f, v), port) in frames.iter_mut().zip(verdicts).zip(ports).take(done) {
             deliver(
@@ -868,7 +866,7 @@ impl WorkerLoop {
                 &mut wait,
             );
         }
-        self.dispatch(deferred, to_self, wait);
+        self.dispatch(to_self, wait);
     }
 
     /// Frames other workers handed over (this worker owns their flows),
@@ -892,12 +890,7 @@ impl WorkerLoop {
         n
     }
 
-    fn dispatch(&mut self, out: Vec<(u32, Vec<u8>)>, to_self: Vec<Vec<u8>>, wait: Vec<Pending>) {
-        for (port, frame) in out {
-            if let Some(Some(io)) = self.ports.get_mut(port as usize) {
-                io.send(&frame);
-            }
-        }
+    fn dispatch(&mut self, to_self: Vec<Vec<u8>>, wait: Vec<Pending>) {
         for f in to_self {
             let _ = self.shared.health_tx.try_send(f);
         }
@@ -1005,21 +998,17 @@ impl WorkerLoop {
     }
 }
 
-/// Where a worker sends frames: straight into the TX batch of the port, or,
-/// for the port being read at the moment, into `deferred`.
+/// Where a worker sends frames: straight into the TX batch of the port
+/// (a burst is processed after its RX queue is put back, so every port is
+/// in place).
 struct Tx<'a> {
     ports: &'a mut [Option<Box<dyn PacketIo>>],
-    deferred: &'a mut Vec<(u32, Vec<u8>)>,
 }
 
 impl Tx<'_> {
     fn send(&mut self, port: u32, frame: &[u8]) {
-        match self.ports.get_mut(port as usize) {
-            Some(Some(io)) => {
-                io.send(frame);
-            }
-            Some(None) => self.deferred.push((port, frame.to_vec())),
-            None => {}
+        if let Some(Some(io)) = self.ports.get_mut(port as usize) {
+            io.send(frame);
         }
     }
 }
