@@ -731,6 +731,10 @@ impl WorkerLoop {
 
     fn run(mut self) {
         let mut idle_polls: u32 = 0;
+        // Listed in the stats from the start, not only after the first
+        // 100 ms of polling.
+        let generation = self.shared.runtime.load().snap.generation;
+        self.publish(Instant::now(), generation);
         while !self.shared.stop.load(Ordering::Relaxed) {
             // The snapshot is taken once per burst: a reload lands between bursts.
             let rt = self.shared.runtime.load_full();
