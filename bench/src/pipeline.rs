@@ -310,10 +310,22 @@ fn report(name: &str, ns: f64, forwarded: u64, packets: usize, extra: &str) {
     );
 }
 
+/// A prefaulted worker with room for `n` sessions of the family (and a
+/// little of the other).
+fn worker_for(n: usize, v6: bool) -> Worker {
+    let (v4, v6) = if v6 {
+        (1024, n + 1024)
+    } else {
+        (n + 1024, 1024)
+    };
+    let mut w = Worker::new(0, 1, v4, v6);
+    w.prefault();
+    w
+}
+
 /// Opens `n` sessions with SYNs; returns the worker and how long it took.
 fn open_sessions(snap: &Snapshot, n: usize, v6: bool) -> (Worker, f64) {
-    let mut w = Worker::new(0, 1, n + 1024);
-    w.prefault();
+    let mut w = worker_for(n, v6);
     let mut buf = [0u8; 128];
     let t0 = Instant::now();
     for i in 0..n {
@@ -389,7 +401,7 @@ pub fn run(opts: &Opts) {
 
         for &n in &opts.sessions {
             let (mut w, insert_ns) = open_sessions(&snap, n, v6);
-            let per_session = w.sessions.bytes_per_session();
+            let per_session = w.sessions.bytes_per_session(v6);
             let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, v6, 80, ACK)).collect();
             let uniform: Vec<u32> = (0..opts.packets)
                 .map(|_| u32::try_from(rng.below(n)).expect("fits"))
@@ -454,8 +466,7 @@ pub fn run(opts: &Opts) {
         let n = opts.packets.min(2_000_000);
         let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, v6, 80, SYN)).collect();
         let trace: Vec<u32> = (0..u32::try_from(n).expect("fits")).collect();
-        let mut w = Worker::new(0, 1, n + 1024);
-        w.prefault();
+        let mut w = worker_for(n, v6);
         let (ns, fw) = run_trace(&mut w, &snap, &frames, &trace, NANOS_PER_SEC, 32);
         report(
             &format!("{fam} new connections (classify+schedule+insert)"),
@@ -483,7 +494,7 @@ pub fn run(opts: &Opts) {
             opts.packets,
             &format!(
                 "  ({} B/session; open: {insert_ns:.0} ns/session)",
-                w.sessions.bytes_per_session()
+                w.sessions.bytes_per_session(false)
             ),
         );
     }

@@ -23,6 +23,9 @@ pub const MAX_GROUPS_PER_INTERFACE: usize = 10;
 /// At most this many rules across the groups of one instance or load
 /// balancer (a rule using a prefix or port list counts its `max_entries`).
 pub const MAX_RULES_PER_INTERFACE: u64 = 1000;
+/// At most this many load balancers, listeners per load balancer, server
+/// groups and servers per group (a session numbers them in 16 bits).
+pub const MAX_PER_KIND: usize = 65535;
 /// `dataplane.workers` upper bound.
 pub const MAX_WORKERS: i64 = 64;
 /// Health check interval and timeout upper bound, in seconds.
@@ -123,6 +126,13 @@ impl<'a, 's> Compiler<'a, 's> {
         T::try_from(n).unwrap_or_default()
     }
 
+    /// Reports the first item beyond [`MAX_PER_KIND`] of a list.
+    fn at_most<T>(&mut self, what: &str, of: &str, items: &[S<T>]) {
+        if let Some(extra) = items.get(MAX_PER_KIND) {
+            self.err(&extra.span(), format!("at most {MAX_PER_KIND} {what}{of}"));
+        }
+    }
+
     /// Builds the id table of one kind, reporting bad and duplicate ids.
     fn ids<'c, T>(
         &mut self,
@@ -181,6 +191,8 @@ impl<'a, 's> Compiler<'a, 's> {
         let inst_ids = self.ids("instance", &f.instances, |i| &i.id, None);
         let sgp_ids = self.ids("server group", &f.server_groups, |g| &g.id, None);
         self.ids("load balancer", &f.load_balancers, |l| &l.id, None);
+        self.at_most("server groups", "", &f.server_groups);
+        self.at_most("load balancers", "", &f.load_balancers);
 
         let platform = self.platform(f.platform.as_ref());
         let dataplane = self.dataplane(f.dataplane.as_ref());
@@ -311,6 +323,10 @@ impl<'a, 's> Compiler<'a, 's> {
         if let Some(m) = &d.max_sessions {
             out.max_sessions = self.int(m, "max_sessions", 1024, 1 << 26);
         }
+        out.max_sessions_v6 = match &d.max_sessions_v6 {
+            Some(m) => self.int(m, "max_sessions_v6", 1024, 1 << 26),
+            None => (out.max_sessions / 4).max(1024),
+        };
         if let Some(cores) = &d.cores {
             let mut seen: HashSet<u16> = HashSet::new();
             for c in cores.get_ref() {
@@ -1212,6 +1228,7 @@ impl<'a, 's> Compiler<'a, 's> {
         let health_check = self.health_check(g.health_check.as_ref());
         let mut servers: Vec<Server> = Vec::new();
         let mut seen: HashMap<(String, u16), usize> = HashMap::new();
+        self.at_most("servers", &format!(" in server group {id}"), &g.servers);
         for s in &g.servers {
             let span = s.span();
             let s = s.get_ref();
@@ -1356,6 +1373,11 @@ impl<'a, 's> Compiler<'a, 's> {
             }
             let mut listeners = Vec::new();
             let mut seen: HashMap<(bool, u16), (ListenerProtocolConfig, usize)> = HashMap::new();
+            self.at_most(
+                "listeners",
+                &format!(" in load balancer {id}"),
+                &lb.listeners,
+            );
             for l in &lb.listeners {
                 let l = l.get_ref();
                 let proto_cfg = *l.protocol.get_ref();

@@ -84,8 +84,10 @@ pub struct DataplaneConfig {
     pub cores: Option<S<Vec<S<i64>>>>,
     pub eal_args: Option<S<Vec<String>>>,
     pub idle: Option<IdleConfig>,
-    /// Sessions per worker.
+    /// IPv4 sessions per worker.
     pub max_sessions: Option<S<i64>>,
+    /// IPv6 sessions per worker.
+    pub max_sessions_v6: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -82,7 +82,7 @@ fn syntax_error_has_a_position() {
 fn unknown_field() {
     assert_eq!(
         errs("\n[dataplane]\nworkers = 2\nthreads = 4\n"),
-        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`"]
+        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`"]
     );
 }
 
@@ -92,7 +92,7 @@ fn unknown_fields_do_not_hide_other_errors() {
         errs("\n[dataplane]\nworkers = 0\nthreads = 4\n[platform]\nsmtp = false\n"),
         vec![
             "2:11: workers must be 1..=64, got 0",
-            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`",
+            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`",
             "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`",
         ]
     );
@@ -1274,5 +1274,42 @@ fn max_sessions_per_worker() {
     assert_eq!(
         errs("[dataplane]\nmax_sessions = 10\n"),
         vec!["2:16: max_sessions must be 1024..=67108864, got 10"]
+    );
+    // IPv6 sessions have a table of their own: a quarter of the IPv4 one
+    // unless set.
+    let d = ok("[dataplane]\nmax_sessions = 65536\n").dataplane;
+    assert_eq!(d.max_sessions_v6, 16384);
+    assert_eq!(ok("").dataplane.max_sessions_v6, 1 << 18);
+    assert_eq!(
+        ok("[dataplane]\nmax_sessions = 2048\n")
+            .dataplane
+            .max_sessions_v6,
+        1024
+    );
+    let d = ok("[dataplane]\nmax_sessions = 4096\nmax_sessions_v6 = 1048576\n").dataplane;
+    assert_eq!((d.max_sessions, d.max_sessions_v6), (4096, 1 << 20));
+    assert_eq!(
+        errs("[dataplane]\nmax_sessions_v6 = 1000\n"),
+        vec!["2:19: max_sessions_v6 must be 1024..=67108864, got 1000"]
+    );
+}
+
+#[test]
+fn at_most_65535_servers_in_a_group() {
+    let group = |n: usize| {
+        let mut t = String::from("[[server_group]]\nid = \"big\"\nserver = [\n");
+        for i in 0..n {
+            let (host, port) = (1 + i / 65535, 1 + i % 65535);
+            t.push_str(&format!(
+                "{{ address = \"198.18.0.{host}\", port = {port} }},\n"
+            ));
+        }
+        t.push_str("]\n");
+        t
+    };
+    assert_eq!(errs(&group(65535)), Vec::<String>::new());
+    assert_eq!(
+        errs(&group(65536)),
+        vec!["65539:1: at most 65535 servers in server group big"]
     );
 }

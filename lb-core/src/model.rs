@@ -320,8 +320,11 @@ pub struct Dataplane {
     pub cores: Vec<u16>,
     pub eal_args: Vec<String>,
     pub idle: IdlePolicy,
-    /// Sessions each worker can hold (its table is allocated at start).
+    /// IPv4 sessions each worker can hold (its table is allocated at
+    /// start).
     pub max_sessions: usize,
+    /// IPv6 sessions each worker can hold (a table of their own).
+    pub max_sessions_v6: usize,
 }
 
 impl Default for Dataplane {
@@ -333,6 +336,7 @@ impl Default for Dataplane {
             eal_args: Vec::new(),
             idle: IdlePolicy::Adaptive,
             max_sessions: 1 << 20,
+            max_sessions_v6: 1 << 18,
         }
     }
 }

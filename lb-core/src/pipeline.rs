@@ -6,7 +6,7 @@
 //! use lb_core::model::Config;
 //! use lb_core::pipeline::{Snapshot, Worker, AllUp, RxInfo};
 //! let snap = Snapshot::compile(Config::default(), 1);
-//! let mut worker = Worker::new(0, 1, 1024);
+//! let mut worker = Worker::new(0, 1, 1024, 1024);
 //! let mut frame = vec![0u8; 10]; // too short for Ethernet
 //! let v = worker.process(&mut frame, RxInfo::default(), 0, &snap, &AllUp);
 //! assert!(v.is_drop());
@@ -613,19 +613,79 @@ impl Health for AllUp {
     }
 }
 
-/// What a session remembers.
-#[derive(Debug, Clone, Copy)]
+/// What a session remembers, in 16 bytes (an IPv4 session with its keys
+/// fills one cache line).
+///
+/// What the packets leave as follows from the session's two keys: an
+/// original-direction packet leaves as the reply key reversed, a reply as
+/// the original key reversed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
-    /// For listener sessions: (load balancer, listener, server group, server).
-    /// What the packets leave as follows from the session's two keys: an
-    /// original-direction packet leaves as the reply key reversed, a reply
-    /// as the original key reversed.
-    pub listener: Option<(u32, u32, u32, u32)>,
-    /// The configuration generation whose rules admitted the session.
-    pub generation: u64,
+    /// For listener sessions: load balancer, listener, server group and
+    /// server indices (a configuration has at most
+    /// `lb_config::MAX_INDEX + 1` of each); `NO_LISTENER` in the first for
+    /// routed sessions, `u16::MAX` in the last for a server gone.
+    listener: [u16; 4],
+    /// The low 32 bits of the configuration generation whose rules
+    /// admitted the session.
+    generation: u32,
     /// The session holds a local port (FULLNAT): its reply key's
     /// destination address and port, given back when the session ends.
     pub local_port: bool,
+}
+
+/// `Flow::listener[0]` of a routed session.
+const NO_LISTENER: u16 = u16::MAX;
+
+impl Flow {
+    /// A listener session's flow: (load balancer, listener, server group,
+    /// server), the server [`GONE`] if it left its group.
+    fn listener_session(at: (u32, u32, u32, u32), generation: u64, local_port: bool) -> Flow {
+        let mut flow = Flow {
+            listener: [NO_LISTENER; 4],
+            generation: generation as u32,
+            local_port,
+        };
+        flow.set_listener(at);
+        flow
+    }
+
+    fn routed(generation: u64) -> Flow {
+        Flow {
+            listener: [NO_LISTENER; 4],
+            generation: generation as u32,
+            local_port: false,
+        }
+    }
+
+    /// For listener sessions: (load balancer, listener, server group,
+    /// server), the server `u32::MAX` if it left its group in a reload.
+    pub fn listener(&self) -> Option<(u32, u32, u32, u32)> {
+        let [lb, l, g, s] = self.listener;
+        if lb == NO_LISTENER {
+            return None;
+        }
+        let server = if s == u16::MAX { GONE } else { u32::from(s) };
+        Some((lb.into(), l.into(), g.into(), server))
+    }
+
+    fn set_listener(&mut self, (lb, l, g, s): (u32, u32, u32, u32)) {
+        let idx = |i: u32| {
+            u16::try_from(i)
+                .ok()
+                .filter(|&i| i != u16::MAX)
+                .expect("configuration indices are within lb_config::MAX_INDEX")
+        };
+        let server = if s == GONE { u16::MAX } else { idx(s) };
+        self.listener = [idx(lb), idx(l), idx(g), server];
+    }
+
+    /// Whether the rules of configuration `generation` admitted the session
+    /// (compared on the low 32 bits: a session would have to outlive 2^32
+    /// reloads to be mistaken).
+    pub fn admitted_in(&self, generation: u64) -> bool {
+        self.generation == generation as u32
+    }
 }
 
 /// Open and total sessions of a listener or a server.
@@ -693,11 +753,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: u16, workers: u16, max_sessions: usize) -> Worker {
+    /// A worker of `workers` with room for `max_sessions` IPv4 and
+    /// `max_sessions_v6` IPv6 sessions.
+    pub fn new(id: u16, workers: u16, max_sessions: usize, max_sessions_v6: usize) -> Worker {
         Worker {
             id,
             workers,
-            sessions: SessionTable::new(max_sessions),
+            sessions: SessionTable::with_capacities(max_sessions, max_sessions_v6),
             generation: u64::MAX,
             scheds: Vec::new(),
             ports: PortAllocator::new(id, workers),
@@ -734,7 +796,7 @@ impl Worker {
         // them again in the new configuration. A session whose listener is
         // gone ends; one whose server left the group drains.
         self.sessions.retain(|_, s| {
-            if s.payload.listener.is_none() {
+            if s.payload.listener().is_none() {
                 return true;
             }
             let orig = *s.orig();
@@ -748,7 +810,8 @@ impl Worker {
                 .iter()
                 .position(|srv| srv.port == out.dport && srv.addresses.contains(&out.dst))
                 .map_or(GONE, idx32);
-            s.payload.listener = Some((idx32(lbi), idx32(li), idx32(gi), si));
+            s.payload
+                .set_listener((idx32(lbi), idx32(li), idx32(gi), si));
             true
         });
         // Their counters belonged to the old configuration; their ports
@@ -760,7 +823,7 @@ impl Worker {
         self.stats.listener_sessions.clear();
         self.stats.server_sessions.clear();
         for (_, s) in self.sessions.iter() {
-            if let Some((lb, l, g, srv)) = s.payload.listener {
+            if let Some((lb, l, g, srv)) = s.payload.listener() {
                 self.stats
                     .listener_sessions
                     .entry((lb, l))
@@ -799,7 +862,7 @@ impl Worker {
     }
 
     fn remove(&mut self, id: crate::conntrack::SessionId) {
-        let Some(reply) = self.sessions.get(id).map(|s| *s.reply()) else {
+        let Some(reply) = self.sessions.key(id, Dir::Reply) else {
             return;
         };
         if let Some(f) = self.sessions.remove(id) {
@@ -810,7 +873,7 @@ impl Worker {
 
     fn count_new(&mut self, flow: &Flow) {
         self.stats.sessions_created += 1;
-        if let Some((lb, l, g, srv)) = flow.listener {
+        if let Some((lb, l, g, srv)) = flow.listener() {
             let c = self.stats.listener_sessions.entry((lb, l)).or_default();
             c.active += 1;
             c.total += 1;
@@ -904,8 +967,8 @@ impl Worker {
             *b = self.sessions.warm_bucket(h);
         }
         let mut warm = 0u64;
-        for &b in &buckets[..n] {
-            warm ^= self.sessions.warm_session(b);
+        for (&b, &h) in buckets[..n].iter().zip(&hashes) {
+            warm ^= self.sessions.warm_session(h, b);
         }
         std::hint::black_box(warm);
         for (i, (f, (p, r))) in frames.iter_mut().zip(&parsed).enumerate() {
@@ -1022,18 +1085,20 @@ impl Worker {
         now: Nanos,
         snap: &Snapshot,
     ) -> Verdict {
-        let Some(s) = self.sessions.get(id) else {
+        let Some(&flow) = self.sessions.payload(id) else {
             return Verdict::Drop(Reason::NoSession);
         };
-        let flow = s.payload;
-        if flow.generation != snap.generation {
+        if !flow.admitted_in(snap.generation) {
             // The rules changed since the session was admitted: its next
             // packet is checked against the new ones.
+            let Some(s) = self.sessions.get(id) else {
+                return Verdict::Drop(Reason::NoSession);
+            };
             let (orig, reply) = (*s.orig(), *s.reply());
             match recheck(snap, &orig, &reply.reversed(), &flow) {
                 Ok(()) => {
-                    if let Some(s) = self.sessions.get_mut(id) {
-                        s.payload.generation = snap.generation;
+                    if let Some(f) = self.sessions.payload_mut(id) {
+                        f.generation = snap.generation as u32;
                     }
                 }
                 Err(r) => {
@@ -1042,9 +1107,8 @@ impl Worker {
                 }
             }
         }
-        let out = match self.sessions.get(id) {
-            Some(s) => s.key(dir.opposite()).reversed(),
-            None => return Verdict::Drop(Reason::NoSession),
+        let Some(out) = self.sessions.key(id, dir.opposite()).map(|k| k.reversed()) else {
+            return Verdict::Drop(Reason::NoSession);
         };
         // Network ACLs are stateless: every packet, both directions.
         if let Err(r) = nacl_check(snap, &flow, key, &out, dir) {
@@ -1053,9 +1117,9 @@ impl Worker {
         let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
         self.sessions
             .update(id, dir, tcp_flags, now, &snap.timeouts);
-        let listener = flow.listener.map(|(lb, l, _, _)| (lb, l));
+        let listener = flow.listener().map(|(lb, l, _, _)| (lb, l));
         let backend = flow
-            .listener
+            .listener()
             .and_then(|(_, _, g, s)| (s != GONE).then_some((g, s)));
         self.emit(
             frame,
@@ -1085,7 +1149,7 @@ impl Worker {
         // The quoted packet is one we sent: the reverse of a session key.
         let (id, dir) = self.sessions.lookup(&quoted.reversed(), now)?;
         let s = self.sessions.get(id)?;
-        let (orig, reply, listener) = (*s.orig(), *s.reply(), s.payload.listener);
+        let (orig, reply, listener) = (*s.orig(), *s.reply(), s.payload.listener());
         if listener.is_none() {
             // Routed sessions are not translated: forward it as it is.
             return Some(self.emit(
@@ -1247,11 +1311,11 @@ impl Worker {
             };
             (out, out.reversed(), !lport.shared)
         };
-        let flow = Flow {
-            listener: Some((idx32(lbi), idx32(li), idx32(gi), idx32(si))),
-            generation: snap.generation,
-            local_port: !listener.transfer_client_ip,
-        };
+        let flow = Flow::listener_session(
+            (idx32(lbi), idx32(li), idx32(gi), idx32(si)),
+            snap.generation,
+            !listener.transfer_client_ip,
+        );
         let admitted = match server.instance {
             Some(inst) => snap.backend_admits(inst, &orig_out, listener.transfer_client_ip),
             None => Ok(()),
@@ -1318,11 +1382,7 @@ impl Worker {
         let id = if is_icmp_error {
             None
         } else {
-            let flow = Flow {
-                listener: None,
-                generation: snap.generation,
-                local_port: false,
-            };
+            let flow = Flow::routed(snap.generation);
             match self
                 .sessions
                 .insert(key, key.reversed(), flow, now, &snap.timeouts)
@@ -1360,7 +1420,7 @@ fn release_port(ports: &mut PortAllocator, flow: &Flow, reply: &FlowKey) {
 
 /// A session went away: its server and listener count one less.
 fn release(scheds: &mut [Box<dyn Scheduler>], stats: &mut Stats, flow: &Flow) {
-    if let Some((lb, l, g, srv)) = flow.listener {
+    if let Some((lb, l, g, srv)) = flow.listener() {
         if let Some(c) = stats.listener_sessions.get_mut(&(lb, l)) {
             c.active = c.active.saturating_sub(1);
         }
@@ -1488,7 +1548,7 @@ fn routed_admits(snap: &Snapshot, icmp: Option<(u8, u8)>, key: &FlowKey) -> Resu
 
 /// Re-admits a session under a new configuration.
 fn recheck(snap: &Snapshot, orig: &FlowKey, orig_out: &FlowKey, flow: &Flow) -> Result<(), Reason> {
-    match flow.listener {
+    match flow.listener() {
         Some(_) => {
             let Some((lbi, li)) = snap.listener_at(orig.dst, orig.proto, orig.dport) else {
                 return Err(Reason::NoListener);
@@ -1532,7 +1592,7 @@ fn nacl_check(
         }
         Ok(())
     };
-    match flow.listener {
+    match flow.listener() {
         Some((lbi, li, _, _)) => {
             let transfer = snap
                 .cfg
@@ -1684,7 +1744,7 @@ mod tests {
     #[test]
     fn fullnat_rewrite_keeps_checksums_valid() {
         let snap = Snapshot::compile(config(), 1);
-        let mut w = Worker::new(0, 1, 16);
+        let mut w = Worker::new(0, 1, 16, 16);
         let mut frame = syn(b"hello");
         let v = w.process(&mut frame, RxInfo::default(), 0, &snap, &AllUp);
         let Verdict::Forward(f) = v else {
@@ -1700,7 +1760,7 @@ mod tests {
     fn local_ports_come_back_when_sessions_end() {
         let snap = Snapshot::compile(config(), 1);
         let local = addr("198.19.1.250");
-        let mut w = Worker::new(0, 1, 16);
+        let mut w = Worker::new(0, 1, 16, 16);
         let mut frame = syn(b"");
         let v = w.process(&mut frame, RxInfo::default(), 0, &snap, &AllUp);
         assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
@@ -1731,8 +1791,8 @@ mod tests {
     #[test]
     fn a_burst_decides_as_frame_by_frame() {
         let snap = Snapshot::compile(config(), 1);
-        let mut one = Worker::new(0, 1, 4096);
-        let mut burst = Worker::new(0, 1, 4096);
+        let mut one = Worker::new(0, 1, 4096, 4096);
+        let mut burst = Worker::new(0, 1, 4096, 4096);
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move |n: u64| {
             rng ^= rng << 13;
@@ -1838,7 +1898,7 @@ mod tests {
     #[test]
     fn partial_checksums_are_completed() {
         let snap = Snapshot::compile(config(), 1);
-        let mut w = Worker::new(0, 1, 16);
+        let mut w = Worker::new(0, 1, 16, 16);
         let mut frame = syn(b"hello");
         // What veth hands over with tx offload on: the checksum field holds
         // only the folded pseudo-header sum.
@@ -1861,7 +1921,7 @@ mod tests {
     #[test]
     fn malformed_frames_are_dropped_and_counted() {
         let snap = Snapshot::compile(config(), 1);
-        let mut w = Worker::new(0, 1, 16);
+        let mut w = Worker::new(0, 1, 16, 16);
         let good = syn(b"");
         for cut in [0, 5, 13, 20, 33, 40] {
             let mut f = good[..cut].to_vec();
@@ -1966,7 +2026,7 @@ mod tests {
             .addresses
             .push("2001:db8:19:1::1/64".parse().expect("net"));
         let snap = Snapshot::compile(cfg, 1);
-        let mut w = Worker::new(0, 1, 16);
+        let mut w = Worker::new(0, 1, 16, 16);
         let mut f = syn(b"");
         assert!(matches!(
             w.process(&mut f, RxInfo::default(), 0, &snap, &AllUp),
@@ -2034,7 +2094,7 @@ mod tests {
         cfg6.load_balancers[0].local_addresses = vec![addr("2001:db8:19:1::250")];
         cfg6.subnets[0].cidrs = vec!["2001:db8:19:1::/64".parse().expect("net")];
         let snap6 = Snapshot::compile(cfg6, 1);
-        let mut w6 = Worker::new(0, 1, 16);
+        let mut w6 = Worker::new(0, 1, 16, 16);
         let mut s6 = tcp_frame("2001:db8:18::2", "2001:db8:18::10", 40000, 80, 0x02);
         assert!(matches!(
             w6.process(&mut s6, RxInfo::default(), 0, &snap6, &AllUp),

@@ -214,7 +214,7 @@ impl Daemon {
         let mut threads = Vec::new();
         let cores = cfg.dataplane.cores.clone();
         let idle = cfg.dataplane.idle;
-        let max_sessions = cfg.dataplane.max_sessions;
+        let max_sessions = [cfg.dataplane.max_sessions, cfg.dataplane.max_sessions_v6];
         // Each worker maps its session table on its own core; `start`
         // returns (and lbd reports ready) once all of them have.
         let ready = Arc::new(std::sync::Barrier::new(per_worker.len() + 1));
@@ -710,13 +710,18 @@ impl WorkerLoop {
         shared: Arc<Shared>,
         ports: Vec<Box<dyn PacketIo>>,
         idle: IdlePolicy,
-        max_sessions: usize,
+        [max_sessions, max_sessions_v6]: [usize; 2],
     ) -> WorkerLoop {
         let n = u16::try_from(shared.workers.len()).unwrap_or(1);
         let macs = ports.iter().map(|p| p.mac()).collect();
         WorkerLoop {
             id,
-            core: Worker::new(u16::try_from(id).unwrap_or(0), n, max_sessions),
+            core: Worker::new(
+                u16::try_from(id).unwrap_or(0),
+                n,
+                max_sessions,
+                max_sessions_v6,
+            ),
             shared,
             ports: ports.into_iter().map(Some).collect(),
             macs,

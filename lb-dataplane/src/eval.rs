@@ -248,7 +248,7 @@ pub fn run(
 ) -> Result<()> {
     let cfg = lb_config::load(config).map_err(|e| anyhow!("{e}"))?;
     let mut snap = Snapshot::compile(cfg, 1);
-    let mut worker = Worker::new(0, 1, 1 << 20);
+    let mut worker = Worker::new(0, 1, 1 << 20, 1 << 20);
     let mut health = TraceHealth::default();
     let base = trace_path.parent().unwrap_or(Path::new("."));
     let mut last_time = 0.0f64;

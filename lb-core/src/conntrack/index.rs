@@ -2,15 +2,18 @@
 //! with linear probing and backward-shift deletion (no tombstones).
 //!
 //! Each bucket is one `u64`: the high 32 bits hold the low 32 bits of the
-//! key's hash (which also give the home bucket), the low 32 bits the value
-//! plus one, so that an all-zero bucket is empty and the whole table can be
-//! allocated zeroed. The index stores no keys: the caller confirms a
-//! candidate by comparing the key it points to.
+//! key's hash (the tag, which also gives the home bucket), the low 32 bits
+//! the value plus one, so that an all-zero bucket is empty and the whole
+//! table can be allocated zeroed. The index stores no keys: the caller
+//! confirms a candidate by comparing the key it points to.
+//!
+//! The home bucket is the tag scaled to the number of buckets (`tag * n /
+//! 2^32`), so the index can have any number of buckets: it is sized to its
+//! load factor exactly instead of to the next power of two.
 
 #[derive(Debug)]
 pub(crate) struct Index {
     buckets: Vec<u64>,
-    mask: usize,
 }
 
 /// The largest value an [`Index`] can hold.
@@ -20,15 +23,13 @@ impl Index {
     /// An index for up to `max_entries` entries, keeping the load factor at
     /// or below 3/4.
     pub(crate) fn with_max_entries(max_entries: usize) -> Index {
-        let want = max_entries
-            .saturating_mul(4)
-            .div_ceil(3)
-            .max(8)
-            .checked_next_power_of_two()
-            .expect("index size fits in usize");
+        let want = max_entries.saturating_mul(4).div_ceil(3).max(8);
+        assert!(
+            u32::try_from(want).is_ok(),
+            "index of {want} buckets: at most 2^32"
+        );
         Index {
             buckets: vec![0; want],
-            mask: want - 1,
         }
     }
 
@@ -49,14 +50,35 @@ impl Index {
         hash & 0xffff_ffff
     }
 
-    fn home(&self, bucket: u64) -> usize {
-        ((bucket >> 32) as usize) & self.mask
+    /// The home bucket of a tag.
+    #[inline]
+    fn home_of(&self, tag: u64) -> usize {
+        ((tag * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    /// The bucket after `pos`, wrapping.
+    #[inline]
+    fn next(&self, pos: usize) -> usize {
+        if pos + 1 == self.buckets.len() {
+            0
+        } else {
+            pos + 1
+        }
+    }
+
+    /// How many steps forward `to` is from `from`, wrapping.
+    fn distance(&self, from: usize, to: usize) -> usize {
+        if to >= from {
+            to - from
+        } else {
+            to + self.buckets.len() - from
+        }
     }
 
     /// The home bucket of `hash` (0 if empty): a first read to warm the cache.
     #[inline]
     pub(crate) fn bucket_of(&self, hash: u64) -> u64 {
-        self.buckets[(Self::tag(hash) as usize) & self.mask]
+        self.buckets[self.home_of(Self::tag(hash))]
     }
 
     /// Calls `is_match(value)` for every value stored under `hash` until it
@@ -68,7 +90,7 @@ impl Index {
         mut is_match: impl FnMut(u32) -> bool,
     ) -> Option<(usize, u32)> {
         let tag = Self::tag(hash);
-        let mut pos = (tag as usize) & self.mask;
+        let mut pos = self.home_of(tag);
         loop {
             let b = self.buckets[pos];
             if b == 0 {
@@ -80,7 +102,7 @@ impl Index {
                     return Some((pos, value));
                 }
             }
-            pos = (pos + 1) & self.mask;
+            pos = self.next(pos);
         }
     }
 
@@ -89,9 +111,9 @@ impl Index {
     pub(crate) fn insert(&mut self, hash: u64, value: u32) {
         debug_assert!(value <= MAX_VALUE);
         let tag = Self::tag(hash);
-        let mut pos = (tag as usize) & self.mask;
+        let mut pos = self.home_of(tag);
         while self.buckets[pos] != 0 {
-            pos = (pos + 1) & self.mask;
+            pos = self.next(pos);
         }
         self.buckets[pos] = (tag << 32) | u64::from(value + 1);
     }
@@ -101,15 +123,15 @@ impl Index {
     pub(crate) fn remove_at(&mut self, mut pos: usize) {
         let mut next = pos;
         loop {
-            next = (next + 1) & self.mask;
+            next = self.next(next);
             let b = self.buckets[next];
             if b == 0 {
                 break;
             }
-            let home = self.home(b);
+            let home = self.home_of(b >> 32);
             // `b` may move to `pos` unless its home lies cyclically in
             // (pos, next].
-            if (next.wrapping_sub(home) & self.mask) >= (next.wrapping_sub(pos) & self.mask) {
+            if self.distance(home, next) >= self.distance(pos, next) {
                 self.buckets[pos] = b;
                 pos = next;
             }
@@ -130,30 +152,42 @@ mod tests {
 
     #[test]
     fn colliding_hashes_insert_find_remove() {
-        let mut idx = Index::with_max_entries(12);
-        assert_eq!(idx.buckets(), 16);
-        // Values 0..12 with hashes that pile up on a few homes, wrapping.
-        let hash =
-            |v: u32| u64::from([15u32, 15, 0, 1, 15, 3][v as usize % 6]) | (u64::from(v) << 40);
-        let mut model = BTreeMap::new();
-        for v in 0..12 {
-            idx.insert(hash(v), v);
-            model.insert(v, ());
-        }
-        for order in [[3u32, 0, 7, 11, 5], [1, 2, 4, 6, 8]] {
-            for v in order {
-                let (pos, got) = idx.find(hash(v), |x| x == v).expect("present");
-                assert_eq!(got, v);
-                idx.remove_at(pos);
-                model.remove(&v);
-                for w in 0..12 {
-                    assert_eq!(
-                        idx.find(hash(w), |x| x == w).is_some(),
-                        model.contains_key(&w),
-                        "{w}"
-                    );
+        // 12 entries: 16 buckets; 10 entries: 14 (not a power of two).
+        for (entries, buckets) in [(12u32, 16u64), (10, 14)] {
+            let mut idx = Index::with_max_entries(entries as usize);
+            assert_eq!(idx.buckets() as u64, buckets);
+            // The smallest tag whose home is `home`.
+            let tag = |home: u64| (home << 32).div_ceil(buckets);
+            // Hashes that pile up on a few homes, the last ones wrapping
+            // around the end; the high bits tell the values apart.
+            let homes = [buckets - 1, buckets - 1, 0, 1, buckets - 1, 3];
+            let hash = |v: u32| tag(homes[v as usize % 6]) | (u64::from(v) << 40);
+            for v in 0..entries {
+                assert_eq!(
+                    idx.home_of(Index::tag(hash(v))) as u64,
+                    homes[v as usize % 6]
+                );
+            }
+            let mut model = BTreeMap::new();
+            for v in 0..entries {
+                idx.insert(hash(v), v);
+                model.insert(v, ());
+            }
+            for order in [[3u32, 0, 7, 9, 5], [1, 2, 4, 6, 8]] {
+                for v in order {
+                    let (pos, got) = idx.find(hash(v), |x| x == v).expect("present");
+                    assert_eq!(got, v);
+                    idx.remove_at(pos);
+                    model.remove(&v);
+                    for w in 0..entries {
+                        assert_eq!(
+                            idx.find(hash(w), |x| x == w).is_some(),
+                            model.contains_key(&w),
+                            "{w}"
+                        );
+                    }
+                    assert_eq!(idx.len(), model.len());
                 }
-                assert_eq!(idx.len(), model.len());
             }
         }
     }

@@ -20,7 +20,7 @@
 //!
 //! assert_eq!(table.lookup(&reply, now + 1), Some((id, Dir::Reply)));
 //! table.update(id, Dir::Reply, Some(tcp_flags::SYN | tcp_flags::ACK), now + 1, &timeouts);
-//! assert_eq!(table.get(id).unwrap().payload, 61000);
+//! assert_eq!(table.payload(id), Some(&61000));
 //!
 //! // Nothing more for the handshake timeout (30 s): the session is gone and
 //! // its payload (here the NAT port) comes back through the reaped queue.
@@ -33,12 +33,21 @@
 //!
 //! # Design
 //!
-//! Sessions live in a slab (`Vec` of slots, freed slots reused through a
-//! free list); a [`SessionId`] is a slot index plus a generation, so a stale
-//! id never reaches a later occupant of the slot. A flat open-addressing
-//! index maps both keys of every session to its slot. The slab, the free
-//! list and the reaped queue are reserved up front, the index is allocated
-//! zeroed (so untouched pages cost nothing); lookups never allocate.
+//! Each address family has a table of its own: an IPv4 session is stored in
+//! one 64-byte cache line (its two keys take 12 bytes each), an IPv6
+//! session in two. The two tables are sized separately
+//! ([`SessionTable::with_capacities`]); a [`SessionId`] says which one holds
+//! its session, and a session's two keys are always of the same family.
+//!
+//! Sessions live in a slab (`Vec` of 64-byte-aligned slots, freed slots
+//! reused through a free list threaded through the vacant slots); a
+//! [`SessionId`] is a slot index plus a generation, so a stale id never
+//! reaches a later occupant of the slot. A flat open-addressing index maps
+//! both keys of every session to its slot: 8 bytes a key, sized to any
+//! number of buckets (no rounding to a power of two) at a load of 3/4. An
+//! IPv4 session thus costs 64 bytes of slot and about 21 of index. The slab
+//! is reserved up front and the index is allocated zeroed (so untouched
+//! pages cost nothing); lookups never allocate.
 //!
 //! Every session that goes away without the caller asking — expired on
 //! [`SessionTable::lookup`], on [`SessionTable::insert`] (an expired holder
@@ -49,7 +58,7 @@
 //! [`SessionTable::remove`] hands the payload back directly instead.
 //!
 //! Expiry is exact on lookup (a session is alive while `now <
-//! expires_at`); `expire` is a clock hand over the slab (a sequential,
+//! expires_at`); `expire` is a clock hand over each slab (a sequential,
 //! prefetch-friendly scan), bounded per call.
 
 mod index;
@@ -58,8 +67,9 @@ mod tcp;
 pub use tcp::{flags as tcp_flags, TcpState, Timeouts};
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::flow::FlowKey;
+use crate::flow::{addr_bits, FlowKey};
 use crate::Nanos;
 use index::Index;
 use tcp::{PROTO_TCP, SEEN_FIN_ORIG, SEEN_FIN_REPLY};
@@ -87,56 +97,65 @@ impl Dir {
     }
 }
 
-/// A handle on a session: slot index and generation. Stale handles (the
-/// session went away) are rejected by every method taking one.
+/// Bit of [`SessionId::slot`]'s raw value marking the IPv6 table.
+const V6_SLOT: u32 = 1 << 31;
+
+/// Bit of a key hash ([`SessionTable::hash_key`]) marking an IPv6 key; the
+/// index uses only the low 32 bits.
+const V6_HASH: u64 = 1 << 63;
+
+/// A handle on a session: family, slot index and generation. Stale handles
+/// (the session went away) are rejected by every method taking one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId {
+    /// The slot, with [`V6_SLOT`] set for the IPv6 table.
     slot: u32,
     gen: u32,
 }
 
 impl SessionId {
-    /// The slab slot (dense, `< capacity`), e.g. to index a side table.
+    /// The slot within its family's slab (dense, below that family's
+    /// capacity), e.g. to index a side table together with
+    /// [`SessionId::is_ipv6`].
     pub fn slot(self) -> usize {
-        self.slot as usize
+        (self.slot & !V6_SLOT) as usize
+    }
+
+    /// Whether the session is in the IPv6 table.
+    pub fn is_ipv6(self) -> bool {
+        self.slot & V6_SLOT != 0
     }
 }
 
 /// Why [`SessionTable::insert`] refused a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
-    #[error("session table full ({capacity} sessions)")]
+    #[error("session table full ({capacity} sessions of the family)")]
     Full { capacity: usize },
     #[error("a live session already holds the {0:?} key")]
     KeyExists(Dir),
     #[error("the original and reply keys are identical")]
     SameKeys,
+    #[error("the keys mix address families or protocols")]
+    Mismatch,
 }
 
-/// One tracked session. Keys, state and times are read through methods (the
-/// table indexes the keys and owns the expiry); the payload is the caller's.
-///
-/// The fields are laid out in this order (`repr(C)`) so that reading a few
-/// of them, no more than 64 bytes apart, brings every cache line of the
-/// session in (see [`SessionTable::warm_session`]).
-#[derive(Debug, Clone)]
-#[repr(C)]
-pub struct Session<T> {
+/// A session as the table reports it: its keys, state and times, and the
+/// payload (`&T`, `&mut T` or `T`, depending on the method that returns it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session<P> {
     orig: FlowKey,
     reply: FlowKey,
     /// The caller's per-session data (backend, NAT port, ...).
-    pub payload: T,
+    pub payload: P,
     expires_at: Nanos,
     last_seen: Nanos,
-    packets: [u64; 2],
-    created: Nanos,
-    gen: u32,
     tcp_state: Option<TcpState>,
     /// `tcp::SEEN_*` bits.
     seen: u8,
 }
 
-impl<T> Session<T> {
+impl<P> Session<P> {
     /// The key of the first packet.
     pub fn orig(&self) -> &FlowKey {
         &self.orig
@@ -169,10 +188,6 @@ impl<T> Session<T> {
         self.seen & bit != 0
     }
 
-    pub fn created(&self) -> Nanos {
-        self.created
-    }
-
     /// When the last packet was accounted by [`SessionTable::update`] (the
     /// creation time before that).
     pub fn last_seen(&self) -> Nanos {
@@ -188,87 +203,173 @@ impl<T> Session<T> {
     pub fn is_expired(&self, now: Nanos) -> bool {
         now >= self.expires_at
     }
+}
 
-    /// Packets accounted per direction (`[orig, reply]`).
-    pub fn packets(&self) -> [u64; 2] {
-        self.packets
+/// An address of one family, as the family's table stores it.
+trait Addr: Copy + Eq + fmt::Debug {
+    fn to_ip(self) -> IpAddr;
+    /// The key hashed: the addresses and the ports and protocol.
+    fn hash(h: &ahash::RandomState, k: &Key<Self>, proto: u8) -> u64;
+}
+
+impl Addr for Ipv4Addr {
+    #[inline]
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V4(self)
+    }
+
+    #[inline]
+    fn hash(h: &ahash::RandomState, k: &Key<Self>, proto: u8) -> u64 {
+        let addrs = (u64::from(u32::from(k.src)) << 32) | u64::from(u32::from(k.dst));
+        h.hash_one((addrs, k.ports_proto(proto)))
     }
 }
 
-#[derive(Debug, Clone)]
-enum Slot<T> {
-    Vacant { gen: u32 },
-    Occupied(Session<T>),
+impl Addr for Ipv6Addr {
+    #[inline]
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V6(self)
+    }
+
+    #[inline]
+    fn hash(h: &ahash::RandomState, k: &Key<Self>, proto: u8) -> u64 {
+        h.hash_one((
+            addr_bits(IpAddr::V6(k.src)),
+            addr_bits(IpAddr::V6(k.dst)),
+            k.ports_proto(proto),
+        ))
+    }
 }
 
-/// The largest capacity a table accepts (slots and directions are packed in
-/// a `u32`).
+/// A key without its protocol (a session stores that once): 12 bytes for
+/// IPv4, 36 for IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct Key<A> {
+    src: A,
+    dst: A,
+    sport: u16,
+    dport: u16,
+}
+
+impl<A: Addr> Key<A> {
+    fn to_flow(self, proto: u8) -> FlowKey {
+        FlowKey {
+            src: self.src.to_ip(),
+            dst: self.dst.to_ip(),
+            proto,
+            sport: self.sport,
+            dport: self.dport,
+        }
+    }
+}
+
+impl<A> Key<A> {
+    #[inline]
+    fn ports_proto(&self, proto: u8) -> u64 {
+        (u64::from(self.sport) << 24) | (u64::from(self.dport) << 8) | u64::from(proto)
+    }
+}
+
+/// One session as its family's slab stores it. The hot fields come first
+/// and the whole session is one cache line for IPv4 (two for IPv6), so a
+/// packet's lookup and update read one line (see
+/// [`SessionTable::warm_session`]).
+#[derive(Debug, Clone)]
+#[repr(C, align(64))]
+struct Stored<A, T> {
+    orig: Key<A>,
+    reply: Key<A>,
+    proto: u8,
+    tcp_state: Option<TcpState>,
+    seen: u8,
+    gen: u32,
+    expires_at: Nanos,
+    last_seen: Nanos,
+    payload: T,
+}
+
+impl<A: Addr, T> Stored<A, T> {
+    fn key(&self, dir: Dir) -> &Key<A> {
+        match dir {
+            Dir::Orig => &self.orig,
+            Dir::Reply => &self.reply,
+        }
+    }
+
+    fn report<P>(&self, payload: P) -> Session<P> {
+        Session {
+            orig: self.orig.to_flow(self.proto),
+            reply: self.reply.to_flow(self.proto),
+            payload,
+            expires_at: self.expires_at,
+            last_seen: self.last_seen,
+            tcp_state: self.tcp_state,
+            seen: self.seen,
+        }
+    }
+
+    fn into_report(self) -> Session<T> {
+        Session {
+            orig: self.orig.to_flow(self.proto),
+            reply: self.reply.to_flow(self.proto),
+            expires_at: self.expires_at,
+            last_seen: self.last_seen,
+            tcp_state: self.tcp_state,
+            seen: self.seen,
+            payload: self.payload,
+        }
+    }
+}
+
+/// No next free slot.
+const NO_SLOT: u32 = u32::MAX;
+
+#[derive(Debug, Clone)]
+enum Slot<A, T> {
+    /// A free slot: the generation its next session gets, and the next
+    /// free slot.
+    Vacant {
+        gen: u32,
+        next: u32,
+    },
+    Occupied(Stored<A, T>),
+}
+
+/// The largest capacity of each family's table (slots and directions are
+/// packed in a `u32`, with a bit for the family).
 pub const MAX_CAPACITY: usize = 1 << 30;
 
 /// How many slots [`SessionTable::expire`] examines per unit of budget.
 pub const EXPIRE_SCAN_PER_BUDGET: usize = 32;
 
-/// A bounded per-worker session table; see the [module docs](self).
-pub struct SessionTable<T> {
-    slots: Vec<Slot<T>>,
-    free: Vec<u32>,
+/// The sessions of one address family.
+struct Table<A, T> {
+    slots: Vec<Slot<A, T>>,
+    /// Head of the free list threaded through the vacant slots.
+    free: u32,
     index: Index,
     hasher: ahash::RandomState,
     len: usize,
     capacity: usize,
     hand: usize,
-    reaped: Vec<Session<T>>,
-    /// Index entries of reply keys waiting for [`SessionTable::flush`]:
-    /// (hash, value).
+    reaped: Vec<Stored<A, T>>,
+    /// Index entries of reply keys waiting for [`Table::flush`]: (hash,
+    /// value).
     pending: Vec<(u64, u32)>,
+    /// Set on the slots of this table's [`SessionId`]s.
+    family_bit: u32,
 }
 
-impl<T> fmt::Debug for SessionTable<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionTable")
-            .field("len", &self.len)
-            .field("capacity", &self.capacity)
-            .field("index_buckets", &self.index.buckets())
-            .field("reaped", &self.reaped.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T> SessionTable<T> {
-    /// A table for at most `capacity` sessions, hashing with a random seed
-    /// (per process; defeats hash flooding).
-    ///
-    /// # Panics
-    /// If `capacity > MAX_CAPACITY`.
-    pub fn new(capacity: usize) -> Self {
-        Self::with_hasher(capacity, ahash::RandomState::new())
-    }
-
-    /// A table hashing with fixed seeds (reproducible layouts for tests and
-    /// benchmarks).
-    ///
-    /// # Panics
-    /// If `capacity > MAX_CAPACITY`.
-    pub fn with_seed(capacity: usize, seed: u64) -> Self {
-        Self::with_hasher(
-            capacity,
-            ahash::RandomState::with_seeds(
-                seed,
-                seed ^ 0x9e37_79b9_7f4a_7c15,
-                0x2545_f491_4f6c_dd1d,
-                0x5851_f42d_4c95_7f2d,
-            ),
-        )
-    }
-
-    fn with_hasher(capacity: usize, hasher: ahash::RandomState) -> Self {
+impl<A: Addr, T> Table<A, T> {
+    fn new(capacity: usize, hasher: ahash::RandomState, family_bit: u32) -> Self {
         assert!(
             capacity <= MAX_CAPACITY,
             "session table capacity {capacity} > {MAX_CAPACITY}"
         );
-        SessionTable {
+        Table {
             slots: Vec::with_capacity(capacity),
-            free: Vec::with_capacity(capacity),
+            free: NO_SLOT,
             index: Index::with_max_entries(2 * capacity),
             hasher,
             len: 0,
@@ -276,125 +377,62 @@ impl<T> SessionTable<T> {
             hand: 0,
             reaped: Vec::with_capacity(capacity.min(4096)),
             pending: Vec::with_capacity(256),
+            family_bit,
         }
     }
 
-    /// Touches all the memory the table will ever use, so that the kernel
-    /// maps it now rather than one page fault at a time as sessions arrive
-    /// (a data plane calls this at start-up; it commits roughly
-    /// `capacity * bytes_per_session()` bytes). The table behaves exactly
-    /// as before.
-    pub fn prefault(&mut self) {
+    fn prefault(&mut self) {
         let start = self.slots.len();
-        self.slots
-            .resize_with(self.capacity, || Slot::Vacant { gen: 0 });
-        // Fresh slots are handed out lowest first, as without prefaulting.
-        let fresh = (start..self.capacity)
-            .rev()
-            .map(|s| u32::try_from(s).expect("slab length bounded by MAX_CAPACITY"));
-        let mut free: Vec<u32> = fresh.collect();
-        free.append(&mut self.free);
-        self.free = free;
+        let cap = self.capacity;
+        // Fresh slots are handed out lowest first, as without prefaulting,
+        // then the slots freed before.
+        let old_free = self.free;
+        self.slots.extend((start..cap).map(|s| Slot::Vacant {
+            gen: 0,
+            next: if s + 1 < cap { slot32(s + 1) } else { old_free },
+        }));
+        if start < cap {
+            self.free = slot32(start);
+        }
         self.index.prefault();
         self.reaped.reserve(self.capacity.min(4096));
     }
 
-    /// Sessions held, including expired ones not yet reaped.
-    pub fn len(&self) -> usize {
-        self.len
+    fn bytes_per_session(&self) -> usize {
+        let slot = std::mem::size_of::<Slot<A, T>>();
+        slot + (self.index.buckets() * std::mem::size_of::<u64>()).div_ceil(self.capacity.max(1))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The maximum number of sessions.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Approximate memory per session at full capacity: slot, free list and
-    /// index buckets (excluding the reaped queue).
-    pub fn bytes_per_session(&self) -> usize {
-        let fixed = std::mem::size_of::<Slot<T>>() + std::mem::size_of::<u32>();
-        fixed + (self.index.buckets() * std::mem::size_of::<u64>()).div_ceil(self.capacity.max(1))
-    }
-
-    fn hash(&self, key: &FlowKey) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    /// The hash the table files `key` under, for [`SessionTable::warm_bucket`] and
-    /// [`SessionTable::lookup_hashed`].
+    /// The key's hash, with [`V6_HASH`] set in the IPv6 table.
     #[inline]
-    pub fn hash_key(&self, key: &FlowKey) -> u64 {
-        self.hash(key)
+    fn hash(&self, k: &Key<A>, proto: u8) -> u64 {
+        let h = A::hash(&self.hasher, k, proto) & !V6_HASH;
+        if self.family_bit != 0 {
+            h | V6_HASH
+        } else {
+            h
+        }
     }
 
-    /// The index bucket a lookup of `hash` starts at (a read of it), for
-    /// the first stage of a burst's lookups: reading the buckets of a whole
-    /// burst one after another lets their cache misses overlap instead of
-    /// being paid one lookup at a time. Pass the result to
-    /// [`SessionTable::warm_session`].
     #[inline]
-    pub fn warm_bucket(&self, hash: u64) -> u64 {
-        self.index.bucket_of(hash)
-    }
-
-    /// The second stage after [`SessionTable::warm_bucket`]: reads the
-    /// session the bucket points to and returns a value derived from it,
-    /// which the caller should keep (e.g. pass to `std::hint::black_box`)
-    /// so the read happens.
-    #[inline]
-    pub fn warm_session(&self, bucket: u64) -> u64 {
+    fn warm_session(&self, bucket: u64) -> u64 {
         if bucket == 0 {
             return 0;
         }
         let value = ((bucket as u32).wrapping_sub(1) >> 1) as usize;
         match self.slots.get(value) {
-            // Every cache line of the session (the slot's tag, then fields
-            // less than 64 bytes apart in the `repr(C)` layout, the payload
-            // between the keys and the times): a packet uses all of them.
-            Some(Slot::Occupied(s)) => {
-                u64::from(s.orig.src.is_ipv6())
-                    ^ u64::from(s.orig.sport)
-                    ^ u64::from(s.reply.dport)
-                    ^ s.expires_at
-                    ^ s.packets[1]
-                    ^ u64::from(s.gen)
-                    ^ bucket
-            }
+            // The slot's first line (tag and keys) and, for IPv6, its second
+            // (times and payload).
+            Some(Slot::Occupied(s)) => u64::from(s.orig.sport) ^ s.last_seen ^ bucket,
             _ => bucket,
         }
     }
 
-    /// [`SessionTable::lookup`] with the hash already computed.
     #[inline]
-    pub fn lookup_hashed(
-        &mut self,
-        key: &FlowKey,
-        hash: u64,
-        now: Nanos,
-    ) -> Option<(SessionId, Dir)> {
-        let (slot, dir) = self.find_hashed(key, hash)?;
-        if self.slot_expired(slot as usize, now) {
-            self.reap_slot(slot);
-            return None;
-        }
-        Some((self.id_of(slot), dir))
-    }
-
-    /// Finds the slot and direction holding `key`.
-    #[inline]
-    fn find(&self, key: &FlowKey) -> Option<(u32, Dir)> {
-        self.find_hashed(key, self.hash(key))
-    }
-
-    #[inline]
-    fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
+    fn find_hashed(&self, k: &Key<A>, proto: u8, hash: u64) -> Option<(u32, Dir)> {
         let slots = &self.slots;
         let is_match = |v: u32| match &slots[(v >> 1) as usize] {
-            Slot::Occupied(s) => s.key(dir_of(v)) == key,
+            Slot::Occupied(s) => s.key(dir_of(v)) == k && s.proto == proto,
             Slot::Vacant { .. } => false,
         };
         let v = match self.index.find(hash, is_match) {
@@ -409,6 +447,36 @@ impl<T> SessionTable<T> {
         Some((v >> 1, dir_of(v)))
     }
 
+    #[inline]
+    fn find(&self, k: &Key<A>, proto: u8) -> Option<(u32, Dir)> {
+        self.find_hashed(k, proto, self.hash(k, proto))
+    }
+
+    #[inline]
+    fn lookup_hashed(
+        &mut self,
+        k: &Key<A>,
+        proto: u8,
+        hash: u64,
+        now: Nanos,
+    ) -> Option<(SessionId, Dir)> {
+        let (slot, dir) = self.find_hashed(k, proto, hash)?;
+        match &self.slots[slot as usize] {
+            Slot::Occupied(s) if s.expires_at > now => Some((self.id(slot, s.gen), dir)),
+            _ => {
+                self.reap_slot(slot);
+                None
+            }
+        }
+    }
+
+    fn id(&self, slot: u32, gen: u32) -> SessionId {
+        SessionId {
+            slot: slot | self.family_bit,
+            gen,
+        }
+    }
+
     /// Whether `slot` holds a session expired at `now`.
     #[inline]
     fn slot_expired(&self, slot: usize, now: Nanos) -> bool {
@@ -418,17 +486,486 @@ impl<T> SessionTable<T> {
         }
     }
 
-    fn id_of(&self, slot: u32) -> SessionId {
-        let gen = match &self.slots[slot as usize] {
-            Slot::Occupied(s) => s.gen,
-            Slot::Vacant { gen } => *gen,
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut warm = 0u64;
+        for &(h, _) in &self.pending {
+            warm ^= self.index.bucket_of(h);
+        }
+        std::hint::black_box(warm);
+        for (h, v) in self.pending.drain(..) {
+            self.index.insert(h, v);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        orig: Key<A>,
+        reply: Key<A>,
+        proto: u8,
+        payload: T,
+        now: Nanos,
+        timeouts: &Timeouts,
+        defer_reply: bool,
+    ) -> Result<SessionId, InsertError> {
+        if orig == reply {
+            return Err(InsertError::SameKeys);
+        }
+        let checked: &[(&Key<A>, Dir)] = if defer_reply {
+            &[(&orig, Dir::Orig)]
+        } else {
+            &[(&orig, Dir::Orig), (&reply, Dir::Reply)]
         };
-        SessionId { slot, gen }
+        for &(key, dir) in checked {
+            if let Some((slot, _)) = self.find(key, proto) {
+                if !self.slot_expired(slot as usize, now) {
+                    return Err(InsertError::KeyExists(dir));
+                }
+                self.reap_slot(slot);
+            }
+        }
+        if self.len >= self.capacity {
+            return Err(InsertError::Full {
+                capacity: self.capacity,
+            });
+        }
+
+        let tcp_state = (proto == PROTO_TCP).then_some(TcpState::SynSent);
+        let expires_at = now.saturating_add(timeouts.for_state(proto, tcp_state));
+        let slot = if self.free != NO_SLOT {
+            self.free
+        } else {
+            let slot = slot32(self.slots.len());
+            self.slots.push(Slot::Vacant {
+                gen: 0,
+                next: NO_SLOT,
+            });
+            slot
+        };
+        let gen = match self.slots[slot as usize] {
+            Slot::Vacant { gen, next } => {
+                if slot == self.free {
+                    self.free = next;
+                }
+                gen
+            }
+            Slot::Occupied(_) => unreachable!("free list holds an occupied slot"),
+        };
+        let (ho, hr) = (self.hash(&orig, proto), self.hash(&reply, proto));
+        self.index.insert(ho, slot << 1);
+        if defer_reply {
+            self.pending.push((hr, (slot << 1) | 1));
+        } else {
+            self.index.insert(hr, (slot << 1) | 1);
+        }
+        self.slots[slot as usize] = Slot::Occupied(Stored {
+            orig,
+            reply,
+            proto,
+            tcp_state,
+            seen: 0,
+            gen,
+            expires_at,
+            last_seen: now,
+            payload,
+        });
+        self.len += 1;
+        Ok(self.id(slot, gen))
+    }
+
+    #[inline]
+    fn get(&self, id: SessionId) -> Option<&Stored<A, T>> {
+        match self.slots.get(id.slot())? {
+            Slot::Occupied(s) if s.gen == id.gen => Some(s),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self, id: SessionId) -> Option<&mut Stored<A, T>> {
+        match self.slots.get_mut(id.slot())? {
+            Slot::Occupied(s) if s.gen == id.gen => Some(s),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn update(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        tcp_flags: Option<u8>,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> bool {
+        let Some(s) = self.get_mut(id) else {
+            return false;
+        };
+        if let (Some(state), Some(f)) = (s.tcp_state, tcp_flags) {
+            let (state, seen) = tcp::advance(state, s.seen, dir == Dir::Reply, f);
+            s.tcp_state = Some(state);
+            s.seen = seen;
+        }
+        s.last_seen = s.last_seen.max(now);
+        s.expires_at = s
+            .last_seen
+            .saturating_add(timeouts.for_state(s.proto, s.tcp_state));
+        true
+    }
+
+    fn remove(&mut self, id: SessionId) -> Option<T> {
+        self.get(id)?;
+        self.take_slot(slot32(id.slot())).map(|s| s.payload)
+    }
+
+    fn expire(&mut self, now: Nanos, budget: usize) -> usize {
+        let n = self.slots.len();
+        if n == 0 || budget == 0 {
+            return 0;
+        }
+        let mut scan = budget.saturating_mul(EXPIRE_SCAN_PER_BUDGET).min(n);
+        let mut reaped = 0;
+        let mut hand = self.hand % n;
+        while scan > 0 && reaped < budget {
+            if self.slot_expired(hand, now) {
+                self.reap_slot(slot32(hand));
+                reaped += 1;
+            }
+            hand += 1;
+            if hand == n {
+                hand = 0;
+            }
+            scan -= 1;
+        }
+        self.hand = hand;
+        reaped
+    }
+
+    fn retain(&mut self, keep: &mut impl FnMut(SessionId, Session<&mut T>) -> bool) {
+        for slot in 0..self.slots.len() {
+            let family_bit = self.family_bit;
+            if let Slot::Occupied(s) = &mut self.slots[slot] {
+                let id = SessionId {
+                    slot: slot32(slot) | family_bit,
+                    gen: s.gen,
+                };
+                let (orig, reply) = (s.orig.to_flow(s.proto), s.reply.to_flow(s.proto));
+                let view = Session {
+                    orig,
+                    reply,
+                    expires_at: s.expires_at,
+                    last_seen: s.last_seen,
+                    tcp_state: s.tcp_state,
+                    seen: s.seen,
+                    payload: &mut s.payload,
+                };
+                if !keep(id, view) {
+                    self.reap_slot(slot32(slot));
+                }
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (SessionId, Session<&T>)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(slot, s)| match s {
+                Slot::Occupied(s) => Some((self.id(slot32(slot), s.gen), s.report(&s.payload))),
+                Slot::Vacant { .. } => None,
+            })
+    }
+
+    fn reap_slot(&mut self, slot: u32) {
+        if let Some(s) = self.take_slot(slot) {
+            self.reaped.push(s);
+        }
+    }
+
+    /// Unlinks the session in `slot` from the index and the slab.
+    fn take_slot(&mut self, slot: u32) -> Option<Stored<A, T>> {
+        self.flush();
+        let idx = slot as usize;
+        let (gen, hashes) = match &self.slots[idx] {
+            Slot::Occupied(s) => (
+                s.gen,
+                [self.hash(&s.orig, s.proto), self.hash(&s.reply, s.proto)],
+            ),
+            Slot::Vacant { .. } => return None,
+        };
+        for (dir, hash) in hashes.into_iter().enumerate() {
+            let want = (slot << 1) | dir as u32;
+            let (pos, _) = self
+                .index
+                .find(hash, |v| v == want)
+                .expect("session keys are indexed");
+            self.index.remove_at(pos);
+        }
+        let old = std::mem::replace(
+            &mut self.slots[idx],
+            Slot::Vacant {
+                gen: gen.wrapping_add(1),
+                next: self.free,
+            },
+        );
+        self.free = slot;
+        self.len -= 1;
+        match old {
+            Slot::Occupied(s) => Some(s),
+            Slot::Vacant { .. } => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        assert_eq!(self.index.len() + self.pending.len(), 2 * self.len);
+        assert_eq!(self.iter().count(), self.len);
+        let mut free = 0;
+        let mut at = self.free;
+        while at != NO_SLOT {
+            match self.slots[at as usize] {
+                Slot::Vacant { next, .. } => at = next,
+                Slot::Occupied(_) => panic!("occupied slot {at} on the free list"),
+            }
+            free += 1;
+            assert!(free <= self.slots.len(), "free list loops");
+        }
+        assert_eq!(self.slots.len() - self.len, free);
+        for (slot, s) in self.slots.iter().enumerate() {
+            if let Slot::Occupied(s) = s {
+                let slot = slot32(slot);
+                assert_eq!(self.find(&s.orig, s.proto), Some((slot, Dir::Orig)));
+                assert_eq!(self.find(&s.reply, s.proto), Some((slot, Dir::Reply)));
+            }
+        }
+    }
+}
+
+fn slot32(slot: usize) -> u32 {
+    u32::try_from(slot).expect("slab length bounded by MAX_CAPACITY")
+}
+
+fn dir_of(value: u32) -> Dir {
+    if value & 1 == 0 {
+        Dir::Orig
+    } else {
+        Dir::Reply
+    }
+}
+
+/// A key split by family.
+enum Split {
+    V4(Key<Ipv4Addr>),
+    V6(Key<Ipv6Addr>),
+    /// Source and destination of different families: never a session's.
+    Mixed,
+}
+
+#[inline]
+fn split(k: &FlowKey) -> Split {
+    match (k.src, k.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => Split::V4(Key {
+            src,
+            dst,
+            sport: k.sport,
+            dport: k.dport,
+        }),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => Split::V6(Key {
+            src,
+            dst,
+            sport: k.sport,
+            dport: k.dport,
+        }),
+        _ => Split::Mixed,
+    }
+}
+
+/// A bounded per-worker session table, one slab per address family; see
+/// the [module docs](self).
+pub struct SessionTable<T> {
+    v4: Table<Ipv4Addr, T>,
+    v6: Table<Ipv6Addr, T>,
+}
+
+impl<T> fmt::Debug for SessionTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionTable")
+            .field("len", &[self.v4.len, self.v6.len])
+            .field("capacity", &self.capacities())
+            .field(
+                "index_buckets",
+                &[self.v4.index.buckets(), self.v6.index.buckets()],
+            )
+            .field("reaped", &self.reaped_len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `$e` with `$t` bound to the table of the family `$v6` names.
+macro_rules! family {
+    ($self:expr, $v6:expr, |$t:ident| $e:expr) => {
+        if $v6 {
+            let $t = &$self.v6;
+            $e
+        } else {
+            let $t = &$self.v4;
+            $e
+        }
+    };
+    (mut $self:expr, $v6:expr, |$t:ident| $e:expr) => {
+        if $v6 {
+            let $t = &mut $self.v6;
+            $e
+        } else {
+            let $t = &mut $self.v4;
+            $e
+        }
+    };
+}
+
+impl<T> SessionTable<T> {
+    /// A table for at most `capacity` sessions of each family, hashing with
+    /// a random seed (per process; defeats hash flooding).
+    ///
+    /// # Panics
+    /// If `capacity > MAX_CAPACITY`.
+    pub fn new(capacity: usize) -> Self {
+        Self::with_capacities(capacity, capacity)
+    }
+
+    /// A table for at most `v4` IPv4 and `v6` IPv6 sessions, hashing with a
+    /// random seed.
+    ///
+    /// # Panics
+    /// If either capacity is above `MAX_CAPACITY`.
+    pub fn with_capacities(v4: usize, v6: usize) -> Self {
+        Self::with_hasher(v4, v6, ahash::RandomState::new())
+    }
+
+    /// A table for `capacity` sessions of each family, hashing with fixed
+    /// seeds (reproducible layouts for tests and benchmarks).
+    ///
+    /// # Panics
+    /// If `capacity > MAX_CAPACITY`.
+    pub fn with_seed(capacity: usize, seed: u64) -> Self {
+        Self::with_capacities_and_seed(capacity, capacity, seed)
+    }
+
+    /// [`SessionTable::with_capacities`] hashing with fixed seeds.
+    pub fn with_capacities_and_seed(v4: usize, v6: usize, seed: u64) -> Self {
+        Self::with_hasher(
+            v4,
+            v6,
+            ahash::RandomState::with_seeds(
+                seed,
+                seed ^ 0x9e37_79b9_7f4a_7c15,
+                0x2545_f491_4f6c_dd1d,
+                0x5851_f42d_4c95_7f2d,
+            ),
+        )
+    }
+
+    fn with_hasher(v4: usize, v6: usize, hasher: ahash::RandomState) -> Self {
+        SessionTable {
+            v4: Table::new(v4, hasher.clone(), 0),
+            v6: Table::new(v6, hasher, V6_SLOT),
+        }
+    }
+
+    /// Touches all the memory the table will ever use, so that the kernel
+    /// maps it now rather than one page fault at a time as sessions arrive
+    /// (a data plane calls this at start-up; it commits roughly
+    /// `capacity * bytes_per_session()` bytes per family). The table
+    /// behaves exactly as before.
+    pub fn prefault(&mut self) {
+        self.v4.prefault();
+        self.v6.prefault();
+    }
+
+    /// Sessions held, including expired ones not yet reaped.
+    pub fn len(&self) -> usize {
+        self.v4.len + self.v6.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The maximum number of sessions of each family (`[IPv4, IPv6]`).
+    pub fn capacities(&self) -> [usize; 2] {
+        [self.v4.capacity, self.v6.capacity]
+    }
+
+    /// Memory per session of a family's table at full capacity: slot and
+    /// index buckets (excluding the reaped queue).
+    pub fn bytes_per_session(&self, ipv6: bool) -> usize {
+        family!(self, ipv6, |t| t.bytes_per_session())
+    }
+
+    /// The hash the table files `key` under, for
+    /// [`SessionTable::warm_bucket`] and [`SessionTable::lookup_hashed`].
+    #[inline]
+    pub fn hash_key(&self, key: &FlowKey) -> u64 {
+        match split(key) {
+            Split::V4(k) => self.v4.hash(&k, key.proto),
+            Split::V6(k) => self.v6.hash(&k, key.proto),
+            Split::Mixed => V6_HASH,
+        }
+    }
+
+    /// The index bucket a lookup of `hash` starts at (a read of it), for
+    /// the first stage of a burst's lookups: reading the buckets of a whole
+    /// burst one after another lets their cache misses overlap instead of
+    /// being paid one lookup at a time. Pass the result to
+    /// [`SessionTable::warm_session`].
+    #[inline]
+    pub fn warm_bucket(&self, hash: u64) -> u64 {
+        family!(self, hash & V6_HASH != 0, |t| t.index.bucket_of(hash))
+    }
+
+    /// The second stage after [`SessionTable::warm_bucket`]: reads the
+    /// session the bucket points to and returns a value derived from it,
+    /// which the caller should keep (e.g. pass to `std::hint::black_box`)
+    /// so the read happens.
+    #[inline]
+    pub fn warm_session(&self, hash: u64, bucket: u64) -> u64 {
+        family!(self, hash & V6_HASH != 0, |t| t.warm_session(bucket))
+    }
+
+    /// [`SessionTable::lookup`] with the hash from
+    /// [`SessionTable::hash_key`].
+    #[inline]
+    pub fn lookup_hashed(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        now: Nanos,
+    ) -> Option<(SessionId, Dir)> {
+        match split(key) {
+            Split::V4(k) => self.v4.lookup_hashed(&k, key.proto, hash, now),
+            Split::V6(k) => self.v6.lookup_hashed(&k, key.proto, hash, now),
+            Split::Mixed => None,
+        }
+    }
+
+    /// The live session holding `key` and the direction it matched. An
+    /// expired session is removed (moved to the reaped queue) and not found.
+    /// Does not refresh the session: see [`SessionTable::update`].
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, now: Nanos) -> Option<(SessionId, Dir)> {
+        self.lookup_hashed(key, self.hash_key(key), now)
     }
 
     /// Whether a session (possibly expired but not yet reaped) holds `key`.
     pub fn contains_key(&self, key: &FlowKey) -> bool {
-        self.find(key).is_some()
+        match split(key) {
+            Split::V4(k) => self.v4.find(&k, key.proto).is_some(),
+            Split::V6(k) => self.v6.find(&k, key.proto).is_some(),
+            Split::Mixed => false,
+        }
     }
 
     /// Adds a session findable by `orig` (direction [`Dir::Orig`]) and
@@ -436,12 +973,13 @@ impl<T> SessionTable<T> {
     /// and the protocol's timeout otherwise. No packet is accounted: call
     /// [`SessionTable::update`] for the first packet too.
     ///
-    /// A key held by an expired session is reclaimed (that session is
-    /// reaped); a key held by a live one is an error, as is a full table
-    /// (`insert` does not sweep: call [`SessionTable::expire`] regularly).
-    /// On error `payload` is dropped: if it owns a resource (a NAT port),
-    /// check [`SessionTable::contains_key`] and the room left first, or
-    /// release it on error.
+    /// The two keys must have the same protocol and all four addresses the
+    /// same family. A key held by an expired session is reclaimed (that
+    /// session is reaped); a key held by a live one is an error, as is a
+    /// full table (`insert` does not sweep: call [`SessionTable::expire`]
+    /// regularly). On error `payload` is dropped: if it owns a resource (a
+    /// NAT port), check [`SessionTable::contains_key`] and the room left
+    /// first, or release it on error.
     pub fn insert(
         &mut self,
         orig: FlowKey,
@@ -471,23 +1009,6 @@ impl<T> SessionTable<T> {
         self.insert_with(orig, reply, payload, now, timeouts, true)
     }
 
-    /// Writes the index entries [`SessionTable::insert_deferred`] left
-    /// waiting: first a read of every bucket they go to, so the misses
-    /// overlap, then the entries. Call it after each burst.
-    pub fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let mut warm = 0u64;
-        for &(h, _) in &self.pending {
-            warm ^= self.index.bucket_of(h);
-        }
-        std::hint::black_box(warm);
-        for (h, v) in self.pending.drain(..) {
-            self.index.insert(h, v);
-        }
-    }
-
     fn insert_with(
         &mut self,
         orig: FlowKey,
@@ -495,88 +1016,56 @@ impl<T> SessionTable<T> {
         payload: T,
         now: Nanos,
         timeouts: &Timeouts,
-        defer_reply: bool,
+        defer: bool,
     ) -> Result<SessionId, InsertError> {
-        if orig == reply {
-            return Err(InsertError::SameKeys);
+        if orig.proto != reply.proto {
+            return Err(InsertError::Mismatch);
         }
-        let checked: &[(&FlowKey, Dir)] = if defer_reply {
-            &[(&orig, Dir::Orig)]
-        } else {
-            &[(&orig, Dir::Orig), (&reply, Dir::Reply)]
-        };
-        for &(key, dir) in checked {
-            if let Some((slot, _)) = self.find(key) {
-                if !self.slot_expired(slot as usize, now) {
-                    return Err(InsertError::KeyExists(dir));
-                }
-                self.reap_slot(slot);
+        let proto = orig.proto;
+        match (split(&orig), split(&reply)) {
+            (Split::V4(o), Split::V4(r)) => {
+                self.v4.insert(o, r, proto, payload, now, timeouts, defer)
             }
-        }
-        if self.len >= self.capacity {
-            return Err(InsertError::Full {
-                capacity: self.capacity,
-            });
-        }
-
-        let tcp_state = (orig.proto == PROTO_TCP).then_some(TcpState::SynSent);
-        let expires_at = now.saturating_add(timeouts.for_state(orig.proto, tcp_state));
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                let slot =
-                    u32::try_from(self.slots.len()).expect("slab length bounded by MAX_CAPACITY");
-                self.slots.push(Slot::Vacant { gen: 0 });
-                slot
+            (Split::V6(o), Split::V6(r)) => {
+                self.v6.insert(o, r, proto, payload, now, timeouts, defer)
             }
-        };
-        let gen = match self.slots[slot as usize] {
-            Slot::Vacant { gen } => gen,
-            Slot::Occupied(_) => unreachable!("free list holds an occupied slot"),
-        };
-        let (ho, hr) = (self.hash(&orig), self.hash(&reply));
-        self.index.insert(ho, slot << 1);
-        if defer_reply {
-            self.pending.push((hr, (slot << 1) | 1));
-        } else {
-            self.index.insert(hr, (slot << 1) | 1);
+            _ => Err(InsertError::Mismatch),
         }
-        self.slots[slot as usize] = Slot::Occupied(Session {
-            orig,
-            reply,
-            created: now,
-            last_seen: now,
-            expires_at,
-            packets: [0; 2],
-            gen,
-            tcp_state,
-            seen: 0,
-            payload,
-        });
-        self.len += 1;
-        Ok(SessionId { slot, gen })
     }
 
-    /// The live session holding `key` and the direction it matched. An
-    /// expired session is removed (moved to the reaped queue) and not found.
-    /// Does not refresh the session: see [`SessionTable::update`].
+    /// Writes the index entries [`SessionTable::insert_deferred`] left
+    /// waiting: first a read of every bucket they go to, so the misses
+    /// overlap, then the entries. Call it after each burst.
+    pub fn flush(&mut self) {
+        self.v4.flush();
+        self.v6.flush();
+    }
+
+    /// The session `id`, decoded (its payload borrowed).
+    pub fn get(&self, id: SessionId) -> Option<Session<&T>> {
+        family!(self, id.is_ipv6(), |t| t
+            .get(id)
+            .map(|s| s.report(&s.payload)))
+    }
+
+    /// The payload of session `id`.
     #[inline]
-    pub fn lookup(&mut self, key: &FlowKey, now: Nanos) -> Option<(SessionId, Dir)> {
-        self.lookup_hashed(key, self.hash(key), now)
+    pub fn payload(&self, id: SessionId) -> Option<&T> {
+        family!(self, id.is_ipv6(), |t| t.get(id).map(|s| &s.payload))
     }
 
-    pub fn get(&self, id: SessionId) -> Option<&Session<T>> {
-        match self.slots.get(id.slot as usize)? {
-            Slot::Occupied(s) if s.gen == id.gen => Some(s),
-            _ => None,
-        }
+    /// The payload of session `id`, to change it.
+    #[inline]
+    pub fn payload_mut(&mut self, id: SessionId) -> Option<&mut T> {
+        family!(mut self, id.is_ipv6(), |t| t.get_mut(id).map(|s| &mut s.payload))
     }
 
-    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Session<T>> {
-        match self.slots.get_mut(id.slot as usize)? {
-            Slot::Occupied(s) if s.gen == id.gen => Some(s),
-            _ => None,
-        }
+    /// The key of session `id` for direction `dir`.
+    #[inline]
+    pub fn key(&self, id: SessionId, dir: Dir) -> Option<FlowKey> {
+        family!(self, id.is_ipv6(), |t| t
+            .get(id)
+            .map(|s| s.key(dir).to_flow(s.proto)))
     }
 
     /// Accounts one packet of session `id` travelling in direction `dir`:
@@ -587,6 +1076,7 @@ impl<T> SessionTable<T> {
     /// Meant to follow a successful [`SessionTable::lookup`] at the same
     /// `now` (which is what guarantees the session has not expired); a `now`
     /// earlier than `last_seen` does not move it back.
+    #[inline]
     pub fn update(
         &mut self,
         id: SessionId,
@@ -595,157 +1085,55 @@ impl<T> SessionTable<T> {
         now: Nanos,
         timeouts: &Timeouts,
     ) -> bool {
-        let Some(Slot::Occupied(s)) = self.slots.get_mut(id.slot as usize) else {
-            return false;
-        };
-        if s.gen != id.gen {
-            return false;
-        }
-        if let (Some(state), Some(f)) = (s.tcp_state, tcp_flags) {
-            let (state, seen) = tcp::advance(state, s.seen, dir == Dir::Reply, f);
-            s.tcp_state = Some(state);
-            s.seen = seen;
-        }
-        s.last_seen = s.last_seen.max(now);
-        s.expires_at = s
-            .last_seen
-            .saturating_add(timeouts.for_state(s.orig.proto, s.tcp_state));
-        s.packets[dir.index()] = s.packets[dir.index()].saturating_add(1);
-        true
+        family!(mut self, id.is_ipv6(), |t| t.update(
+            id, dir, tcp_flags, now, timeouts
+        ))
     }
 
     /// Removes session `id` and returns its payload (not queued as reaped).
     pub fn remove(&mut self, id: SessionId) -> Option<T> {
-        self.get(id)?;
-        self.take_slot(id.slot).map(|s| s.payload)
+        family!(mut self, id.is_ipv6(), |t| t.remove(id))
     }
 
-    /// Sweeps for expired sessions from where the previous call stopped,
-    /// reaping at most `budget` of them and examining at most
-    /// `EXPIRE_SCAN_PER_BUDGET * budget` slots. Returns how many were reaped
-    /// (then available from [`SessionTable::drain_reaped`]).
+    /// Sweeps each family's slab for expired sessions from where the
+    /// previous call stopped, reaping at most `budget` sessions and
+    /// examining at most `EXPIRE_SCAN_PER_BUDGET * budget` slots per family.
+    /// Returns how many were reaped (then available from
+    /// [`SessionTable::drain_reaped`]).
     pub fn expire(&mut self, now: Nanos, budget: usize) -> usize {
-        let n = self.slots.len();
-        if n == 0 || budget == 0 {
-            return 0;
-        }
-        let mut scan = budget.saturating_mul(EXPIRE_SCAN_PER_BUDGET).min(n);
-        let mut reaped = 0;
-        let mut hand = self.hand % n;
-        while scan > 0 && reaped < budget {
-            if self.slot_expired(hand, now) {
-                self.reap_slot(hand as u32);
-                reaped += 1;
-            }
-            hand += 1;
-            if hand == n {
-                hand = 0;
-            }
-            scan -= 1;
-        }
-        self.hand = hand;
-        reaped
+        self.v4.expire(now, budget) + self.v6.expire(now, budget)
     }
 
     /// Keeps only the sessions for which `keep` returns true; the others are
     /// moved to the reaped queue (e.g. after a reload removed their backend).
-    pub fn retain(&mut self, mut keep: impl FnMut(SessionId, &mut Session<T>) -> bool) {
-        for slot in 0..self.slots.len() {
-            if let Slot::Occupied(s) = &mut self.slots[slot] {
-                let id = SessionId {
-                    slot: slot as u32,
-                    gen: s.gen,
-                };
-                if !keep(id, s) {
-                    self.reap_slot(slot as u32);
-                }
-            }
-        }
+    pub fn retain(&mut self, mut keep: impl FnMut(SessionId, Session<&mut T>) -> bool) {
+        self.v4.retain(&mut keep);
+        self.v6.retain(&mut keep);
     }
 
     /// Takes the sessions that went away on their own (expired, or dropped
     /// by `retain`) since the last call. Dropping the iterator early still
     /// empties the queue.
-    pub fn drain_reaped(&mut self) -> std::vec::Drain<'_, Session<T>> {
-        self.reaped.drain(..)
+    pub fn drain_reaped(&mut self) -> impl Iterator<Item = Session<T>> + '_ {
+        let v4 = self.v4.reaped.drain(..).map(Stored::into_report);
+        v4.chain(self.v6.reaped.drain(..).map(Stored::into_report))
     }
 
     /// Sessions waiting in the reaped queue.
     pub fn reaped_len(&self) -> usize {
-        self.reaped.len()
+        self.v4.reaped.len() + self.v6.reaped.len()
     }
 
-    /// Every session held (including expired ones not yet reaped), in slot
-    /// order.
-    pub fn iter(&self) -> impl Iterator<Item = (SessionId, &Session<T>)> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, s)| match s {
-                Slot::Occupied(s) => Some((
-                    SessionId {
-                        slot: slot as u32,
-                        gen: s.gen,
-                    },
-                    s,
-                )),
-                Slot::Vacant { .. } => None,
-            })
-    }
-
-    fn reap_slot(&mut self, slot: u32) {
-        if let Some(s) = self.take_slot(slot) {
-            self.reaped.push(s);
-        }
-    }
-
-    /// Unlinks the session in `slot` from the index and the slab.
-    fn take_slot(&mut self, slot: u32) -> Option<Session<T>> {
-        self.flush();
-        let idx = slot as usize;
-        let (gen, hashes) = match &self.slots[idx] {
-            Slot::Occupied(s) => (s.gen, [self.hash(&s.orig), self.hash(&s.reply)]),
-            Slot::Vacant { .. } => return None,
-        };
-        for (dir, hash) in hashes.into_iter().enumerate() {
-            let want = (slot << 1) | dir as u32;
-            let (pos, _) = self
-                .index
-                .find(hash, |v| v == want)
-                .expect("session keys are indexed");
-            self.index.remove_at(pos);
-        }
-        let old = std::mem::replace(
-            &mut self.slots[idx],
-            Slot::Vacant {
-                gen: gen.wrapping_add(1),
-            },
-        );
-        self.free.push(slot);
-        self.len -= 1;
-        match old {
-            Slot::Occupied(s) => Some(s),
-            Slot::Vacant { .. } => None,
-        }
+    /// Every session held (including expired ones not yet reaped): the IPv4
+    /// ones, then the IPv6 ones, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (SessionId, Session<&T>)> + '_ {
+        self.v4.iter().chain(self.v6.iter())
     }
 
     #[cfg(test)]
     fn check_invariants(&self) {
-        assert_eq!(self.index.len() + self.pending.len(), 2 * self.len);
-        assert_eq!(self.iter().count(), self.len);
-        assert_eq!(self.slots.len() - self.len, self.free.len());
-        for (id, s) in self.iter() {
-            assert_eq!(self.find(&s.orig), Some((id.slot, Dir::Orig)));
-            assert_eq!(self.find(&s.reply), Some((id.slot, Dir::Reply)));
-        }
-    }
-}
-
-fn dir_of(value: u32) -> Dir {
-    if value & 1 == 0 {
-        Dir::Orig
-    } else {
-        Dir::Reply
+        self.v4.check_invariants();
+        self.v6.check_invariants();
     }
 }
 
