@@ -8,9 +8,10 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use lb_core::conntrack::SessionTable;
 use lb_core::model::*;
 use lb_core::packet::{build_frame, FrameSpec, MacAddr};
-use lb_core::pipeline::{AllUp, Frame, Reason, RxInfo, Snapshot, Verdict, Worker};
+use lb_core::pipeline::{AllUp, Flow, Frame, Reason, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::NANOS_PER_SEC;
 
 /// Local (FULLNAT source) addresses: each gives ~60 000 ports, so 200 of
@@ -385,12 +386,16 @@ pub fn run(opts: &Opts) {
         .unwrap_or(0)
         .max(opts.big);
     if biggest > 0 {
+        // The largest IPv4 table here: slots and index.
+        let per_session =
+            SessionTable::<Flow>::with_capacities(1024, 1024).bytes_per_session(false);
+        let bytes = biggest * per_session;
         println!(
             "memory: one dependent random read costs {:.1} ns in 1 MiB, {:.1} ns in {} MiB (the size of the largest session table here); with 32 reads in flight, {:.1} ns per read",
             memory_latency(1 << 20),
-            memory_latency(biggest * 200),
-            (biggest * 200) >> 20,
-            memory_read_time(biggest * 200, 32),
+            memory_latency(bytes),
+            bytes >> 20,
+            memory_read_time(bytes, 32),
         );
     }
     println!("bench pipeline: one core, no I/O; bursts of 32 frames from an RX ring in memory, forwarded frames copied to a 32-frame TX batch");
