@@ -623,7 +623,7 @@ impl Health for AllUp {
 pub struct Flow {
     /// For listener sessions: load balancer, listener, server group and
     /// server indices (a configuration has at most
-    /// `lb_config::MAX_INDEX + 1` of each); `NO_LISTENER` in the first for
+    /// `lb_config::MAX_PER_KIND` of each); `NO_LISTENER` in the first for
     /// routed sessions, `u16::MAX` in the last for a server gone.
     listener: [u16; 4],
     /// The low 32 bits of the configuration generation whose rules
@@ -674,7 +674,7 @@ impl Flow {
             u16::try_from(i)
                 .ok()
                 .filter(|&i| i != u16::MAX)
-                .expect("configuration indices are within lb_config::MAX_INDEX")
+                .expect("configuration indices are below lb_config::MAX_PER_KIND")
         };
         let server = if s == GONE { u16::MAX } else { idx(s) };
         self.listener = [idx(lb), idx(l), idx(g), server];
