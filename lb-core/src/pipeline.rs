@@ -639,15 +639,19 @@ const NO_LISTENER: u16 = u16::MAX;
 
 impl Flow {
     /// A listener session's flow: (load balancer, listener, server group,
-    /// server), the server [`GONE`] if it left its group.
-    fn listener_session(at: (u32, u32, u32, u32), generation: u64, local_port: bool) -> Flow {
+    /// server), the server [`GONE`] if it left its group. `None` when an
+    /// index does not fit in 16 bits (a configuration `lb_config` refuses).
+    fn listener_session(
+        at: (u32, u32, u32, u32),
+        generation: u64,
+        local_port: bool,
+    ) -> Option<Flow> {
         let mut flow = Flow {
             listener: [NO_LISTENER; 4],
             generation: generation as u32,
             local_port,
         };
-        flow.set_listener(at);
-        flow
+        flow.set_listener(at).then_some(flow)
     }
 
     fn routed(generation: u64) -> Flow {
@@ -669,15 +673,19 @@ impl Flow {
         Some((lb.into(), l.into(), g.into(), server))
     }
 
-    fn set_listener(&mut self, (lb, l, g, s): (u32, u32, u32, u32)) {
-        let idx = |i: u32| {
-            u16::try_from(i)
-                .ok()
-                .filter(|&i| i != u16::MAX)
-                .expect("configuration indices are below lb_config::MAX_PER_KIND")
-        };
-        let server = if s == GONE { u16::MAX } else { idx(s) };
-        self.listener = [idx(lb), idx(l), idx(g), server];
+    /// Sets the listener session's indices; false (and nothing changes)
+    /// when one does not fit in 16 bits.
+    #[must_use]
+    fn set_listener(&mut self, (lb, l, g, s): (u32, u32, u32, u32)) -> bool {
+        let idx = |i: u32| u16::try_from(i).ok().filter(|&i| i != u16::MAX);
+        let server = if s == GONE { Some(u16::MAX) } else { idx(s) };
+        match (idx(lb), idx(l), idx(g), server) {
+            (Some(lb), Some(l), Some(g), Some(s)) => {
+                self.listener = [lb, l, g, s];
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether the rules of configuration `generation` admitted the session
@@ -811,8 +819,7 @@ impl Worker {
                 .position(|srv| srv.port == out.dport && srv.addresses.contains(&out.dst))
                 .map_or(GONE, idx32);
             s.payload
-                .set_listener((idx32(lbi), idx32(li), idx32(gi), si));
-            true
+                .set_listener((idx32(lbi), idx32(li), idx32(gi), si))
         });
         // Their counters belonged to the old configuration; their ports
         // are free again.
@@ -1266,6 +1273,15 @@ impl Worker {
             });
         };
         let server = &group.servers[si];
+        let Some(flow) = Flow::listener_session(
+            (idx32(lbi), idx32(li), idx32(gi), idx32(si)),
+            snap.generation,
+            !listener.transfer_client_ip,
+        ) else {
+            // Beyond the 16-bit indices a session holds (lb_config refuses
+            // such a configuration): no session can be made for it.
+            return Verdict::Drop(Reason::NoListener);
+        };
         let backend_addr = server
             .addresses
             .iter()
@@ -1311,11 +1327,6 @@ impl Worker {
             };
             (out, out.reversed(), !lport.shared)
         };
-        let flow = Flow::listener_session(
-            (idx32(lbi), idx32(li), idx32(gi), idx32(si)),
-            snap.generation,
-            !listener.transfer_client_ip,
-        );
         let admitted = match server.instance {
             Some(inst) => snap.backend_admits(inst, &orig_out, listener.transfer_client_ip),
             None => Ok(()),
@@ -1677,6 +1688,33 @@ mod tests {
 
     fn addr(s: &str) -> IpAddr {
         s.parse().expect("address")
+    }
+
+    #[test]
+    fn flow_holds_16_bit_indices_in_16_bytes() {
+        assert_eq!(std::mem::size_of::<Flow>(), 16);
+        let gen = (7u64 << 32) | 9;
+        let f = Flow::listener_session((1, 2, 3, 65534), gen, true).expect("fits");
+        assert_eq!(f.listener(), Some((1, 2, 3, 65534)));
+        assert!(f.local_port && f.admitted_in(gen) && !f.admitted_in(gen + 1));
+        let gone = Flow::listener_session((0, 0, 0, GONE), gen, false).expect("fits");
+        assert_eq!(gone.listener(), Some((0, 0, 0, GONE)));
+        for too_big in [
+            (65535, 0, 0, 0),
+            (0, 65535, 0, 0),
+            (0, 0, 1 << 16, 0),
+            (0, 0, 0, 65535),
+        ] {
+            assert_eq!(
+                Flow::listener_session(too_big, gen, true),
+                None,
+                "{too_big:?}"
+            );
+        }
+        let mut f = f;
+        assert!(!f.set_listener((0, 0, 0, 70000)));
+        assert_eq!(f.listener(), Some((1, 2, 3, 65534)), "unchanged");
+        assert_eq!(Flow::routed(gen).listener(), None);
     }
 
     /// One load balancer with a TCP listener in front of one instance.
