@@ -800,6 +800,10 @@ impl Worker {
                 sched::build(g.scheduler, &weights, &names)
             })
             .collect();
+        // Every local address's port counts, before its first session.
+        for locals in snap.locals_by_family.iter().flatten().flatten() {
+            self.ports.prepare(*locals);
+        }
         // Listener sessions name their listener and server by index: find
         // them again in the new configuration. A session whose listener is
         // gone ends; one whose server left the group drains.
@@ -1070,14 +1074,14 @@ impl Worker {
         }
 
         if snap.is_vip(key.dst) {
-            return self.new_listener_session(frame, p, csum, *key, now, snap, health);
+            return self.new_listener_session(frame, p, csum, *key, hash, now, snap, health);
         }
         if snap.is_own_address(key.dst) {
             // A reply to a local address without a session, or traffic to a
             // port address: for the data plane itself (health checks).
             return Verdict::Local(LocalKind::ToSelf);
         }
-        self.new_routed_session(frame, p, csum, *key, now, snap)
+        self.new_routed_session(frame, p, csum, *key, hash, now, snap)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1228,12 +1232,15 @@ impl Worker {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// A new session to a listener: `key` (filed under `key_hash`) was
+    /// just looked up and no session holds it.
     fn new_listener_session(
         &mut self,
         frame: &mut [u8],
         p: &Parsed,
         csum: L4Csum,
         key: FlowKey,
+        key_hash: u64,
         now: Nanos,
         snap: &Snapshot,
         health: &dyn Health,
@@ -1332,13 +1339,9 @@ impl Worker {
             None => Ok(()),
         };
         let inserted = admitted.and_then(|()| {
-            let r = if own_port {
-                self.sessions
-                    .insert_deferred(key, reply, flow, now, &snap.timeouts)
-            } else {
-                self.sessions.insert(key, reply, flow, now, &snap.timeouts)
-            };
-            r.map_err(|_| Reason::SessionTableFull)
+            self.sessions
+                .insert_missed(key, key_hash, reply, flow, now, &snap.timeouts, own_port)
+                .map_err(|_| Reason::SessionTableFull)
         });
         let id = match inserted {
             Ok(id) => id,
@@ -1372,12 +1375,15 @@ impl Worker {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// A new routed session: `key` (filed under `key_hash`) was just looked
+    /// up and no session holds it.
     fn new_routed_session(
         &mut self,
         frame: &mut [u8],
         p: &Parsed,
         csum: L4Csum,
         key: FlowKey,
+        key_hash: u64,
         now: Nanos,
         snap: &Snapshot,
     ) -> Verdict {
@@ -1394,10 +1400,15 @@ impl Worker {
             None
         } else {
             let flow = Flow::routed(snap.generation);
-            match self
-                .sessions
-                .insert(key, key.reversed(), flow, now, &snap.timeouts)
-            {
+            match self.sessions.insert_missed(
+                key,
+                key_hash,
+                key.reversed(),
+                flow,
+                now,
+                &snap.timeouts,
+                false,
+            ) {
                 Ok(id) => {
                     let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
                     self.sessions

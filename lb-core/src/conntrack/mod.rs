@@ -500,10 +500,13 @@ impl<A: Addr, T> Table<A, T> {
         }
     }
 
+    /// Adds a session; `orig_hash` is given when the caller just found no
+    /// session holding `orig` (which is then not looked up again).
     #[allow(clippy::too_many_arguments)]
     fn insert(
         &mut self,
         orig: Key<A>,
+        orig_hash: Option<u64>,
         reply: Key<A>,
         proto: u8,
         payload: T,
@@ -514,10 +517,16 @@ impl<A: Addr, T> Table<A, T> {
         if orig == reply {
             return Err(InsertError::SameKeys);
         }
-        let checked: &[(&Key<A>, Dir)] = if defer_reply {
-            &[(&orig, Dir::Orig)]
-        } else {
-            &[(&orig, Dir::Orig), (&reply, Dir::Reply)]
+        debug_assert!(
+            orig_hash
+                .is_none_or(|h| h == self.hash(&orig, proto) && self.find(&orig, proto).is_none()),
+            "orig key {orig:?} held, or its hash wrong"
+        );
+        let checked: &[(&Key<A>, Dir)] = match (orig_hash.is_some(), defer_reply) {
+            (true, true) => &[],
+            (true, false) => &[(&reply, Dir::Reply)],
+            (false, true) => &[(&orig, Dir::Orig)],
+            (false, false) => &[(&orig, Dir::Orig), (&reply, Dir::Reply)],
         };
         for &(key, dir) in checked {
             if let Some((slot, _)) = self.find(key, proto) {
@@ -554,7 +563,8 @@ impl<A: Addr, T> Table<A, T> {
             }
             Slot::Occupied(_) => unreachable!("free list holds an occupied slot"),
         };
-        let (ho, hr) = (self.hash(&orig, proto), self.hash(&reply, proto));
+        let ho = orig_hash.unwrap_or_else(|| self.hash(&orig, proto));
+        let hr = self.hash(&reply, proto);
         self.index.insert(ho, slot << 1);
         if defer_reply {
             self.pending.push((hr, (slot << 1) | 1));
@@ -988,7 +998,7 @@ impl<T> SessionTable<T> {
         now: Nanos,
         timeouts: &Timeouts,
     ) -> Result<SessionId, InsertError> {
-        self.insert_with(orig, reply, payload, now, timeouts, false)
+        self.insert_with(orig, None, reply, payload, now, timeouts, false)
     }
 
     /// [`SessionTable::insert`] for a session whose reply key the caller
@@ -1006,12 +1016,44 @@ impl<T> SessionTable<T> {
         timeouts: &Timeouts,
     ) -> Result<SessionId, InsertError> {
         debug_assert!(!self.contains_key(&reply), "reply key {reply} in use");
-        self.insert_with(orig, reply, payload, now, timeouts, true)
+        self.insert_with(orig, None, reply, payload, now, timeouts, true)
     }
 
+    /// [`SessionTable::insert`], or with `defer_reply`
+    /// [`SessionTable::insert_deferred`], for an `orig` key the caller has
+    /// just looked up with [`SessionTable::lookup_hashed`] and `orig_hash`,
+    /// finding no session: the key is neither looked up nor hashed again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_missed(
+        &mut self,
+        orig: FlowKey,
+        orig_hash: u64,
+        reply: FlowKey,
+        payload: T,
+        now: Nanos,
+        timeouts: &Timeouts,
+        defer_reply: bool,
+    ) -> Result<SessionId, InsertError> {
+        debug_assert!(
+            !defer_reply || !self.contains_key(&reply),
+            "reply key {reply} in use"
+        );
+        self.insert_with(
+            orig,
+            Some(orig_hash),
+            reply,
+            payload,
+            now,
+            timeouts,
+            defer_reply,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn insert_with(
         &mut self,
         orig: FlowKey,
+        orig_hash: Option<u64>,
         reply: FlowKey,
         payload: T,
         now: Nanos,
@@ -1023,12 +1065,12 @@ impl<T> SessionTable<T> {
         }
         let proto = orig.proto;
         match (split(&orig), split(&reply)) {
-            (Split::V4(o), Split::V4(r)) => {
-                self.v4.insert(o, r, proto, payload, now, timeouts, defer)
-            }
-            (Split::V6(o), Split::V6(r)) => {
-                self.v6.insert(o, r, proto, payload, now, timeouts, defer)
-            }
+            (Split::V4(o), Split::V4(r)) => self
+                .v4
+                .insert(o, orig_hash, r, proto, payload, now, timeouts, defer),
+            (Split::V6(o), Split::V6(r)) => self
+                .v6
+                .insert(o, orig_hash, r, proto, payload, now, timeouts, defer),
             _ => Err(InsertError::Mismatch),
         }
     }

@@ -627,3 +627,30 @@ fn deferred_reply_keys_are_found_before_and_after_the_flush() {
     assert!(!t.contains_key(&nat_reply(6, 51)));
     t.check_invariants();
 }
+
+#[test]
+fn insert_after_a_missed_lookup() {
+    let t0 = Timeouts::default();
+    let mut t = table(16);
+    let held = t
+        .insert(key(6, 1), nat_reply(6, 1), 1, 0, &t0)
+        .expect("room");
+    for (n, defer) in [(2u16, false), (3, true)] {
+        let h = t.hash_key(&key(6, n));
+        assert_eq!(t.lookup_hashed(&key(6, n), h, 0), None);
+        let id = t
+            .insert_missed(key(6, n), h, nat_reply(6, n), u32::from(n), 0, &t0, defer)
+            .expect("room");
+        assert_eq!(t.lookup(&key(6, n), 1), Some((id, Dir::Orig)));
+        assert_eq!(t.lookup(&nat_reply(6, n), 1), Some((id, Dir::Reply)));
+    }
+    // The reply key is still checked unless deferred.
+    let h = t.hash_key(&key(6, 4));
+    assert_eq!(
+        t.insert_missed(key(6, 4), h, nat_reply(6, 1), 4, 0, &t0, false),
+        Err(InsertError::KeyExists(Dir::Reply))
+    );
+    assert_eq!(t.lookup(&nat_reply(6, 1), 1), Some((held, Dir::Reply)));
+    t.flush();
+    t.check_invariants();
+}

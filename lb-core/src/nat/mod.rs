@@ -94,10 +94,7 @@ impl PortAllocator {
     ) -> Option<LocalPort> {
         let first = self.first();
         let step = self.workers;
-        let ports = self.locals.entry(local).or_insert_with(|| LocalPorts {
-            next: first,
-            users: vec![0u8; usize::from(u16::MAX) + 1].into_boxed_slice(),
-        });
+        let ports = self.ports_of(local);
         let next = |p: u16| match p.checked_add(step) {
             Some(p) if p <= LAST_PORT => p,
             _ => first,
@@ -126,6 +123,21 @@ impl PortAllocator {
             ports.next = port;
         }
         None
+    }
+
+    /// Sets up the port counts of `local` (64 KiB) now, so that its first
+    /// session does not pay for them (e.g. for every local address when a
+    /// configuration is adopted). Nothing changes if they exist.
+    pub fn prepare(&mut self, local: IpAddr) {
+        self.ports_of(local);
+    }
+
+    fn ports_of(&mut self, local: IpAddr) -> &mut LocalPorts {
+        let first = self.first();
+        self.locals.entry(local).or_insert_with(|| LocalPorts {
+            next: first,
+            users: vec![0u8; usize::from(u16::MAX) + 1].into_boxed_slice(),
+        })
     }
 
     /// A session using `port` on `local` ended.
@@ -167,6 +179,11 @@ mod tests {
     fn first_port_and_sequence() {
         let local = IpAddr::from([198, 19, 1, 250]);
         let mut a = PortAllocator::new(0, 1);
+        // Preparing twice changes nothing.
+        a.prepare(local);
+        a.prepare(local);
+        assert_eq!(a.locals.len(), 1);
+        assert_eq!(a.users(local, 1025), 0);
         assert_eq!(
             a.allocate(local, |_| true),
             Some(LocalPort {
