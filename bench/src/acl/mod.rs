@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use lb_core::acl::lint::{lint, FindingKind, LintRule};
-use lb_core::acl::{linear_classify, AddrMatch, Classifier, FlowKey, MatchRule};
+use lb_core::acl::{
+    linear_classify, AddrMatch, Classifier, FlowKey, KeyColumnsBuf, MatchRule, NO_MATCH,
+};
 
 use crate::AclArgs;
 use engine::{Compiled, Engine, Linear};
@@ -279,11 +281,29 @@ fn run_file(
             trace.len()
         );
     }
+    // The timed path of ours: the trace as columns (converted once, as
+    // rte_acl's input), answers as u32.
+    let columns = Columns::new(&trace, set.ipv6)?;
+    let mut col_out = vec![NO_MATCH - 1; trace.len()];
+    for r in chunk_ranges(trace.len(), 256) {
+        columns.classify(&compiled.0, r.clone(), &mut col_out[r]);
+    }
+    let bad = reference
+        .iter()
+        .zip(&col_out)
+        .filter(|(want, &have)| want.unwrap_or(NO_MATCH) != have)
+        .count();
+    if bad > 0 {
+        bail!(
+            "{name}: the compiled classifier's column bursts disagree with the brute-force scan on {bad} of {} packets",
+            trace.len()
+        );
+    }
     let unmatched = reference.iter().filter(|r| r.is_none()).count();
     let matched: Vec<f64> = reference.iter().flatten().map(|&i| f64::from(i)).collect();
     let mean_index = matched.iter().sum::<f64>() / matched.len().max(1) as f64;
     println!(
-        "trace: {} packets ({origin}), {:.1}% match no rule, mean matching {} index {mean_index:.0}; compiled == brute force on every packet",
+        "trace: {} packets ({origin}), {:.1}% match no rule, mean matching {} index {mean_index:.0}; compiled (FlowKey and column bursts) == brute force on every packet",
         trace.len(),
         100.0 * unmatched as f64 / trace.len() as f64,
         if grouped { "group" } else { "rule" }
@@ -321,6 +341,7 @@ fn run_file(
     let rounds = args.rounds.max(1);
     let mut linear_ns = Vec::new();
     let mut compiled_ns: Vec<Vec<f64>> = vec![Vec::new(); BURSTS.len()];
+    let mut columns_ns: Vec<Vec<f64>> = vec![Vec::new(); BURSTS.len()];
     #[cfg(feature = "dpdk")]
     let mut rte_ns: Vec<Vec<Vec<f64>>> =
         vec![vec![Vec::new(); BURSTS.len()]; rte.acl.methods.len()];
@@ -332,6 +353,12 @@ fn run_file(
         for (b, times) in BURSTS.iter().zip(compiled_ns.iter_mut()) {
             times.push(time_engine(&compiled, &trace, *b, &mut out));
         }
+        for (b, times) in BURSTS.iter().zip(columns_ns.iter_mut()) {
+            times.push(time_chunks(trace.len(), *b, |r| {
+                columns.classify(&compiled.0, r.clone(), &mut col_out[r]);
+            }));
+        }
+        black_box(&mut col_out);
         #[cfg(feature = "dpdk")]
         for (m, per_burst) in rte.acl.methods.iter().zip(rte_ns.iter_mut()) {
             for (b, times) in BURSTS.iter().zip(per_burst.iter_mut()) {
@@ -350,16 +377,27 @@ fn run_file(
         String::new()
     };
     println!("{:<20} {:>8.1} ns/packet{subset}", linear.name(), lin);
+    for (b, times) in BURSTS.iter().zip(compiled_ns.iter_mut()) {
+        let c = median(times);
+        let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "{:<20} {:>8.1} ns/packet (best {best:>6.1})  burst {b:>3}  linear/compiled {:.1}",
+            format!("{}/flowkey", compiled.name()),
+            c,
+            lin / c
+        );
+    }
+    // Ours: the column bursts.
     let mut ratios = Vec::new();
     let mut ours = Vec::new();
-    for (b, times) in BURSTS.iter().zip(compiled_ns.iter_mut()) {
+    for (b, times) in BURSTS.iter().zip(columns_ns.iter_mut()) {
         let c = median(times);
         let best = times.iter().copied().fold(f64::INFINITY, f64::min);
         ratios.push(lin / c);
         ours.push(c);
         println!(
             "{:<20} {:>8.1} ns/packet (best {best:>6.1})  burst {b:>3}  linear/compiled {:.1}",
-            compiled.name(),
+            format!("{}/columns", compiled.name()),
             c,
             lin / c
         );
@@ -492,6 +530,43 @@ fn rte_report(rte: &RteRun, rte_ns: &mut [Vec<Vec<f64>>], ours: &[f64]) -> RteFi
     }
 }
 
+/// A trace as key columns of its family (ours' timed input).
+enum Columns {
+    V4(KeyColumnsBuf<u32>),
+    V6(KeyColumnsBuf<u128>),
+}
+
+impl Columns {
+    /// The trace's keys, all of the set's family.
+    fn new(trace: &[FlowKey], ipv6: bool) -> Result<Columns> {
+        let mut v4 = KeyColumnsBuf::new();
+        let mut v6 = KeyColumnsBuf::new();
+        for (i, k) in trace.iter().enumerate() {
+            let ok = if ipv6 { v6.push_v6(k) } else { v4.push_v4(k) };
+            if !ok {
+                bail!(
+                    "trace packet {} ({k:?}) is not of the rule set's family",
+                    i + 1
+                );
+            }
+        }
+        Ok(if ipv6 {
+            Columns::V6(v6)
+        } else {
+            Columns::V4(v4)
+        })
+    }
+
+    /// Classifies the keys `r` into `out` (rule index or `NO_MATCH`).
+    #[inline]
+    fn classify(&self, c: &Classifier, r: Range<usize>, out: &mut [u32]) {
+        match self {
+            Columns::V4(b) => c.classify_v4_columns(&b.columns().range(r), out),
+            Columns::V6(b) => c.classify_v6_columns(&b.columns().range(r), out),
+        }
+    }
+}
+
 /// `0..n` in consecutive ranges of `burst`.
 fn chunk_ranges(n: usize, burst: usize) -> impl Iterator<Item = Range<usize>> {
     let burst = burst.max(1);
@@ -499,7 +574,6 @@ fn chunk_ranges(n: usize, burst: usize) -> impl Iterator<Item = Range<usize>> {
 }
 
 /// ns per packet of `f` over `0..n` in bursts of `burst`.
-#[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
 fn time_chunks(n: usize, burst: usize, mut f: impl FnMut(Range<usize>)) -> f64 {
     let t = Instant::now();
     for r in chunk_ranges(n, burst) {

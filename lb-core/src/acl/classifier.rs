@@ -90,7 +90,141 @@ use super::{AddrMatch, FlowKey, MatchRule, PortRange};
 #[allow(unsafe_code)]
 mod simd;
 
-use simd::{AddrStep, Avx512, Plan, Trie};
+use simd::{AddrStep, Avx512, Finish, Input, Plan, Trie};
+
+/// The answer of the column bursts ([`Classifier::classify_v4_columns`],
+/// [`Classifier::classify_v6_columns`]) for a key that no rule matches.
+pub const NO_MATCH: u32 = u32::MAX;
+
+/// Keys of one address family as columns: key `i` is `src[i]`, `dst[i]`,
+/// `proto[i]`, `sport[i]`, `dport[i]`, addresses as integers (`u32` for
+/// IPv4, `u128` for IPv6, as `u32::from(Ipv4Addr)` and
+/// `u128::from(Ipv6Addr)`). The keys are the first [`KeyColumns::len`]
+/// (the shortest column).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyColumns<'a, A> {
+    pub src: &'a [A],
+    pub dst: &'a [A],
+    pub proto: &'a [u8],
+    pub sport: &'a [u16],
+    pub dport: &'a [u16],
+}
+
+impl<'a, A> KeyColumns<'a, A> {
+    /// The number of keys: the length of the shortest column.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.src
+            .len()
+            .min(self.dst.len())
+            .min(self.proto.len())
+            .min(self.sport.len())
+            .min(self.dport.len())
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys `range` (cut at [`KeyColumns::len`]).
+    #[inline]
+    pub fn range(&self, range: std::ops::Range<usize>) -> KeyColumns<'a, A> {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        KeyColumns {
+            src: &self.src[start..end],
+            dst: &self.dst[start..end],
+            proto: &self.proto[start..end],
+            sport: &self.sport[start..end],
+            dport: &self.dport[start..end],
+        }
+    }
+}
+
+/// Owned [`KeyColumns`], e.g. to convert [`FlowKey`]s once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyColumnsBuf<A> {
+    pub src: Vec<A>,
+    pub dst: Vec<A>,
+    pub proto: Vec<u8>,
+    pub sport: Vec<u16>,
+    pub dport: Vec<u16>,
+}
+
+impl<A: Copy> KeyColumnsBuf<A> {
+    pub fn new() -> KeyColumnsBuf<A> {
+        KeyColumnsBuf {
+            src: Vec::new(),
+            dst: Vec::new(),
+            proto: Vec::new(),
+            sport: Vec::new(),
+            dport: Vec::new(),
+        }
+    }
+
+    /// Appends one key.
+    pub fn push(&mut self, src: A, dst: A, proto: u8, sport: u16, dport: u16) {
+        self.src.push(src);
+        self.dst.push(dst);
+        self.proto.push(proto);
+        self.sport.push(sport);
+        self.dport.push(dport);
+    }
+
+    pub fn clear(&mut self) {
+        self.src.clear();
+        self.dst.clear();
+        self.proto.clear();
+        self.sport.clear();
+        self.dport.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys as borrowed columns.
+    pub fn columns(&self) -> KeyColumns<'_, A> {
+        KeyColumns {
+            src: &self.src,
+            dst: &self.dst,
+            proto: &self.proto,
+            sport: &self.sport,
+            dport: &self.dport,
+        }
+    }
+}
+
+impl KeyColumnsBuf<u32> {
+    /// Appends `key` if both its addresses are IPv4; false otherwise.
+    pub fn push_v4(&mut self, key: &FlowKey) -> bool {
+        match (key.src, key.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                self.push(s.into(), d.into(), key.proto, key.sport, key.dport);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl KeyColumnsBuf<u128> {
+    /// Appends `key` if both its addresses are IPv6; false otherwise.
+    pub fn push_v6(&mut self, key: &FlowKey) -> bool {
+        match (key.src, key.dst) {
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                self.push(s.into(), d.into(), key.proto, key.sport, key.dport);
+                true
+            }
+            _ => false,
+        }
+    }
+}
 
 /// A compiled rule set answering "first matching rule" for a [`FlowKey`].
 #[derive(Debug, Clone)]
@@ -129,9 +263,9 @@ struct Group<A> {
     at: [u8; GROUP],
     src: [A; GROUP],
     dst: [A; GROUP],
-    proto: [u32; GROUP],
-    sport: [u32; GROUP],
-    dport: [u32; GROUP],
+    proto: [u8; GROUP],
+    sport: [u16; GROUP],
+    dport: [u16; GROUP],
 }
 
 impl<A: Addr> Group<A> {
@@ -154,9 +288,9 @@ impl<A: Addr> Group<A> {
             self.at[j] = at as u8;
             self.src[j] = src;
             self.dst[j] = dst;
-            self.proto[j] = key.proto.into();
-            self.sport[j] = key.sport.into();
-            self.dport[j] = key.dport.into();
+            self.proto[j] = key.proto;
+            self.sport[j] = key.sport;
+            self.dport[j] = key.dport;
             self.n = j + 1;
         }
     }
@@ -172,20 +306,33 @@ impl<A: Addr> Group<A> {
             all &= s.is_some() & d.is_some();
             self.src[j] = s.unwrap_or_default();
             self.dst[j] = d.unwrap_or_default();
-            self.proto[j] = k.proto.into();
-            self.sport[j] = k.sport.into();
-            self.dport[j] = k.dport.into();
+            self.proto[j] = k.proto;
+            self.sport[j] = k.sport;
+            self.dport[j] = k.dport;
         }
         self.n = keys.len().min(GROUP);
         all
     }
 
+    /// The group's keys as columns.
+    #[inline(always)]
+    fn columns(&self) -> KeyColumns<'_, A> {
+        let n = self.n.min(GROUP);
+        KeyColumns {
+            src: &self.src[..n],
+            dst: &self.dst[..n],
+            proto: &self.proto[..n],
+            sport: &self.sport[..n],
+            dport: &self.dport[..n],
+        }
+    }
+
     /// Writes the answers of the group's keys to their places in `out`.
     #[inline(always)]
-    fn scatter(&self, res: &[Option<u32>; GROUP], out: &mut [Option<u32>]) {
+    fn scatter(&self, res: &[u32; GROUP], out: &mut [Option<u32>]) {
         for (&at, &r) in self.at.iter().zip(res).take(self.n) {
             if let Some(o) = out.get_mut(usize::from(at)) {
-                *o = r;
+                *o = answer(r);
             }
         }
     }
@@ -194,11 +341,12 @@ impl<A: Addr> Group<A> {
 impl Classifier {
     /// Compiles `rules`; index order is precedence (0 first).
     pub fn build(rules: &[MatchRule]) -> Classifier {
-        Classifier::build_with(rules, CROSS_BUDGET)
+        Classifier::build_with(rules, CROSS_BUDGET, FINAL_BUDGET)
     }
 
-    /// [`Classifier::build`] with a cross-product budget (0: never cross).
-    fn build_with(rules: &[MatchRule], cross_budget: usize) -> Classifier {
+    /// [`Classifier::build`] with a cross-product budget (0: never cross)
+    /// and a final table budget (0: no final table).
+    fn build_with(rules: &[MatchRule], cross_budget: usize, final_budget: usize) -> Classifier {
         let mixed = rules
             .iter()
             .enumerate()
@@ -209,8 +357,8 @@ impl Classifier {
             .filter_map(|(i, r)| Some((u32::try_from(i).ok()?, r.clone())))
             .collect();
         Classifier {
-            v4: Family::build(rules, cross_budget),
-            v6: Family::build(rules, cross_budget),
+            v4: Family::build(rules, cross_budget, final_budget),
+            v6: Family::build(rules, cross_budget, final_budget),
             mixed,
             rules: rules.len(),
         }
@@ -237,8 +385,18 @@ impl Classifier {
     #[inline(always)]
     fn lookup(&self, key: &FlowKey) -> Looked {
         match (key.src, key.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => Looked::V4(self.v4.lookup(key, s.into(), d.into())),
-            (IpAddr::V6(s), IpAddr::V6(d)) => Looked::V6(self.v6.lookup(key, s.into(), d.into())),
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                Looked::V4(
+                    self.v4
+                        .lookup(s.into(), d.into(), key.proto, key.sport, key.dport),
+                )
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                Looked::V6(
+                    self.v6
+                        .lookup(s.into(), d.into(), key.proto, key.sport, key.dport),
+                )
+            }
             _ => Looked::Mixed,
         }
     }
@@ -275,7 +433,7 @@ impl Classifier {
         // A family's arrays are set up at its first key only.
         let mut v4: Option<Group<u32>> = None;
         let mut v6: Option<Group<u128>> = None;
-        let mut res = [None; GROUP];
+        let mut res = [NO_MATCH; GROUP];
         for (kc, oc) in keys.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
             // The usual case, a chunk of one family (the family of its first
             // key): no sorting out.
@@ -286,7 +444,7 @@ impl Classifier {
                         IpAddr::V4(a) => Some(a.into()),
                         IpAddr::V6(_) => None,
                     }) && {
-                        self.v4.classify_group(g, &mut res);
+                        self.v4.classify_group(&g.columns(), &mut res);
                         true
                     }
                 }
@@ -296,15 +454,15 @@ impl Classifier {
                         IpAddr::V6(a) => Some(a.into()),
                         IpAddr::V4(_) => None,
                     }) && {
-                        self.v6.classify_group(g, &mut res);
+                        self.v6.classify_group(&g.columns(), &mut res);
                         true
                     }
                 }
                 None => false,
             };
             if done {
-                for (o, r) in oc.iter_mut().zip(res) {
-                    *o = r;
+                for (o, &r) in oc.iter_mut().zip(&res) {
+                    *o = answer(r);
                 }
                 continue;
             }
@@ -328,14 +486,26 @@ impl Classifier {
                 }
             }
             if let Some(g) = v4.as_ref().filter(|g| g.n > 0) {
-                self.v4.classify_group(g, &mut res);
+                self.v4.classify_group(&g.columns(), &mut res);
                 g.scatter(&res, oc);
             }
             if let Some(g) = v6.as_ref().filter(|g| g.n > 0) {
-                self.v6.classify_group(g, &mut res);
+                self.v6.classify_group(&g.columns(), &mut res);
                 g.scatter(&res, oc);
             }
         }
+    }
+
+    /// Classifies IPv4 key `i` of `keys` into `out[i]` (the rule index, or
+    /// [`NO_MATCH`]) for every `i` below `min(keys.len(), out.len())`: the
+    /// answers of [`Classifier::classify`] for the same keys.
+    pub fn classify_v4_columns(&self, keys: &KeyColumns<'_, u32>, out: &mut [u32]) {
+        self.v4.classify_columns(keys, out);
+    }
+
+    /// [`Classifier::classify_v4_columns`] for IPv6 keys.
+    pub fn classify_v6_columns(&self, keys: &KeyColumns<'_, u128>, out: &mut [u32]) {
+        self.v6.classify_columns(keys, out);
     }
 
     /// The table shape, for reports: per family, the class counts of each
@@ -366,6 +536,12 @@ impl Classifier {
     }
 }
 
+/// A rule index or [`NO_MATCH`] as an option.
+#[inline(always)]
+fn answer(r: u32) -> Option<u32> {
+    (r != NO_MATCH).then_some(r)
+}
+
 fn rule_heap_bytes(r: &MatchRule) -> usize {
     let addr = |a: &AddrMatch| match a {
         AddrMatch::Any => 0,
@@ -389,6 +565,8 @@ trait Addr: Copy + Ord + Default + std::fmt::Debug {
     fn count_le(node: &[Self::Key; NODE], x: Self::Key) -> usize;
     fn from_u128(v: u128) -> Self;
     fn to_u128(self) -> u128;
+    /// The addresses as `u32`s when they are (IPv4).
+    fn as_u32s(s: &[Self]) -> Option<&[u32]>;
     /// The inclusive range of `net` if it is of this family.
     fn range(net: &IpNet) -> Option<(u128, u128)>;
 }
@@ -415,6 +593,10 @@ impl Addr for u32 {
     #[inline]
     fn to_u128(self) -> u128 {
         self.into()
+    }
+    #[inline(always)]
+    fn as_u32s(s: &[u32]) -> Option<&[u32]> {
+        Some(s)
     }
     fn range(net: &IpNet) -> Option<(u128, u128)> {
         match net {
@@ -453,6 +635,10 @@ impl Addr for u128 {
     #[inline]
     fn to_u128(self) -> u128 {
         self
+    }
+    #[inline(always)]
+    fn as_u32s(_: &[u128]) -> Option<&[u32]> {
+        None
     }
     fn range(net: &IpNet) -> Option<(u128, u128)> {
         match net {
@@ -1060,13 +1246,16 @@ impl<A: Addr> AddrField<A> {
     #[inline(always)]
     fn classes(&self, addrs: &[A], out: &mut [u32]) {
         match &self.search {
-            Search::Dir(d) => {
-                let mut a = [0u32; GROUP];
-                for (a, &x) in a.iter_mut().zip(addrs) {
-                    *a = x.to_u128() as u32;
+            Search::Dir(d) => match A::as_u32s(addrs) {
+                Some(a) => d.classes(a, out),
+                None => {
+                    let mut a = [0u32; GROUP];
+                    for (a, &x) in a.iter_mut().zip(addrs) {
+                        *a = x.to_u128() as u32;
+                    }
+                    d.classes(&a[..addrs.len().min(GROUP)], out);
                 }
-                d.classes(&a[..addrs.len().min(GROUP)], out);
-            }
+            },
             Search::Tree(t) => {
                 t.ranks(addrs, out);
                 for c in out.iter_mut() {
@@ -1114,6 +1303,9 @@ struct Family<A: Addr> {
     dst_first: bool,
     /// The first rule (local bit) of each transport class, or [`NO_RULE`].
     first_rule: Vec<u32>,
+    /// The first rule of every pair of a transport class and a class of
+    /// the one field left outside the cross products, when it fits.
+    last: Option<Last>,
     src: Option<AddrField<A>>,
     dst: Option<AddrField<A>>,
     /// The AVX-512 steps for bursts, when the CPU has them.
@@ -1121,7 +1313,7 @@ struct Family<A: Addr> {
 }
 
 impl<A: Addr> Family<A> {
-    fn build(rules: &[MatchRule], cross_budget: usize) -> Family<A> {
+    fn build(rules: &[MatchRule], cross_budget: usize, final_budget: usize) -> Family<A> {
         let rule_ids: Vec<u32> = rules
             .iter()
             .enumerate()
@@ -1129,6 +1321,7 @@ impl<A: Addr> Family<A> {
             .filter(|(_, r)| !r.sport.iter().all(|p| p.lo > p.hi))
             .filter(|(_, r)| !r.dport.iter().all(|p| p.lo > p.hi))
             .filter_map(|(i, _)| u32::try_from(i).ok())
+            .filter(|&i| i != NO_MATCH)
             .collect();
         let n = rule_ids.len();
         let words = n.div_ceil(64).max(1);
@@ -1234,6 +1427,41 @@ impl<A: Addr> Family<A> {
                     .map_or(NO_RULE, |(i, &w)| (i * 64) as u32 + w.trailing_zeros())
             })
             .collect();
+        // The one field left outside the cross products, if only one: the
+        // table of the first rule of every pair.
+        let left: Vec<(usize, &Partition)> = [
+            (simd::SPORT, &sport, sport_trivial || sport_combo.is_some()),
+            (simd::DPORT, &dport, dport_trivial || dport_combo.is_some()),
+            (simd::SRC, &src, src_trivial || src_combo.is_some()),
+            (simd::DST, &dst, dst_trivial || dst_combo.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, _, done)| !done)
+        .map(|(f, p, _)| (f, p))
+        .collect();
+        let l4_classes = l4_bits.len() / words;
+        let last = match left[..] {
+            [(field, p)]
+                if n < usize::from(u16::MAX)
+                    && l4_classes.saturating_mul(p.classes) <= final_budget =>
+            {
+                Some(Last {
+                    field,
+                    right: p.classes,
+                    table: first_table(&l4_bits, &p.bits, words),
+                })
+            }
+            _ => None,
+        };
+        let last_is = |f: usize| last.as_ref().is_some_and(|l| l.field == f);
+        let (sport_done, dport_done) = (
+            sport_combo.is_some() || last_is(simd::SPORT),
+            dport_combo.is_some() || last_is(simd::DPORT),
+        );
+        let (src_done, dst_done) = (
+            src_combo.is_some() || last_is(simd::SRC),
+            dst_combo.is_some() || last_is(simd::DST),
+        );
 
         let mut proto_table = Box::new([0u16; 256]);
         fill_table(&mut proto_table[..], &proto.starts, &proto.class_of);
@@ -1259,32 +1487,33 @@ impl<A: Addr> Family<A> {
             summary: summary(words),
             proto: proto_table,
             proto_bits: with_summary(&l4_bits, words),
-            sport: port_field(sport, sport_trivial, sport_combo.is_some()),
-            dport: port_field(dport, dport_trivial, dport_combo.is_some()),
+            sport: port_field(sport, sport_trivial, sport_done),
+            dport: port_field(dport, dport_trivial, dport_done),
             sport_combo,
             dport_combo,
-            src: (!src_trivial).then(|| AddrField::new(src, words, src_combo.is_some())),
-            dst: (!dst_trivial).then(|| AddrField::new(dst, words, dst_combo.is_some())),
+            src: (!src_trivial).then(|| AddrField::new(src, words, src_done)),
+            dst: (!dst_trivial).then(|| AddrField::new(dst, words, dst_done)),
             src_combo,
             dst_combo,
             dst_first,
             first_rule,
+            last,
             rule_ids,
             simd: Avx512::detect(),
         }
     }
 
     #[inline(always)]
-    fn lookup(&self, key: &FlowKey, src: A, dst: A) -> [u32; 5] {
+    fn lookup(&self, src: A, dst: A, proto: u8, sport: u16, dport: u16) -> [u32; 5] {
         let sc = self
             .sport
             .as_ref()
-            .map_or(0, |f| f.table[usize::from(key.sport)].into());
+            .map_or(0, |f| f.table[usize::from(sport)].into());
         let dc = self
             .dport
             .as_ref()
-            .map_or(0, |f| f.table[usize::from(key.dport)].into());
-        let mut l4 = self.proto[usize::from(key.proto)].into();
+            .map_or(0, |f| f.table[usize::from(dport)].into());
+        let mut l4 = self.proto[usize::from(proto)].into();
         if let Some(c) = &self.dport_combo {
             l4 = c.get(l4, dc);
         }
@@ -1315,6 +1544,15 @@ impl<A: Addr> Family<A> {
 
     #[inline(always)]
     fn scan(&self, c: &[u32; 5]) -> Option<u32> {
+        if let Some(l) = &self.last {
+            let right = c.get(l.field).copied().unwrap_or(0) as usize;
+            let local = l
+                .table
+                .get(c[0] as usize * l.right + right)
+                .copied()
+                .unwrap_or(u16::MAX);
+            return self.rule_ids.get(usize::from(local)).copied();
+        }
         let w = self.stride;
         // The bitmaps of the fields left outside the cross products.
         let mut rows: [&[u64]; 4] = [&[]; 4];
@@ -1350,18 +1588,82 @@ impl<A: Addr> Family<A> {
         self.rule_ids.get(local).copied()
     }
 
-    /// Classifies the `g.n` keys of `g` into `out`, one step at a time over
-    /// all the keys.
+    /// How the SIMD lookup ends (see [`Finish`]).
     #[inline(always)]
-    fn classify_group(&self, g: &Group<A>, out: &mut [Option<u32>; GROUP]) {
-        let n = g.n.min(GROUP);
+    fn finish(&self) -> Finish<'_> {
+        if let Some(l) = &self.last {
+            return Finish::Table(&l.table, l.right, l.field);
+        }
+        let left = self.sport.as_ref().is_some_and(|f| !f.bits.bits.is_empty())
+            || self.dport.as_ref().is_some_and(|f| !f.bits.bits.is_empty())
+            || self.src.as_ref().is_some_and(|f| !f.bits.bits.is_empty())
+            || self.dst.as_ref().is_some_and(|f| !f.bits.bits.is_empty());
+        if left {
+            Finish::Scan
+        } else {
+            Finish::First(&self.first_rule)
+        }
+    }
+
+    /// Classifies the keys of `keys` into `out` (rule index or
+    /// [`NO_MATCH`]) in groups of [`GROUP`].
+    fn classify_columns(&self, keys: &KeyColumns<'_, A>, out: &mut [u32]) {
+        let n = keys.len().min(out.len());
+        if n < SMALL_BURST {
+            for (i, o) in out.iter_mut().enumerate().take(n) {
+                let c = self.lookup(
+                    keys.src[i],
+                    keys.dst[i],
+                    keys.proto[i],
+                    keys.sport[i],
+                    keys.dport[i],
+                );
+                *o = self.scan(&c).unwrap_or(NO_MATCH);
+            }
+            return;
+        }
+        let mut res = [NO_MATCH; GROUP];
+        for (at, o) in (0..n).step_by(GROUP).zip(out.chunks_mut(GROUP)) {
+            let k = keys.range(at..at + GROUP);
+            self.classify_group(&k, &mut res);
+            let m = k.len().min(o.len());
+            o[..m].copy_from_slice(&res[..m]);
+        }
+    }
+
+    /// Classifies the keys of `k` (at most [`GROUP`]) into `out` (rule
+    /// index or [`NO_MATCH`]), one step at a time over all the keys.
+    #[inline(always)]
+    fn classify_group(&self, k: &KeyColumns<'_, A>, out: &mut [u32; GROUP]) {
+        let n = k.len().min(GROUP);
         // The transport class, then the class of each field.
         let mut cls = [[0u32; GROUP]; 5];
         match self.simd {
-            Some(v) => self.lookup_simd(v, g, &mut cls),
-            None => self.lookup_group(g, &mut cls),
+            Some(v) => {
+                if self.lookup_simd(v, k, n, &mut cls, out) {
+                    return;
+                }
+            }
+            None => self.lookup_group(k, n, &mut cls),
         }
         let [l4, sc, dc, s, d] = &cls;
+        let rule = |local: Option<usize>| {
+            local
+                .and_then(|l| self.rule_ids.get(l).copied())
+                .unwrap_or(NO_MATCH)
+        };
+        if let Some(l) = &self.last {
+            let c = &cls[l.field];
+            for ((o, &t), &c) in out.iter_mut().zip(l4).zip(c).take(n) {
+                let local = l
+                    .table
+                    .get(t as usize * l.right + c as usize)
+                    .copied()
+                    .unwrap_or(u16::MAX);
+                *o = rule(Some(local.into()));
+            }
+            return;
+        }
 
         // The bitmaps of the fields left outside the cross products.
         let w = self.stride;
@@ -1407,13 +1709,12 @@ impl<A: Addr> Family<A> {
                 // Longer bitmaps: follow the summary bits, 8 keys at once.
                 _ => v.scan(n, w, sm, &all[..=nrows.min(4)], &mut local),
             }
-            for (o, l) in out.iter_mut().zip(&local).take(n) {
-                *o = l.and_then(|l| self.rule_ids.get(l).copied());
+            for (o, &l) in out.iter_mut().zip(&local).take(n) {
+                *o = rule(l);
             }
             return;
         }
         let out = &mut out[..n];
-        let rule = |local: Option<usize>| local.and_then(|l| self.rule_ids.get(l).copied());
         let p = |j: usize| class_bits(self.proto_bits.rows(), l4[j], w);
         let [(a, ac), (b, bc), (e, ec), (f, fc)] = rows;
         let sm = self.summary;
@@ -1472,23 +1773,19 @@ impl<A: Addr> Family<A> {
         }
     }
 
-    /// The scalar lookup of a group's keys into `cls` (the transport class,
-    /// then the class of each field), one step at a time over all the keys.
+    /// The scalar lookup of the first `n` keys of `k` into `cls` (the
+    /// transport class, then the class of each field), one step at a time
+    /// over all the keys.
     #[inline(always)]
-    fn lookup_group(&self, g: &Group<A>, cls: &mut [[u32; GROUP]; 5]) {
-        let n = g.n.min(GROUP);
-        let table = |t: &[u16], idx: &[u32], out: &mut [u32]| {
-            for (c, &i) in out.iter_mut().zip(idx) {
-                *c = t.get(i as usize).copied().unwrap_or(0).into();
-            }
-        };
+    fn lookup_group(&self, k: &KeyColumns<'_, A>, n: usize, cls: &mut [[u32; GROUP]; 5]) {
+        let n = n.min(GROUP).min(k.len());
         let [l4, sc, dc, s, d] = cls;
-        table(&self.proto[..], &g.proto[..n], &mut l4[..n]);
+        table_into(&self.proto[..], &k.proto[..n], &mut l4[..n]);
         if let Some(f) = &self.dport {
-            table(&f.table[..], &g.dport[..n], &mut dc[..n]);
+            table_into(&f.table[..], &k.dport[..n], &mut dc[..n]);
         }
         if let Some(f) = &self.sport {
-            table(&f.table[..], &g.sport[..n], &mut sc[..n]);
+            table_into(&f.table[..], &k.sport[..n], &mut sc[..n]);
         }
         if let Some(c) = &self.dport_combo {
             c.apply(&mut l4[..n], &dc[..n]);
@@ -1497,10 +1794,10 @@ impl<A: Addr> Family<A> {
             c.apply(&mut l4[..n], &sc[..n]);
         }
         if let Some(f) = &self.src {
-            f.classes(&g.src[..n], &mut s[..n]);
+            f.classes(&k.src[..n], &mut s[..n]);
         }
         if let Some(f) = &self.dst {
-            f.classes(&g.dst[..n], &mut d[..n]);
+            f.classes(&k.dst[..n], &mut d[..n]);
         }
         let (first, second) = if self.dst_first {
             ((&self.dst_combo, &*d), (&self.src_combo, &*s))
@@ -1516,44 +1813,59 @@ impl<A: Addr> Family<A> {
     }
 
     /// [`Family::lookup_group`] with AVX-512: the IPv6 trees scalar, the
-    /// rest 16 keys per vector.
+    /// rest 16 keys per vector. True when `out` has the answers (every
+    /// field in the cross products or the final table), false when `cls`
+    /// has the classes for the bitmap scan.
     #[inline(always)]
-    fn lookup_simd(&self, v: Avx512, g: &Group<A>, cls: &mut [[u32; GROUP]; 5]) {
-        let n = g.n.min(GROUP);
-        let mut addrs = [[0u32; GROUP]; 2];
-        let [src_in, dst_in] = &mut addrs;
+    fn lookup_simd(
+        &self,
+        v: Avx512,
+        k: &KeyColumns<'_, A>,
+        n: usize,
+        cls: &mut [[u32; GROUP]; 5],
+        out: &mut [u32; GROUP],
+    ) -> bool {
+        let n = n.min(GROUP).min(k.len());
+        let mut bufs = [[0u32; GROUP]; 2];
+        let [src_buf, dst_buf] = &mut bufs;
         fn step<'a, A: Addr>(
             f: &'a Option<AddrField<A>>,
-            xs: &[A; GROUP],
-            into: &mut [u32; GROUP],
+            xs: &'a [A],
+            buf: &'a mut [u32; GROUP],
             n: usize,
-        ) -> AddrStep<'a> {
+        ) -> (AddrStep<'a>, &'a [u32]) {
             let Some(f) = f else {
-                return AddrStep::Zero;
+                return (AddrStep::Zero, &[]);
             };
             match &f.search {
                 Search::Dir(d) => {
-                    for (i, &x) in into.iter_mut().zip(xs) {
-                        *i = x.to_u128() as u32;
-                    }
-                    AddrStep::Trie(Trie {
+                    let trie = AddrStep::Trie(Trie {
                         top: &d.top,
                         mid: &d.mid,
                         low: &d.low,
                         leaf: LEAF,
-                    })
+                    });
+                    match A::as_u32s(xs) {
+                        Some(a) => (trie, a),
+                        None => {
+                            for (i, &x) in buf.iter_mut().zip(xs) {
+                                *i = x.to_u128() as u32;
+                            }
+                            (trie, &buf[..n])
+                        }
+                    }
                 }
                 Search::Tree(_) => {
-                    f.classes(&xs[..n], &mut into[..n]);
-                    AddrStep::Given
+                    f.classes(&xs[..n], &mut buf[..n]);
+                    (AddrStep::Given, &buf[..n])
                 }
             }
         }
         fn combo(c: &Option<Combo>, f: usize) -> Option<(&[u32], usize, usize)> {
             c.as_ref().map(|c| (&c.table[..], c.right, f))
         }
-        let src = step(&self.src, &g.src, src_in, n);
-        let dst = step(&self.dst, &g.dst, dst_in, n);
+        let (src, src_in) = step(&self.src, k.src, src_buf, n);
+        let (dst, dst_in) = step(&self.dst, k.dst, dst_buf, n);
         let (first, second) = if self.dst_first {
             ((&self.dst_combo, simd::DST), (&self.src_combo, simd::SRC))
         } else {
@@ -1571,13 +1883,17 @@ impl<A: Addr> Family<A> {
                 combo(first.0, first.1),
                 combo(second.0, second.1),
             ],
+            finish: self.finish(),
+            rule_ids: &self.rule_ids,
         };
-        v.lookup(
-            &plan,
-            n,
-            [&g.proto, &g.sport, &g.dport, src_in, dst_in],
-            cls,
-        );
+        let input = Input {
+            proto: k.proto,
+            sport: k.sport,
+            dport: k.dport,
+            src: src_in,
+            dst: dst_in,
+        };
+        v.lookup(&plan, n, &input, cls, out)
     }
 
     fn shape(&self) -> String {
@@ -1614,7 +1930,54 @@ impl<A: Addr> Family<A> {
             + addr(&self.dst)
             + combo(&self.sport_combo)
             + combo(&self.dport_combo)
+            + combo(&self.src_combo)
+            + combo(&self.dst_combo)
+            + self.first_rule.capacity() * 4
+            + self.last.as_ref().map_or(0, |l| l.table.capacity() * 2)
     }
+}
+
+/// `out[i] = table[idx[i]]` (0 out of range).
+#[inline(always)]
+fn table_into<T: Copy + Into<usize>>(table: &[u16], idx: &[T], out: &mut [u32]) {
+    for (c, &i) in out.iter_mut().zip(idx) {
+        *c = table.get(i.into()).copied().unwrap_or(0).into();
+    }
+}
+
+/// Most entries of the final table ([`Last`]).
+const FINAL_BUDGET: usize = 1 << 21;
+
+/// The final table: the first rule (local bit, `u16::MAX` for none) of
+/// transport class `l` and class `c` of the field left outside the cross
+/// products is `table[l * right + c]`.
+#[derive(Debug, Clone)]
+struct Last {
+    /// The field (`simd::SPORT`, `DPORT`, `SRC` or `DST`).
+    field: usize,
+    right: usize,
+    table: Vec<u16>,
+}
+
+/// The first common bit of every pair of `a`'s and `b`'s `words`-word
+/// bitmaps (row-major), `u16::MAX` for none (fewer than `u16::MAX` bits).
+fn first_table(a: &[u64], b: &[u64], words: usize) -> Vec<u16> {
+    let words = words.max(1);
+    let mut table = Vec::with_capacity(a.len() / words * (b.len() / words));
+    for x in a.chunks(words) {
+        for y in b.chunks(words) {
+            let first = x.iter().zip(y).enumerate().find_map(|(i, (x, y))| {
+                let w = x & y;
+                (w != 0).then(|| i * 64 + w.trailing_zeros() as usize)
+            });
+            table.push(
+                first
+                    .and_then(|f| u16::try_from(f).ok())
+                    .unwrap_or(u16::MAX),
+            );
+        }
+    }
+    table
 }
 
 /// Writes the class of every value of a small domain.

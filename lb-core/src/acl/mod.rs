@@ -9,7 +9,7 @@ mod classifier;
 pub mod lint;
 pub mod policy;
 
-pub use classifier::Classifier;
+pub use classifier::{Classifier, KeyColumns, KeyColumnsBuf, NO_MATCH};
 
 use ipnet::IpNet;
 

@@ -163,6 +163,36 @@ pub(super) struct Plan<'a> {
     /// its right side and the field of its right side ([`SPORT`],
     /// [`DPORT`], [`SRC`] or [`DST`]).
     pub combos: [Option<(&'a [u32], usize, usize)>; 4],
+    /// How the classes give the first rule.
+    pub finish: Finish<'a>,
+    /// Local rule number → rule index.
+    pub rule_ids: &'a [u32],
+}
+
+/// The last step of [`Avx512::lookup`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Finish<'a> {
+    /// Fields remain outside the cross products: the output is the classes
+    /// (for the bitmap scan).
+    Scan,
+    /// Every field is in the transport class: its first rule (local, or
+    /// `u32::MAX`).
+    First(&'a [u32]),
+    /// One field remains: the first rule (local, or `u16::MAX`) of
+    /// transport class `l` and class `c` of the field is entry `l * right +
+    /// c`: the table, `right` and the field.
+    Table(&'a [u16], usize, usize),
+}
+
+/// A group's keys, one slice per field, at least `n` keys each (the
+/// addresses: IPv4 addresses or the address classes, as the plan says).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Input<'a> {
+    pub proto: &'a [u8],
+    pub sport: &'a [u16],
+    pub dport: &'a [u16],
+    pub src: &'a [u32],
+    pub dst: &'a [u32],
 }
 
 /// Indices of the fields in [`Avx512::lookup`]'s arrays (0 is the
@@ -198,35 +228,62 @@ impl Avx512 {
         }
     }
 
-    /// A family's whole lookup for the first `n` keys of a group, every
-    /// step over all the keys in registers: `input` holds per key the
-    /// protocol, ports and addresses (IPv4) or address classes (as the
-    /// plan says); `out` gets the transport class (after every cross
-    /// product) and the class of each field. Lanes from `n` on get 0.
+    /// A family's whole lookup for the first `n` keys of a group (at
+    /// most the length of every slice of `input`), every step over all
+    /// the keys in registers. When the plan finishes with a first rule
+    /// ([`Finish::First`], [`Finish::Table`]), `out` gets each key's rule
+    /// index (`u32::MAX`: none) and the result is true; otherwise `cls`
+    /// gets the transport class (after every cross product) and the class
+    /// of each field, lanes from `n` on 0, and the result is false.
     #[inline]
     pub(super) fn lookup(
         self,
         plan: &Plan<'_>,
         n: usize,
-        input: [&[u32; GROUP]; 5],
-        out: &mut [[u32; GROUP]; 5],
-    ) {
+        input: &Input<'_>,
+        cls: &mut [[u32; GROUP]; 5],
+        out: &mut [u32; GROUP],
+    ) -> bool {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL/CD.
         unsafe {
-            lookup(plan, n, input, out)
+            lookup(plan, n, input, cls, out)
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 }
 
+/// Lanes `k * 16 ..` of `a` under `m`, zero-extended (0 elsewhere). `m`
+/// must cover only lanes `k * 16 + i < a.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
-fn load(a: &[u32; GROUP], k: usize) -> __m512i {
-    match a.get(k * LANES..(k + 1) * LANES) {
-        // SAFETY: the 16 words at `s` are within `a`.
-        Some(s) => unsafe { _mm512_loadu_si512(s.as_ptr().cast()) },
-        None => _mm512_setzero_si512(),
-    }
+fn load_u8(a: &[u8], k: usize, m: __mmask16) -> __m512i {
+    let m = m & lanes(a.len().saturating_sub(k * LANES));
+    let p = a.as_ptr().wrapping_add(k * LANES);
+    // SAFETY: the lanes under `m` are within `a` (the mask is cut at its
+    // end); a masked-out lane is not read (and does not fault).
+    unsafe { _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, p.cast())) }
+}
+
+/// [`load_u8`] of 16-bit values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
+fn load_u16(a: &[u16], k: usize, m: __mmask16) -> __m512i {
+    let m = m & lanes(a.len().saturating_sub(k * LANES));
+    let p = a.as_ptr().wrapping_add(k * LANES);
+    // SAFETY: as in `load_u8`.
+    unsafe { _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p.cast())) }
+}
+
+/// [`load_u8`] of 32-bit values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
+fn load_u32(a: &[u32], k: usize, m: __mmask16) -> __m512i {
+    let m = m & lanes(a.len().saturating_sub(k * LANES));
+    let p = a.as_ptr().wrapping_add(k * LANES);
+    // SAFETY: as in `load_u8`.
+    unsafe { _mm512_maskz_loadu_epi32(m, p.cast()) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -270,7 +327,13 @@ fn gather_u32(table: &[u32], i: __m512i, m: __mmask16, src: __m512i) -> __m512i 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
-fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32; GROUP]; 5]) {
+fn lookup(
+    plan: &Plan<'_>,
+    n: usize,
+    input: &Input<'_>,
+    cls_out: &mut [[u32; GROUP]; 5],
+    out: &mut [u32; GROUP],
+) -> bool {
     let zero = _mm512_setzero_si512();
     let mut m = [0u16; VECS];
     for (k, m) in m.iter_mut().enumerate() {
@@ -280,19 +343,18 @@ fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32;
             0
         };
     }
-    let [proto, sport, dport, src, dst] = input;
     let mut cls = [[zero; VECS]; 5];
     for k in 0..VECS {
-        cls[0][k] = gather_u16(plan.proto, load(proto, k), m[k], zero);
+        cls[0][k] = gather_u16(plan.proto, load_u8(input.proto, k, m[k]), m[k], zero);
     }
     if let Some(t) = plan.dport {
         for k in 0..VECS {
-            cls[DPORT][k] = gather_u16(t, load(dport, k), m[k], zero);
+            cls[DPORT][k] = gather_u16(t, load_u16(input.dport, k, m[k]), m[k], zero);
         }
     }
     if let Some(t) = plan.sport {
         for k in 0..VECS {
-            cls[SPORT][k] = gather_u16(t, load(sport, k), m[k], zero);
+            cls[SPORT][k] = gather_u16(t, load_u16(input.sport, k, m[k]), m[k], zero);
         }
     }
     // Both tries a step at a time.
@@ -300,19 +362,19 @@ fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32;
     let mut tries: [Option<(Trie<'_>, [__m512i; VECS], usize)>; 2] = [None, None];
     for (slot, (step, addrs, f)) in tries
         .iter_mut()
-        .zip([(plan.src, src, SRC), (plan.dst, dst, DST)])
+        .zip([(plan.src, input.src, SRC), (plan.dst, input.dst, DST)])
     {
         match step {
             AddrStep::Zero => {}
             AddrStep::Given => {
                 for k in 0..VECS {
-                    cls[f][k] = _mm512_maskz_mov_epi32(m[k], load(addrs, k));
+                    cls[f][k] = load_u32(addrs, k, m[k]);
                 }
             }
             AddrStep::Trie(t) => {
                 let mut a = [zero; VECS];
                 for k in 0..VECS {
-                    a[k] = load(addrs, k);
+                    a[k] = load_u32(addrs, k, m[k]);
                     let top = _mm512_srli_epi32::<16>(a[k]);
                     cls[f][k] = gather_u16(t.top, top, m[k], zero);
                 }
@@ -342,11 +404,37 @@ fn lookup(plan: &Plan<'_>, n: usize, input: [&[u32; GROUP]; 5], out: &mut [[u32;
             cls[0][k] = gather_u32(table, i, m[k], zero);
         }
     }
-    for (o, c) in out.iter_mut().zip(&cls) {
-        for (k, &v) in c.iter().enumerate() {
-            store(o, k, v);
+    let none = _mm512_set1_epi32(-1);
+    let mut local = [none; VECS];
+    match plan.finish {
+        Finish::Scan => {
+            for (o, c) in cls_out.iter_mut().zip(&cls) {
+                for (k, &v) in c.iter().enumerate() {
+                    store(o, k, v);
+                }
+            }
+            return false;
+        }
+        Finish::First(table) => {
+            for k in 0..VECS {
+                local[k] = gather_u32(table, cls[0][k], m[k], none);
+            }
+        }
+        Finish::Table(table, right, f) => {
+            let r = _mm512_set1_epi32(right as i32);
+            let Some(&c) = cls.get(f) else { return false };
+            let or = _mm512_set1_epi32(0xffff);
+            for k in 0..VECS {
+                let i = _mm512_add_epi32(_mm512_mullo_epi32(cls[0][k], r), c[k]);
+                local[k] = gather_u16(table, i, m[k], or);
+            }
         }
     }
+    // `u32::MAX` and `u16::MAX` are beyond `rule_ids` (fewer rules): none.
+    for (k, &l) in local.iter().enumerate() {
+        store(out, k, gather_u32(plan.rule_ids, l, m[k], none));
+    }
+    true
 }
 
 /// Word `at[i]` of `bits` per lane under `m` (0 elsewhere or out of

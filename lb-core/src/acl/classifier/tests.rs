@@ -4,7 +4,7 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 
 use super::super::{linear_classify, AddrMatch, FlowKey, MatchRule, PortRange};
-use super::{Addr, Classifier, STree, Search};
+use super::{Addr, Classifier, KeyColumnsBuf, STree, Search, CROSS_BUDGET, NO_MATCH};
 
 fn key(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowKey {
     FlowKey {
@@ -331,12 +331,74 @@ fn in_bursts(c: &Classifier, keys: &[FlowKey], burst: usize) -> Vec<Option<u32>>
 }
 
 /// Every burst size and both step sets (AVX-512 when the CPU has it, and
-/// scalar) give the linear scan's answers.
+/// scalar) give the linear scan's answers, for `FlowKey`s and for columns.
 fn check_bursts(rules: &[MatchRule], c: &Classifier, keys: &[FlowKey]) {
     let want: Vec<Option<u32>> = keys.iter().map(|k| linear_classify(rules, k)).collect();
     for c in [c.clone(), scalar(c)] {
         for burst in [2, 7, 16, 31, 32, 33, 64, 256] {
             assert_eq!(in_bursts(&c, keys, burst), want, "bursts of {burst}");
+        }
+    }
+    check_columns(rules, c, keys);
+}
+
+/// The answers of the column bursts of `c` over the keys of one family of
+/// `keys` (the others are skipped), in bursts of `burst`, with the keys
+/// they answer.
+fn in_column_bursts(c: &Classifier, keys: &[FlowKey], burst: usize) -> Vec<(FlowKey, u32)> {
+    let mut v4 = KeyColumnsBuf::new();
+    let mut v6 = KeyColumnsBuf::new();
+    let (mut k4, mut k6) = (Vec::new(), Vec::new());
+    for k in keys {
+        if v4.push_v4(k) {
+            k4.push(*k);
+        } else if v6.push_v6(k) {
+            k6.push(*k);
+        }
+    }
+    let mut out4 = vec![NO_MATCH - 1; v4.len()];
+    for (at, o) in (0..v4.len()).step_by(burst).zip(out4.chunks_mut(burst)) {
+        c.classify_v4_columns(&v4.columns().range(at..at + burst), o);
+    }
+    let mut out6 = vec![NO_MATCH - 1; v6.len()];
+    for (at, o) in (0..v6.len()).step_by(burst).zip(out6.chunks_mut(burst)) {
+        c.classify_v6_columns(&v6.columns().range(at..at + burst), o);
+    }
+    k4.into_iter()
+        .zip(out4)
+        .chain(k6.into_iter().zip(out6))
+        .collect()
+}
+
+/// The column bursts of every size from 1 to 256, with both step sets,
+/// give the linear scan's answers (and the scalar path's).
+fn check_columns(rules: &[MatchRule], c: &Classifier, keys: &[FlowKey]) {
+    let s = scalar(c);
+    // The keys in the order of the answers (IPv4, then IPv6), and theirs.
+    let order: Vec<FlowKey> = in_column_bursts(c, keys, 1)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let same_family = keys
+        .iter()
+        .filter(|k| k.src.is_ipv4() == k.dst.is_ipv4())
+        .count();
+    assert_eq!(order.len(), same_family);
+    let want: Vec<u32> = order
+        .iter()
+        .map(|k| linear_classify(rules, k).unwrap_or(NO_MATCH))
+        .collect();
+    for (k, &w) in order.iter().zip(&want) {
+        assert_eq!(s.classify(k).unwrap_or(NO_MATCH), w, "scalar, key {k:?}");
+    }
+    let bursts = (1..=40).chain([47, 63, 64, 65, 96, 127, 128, 200, 255, 256]);
+    for burst in bursts {
+        for c in [c, &s] {
+            let got = in_column_bursts(c, keys, burst);
+            for ((k, r), (ko, &w)) in got.iter().zip(order.iter().zip(&want)) {
+                assert_eq!(k, ko);
+                assert_eq!(*r, w, "column bursts of {burst}, key {k:?}");
+            }
         }
     }
 }
@@ -347,7 +409,8 @@ proptest! {
     #[test]
     fn agrees_with_linear((rules, picks) in arb_case()) {
         let c = Classifier::build(&rules);
-        let uncrossed = Classifier::build_with(&rules, 0);
+        let uncrossed = Classifier::build_with(&rules, 0, 0);
+        let no_final = Classifier::build_with(&rules, CROSS_BUDGET, 0);
         let keys = packets(&rules, &picks);
         let mut out = vec![None; keys.len()];
         c.classify_burst(&keys, &mut out);
@@ -356,9 +419,11 @@ proptest! {
             prop_assert_eq!(c.classify(k), want, "key {:?}", k);
             prop_assert_eq!(*o, want, "burst key {:?}", k);
             prop_assert_eq!(uncrossed.classify(k), want, "uncrossed key {:?}", k);
+            prop_assert_eq!(no_final.classify(k), want, "no final table, key {:?}", k);
         }
         check_bursts(&rules, &c, &keys);
         check_bursts(&rules, &uncrossed, &keys);
+        check_bursts(&rules, &no_final, &keys);
     }
 
     #[test]
