@@ -884,6 +884,10 @@ struct Combo {
 }
 
 impl Combo {
+    fn new(right: usize, table: Vec<u32>) -> Combo {
+        Combo { right, table }
+    }
+
     #[inline(always)]
     fn get(&self, left: u32, right: u32) -> u32 {
         self.table
@@ -903,6 +907,10 @@ impl Combo {
 
 /// Most bitmap words a [`cross`] may compute (keeps builds fast).
 const CROSS_BUDGET: usize = 1 << 18;
+
+/// The budget of the further cross products that leave a single field for
+/// the final table, in [`CROSS_BUDGET`]s.
+const EXTRA_CROSS: usize = 64;
 
 /// The cross product of two class sets (`words`-word bitmaps): the table of
 /// `(i, j)` ↦ class of `a_i & b_j` (row-major) and the deduplicated class
@@ -1294,13 +1302,10 @@ struct Family<A: Addr> {
     /// crossed into the transport classes).
     sport: Option<PortField>,
     dport: Option<PortField>,
-    dport_combo: Option<Combo>,
-    sport_combo: Option<Combo>,
-    /// Cross products of the address classes into the transport classes
-    /// (the destination first when `dst_first`).
-    dst_combo: Option<Combo>,
-    src_combo: Option<Combo>,
-    dst_first: bool,
+
+    /// The cross products into the transport class, in order: the field
+    /// (`simd::SPORT`, `DPORT`, `SRC` or `DST`) and its table.
+    combos: Vec<(usize, Combo)>,
     /// The first rule (local bit) of each transport class, or [`NO_RULE`].
     first_rule: Vec<u32>,
     /// The first rule of every pair of a transport class and a class of
@@ -1391,30 +1396,64 @@ impl<A: Addr> Family<A> {
         let dst_trivial = fold(&dst);
 
         // Cross-product the port classes into the protocol classes (RFC
-        // phase 1) when the result stays small.
+        // phase 1), then the addresses (fewest classes first), each when
+        // the result stays small.
+        let mut order = [
+            (simd::DPORT, &dport, dport_trivial),
+            (simd::SPORT, &sport, sport_trivial),
+            (simd::DST, &dst, dst_trivial),
+            (simd::SRC, &src, src_trivial),
+        ];
+        if src.classes < dst.classes {
+            order.swap(2, 3);
+        }
         let mut l4_bits = proto_bits;
-        let mut combine = |p: &Partition, trivial: bool| {
+        let mut combos: Vec<(usize, Combo)> = Vec::new();
+        let mut left: Vec<(usize, &Partition)> = Vec::new();
+        for (f, p, trivial) in order {
             if trivial {
-                return None;
+                continue;
             }
-            let (table, bits) = cross(&l4_bits, &p.bits, words, cross_budget)?;
-            l4_bits = bits;
-            Some(Combo {
-                right: p.classes,
-                table,
-            })
+            match cross(&l4_bits, &p.bits, words, cross_budget) {
+                Some((table, bits)) => {
+                    l4_bits = bits;
+                    combos.push((f, Combo::new(p.classes, table)));
+                }
+                None => left.push((f, p)),
+            }
+        }
+        let fits = |l4_bits: &[u64], p: &Partition| {
+            n < usize::from(u16::MAX)
+                && (l4_bits.len() / words).saturating_mul(p.classes) <= final_budget
         };
-        let dport_combo = combine(&dport, dport_trivial);
-        let sport_combo = combine(&sport, sport_trivial);
-        // Then the addresses, fewest classes first.
-        let dst_first = dst.classes <= src.classes;
-        let (dst_combo, src_combo) = if dst_first {
-            let d = combine(&dst, dst_trivial);
-            (d, combine(&src, src_trivial))
-        } else {
-            let s = combine(&src, src_trivial);
-            (combine(&dst, dst_trivial), s)
-        };
+        // More than one field left: cross all but the one with the most
+        // classes with a larger budget, when the final table then fits.
+        if left.len() > 1 {
+            left.sort_by_key(|(_, p)| p.classes);
+            let mut bits = l4_bits.clone();
+            let mut more = Vec::new();
+            for &(f, p) in &left[..left.len() - 1] {
+                match cross(
+                    &bits,
+                    &p.bits,
+                    words,
+                    cross_budget.saturating_mul(EXTRA_CROSS),
+                ) {
+                    Some((table, b)) => {
+                        bits = b;
+                        more.push((f, Combo::new(p.classes, table)));
+                    }
+                    None => break,
+                }
+            }
+            if let (true, Some(&(_, p))) = (more.len() + 1 == left.len(), left.last()) {
+                if fits(&bits, p) {
+                    l4_bits = bits;
+                    combos.extend(more);
+                    left.drain(..left.len() - 1);
+                }
+            }
+        }
         // The first rule of each transport class (the answer when no field
         // is left outside the cross products).
         let first_rule = l4_bits
@@ -1429,39 +1468,19 @@ impl<A: Addr> Family<A> {
             .collect();
         // The one field left outside the cross products, if only one: the
         // table of the first rule of every pair.
-        let left: Vec<(usize, &Partition)> = [
-            (simd::SPORT, &sport, sport_trivial || sport_combo.is_some()),
-            (simd::DPORT, &dport, dport_trivial || dport_combo.is_some()),
-            (simd::SRC, &src, src_trivial || src_combo.is_some()),
-            (simd::DST, &dst, dst_trivial || dst_combo.is_some()),
-        ]
-        .into_iter()
-        .filter(|(_, _, done)| !done)
-        .map(|(f, p, _)| (f, p))
-        .collect();
-        let l4_classes = l4_bits.len() / words;
         let last = match left[..] {
-            [(field, p)]
-                if n < usize::from(u16::MAX)
-                    && l4_classes.saturating_mul(p.classes) <= final_budget =>
-            {
-                Some(Last {
-                    field,
-                    right: p.classes,
-                    table: first_table(&l4_bits, &p.bits, words),
-                })
-            }
+            [(field, p)] if fits(&l4_bits, p) => Some(Last {
+                field,
+                right: p.classes,
+                table: first_table(&l4_bits, &p.bits, words),
+            }),
             _ => None,
         };
-        let last_is = |f: usize| last.as_ref().is_some_and(|l| l.field == f);
-        let (sport_done, dport_done) = (
-            sport_combo.is_some() || last_is(simd::SPORT),
-            dport_combo.is_some() || last_is(simd::DPORT),
-        );
-        let (src_done, dst_done) = (
-            src_combo.is_some() || last_is(simd::SRC),
-            dst_combo.is_some() || last_is(simd::DST),
-        );
+        let done = |f: usize| {
+            combos.iter().any(|(g, _)| *g == f) || last.as_ref().is_some_and(|l| l.field == f)
+        };
+        let (sport_done, dport_done) = (done(simd::SPORT), done(simd::DPORT));
+        let (src_done, dst_done) = (done(simd::SRC), done(simd::DST));
 
         let mut proto_table = Box::new([0u16; 256]);
         fill_table(&mut proto_table[..], &proto.starts, &proto.class_of);
@@ -1489,13 +1508,9 @@ impl<A: Addr> Family<A> {
             proto_bits: with_summary(&l4_bits, words),
             sport: port_field(sport, sport_trivial, sport_done),
             dport: port_field(dport, dport_trivial, dport_done),
-            sport_combo,
-            dport_combo,
             src: (!src_trivial).then(|| AddrField::new(src, words, src_done)),
             dst: (!dst_trivial).then(|| AddrField::new(dst, words, dst_done)),
-            src_combo,
-            dst_combo,
-            dst_first,
+            combos,
             first_rule,
             last,
             rule_ids,
@@ -1513,13 +1528,6 @@ impl<A: Addr> Family<A> {
             .dport
             .as_ref()
             .map_or(0, |f| f.table[usize::from(dport)].into());
-        let mut l4 = self.proto[usize::from(proto)].into();
-        if let Some(c) = &self.dport_combo {
-            l4 = c.get(l4, dc);
-        }
-        if let Some(c) = &self.sport_combo {
-            l4 = c.get(l4, sc);
-        }
         let s = match &self.src {
             Some(f) => f.class(src),
             None => 0,
@@ -1528,18 +1536,11 @@ impl<A: Addr> Family<A> {
             Some(f) => f.class(dst),
             None => 0,
         };
-        let (first, second) = if self.dst_first {
-            ((&self.dst_combo, d), (&self.src_combo, s))
-        } else {
-            ((&self.src_combo, s), (&self.dst_combo, d))
-        };
-        if let Some(c) = first.0 {
-            l4 = c.get(l4, first.1);
+        let mut c = [self.proto[usize::from(proto)].into(), sc, dc, s, d];
+        for (f, combo) in &self.combos {
+            c[0] = combo.get(c[0], c.get(*f).copied().unwrap_or(0));
         }
-        if let Some(c) = second.0 {
-            l4 = c.get(l4, second.1);
-        }
-        [l4, sc, dc, s, d]
+        c
     }
 
     #[inline(always)]
@@ -1553,6 +1554,15 @@ impl<A: Addr> Family<A> {
                 .unwrap_or(u16::MAX);
             return self.rule_ids.get(usize::from(local)).copied();
         }
+        self.scan_rows(c)
+    }
+
+    /// [`Family::scan`] without a final table: the first rule of the
+    /// transport class or the bitmap AND (out of line: its set-up, hoisted
+    /// by the compiler out of a loop over keys, would cost the final table
+    /// path at every call otherwise).
+    #[inline(never)]
+    fn scan_rows(&self, c: &[u32; 5]) -> Option<u32> {
         let w = self.stride;
         // The bitmaps of the fields left outside the cross products.
         let mut rows: [&[u64]; 4] = [&[]; 4];
@@ -1610,16 +1620,7 @@ impl<A: Addr> Family<A> {
     fn classify_columns(&self, keys: &KeyColumns<'_, A>, out: &mut [u32]) {
         let n = keys.len().min(out.len());
         if n < SMALL_BURST {
-            for (i, o) in out.iter_mut().enumerate().take(n) {
-                let c = self.lookup(
-                    keys.src[i],
-                    keys.dst[i],
-                    keys.proto[i],
-                    keys.sport[i],
-                    keys.dport[i],
-                );
-                *o = self.scan(&c).unwrap_or(NO_MATCH);
-            }
+            self.classify_keys(keys, out);
             return;
         }
         let mut res = [NO_MATCH; GROUP];
@@ -1628,6 +1629,23 @@ impl<A: Addr> Family<A> {
             self.classify_group(&k, &mut res);
             let m = k.len().min(o.len());
             o[..m].copy_from_slice(&res[..m]);
+        }
+    }
+
+    /// [`Family::classify_columns`] key by key (out of line: the set-up of
+    /// the group steps is not for a burst of one).
+    #[inline(never)]
+    fn classify_keys(&self, keys: &KeyColumns<'_, A>, out: &mut [u32]) {
+        let k = keys.range(0..out.len());
+        let cols = k
+            .src
+            .iter()
+            .zip(k.dst)
+            .zip(k.proto)
+            .zip(k.sport)
+            .zip(k.dport);
+        for (o, ((((&s, &d), &p), &sp), &dp)) in out.iter_mut().zip(cols) {
+            *o = self.scan(&self.lookup(s, d, p, sp, dp)).unwrap_or(NO_MATCH);
         }
     }
 
@@ -1787,28 +1805,20 @@ impl<A: Addr> Family<A> {
         if let Some(f) = &self.sport {
             table_into(&f.table[..], &k.sport[..n], &mut sc[..n]);
         }
-        if let Some(c) = &self.dport_combo {
-            c.apply(&mut l4[..n], &dc[..n]);
-        }
-        if let Some(c) = &self.sport_combo {
-            c.apply(&mut l4[..n], &sc[..n]);
-        }
         if let Some(f) = &self.src {
             f.classes(&k.src[..n], &mut s[..n]);
         }
         if let Some(f) = &self.dst {
             f.classes(&k.dst[..n], &mut d[..n]);
         }
-        let (first, second) = if self.dst_first {
-            ((&self.dst_combo, &*d), (&self.src_combo, &*s))
-        } else {
-            ((&self.src_combo, &*s), (&self.dst_combo, &*d))
-        };
-        if let Some(c) = first.0 {
-            c.apply(&mut l4[..n], &first.1[..n]);
-        }
-        if let Some(c) = second.0 {
-            c.apply(&mut l4[..n], &second.1[..n]);
+        for (f, combo) in &self.combos {
+            let right = match *f {
+                simd::SPORT => &*sc,
+                simd::DPORT => &*dc,
+                simd::SRC => &*s,
+                _ => &*d,
+            };
+            combo.apply(&mut l4[..n], &right[..n]);
         }
     }
 
@@ -1861,28 +1871,19 @@ impl<A: Addr> Family<A> {
                 }
             }
         }
-        fn combo(c: &Option<Combo>, f: usize) -> Option<(&[u32], usize, usize)> {
-            c.as_ref().map(|c| (&c.table[..], c.right, f))
-        }
         let (src, src_in) = step(&self.src, k.src, src_buf, n);
         let (dst, dst_in) = step(&self.dst, k.dst, dst_buf, n);
-        let (first, second) = if self.dst_first {
-            ((&self.dst_combo, simd::DST), (&self.src_combo, simd::SRC))
-        } else {
-            ((&self.src_combo, simd::SRC), (&self.dst_combo, simd::DST))
-        };
+        let mut combos = [None; 4];
+        for (c, (f, combo)) in combos.iter_mut().zip(&self.combos) {
+            *c = Some((&combo.table[..], combo.right, *f));
+        }
         let plan = Plan {
             proto: &self.proto[..],
             sport: self.sport.as_ref().map(|f| &f.table[..]),
             dport: self.dport.as_ref().map(|f| &f.table[..]),
             src,
             dst,
-            combos: [
-                combo(&self.dport_combo, simd::DPORT),
-                combo(&self.sport_combo, simd::SPORT),
-                combo(first.0, first.1),
-                combo(second.0, second.1),
-            ],
+            combos,
             finish: self.finish(),
             rule_ids: &self.rule_ids,
         };
@@ -1914,7 +1915,6 @@ impl<A: Addr> Family<A> {
     }
 
     fn memory_bytes(&self) -> usize {
-        let combo = |c: &Option<Combo>| c.as_ref().map_or(0, |c| c.table.capacity() * 4);
         let port = |f: &Option<PortField>| {
             f.as_ref().map_or(0, |f| {
                 std::mem::size_of::<[u16; 65536]>() + f.bits.memory_bytes()
@@ -1928,10 +1928,11 @@ impl<A: Addr> Family<A> {
             + port(&self.dport)
             + addr(&self.src)
             + addr(&self.dst)
-            + combo(&self.sport_combo)
-            + combo(&self.dport_combo)
-            + combo(&self.src_combo)
-            + combo(&self.dst_combo)
+            + self
+                .combos
+                .iter()
+                .map(|(_, c)| c.table.capacity() * 4)
+                .sum::<usize>()
             + self.first_rule.capacity() * 4
             + self.last.as_ref().map_or(0, |l| l.table.capacity() * 2)
     }
@@ -1976,6 +1977,10 @@ fn first_table(a: &[u64], b: &[u64], words: usize) -> Vec<u16> {
                     .unwrap_or(u16::MAX),
             );
         }
+    }
+    // An even length: the AVX-512 gathers read 16-bit entries in pairs.
+    if table.len() % 2 == 1 {
+        table.push(u16::MAX);
     }
     table
 }

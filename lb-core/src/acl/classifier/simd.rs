@@ -296,7 +296,8 @@ fn store(a: &mut [u32; GROUP], k: usize, v: __m512i) {
 }
 
 /// `table[i]` per lane under `m` (`or` where out of range, 0 elsewhere),
-/// 16-bit entries.
+/// 16-bit entries, read in aligned pairs: the last entry of a table of odd
+/// length reads as out of range (such tables are padded).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
 fn gather_u16(table: &[u16], i: __m512i, m: __mmask16, or: __m512i) -> __m512i {

@@ -334,9 +334,14 @@ fn in_bursts(c: &Classifier, keys: &[FlowKey], burst: usize) -> Vec<Option<u32>>
 /// scalar) give the linear scan's answers, for `FlowKey`s and for columns.
 fn check_bursts(rules: &[MatchRule], c: &Classifier, keys: &[FlowKey]) {
     let want: Vec<Option<u32>> = keys.iter().map(|k| linear_classify(rules, k)).collect();
-    for c in [c.clone(), scalar(c)] {
+    for (c, steps) in [(c.clone(), "simd"), (scalar(c), "scalar")] {
         for burst in [2, 7, 16, 31, 32, 33, 64, 256] {
-            assert_eq!(in_bursts(&c, keys, burst), want, "bursts of {burst}");
+            assert_eq!(
+                in_bursts(&c, keys, burst),
+                want,
+                "bursts of {burst}, {steps} steps, shape {}",
+                c.shape()
+            );
         }
     }
     check_columns(rules, c, keys);
@@ -411,6 +416,9 @@ proptest! {
         let c = Classifier::build(&rules);
         let uncrossed = Classifier::build_with(&rules, 0, 0);
         let no_final = Classifier::build_with(&rules, CROSS_BUDGET, 0);
+        // Small budgets: some fields crossed only by the larger budget of
+        // the final table, some left to the bitmaps.
+        let tight = Classifier::build_with(&rules, 64, 1 << 10);
         let keys = packets(&rules, &picks);
         let mut out = vec![None; keys.len()];
         c.classify_burst(&keys, &mut out);
@@ -420,10 +428,12 @@ proptest! {
             prop_assert_eq!(*o, want, "burst key {:?}", k);
             prop_assert_eq!(uncrossed.classify(k), want, "uncrossed key {:?}", k);
             prop_assert_eq!(no_final.classify(k), want, "no final table, key {:?}", k);
+            prop_assert_eq!(tight.classify(k), want, "small budgets, key {:?}", k);
         }
         check_bursts(&rules, &c, &keys);
         check_bursts(&rules, &uncrossed, &keys);
         check_bursts(&rules, &no_final, &keys);
+        check_bursts(&rules, &tight, &keys);
     }
 
     #[test]
