@@ -246,6 +246,10 @@ const GROUP: usize = simd::GROUP;
 /// Bursts below this size are classified key by key.
 const SMALL_BURST: usize = 16;
 
+/// Column bursts below this size are classified key by key (with AVX-512;
+/// [`SMALL_BURST`] without).
+const COLUMN_SMALL_BURST: usize = 16;
+
 /// A key's classes in its family (see `Family::lookup`).
 #[derive(Debug, Clone, Copy)]
 enum Looked {
@@ -914,8 +918,15 @@ const EXTRA_CROSS: usize = 64;
 
 /// The cross product of two class sets (`words`-word bitmaps): the table of
 /// `(i, j)` ↦ class of `a_i & b_j` (row-major) and the deduplicated class
-/// bitmaps; `None` when it would compute more than `budget` words.
-fn cross(a: &[u64], b: &[u64], words: usize, budget: usize) -> Option<(Vec<u32>, Vec<u64>)> {
+/// bitmaps; `None` when it would compute more than `budget` words or find
+/// more than `most` classes.
+fn cross(
+    a: &[u64],
+    b: &[u64],
+    words: usize,
+    budget: usize,
+    most: usize,
+) -> Option<(Vec<u32>, Vec<u64>)> {
     let words = words.max(1);
     let pairs = (a.len() / words).checked_mul(b.len() / words)?;
     if pairs.checked_mul(words)? > budget || u32::try_from(pairs).is_err() {
@@ -938,6 +949,9 @@ fn cross(a: &[u64], b: &[u64], words: usize, budget: usize) -> Option<(Vec<u32>,
                 found => {
                     let c = classes;
                     classes += 1;
+                    if classes as usize > most {
+                        return None;
+                    }
                     bits.extend_from_slice(&cur);
                     if found.is_none() {
                         known.insert(h, c);
@@ -1414,7 +1428,7 @@ impl<A: Addr> Family<A> {
             if trivial {
                 continue;
             }
-            match cross(&l4_bits, &p.bits, words, cross_budget) {
+            match cross(&l4_bits, &p.bits, words, cross_budget, usize::MAX) {
                 Some((table, bits)) => {
                     l4_bits = bits;
                     combos.push((f, Combo::new(p.classes, table)));
@@ -1426,32 +1440,45 @@ impl<A: Addr> Family<A> {
             n < usize::from(u16::MAX)
                 && (l4_bits.len() / words).saturating_mul(p.classes) <= final_budget
         };
-        // More than one field left: cross all but the one with the most
-        // classes with a larger budget, when the final table then fits.
+        // More than one field left: cross all but one of them with a larger
+        // budget, when the final table of the one then fits (of the ways
+        // that fit, the smallest table).
         if left.len() > 1 {
             left.sort_by_key(|(_, p)| p.classes);
-            let mut bits = l4_bits.clone();
-            let mut more = Vec::new();
-            for &(f, p) in &left[..left.len() - 1] {
-                match cross(
-                    &bits,
-                    &p.bits,
-                    words,
-                    cross_budget.saturating_mul(EXTRA_CROSS),
-                ) {
-                    Some((table, b)) => {
-                        bits = b;
-                        more.push((f, Combo::new(p.classes, table)));
+            // The table size, the transport classes and the cross products.
+            type Candidate = (usize, Vec<u64>, Vec<(usize, Combo)>);
+            let mut best: Option<Candidate> = None;
+            for keep in (0..left.len()).rev() {
+                let mut bits = l4_bits.clone();
+                let mut more = Vec::new();
+                // More transport classes than this and the table would not
+                // fit: such a cross stops early.
+                let most = final_budget / left[keep].1.classes.max(1);
+                for (i, &(f, p)) in left.iter().enumerate() {
+                    if i == keep {
+                        continue;
                     }
-                    None => break,
+                    let budget = cross_budget.saturating_mul(EXTRA_CROSS);
+                    match cross(&bits, &p.bits, words, budget, most) {
+                        Some((table, b)) => {
+                            bits = b;
+                            more.push((f, Combo::new(p.classes, table)));
+                        }
+                        None => break,
+                    }
+                }
+                let p = left[keep].1;
+                if more.len() + 1 == left.len() && fits(&bits, p) {
+                    let size = bits.len() / words * p.classes;
+                    if best.as_ref().is_none_or(|(s, _, _)| size < *s) {
+                        best = Some((size, bits, more));
+                    }
                 }
             }
-            if let (true, Some(&(_, p))) = (more.len() + 1 == left.len(), left.last()) {
-                if fits(&bits, p) {
-                    l4_bits = bits;
-                    combos.extend(more);
-                    left.drain(..left.len() - 1);
-                }
+            if let Some((_, bits, more)) = best {
+                l4_bits = bits;
+                left.retain(|(f, _)| !more.iter().any(|(g, _)| g == f));
+                combos.extend(more);
             }
         }
         // The first rule of each transport class (the answer when no field
@@ -1619,7 +1646,7 @@ impl<A: Addr> Family<A> {
     /// [`NO_MATCH`]) in groups of [`GROUP`].
     fn classify_columns(&self, keys: &KeyColumns<'_, A>, out: &mut [u32]) {
         let n = keys.len().min(out.len());
-        if n < SMALL_BURST {
+        if n < COLUMN_SMALL_BURST || (self.simd.is_none() && n < SMALL_BURST) {
             self.classify_keys(keys, out);
             return;
         }

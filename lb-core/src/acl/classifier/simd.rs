@@ -203,8 +203,7 @@ pub(super) const SRC: usize = 3;
 pub(super) const DST: usize = 4;
 
 /// Keys per group: a multiple of [`LANES`].
-pub(super) const GROUP: usize = 32;
-const VECS: usize = GROUP / LANES;
+pub(super) const GROUP: usize = 64;
 
 impl Avx512 {
     /// The first rule common to a group's bitmaps, 8 keys per vector:
@@ -244,10 +243,17 @@ impl Avx512 {
         cls: &mut [[u32; GROUP]; 5],
         out: &mut [u32; GROUP],
     ) -> bool {
+        // As many vectors as the keys need (the steps of different vectors
+        // overlap; empty ones would cost their set-up).
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `self` exists only when `detect` saw AVX-512F/BW/VL/CD.
         unsafe {
-            lookup(plan, n, input, cls, out)
+            match n {
+                0..=16 => lookup::<1>(plan, n, input, cls, out),
+                17..=32 => lookup::<2>(plan, n, input, cls, out),
+                33..=48 => lookup::<3>(plan, n, input, cls, out),
+                _ => lookup::<{ GROUP / LANES }>(plan, n, input, cls, out),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -328,7 +334,7 @@ fn gather_u32(table: &[u32], i: __m512i, m: __mmask16, src: __m512i) -> __m512i 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd")]
-fn lookup(
+fn lookup<const V: usize>(
     plan: &Plan<'_>,
     n: usize,
     input: &Input<'_>,
@@ -336,7 +342,7 @@ fn lookup(
     out: &mut [u32; GROUP],
 ) -> bool {
     let zero = _mm512_setzero_si512();
-    let mut m = [0u16; VECS];
+    let mut m = [0u16; V];
     for (k, m) in m.iter_mut().enumerate() {
         *m = if n > k * LANES {
             lanes(n - k * LANES)
@@ -344,23 +350,23 @@ fn lookup(
             0
         };
     }
-    let mut cls = [[zero; VECS]; 5];
-    for k in 0..VECS {
+    let mut cls = [[zero; V]; 5];
+    for k in 0..V {
         cls[0][k] = gather_u16(plan.proto, load_u8(input.proto, k, m[k]), m[k], zero);
     }
     if let Some(t) = plan.dport {
-        for k in 0..VECS {
+        for k in 0..V {
             cls[DPORT][k] = gather_u16(t, load_u16(input.dport, k, m[k]), m[k], zero);
         }
     }
     if let Some(t) = plan.sport {
-        for k in 0..VECS {
+        for k in 0..V {
             cls[SPORT][k] = gather_u16(t, load_u16(input.sport, k, m[k]), m[k], zero);
         }
     }
     // Both tries a step at a time.
     let byte = _mm512_set1_epi32(0xff);
-    let mut tries: [Option<(Trie<'_>, [__m512i; VECS], usize)>; 2] = [None, None];
+    let mut tries: [Option<(Trie<'_>, [__m512i; V], usize)>; 2] = [None, None];
     for (slot, (step, addrs, f)) in tries
         .iter_mut()
         .zip([(plan.src, input.src, SRC), (plan.dst, input.dst, DST)])
@@ -368,13 +374,13 @@ fn lookup(
         match step {
             AddrStep::Zero => {}
             AddrStep::Given => {
-                for k in 0..VECS {
+                for k in 0..V {
                     cls[f][k] = load_u32(addrs, k, m[k]);
                 }
             }
             AddrStep::Trie(t) => {
-                let mut a = [zero; VECS];
-                for k in 0..VECS {
+                let mut a = [zero; V];
+                for k in 0..V {
                     a[k] = load_u32(addrs, k, m[k]);
                     let top = _mm512_srli_epi32::<16>(a[k]);
                     cls[f][k] = gather_u16(t.top, top, m[k], zero);
@@ -385,14 +391,14 @@ fn lookup(
     }
     for (t, a, f) in tries.iter().flatten() {
         let leaf = _mm512_set1_epi32(t.leaf.into());
-        for k in 0..VECS {
+        for k in 0..V {
             let b = _mm512_and_si512(_mm512_srli_epi32::<8>(a[k]), byte);
             cls[*f][k] = dir_step(cls[*f][k], m[k], t.mid, b, leaf);
         }
     }
     for (t, a, f) in tries.iter().flatten() {
         let leaf = _mm512_set1_epi32(t.leaf.into());
-        for k in 0..VECS {
+        for k in 0..V {
             let e = dir_step(cls[*f][k], m[k], t.low, _mm512_and_si512(a[k], byte), leaf);
             cls[*f][k] = _mm512_andnot_si512(leaf, e);
         }
@@ -400,13 +406,13 @@ fn lookup(
     for &(table, right, f) in plan.combos.iter().flatten() {
         let r = _mm512_set1_epi32(right as i32);
         let Some(&c) = cls.get(f) else { continue };
-        for k in 0..VECS {
+        for k in 0..V {
             let i = _mm512_add_epi32(_mm512_mullo_epi32(cls[0][k], r), c[k]);
             cls[0][k] = gather_u32(table, i, m[k], zero);
         }
     }
     let none = _mm512_set1_epi32(-1);
-    let mut local = [none; VECS];
+    let mut local = [none; V];
     match plan.finish {
         Finish::Scan => {
             for (o, c) in cls_out.iter_mut().zip(&cls) {
@@ -417,7 +423,7 @@ fn lookup(
             return false;
         }
         Finish::First(table) => {
-            for k in 0..VECS {
+            for k in 0..V {
                 local[k] = gather_u32(table, cls[0][k], m[k], none);
             }
         }
@@ -425,7 +431,7 @@ fn lookup(
             let r = _mm512_set1_epi32(right as i32);
             let Some(&c) = cls.get(f) else { return false };
             let or = _mm512_set1_epi32(0xffff);
-            for k in 0..VECS {
+            for k in 0..V {
                 let i = _mm512_add_epi32(_mm512_mullo_epi32(cls[0][k], r), c[k]);
                 local[k] = gather_u16(table, i, m[k], or);
             }
