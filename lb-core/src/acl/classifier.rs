@@ -24,6 +24,19 @@
 //! let mut out = [None; 2];
 //! classifier.classify_burst(&[key, FlowKey { dport: 22, ..key }], &mut out);
 //! assert_eq!(out, [Some(0), Some(1)]);
+//!
+//! // The same keys as columns (one family), answers as `u32`.
+//! use lb_core::acl::{KeyColumnsBuf, NO_MATCH};
+//! let mut keys = KeyColumnsBuf::new();
+//! keys.push_v4(&key);
+//! keys.push_v4(&FlowKey { dport: 22, ..key });
+//! keys.push(0x0a00_0001, 0x0a00_0002, 17, 1, 53);
+//! let mut out = [0; 3];
+//! classifier.classify_v4_columns(&keys.columns(), &mut out);
+//! assert_eq!(out, [0, 1, 1]);
+//! let no_rules = Classifier::build(&[]);
+//! no_rules.classify_v4_columns(&keys.columns(), &mut out);
+//! assert_eq!(out, [NO_MATCH; 3]);
 //! ```
 //!
 //! # How it works
@@ -54,33 +67,61 @@
 //! fewer classes × the other): each product is a table of class pairs and
 //! the deduplicated bitmaps of the resulting classes. When every field made
 //! it into the products, the final class stores its first rule and the
-//! lookup is a handful of table reads. Otherwise the bitmaps of the fields
-//! left out are ANDed word by word with the product's, stopping at the first
-//! non-zero word: its lowest bit is the first matching rule. Since rules are
-//! in precedence order, most packets stop in the first words. Each class
-//! bitmap begins with summary words (one bit per non-zero word: an
-//! aggregated bit vector), so a packet whose first matching rule is deep in
-//! the list skips the empty words.
+//! lookup is a handful of table reads.
 //!
-//! A burst of 16 keys or more is classified in groups of 32 keys of one
-//! family: each step (the protocol and port tables, each trie level or tree
-//! level, each cross product, the bitmap scan) runs over every key of the
-//! group before the next step, so that the table reads of different keys
-//! overlap instead of waiting on one key's chain of dependent reads. On a
-//! CPU with AVX-512 (detected at run time, `simd`), the steps take 16 keys
-//! per vector: the table, trie and cross-product reads are masked gathers,
-//! bitmaps of up to 64 words are ANDed 8 words per instruction, longer ones
-//! are followed along their summary bits 8 keys at a time; the scalar steps
-//! remain as the fallback and compute the same answers. Smaller bursts take
-//! every key's lookup, then every key's scan. Bitmap rows are padded to
-//! whole cache lines with their words 64-byte aligned, and the IPv4 trie
+//! When one field is left out, its classes and the transport classes index
+//! a *final table* holding the first rule of every pair (16-bit entries,
+//! computed at build time, at most 2^21 of them): the lookup ends with one
+//! more table read and no bitmap. When two or more fields are left out,
+//! all but one of them are crossed in with a larger budget (64 times the
+//! first) if the one left then fits a final table; of the fields that can
+//! be the one left, the one giving the smallest table is chosen (a product
+//! that would give too many classes for it stops early). Cross products
+//! are therefore applied in any field order (a list of field and table).
+//!
+//! Otherwise the bitmaps of the fields left out are ANDed word by word with
+//! the product's, stopping at the first non-zero word: its lowest bit is the
+//! first matching rule. Since rules are in precedence order, most packets
+//! stop in the first words. Each class bitmap begins with summary words (one
+//! bit per non-zero word: an aggregated bit vector), so a packet whose first
+//! matching rule is deep in the list skips the empty words.
+//!
+//! A burst of 16 keys or more is classified in groups of up to 64 keys of
+//! one family: each step (the protocol and port tables, each trie level or
+//! tree level, each cross product, the final table or the bitmap scan) runs
+//! over every key of the group before the next step, so that the table
+//! reads of different keys overlap instead of waiting on one key's chain of
+//! dependent reads. On a CPU with AVX-512 (detected at run time, `simd`),
+//! the steps take 16 keys per vector, with as many vectors as the group has
+//! keys (1 to 4: a burst of 32 runs two, of 256 four at a time): the table,
+//! trie, cross-product and final-table reads are masked gathers (then the
+//! local rule number → rule index), bitmaps of up to 64 words are ANDed 8
+//! words per instruction, longer ones are followed along their summary bits
+//! 8 keys at a time; the scalar steps remain as the fallback and compute the
+//! same answers. Smaller bursts take every key's lookup, then every key's
+//! scan (through the final table when there is one). Bitmap rows are padded
+//! to whole cache lines with their words 64-byte aligned, and the IPv4 trie
 //! entries are 16-bit, to keep the tables' cache footprint small.
+//!
+//! # Key columns
+//!
+//! [`Classifier::classify_v4_columns`] and
+//! [`Classifier::classify_v6_columns`] take the keys of one family as
+//! columns ([`KeyColumns`]: source and destination addresses as `u32` or
+//! `u128`, protocol `u8`, ports `u16`, one slice each) and write `u32`
+//! answers ([`NO_MATCH`] for none). A group's fields are then read straight
+//! from the caller's arrays (masked vector loads, zero-extended), with no
+//! `IpAddr` to take apart and no `Option` to write: with the final table,
+//! this is most of what is left of a small set's time. [`KeyColumnsBuf`]
+//! converts [`FlowKey`]s once. `classify_burst` over `FlowKey`s fills the
+//! same group columns from the keys and runs the same steps.
 //!
 //! A key whose source and destination are of different families (no IP
 //! header yields one) is answered by a linear scan of the few rules that can
 //! match such a key.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ahash::AHashMap;
 use ipnet::IpNet;
@@ -1325,6 +1366,8 @@ struct Family<A: Addr> {
     /// The first rule of every pair of a transport class and a class of
     /// the one field left outside the cross products, when it fits.
     last: Option<Last>,
+    /// Without a final table: the answers of the class tuples seen.
+    cache: Option<TupleCache>,
     src: Option<AddrField<A>>,
     dst: Option<AddrField<A>>,
     /// The AVX-512 steps for bursts, when the CPU has them.
@@ -1503,6 +1546,16 @@ impl<A: Addr> Family<A> {
             }),
             _ => None,
         };
+        let cache = match (&last, n < usize::from(u16::MAX)) {
+            (None, true) if !left.is_empty() => {
+                let widths: Vec<(usize, u32)> = left
+                    .iter()
+                    .map(|(f, p)| (*f, class_bits_width(p.classes)))
+                    .collect();
+                TupleCache::new(class_bits_width(l4_bits.len() / words), &widths)
+            }
+            _ => None,
+        };
         let done = |f: usize| {
             combos.iter().any(|(g, _)| *g == f) || last.as_ref().is_some_and(|l| l.field == f)
         };
@@ -1540,6 +1593,7 @@ impl<A: Addr> Family<A> {
             combos,
             first_rule,
             last,
+            cache,
             rule_ids,
             simd: Avx512::detect(),
         }
@@ -1590,6 +1644,27 @@ impl<A: Addr> Family<A> {
     /// path at every call otherwise).
     #[inline(never)]
     fn scan_rows(&self, c: &[u32; 5]) -> Option<u32> {
+        let local = match &self.cache {
+            Some(cache) => {
+                let key = cache.key(c);
+                match cache.get(key) {
+                    Some(l) => l,
+                    None => {
+                        let l = self.scan_local(c);
+                        cache.put(key, l);
+                        l
+                    }
+                }
+            }
+            None => self.scan_local(c),
+        }?;
+        self.rule_ids.get(local).copied()
+    }
+
+    /// The first rule (local bit) of the classes `c`: the first rule of the
+    /// transport class, or the bitmap AND.
+    #[inline(always)]
+    fn scan_local(&self, c: &[u32; 5]) -> Option<usize> {
         let w = self.stride;
         // The bitmaps of the fields left outside the cross products.
         let mut rows: [&[u64]; 4] = [&[]; 4];
@@ -1608,9 +1683,9 @@ impl<A: Addr> Family<A> {
                 }
             }
         }
-        let local = if n == 0 {
+        if n == 0 {
             let first = self.first_rule.get(c[0] as usize).copied()?;
-            (first != NO_RULE).then_some(first as usize)?
+            (first != NO_RULE).then_some(first as usize)
         } else {
             let p = class_bits(self.proto_bits.rows(), c[0], w);
             let [a, b, d, e] = rows;
@@ -1620,9 +1695,8 @@ impl<A: Addr> Family<A> {
                 2 => first_common([p, a, b], self.summary),
                 3 => first_common([p, a, b, d], self.summary),
                 _ => first_common([p, a, b, d, e], self.summary),
-            }?
-        };
-        self.rule_ids.get(local).copied()
+            }
+        }
     }
 
     /// How the SIMD lookup ends (see [`Finish`]).
@@ -1706,6 +1780,24 @@ impl<A: Addr> Family<A> {
                     .copied()
                     .unwrap_or(u16::MAX);
                 *o = rule(Some(local.into()));
+            }
+            return;
+        }
+        if let Some(cache) = &self.cache {
+            // The answers of the class tuples seen before; the bitmap AND
+            // for the others.
+            for (j, o) in out.iter_mut().enumerate().take(n) {
+                let c = [l4[j], sc[j], dc[j], s[j], d[j]];
+                let key = cache.key(&c);
+                let local = match cache.get(key) {
+                    Some(l) => l,
+                    None => {
+                        let l = self.scan_local(&c);
+                        cache.put(key, l);
+                        l
+                    }
+                };
+                *o = rule(local);
             }
             return;
         }
@@ -1962,6 +2054,7 @@ impl<A: Addr> Family<A> {
                 .sum::<usize>()
             + self.first_rule.capacity() * 4
             + self.last.as_ref().map_or(0, |l| l.table.capacity() * 2)
+            + self.cache.as_ref().map_or(0, TupleCache::memory_bytes)
     }
 }
 
@@ -2010,6 +2103,109 @@ fn first_table(a: &[u64], b: &[u64], words: usize) -> Vec<u16> {
         table.push(u16::MAX);
     }
     table
+}
+
+/// Bits to hold a class below `classes`.
+fn class_bits_width(classes: usize) -> u32 {
+    usize::BITS - classes.saturating_sub(1).leading_zeros()
+}
+
+/// Entries of a [`TupleCache`] (a power of two).
+const CACHE_ENTRIES: usize = 1 << 16;
+
+/// The answers of the class tuples seen, for a family whose last step is
+/// the bitmap AND: a direct-mapped table of `(tuple + 1) << 16 | local
+/// rule` (`u16::MAX`: none; 0: empty), the tuple being the transport class
+/// and the classes of the fields left out, packed in 47 bits. Relaxed
+/// atomics: an entry is read and written whole, and it says which tuple it
+/// answers, so concurrent lookups at worst miss.
+struct TupleCache {
+    entries: Box<[AtomicU64]>,
+    /// The fields packed after the transport class and their shifts.
+    fields: [(usize, u32); 4],
+    nfields: usize,
+}
+
+impl TupleCache {
+    /// `None` when the tuple does not fit 47 bits.
+    fn new(l4_width: u32, fields: &[(usize, u32)]) -> Option<TupleCache> {
+        let mut shift = l4_width;
+        let mut packed = [(0, 0); 4];
+        for (p, &(f, w)) in packed.iter_mut().zip(fields) {
+            *p = (f, shift);
+            shift += w;
+        }
+        if shift > 47 || fields.len() > 4 {
+            return None;
+        }
+        Some(TupleCache {
+            entries: (0..CACHE_ENTRIES).map(|_| AtomicU64::new(0)).collect(),
+            fields: packed,
+            nfields: fields.len(),
+        })
+    }
+
+    /// The packed tuple of the classes `c` (transport class first).
+    #[inline(always)]
+    fn key(&self, c: &[u32; 5]) -> u64 {
+        let mut key = u64::from(c[0]);
+        for &(f, shift) in self.fields.iter().take(self.nfields) {
+            key |= u64::from(c.get(f).copied().unwrap_or(0)) << shift;
+        }
+        key
+    }
+
+    #[inline(always)]
+    fn slot(&self, key: u64) -> Option<&AtomicU64> {
+        let h = key.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48;
+        self.entries.get(h as usize & (CACHE_ENTRIES - 1))
+    }
+
+    /// The cached first rule of `key`: `Some(None)` for no rule, `None`
+    /// when not cached.
+    #[inline(always)]
+    fn get(&self, key: u64) -> Option<Option<usize>> {
+        let e = self.slot(key)?.load(Ordering::Relaxed);
+        if e >> 16 != key + 1 {
+            return None;
+        }
+        let local = e & 0xffff;
+        Some((local != 0xffff).then_some(local as usize))
+    }
+
+    #[inline(always)]
+    fn put(&self, key: u64, local: Option<usize>) {
+        let local = local
+            .and_then(|l| u16::try_from(l).ok())
+            .unwrap_or(u16::MAX);
+        if let Some(slot) = self.slot(key) {
+            slot.store(((key + 1) << 16) | u64::from(local), Ordering::Relaxed);
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.entries.len() * 8
+    }
+}
+
+/// A copy starts empty.
+impl Clone for TupleCache {
+    fn clone(&self) -> TupleCache {
+        TupleCache {
+            entries: (0..self.entries.len()).map(|_| AtomicU64::new(0)).collect(),
+            fields: self.fields,
+            nfields: self.nfields,
+        }
+    }
+}
+
+impl std::fmt::Debug for TupleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TupleCache")
+            .field("entries", &self.entries.len())
+            .field("fields", &&self.fields[..self.nfields])
+            .finish()
+    }
 }
 
 /// Writes the class of every value of a small domain.

@@ -321,6 +321,14 @@ fn scalar(c: &Classifier) -> Classifier {
     s
 }
 
+/// `c` without its tuple caches (the bitmap AND for every key).
+fn uncached(c: &Classifier) -> Classifier {
+    let mut s = c.clone();
+    s.v4.cache = None;
+    s.v6.cache = None;
+    s
+}
+
 /// The answers of `c.classify_burst` over `keys` in bursts of `burst`.
 fn in_bursts(c: &Classifier, keys: &[FlowKey], burst: usize) -> Vec<Option<u32>> {
     let mut out = vec![Some(u32::MAX); keys.len()];
@@ -334,7 +342,13 @@ fn in_bursts(c: &Classifier, keys: &[FlowKey], burst: usize) -> Vec<Option<u32>>
 /// scalar) give the linear scan's answers, for `FlowKey`s and for columns.
 fn check_bursts(rules: &[MatchRule], c: &Classifier, keys: &[FlowKey]) {
     let want: Vec<Option<u32>> = keys.iter().map(|k| linear_classify(rules, k)).collect();
-    for (c, steps) in [(c.clone(), "simd"), (scalar(c), "scalar")] {
+    let steps = [
+        (c.clone(), "simd"),
+        (scalar(c), "scalar"),
+        (uncached(c), "simd, no cache"),
+        (scalar(&uncached(c)), "scalar, no cache"),
+    ];
+    for (c, steps) in steps {
         for burst in [2, 7, 16, 31, 32, 33, 64, 256] {
             assert_eq!(
                 in_bursts(&c, keys, burst),
@@ -379,6 +393,7 @@ fn in_column_bursts(c: &Classifier, keys: &[FlowKey], burst: usize) -> Vec<(Flow
 /// give the linear scan's answers (and the scalar path's).
 fn check_columns(rules: &[MatchRule], c: &Classifier, keys: &[FlowKey]) {
     let s = scalar(c);
+    let u = uncached(c);
     // The keys in the order of the answers (IPv4, then IPv6), and theirs.
     let order: Vec<FlowKey> = in_column_bursts(c, keys, 1)
         .into_iter()
@@ -398,7 +413,7 @@ fn check_columns(rules: &[MatchRule], c: &Classifier, keys: &[FlowKey]) {
     }
     let bursts = (1..=40).chain([47, 63, 64, 65, 96, 127, 128, 200, 255, 256]);
     for burst in bursts {
-        for c in [c, &s] {
+        for c in [c, &s, &u] {
             let got = in_column_bursts(c, keys, burst);
             for ((k, r), (ko, &w)) in got.iter().zip(order.iter().zip(&want)) {
                 assert_eq!(k, ko);
