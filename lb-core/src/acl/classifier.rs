@@ -79,12 +79,18 @@
 //! that would give too many classes for it stops early). Cross products
 //! are therefore applied in any field order (a list of field and table).
 //!
-//! Otherwise the bitmaps of the fields left out are ANDed word by word with
-//! the product's, stopping at the first non-zero word: its lowest bit is the
-//! first matching rule. Since rules are in precedence order, most packets
-//! stop in the first words. Each class bitmap begins with summary words (one
-//! bit per non-zero word: an aggregated bit vector), so a packet whose first
-//! matching rule is deep in the list skips the empty words.
+//! Otherwise the tuple of the transport class and the classes of the fields
+//! left out is looked up in a direct-mapped cache (64K entries, each the
+//! packed tuple and its first rule, relaxed atomics: an entry is read and
+//! written whole and names its tuple, so concurrent lookups at worst miss;
+//! a copy of the classifier starts with an empty cache). On a miss, the
+//! bitmaps of the fields left out are ANDed word by word with the
+//! product's, stopping at the first non-zero word: its lowest bit is the
+//! first matching rule, which the cache then keeps. Since rules are in
+//! precedence order, most packets stop in the first words. Each class
+//! bitmap begins with summary words (one bit per non-zero word: an
+//! aggregated bit vector), so a packet whose first matching rule is deep in
+//! the list skips the empty words.
 //!
 //! A burst of 16 keys or more is classified in groups of up to 64 keys of
 //! one family: each step (the protocol and port tables, each trie level or
@@ -113,8 +119,12 @@
 //! from the caller's arrays (masked vector loads, zero-extended), with no
 //! `IpAddr` to take apart and no `Option` to write: with the final table,
 //! this is most of what is left of a small set's time. [`KeyColumnsBuf`]
-//! converts [`FlowKey`]s once. `classify_burst` over `FlowKey`s fills the
-//! same group columns from the keys and runs the same steps.
+//! converts [`FlowKey`]s once. Column bursts of 2 to 15 keys take the
+//! scalar steps, each over all the keys (too few keys for vectors, whose
+//! gathers would wait on one another: a burst of 8 is faster this way than
+//! key by key, as the per-key set-up is paid once); a single key takes the
+//! per-key path. `classify_burst` over `FlowKey`s fills the same group
+//! columns from the keys and runs the same steps (key by key below 16).
 //!
 //! A key whose source and destination are of different families (no IP
 //! header yields one) is answered by a linear scan of the few rules that can
@@ -287,9 +297,9 @@ const GROUP: usize = simd::GROUP;
 /// Bursts below this size are classified key by key.
 const SMALL_BURST: usize = 16;
 
-/// Column bursts below this size are classified key by key (with AVX-512;
-/// [`SMALL_BURST`] without).
-const COLUMN_SMALL_BURST: usize = 16;
+/// Column bursts below this size are classified key by key; from there to
+/// [`SMALL_BURST`] by the scalar steps over all the keys.
+const COLUMN_SMALL_BURST: usize = 2;
 
 /// A key's classes in its family (see `Family::lookup`).
 #[derive(Debug, Clone, Copy)]
@@ -1720,11 +1730,18 @@ impl<A: Addr> Family<A> {
     /// [`NO_MATCH`]) in groups of [`GROUP`].
     fn classify_columns(&self, keys: &KeyColumns<'_, A>, out: &mut [u32]) {
         let n = keys.len().min(out.len());
-        if n < COLUMN_SMALL_BURST || (self.simd.is_none() && n < SMALL_BURST) {
+        if n < COLUMN_SMALL_BURST {
             self.classify_keys(keys, out);
             return;
         }
         let mut res = [NO_MATCH; GROUP];
+        if n < SMALL_BURST {
+            // Too few keys for the vectors: the scalar steps, each over
+            // every key.
+            self.classify_group_with(&keys.range(0..n), &mut res, None);
+            out[..n].copy_from_slice(&res[..n]);
+            return;
+        }
         for (at, o) in (0..n).step_by(GROUP).zip(out.chunks_mut(GROUP)) {
             let k = keys.range(at..at + GROUP);
             self.classify_group(&k, &mut res);
@@ -1754,10 +1771,21 @@ impl<A: Addr> Family<A> {
     /// index or [`NO_MATCH`]), one step at a time over all the keys.
     #[inline(always)]
     fn classify_group(&self, k: &KeyColumns<'_, A>, out: &mut [u32; GROUP]) {
+        self.classify_group_with(k, out, self.simd);
+    }
+
+    /// [`Family::classify_group`] with the AVX-512 steps or not (`simd`).
+    #[inline(always)]
+    fn classify_group_with(
+        &self,
+        k: &KeyColumns<'_, A>,
+        out: &mut [u32; GROUP],
+        simd: Option<Avx512>,
+    ) {
         let n = k.len().min(GROUP);
         // The transport class, then the class of each field.
         let mut cls = [[0u32; GROUP]; 5];
-        match self.simd {
+        match simd {
             Some(v) => {
                 if self.lookup_simd(v, k, n, &mut cls, out) {
                     return;
@@ -1820,7 +1848,7 @@ impl<A: Addr> Family<A> {
                 }
             }
         }
-        if let (Some(v), 1..) = (self.simd, nrows) {
+        if let (Some(v), 1..) = (simd, nrows) {
             let mut all = [(self.proto_bits.rows(), l4); 5];
             for (a, r) in all.iter_mut().skip(1).zip(&rows[..nrows.min(4)]) {
                 *a = *r;
