@@ -434,6 +434,8 @@ proptest! {
         // Small budgets: some fields crossed only by the larger budget of
         // the final table, some left to the bitmaps.
         let tight = Classifier::build_with(&rules, 64, 1 << 10);
+        // A small cross budget and a final table: folded tables.
+        let folded = Classifier::build_with(&rules, 64, 1 << 16);
         let keys = packets(&rules, &picks);
         let mut out = vec![None; keys.len()];
         c.classify_burst(&keys, &mut out);
@@ -444,11 +446,13 @@ proptest! {
             prop_assert_eq!(uncrossed.classify(k), want, "uncrossed key {:?}", k);
             prop_assert_eq!(no_final.classify(k), want, "no final table, key {:?}", k);
             prop_assert_eq!(tight.classify(k), want, "small budgets, key {:?}", k);
+            prop_assert_eq!(folded.classify(k), want, "folded, key {:?}", k);
         }
         check_bursts(&rules, &c, &keys);
         check_bursts(&rules, &uncrossed, &keys);
         check_bursts(&rules, &no_final, &keys);
         check_bursts(&rules, &tight, &keys);
+        check_bursts(&rules, &folded, &keys);
     }
 
     #[test]
