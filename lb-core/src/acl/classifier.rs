@@ -77,13 +77,14 @@
 //! field's intervals are rewritten to give the row and column numbers
 //! directly, so folding costs nothing at lookup time (sg4_10k: 4991 × 1830
 //! pairs fold to 317 × 482). A table of at most 2^21 entries once folded is
-//! kept; one of up to 5 × 2^21 is computed to find out (given up early when
+//! kept; one of up to 8 × 2^21 is computed to find out (given up early when
 //! it has more than 2^21 / 256 distinct rows, which bounds the build time).
 //! With a final table the transport bitmaps are dropped. When two or more
 //! fields are left out, all but one of them are crossed in with a larger
-//! budget (64 times the first) if the one left then gives a final table; of
-//! the fields that can be the one left, the one giving the smallest table
-//! is chosen (a product that would give too many classes stops early).
+//! budget (64 times the first) if the one left then gives a final table;
+//! the fields that can be the one left are tried in the order of their
+//! table's size before folding, the first that folds within the budget
+//! taken (a product that would give too many classes stops early).
 //! Cross products are therefore applied in any field order (a list of
 //! field and table).
 //!
@@ -1516,9 +1517,9 @@ impl<A: Addr> Family<A> {
         // that fit, the smallest table).
         if left.len() > 1 {
             left.sort_by_key(|(_, p)| p.classes);
-            // The table, the transport classes and the cross products.
-            type Candidate = (usize, Folded, Vec<u64>, Vec<(usize, Combo)>);
-            let mut best: Option<Candidate> = None;
+            // The field kept, the transport classes and the cross products.
+            type Candidate = (usize, Vec<u64>, Vec<(usize, Combo)>);
+            let mut candidates: Vec<Candidate> = Vec::new();
             for keep in (0..left.len()).rev() {
                 let mut bits = l4_bits.clone();
                 let mut more = Vec::new();
@@ -1538,24 +1539,22 @@ impl<A: Addr> Family<A> {
                         None => break,
                     }
                 }
-                let (f, p) = left[keep];
-                if more.len() + 1 != left.len() {
-                    continue;
-                }
-                if let Some(folded) = final_of(&bits, p) {
-                    if best
-                        .as_ref()
-                        .is_none_or(|(_, b, _, _)| folded.table.len() < b.table.len())
-                    {
-                        best = Some((f, folded, bits, more));
-                    }
+                if more.len() + 1 == left.len() {
+                    candidates.push((keep, bits, more));
                 }
             }
-            if let Some((f, folded, bits, more)) = best {
-                l4_bits = bits;
-                left.retain(|(g, _)| *g == f);
-                combos.extend(more);
-                last = Some((f, folded));
+            // The smallest table before folding first; the first that folds
+            // within the budget is taken (each costs its size to compute).
+            candidates.sort_by_key(|(keep, bits, _)| bits.len() / words * left[*keep].1.classes);
+            for (keep, bits, more) in candidates {
+                let (f, p) = left[keep];
+                if let Some(folded) = final_of(&bits, p) {
+                    l4_bits = bits;
+                    left.retain(|(g, _)| *g == f);
+                    combos.extend(more);
+                    last = Some((f, folded));
+                    break;
+                }
             }
         } else if let [(f, p)] = left[..] {
             last = final_of(&l4_bits, p).map(|folded| (f, folded));
@@ -2176,7 +2175,7 @@ struct Last {
 
 /// Computing a final table of up to this many times [`FINAL_BUDGET`]
 /// entries is allowed, when it folds to within the budget.
-const FOLD_FACTOR: usize = 5;
+const FOLD_FACTOR: usize = 8;
 
 /// A folded table whose distinct rows exceed `final_budget` over this
 /// is given up early (its columns would have to fold to fewer: a guess
