@@ -44,8 +44,8 @@
 //! [`SessionId`] is a slot index plus a generation, so a stale id never
 //! reaches a later occupant of the slot. A flat open-addressing index maps
 //! both keys of every session to its slot: 8 bytes a key, sized to any
-//! number of buckets (no rounding to a power of two) at a load of 3/4. An
-//! IPv4 session thus costs 64 bytes of slot and about 21 of index. The slab
+//! number of buckets (no rounding to a power of two) at a load of 1/2. An
+//! IPv4 session thus costs 64 bytes of slot and 32 of index. The slab
 //! is reserved up front and the index is allocated zeroed (so untouched
 //! pages cost nothing); lookups never allocate.
 //!
