@@ -260,29 +260,28 @@ impl<A: Copy> KeyColumnsBuf<A> {
     }
 }
 
+/// Appends `key` to `buf` if both its addresses are of family `A`.
+fn push_key<A: Addr>(buf: &mut KeyColumnsBuf<A>, key: &FlowKey) -> bool {
+    match (A::from_ip(key.src), A::from_ip(key.dst)) {
+        (Some(s), Some(d)) => {
+            buf.push(s, d, key.proto, key.sport, key.dport);
+            true
+        }
+        _ => false,
+    }
+}
+
 impl KeyColumnsBuf<u32> {
     /// Appends `key` if both its addresses are IPv4; false otherwise.
     pub fn push_v4(&mut self, key: &FlowKey) -> bool {
-        match (key.src, key.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                self.push(s.into(), d.into(), key.proto, key.sport, key.dport);
-                true
-            }
-            _ => false,
-        }
+        push_key(self, key)
     }
 }
 
 impl KeyColumnsBuf<u128> {
     /// Appends `key` if both its addresses are IPv6; false otherwise.
     pub fn push_v6(&mut self, key: &FlowKey) -> bool {
-        match (key.src, key.dst) {
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                self.push(s.into(), d.into(), key.proto, key.sport, key.dport);
-                true
-            }
-            _ => false,
-        }
+        push_key(self, key)
     }
 }
 
@@ -360,13 +359,12 @@ impl<A: Addr> Group<A> {
     }
 
     /// Takes the keys of `keys` (at most [`GROUP`]), in order; false (and
-    /// the group unusable) when some address is not of this family
-    /// (`addr` gives `None`).
+    /// the group unusable) when some address is not of this family.
     #[inline(always)]
-    fn fill(&mut self, keys: &[FlowKey], addr: impl Fn(IpAddr) -> Option<A>) -> bool {
+    fn fill(&mut self, keys: &[FlowKey]) -> bool {
         let mut all = true;
         for (j, k) in keys.iter().enumerate().take(GROUP) {
-            let (s, d) = (addr(k.src), addr(k.dst));
+            let (s, d) = (A::from_ip(k.src), A::from_ip(k.dst));
             all &= s.is_some() & d.is_some();
             self.src[j] = s.unwrap_or_default();
             self.dst[j] = d.unwrap_or_default();
@@ -504,20 +502,14 @@ impl Classifier {
             let done = match kc.first().map(|k| k.src) {
                 Some(IpAddr::V4(_)) => {
                     let g = v4.get_or_insert_with(Group::new);
-                    g.fill(kc, |a| match a {
-                        IpAddr::V4(a) => Some(a.into()),
-                        IpAddr::V6(_) => None,
-                    }) && {
+                    g.fill(kc) && {
                         self.v4.classify_group(&g.columns(), &mut res);
                         true
                     }
                 }
                 Some(IpAddr::V6(_)) => {
                     let g = v6.get_or_insert_with(Group::new);
-                    g.fill(kc, |a| match a {
-                        IpAddr::V6(a) => Some(a.into()),
-                        IpAddr::V4(_) => None,
-                    }) && {
+                    g.fill(kc) && {
                         self.v6.classify_group(&g.columns(), &mut res);
                         true
                     }
@@ -629,6 +621,8 @@ trait Addr: Copy + Ord + Default + std::fmt::Debug {
     fn count_le(node: &[Self::Key; NODE], x: Self::Key) -> usize;
     fn from_u128(v: u128) -> Self;
     fn to_u128(self) -> u128;
+    /// `ip` if it is of this family.
+    fn from_ip(ip: IpAddr) -> Option<Self>;
     /// The addresses as `u32`s when they are (IPv4).
     fn as_u32s(s: &[Self]) -> Option<&[u32]>;
     /// The inclusive range of `net` if it is of this family.
@@ -657,6 +651,13 @@ impl Addr for u32 {
     #[inline]
     fn to_u128(self) -> u128 {
         self.into()
+    }
+    #[inline(always)]
+    fn from_ip(ip: IpAddr) -> Option<u32> {
+        match ip {
+            IpAddr::V4(a) => Some(a.into()),
+            IpAddr::V6(_) => None,
+        }
     }
     #[inline(always)]
     fn as_u32s(s: &[u32]) -> Option<&[u32]> {
@@ -699,6 +700,13 @@ impl Addr for u128 {
     #[inline]
     fn to_u128(self) -> u128 {
         self
+    }
+    #[inline(always)]
+    fn from_ip(ip: IpAddr) -> Option<u128> {
+        match ip {
+            IpAddr::V6(a) => Some(a.into()),
+            IpAddr::V4(_) => None,
+        }
     }
     #[inline(always)]
     fn as_u32s(_: &[u128]) -> Option<&[u32]> {
