@@ -69,7 +69,7 @@ pub use tcp::{flags as tcp_flags, TcpState, Timeouts};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::flow::{addr_bits, FlowKey};
+use crate::flow::FlowKey;
 use crate::Nanos;
 use index::Index;
 use tcp::{PROTO_TCP, SEEN_FIN_ORIG, SEEN_FIN_REPLY};
@@ -233,11 +233,7 @@ impl Addr for Ipv6Addr {
 
     #[inline]
     fn hash(h: &ahash::RandomState, k: &Key<Self>, proto: u8) -> u64 {
-        h.hash_one((
-            addr_bits(IpAddr::V6(k.src)),
-            addr_bits(IpAddr::V6(k.dst)),
-            k.ports_proto(proto),
-        ))
+        h.hash_one((u128::from(k.src), u128::from(k.dst), k.ports_proto(proto)))
     }
 }
 
@@ -297,11 +293,12 @@ impl<A: Addr, T> Stored<A, T> {
         }
     }
 
-    fn report<P>(&self, payload: P) -> Session<P> {
+    /// The session decoded, its payload left out (see [`Session::with`]).
+    fn report(&self) -> Session<()> {
         Session {
             orig: self.orig.to_flow(self.proto),
             reply: self.reply.to_flow(self.proto),
-            payload,
+            payload: (),
             expires_at: self.expires_at,
             last_seen: self.last_seen,
             tcp_state: self.tcp_state,
@@ -310,14 +307,21 @@ impl<A: Addr, T> Stored<A, T> {
     }
 
     fn into_report(self) -> Session<T> {
+        self.report().with(self.payload)
+    }
+}
+
+impl Session<()> {
+    /// The same session with `payload`.
+    fn with<P>(self, payload: P) -> Session<P> {
         Session {
-            orig: self.orig.to_flow(self.proto),
-            reply: self.reply.to_flow(self.proto),
+            orig: self.orig,
+            reply: self.reply,
+            payload,
             expires_at: self.expires_at,
             last_seen: self.last_seen,
             tcp_state: self.tcp_state,
             seen: self.seen,
-            payload: self.payload,
         }
     }
 }
@@ -544,24 +548,18 @@ impl<A: Addr, T> Table<A, T> {
 
         let tcp_state = (proto == PROTO_TCP).then_some(TcpState::SynSent);
         let expires_at = now.saturating_add(timeouts.for_state(proto, tcp_state));
-        let slot = if self.free != NO_SLOT {
-            self.free
-        } else {
-            let slot = slot32(self.slots.len());
-            self.slots.push(Slot::Vacant {
-                gen: 0,
-                next: NO_SLOT,
-            });
-            slot
-        };
-        let gen = match self.slots[slot as usize] {
-            Slot::Vacant { gen, next } => {
-                if slot == self.free {
-                    self.free = next;
-                }
-                gen
+        // The head of the free list, else a fresh slot at the end (the
+        // free list is empty when its head, NO_SLOT, is beyond the slab).
+        let (slot, gen) = match self.slots.get(self.free as usize) {
+            Some(&Slot::Vacant { gen, next }) => (std::mem::replace(&mut self.free, next), gen),
+            Some(Slot::Occupied(_)) => unreachable!("free list holds an occupied slot"),
+            None => {
+                self.slots.push(Slot::Vacant {
+                    gen: 0,
+                    next: NO_SLOT,
+                });
+                (slot32(self.slots.len() - 1), 0)
             }
-            Slot::Occupied(_) => unreachable!("free list holds an occupied slot"),
         };
         let ho = orig_hash.unwrap_or_else(|| self.hash(&orig, proto));
         let hr = self.hash(&reply, proto);
@@ -656,23 +654,12 @@ impl<A: Addr, T> Table<A, T> {
 
     fn retain(&mut self, keep: &mut impl FnMut(SessionId, Session<&mut T>) -> bool) {
         for slot in 0..self.slots.len() {
-            let family_bit = self.family_bit;
+            let id = match &self.slots[slot] {
+                Slot::Occupied(s) => self.id(slot32(slot), s.gen),
+                Slot::Vacant { .. } => continue,
+            };
             if let Slot::Occupied(s) = &mut self.slots[slot] {
-                let id = SessionId {
-                    slot: slot32(slot) | family_bit,
-                    gen: s.gen,
-                };
-                let (orig, reply) = (s.orig.to_flow(s.proto), s.reply.to_flow(s.proto));
-                let view = Session {
-                    orig,
-                    reply,
-                    expires_at: s.expires_at,
-                    last_seen: s.last_seen,
-                    tcp_state: s.tcp_state,
-                    seen: s.seen,
-                    payload: &mut s.payload,
-                };
-                if !keep(id, view) {
+                if !keep(id, s.report().with(&mut s.payload)) {
                     self.reap_slot(slot32(slot));
                 }
             }
@@ -684,7 +671,9 @@ impl<A: Addr, T> Table<A, T> {
             .iter()
             .enumerate()
             .filter_map(move |(slot, s)| match s {
-                Slot::Occupied(s) => Some((self.id(slot32(slot), s.gen), s.report(&s.payload))),
+                Slot::Occupied(s) => {
+                    Some((self.id(slot32(slot), s.gen), s.report().with(&s.payload)))
+                }
                 Slot::Vacant { .. } => None,
             })
     }
@@ -1087,7 +1076,7 @@ impl<T> SessionTable<T> {
     pub fn get(&self, id: SessionId) -> Option<Session<&T>> {
         family!(self, id.is_ipv6(), |t| t
             .get(id)
-            .map(|s| s.report(&s.payload)))
+            .map(|s| s.report().with(&s.payload)))
     }
 
     /// The payload of session `id`.
