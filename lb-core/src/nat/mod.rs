@@ -39,7 +39,9 @@ pub fn port_owner(port: u16, workers: u16) -> u16 {
 /// different backends, as long as the reply tuple is free (`is_free`).
 #[derive(Debug, Clone)]
 pub struct PortAllocator {
-    worker: u16,
+    /// The first port of this worker's share; every `workers`-th port
+    /// after it is this worker's too.
+    first: u16,
     workers: u16,
     locals: ahash::AHashMap<IpAddr, LocalPorts>,
 }
@@ -67,20 +69,15 @@ struct LocalPorts {
 impl PortAllocator {
     pub fn new(worker: u16, workers: u16) -> PortAllocator {
         let workers = workers.max(1);
+        let mut first = FIRST_PORT;
+        while port_owner(first, workers) != worker % workers {
+            first += 1;
+        }
         PortAllocator {
-            worker: worker % workers,
+            first,
             workers,
             locals: ahash::AHashMap::new(),
         }
-    }
-
-    /// The first port of this worker's share.
-    fn first(&self) -> u16 {
-        let mut p = FIRST_PORT;
-        while port_owner(p, self.workers) != self.worker {
-            p += 1;
-        }
-        p
     }
 
     /// A port of this worker's share on `local`: one no session uses if
@@ -92,8 +89,7 @@ impl PortAllocator {
         local: IpAddr,
         mut is_free: impl FnMut(u16) -> bool,
     ) -> Option<LocalPort> {
-        let first = self.first();
-        let step = self.workers;
+        let (first, step) = (self.first, self.workers);
         let ports = self.ports_of(local);
         let next = |p: u16| match p.checked_add(step) {
             Some(p) if p <= LAST_PORT => p,
@@ -133,7 +129,7 @@ impl PortAllocator {
     }
 
     fn ports_of(&mut self, local: IpAddr) -> &mut LocalPorts {
-        let first = self.first();
+        let first = self.first;
         self.locals.entry(local).or_insert_with(|| LocalPorts {
             next: first,
             users: vec![0u8; usize::from(u16::MAX) + 1].into_boxed_slice(),
