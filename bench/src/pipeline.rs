@@ -402,6 +402,8 @@ pub fn run(opts: &Opts) {
     for v6 in [false, true] {
         let fam = if v6 { "IPv6" } else { "IPv4" };
         let snap = Snapshot::compile(config(v6), 1);
+        // The classifiers' final tables, as lbd computes them after a load.
+        snap.refine();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
 
         for &n in &opts.sessions {
@@ -484,6 +486,7 @@ pub fn run(opts: &Opts) {
 
     if opts.big > 0 {
         let snap = Snapshot::compile(config(false), 1);
+        snap.refine();
         let n = opts.big;
         let (mut w, insert_ns) = open_sessions(&snap, n, false);
         let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(i, false, 80, ACK)).collect();

@@ -59,7 +59,7 @@ pub fn serve(shared: Arc<Shared>, path: &Path) -> Result<std::thread::JoinHandle
     Ok(h)
 }
 
-fn handle(shared: &Shared, stream: UnixStream) -> Result<()> {
+fn handle(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -230,6 +230,10 @@ pub fn stats(shared: &Shared) -> Value {
         "uptime_s": shared.started.elapsed().as_secs(),
         "reloads": shared.reloads.load(Ordering::Relaxed),
         "reload_failures": shared.reload_failures.load(Ordering::Relaxed),
+        "classifiers": {
+            "rule_sets": snap.rule_sets().count(),
+            "staged": snap.rule_sets().filter(|r| r.needs_refinement()).count(),
+        },
         "ports": ports,
         "workers": workers,
         "drops": drops,

@@ -94,7 +94,7 @@ impl Shared {
     /// Re-reads the configuration file. A valid one replaces the running
     /// configuration in one step (sessions carry on and are checked against
     /// the new rules on their next packet); an invalid one changes nothing.
-    pub fn reload(&self) -> std::result::Result<u64, String> {
+    pub fn reload(self: &Arc<Self>) -> std::result::Result<u64, String> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let cfg = match lb_config::load(&self.config_path) {
             Ok(c) => c,
@@ -116,6 +116,7 @@ impl Shared {
         self.runtime.store(Arc::new(Runtime { snap, health }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "configuration reloaded");
+        refine_in_background(self);
         Ok(generation)
     }
 
@@ -270,6 +271,7 @@ impl Daemon {
             threads.push(h);
         }
         tracing::info!(workers, ports = ?port_names, "lbd running");
+        refine_in_background(&shared);
         Ok(Daemon { shared, threads })
     }
 
@@ -279,6 +281,46 @@ impl Daemon {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Refines the classifiers of the running snapshot on a thread of its own
+/// (`Snapshot::refine`): the workers classify with the staged tables from
+/// the start, and with the final tables as each rule set gets them. The
+/// thread gives up when a newer configuration replaces this one, or at
+/// stop; the snapshot stays valid either way.
+fn refine_in_background(shared: &Arc<Shared>) {
+    let snap = shared.runtime.load().snap.clone();
+    if !snap.rule_sets().any(|r| r.needs_refinement()) {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    let spawned = std::thread::Builder::new()
+        .name("lbd-refine".into())
+        .spawn(move || {
+            let t = Instant::now();
+            let generation = snap.generation;
+            let mut refined = 0usize;
+            for set in snap.rule_sets() {
+                let current = weak.upgrade().is_some_and(|s| {
+                    !s.stop.load(Ordering::Relaxed)
+                        && s.runtime.load().snap.generation == generation
+                });
+                if !current {
+                    tracing::debug!(generation, refined, "classifier refinement given up");
+                    return;
+                }
+                refined += usize::from(set.refine());
+            }
+            tracing::info!(
+                generation,
+                rule_sets = refined,
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                "classifiers refined"
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("classifier refinement not started ({e}): the staged tables stay");
     }
 }
 

@@ -19,6 +19,12 @@ pub fn render(v: &Value) -> String {
     );
     let _ = writeln!(
         s,
+        "classifiers: {} rule sets, {} staged (final tables being computed)",
+        n(&v["classifiers"]["rule_sets"]),
+        n(&v["classifiers"]["staged"])
+    );
+    let _ = writeln!(
+        s,
         "\nports\n  {:<10} {:>12} {:>10} {:>12} {:>10}",
         "port", "rx", "rx_drop", "tx", "tx_drop"
     );

@@ -239,6 +239,53 @@ fn invalid_reload_keeps_traffic_flowing_and_malformed_frames_are_counted() {
 }
 
 #[test]
+fn a_large_rule_set_applies_at_reload_and_is_refined_in_the_background() {
+    require_netns!();
+    let _g = lock();
+    let mut t = Topo::up();
+    t.start_lbd(&seed_config("", "", (100, 100)));
+    wait_healthy(&t);
+    // sg-alb (deny 81) after 900 deny rules for other sources, each with
+    // its own port range: large enough that its tables are staged first.
+    let mut group = sg_alb(false);
+    for i in 0..900u32 {
+        let lo = 1000 + i * 7;
+        group.push_str(&format!(
+            "\n[[security_group.rule]]\ndirection = \"ingress\"\naction = \"deny\"\npriority = 2\nprotocol = \"tcp\"\nport_range = \"{lo}/{}\"\nsource = \"198.18.{}.{}/32\"\n",
+            lo + i % 50,
+            100 + i / 250,
+            i % 250
+        ));
+    }
+    let out = t.reload(&seed_config(
+        "security_groups = [\"sg-alb\"]",
+        &group,
+        (100, 100),
+    ));
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The new rules hold from the reload on, staged or not.
+    assert!(t.curl(V4_81).is_none(), "81 is denied at once");
+    assert!(t.backend_of(V4_80).is_some(), "80 answers at once");
+    t.wait_for(20, "every rule set refined", |t| {
+        let s = t.stats();
+        s["classifiers"]["staged"] == 0 && s["classifiers"]["rule_sets"].as_u64() > Some(0)
+    });
+    // lbd logs what it refined: generation 2's load-balancer group.
+    t.wait_for(5, "the refinement logged", |t| {
+        t.log()
+            .lines()
+            .any(|l| l.contains("classifiers refined") && l.contains("generation=2"))
+    });
+    assert!(t.curl(V6_81).is_none(), "81 is denied after the refinement");
+    assert!(t.backend_of(V6_80).is_some());
+    assert!(t.backend_of(V4_80).is_some());
+}
+
+#[test]
 fn partial_checksums_from_the_client_are_completed() {
     require_netns!();
     let _g = lock();

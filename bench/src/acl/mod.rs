@@ -46,10 +46,16 @@ struct FileResult {
     /// Rules given to ours (groups when grouped) and lines.
     rules: usize,
     lines: usize,
-    /// Ours: build time (ms), memory (bytes), ns/packet per burst.
+    /// Ours: build time (ms) of the staged classifier (ready to classify)
+    /// and of the complete one, memory (bytes) and ns/packet per burst of
+    /// the complete one.
+    ready_ms: f64,
     build_ms: f64,
     memory: usize,
     ns: Vec<f64>,
+    /// The staged classifier's ns/packet per burst, when it has a
+    /// refinement to wait for (otherwise it is the complete one).
+    staged_ns: Option<Vec<f64>>,
     /// rte_acl, when measured.
     rte: Option<RteFigures>,
 }
@@ -63,6 +69,8 @@ struct RteFigures {
     ns: Vec<(f64, &'static str)>,
     /// rte_acl / ours per burst.
     ratio: Vec<f64>,
+    /// rte_acl / ours (staged) per burst.
+    staged_ratio: Option<Vec<f64>>,
 }
 
 pub fn run(args: &AclArgs) -> Result<()> {
@@ -90,11 +98,41 @@ pub fn run(args: &AclArgs) -> Result<()> {
         for r in &summary {
             println!("  {:<24} {}", r.name, ratio_line(&r.linear, 1));
         }
+        println!("summary (ns/packet of ours before refinement, then complete; staged sets only):");
+        for r in &summary {
+            if let Some(st) = &r.staged_ns {
+                let per: Vec<String> = BURSTS
+                    .iter()
+                    .zip(st.iter().zip(&r.ns))
+                    .map(|(b, (s, c))| format!("b{b}={s:.1}/{c:.1}"))
+                    .collect();
+                println!("  {:<24} {}", r.name, per.join(" "));
+            }
+        }
         if summary.iter().any(|r| r.rte.is_some()) {
             println!("summary (ratio rte_acl/ours, above 1: ours is faster):");
             for r in &summary {
                 if let Some(x) = &r.rte {
                     println!("  {:<24} {}", r.name, ratio_line(&x.ratio, 2));
+                }
+            }
+            println!("summary (build ms: ours ready, ours complete, rte_acl; rte_acl/ours ready):");
+            for r in &summary {
+                if let Some(x) = &r.rte {
+                    println!(
+                        "  {:<24} {:>8.3} {:>8.1} {:>8.1}  {:>6.0}x",
+                        r.name,
+                        r.ready_ms,
+                        r.build_ms,
+                        x.build_ms,
+                        x.build_ms / r.ready_ms.max(1e-6)
+                    );
+                }
+            }
+            println!("summary (ratio rte_acl/ours before refinement, staged sets only):");
+            for r in &summary {
+                if let Some(s) = r.rte.as_ref().and_then(|x| x.staged_ratio.as_ref()) {
+                    println!("  {:<24} {}", r.name, ratio_line(s, 2));
                 }
             }
         }
@@ -121,7 +159,7 @@ fn print_table(summary: &[FileResult]) {
         ""
     };
     println!(
-        "| set | rules | build ms ours{vs} | memory MiB ours{vs} | ns/pkt ours{vs} {} | rte_acl/ours |",
+        "| set | rules | build ms ours ready · complete{vs} | memory MiB ours{vs} | ns/pkt ours{vs} {} | rte_acl/ours |",
         bursts.join(" · ")
     );
     println!("|---|---|---|---|---|---|");
@@ -133,7 +171,7 @@ fn print_table(summary: &[FileResult]) {
         };
         let (build, memory, ns, ratio) = match &r.rte {
             Some(x) => (
-                format!("{:.1} / {:.1}", r.build_ms, x.build_ms),
+                format!("{:.2} · {:.1} / {:.1}", r.ready_ms, r.build_ms, x.build_ms),
                 format!("{:.2} / {:.2}", mib(r.memory), mib(x.memory)),
                 r.ns.iter()
                     .zip(&x.ns)
@@ -143,7 +181,7 @@ fn print_table(summary: &[FileResult]) {
                 ratio_line(&x.ratio, 2),
             ),
             None => (
-                format!("{:.1}", r.build_ms),
+                format!("{:.2} · {:.1}", r.ready_ms, r.build_ms),
                 format!("{:.2}", mib(r.memory)),
                 r.ns.iter()
                     .map(|o| format!("{o:.1}"))
@@ -244,15 +282,25 @@ fn run_file(
         bail!("empty trace");
     }
 
-    // Build time: best of a few builds.
+    // Build time: best of a few builds, staged (ready to classify, what a
+    // reload waits for) and complete (with the final-table search).
+    let mut ready = Duration::MAX;
     let mut build = Duration::MAX;
+    let mut staged = Classifier::build_staged(&[]);
     let mut classifier = Classifier::build(&[]);
     for _ in 0..5 {
+        let t = Instant::now();
+        staged = black_box(Classifier::build_staged(black_box(rules)));
+        ready = ready.min(t.elapsed());
         let t = Instant::now();
         classifier = black_box(Classifier::build(black_box(rules)));
         build = build.min(t.elapsed());
     }
+    let staged = staged.needs_refinement().then_some(staged);
     println!("compiled shape: {}", classifier.shape());
+    if let Some(s) = &staged {
+        println!("staged shape: {}", s.shape());
+    }
     let compiled = Compiled(classifier);
     let linear = Linear { rules };
 
@@ -299,6 +347,22 @@ fn run_file(
             trace.len()
         );
     }
+    if let Some(s) = &staged {
+        for r in chunk_ranges(trace.len(), 256) {
+            columns.classify(s, r.clone(), &mut col_out[r]);
+        }
+        let bad = reference
+            .iter()
+            .zip(&col_out)
+            .filter(|(want, &have)| want.unwrap_or(NO_MATCH) != have)
+            .count();
+        if bad > 0 {
+            bail!(
+                "{name}: the staged classifier disagrees with the brute-force scan on {bad} of {} packets",
+                trace.len()
+            );
+        }
+    }
     let unmatched = reference.iter().filter(|r| r.is_none()).count();
     let matched: Vec<f64> = reference.iter().flatten().map(|&i| f64::from(i)).collect();
     let mean_index = matched.iter().sum::<f64>() / matched.len().max(1) as f64;
@@ -309,9 +373,15 @@ fn run_file(
         if grouped { "group" } else { "rule" }
     );
     println!(
-        "compiled: build {:.3} ms, memory {:.2} MiB",
+        "compiled: build {:.3} ms ready (staged), {:.3} ms complete; memory {:.2} MiB{}",
+        ready.as_secs_f64() * 1e3,
         build.as_secs_f64() * 1e3,
-        mib(compiled.memory_bytes().unwrap_or(0))
+        mib(compiled.memory_bytes().unwrap_or(0)),
+        if staged.is_some() {
+            "; the staged classifier classifies at once and gets the final tables from a refinement"
+        } else {
+            "; nothing to refine (the staged build is the complete one)"
+        }
     );
 
     #[cfg(feature = "dpdk")]
@@ -342,6 +412,7 @@ fn run_file(
     let mut linear_ns = Vec::new();
     let mut compiled_ns: Vec<Vec<f64>> = vec![Vec::new(); BURSTS.len()];
     let mut columns_ns: Vec<Vec<f64>> = vec![Vec::new(); BURSTS.len()];
+    let mut staged_ns: Vec<Vec<f64>> = vec![Vec::new(); BURSTS.len()];
     #[cfg(feature = "dpdk")]
     let mut rte_ns: Vec<Vec<Vec<f64>>> =
         vec![vec![Vec::new(); BURSTS.len()]; rte.acl.methods.len()];
@@ -357,6 +428,13 @@ fn run_file(
             times.push(time_chunks(trace.len(), *b, |r| {
                 columns.classify(&compiled.0, r.clone(), &mut col_out[r]);
             }));
+        }
+        if let Some(s) = &staged {
+            for (b, times) in BURSTS.iter().zip(staged_ns.iter_mut()) {
+                times.push(time_chunks(trace.len(), *b, |r| {
+                    columns.classify(s, r.clone(), &mut col_out[r]);
+                }));
+            }
         }
         black_box(&mut col_out);
         #[cfg(feature = "dpdk")]
@@ -403,9 +481,25 @@ fn run_file(
         );
     }
     println!("ratio linear/compiled: {}", ratio_line(&ratios, 1));
+    let staged_ns: Option<Vec<f64>> = staged.as_ref().map(|_| {
+        BURSTS
+            .iter()
+            .zip(staged_ns.iter_mut())
+            .map(|(b, times)| {
+                let c = median(times);
+                let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+                println!(
+                    "{:<20} {:>8.1} ns/packet (best {best:>6.1})  burst {b:>3}  (before refinement)",
+                    format!("{}/staged", compiled.name()),
+                    c,
+                );
+                c
+            })
+            .collect()
+    });
 
     #[cfg(feature = "dpdk")]
-    let rte_figures = Some(rte_report(&rte, &mut rte_ns, &ours));
+    let rte_figures = Some(rte_report(&rte, &mut rte_ns, &ours, staged_ns.as_deref()));
     #[cfg(not(feature = "dpdk"))]
     let rte_figures = None;
     Ok(FileResult {
@@ -413,9 +507,11 @@ fn run_file(
         linear: ratios,
         rules: rules.len(),
         lines: lines.len(),
+        ready_ms: ready.as_secs_f64() * 1e3,
         build_ms: build.as_secs_f64() * 1e3,
         memory: compiled.memory_bytes().unwrap_or(0),
         ns: ours,
+        staged_ns,
         rte: rte_figures,
     })
 }
@@ -497,7 +593,12 @@ fn rte_setup(
 /// Prints rte_acl's figures per method and burst; returns rte_acl (best
 /// method per burst) / ours per burst.
 #[cfg(feature = "dpdk")]
-fn rte_report(rte: &RteRun, rte_ns: &mut [Vec<Vec<f64>>], ours: &[f64]) -> RteFigures {
+fn rte_report(
+    rte: &RteRun,
+    rte_ns: &mut [Vec<Vec<f64>>],
+    ours: &[f64],
+    staged: Option<&[f64]>,
+) -> RteFigures {
     let mut best: Vec<(f64, &'static str)> = vec![(f64::INFINITY, ""); BURSTS.len()];
     for (m, per_burst) in rte.acl.methods.iter().zip(rte_ns.iter_mut()) {
         for ((b, times), best) in BURSTS.iter().zip(per_burst.iter_mut()).zip(best.iter_mut()) {
@@ -521,12 +622,22 @@ fn rte_report(rte: &RteRun, rte_ns: &mut [Vec<Vec<f64>>], ours: &[f64]) -> RteFi
         );
         ratios.push(r / o);
     }
+    // Before its refinement, the staged classifier against the same.
+    let staged_ratio: Option<Vec<f64>> =
+        staged.map(|s| best.iter().zip(s).map(|((r, _), o)| r / o).collect());
+    if let Some(r) = &staged_ratio {
+        println!(
+            "ratio rte_acl/ours before refinement (staged): {}",
+            ratio_line(r, 2)
+        );
+    }
     println!("ratio rte_acl/ours: {}", ratio_line(&ratios, 2));
     RteFigures {
         build_ms: rte.acl.build_time.as_secs_f64() * 1e3,
         memory: rte.acl.memory.rules + rte.acl.memory.tries,
         ns: best,
         ratio: ratios,
+        staged_ratio,
     }
 }
 

@@ -141,6 +141,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use ahash::AHashMap;
 use ipnet::IpNet;
@@ -290,10 +291,30 @@ impl KeyColumnsBuf<u128> {
 pub struct Classifier {
     v4: Family<u32>,
     v6: Family<u128>,
+    /// A staged build's rules, kept for [`Classifier::refine`] when a
+    /// family may gain a final table.
+    staged: Option<Box<[MatchRule]>>,
+    /// The families [`Classifier::refine`] rebuilt with the final-table
+    /// search; lookups take them once they are there.
+    refined: OnceLock<Refined>,
     /// Rules that can match a key with mixed address families, with their
     /// index.
     mixed: Vec<(u32, MatchRule)>,
     rules: usize,
+}
+
+/// The families of a refined staged build (`None`: the staged one stays).
+#[derive(Debug, Clone)]
+struct Refined {
+    v4: Option<Family<u32>>,
+    v6: Option<Family<u128>>,
+}
+
+/// The tables of both families that one lookup reads.
+#[derive(Clone, Copy)]
+struct Tables<'a> {
+    v4: &'a Family<u32>,
+    v6: &'a Family<u128>,
 }
 
 /// Keys per group of [`Classifier::classify_burst`]: each step of the
@@ -406,6 +427,65 @@ impl Classifier {
         Classifier::build_with(rules, CROSS_BUDGET, FINAL_BUDGET)
     }
 
+    /// Compiles `rules` in two steps: this one builds every table but the
+    /// final ones (well under a millisecond at 1000 rules), and the
+    /// classifier answers at once; [`Classifier::refine`], called later
+    /// (from another thread, while this one classifies), searches for the
+    /// final tables, which lookups then take. The answers are the same
+    /// before and after; only their speed changes.
+    pub fn build_staged(rules: &[MatchRule]) -> Classifier {
+        let mut c = Classifier::build_with(rules, CROSS_BUDGET, 0);
+        if c.v4.refinable || c.v6.refinable {
+            c.staged = Some(rules.into());
+        }
+        c
+    }
+
+    /// Completes a [`Classifier::build_staged`]: rebuilds the families that
+    /// a final table may speed up, with the search for one, and hands them
+    /// to the lookups. Returns whether it did (false: nothing to refine, or
+    /// refined already). It can take 100 ms or more on large rule sets;
+    /// lookups carry on meanwhile.
+    pub fn refine(&self) -> bool {
+        let Some(rules) = self.staged.as_deref() else {
+            return false;
+        };
+        let mut done = false;
+        self.refined.get_or_init(|| {
+            done = true;
+            let v4 = self.v4.refinable;
+            let v6 = self.v6.refinable;
+            Refined {
+                v4: v4.then(|| Family::build(rules, CROSS_BUDGET, FINAL_BUDGET)),
+                v6: v6.then(|| Family::build(rules, CROSS_BUDGET, FINAL_BUDGET)),
+            }
+        });
+        done
+    }
+
+    /// Whether [`Classifier::refine`] has work left (a staged build not
+    /// refined yet).
+    pub fn needs_refinement(&self) -> bool {
+        self.staged.is_some() && self.refined.get().is_none()
+    }
+
+    /// The tables the lookups use: the refined ones once they are there.
+    /// A lookup takes them once, so that its steps all read the same
+    /// tables.
+    #[inline(always)]
+    fn tables(&self) -> Tables<'_> {
+        match self.refined.get() {
+            Some(r) => Tables {
+                v4: r.v4.as_ref().unwrap_or(&self.v4),
+                v6: r.v6.as_ref().unwrap_or(&self.v6),
+            },
+            None => Tables {
+                v4: &self.v4,
+                v6: &self.v6,
+            },
+        }
+    }
+
     /// [`Classifier::build`] with a cross-product budget (0: never cross)
     /// and a final table budget (0: no final table).
     fn build_with(rules: &[MatchRule], cross_budget: usize, final_budget: usize) -> Classifier {
@@ -421,6 +501,8 @@ impl Classifier {
         Classifier {
             v4: Family::build(rules, cross_budget, final_budget),
             v6: Family::build(rules, cross_budget, final_budget),
+            staged: None,
+            refined: OnceLock::new(),
             mixed,
             rules: rules.len(),
         }
@@ -440,24 +522,19 @@ impl Classifier {
     /// [`linear_classify`](super::linear_classify)).
     #[inline]
     pub fn classify(&self, key: &FlowKey) -> Option<u32> {
-        self.finish(key, &self.lookup(key))
+        let t = self.tables();
+        self.finish(t, key, &Classifier::lookup(t, key))
     }
 
     /// The per-field classes of `key` in its family's tables.
     #[inline(always)]
-    fn lookup(&self, key: &FlowKey) -> Looked {
+    fn lookup(t: Tables<'_>, key: &FlowKey) -> Looked {
         match (key.src, key.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                Looked::V4(
-                    self.v4
-                        .lookup(s.into(), d.into(), key.proto, key.sport, key.dport),
-                )
+                Looked::V4(t.v4.lookup(s.into(), d.into(), key.proto, key.sport, key.dport))
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                Looked::V6(
-                    self.v6
-                        .lookup(s.into(), d.into(), key.proto, key.sport, key.dport),
-                )
+                Looked::V6(t.v6.lookup(s.into(), d.into(), key.proto, key.sport, key.dport))
             }
             _ => Looked::Mixed,
         }
@@ -465,10 +542,10 @@ impl Classifier {
 
     /// The first rule matching `key`, from its classes.
     #[inline(always)]
-    fn finish(&self, key: &FlowKey, looked: &Looked) -> Option<u32> {
+    fn finish(&self, t: Tables<'_>, key: &FlowKey, looked: &Looked) -> Option<u32> {
         match looked {
-            Looked::V4(c) => self.v4.scan(c),
-            Looked::V6(c) => self.v6.scan(c),
+            Looked::V4(c) => t.v4.scan(c),
+            Looked::V6(c) => t.v6.scan(c),
             Looked::Mixed => self.mixed(key),
         }
     }
@@ -480,15 +557,16 @@ impl Classifier {
             *o = self.classify(key);
             return;
         }
+        let t = self.tables();
         if keys.len() < SMALL_BURST {
             // Too few keys to fill a vector: every key's lookup, then every
             // key's scan.
             let mut looked = [Looked::Mixed; SMALL_BURST];
             for (k, l) in keys.iter().zip(looked.iter_mut()) {
-                *l = self.lookup(k);
+                *l = Classifier::lookup(t, k);
             }
             for ((k, l), o) in keys.iter().zip(&looked).zip(out.iter_mut()) {
-                *o = self.finish(k, l);
+                *o = self.finish(t, k, l);
             }
             return;
         }
@@ -503,14 +581,14 @@ impl Classifier {
                 Some(IpAddr::V4(_)) => {
                     let g = v4.get_or_insert_with(Group::new);
                     g.fill(kc) && {
-                        self.v4.classify_group(&g.columns(), &mut res);
+                        t.v4.classify_group(&g.columns(), &mut res);
                         true
                     }
                 }
                 Some(IpAddr::V6(_)) => {
                     let g = v6.get_or_insert_with(Group::new);
                     g.fill(kc) && {
-                        self.v6.classify_group(&g.columns(), &mut res);
+                        t.v6.classify_group(&g.columns(), &mut res);
                         true
                     }
                 }
@@ -542,11 +620,11 @@ impl Classifier {
                 }
             }
             if let Some(g) = v4.as_ref().filter(|g| g.n > 0) {
-                self.v4.classify_group(&g.columns(), &mut res);
+                t.v4.classify_group(&g.columns(), &mut res);
                 g.scatter(&res, oc);
             }
             if let Some(g) = v6.as_ref().filter(|g| g.n > 0) {
-                self.v6.classify_group(&g.columns(), &mut res);
+                t.v6.classify_group(&g.columns(), &mut res);
                 g.scatter(&res, oc);
             }
         }
@@ -556,18 +634,24 @@ impl Classifier {
     /// [`NO_MATCH`]) for every `i` below `min(keys.len(), out.len())`: the
     /// answers of [`Classifier::classify`] for the same keys.
     pub fn classify_v4_columns(&self, keys: &KeyColumns<'_, u32>, out: &mut [u32]) {
-        self.v4.classify_columns(keys, out);
+        self.tables().v4.classify_columns(keys, out);
     }
 
     /// [`Classifier::classify_v4_columns`] for IPv6 keys.
     pub fn classify_v6_columns(&self, keys: &KeyColumns<'_, u128>, out: &mut [u32]) {
-        self.v6.classify_columns(keys, out);
+        self.tables().v6.classify_columns(keys, out);
     }
 
     /// The table shape, for reports: per family, the class counts of each
     /// field.
     pub fn shape(&self) -> String {
-        format!("v4 {}; v6 {}", self.v4.shape(), self.v6.shape())
+        let t = self.tables();
+        let staged = if self.needs_refinement() {
+            " (staged, not refined yet)"
+        } else {
+            ""
+        };
+        format!("v4 {}; v6 {}{staged}", t.v4.shape(), t.v6.shape())
     }
 
     /// Heap and inline bytes used by the compiled tables.
@@ -575,6 +659,13 @@ impl Classifier {
         std::mem::size_of::<Self>()
             + self.v4.memory_bytes()
             + self.v6.memory_bytes()
+            + self.refined.get().map_or(0, |r| {
+                r.v4.as_ref().map_or(0, Family::memory_bytes)
+                    + r.v6.as_ref().map_or(0, Family::memory_bytes)
+            })
+            + self.staged.as_deref().map_or(0, |rules| {
+                std::mem::size_of_val(rules) + rules.iter().map(rule_heap_bytes).sum::<usize>()
+            })
             + self.mixed.capacity() * std::mem::size_of::<(u32, MatchRule)>()
             + self
                 .mixed
@@ -1395,6 +1486,9 @@ struct Family<A: Addr> {
     last: Option<Last>,
     /// Without a final table: the answers of the class tuples seen.
     cache: Option<TupleCache>,
+    /// Built without a search for a final table, with fields left outside
+    /// the cross products: a full build may find one.
+    refinable: bool,
     src: Option<AddrField<A>>,
     dst: Option<AddrField<A>>,
     /// The AVX-512 steps for bursts, when the CPU has them.
@@ -1520,10 +1614,13 @@ impl<A: Addr> Family<A> {
             (folded.table.len() <= final_budget).then_some(folded)
         };
         let mut last: Option<(usize, Folded)> = None;
+        let refinable = final_budget == 0 && !left.is_empty() && n < usize::from(u16::MAX);
         // More than one field left: cross all but one of them with a larger
         // budget, when the final table of the one then fits (of the ways
         // that fit, the smallest table).
-        if left.len() > 1 {
+        if final_budget == 0 {
+            // A staged build: no final table is searched for.
+        } else if left.len() > 1 {
             left.sort_by_key(|(_, p)| p.classes);
             // The field kept, the transport classes and the cross products.
             type Candidate = (usize, Vec<u64>, Vec<(usize, Combo)>);
@@ -1663,6 +1760,7 @@ impl<A: Addr> Family<A> {
             first_rule,
             last,
             cache,
+            refinable,
             rule_ids,
             simd: Avx512::detect(),
         }

@@ -70,7 +70,7 @@ impl RuleSet {
     fn new(entries: Vec<(MatchRule, Decision)>, fallback: Option<Decision>) -> RuleSet {
         let (rules, decisions): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
         RuleSet {
-            classifier: Classifier::build(&rules),
+            classifier: Classifier::build_staged(&rules),
             rules,
             decisions,
             fallback,
@@ -84,6 +84,18 @@ impl RuleSet {
             Some(i) => self.decisions.get(i as usize).copied(),
             None => self.fallback,
         }
+    }
+
+    /// Completes the set's staged classifier (see
+    /// [`Classifier::build_staged`]): the same answers, faster. Returns
+    /// whether there was anything to do.
+    pub fn refine(&self) -> bool {
+        self.classifier.refine()
+    }
+
+    /// Whether [`RuleSet::refine`] has work left.
+    pub fn needs_refinement(&self) -> bool {
+        self.classifier.needs_refinement()
     }
 
     /// The rules in precedence order with their decisions.

@@ -147,6 +147,88 @@ fn many_rules_span_words() {
     assert_eq!(c.classify(&key("1.2.3.4", "5.6.7.8", 6, 1, 598)), None);
 }
 
+/// Rules over source and destination prefixes and destination ports whose
+/// cross products leave a field out: a final table to find.
+fn grid_rules(n: u32) -> Vec<MatchRule> {
+    (0..n)
+        .map(|i| {
+            let mut r = MatchRule::any();
+            r.proto = Some(6);
+            let src = Ipv4Addr::from(0xC612_0000 | (i.wrapping_mul(2654435761) & 0xffff));
+            let dst = Ipv4Addr::from(0xC613_0000 | (i.wrapping_mul(40503) & 0xff00));
+            r.src = AddrMatch::Prefixes(vec![IpNet::new(IpAddr::V4(src), 28 + (i % 5) as u8)
+                .unwrap()
+                .trunc()]);
+            r.dst = AddrMatch::Prefixes(vec![IpNet::new(IpAddr::V4(dst), 24).unwrap()]);
+            r.sport = vec![PortRange {
+                lo: (i * 37 % 60000) as u16,
+                hi: (i * 37 % 60000 + 500) as u16,
+            }];
+            r.dport = vec![PortRange::single((i % 97) as u16)];
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn staged_build_refines_while_classifying() {
+    let rules = grid_rules(1000);
+    let staged = Classifier::build_staged(&rules);
+    assert!(staged.needs_refinement(), "{}", staged.shape());
+    assert!(
+        !staged.shape().contains("final table"),
+        "{}",
+        staged.shape()
+    );
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let keys: Vec<FlowKey> = (0..4096)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = &rules[(x % 1000) as usize];
+            let pick = |m: &AddrMatch| match m {
+                AddrMatch::Prefixes(n) => n[0].network(),
+                AddrMatch::Any => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
+            FlowKey {
+                src: pick(&r.src),
+                dst: pick(&r.dst),
+                proto: 6,
+                sport: r.sport[0].lo.wrapping_add((x >> 20) as u16 % 600),
+                dport: if i % 3 == 0 {
+                    (x >> 40) as u16 % 100
+                } else {
+                    r.dport[0].lo
+                },
+            }
+        })
+        .collect();
+    let want: Vec<Option<u32>> = keys.iter().map(|k| linear_classify(&rules, k)).collect();
+    assert!(want.iter().filter(|w| w.is_some()).count() > 1000);
+    // Lookups on one thread while the other refines: every answer right,
+    // whichever tables it came from.
+    std::thread::scope(|s| {
+        let refiner = s.spawn(|| staged.refine());
+        let mut rounds = 0;
+        loop {
+            let finished = refiner.is_finished();
+            for burst in [1, 8, 32, 256] {
+                assert_eq!(in_bursts(&staged, &keys, burst), want, "bursts of {burst}");
+            }
+            rounds += 1;
+            if finished || rounds > 10_000 {
+                break;
+            }
+        }
+    });
+    assert!(!staged.needs_refinement());
+    assert!(staged.shape().contains("final table"), "{}", staged.shape());
+    check_bursts(&rules, &staged, &keys);
+    let full = Classifier::build(&rules);
+    assert_eq!(full.shape(), staged.shape());
+}
+
 // ---- proptest ----
 
 const V4_BASES: [u32; 4] = [0x0A00_0000, 0x0A00_0100, 0xC0A8_0000, 0xFFFF_FF00];
@@ -318,6 +400,10 @@ fn scalar(c: &Classifier) -> Classifier {
     let mut s = c.clone();
     s.v4.simd = None;
     s.v6.simd = None;
+    if let Some(r) = s.refined.get_mut() {
+        r.v4.iter_mut().for_each(|f| f.simd = None);
+        r.v6.iter_mut().for_each(|f| f.simd = None);
+    }
     s
 }
 
@@ -326,6 +412,10 @@ fn uncached(c: &Classifier) -> Classifier {
     let mut s = c.clone();
     s.v4.cache = None;
     s.v6.cache = None;
+    if let Some(r) = s.refined.get_mut() {
+        r.v4.iter_mut().for_each(|f| f.cache = None);
+        r.v6.iter_mut().for_each(|f| f.cache = None);
+    }
     s
 }
 
@@ -453,6 +543,15 @@ proptest! {
         check_bursts(&rules, &no_final, &keys);
         check_bursts(&rules, &tight, &keys);
         check_bursts(&rules, &folded, &keys);
+
+        // A staged build answers the same before and after its refinement.
+        let staged = Classifier::build_staged(&rules);
+        check_bursts(&rules, &staged, &keys);
+        let refinable = staged.needs_refinement();
+        prop_assert_eq!(staged.refine(), refinable);
+        prop_assert!(!staged.needs_refinement());
+        prop_assert!(!staged.refine());
+        check_bursts(&rules, &staged, &keys);
     }
 
     #[test]
