@@ -333,23 +333,10 @@ fn run_file(
     // rte_acl's input), answers as u32.
     let columns = Columns::new(&trace, set.ipv6)?;
     let mut col_out = vec![NO_MATCH - 1; trace.len()];
-    for r in chunk_ranges(trace.len(), 256) {
-        columns.classify(&compiled.0, r.clone(), &mut col_out[r]);
-    }
-    let bad = reference
-        .iter()
-        .zip(&col_out)
-        .filter(|(want, &have)| want.unwrap_or(NO_MATCH) != have)
-        .count();
-    if bad > 0 {
-        bail!(
-            "{name}: the compiled classifier's column bursts disagree with the brute-force scan on {bad} of {} packets",
-            trace.len()
-        );
-    }
-    if let Some(s) = &staged {
+    // Both classifiers' column bursts against the brute force.
+    let mut check = |c: &Classifier, what: &str| -> Result<()> {
         for r in chunk_ranges(trace.len(), 256) {
-            columns.classify(s, r.clone(), &mut col_out[r]);
+            columns.classify(c, r.clone(), &mut col_out[r]);
         }
         let bad = reference
             .iter()
@@ -358,10 +345,15 @@ fn run_file(
             .count();
         if bad > 0 {
             bail!(
-                "{name}: the staged classifier disagrees with the brute-force scan on {bad} of {} packets",
+                "{name}: the {what} classifier's column bursts disagree with the brute-force scan on {bad} of {} packets",
                 trace.len()
             );
         }
+        Ok(())
+    };
+    check(&compiled.0, "compiled")?;
+    if let Some(s) = &staged {
+        check(s, "staged")?;
     }
     let unmatched = reference.iter().filter(|r| r.is_none()).count();
     let matched: Vec<f64> = reference.iter().flatten().map(|&i| f64::from(i)).collect();
