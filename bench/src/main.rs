@@ -81,6 +81,8 @@ pub struct AclArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As lbd: freed table memory stays in the process for the next build.
+    lb_dataplane::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Acl(args) => acl::run(&args),

@@ -89,7 +89,7 @@
 //! field and table).
 //!
 //! Otherwise the tuple of the transport class and the classes of the fields
-//! left out is looked up in a direct-mapped cache (64K entries, each the
+//! left out is looked up in a direct-mapped cache (64K entries, 4K in a staged build; each the
 //! packed tuple and its first rule, relaxed atomics: an entry is read and
 //! written whole and names its tuple, so concurrent lookups at worst miss;
 //! a copy of the classifier starts with an empty cache). On a miss, the
@@ -291,9 +291,9 @@ impl KeyColumnsBuf<u128> {
 pub struct Classifier {
     v4: Family<u32>,
     v6: Family<u128>,
-    /// A staged build's rules, kept for [`Classifier::refine`] when a
-    /// family may gain a final table.
-    staged: Option<Box<[MatchRule]>>,
+    /// A staged build that a final-table search may speed up (see
+    /// [`Classifier::refine`]).
+    staged: bool,
     /// The families [`Classifier::refine`] rebuilt with the final-table
     /// search; lookups take them once they are there.
     refined: OnceLock<Refined>,
@@ -430,26 +430,26 @@ impl Classifier {
     /// Compiles `rules` in two steps: this one builds every table but the
     /// final ones (well under a millisecond at 1000 rules), and the
     /// classifier answers at once; [`Classifier::refine`], called later
-    /// (from another thread, while this one classifies), searches for the
+    /// with the same rules (from another thread, while this one
+    /// classifies), searches for the
     /// final tables, which lookups then take. The answers are the same
     /// before and after; only their speed changes.
     pub fn build_staged(rules: &[MatchRule]) -> Classifier {
         let mut c = Classifier::build_with(rules, CROSS_BUDGET, 0);
-        if c.v4.refinable || c.v6.refinable {
-            c.staged = Some(rules.into());
-        }
+        c.staged = c.v4.refinable || c.v6.refinable;
         c
     }
 
-    /// Completes a [`Classifier::build_staged`]: rebuilds the families that
-    /// a final table may speed up, with the search for one, and hands them
-    /// to the lookups. Returns whether it did (false: nothing to refine, or
-    /// refined already). It can take 100 ms or more on large rule sets;
-    /// lookups carry on meanwhile.
-    pub fn refine(&self) -> bool {
-        let Some(rules) = self.staged.as_deref() else {
+    /// Completes a [`Classifier::build_staged`] of `rules` (the same rules:
+    /// a classifier does not keep them): rebuilds the families that a final
+    /// table may speed up, with the search for one, and hands them to the
+    /// lookups. Returns whether it did (false: nothing to refine, refined
+    /// already, or not the rules it was built from). It can take 100 ms or
+    /// more on large rule sets; lookups carry on meanwhile.
+    pub fn refine(&self, rules: &[MatchRule]) -> bool {
+        if !self.staged || rules.len() != self.rules {
             return false;
-        };
+        }
         let mut done = false;
         self.refined.get_or_init(|| {
             done = true;
@@ -466,7 +466,7 @@ impl Classifier {
     /// Whether [`Classifier::refine`] has work left (a staged build not
     /// refined yet).
     pub fn needs_refinement(&self) -> bool {
-        self.staged.is_some() && self.refined.get().is_none()
+        self.staged && self.refined.get().is_none()
     }
 
     /// The tables the lookups use: the refined ones once they are there.
@@ -501,7 +501,7 @@ impl Classifier {
         Classifier {
             v4: Family::build(rules, cross_budget, final_budget),
             v6: Family::build(rules, cross_budget, final_budget),
-            staged: None,
+            staged: false,
             refined: OnceLock::new(),
             mixed,
             rules: rules.len(),
@@ -662,9 +662,6 @@ impl Classifier {
             + self.refined.get().map_or(0, |r| {
                 r.v4.as_ref().map_or(0, Family::memory_bytes)
                     + r.v6.as_ref().map_or(0, Family::memory_bytes)
-            })
-            + self.staged.as_deref().map_or(0, |rules| {
-                std::mem::size_of_val(rules) + rules.iter().map(rule_heap_bytes).sum::<usize>()
             })
             + self.mixed.capacity() * std::mem::size_of::<(u32, MatchRule)>()
             + self
@@ -1096,12 +1093,22 @@ fn cross(
     let mut known: AHashMap<u64, u32> = AHashMap::new();
     let mut cur = vec![0u64; words];
     let mut classes = 0u32;
+    // The class of the empty set, the most common pair: no hashing.
+    let mut empty: Option<u32> = None;
     for ai in a.chunks(words) {
         for bj in b.chunks(words) {
             let mut h = 0u64;
+            let mut any = 0u64;
             for ((c, x), y) in cur.iter_mut().zip(ai).zip(bj) {
                 *c = x & y;
+                any |= *c;
                 h = (h.rotate_left(23) ^ *c).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+            if any == 0 {
+                if let Some(c) = empty {
+                    table.push(c);
+                    continue;
+                }
             }
             let class = match known.get(&h) {
                 Some(&c) if class_bits(&bits, c, words) == cur.as_slice() => c,
@@ -1118,6 +1125,9 @@ fn cross(
                     c
                 }
             };
+            if any == 0 {
+                empty = Some(class);
+            }
             table.push(class);
         }
     }
@@ -1670,7 +1680,12 @@ impl<A: Addr> Family<A> {
                     .iter()
                     .map(|(f, p)| (*f, class_bits_width(p.classes)))
                     .collect();
-                TupleCache::new(class_bits_width(l4_bits.len() / words), &widths)
+                let log2 = if final_budget == 0 {
+                    STAGED_CACHE_LOG2
+                } else {
+                    CACHE_LOG2
+                };
+                TupleCache::new(class_bits_width(l4_bits.len() / words), &widths, log2)
             }
             _ => None,
         };
@@ -2403,8 +2418,13 @@ fn class_bits_width(classes: usize) -> u32 {
     usize::BITS - classes.saturating_sub(1).leading_zeros()
 }
 
-/// Entries of a [`TupleCache`] (a power of two).
-const CACHE_ENTRIES: usize = 1 << 16;
+/// Entries of a [`TupleCache`], log2: 64K (512 KiB).
+const CACHE_LOG2: u32 = 16;
+
+/// Entries of a staged build's [`TupleCache`], log2: 4K (32 KiB). A staged
+/// table serves until its refinement, and a smaller cache is quicker to
+/// set up (a fresh 512 KiB block costs its page faults).
+const STAGED_CACHE_LOG2: u32 = 12;
 
 /// The answers of the class tuples seen, for a family whose last step is
 /// the bitmap AND: a direct-mapped table of `(tuple + 1) << 16 | local
@@ -2414,6 +2434,7 @@ const CACHE_ENTRIES: usize = 1 << 16;
 /// answers, so concurrent lookups at worst miss.
 struct TupleCache {
     entries: Box<[AtomicU64]>,
+    log2_entries: u32,
     /// The fields packed after the transport class and their shifts.
     fields: [(usize, u32); 4],
     nfields: usize,
@@ -2421,7 +2442,7 @@ struct TupleCache {
 
 impl TupleCache {
     /// `None` when the tuple does not fit 47 bits.
-    fn new(l4_width: u32, fields: &[(usize, u32)]) -> Option<TupleCache> {
+    fn new(l4_width: u32, fields: &[(usize, u32)], log2_entries: u32) -> Option<TupleCache> {
         let mut shift = l4_width;
         let mut packed = [(0, 0); 4];
         for (p, &(f, w)) in packed.iter_mut().zip(fields) {
@@ -2432,7 +2453,10 @@ impl TupleCache {
             return None;
         }
         Some(TupleCache {
-            entries: (0..CACHE_ENTRIES).map(|_| AtomicU64::new(0)).collect(),
+            entries: (0..1usize << log2_entries)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            log2_entries,
             fields: packed,
             nfields: fields.len(),
         })
@@ -2451,8 +2475,8 @@ impl TupleCache {
     #[inline(always)]
     fn slot(&self, key: u64) -> Option<&AtomicU64> {
         let h = key.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> (u64::BITS - CACHE_ENTRIES.trailing_zeros());
-        self.entries.get(h as usize & (CACHE_ENTRIES - 1))
+            >> (u64::BITS - self.log2_entries);
+        self.entries.get(h as usize)
     }
 
     /// The cached first rule of `key`: `Some(None)` for no rule, `None`
@@ -2487,6 +2511,7 @@ impl Clone for TupleCache {
     fn clone(&self) -> TupleCache {
         TupleCache {
             entries: (0..self.entries.len()).map(|_| AtomicU64::new(0)).collect(),
+            log2_entries: self.log2_entries,
             fields: self.fields,
             nfields: self.nfields,
         }

@@ -90,7 +90,7 @@ impl RuleSet {
     /// [`Classifier::build_staged`]): the same answers, faster. Returns
     /// whether there was anything to do.
     pub fn refine(&self) -> bool {
-        self.classifier.refine()
+        self.classifier.refine(&self.rules)
     }
 
     /// Whether [`RuleSet::refine`] has work left.

@@ -30,6 +30,7 @@ struct Args {
 }
 
 fn main() {
+    lb_dataplane::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
