@@ -63,6 +63,121 @@ pub fn rewrite(
     new: &FlowKey,
     csum: L4Csum,
 ) -> Result<(), ParseError> {
+    if csum == L4Csum::Full && rewrite_simple(frame, p, new).is_some() {
+        return Ok(());
+    }
+    rewrite_general(frame, p, new, csum)
+}
+
+/// The common case in straight-line code: TCP or UDP right after an IPv4
+/// header without options or an IPv6 header without extension headers,
+/// with a full checksum, all within the frame. `None` (and the frame
+/// unchanged) for anything else, which [`rewrite_general`] then handles;
+/// where this answers, it writes what `rewrite_general` would.
+#[inline(always)]
+pub(crate) fn rewrite_simple(frame: &mut [u8], p: &Parsed, new: &FlowKey) -> Option<()> {
+    let (udp, csum_at, l4_len) = match p.proto {
+        IpProtocol::TCP => (false, tcp::CHECKSUM_OFFSET, tcp::HEADER_LEN),
+        IpProtocol::UDP => (true, udp::CHECKSUM_OFFSET, udp::HEADER_LEN),
+        _ => return None,
+    };
+    if !p.has_l4_header() || p.l3_end() > frame.len() {
+        return None;
+    }
+    match (p.kind, p.src, new.src, new.dst) {
+        (Kind::Ipv4, IpAddr::V4(_), IpAddr::V4(ns), IpAddr::V4(nd)) => {
+            const L4: usize = ipv4::HEADER_LEN;
+            let h: &mut [u8; L4 + L4_SPAN] = simple_span(frame, p, L4, l4_len)?;
+            let (ns, nd) = (ns.to_bits(), nd.to_bits());
+            let mut addrs = Delta::default();
+            addrs.change32(u32::from_be_bytes([h[12], h[13], h[14], h[15]]), ns);
+            addrs.change32(u32::from_be_bytes([h[16], h[17], h[18], h[19]]), nd);
+            h[12..16].copy_from_slice(&ns.to_be_bytes());
+            h[16..20].copy_from_slice(&nd.to_be_bytes());
+            let hc = addrs.apply(u16::from_be_bytes([h[10], h[11]]));
+            h[10..12].copy_from_slice(&hc.to_be_bytes());
+            let (_, l4) = h.split_at_mut(L4);
+            ports_simple(l4.try_into().ok()?, udp, csum_at, udp, addrs, new);
+        }
+        (Kind::Ipv6, IpAddr::V6(_), IpAddr::V6(ns), IpAddr::V6(nd)) => {
+            const L4: usize = ipv6::HEADER_LEN;
+            let h: &mut [u8; L4 + L4_SPAN] = simple_span(frame, p, L4, l4_len)?;
+            let (ns, nd) = (ns.to_bits(), nd.to_bits());
+            let mut addrs = Delta::default();
+            let (src, rest) = h.split_at_mut(16 + 8);
+            let (dst, l4) = rest.split_at_mut(16);
+            let src: &mut [u8; 16] = src.get_mut(8..)?.try_into().ok()?;
+            let dst: &mut [u8; 16] = dst.try_into().ok()?;
+            addrs.change128(u128::from_be_bytes(*src), ns);
+            addrs.change128(u128::from_be_bytes(*dst), nd);
+            *src = ns.to_be_bytes();
+            *dst = nd.to_be_bytes();
+            ports_simple(l4.try_into().ok()?, udp, csum_at, false, addrs, new);
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// The IP header of `ip_len` bytes and the L4 header after it, `N` bytes
+/// in all, when the packet is laid out so: no IP options or extension
+/// headers, an L4 header of `l4_len` within the packet, `N` bytes within
+/// the frame.
+#[inline(always)]
+fn simple_span<'a, const N: usize>(
+    frame: &'a mut [u8],
+    p: &Parsed,
+    ip_len: usize,
+    l4_len: usize,
+) -> Option<&'a mut [u8; N]> {
+    let l3 = p.l3_offset;
+    if p.l4_offset != l3 + ip_len || p.l3_len < ip_len + l4_len {
+        return None;
+    }
+    frame.get_mut(l3..l3 + N)?.try_into().ok()
+}
+
+/// The bytes of a TCP or UDP header that [`rewrite_simple`] reads: the
+/// ports to the end of TCP's checksum.
+const L4_SPAN: usize = tcp::CHECKSUM_OFFSET + 2;
+
+/// The ports and the L4 checksum of [`rewrite_simple`]: `addrs` is the
+/// addresses' change (in the pseudo-header); `keep_zero` keeps a zero UDP
+/// checksum (IPv4: none was computed).
+#[inline(always)]
+fn ports_simple(
+    l4: &mut [u8; L4_SPAN],
+    udp: bool,
+    csum_at: usize,
+    keep_zero: bool,
+    addrs: Delta,
+    new: &FlowKey,
+) {
+    let ports = (u32::from(new.sport) << 16) | u32::from(new.dport);
+    let mut d = addrs;
+    d.change32(u32::from_be_bytes([l4[0], l4[1], l4[2], l4[3]]), ports);
+    l4[0..4].copy_from_slice(&ports.to_be_bytes());
+    let Some(c) = l4.get_mut(csum_at..csum_at + 2) else {
+        return;
+    };
+    let old = u16::from_be_bytes([c[0], c[1]]);
+    if keep_zero && old == 0 {
+        return;
+    }
+    let v = match d.apply(old) {
+        0 if udp => 0xffff,
+        v => v,
+    };
+    c.copy_from_slice(&v.to_be_bytes());
+}
+
+/// [`rewrite`] for every packet it accepts.
+pub(crate) fn rewrite_general(
+    frame: &mut [u8],
+    p: &Parsed,
+    new: &FlowKey,
+    csum: L4Csum,
+) -> Result<(), ParseError> {
     let v6 = match p.kind {
         Kind::Ipv4 => false,
         Kind::Ipv6 => true,

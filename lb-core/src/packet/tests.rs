@@ -816,6 +816,11 @@ fn exercise(frame: &[u8]) {
             ..k
         };
         rewrite(&mut g, &p, &new, L4Csum::Full).unwrap();
+        // The straight-line path, where it answers, writes what the
+        // general one writes.
+        let mut slow = frame.to_vec();
+        super::rewrite::rewrite_general(&mut slow, &p, &new, L4Csum::Full).unwrap();
+        assert_eq!(g, slow, "{frame:02x?}");
         let mut h = frame.to_vec();
         rewrite(&mut h, &p, &new, L4Csum::Partial).unwrap();
         let _ = decrement_ttl(&mut g, &p);
@@ -872,6 +877,19 @@ proptest! {
         // Plain TCP and UDP take the fast path.
         let plain = spec.vlan.is_none() && matches!(spec.proto, 6 | 17);
         prop_assert_eq!(super::parse::parse_simple(&f).is_some(), plain);
+        // ... and the straight-line rewrite, where the frame holds the
+        // whole TCP header's span (a UDP frame may end sooner).
+        let whole = f.len() >= p.l4_offset + 18;
+        let other = FlowKey { sport: 1, dport: 2, ..p.flow_key().unwrap() };
+        let mut fast = f.clone();
+        let took = super::rewrite::rewrite_simple(&mut fast, &p, &other).is_some();
+        prop_assert_eq!(took, matches!(spec.proto, 6 | 17) && whole);
+        let mut slow = f.clone();
+        super::rewrite::rewrite_general(&mut slow, &p, &other, L4Csum::Full).unwrap();
+        if took {
+            prop_assert_eq!(&fast, &slow);
+            prop_assert!(verify_l4_checksum(&fast, &p));
+        }
         let v6 = spec.src.is_ipv6();
         prop_assert_eq!(p.kind, if v6 { Kind::Ipv6 } else { Kind::Ipv4 });
         prop_assert_eq!(p.vlan, spec.vlan);
