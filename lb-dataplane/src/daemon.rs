@@ -298,6 +298,7 @@ fn refine_in_background(shared: &Arc<Shared>) {
     let spawned = std::thread::Builder::new()
         .name("lbd-refine".into())
         .spawn(move || {
+            keep_off_worker_cores(&snap.cfg.dataplane.cores);
             let t = Instant::now();
             let generation = snap.generation;
             let mut refined = 0usize;
@@ -321,6 +322,39 @@ fn refine_in_background(shared: &Arc<Shared>) {
         });
     if let Err(e) = spawned {
         tracing::warn!("classifier refinement not started ({e}): the staged tables stay");
+    }
+}
+
+/// Background work (the classifier refinement) stays off the workers'
+/// pinned cores where other CPUs are allowed, and runs at a lower
+/// priority (nice 10), so that it does not take a poll-mode worker's time.
+fn keep_off_worker_cores(cores: &[u16]) {
+    if let Some(mut set) = thread_affinity() {
+        let mut left = 0;
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            // SAFETY: `cpu` is below CPU_SETSIZE, within `set`.
+            let on = unsafe { libc::CPU_ISSET(cpu, &set) };
+            if on && !cores.iter().any(|&c| usize::from(c) == cpu) {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            for &c in cores {
+                if usize::from(c) < libc::CPU_SETSIZE as usize {
+                    // SAFETY: `c` is below CPU_SETSIZE, within `set`.
+                    unsafe { libc::CPU_CLR(usize::from(c), &mut set) };
+                }
+            }
+            // SAFETY: `set` is a valid cpu_set_t and we pass its exact
+            // size; 0 = this thread.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        }
+    }
+    // SAFETY: gettid has no preconditions; setpriority on this thread's id
+    // changes only its nice value (a failure leaves it as it was).
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
 }
 
@@ -653,7 +687,6 @@ fn fmt_mac(mac: [u8; 6]) -> String {
 }
 
 /// The calling thread's CPU set, if it can be read.
-#[cfg(feature = "dpdk")]
 fn thread_affinity() -> Option<libc::cpu_set_t> {
     // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
