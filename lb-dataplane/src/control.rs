@@ -382,6 +382,21 @@ pub fn prometheus(shared: &Shared) -> String {
         "counter",
         vec![(String::new(), num(&s["reload_failures"]))],
     );
+    metric(
+        "classifier_rule_sets",
+        "Compiled rule sets, and those still classifying with their staged tables (final tables being computed).",
+        "gauge",
+        vec![
+            (
+                "{state=\"all\"}".to_owned(),
+                num(&s["classifiers"]["rule_sets"]),
+            ),
+            (
+                "{state=\"staged\"}".to_owned(),
+                num(&s["classifiers"]["staged"]),
+            ),
+        ],
+    );
     out
 }
 

@@ -346,6 +346,10 @@ fn metrics_endpoint_and_sighup_reload() {
         text.contains("lbd_server_up{group=\"sgp-web\",server=\"ecs01\",port=\"80\"}"),
         "{text}"
     );
+    assert!(
+        text.contains("lbd_classifier_rule_sets{state=\"staged\"} 0"),
+        "{text}"
+    );
     // SIGHUP re-reads the file like `lbctl reload`.
     t.write_config(&seed_config(
         "security_groups = [\"sg-alb\"]",
