@@ -733,6 +733,59 @@ pub struct SessionCount {
     pub total: u64,
 }
 
+/// Session counts by a pair of configuration indices ((load balancer,
+/// listener) or (server group, server)): a dense table, so that counting a
+/// new session is two index computations, not two hash-map entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    rows: Vec<Vec<SessionCount>>,
+    /// Where an index beyond a session's 16 bits would count (none does):
+    /// such a pair never makes the table grow.
+    spill: SessionCount,
+}
+
+impl SessionCounts {
+    /// The count of `(a, b)`, created (zero) if new.
+    #[inline]
+    pub fn at_mut(&mut self, (a, b): (u32, u32)) -> &mut SessionCount {
+        let (a, b) = (a as usize, b as usize);
+        if a > usize::from(u16::MAX) || b > usize::from(u16::MAX) {
+            return &mut self.spill;
+        }
+        if a >= self.rows.len() {
+            self.rows.resize_with(a + 1, Vec::new);
+        }
+        let row = &mut self.rows[a];
+        if b >= row.len() {
+            row.resize(b + 1, SessionCount::default());
+        }
+        &mut row[b]
+    }
+
+    /// The count of `(a, b)`, if it was ever counted.
+    #[inline]
+    pub fn get_mut(&mut self, (a, b): (u32, u32)) -> Option<&mut SessionCount> {
+        self.rows.get_mut(a as usize)?.get_mut(b as usize)
+    }
+
+    /// Every pair with a session open or counted, and its count.
+    pub fn iter(&self) -> impl Iterator<Item = ((u32, u32), &SessionCount)> + '_ {
+        self.rows.iter().enumerate().flat_map(|(a, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, c)| c.active > 0 || c.total > 0)
+                .map(move |(b, c)| ((a as u32, b as u32), c))
+        })
+    }
+
+    /// Forgets every count (keeps the memory).
+    pub fn clear(&mut self) {
+        for row in &mut self.rows {
+            row.fill(SessionCount::default());
+        }
+    }
+}
+
 /// Per-worker counters. The maps are keyed by configuration indices and
 /// refer to the generation the worker last adopted (`generation`).
 #[derive(Debug, Clone)]
@@ -746,9 +799,9 @@ pub struct Stats {
     /// Packets decided by each rule (or default) since the last reload.
     pub rule_hits: HashMap<Origin, u64>,
     /// Per (load balancer, listener).
-    pub listener_sessions: HashMap<(u32, u32), SessionCount>,
+    pub listener_sessions: SessionCounts,
     /// Per (server group, server).
-    pub server_sessions: HashMap<(u32, u32), SessionCount>,
+    pub server_sessions: SessionCounts,
 }
 
 impl Default for Stats {
@@ -761,8 +814,8 @@ impl Default for Stats {
             sessions_created: 0,
             generation: 0,
             rule_hits: HashMap::new(),
-            listener_sessions: HashMap::new(),
-            server_sessions: HashMap::new(),
+            listener_sessions: SessionCounts::default(),
+            server_sessions: SessionCounts::default(),
         }
     }
 }
@@ -865,17 +918,9 @@ impl Worker {
         self.stats.server_sessions.clear();
         for (_, s) in self.sessions.iter() {
             if let Some((lb, l, g, srv)) = s.payload.listener() {
-                self.stats
-                    .listener_sessions
-                    .entry((lb, l))
-                    .or_default()
-                    .active += 1;
+                self.stats.listener_sessions.at_mut((lb, l)).active += 1;
                 if srv != GONE {
-                    self.stats
-                        .server_sessions
-                        .entry((g, srv))
-                        .or_default()
-                        .active += 1;
+                    self.stats.server_sessions.at_mut((g, srv)).active += 1;
                     if let Some(sch) = self.scheds.get_mut(g as usize) {
                         sch.connected(srv as usize);
                     }
@@ -915,10 +960,10 @@ impl Worker {
     fn count_new(&mut self, flow: &Flow) {
         self.stats.sessions_created += 1;
         if let Some((lb, l, g, srv)) = flow.listener() {
-            let c = self.stats.listener_sessions.entry((lb, l)).or_default();
+            let c = self.stats.listener_sessions.at_mut((lb, l));
             c.active += 1;
             c.total += 1;
-            let c = self.stats.server_sessions.entry((g, srv)).or_default();
+            let c = self.stats.server_sessions.at_mut((g, srv));
             c.active += 1;
             c.total += 1;
             if let Some(s) = self.scheds.get_mut(g as usize) {
@@ -1298,12 +1343,10 @@ impl Worker {
             .extend(group.servers.iter().enumerate().map(|(si, s)| {
                 health.is_up(gi, si) && s.addresses.iter().any(|a| a.is_ipv6() == family_v6)
             }));
-        let hash = flow_hash(&key);
-        let Some(si) = self
-            .scheds
-            .get_mut(gi)
-            .and_then(|s| s.pick(&self.eligible, hash))
-        else {
+        let Some(si) = self.scheds.get_mut(gi).and_then(|s| {
+            let hash = if s.uses_hash() { flow_hash(&key) } else { 0 };
+            s.pick(&self.eligible, hash)
+        }) else {
             return Verdict::Drop(Reason::NoHealthyServer {
                 lb: idx32(lbi),
                 listener: idx32(li),
@@ -1341,7 +1384,9 @@ impl Worker {
             if locals.is_empty() {
                 return Verdict::Drop(Reason::NatPortsExhausted);
             }
-            let local = locals[(hash as usize) % locals.len()];
+            // Spread over the local addresses by the key's own hash (the
+            // session table's, already at hand).
+            let local = locals[(key_hash as usize) % locals.len()];
             let sessions = &self.sessions;
             let lport = self.ports.allocate(local, |port| {
                 !sessions.contains_key(&FlowKey {
@@ -1473,11 +1518,11 @@ fn release_port(ports: &mut PortAllocator, flow: &Flow, reply: &FlowKey) {
 /// A session went away: its server and listener count one less.
 fn release(scheds: &mut [Box<dyn Scheduler>], stats: &mut Stats, flow: &Flow) {
     if let Some((lb, l, g, srv)) = flow.listener() {
-        if let Some(c) = stats.listener_sessions.get_mut(&(lb, l)) {
+        if let Some(c) = stats.listener_sessions.get_mut((lb, l)) {
             c.active = c.active.saturating_sub(1);
         }
         if srv != GONE {
-            if let Some(c) = stats.server_sessions.get_mut(&(g, srv)) {
+            if let Some(c) = stats.server_sessions.get_mut((g, srv)) {
                 c.active = c.active.saturating_sub(1);
             }
             if let Some(s) = scheds.get_mut(g as usize) {
@@ -1821,6 +1866,26 @@ mod tests {
     }
 
     #[test]
+    fn session_counts_by_index_pairs() {
+        let mut c = SessionCounts::default();
+        assert_eq!(c.iter().count(), 0);
+        c.at_mut((2, 5)).total += 1;
+        c.at_mut((2, 5)).active += 1;
+        c.at_mut((0, 1)).total += 3;
+        assert!(c.get_mut((7, 0)).is_none());
+        assert!(c.get_mut((2, 9)).is_none());
+        c.get_mut((2, 5)).expect("counted").active -= 1;
+        let all: Vec<_> = c.iter().map(|(k, v)| (k, v.active, v.total)).collect();
+        assert_eq!(all, [((0, 1), 0, 3), ((2, 5), 0, 1)]);
+        // An index beyond 16 bits never grows the table.
+        c.at_mut((GONE, 0)).total += 1;
+        c.at_mut((0, GONE)).total += 1;
+        assert_eq!(c.iter().count(), 2);
+        c.clear();
+        assert_eq!(c.iter().count(), 0);
+    }
+
+    #[test]
     fn staged_rule_sets_refine_with_the_same_verdicts() {
         use crate::model::{Direction, Peer, Rule};
         // 900 deny rules (each its /32 source and its port range), then the
@@ -2019,12 +2084,12 @@ mod tests {
             let mut l: Vec<_> = t
                 .listener_sessions
                 .iter()
-                .map(|(k, v)| (*k, v.active, v.total))
+                .map(|(k, v)| (k, v.active, v.total))
                 .collect();
             let mut s: Vec<_> = t
                 .server_sessions
                 .iter()
-                .map(|(k, v)| (*k, v.active, v.total))
+                .map(|(k, v)| (k, v.active, v.total))
                 .collect();
             l.sort_unstable();
             s.sort_unstable();

@@ -153,7 +153,7 @@ pub fn stats(shared: &Shared) -> Value {
                 let name = name.replace(" (allow)", "");
                 *rules.entry(name).or_default() += hits;
             }
-            for (&(lb, l), c) in &core.listener_sessions {
+            for ((lb, l), c) in core.listener_sessions.iter() {
                 if let Some(lbc) = cfg.load_balancers.get(lb as usize) {
                     if let Some(lc) = lbc.listeners.get(l as usize) {
                         let e = listeners
@@ -164,7 +164,7 @@ pub fn stats(shared: &Shared) -> Value {
                     }
                 }
             }
-            for (&(g, s), c) in &core.server_sessions {
+            for ((g, s), c) in core.server_sessions.iter() {
                 let e = servers.entry((g as usize, s as usize)).or_default();
                 e.0 += c.active;
                 e.1 += c.total;

@@ -43,6 +43,12 @@ pub trait Scheduler: std::fmt::Debug + Send {
     /// eligible ones (up and weight > 0); `None` if there is none.
     fn pick(&mut self, up: &[bool], hash: u64) -> Option<usize>;
 
+    /// Whether `pick` reads its `hash` (the caller may pass 0 otherwise
+    /// and save computing it).
+    fn uses_hash(&self) -> bool {
+        true
+    }
+
     /// A connection to `server` was established (after `pick`).
     fn connected(&mut self, server: usize) {
         let _ = server;

@@ -36,6 +36,10 @@ impl Wlc {
 }
 
 impl Scheduler for Wlc {
+    fn uses_hash(&self) -> bool {
+        false
+    }
+
     fn pick(&mut self, up: &[bool], _hash: u64) -> Option<usize> {
         let n = self.weights.len();
         let mut best: Option<usize> = None;

@@ -27,6 +27,10 @@ impl SmoothWrr {
 }
 
 impl Scheduler for SmoothWrr {
+    fn uses_hash(&self) -> bool {
+        false
+    }
+
     fn pick(&mut self, up: &[bool], _hash: u64) -> Option<usize> {
         let mut total: i64 = 0;
         let mut best: Option<usize> = None;
