@@ -447,47 +447,17 @@ fn run_file(
         String::new()
     };
     println!("{:<20} {:>8.1} ns/packet{subset}", linear.name(), lin);
-    for (b, times) in BURSTS.iter().zip(compiled_ns.iter_mut()) {
-        let c = median(times);
-        let best = times.iter().copied().fold(f64::INFINITY, f64::min);
-        println!(
-            "{:<20} {:>8.1} ns/packet (best {best:>6.1})  burst {b:>3}  linear/compiled {:.1}",
-            format!("{}/flowkey", compiled.name()),
-            c,
-            lin / c
-        );
-    }
+    let vs_linear = |c: f64| format!("linear/compiled {:.1}", lin / c);
+    let flowkey = format!("{}/flowkey", compiled.name());
+    burst_medians(&flowkey, &mut compiled_ns, vs_linear);
     // Ours: the column bursts.
-    let mut ratios = Vec::new();
-    let mut ours = Vec::new();
-    for (b, times) in BURSTS.iter().zip(columns_ns.iter_mut()) {
-        let c = median(times);
-        let best = times.iter().copied().fold(f64::INFINITY, f64::min);
-        ratios.push(lin / c);
-        ours.push(c);
-        println!(
-            "{:<20} {:>8.1} ns/packet (best {best:>6.1})  burst {b:>3}  linear/compiled {:.1}",
-            format!("{}/columns", compiled.name()),
-            c,
-            lin / c
-        );
-    }
+    let columns_label = format!("{}/columns", compiled.name());
+    let ours = burst_medians(&columns_label, &mut columns_ns, vs_linear);
+    let ratios: Vec<f64> = ours.iter().map(|c| lin / c).collect();
     println!("ratio linear/compiled: {}", ratio_line(&ratios, 1));
     let staged_ns: Option<Vec<f64>> = staged.as_ref().map(|_| {
-        BURSTS
-            .iter()
-            .zip(staged_ns.iter_mut())
-            .map(|(b, times)| {
-                let c = median(times);
-                let best = times.iter().copied().fold(f64::INFINITY, f64::min);
-                println!(
-                    "{:<20} {:>8.1} ns/packet (best {best:>6.1})  burst {b:>3}  (before refinement)",
-                    format!("{}/staged", compiled.name()),
-                    c,
-                );
-                c
-            })
-            .collect()
+        let label = format!("{}/staged", compiled.name());
+        burst_medians(&label, &mut staged_ns, |_| "(before refinement)".to_owned())
     });
 
     #[cfg(feature = "dpdk")]
@@ -668,6 +638,28 @@ impl Columns {
             Columns::V6(b) => c.classify_v6_columns(&b.columns().range(r), out),
         }
     }
+}
+
+/// Prints, per burst size, the median and the best of `per_burst` under
+/// `label`, the line ended by `tail(median)`; returns the medians.
+fn burst_medians(
+    label: &str,
+    per_burst: &mut [Vec<f64>],
+    tail: impl Fn(f64) -> String,
+) -> Vec<f64> {
+    BURSTS
+        .iter()
+        .zip(per_burst.iter_mut())
+        .map(|(b, times)| {
+            let c = median(times);
+            let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+            println!(
+                "{label:<20} {c:>8.1} ns/packet (best {best:>6.1})  burst {b:>3}  {}",
+                tail(c)
+            );
+            c
+        })
+        .collect()
 }
 
 /// `0..n` in consecutive ranges of `burst`.

@@ -291,9 +291,6 @@ impl KeyColumnsBuf<u128> {
 pub struct Classifier {
     v4: Family<u32>,
     v6: Family<u128>,
-    /// A staged build that a final-table search may speed up (see
-    /// [`Classifier::refine`]).
-    staged: bool,
     /// The families [`Classifier::refine`] rebuilt with the final-table
     /// search; lookups take them once they are there.
     refined: OnceLock<Refined>,
@@ -436,9 +433,13 @@ impl Classifier {
     /// final tables, which lookups then take. The answers are the same
     /// before and after; only their speed changes.
     pub fn build_staged(rules: &[MatchRule]) -> Classifier {
-        let mut c = Classifier::build_with(rules, STAGED_CROSS_BUDGET, 0);
-        c.staged = c.v4.refinable || c.v6.refinable;
-        c
+        Classifier::build_with(rules, STAGED_CROSS_BUDGET, 0)
+    }
+
+    /// A staged build that a final-table search may speed up (see
+    /// [`Classifier::refine`]).
+    fn staged(&self) -> bool {
+        self.v4.refinable || self.v6.refinable
     }
 
     /// Completes a [`Classifier::build_staged`] of `rules` (the same rules:
@@ -448,7 +449,7 @@ impl Classifier {
     /// already, or not the rules it was built from). It can take 100 ms or
     /// more on large rule sets; lookups carry on meanwhile.
     pub fn refine(&self, rules: &[MatchRule]) -> bool {
-        if !self.staged || rules.len() != self.rules {
+        if !self.staged() || rules.len() != self.rules {
             return false;
         }
         let mut done = false;
@@ -467,7 +468,7 @@ impl Classifier {
     /// Whether [`Classifier::refine`] has work left (a staged build not
     /// refined yet).
     pub fn needs_refinement(&self) -> bool {
-        self.staged && self.refined.get().is_none()
+        self.staged() && self.refined.get().is_none()
     }
 
     /// The tables the lookups use: the refined ones once they are there.
@@ -502,7 +503,6 @@ impl Classifier {
         Classifier {
             v4: Family::build(rules, cross_budget, final_budget),
             v6: Family::build(rules, cross_budget, final_budget),
-            staged: false,
             refined: OnceLock::new(),
             mixed,
             rules: rules.len(),

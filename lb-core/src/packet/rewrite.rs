@@ -76,9 +76,9 @@ pub fn rewrite(
 /// where this answers, it writes what `rewrite_general` would.
 #[inline(always)]
 pub(crate) fn rewrite_simple(frame: &mut [u8], p: &Parsed, new: &FlowKey) -> Option<()> {
-    let (udp, csum_at, l4_len) = match p.proto {
-        IpProtocol::TCP => (false, tcp::CHECKSUM_OFFSET, tcp::HEADER_LEN),
-        IpProtocol::UDP => (true, udp::CHECKSUM_OFFSET, udp::HEADER_LEN),
+    let (udp, l4_len) = match p.proto {
+        IpProtocol::TCP => (false, tcp::HEADER_LEN),
+        IpProtocol::UDP => (true, udp::HEADER_LEN),
         _ => return None,
     };
     if !p.has_l4_header() || p.l3_end() > frame.len() {
@@ -97,7 +97,7 @@ pub(crate) fn rewrite_simple(frame: &mut [u8], p: &Parsed, new: &FlowKey) -> Opt
             let hc = addrs.apply(u16::from_be_bytes([h[10], h[11]]));
             h[10..12].copy_from_slice(&hc.to_be_bytes());
             let (_, l4) = h.split_at_mut(L4);
-            ports_simple(l4.try_into().ok()?, udp, csum_at, udp, addrs, new);
+            ports_simple(l4.try_into().ok()?, udp, udp, addrs, new);
         }
         (Kind::Ipv6, IpAddr::V6(_), IpAddr::V6(ns), IpAddr::V6(nd)) => {
             const L4: usize = ipv6::HEADER_LEN;
@@ -112,7 +112,7 @@ pub(crate) fn rewrite_simple(frame: &mut [u8], p: &Parsed, new: &FlowKey) -> Opt
             addrs.change128(u128::from_be_bytes(*dst), nd);
             *src = ns.to_be_bytes();
             *dst = nd.to_be_bytes();
-            ports_simple(l4.try_into().ok()?, udp, csum_at, false, addrs, new);
+            ports_simple(l4.try_into().ok()?, udp, false, addrs, new);
         }
         _ => return None,
     }
@@ -145,14 +145,12 @@ const L4_SPAN: usize = tcp::CHECKSUM_OFFSET + 2;
 /// addresses' change (in the pseudo-header); `keep_zero` keeps a zero UDP
 /// checksum (IPv4: none was computed).
 #[inline(always)]
-fn ports_simple(
-    l4: &mut [u8; L4_SPAN],
-    udp: bool,
-    csum_at: usize,
-    keep_zero: bool,
-    addrs: Delta,
-    new: &FlowKey,
-) {
+fn ports_simple(l4: &mut [u8; L4_SPAN], udp: bool, keep_zero: bool, addrs: Delta, new: &FlowKey) {
+    let csum_at = if udp {
+        udp::CHECKSUM_OFFSET
+    } else {
+        tcp::CHECKSUM_OFFSET
+    };
     let ports = (u32::from(new.sport) << 16) | u32::from(new.dport);
     let mut d = addrs;
     d.change32(u32::from_be_bytes([l4[0], l4[1], l4[2], l4[3]]), ports);
