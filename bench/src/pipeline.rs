@@ -44,6 +44,8 @@ fn config(v6: bool) -> Config {
             "198.18.0.1/15".parse().expect("net"),
             "2001:db8::1/32".parse().expect("net"),
         ],
+        source_check: SourceCheck::Strict,
+        vlan: None,
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-alb".into(),
@@ -163,6 +165,12 @@ fn frame(i: usize, v6: bool, dport: u16, flags: u8) -> Vec<u8> {
     })
 }
 
+/// Every frame arrives on the one port, which checks its sources.
+const RX: RxInfo = RxInfo {
+    csum_partial: false,
+    port: Some(0),
+};
+
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
@@ -271,9 +279,7 @@ fn run_trace(
             if burst == 1 {
                 let slot = slots.next().expect("one slot per frame");
                 let frame = &mut slot[..lens[j]];
-                if let Verdict::Forward(_) =
-                    worker.process(frame, RxInfo::default(), now, snap, &AllUp)
-                {
+                if let Verdict::Forward(_) = worker.process(frame, RX, now, snap, &AllUp) {
                     forwarded += 1;
                     tx.push(frame);
                 }
@@ -284,7 +290,7 @@ fn run_trace(
                     .zip(&lens[j..j + k])
                     .map(|(slot, &len)| Frame {
                         data: &mut slot[..len],
-                        rx: RxInfo::default(),
+                        rx: RX,
                     })
                     .collect();
                 let done = worker.process_burst(&mut batch, now, snap, &AllUp, &mut verdicts);
@@ -332,7 +338,7 @@ fn open_sessions(snap: &Snapshot, n: usize, v6: bool) -> (Worker, f64) {
     for i in 0..n {
         let f = frame(i, v6, 80, SYN);
         buf[..f.len()].copy_from_slice(&f);
-        let v = w.process(&mut buf[..f.len()], RxInfo::default(), 0, snap, &AllUp);
+        let v = w.process(&mut buf[..f.len()], RX, 0, snap, &AllUp);
         assert!(
             matches!(v, Verdict::Forward(_)),
             "session {i} not admitted: {v:?}"

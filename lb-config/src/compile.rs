@@ -11,7 +11,7 @@ use lb_core::model::{
     proto, AclMode, Action, BackendSgPolicy, Config, Dataplane, Direction, GroupKind, HealthCheck,
     HealthProtocol, IdlePolicy, Instance, IoBackend, Listener, ListenerAcl, ListenerProtocol,
     LoadBalancer, NetworkAcl, Peer, Platform, Port, PortList, PortRange, PrefixList, Route, Rule,
-    SchedulerKind, SecurityGroup, Server, ServerGroup, Subnet,
+    SchedulerKind, SecurityGroup, Server, ServerGroup, SourceCheck, Subnet,
 };
 
 use crate::error::Sink;
@@ -380,6 +380,12 @@ impl<'a, 's> Compiler<'a, 's> {
                 interface: None,
                 dpdk_port: None,
                 addresses: Vec::new(),
+                source_check: match p.source_check {
+                    None | Some(SourceCheckConfig::Strict) => SourceCheck::Strict,
+                    Some(SourceCheckConfig::Loose) => SourceCheck::Loose,
+                    Some(SourceCheckConfig::Off) => SourceCheck::Off,
+                },
+                vlan: None,
             };
             match io {
                 IoBackend::AfPacket => {
@@ -433,6 +439,10 @@ impl<'a, 's> Compiler<'a, 's> {
                     );
                 }
                 port.dpdk_port = Some(id);
+            }
+            if let Some(v) = &p.vlan {
+                // 0 is a priority tag and 4095 reserved (802.1Q).
+                port.vlan = Some(self.int(v, "vlan", 1, 4094));
             }
             for a in &p.addresses {
                 match parse::interface_address(a.get_ref()) {

@@ -113,6 +113,16 @@ pub struct PortConfig {
     pub dpdk_port: Option<S<i64>>,
     #[serde(default)]
     pub addresses: Vec<S<String>>,
+    pub source_check: Option<SourceCheckConfig>,
+    pub vlan: Option<S<i64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceCheckConfig {
+    Strict,
+    Loose,
+    Off,
 }
 
 /// `[[route]]`.

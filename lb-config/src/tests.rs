@@ -1313,3 +1313,37 @@ fn at_most_65535_servers_in_a_group() {
         vec!["65539:1: at most 65535 servers in server group big"]
     );
 }
+
+// ---------------------------------------------------------------- port checks
+
+#[test]
+fn port_source_check_and_vlan() {
+    let port = |extra: &str| format!("\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\n{extra}");
+    let cfg = ok(&port(""));
+    assert_eq!(
+        cfg.ports[0].source_check,
+        lb_core::model::SourceCheck::Strict
+    );
+    assert_eq!(cfg.ports[0].vlan, None);
+    let cfg = ok(&port("source_check = \"loose\"\nvlan = 4094\n"));
+    assert_eq!(
+        cfg.ports[0].source_check,
+        lb_core::model::SourceCheck::Loose
+    );
+    assert_eq!(cfg.ports[0].vlan, Some(4094));
+    let cfg = ok(&port("source_check = \"off\"\nvlan = 1\n"));
+    assert_eq!(cfg.ports[0].source_check, lb_core::model::SourceCheck::Off);
+    assert_eq!(cfg.ports[0].vlan, Some(1));
+    assert_eq!(
+        errs(&port("source_check = \"rpf\"\n")),
+        vec!["4:16: unknown variant `rpf`, expected one of `strict`, `loose`, `off`"]
+    );
+    assert_eq!(
+        errs(&port("vlan = 0\n")),
+        vec!["4:8: vlan must be 1..=4094, got 0"]
+    );
+    assert_eq!(
+        errs(&port("vlan = 4095\n")),
+        vec!["4:8: vlan must be 1..=4094, got 4095"]
+    );
+}

@@ -351,6 +351,35 @@ pub struct Port {
     /// The data plane's own addresses on this link, with their prefix
     /// length (host bits are the address itself).
     pub addresses: Vec<IpNet>,
+    /// How the sources of packets arriving on this port are validated.
+    pub source_check: SourceCheck,
+    /// The 802.1Q VLAN (1..=4094) the port's frames carry, in and out;
+    /// `None`: the port is untagged and drops tagged frames.
+    pub vlan: Option<u16>,
+}
+
+/// Source validation of a port (reverse-path filtering, as Linux's
+/// `rp_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceCheck {
+    /// The source must route back through the port it arrived on
+    /// (`rp_filter=1`, cloud anti-spoofing).
+    #[default]
+    Strict,
+    /// The source must be routable through some port (`rp_filter=2`).
+    Loose,
+    /// No check.
+    Off,
+}
+
+impl SourceCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceCheck::Strict => "strict",
+            SourceCheck::Loose => "loose",
+            SourceCheck::Off => "off",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use crate::acl::policy::{
 };
 use crate::conntrack::{Dir, SessionTable, Timeouts};
 use crate::flow::FlowKey;
-use crate::model::{proto, AclMode, BackendSgPolicy, Config, Direction};
+use crate::model::{proto, AclMode, BackendSgPolicy, Config, Direction, SourceCheck};
 use crate::nat::PortAllocator;
 use crate::packet::{self, L4Csum, ParseError, Parsed};
 use crate::sched::{self, Scheduler};
@@ -60,6 +60,25 @@ pub struct Snapshot {
     /// Longest prefix first.
     routes: Vec<RouteEntry>,
     pub timeouts: Timeouts,
+    /// Per port (index into `cfg.ports`), what it checks on arrival.
+    ingress: Vec<Ingress>,
+}
+
+/// A port's checks on arriving frames, compact for the per-packet path.
+#[derive(Debug, Clone, Copy)]
+struct Ingress {
+    vlan: Option<u16>,
+    check: SourceCheck,
+}
+
+impl Ingress {
+    /// Whether the frame's tagging fits the port: an untagged port takes
+    /// untagged frames only; a port with `vlan = N`, frames with exactly
+    /// one 802.1Q tag of VLAN N (any priority). An 802.1ad or a second tag
+    /// shows as a tag's EtherType after the first.
+    fn admits_tagging(&self, p: &Parsed) -> bool {
+        p.vlan == self.vlan && !packet::is_vlan_tag(p.ethertype)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +199,14 @@ impl Snapshot {
         // Longest prefix first; on-link entries before configured ones of the same length.
         routes.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
         let timeouts = Timeouts::from_session_timeout(cfg.platform.session_timeout_s);
+        let ingress = cfg
+            .ports
+            .iter()
+            .map(|p| Ingress {
+                vlan: p.vlan,
+                check: p.source_check,
+            })
+            .collect();
         let own = port_addrs
             .iter()
             .chain(local_addrs.keys())
@@ -201,6 +228,7 @@ impl Snapshot {
             backend_addrs,
             routes,
             timeouts,
+            ingress,
         }
     }
 
@@ -242,6 +270,13 @@ impl Snapshot {
                 port: r.port,
                 next_hop: r.via.unwrap_or(dst),
             })
+    }
+
+    /// The checks of the port a frame arrived on (`None`: not known).
+    #[inline]
+    fn ingress_of(&self, port: Option<u32>) -> Option<(u32, Ingress)> {
+        let port = port?;
+        Some((port, *self.ingress.get(port as usize)?))
     }
 
     /// Whether `addr` is one of the data plane's own: a port address, a VIP
@@ -381,6 +416,22 @@ impl Snapshot {
                 )
             }
             Reason::Malformed(e) => write!(s, "malformed: {}", e.as_str()),
+            Reason::SpoofedSource { port } => match cfg.ports.get(*port as usize) {
+                Some(p) => write!(
+                    s,
+                    "spoofed_source on port {} (source_check {})",
+                    p.name,
+                    p.source_check.as_str()
+                ),
+                None => write!(s, "spoofed_source"),
+            },
+            Reason::VlanMismatch { port } => match cfg.ports.get(*port as usize) {
+                Some(p) => match p.vlan {
+                    Some(v) => write!(s, "vlan_mismatch on port {} (vlan {v})", p.name),
+                    None => write!(s, "vlan_mismatch on port {} (untagged)", p.name),
+                },
+                None => write!(s, "vlan_mismatch"),
+            },
             other => write!(s, "{}", other.kind().as_str()),
         };
     }
@@ -467,6 +518,15 @@ pub enum Reason {
     UnsupportedEthertype,
     Rewrite,
     OwnSource,
+    /// The source fails the `source_check` of the port it arrived on.
+    SpoofedSource {
+        port: u32,
+    },
+    /// A tagged frame on a port without that VLAN, or an untagged one on
+    /// a VLAN port.
+    VlanMismatch {
+        port: u32,
+    },
 }
 
 impl Reason {
@@ -497,6 +557,8 @@ impl Reason {
             Reason::UnsupportedEthertype => DropKind::UnsupportedEthertype,
             Reason::Rewrite => DropKind::Rewrite,
             Reason::OwnSource => DropKind::OwnSource,
+            Reason::SpoofedSource { .. } => DropKind::SpoofedSource,
+            Reason::VlanMismatch { .. } => DropKind::VlanMismatch,
         }
     }
 }
@@ -523,10 +585,12 @@ pub enum DropKind {
     UnsupportedEthertype,
     Rewrite,
     OwnSource,
+    SpoofedSource,
+    VlanMismatch,
 }
 
 impl DropKind {
-    pub const COUNT: usize = DropKind::OwnSource as usize + 1;
+    pub const COUNT: usize = DropKind::VlanMismatch as usize + 1;
     pub const ALL: [DropKind; DropKind::COUNT] = [
         DropKind::None,
         DropKind::Malformed,
@@ -546,6 +610,8 @@ impl DropKind {
         DropKind::UnsupportedEthertype,
         DropKind::Rewrite,
         DropKind::OwnSource,
+        DropKind::SpoofedSource,
+        DropKind::VlanMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -568,6 +634,8 @@ impl DropKind {
             DropKind::UnsupportedEthertype => "unsupported_ethertype",
             DropKind::Rewrite => "rewrite_failed",
             DropKind::OwnSource => "source_is_ours",
+            DropKind::SpoofedSource => "spoofed_source",
+            DropKind::VlanMismatch => "vlan_mismatch",
         }
     }
 }
@@ -625,6 +693,9 @@ pub struct Frame<'a> {
 pub struct RxInfo {
     /// The L4 checksum is partial (the kernel deferred it, as veth does).
     pub csum_partial: bool,
+    /// The port (index into `cfg.ports`) the frame arrived on; `None`
+    /// when not known, which skips the port's VLAN and source checks.
+    pub port: Option<u32>,
 }
 
 /// Which servers are up: health checks in `lbd`, `@health` lines in
@@ -662,10 +733,23 @@ pub struct Flow {
     /// The session holds a local port (FULLNAT): its reply key's
     /// destination address and port, given back when the session ends.
     pub local_port: bool,
+    /// Per direction ([`Dir::index`]), the port its packets last arrived
+    /// on and passed that port's source check ([`UNPINNED`]: none yet).
+    /// Packets arriving there skip the check; elsewhere they take it.
+    ingress: [u8; 2],
 }
 
 /// `Flow::listener[0]` of a routed session.
 const NO_LISTENER: u16 = u16::MAX;
+
+/// `Flow::ingress` of a direction not seen yet (or of a port whose index
+/// does not fit: such packets take the full check each time).
+const UNPINNED: u8 = u8::MAX;
+
+/// A port index as `Flow::ingress` holds it.
+fn pin(port: Option<u32>) -> u8 {
+    port.and_then(|p| u8::try_from(p).ok()).unwrap_or(UNPINNED)
+}
 
 impl Flow {
     /// A listener session's flow: (load balancer, listener, server group,
@@ -680,6 +764,7 @@ impl Flow {
             listener: [NO_LISTENER; 4],
             generation: generation as u32,
             local_port,
+            ingress: [UNPINNED; 2],
         };
         flow.set_listener(at).then_some(flow)
     }
@@ -689,6 +774,7 @@ impl Flow {
             listener: [NO_LISTENER; 4],
             generation: generation as u32,
             local_port: false,
+            ingress: [UNPINNED; 2],
         }
     }
 
@@ -716,6 +802,20 @@ impl Flow {
             }
             _ => false,
         }
+    }
+
+    /// Whether direction `dir` last passed its source check on `port`, under
+    /// the configuration `generation`.
+    #[inline]
+    fn pinned_to(&self, dir: Dir, port: u32, generation: u64) -> bool {
+        let p = self.ingress[dir.index()];
+        p != UNPINNED && u32::from(p) == port && self.admitted_in(generation)
+    }
+
+    /// The flow with its original direction pinned to port `pin`.
+    fn arrived_on(mut self, pin: u8) -> Flow {
+        self.ingress[Dir::Orig.index()] = pin;
+        self
     }
 
     /// Whether the rules of configuration `generation` admitted the session
@@ -802,6 +902,15 @@ pub struct Stats {
     pub listener_sessions: SessionCounts,
     /// Per (server group, server).
     pub server_sessions: SessionCounts,
+    /// Per port (index into `cfg.ports`): drops of the port's own checks.
+    pub port_drops: Vec<PortDrops>,
+}
+
+/// Drops counted per ingress port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortDrops {
+    pub spoofed_source: u64,
+    pub vlan_mismatch: u64,
 }
 
 impl Default for Stats {
@@ -816,6 +925,7 @@ impl Default for Stats {
             rule_hits: HashMap::new(),
             listener_sessions: SessionCounts::default(),
             server_sessions: SessionCounts::default(),
+            port_drops: Vec::new(),
         }
     }
 }
@@ -841,6 +951,9 @@ pub struct Worker {
     parsed: Vec<(Parsed, Result<(), ParseError>)>,
     keys: Vec<Option<FlowKey>>,
     pub stats: Stats,
+    /// The ingress port of the frame being decided, as a new session's
+    /// `Flow::ingress` records it.
+    ingress_pin: u8,
 }
 
 impl Worker {
@@ -858,6 +971,7 @@ impl Worker {
             parsed: Vec::with_capacity(BURST_MAX),
             keys: Vec::with_capacity(BURST_MAX),
             stats: Stats::default(),
+            ingress_pin: UNPINNED,
         }
     }
 
@@ -927,6 +1041,11 @@ impl Worker {
                 }
             }
         }
+        // A reload keeps the ports (lbd refuses to change them without a
+        // restart), so their counts carry over.
+        self.stats
+            .port_drops
+            .resize(snap.cfg.ports.len(), PortDrops::default());
         self.generation = snap.generation;
         self.stats.generation = snap.generation;
     }
@@ -970,6 +1089,48 @@ impl Worker {
                 s.connected(srv as usize);
             }
         }
+    }
+
+    #[cold]
+    fn count_port_drop(&mut self, port: u32, kind: DropKind) {
+        if let Some(c) = self.stats.port_drops.get_mut(port as usize) {
+            match kind {
+                DropKind::SpoofedSource => c.spoofed_source += 1,
+                _ => c.vlan_mismatch += 1,
+            }
+        }
+    }
+
+    /// The source check of a session's packet that does not arrive on the
+    /// port its direction last passed the check on (under the current
+    /// configuration; that case costs one comparison in `decide`): the
+    /// port's full check, which then pins the direction to this port. A
+    /// packet injected with a session's 5-tuple from another link thus
+    /// meets that link's check.
+    #[cold]
+    #[inline(never)]
+    fn session_source(
+        &mut self,
+        id: crate::conntrack::SessionId,
+        dir: Dir,
+        key: &FlowKey,
+        port: u32,
+        snap: &Snapshot,
+    ) -> Result<(), Reason> {
+        let Some((_, ingress)) = snap.ingress_of(Some(port)) else {
+            return Ok(());
+        };
+        let Some(flow) = self.sessions.payload_mut(id) else {
+            return Ok(());
+        };
+        let fresh = flow.admitted_in(snap.generation);
+        source_admits(snap, port, ingress.check, key)?;
+        if !fresh {
+            // Routes may have changed with the configuration.
+            flow.ingress = [UNPINNED; 2];
+        }
+        flow.ingress[dir.index()] = pin(Some(port));
+        Ok(())
     }
 
     fn hit(&mut self, d: Decision) {
@@ -1086,9 +1247,12 @@ impl Worker {
             Verdict::Local(..) => self.stats.local += 1,
             Verdict::Drop(r) => {
                 self.stats.drops[r.kind() as usize] += 1;
-                if let Reason::Policy(d) = r {
-                    let d = *d;
-                    self.hit(d);
+                match *r {
+                    Reason::Policy(d) => self.hit(d),
+                    Reason::SpoofedSource { port } | Reason::VlanMismatch { port } => {
+                        self.count_port_drop(port, r.kind());
+                    }
+                    _ => {}
                 }
             }
         }
@@ -1110,6 +1274,11 @@ impl Worker {
             Ok(p) => p,
             Err(e) => return Verdict::Drop(Reason::Malformed(e)),
         };
+        if let Some((port, i)) = snap.ingress_of(rx.port) {
+            if !i.admits_tagging(p) {
+                return Verdict::Drop(Reason::VlanMismatch { port });
+            }
+        }
         let (key, hash) = match key {
             Some((k, h)) => (k, h),
             None => {
@@ -1125,6 +1294,14 @@ impl Worker {
             return Verdict::Drop(Reason::Fragment);
         }
         if let Some(local) = local_kind(p, key, snap) {
+            // Neighbour discovery comes from link-local and unspecified
+            // sources that route nowhere: the link is its scope.
+            let ingress = snap.ingress_of(rx.port);
+            if let Some((port, i)) = ingress.filter(|_| local != LocalKind::Neighbor) {
+                if let Err(r) = source_admits(snap, port, i.check, key) {
+                    return Verdict::Drop(r);
+                }
+            }
             return Verdict::Local(local);
         }
 
@@ -1135,8 +1312,14 @@ impl Worker {
         };
         let found = self.sessions.lookup_hashed(key, hash, now);
         if let Some((id, dir)) = found {
-            return self.established(frame, p, csum, key, id, dir, now, snap);
+            return self.established(frame, p, csum, key, id, dir, now, snap, rx.port);
         }
+        if let Some((port, i)) = snap.ingress_of(rx.port) {
+            if let Err(r) = source_admits(snap, port, i.check, key) {
+                return Verdict::Drop(r);
+            }
+        }
+        self.ingress_pin = pin(rx.port);
         if p.is_icmp_error() {
             if let Some(v) = self.related_error(frame, p, *key, now, snap) {
                 return v;
@@ -1170,10 +1353,16 @@ impl Worker {
         dir: Dir,
         now: Nanos,
         snap: &Snapshot,
+        rx_port: Option<u32>,
     ) -> Verdict {
         let Some(&flow) = self.sessions.payload(id) else {
             return Verdict::Drop(Reason::NoSession);
         };
+        if let Some(port) = rx_port.filter(|&p| !flow.pinned_to(dir, p, snap.generation)) {
+            if let Err(r) = self.session_source(id, dir, key, port, snap) {
+                return Verdict::Drop(r);
+            }
+        }
         if !flow.admitted_in(snap.generation) {
             // The rules changed since the session was admitted: its next
             // packet is checked against the new ones.
@@ -1357,7 +1546,8 @@ impl Worker {
             (idx32(lbi), idx32(li), idx32(gi), idx32(si)),
             snap.generation,
             !listener.transfer_client_ip,
-        ) else {
+        )
+        .map(|f| f.arrived_on(self.ingress_pin)) else {
             // Beyond the 16-bit indices a session holds (lb_config refuses
             // such a configuration): no session can be made for it.
             return Verdict::Drop(Reason::NoListener);
@@ -1474,7 +1664,7 @@ impl Worker {
         let id = if is_icmp_error {
             None
         } else {
-            let flow = Flow::routed(snap.generation);
+            let flow = Flow::routed(snap.generation).arrived_on(self.ingress_pin);
             match self.sessions.insert_missed(
                 key,
                 key_hash,
@@ -1541,6 +1731,42 @@ fn local_kind(p: &Parsed, key: &FlowKey, snap: &Snapshot) -> Option<LocalKind> {
         // Router/neighbour solicitations and advertisements.
         proto::ICMPV6 if (133..=137).contains(&t) => Some(LocalKind::Neighbor),
         _ => None,
+    }
+}
+
+/// Whether `key` is link-scoped IPv6 traffic: from a link-local or the
+/// unspecified address (multicast listener reports, duplicate address
+/// detection) to a link-local or link-scope multicast address. It routes
+/// nowhere and is never forwarded, so the link it arrived on is its route.
+fn link_scoped(key: &FlowKey) -> bool {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (key.src, key.dst) else {
+        return false;
+    };
+    let (s, d) = (src.segments()[0], dst.segments()[0]);
+    let link_local = |first: u16| first & 0xffc0 == 0xfe80;
+    let src_ok = link_local(s) || src.is_unspecified();
+    let dst_ok = link_local(d) || (d & 0xff00 == 0xff00 && d & 0x000f <= 2);
+    src_ok && dst_ok
+}
+
+/// Reverse-path validation of `key`'s source arriving on `port`, whose
+/// `source_check` is `check`.
+fn source_admits(
+    snap: &Snapshot,
+    port: u32,
+    check: SourceCheck,
+    key: &FlowKey,
+) -> Result<(), Reason> {
+    let src = key.src;
+    let ok = match check {
+        SourceCheck::Off => true,
+        SourceCheck::Loose => snap.route(src).is_some(),
+        SourceCheck::Strict => snap.route(src).is_some_and(|h| h.port == port),
+    } || link_scoped(key);
+    if ok {
+        Ok(())
+    } else {
+        Err(Reason::SpoofedSource { port })
     }
 }
 
@@ -1814,6 +2040,8 @@ mod tests {
                 "198.18.0.1/24".parse().expect("net"),
                 "198.19.1.1/24".parse().expect("net"),
             ],
+            source_check: SourceCheck::Strict,
+            vlan: None,
         });
         cfg.security_groups.push(SecurityGroup {
             id: "sg-web".into(),
@@ -2116,7 +2344,16 @@ mod tests {
         let at = p.l4_offset + 16;
         frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
         assert!(!packet::verify_l4_checksum(&frame, &p));
-        let v = w.process(&mut frame, RxInfo { csum_partial: true }, 0, &snap, &AllUp);
+        let v = w.process(
+            &mut frame,
+            RxInfo {
+                csum_partial: true,
+                ..RxInfo::default()
+            },
+            0,
+            &snap,
+            &AllUp,
+        );
         assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
         let p = packet::parse(&frame).expect("valid");
         assert!(packet::verify_l4_checksum(&frame, &p), "checksum completed");
@@ -2320,6 +2557,264 @@ mod tests {
         assert_eq!(
             q.to_string(),
             "tcp [2001:db8:19:1::11]:80 > [2001:db8:19:1::250]:1025"
+        );
+    }
+
+    /// [`config`] with the backend subnet on a second port ("int") and
+    /// both ports under `check`; port "ext" has VLAN `ext_vlan`.
+    fn two_ports(check: SourceCheck, ext_vlan: Option<u16>) -> Snapshot {
+        let mut cfg = config();
+        let int = cfg.ports[0].addresses.pop().expect("the backend subnet");
+        cfg.ports[0].source_check = check;
+        cfg.ports[0].vlan = ext_vlan;
+        cfg.ports.push(Port {
+            name: "int".into(),
+            interface: Some("lb-int".into()),
+            dpdk_port: None,
+            addresses: vec![int],
+            source_check: check,
+            vlan: None,
+        });
+        Snapshot::compile(cfg, 1)
+    }
+
+    fn on(port: u32) -> RxInfo {
+        RxInfo {
+            port: Some(port),
+            ..RxInfo::default()
+        }
+    }
+
+    /// `frame` with its outer EtherType replaced by a tag (TPID `tpid`,
+    /// VLAN `vid`) in front of it.
+    fn tag(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
+        let mut f = frame[..12].to_vec();
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+        f.extend_from_slice(&frame[12..]);
+        f
+    }
+
+    #[test]
+    fn sources_must_route_back_through_their_port() {
+        // A backend-subnet source from the client link, the client from
+        // the client link, and a source no route covers.
+        let spoofed = || tcp_frame("198.19.1.12", "198.18.0.10", 40000, 80, TCP_SYN);
+        let client = || tcp_frame("198.18.0.2", "198.18.0.10", 40001, 80, TCP_SYN);
+        let unrouted = || tcp_frame("198.18.77.7", "198.18.0.10", 40002, 80, TCP_SYN);
+        let verdict = |check, mut f: Vec<u8>, port| {
+            let snap = two_ports(check, None);
+            let mut w = Worker::new(0, 1, 1024, 1024);
+            let v = w.process(&mut f, on(port), 0, &snap, &AllUp);
+            (v, w.stats)
+        };
+        let (v, stats) = verdict(SourceCheck::Strict, spoofed(), 0);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        assert_eq!(stats.drops[DropKind::SpoofedSource as usize], 1);
+        assert_eq!(stats.port_drops[0].spoofed_source, 1);
+        assert_eq!(stats.port_drops[1], PortDrops::default());
+        let snap = two_ports(SourceCheck::Strict, None);
+        assert_eq!(
+            snap.describe(&Reason::SpoofedSource { port: 0 }),
+            "spoofed_source on port ext (source_check strict)"
+        );
+        // The same source from the port it routes through passes.
+        assert!(!verdict(SourceCheck::Strict, spoofed(), 1).0.is_drop());
+        assert!(!verdict(SourceCheck::Strict, client(), 0).0.is_drop());
+        assert!(verdict(SourceCheck::Strict, client(), 1).0.is_drop());
+        assert!(verdict(SourceCheck::Strict, unrouted(), 0).0.is_drop());
+        // Loose: routable through some port.
+        assert!(!verdict(SourceCheck::Loose, spoofed(), 0).0.is_drop());
+        let (v, _) = verdict(SourceCheck::Loose, unrouted(), 0);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        // Off: anything.
+        assert!(!verdict(SourceCheck::Off, unrouted(), 0).0.is_drop());
+        // Unknown port (a caller without ports): no check.
+        let snap = two_ports(SourceCheck::Strict, None);
+        let mut w = Worker::new(0, 1, 1024, 1024);
+        let v = w.process(&mut spoofed(), RxInfo::default(), 0, &snap, &AllUp);
+        assert!(!v.is_drop(), "{v:?}");
+    }
+
+    #[test]
+    fn session_packets_from_another_link_are_dropped() {
+        let snap = two_ports(SourceCheck::Strict, None);
+        let mut w = Worker::new(0, 1, 1024, 1024);
+        let mut f = tcp_frame("198.18.0.2", "198.18.0.10", 40000, 80, TCP_SYN);
+        let Verdict::Forward(fwd) = w.process(&mut f, on(0), 0, &snap, &AllUp) else {
+            panic!("the SYN is forwarded");
+        };
+        assert_eq!(fwd.hop.port, 1);
+        let out = fwd.out;
+        let reply = || {
+            tcp_frame(
+                "198.19.1.11",
+                "198.19.1.250",
+                out.dport,
+                out.sport,
+                TCP_SYN | TCP_ACK,
+            )
+        };
+        let ack = || tcp_frame("198.18.0.2", "198.18.0.10", 40000, 80, TCP_ACK);
+        // The reply from the backend link, then the client's ACK.
+        assert!(!w.process(&mut reply(), on(1), 1, &snap, &AllUp).is_drop());
+        assert!(!w.process(&mut ack(), on(0), 2, &snap, &AllUp).is_drop());
+        // The client's 5-tuple injected from the backend link, the
+        // backend's from the client link: both dropped, the session lives.
+        let v = w.process(&mut ack(), on(1), 3, &snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 1 })),
+            "{v:?}"
+        );
+        let v = w.process(&mut reply(), on(0), 4, &snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        assert!(!w.process(&mut ack(), on(0), 5, &snap, &AllUp).is_drop());
+        assert!(!w.process(&mut reply(), on(1), 6, &snap, &AllUp).is_drop());
+        assert_eq!(w.stats.port_drops[0].spoofed_source, 1);
+        assert_eq!(w.stats.port_drops[1].spoofed_source, 1);
+        // Under a new configuration the check runs again (routes may have
+        // moved): with both ports loose, either link is accepted.
+        let loose = two_ports(SourceCheck::Loose, None);
+        let loose = Snapshot::compile(loose.cfg.clone(), 2);
+        w.housekeep(7, &loose);
+        assert!(!w.process(&mut ack(), on(1), 7, &loose, &AllUp).is_drop());
+    }
+
+    #[test]
+    fn tagged_frames_pass_only_on_their_vlan() {
+        let syn = || tcp_frame("198.18.0.2", "198.18.0.10", 40000, 80, TCP_SYN);
+        let run = |vlan: Option<u16>, mut f: Vec<u8>| {
+            let snap = two_ports(SourceCheck::Strict, vlan);
+            let mut w = Worker::new(0, 1, 1024, 1024);
+            let v = w.process(&mut f, on(0), 0, &snap, &AllUp);
+            (v, w.stats)
+        };
+        let mismatch = |v: Verdict| matches!(v, Verdict::Drop(Reason::VlanMismatch { port: 0 }));
+        // An untagged port: no tag of any kind, QinQ included.
+        let (v, stats) = run(None, tag(&syn(), 0x8100, 100));
+        assert!(mismatch(v), "{v:?}");
+        assert_eq!(stats.drops[DropKind::VlanMismatch as usize], 1);
+        assert_eq!(stats.port_drops[0].vlan_mismatch, 1);
+        assert!(mismatch(run(None, tag(&syn(), 0x88a8, 100)).0));
+        assert!(mismatch(run(None, tag(&syn(), 0x8100, 0)).0));
+        let qinq = tag(&tag(&syn(), 0x8100, 100), 0x88a8, 7);
+        assert!(mismatch(run(None, qinq.clone()).0));
+        assert!(!run(None, syn()).0.is_drop());
+        // A port with vlan = 100: its tag only, once.
+        assert!(!run(Some(100), tag(&syn(), 0x8100, 100)).0.is_drop());
+        assert!(!run(Some(100), tag(&syn(), 0x8100, 0x6064)).0.is_drop());
+        assert!(mismatch(run(Some(100), syn()).0));
+        assert!(mismatch(run(Some(100), tag(&syn(), 0x8100, 200)).0));
+        assert!(mismatch(run(Some(100), tag(&syn(), 0x88a8, 100)).0));
+        assert!(mismatch(run(Some(100), qinq).0));
+        let inner_q = tag(&tag(&syn(), 0x8100, 5), 0x8100, 100);
+        assert!(mismatch(run(Some(100), inner_q).0));
+        // ARP too.
+        let arp = crate::packet::build_arp_request(
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            "198.18.0.2".parse().expect("address"),
+            "198.18.0.1".parse().expect("address"),
+            None,
+        );
+        assert!(matches!(
+            run(None, arp.clone()).0,
+            Verdict::Local(LocalKind::Arp)
+        ));
+        assert!(mismatch(run(Some(100), arp.clone()).0));
+        let tagged_arp = tag(&arp, 0x8100, 100);
+        assert!(matches!(
+            run(Some(100), tagged_arp).0,
+            Verdict::Local(LocalKind::Arp)
+        ));
+        let snap = two_ports(SourceCheck::Strict, Some(100));
+        assert_eq!(
+            snap.describe(&Reason::VlanMismatch { port: 0 }),
+            "vlan_mismatch on port ext (vlan 100)"
+        );
+        assert_eq!(
+            snap.describe(&Reason::VlanMismatch { port: 1 }),
+            "vlan_mismatch on port int (untagged)"
+        );
+    }
+
+    #[test]
+    fn neighbour_discovery_is_not_source_checked() {
+        let snap = two_ports(SourceCheck::Strict, None);
+        let mut w = Worker::new(0, 1, 1024, 1024);
+        // A neighbour solicitation from a link-local address (no route).
+        let mut ns = build_frame(&FrameSpec {
+            src: addr("fe80::1"),
+            dst: addr("ff02::1:ff00:1"),
+            proto: proto::ICMPV6,
+            icmp: Some((135, 0)),
+            ttl: 255,
+            payload: vec![0; 20],
+            ..FrameSpec::default()
+        });
+        let v = w.process(&mut ns, on(0), 0, &snap, &AllUp);
+        assert!(matches!(v, Verdict::Local(LocalKind::Neighbor)), "{v:?}");
+        // Other link-scoped traffic (a multicast listener report) is not
+        // a spoof; a link-local source toward a global address is.
+        let udp = |src: &str, dst: &str| {
+            build_frame(&FrameSpec {
+                src: addr(src),
+                dst: addr(dst),
+                proto: proto::UDP,
+                sport: 5353,
+                dport: 5353,
+                ttl: 1,
+                ..FrameSpec::default()
+            })
+        };
+        for (src, dst) in [
+            ("fe80::1", "ff02::16"),
+            ("::", "ff02::fb"),
+            ("fe80::1", "fe80::2"),
+        ] {
+            let v = w.process(&mut udp(src, dst), on(0), 0, &snap, &AllUp);
+            assert!(
+                !matches!(v, Verdict::Drop(Reason::SpoofedSource { .. })),
+                "{src} > {dst}: {v:?}"
+            );
+        }
+        let v = w.process(
+            &mut udp("fe80::1", "2001:db8:19:1::11"),
+            on(0),
+            0,
+            &snap,
+            &AllUp,
+        );
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        let v = w.process(&mut udp("fe80::1", "ff05::2"), on(0), 0, &snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        // An echo request to our address from a spoofed source is dropped.
+        let mut ping = build_frame(&FrameSpec {
+            src: addr("198.19.1.12"),
+            dst: addr("198.18.0.1"),
+            proto: proto::ICMP,
+            icmp: Some((8, 0)),
+            ttl: 64,
+            ..FrameSpec::default()
+        });
+        let v = w.process(&mut ping, on(0), 0, &snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
         );
     }
 }

@@ -109,7 +109,12 @@ pub fn stats(shared: &Shared) -> Value {
     let mut ports = Vec::new();
     for (pi, p) in cfg.ports.iter().enumerate() {
         let mut t = crate::io::IoStats::default();
+        let mut d = lb_core::pipeline::PortDrops::default();
         for r in &reports {
+            if let Some(c) = r.core.as_ref().and_then(|c| c.port_drops.get(pi)) {
+                d.spoofed_source += c.spoofed_source;
+                d.vlan_mismatch += c.vlan_mismatch;
+            }
             if let Some(s) = r.ports.get(pi) {
                 t.rx_packets += s.rx_packets;
                 t.rx_bytes += s.rx_bytes;
@@ -125,6 +130,10 @@ pub fn stats(shared: &Shared) -> Value {
             "link": shared.link_status(pi),
             "rx_packets": t.rx_packets, "rx_bytes": t.rx_bytes, "rx_dropped": t.rx_dropped,
             "tx_packets": t.tx_packets, "tx_bytes": t.tx_bytes, "tx_dropped": t.tx_dropped,
+            "source_check": p.source_check.as_str(),
+            "vlan": p.vlan,
+            "spoofed_source": d.spoofed_source,
+            "vlan_mismatch": d.vlan_mismatch,
         }));
     }
 
@@ -274,6 +283,14 @@ pub fn prometheus(shared: &Shared) -> String {
         ("tx_packets", "Frames sent per port."),
         ("tx_bytes", "Bytes sent per port."),
         ("tx_dropped", "Frames that could not be sent."),
+        (
+            "spoofed_source",
+            "Packets dropped because their source fails the port's source_check.",
+        ),
+        (
+            "vlan_mismatch",
+            "Frames dropped because their VLAN tagging does not fit the port.",
+        ),
     ] {
         metric(
             &format!("port_{field}_total"),

@@ -777,6 +777,8 @@ struct WorkerLoop {
     /// queue so the whole burst goes through the pipeline at once (its
     /// session lookups overlap); buffers are reused across bursts.
     staged: Vec<(Vec<u8>, RxMeta, u32)>,
+    /// Where a frame is retagged for its egress port's VLAN (reused).
+    tx_scratch: Vec<u8>,
 }
 
 impl WorkerLoop {
@@ -806,6 +808,7 @@ impl WorkerLoop {
             report: WorkerReport::default(),
             last_publish: Instant::now(),
             staged: Vec::new(),
+            tx_scratch: Vec::with_capacity(2048),
         }
     }
 
@@ -916,10 +919,11 @@ impl WorkerLoop {
         }
         let mut frames: Vec<Frame<'_>> = staged
             .iter_mut()
-            .map(|(buf, meta, _)| Frame {
+            .map(|(buf, meta, port)| Frame {
                 data: &mut buf[..],
                 rx: RxInfo {
                     csum_partial: meta.csum_partial,
+                    port: Some(*port),
                 },
             })
             .collect();
@@ -935,6 +939,8 @@ impl WorkerLoop {
         let mut wait: Vec<Pending> = Vec::new();
         let mut tx = Tx {
             ports: &mut self.ports,
+            config: &rt.snap.cfg.ports,
+            scratch: &mut self.tx_scratch,
         };
         for ((f, v), port) in frames.iter_mut().zip(verdicts).zip(ports).take(done) {
             deliver(
@@ -1011,7 +1017,8 @@ impl WorkerLoop {
         let Some(mac) = self.macs.get(port as usize).copied() else {
             return;
         };
-        let frame = crate::l2::solicit(mac, src, next_hop);
+        let mut frame = crate::l2::solicit(mac, src, next_hop);
+        crate::l2::set_vlan(&mut frame, port_vlan(&rt.snap, port));
         if let Some(Some(io)) = self.ports.get_mut(port as usize) {
             io.send(&frame);
         }
@@ -1019,11 +1026,13 @@ impl WorkerLoop {
 
     fn retry_pending(&mut self) {
         let now = Instant::now();
+        let rt = self.shared.runtime.load();
         let mut still = std::collections::VecDeque::new();
         while let Some(mut p) = self.pending.pop_front() {
             if let Some(e) = self.shared.neigh.lookup(p.port, p.next_hop, now) {
                 let src = self.macs.get(p.port as usize).copied().unwrap_or_default();
                 crate::l2::set_macs(&mut p.frame, e.mac, src);
+                crate::l2::set_vlan(&mut p.frame, port_vlan(&rt.snap, p.port));
                 if let Some(Some(io)) = self.ports.get_mut(p.port as usize) {
                     io.send(&p.frame);
                 }
@@ -1087,14 +1096,25 @@ impl WorkerLoop {
 /// in place).
 struct Tx<'a> {
     ports: &'a mut [Option<Box<dyn PacketIo>>],
+    /// The ports' configuration: their VLANs.
+    config: &'a [lb_core::model::Port],
+    scratch: &'a mut Vec<u8>,
 }
 
 impl Tx<'_> {
+    /// Sends `frame` on `port` tagged as the port is (see
+    /// [`crate::l2::for_port`]): no tag it arrived with leaves.
     fn send(&mut self, port: u32, frame: &[u8]) {
         if let Some(Some(io)) = self.ports.get_mut(port as usize) {
-            io.send(frame);
+            let vlan = self.config.get(port as usize).and_then(|p| p.vlan);
+            io.send(crate::l2::for_port(frame, vlan, self.scratch));
         }
     }
+}
+
+/// The VLAN of port `port`, if it has one.
+pub fn port_vlan(snap: &Snapshot, port: u32) -> Option<u16> {
+    snap.cfg.ports.get(port as usize).and_then(|p| p.vlan)
 }
 
 /// Acts on a frame's verdict: frames to send (`tx`), frames for the health

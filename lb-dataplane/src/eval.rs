@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! # comment
-//! <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>]
+//! <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>] [port=<name>] [vlan=<id>|none]
 //! @health <server_group> <server> up|down
 //! @reload <config.toml>
 //! ```
@@ -40,6 +40,12 @@ pub struct TracePacket {
     pub key: FlowKey,
     pub tcp_flags: u8,
     pub icmp: Option<(u8, u8)>,
+    /// `port=`: the port the packet arrives on; by default the port its
+    /// source routes through.
+    pub port: Option<String>,
+    /// `vlan=`: `Some(None)` untagged, `Some(Some(id))` tagged; by default
+    /// the arrival port's own VLAN.
+    pub vlan: Option<Option<u16>>,
 }
 
 /// Parses one trace line; `Ok(None)` for blank lines and comments.
@@ -70,7 +76,7 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
         };
     }
     if words.len() < 5 || words[3] != ">" {
-        bail!("expected: <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>]");
+        bail!("expected: <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>] [port=<name>] [vlan=<id>|none]");
     }
     let time: f64 = words[0]
         .parse()
@@ -88,8 +94,25 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
     }
     let mut tcp_flags = None;
     let mut icmp = None;
+    let mut port = None;
+    let mut vlan = None;
     for w in &words[5..] {
-        if let Some(v) = w.strip_prefix("icmp=") {
+        if let Some(v) = w.strip_prefix("port=") {
+            if v.is_empty() {
+                bail!("port=<name> expected, got {w:?}");
+            }
+            port = Some(v.to_string());
+        } else if let Some(v) = w.strip_prefix("vlan=") {
+            vlan = Some(match v {
+                "none" => None,
+                _ => Some(
+                    v.parse::<u16>()
+                        .ok()
+                        .filter(|&id| id <= 4095)
+                        .ok_or_else(|| anyhow!("bad vlan in {w:?}: 0..=4095 or none expected"))?,
+                ),
+            });
+        } else if let Some(v) = w.strip_prefix("icmp=") {
             let (t, c) = v
                 .split_once('/')
                 .ok_or_else(|| anyhow!("icmp=<type>/<code> expected, got {w:?}"))?;
@@ -135,6 +158,8 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
         },
         tcp_flags: tcp_flags.unwrap_or(TCP_ACK),
         icmp,
+        port,
+        vlan,
     })))
 }
 
@@ -311,9 +336,30 @@ pub fn run(
                 }
                 last_time = p.time;
                 let now: Nanos = secs(p.time);
-                let mut frame = build_frame(&frame_spec(&p));
+                let port = match &p.port {
+                    Some(name) => Some(
+                        snap.cfg
+                            .ports
+                            .iter()
+                            .position(|q| &q.name == name)
+                            .and_then(|i| u32::try_from(i).ok())
+                            .ok_or_else(|| {
+                                anyhow!("{}:{lineno}: no port {name}", trace_path.display())
+                            })?,
+                    ),
+                    // Where a well-behaved sender is: its source's route.
+                    None => snap.route(p.key.src).map(|h| h.port),
+                };
+                let port_vlan = port
+                    .and_then(|i| snap.cfg.ports.get(i as usize))
+                    .and_then(|q| q.vlan);
+                let mut frame = build_frame(&frame_spec(&p, p.vlan.unwrap_or(port_vlan)));
                 worker.housekeep(now, &snap);
-                let v = worker.process(&mut frame, RxInfo::default(), now, &snap, &health);
+                let rx = RxInfo {
+                    port,
+                    ..RxInfo::default()
+                };
+                let v = worker.process(&mut frame, rx, now, &snap, &health);
                 let obj = verdict_json(lineno, &v, &snap);
                 writeln!(out, "{obj}")?;
             }
@@ -322,11 +368,11 @@ pub fn run(
     Ok(())
 }
 
-fn frame_spec(p: &TracePacket) -> FrameSpec {
+fn frame_spec(p: &TracePacket, vlan: Option<u16>) -> FrameSpec {
     FrameSpec {
         src_mac: MacAddr([0x02, 0, 0, 0, 0, 0x01]),
         dst_mac: MacAddr([0x02, 0, 0, 0, 0, 0x02]),
-        vlan: None,
+        vlan,
         src: p.key.src,
         dst: p.key.dst,
         proto: p.key.proto,
@@ -404,6 +450,19 @@ mod tests {
             panic!("packet expected")
         };
         assert_eq!(p.icmp, Some((3, 4)));
+        assert_eq!((p.port, p.vlan), (None, None));
+        let Some(TraceLine::Packet(p)) =
+            parse_line("0 tcp 198.19.1.12:40000 > 198.19.1.11:80 S port=ext vlan=100").expect("ok")
+        else {
+            panic!("packet expected")
+        };
+        assert_eq!((p.port.as_deref(), p.vlan), (Some("ext"), Some(Some(100))));
+        let Some(TraceLine::Packet(p)) =
+            parse_line("0 udp 198.18.0.2:1 > 198.18.0.10:53 vlan=none").expect("ok")
+        else {
+            panic!("packet expected")
+        };
+        assert_eq!(p.vlan, Some(None));
         assert_eq!(parse_line("   # only a comment").expect("ok"), None);
     }
 
@@ -421,6 +480,9 @@ mod tests {
             "@health g s sideways",
             "@frobnicate",
             "-1 udp 1.2.3.4:1 > 1.2.3.5:2",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 port=",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 vlan=4096",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 vlan=x",
         ] {
             assert!(parse_line(bad).is_err(), "{bad} should be rejected");
         }

@@ -41,6 +41,17 @@ pub fn render(v: &Value) -> String {
         if let Some(link) = p["link"].as_str() {
             let _ = writeln!(s, "  {:<10} link {link}", "");
         }
+        let vlan = p["vlan"]
+            .as_u64()
+            .map_or_else(|| "untagged".to_string(), |v| format!("vlan {v}"));
+        let _ = writeln!(
+            s,
+            "  {:<10} {vlan}, source_check {}; dropped: spoofed_source {}, vlan_mismatch {}",
+            "",
+            p["source_check"].as_str().unwrap_or("?"),
+            n(&p["spoofed_source"]),
+            n(&p["vlan_mismatch"])
+        );
     }
     let _ = writeln!(
         s,

@@ -67,7 +67,7 @@ pub use build::{
     FrameSpec,
 };
 pub use error::ParseError;
-pub use ethernet::{EtherType, EthernetFrame, MacAddr};
+pub use ethernet::{is_vlan_tag, tagging, EtherType, EthernetFrame, MacAddr, Tagging};
 pub use gre::GrePacket;
 pub use icmp::{Icmpv4Message, Icmpv4Packet};
 pub use icmpv6::{

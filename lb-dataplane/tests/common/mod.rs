@@ -252,6 +252,24 @@ impl Topo {
     }
 }
 
+impl Topo {
+    /// The `/metrics` page of an `lbd` started with `--metrics ADDR`.
+    pub fn metrics(&self, addr: &str) -> String {
+        let url = format!("http://{addr}/metrics");
+        let out = self.exec("lb", &["curl", "-s", "--max-time", "2", &url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the health checker has seen both backends of the seed's
+    /// `sgp-web` up.
+    pub fn wait_healthy(&self) {
+        self.wait_for(15, "both backends healthy", |t| {
+            t.server_up("sgp-web", "ecs01") == Some(true)
+                && t.server_up("sgp-web", "ecs02") == Some(true)
+        });
+    }
+}
+
 impl Drop for Topo {
     fn drop(&mut self) {
         if let Some(mut c) = self.lbd.take() {
