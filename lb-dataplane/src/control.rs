@@ -187,7 +187,7 @@ fn admit(
         refuse(
             stream,
             &format!(
-                "permission denied: uid {} may not use this control socket",
+                "permission denied: uid {} may not use this control socket (root, lbd's user and the control group may)",
                 peer.uid
             ),
         );

@@ -223,6 +223,27 @@ fn control_group_members_read_stats_but_cannot_reload() {
 }
 
 #[test]
+fn control_group_members_reload_at_the_admin_level() {
+    require_netns!();
+    if !have_setpriv() {
+        return;
+    }
+    let _g = lock();
+    let mut t = Topo::up();
+    t.start_lbd_with(
+        &seed_config("", "", (100, 100)),
+        &["--control-group", GROUP, "--control-group-level", "admin"],
+    );
+    let out = lbctl_as_nobody(&t, Some(GROUP), &["reload"]);
+    assert!(
+        out.status.success(),
+        "an admin member reloads: {}",
+        text(&out)
+    );
+    assert_eq!(t.stats()["generation"], 2);
+}
+
+#[test]
 fn an_oversized_command_is_refused_and_memory_stays_bounded() {
     require_netns!();
     let _g = lock();
@@ -253,6 +274,10 @@ fn an_oversized_command_is_refused_and_memory_stays_bounded() {
         "{reply:?}"
     );
     let after = rss_kib(pid);
+    eprintln!(
+        "{} KiB sent before lbd closed; RSS {before} -> {after} KiB",
+        sent >> 10
+    );
     assert!(
         after < before + 32 * 1024,
         "RSS grew from {before} to {after} KiB"
