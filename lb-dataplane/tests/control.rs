@@ -176,6 +176,19 @@ fn the_control_socket_is_0600_under_umask_000_and_other_users_are_refused() {
     assert!(out.status.success(), "root reloads: {}", text(&out));
 }
 
+/// A topology whose lbd lets the group `GROUP` use the control socket,
+/// with `more` arguments.
+fn with_control_group(more: &[&str]) -> Topo {
+    let mut t = Topo::up();
+    let args: Vec<&str> = ["--control-group", GROUP]
+        .iter()
+        .chain(more)
+        .copied()
+        .collect();
+    t.start_lbd_with(&seed_config("", "", (100, 100)), &args);
+    t
+}
+
 #[test]
 fn control_group_members_read_stats_but_cannot_reload() {
     require_netns!();
@@ -183,11 +196,7 @@ fn control_group_members_read_stats_but_cannot_reload() {
         return;
     }
     let _g = lock();
-    let mut t = Topo::up();
-    t.start_lbd_with(
-        &seed_config("", "", (100, 100)),
-        &["--control-group", GROUP],
-    );
+    let t = with_control_group(&[]);
     let m = std::fs::metadata(&t.control).expect("stat the socket");
     assert_eq!(m.mode() & 0o777, 0o660, "mode {:o}", m.mode() & 0o777);
     assert_eq!(m.gid().to_string(), GROUP);
@@ -229,11 +238,7 @@ fn control_group_members_reload_at_the_admin_level() {
         return;
     }
     let _g = lock();
-    let mut t = Topo::up();
-    t.start_lbd_with(
-        &seed_config("", "", (100, 100)),
-        &["--control-group", GROUP, "--control-group-level", "admin"],
-    );
+    let t = with_control_group(&["--control-group-level", "admin"]);
     let out = lbctl_as_nobody(&t, Some(GROUP), &["reload"]);
     assert!(
         out.status.success(),
