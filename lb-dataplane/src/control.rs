@@ -319,14 +319,17 @@ pub fn request(path: &Path, command: &str) -> Result<Value> {
         30
     };
     s.set_read_timeout(Some(Duration::from_secs(wait)))?;
-    s.write_all(command.as_bytes())?;
-    s.write_all(b"\n")?;
+    // lbd may refuse before it reads the command (a client it does not
+    // serve): then its reply is there to read even though the write failed.
+    let sent = s.write_all(format!("{command}\n").as_bytes());
     let mut text = Vec::new();
     match s.read_to_end(&mut text) {
         Ok(_) => {}
-        // lbd refused before reading what we sent: its reply came first.
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !text.is_empty() => {}
         Err(e) => return Err(e).context("reading lbd's reply"),
+    }
+    if text.is_empty() {
+        sent.context("sending the command")?;
     }
     let v: Value = serde_json::from_slice(&text).context("reading lbd's reply")?;
     if let Some(e) = v["error"].as_str() {

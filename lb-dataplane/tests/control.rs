@@ -122,7 +122,8 @@ fn command(path: &Path, cmd: &str) -> serde_json::Value {
     let mut s = UnixStream::connect(path).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
-    s.write_all(format!("{cmd}\n").as_bytes()).expect("write");
+    // A refusal may come before lbd reads the command.
+    let _ = s.write_all(format!("{cmd}\n").as_bytes());
     let mut out = Vec::new();
     if let Err(e) = s.read_to_end(&mut out) {
         // A refusal may reset the connection after its reply.
