@@ -33,10 +33,22 @@ pub struct Reloader {
 impl Reloader {
     /// Starts the reload thread; it ends when `shared.stop` is set.
     pub fn start(shared: Arc<Shared>) -> Result<(Arc<Reloader>, JoinHandle<()>)> {
+        let flag = shared.clone();
+        Reloader::spawn(
+            move || flag.stop.load(Ordering::Relaxed),
+            move || shared.reload(),
+        )
+    }
+
+    /// The reload thread around `reload`, until `stopped()`.
+    fn spawn(
+        stopped: impl Fn() -> bool + Send + 'static,
+        mut reload: impl FnMut() -> Outcome + Send + 'static,
+    ) -> Result<(Arc<Reloader>, JoinHandle<()>)> {
         let (tx, rx) = unbounded();
         let h = std::thread::Builder::new()
             .name("lbd-reload".into())
-            .spawn(move || run(&shared, &rx))
+            .spawn(move || run(&stopped, &mut reload, &rx))
             .context("starting the reload thread")?;
         Ok((Arc::new(Reloader { tx }), h))
     }
@@ -56,8 +68,8 @@ impl Reloader {
     }
 }
 
-fn run(shared: &Arc<Shared>, rx: &Receiver<Request>) {
-    while !shared.stop.load(Ordering::Relaxed) {
+fn run(stopped: &dyn Fn() -> bool, reload: &mut dyn FnMut() -> Outcome, rx: &Receiver<Request>) {
+    while !stopped() {
         let first = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -72,9 +84,68 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Request>) {
         if requests > 1 {
             tracing::debug!(requests, "reload requests served by one reload");
         }
-        let outcome = shared.reload();
+        let outcome = reload();
         for w in waiting {
             let _ = w.send(outcome.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    #[test]
+    fn requests_made_during_a_reload_are_served_by_the_next_one() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU64::new(0));
+        // The first reload waits for the test's go, the others do not.
+        let (started_tx, started) = bounded::<()>(1);
+        let (go, go_rx) = bounded::<()>(1);
+        let (stop2, calls2) = (stop.clone(), calls.clone());
+        let (reloader, h) = Reloader::spawn(
+            move || stop2.load(Ordering::Relaxed),
+            move || {
+                let n = calls2.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 {
+                    let _ = started_tx.send(());
+                    let _ = go_rx.recv();
+                }
+                if n == 3 {
+                    Err("line 1: bad".into())
+                } else {
+                    Ok(n + 1)
+                }
+            },
+        )
+        .expect("spawn");
+        let first = {
+            let r = reloader.clone();
+            std::thread::spawn(move || r.reload())
+        };
+        started.recv().expect("the first reload started");
+        // Five requests and a SIGHUP while it compiles.
+        let waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let r = reloader.clone();
+                std::thread::spawn(move || r.reload())
+            })
+            .collect();
+        reloader.request();
+        while reloader.tx.len() < 6 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        go.send(()).expect("go");
+        assert_eq!(first.join().expect("first"), Ok(2));
+        for w in waiting {
+            assert_eq!(w.join().expect("waiting"), Ok(3), "one reload for all");
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        // A failed reload reaches its caller.
+        assert_eq!(reloader.reload(), Err("line 1: bad".to_string()));
+        stop.store(true, Ordering::Relaxed);
+        h.join().expect("the reload thread ends at stop");
+        assert_eq!(reloader.reload(), Err("lbd is stopping".to_string()));
     }
 }
