@@ -3,7 +3,7 @@
 //! size limit, so that an idle, slow or oversized client costs one bounded
 //! thread for a bounded time and never holds up the others.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,20 +50,27 @@ impl Drop for Slot {
     }
 }
 
-/// A stream whose reads can time out (Unix and TCP streams).
-pub trait TimedRead: Read {
+/// A stream whose reads and writes can time out (Unix and TCP streams).
+pub trait Timed: Read + Write {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
 }
 
-impl TimedRead for UnixStream {
+impl Timed for UnixStream {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         UnixStream::set_read_timeout(self, t)
     }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, t)
+    }
 }
 
-impl TimedRead for std::net::TcpStream {
+impl Timed for std::net::TcpStream {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         std::net::TcpStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        std::net::TcpStream::set_write_timeout(self, t)
     }
 }
 
@@ -83,7 +90,7 @@ pub enum ReadError {
 /// Reads from `s` until `end(buf)` finds the request's end (the length of
 /// the request) or `max` bytes have arrived without it; the whole request
 /// must arrive before `deadline`, however the client paces its bytes.
-pub fn read_request<S: TimedRead>(
+pub fn read_request<S: Timed>(
     s: &mut S,
     deadline: Instant,
     max: usize,
@@ -132,11 +139,31 @@ pub fn read_request<S: TimedRead>(
     }
 }
 
+/// Writes all of `data` before `deadline`, however slowly the client
+/// takes it.
+pub fn write_by<S: Timed>(s: &mut S, data: &[u8], deadline: Instant) -> io::Result<()> {
+    let mut at = 0;
+    while at < data.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.set_write_timeout(Some(left))?;
+        match s.write(&data[at..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Before closing a connection whose client may still be sending (a
 /// refusal, a request too long): stops writing, then reads and drops what
 /// comes for at most `wait` and `max` bytes. Closing with unread input
 /// would reset the connection, and the client could lose the reply.
-pub fn linger<S: TimedRead>(s: &mut S, wait: Duration, max: usize) {
+pub fn linger<S: Timed>(s: &mut S, wait: Duration, max: usize) {
     let deadline = Instant::now() + wait;
     let mut chunk = [0u8; 4096];
     let mut read = 0;
@@ -192,8 +219,23 @@ mod tests {
         }
     }
 
-    impl TimedRead for Paced {
+    /// Takes `step` bytes a write.
+    impl Write for Paced {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            let n = self.step.min(data.len());
+            self.data.extend_from_slice(&data[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Timed for Paced {
         fn set_read_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_write_timeout(&self, _: Option<Duration>) -> io::Result<()> {
             Ok(())
         }
     }
@@ -273,6 +315,22 @@ mod tests {
             );
             assert_eq!(r.as_deref(), Ok(&req[..]), "step {step}");
         }
+    }
+
+    #[test]
+    fn writes_in_pieces_and_by_a_deadline() {
+        let mut p = Paced {
+            data: Vec::new(),
+            at: 0,
+            step: 3,
+        };
+        let soon = Instant::now() + Duration::from_secs(5);
+        write_by(&mut p, b"0123456789", soon).expect("written");
+        assert_eq!(p.data, b"0123456789");
+        let past = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let e = write_by(&mut p, b"more", past).expect_err("too late");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]

@@ -228,7 +228,8 @@ fn refuse(stream: UnixStream, why: &str) {
             }
         }
     }
-    let _ = writeln!(stream, "{}", json!({"ok": false, "error": why}));
+    let text = format!("{}\n", json!({"ok": false, "error": why}));
+    let _ = stream.write(text.as_bytes());
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
@@ -240,7 +241,6 @@ fn handle(
     level: Level,
     _slot: Slot,
 ) -> Result<()> {
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     let line = match crate::conn::read_request(
         &mut stream,
@@ -291,15 +291,16 @@ fn handle(
 
 /// A refusal to a client that may still be sending.
 fn refuse_after_reading(mut stream: UnixStream, why: &str) -> Result<()> {
-    writeln!(stream, "{}", json!({"ok": false, "error": why}))?;
+    let text = format!("{}\n", json!({"ok": false, "error": why}));
+    crate::conn::write_by(&mut stream, text.as_bytes(), Instant::now() + WRITE_TIMEOUT)?;
     stream.shutdown(std::net::Shutdown::Write)?;
     crate::conn::linger(&mut stream, Duration::from_millis(200), MAX_COMMAND);
     Ok(())
 }
 
 fn reply(mut stream: UnixStream, v: &Value) -> Result<()> {
-    stream.write_all(v.to_string().as_bytes())?;
-    stream.write_all(b"\n")?;
+    let text = format!("{v}\n");
+    crate::conn::write_by(&mut stream, text.as_bytes(), Instant::now() + WRITE_TIMEOUT)?;
     Ok(())
 }
 
@@ -681,12 +682,11 @@ pub fn serve_metrics(
                             continue;
                         }
                         let Some(slot) = slots.take() else {
-                            let mut stream = stream;
-                            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
                             http_reply(
-                                &mut stream,
+                                stream,
                                 "503 Service Unavailable",
                                 "too many metrics clients: try again\n",
+                                Duration::from_millis(100),
                             );
                             continue;
                         };
@@ -712,7 +712,6 @@ pub fn serve_metrics(
 }
 
 fn metrics_client(shared: &Shared, mut stream: TcpStream) {
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let deadline = Instant::now() + METRICS_REQUEST_TIMEOUT;
     let head = crate::conn::read_request(
         &mut stream,
@@ -740,19 +739,29 @@ fn metrics_client(shared: &Shared, mut stream: TcpStream) {
         Err(_) => return,
     };
     let refused = !status.starts_with("200");
-    http_reply(&mut stream, status, &body);
-    if refused {
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        crate::conn::linger(&mut stream, Duration::from_millis(200), METRICS_MAX_REQUEST);
+    if let Some(mut stream) = http_reply(stream, status, &body, WRITE_TIMEOUT) {
+        if refused {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            crate::conn::linger(&mut stream, Duration::from_millis(200), METRICS_MAX_REQUEST);
+        }
     }
 }
 
-fn http_reply(stream: &mut TcpStream, status: &str, body: &str) {
-    let _ = write!(
-        stream,
+/// Writes a whole HTTP/1.0 response within `wait`; the stream back if it
+/// went out.
+fn http_reply(
+    mut stream: TcpStream,
+    status: &str,
+    body: &str,
+    wait: Duration,
+) -> Option<TcpStream> {
+    let text = format!(
         "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    crate::conn::write_by(&mut stream, text.as_bytes(), Instant::now() + wait)
+        .ok()
+        .map(|()| stream)
 }
 
 #[cfg(test)]
