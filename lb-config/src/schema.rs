@@ -88,6 +88,8 @@ pub struct DataplaneConfig {
     pub max_sessions: Option<S<i64>>,
     /// IPv6 sessions per worker.
     pub max_sessions_v6: Option<S<i64>>,
+    /// Bound of the session tables' memory estimate, in MiB.
+    pub max_memory_mib: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -861,6 +861,15 @@ impl Worker {
         }
     }
 
+    /// The memory of a worker's session tables for `max_sessions` IPv4 and
+    /// `max_sessions_v6` IPv6 sessions, in bytes: what a data plane commits
+    /// per worker at start-up ([`Worker::prefault`]).
+    pub const fn session_table_bytes(max_sessions: usize, max_sessions_v6: usize) -> u64 {
+        let v4 = max_sessions as u64 * SessionTable::<Flow>::session_bytes(false) as u64;
+        let v6 = max_sessions_v6 as u64 * SessionTable::<Flow>::session_bytes(true) as u64;
+        v4.saturating_add(v6)
+    }
+
     /// Maps the session table's memory now (see
     /// [`SessionTable::prefault`]): a data plane's start-up.
     pub fn prefault(&mut self) {
@@ -1943,6 +1952,14 @@ mod tests {
             let by_rule = matches!(d.origin, Origin::SgRule { .. });
             assert_eq!(by_rule, first_port, "{k:?}: {d:?}");
         }
+    }
+
+    #[test]
+    fn session_table_bytes_is_what_a_worker_commits() {
+        let w = Worker::new(0, 1, 1 << 16, 1 << 14);
+        let want = (1u64 << 16) * w.sessions.bytes_per_session(false) as u64
+            + (1u64 << 14) * w.sessions.bytes_per_session(true) as u64;
+        assert_eq!(Worker::session_table_bytes(1 << 16, 1 << 14), want);
     }
 
     #[test]

@@ -344,6 +344,10 @@ enum Slot<A, T> {
 /// packed in a `u32`, with a bit for the family).
 pub const MAX_CAPACITY: usize = 1 << 30;
 
+/// Index buckets per session: its two keys, at a load of at most 1/2
+/// (`Table::new` sizes the index for `2 * capacity` entries).
+const INDEX_BUCKETS_PER_SESSION: usize = 4;
+
 /// How many slots [`SessionTable::expire`] examines per unit of budget.
 pub const EXPIRE_SCAN_PER_BUDGET: usize = 32;
 
@@ -902,6 +906,19 @@ impl<T> SessionTable<T> {
     /// index buckets (excluding the reaped queue).
     pub fn bytes_per_session(&self, ipv6: bool) -> usize {
         family!(self, ipv6, |t| t.bytes_per_session())
+    }
+
+    /// Memory per session of a family's table, known without building one:
+    /// the slot and its index buckets. It equals
+    /// [`SessionTable::bytes_per_session`] of any table of a few thousand
+    /// sessions or more; a configuration's memory estimate is built on it.
+    pub const fn session_bytes(ipv6: bool) -> usize {
+        let slot = if ipv6 {
+            std::mem::size_of::<Slot<Ipv6Addr, T>>()
+        } else {
+            std::mem::size_of::<Slot<Ipv4Addr, T>>()
+        };
+        slot + INDEX_BUCKETS_PER_SESSION * std::mem::size_of::<u64>()
     }
 
     /// The hash the table files `key` under, for

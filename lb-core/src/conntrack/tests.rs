@@ -340,6 +340,27 @@ fn memory_per_session() {
 }
 
 #[test]
+fn session_bytes_is_what_a_full_table_takes() {
+    fn check<T>() {
+        for cap in [4096, 1 << 20, 1_000_003] {
+            let t: SessionTable<T> = SessionTable::with_capacities(cap, cap);
+            for v6 in [false, true] {
+                assert_eq!(
+                    SessionTable::<T>::session_bytes(v6),
+                    t.bytes_per_session(v6),
+                    "{cap} {v6}"
+                );
+            }
+        }
+    }
+    check::<u32>();
+    check::<[u32; 4]>();
+    check::<[u64; 5]>();
+    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(false), 96);
+    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(true), 160);
+}
+
+#[test]
 fn families_have_tables_of_their_own() {
     let t0 = Timeouts::default();
     let mut t: SessionTable<u32> = SessionTable::with_capacities_and_seed(2, 1, 3);
