@@ -2,7 +2,7 @@
 //! [`lb_core::model::Config`]. Every problem is reported; compilation goes
 //! on with placeholder values after an error so that later checks still run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -583,10 +583,11 @@ impl<'a, 's> Compiler<'a, 's> {
         let max_entries = self.max_entries(&p.max_entries);
         self.check_count("port list", p.id.get_ref(), max_entries, &p.entries);
         let mut entries = Vec::new();
+        let mut seen: HashSet<PortRange> = HashSet::new();
         for e in &p.entries {
             match parse::port_range(e.get_ref()) {
                 Ok(PortSpec::Range(r)) => {
-                    if entries.contains(&r) {
+                    if !seen.insert(r) {
                         self.err(&e.span(), format!("{} is listed twice", e.get_ref()));
                     }
                     entries.push(r);
@@ -889,8 +890,8 @@ impl<'a, 's> Compiler<'a, 's> {
 
     fn subnets(&mut self, subnets: &[S<SubnetConfig>], nacl_ids: &Ids<'_>) -> Vec<Subnet> {
         let mut out: Vec<Subnet> = Vec::new();
-        // (net, subnet id) of every CIDR seen so far, for the overlap check.
-        let mut nets: Vec<(IpNet, String)> = Vec::new();
+        // Every CIDR seen so far, for the overlap check.
+        let mut nets = CidrSet::default();
         for (index, s) in subnets.iter().enumerate() {
             let s = s.get_ref();
             let id = s.id.get_ref();
@@ -911,16 +912,13 @@ impl<'a, 's> Compiler<'a, 's> {
                         );
                     }
                     Ok(net) => {
-                        if let Some((other, oid)) = nets
-                            .iter()
-                            .find(|(o, _)| o.contains(&net.network()) || net.contains(&o.network()))
-                        {
+                        if let Some((other, oid)) = nets.overlapping(&net) {
                             self.err(
                                 &field.span(),
                                 format!("{net} overlaps {other} of subnet {oid}"),
                             );
                         }
-                        nets.push((net, id.clone()));
+                        nets.insert(net, id);
                         cidrs.push(net);
                     }
                     Err(e) => self.err(&field.span(), e),
@@ -1593,6 +1591,49 @@ impl<'r> RuleIdentity<'r> {
             local: r.local,
             source_ports: r.source_ports,
         }
+    }
+}
+
+/// CIDRs, to find one that overlaps a new CIDR (contains it or lies in it)
+/// in logarithmic time rather than by a scan of all.
+#[derive(Default)]
+pub(crate) struct CidrSet<'a> {
+    /// (IPv6, network address, prefix length) → the CIDR and its owner.
+    nets: BTreeMap<(bool, u128, u8), (IpNet, &'a str)>,
+}
+
+impl<'a> CidrSet<'a> {
+    fn key(net: &IpNet) -> (bool, u128, u8) {
+        match net {
+            IpNet::V4(n) => (false, u128::from(u32::from(n.network())), n.prefix_len()),
+            IpNet::V6(n) => (true, u128::from(n.network()), n.prefix_len()),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, net: IpNet, owner: &'a str) {
+        self.nets.entry(Self::key(&net)).or_insert((net, owner));
+    }
+
+    /// A CIDR of the set that overlaps `net`: one containing it (a
+    /// shorter or equal prefix of it), else one inside it.
+    pub(crate) fn overlapping(&self, net: &IpNet) -> Option<(IpNet, &'a str)> {
+        let containing = (0..=net.prefix_len()).find_map(|len| {
+            let outer = IpNet::new(net.network(), len).ok()?.trunc();
+            self.nets.get(&Self::key(&outer))
+        });
+        let (v6, lo, _) = Self::key(net);
+        let hi = match net {
+            IpNet::V4(n) => u128::from(u32::from(n.broadcast())),
+            IpNet::V6(n) => u128::from(n.broadcast()),
+        };
+        containing
+            .or_else(|| {
+                self.nets
+                    .range((v6, lo, 0)..=(v6, hi, u8::MAX))
+                    .next()
+                    .map(|(_, v)| v)
+            })
+            .copied()
     }
 }
 
