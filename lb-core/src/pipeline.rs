@@ -381,6 +381,13 @@ impl Snapshot {
                 )
             }
             Reason::Malformed(e) => write!(s, "malformed: {}", e.as_str()),
+            Reason::TooBig { mtu, df: true } => {
+                write!(s, "packet_too_big: over egress mtu {mtu}")
+            }
+            Reason::TooBig { mtu, df: false } => write!(
+                s,
+                "packet_too_big: over egress mtu {mtu}, DF clear (not fragmented)"
+            ),
             other => write!(s, "{}", other.kind().as_str()),
         };
     }
@@ -467,6 +474,18 @@ pub enum Reason {
     UnsupportedEthertype,
     Rewrite,
     OwnSource,
+    /// An ICMP error quoting a packet of a session, whose outer addresses
+    /// do not fit that packet's path (see `Worker::related_error`).
+    IcmpErrorMismatch,
+    /// Larger than the egress port's MTU (`mtu`). With DF set (or IPv6)
+    /// the sender is told to send less; IPv4 without DF is not fragmented.
+    TooBig {
+        mtu: u16,
+        df: bool,
+    },
+    /// An IPv4 loose or strict source route option, or an IPv6 routing
+    /// header of type 0.
+    SourceRoute,
 }
 
 impl Reason {
@@ -497,7 +516,72 @@ impl Reason {
             Reason::UnsupportedEthertype => DropKind::UnsupportedEthertype,
             Reason::Rewrite => DropKind::Rewrite,
             Reason::OwnSource => DropKind::OwnSource,
+            Reason::IcmpErrorMismatch => DropKind::IcmpErrorMismatch,
+            Reason::TooBig { .. } => DropKind::PacketTooBig,
+            Reason::SourceRoute => DropKind::SourceRoute,
         }
+    }
+}
+
+/// An ICMP or ICMPv6 error the data plane sends back for a dropped packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpAnswer {
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The rest of the ICMP header: the egress MTU of "fragmentation
+    /// needed" and "packet too big", else 0.
+    pub rest: u32,
+}
+
+impl std::fmt::Display for IcmpAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match (self.icmp_type, self.code) {
+            (11, _) => "icmp time exceeded",
+            (3, 4) => "icmp fragmentation needed",
+            (3, 0) => "icmpv6 time exceeded",
+            (2, 0) => "icmpv6 packet too big",
+            _ => "icmp error",
+        };
+        f.write_str(what)?;
+        if self.rest != 0 {
+            write!(f, ", mtu {}", self.rest)?;
+        }
+        Ok(())
+    }
+}
+
+impl Reason {
+    /// The error the sender of a packet dropped for this reason is sent
+    /// (RFC 1812, RFC 4443): time exceeded in transit when its TTL or hop
+    /// limit ran out here, "fragmentation needed" (IPv4 with DF) or
+    /// "packet too big" (IPv6) with the egress MTU. `None` for every other
+    /// reason, and never about an ICMP error, a non-first fragment, or a
+    /// packet from or to an address that is not one host's.
+    pub fn icmp_answer(&self, p: &Parsed) -> Option<IcmpAnswer> {
+        let v6 = p.is_ipv6();
+        let (icmp_type, code, rest) = match (self, v6) {
+            (Reason::TtlExceeded, false) => (11, 0, 0),
+            (Reason::TtlExceeded, true) => (3, 0, 0),
+            (Reason::TooBig { mtu, df: true }, false) => (3, 4, u32::from(*mtu)),
+            (Reason::TooBig { mtu, .. }, true) => (2, 0, u32::from(*mtu)),
+            _ => return None,
+        };
+        let one_host = |a: IpAddr| match a {
+            IpAddr::V4(a) => {
+                !(a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback())
+            }
+            IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast() || a.is_loopback()),
+        };
+        let answerable = p.is_ip()
+            && !p.is_icmp_error()
+            && (!p.is_fragment || p.is_first_fragment)
+            && one_host(p.src)
+            && one_host(p.dst);
+        answerable.then_some(IcmpAnswer {
+            icmp_type,
+            code,
+            rest,
+        })
     }
 }
 
@@ -523,10 +607,13 @@ pub enum DropKind {
     UnsupportedEthertype,
     Rewrite,
     OwnSource,
+    IcmpErrorMismatch,
+    PacketTooBig,
+    SourceRoute,
 }
 
 impl DropKind {
-    pub const COUNT: usize = DropKind::OwnSource as usize + 1;
+    pub const COUNT: usize = DropKind::SourceRoute as usize + 1;
     pub const ALL: [DropKind; DropKind::COUNT] = [
         DropKind::None,
         DropKind::Malformed,
@@ -546,6 +633,9 @@ impl DropKind {
         DropKind::UnsupportedEthertype,
         DropKind::Rewrite,
         DropKind::OwnSource,
+        DropKind::IcmpErrorMismatch,
+        DropKind::PacketTooBig,
+        DropKind::SourceRoute,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -568,6 +658,9 @@ impl DropKind {
             DropKind::UnsupportedEthertype => "unsupported_ethertype",
             DropKind::Rewrite => "rewrite_failed",
             DropKind::OwnSource => "source_is_ours",
+            DropKind::IcmpErrorMismatch => "icmp_error_mismatch",
+            DropKind::PacketTooBig => "packet_too_big",
+            DropKind::SourceRoute => "ip_source_route",
         }
     }
 }
@@ -841,6 +934,12 @@ pub struct Worker {
     parsed: Vec<(Parsed, Result<(), ParseError>)>,
     keys: Vec<Option<FlowKey>>,
     pub stats: Stats,
+    /// The MTU of each egress port (`cfg.ports` order; 0 or missing:
+    /// unknown, not checked), as the data plane last read it.
+    port_mtu: Vec<u32>,
+    /// The smallest known MTU: a packet no longer passes every port
+    /// without a look at its own.
+    min_mtu: u32,
 }
 
 impl Worker {
@@ -858,6 +957,8 @@ impl Worker {
             parsed: Vec::with_capacity(BURST_MAX),
             keys: Vec::with_capacity(BURST_MAX),
             stats: Stats::default(),
+            port_mtu: Vec::new(),
+            min_mtu: u32::MAX,
         }
     }
 
@@ -868,6 +969,57 @@ impl Worker {
         let v4 = max_sessions as u64 * SessionTable::<Flow>::session_bytes(false) as u64;
         let v6 = max_sessions_v6 as u64 * SessionTable::<Flow>::session_bytes(true) as u64;
         v4.saturating_add(v6)
+    }
+
+    /// Sets the MTU (largest IP packet) of egress port `port` (index into
+    /// `cfg.ports`); 0 means unknown. Packets larger than their egress
+    /// port's MTU are dropped (`Reason::TooBig`). The data plane calls it
+    /// when a link's MTU changes, between bursts.
+    pub fn set_port_mtu(&mut self, port: usize, mtu: u32) {
+        if self.port_mtu.get(port) == Some(&mtu) {
+            return;
+        }
+        if port >= self.port_mtu.len() {
+            self.port_mtu.resize(port + 1, 0);
+        }
+        self.port_mtu[port] = mtu;
+        self.min_mtu = self
+            .port_mtu
+            .iter()
+            .copied()
+            .filter(|&m| m != 0)
+            .min()
+            .unwrap_or(u32::MAX);
+    }
+
+    /// Whether a packet may leave through a port: its TTL / hop limit
+    /// does not run out here, and it fits the MTU of the port `port`
+    /// names (called only for a packet larger than the smallest MTU, so
+    /// the route lookup it may need stays off the common path).
+    fn egress_check(
+        &self,
+        frame: &[u8],
+        p: &Parsed,
+        port: impl FnOnce() -> Option<u32>,
+    ) -> Result<(), Reason> {
+        if p.ttl <= 1 {
+            return Err(Reason::TtlExceeded);
+        }
+        let len = u32::try_from(p.l3_len).unwrap_or(u32::MAX);
+        if len <= self.min_mtu {
+            return Ok(());
+        }
+        let Some(mtu) = port().and_then(|pi| self.port_mtu.get(pi as usize).copied()) else {
+            return Ok(());
+        };
+        if mtu == 0 || len <= mtu {
+            return Ok(());
+        }
+        let df = p.is_ipv6() || frame.get(p.l3_offset + 6).is_some_and(|b| b & 0x40 != 0);
+        Err(Reason::TooBig {
+            mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+            df,
+        })
     }
 
     /// Maps the session table's memory now (see
@@ -1133,6 +1285,10 @@ impl Worker {
             // place it.
             return Verdict::Drop(Reason::Fragment);
         }
+        if packet::is_source_routed(frame, p) {
+            // Nobody on the client link chooses the path past us.
+            return Verdict::Drop(Reason::SourceRoute);
+        }
         if let Some(local) = local_kind(p, key, snap) {
             return Verdict::Local(local);
         }
@@ -1231,7 +1387,10 @@ impl Worker {
     /// An ICMP error about a packet of a session (path-MTU, unreachable,
     /// time exceeded): it belongs to the session, whatever the rules say,
     /// and goes to the session's other end about the packet as that end
-    /// sent it. `None` when it quotes no session of ours.
+    /// sent it. `None` when it quotes no session of ours. An error whose
+    /// outer addresses do not fit the quoted packet's path (see
+    /// [`error_fits_path`]) is dropped: nobody may speak for a session it
+    /// is not on the path of.
     fn related_error(
         &mut self,
         frame: &mut [u8],
@@ -1245,6 +1404,9 @@ impl Worker {
         let (id, dir) = self.sessions.lookup(&quoted.reversed(), now)?;
         let s = self.sessions.get(id)?;
         let (orig, reply, listener) = (*s.orig(), *s.reply(), s.payload.listener());
+        if !error_fits_path(snap, &key, &quoted) {
+            return Some(Verdict::Drop(Reason::IcmpErrorMismatch));
+        }
         if listener.is_none() {
             // Routed sessions are not translated: forward it as it is.
             return Some(self.emit(
@@ -1266,12 +1428,18 @@ impl Worker {
             Dir::Reply => orig,
         };
         let (src, dst) = (inner.dst, inner.src);
-        if crate::nat::icmp::translate_error(frame, p, src, dst, &inner).is_err() {
-            return Some(Verdict::Drop(Reason::Rewrite));
-        }
         let Some(hop) = snap.route(dst) else {
             return Some(Verdict::Drop(Reason::NoRoute));
         };
+        if let Err(r) = self.egress_check(frame, p, || Some(hop.port)) {
+            return Some(Verdict::Drop(r));
+        }
+        if !packet::decrement_ttl(frame, p) {
+            return Some(Verdict::Drop(Reason::TtlExceeded));
+        }
+        if crate::nat::icmp::translate_error(frame, p, src, dst, &inner).is_err() {
+            return Some(Verdict::Drop(Reason::Rewrite));
+        }
         Some(Verdict::Forward(Forward {
             hop,
             reason: Reason::Related,
@@ -1296,6 +1464,14 @@ impl Worker {
             Some(h) => h,
             None => return Verdict::Drop(Reason::NoRoute),
         };
+        // Before any change, so that a drop leaves the frame as it came
+        // (the data plane quotes it in its ICMP error).
+        if let Err(r) = self.egress_check(frame, p, || Some(hop.port)) {
+            return Verdict::Drop(r);
+        }
+        if !packet::decrement_ttl(frame, p) {
+            return Verdict::Drop(Reason::TtlExceeded);
+        }
         if out != key && packet::rewrite(frame, p, out, csum).is_err() {
             return Verdict::Drop(Reason::Rewrite);
         }
@@ -1303,9 +1479,6 @@ impl Worker {
             // The kernel deferred the checksum to a device that will never
             // see this frame: finish it here.
             packet::complete_l4_checksum(frame, p, out.src, out.dst);
-        }
-        if backend.is_none() && !packet::decrement_ttl(frame, p) {
-            return Verdict::Drop(Reason::TtlExceeded);
         }
         Verdict::Forward(Forward {
             hop,
@@ -1342,6 +1515,10 @@ impl Worker {
         if key.proto == proto::TCP && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
             return Verdict::Drop(Reason::NoSession);
         }
+        // Before a server is picked: a packet that dies here takes no turn.
+        if p.ttl <= 1 {
+            return Verdict::Drop(Reason::TtlExceeded);
+        }
         let lb = &snap.cfg.load_balancers[lbi];
         let listener = &lb.listeners[li];
         let gi = listener.server_group;
@@ -1377,6 +1554,10 @@ impl Worker {
             .copied()
             .find(|a| a.is_ipv6() == family_v6)
             .expect("eligible servers have an address of the flow's family");
+        // What could not leave makes no session.
+        if let Err(r) = self.egress_check(frame, p, || snap.route(backend_addr).map(|h| h.port)) {
+            return Verdict::Drop(r);
+        }
 
         // `own_port`: the session has its local port to itself, which makes
         // its reply key unique, so the key's index entry can wait for the
@@ -1477,6 +1658,10 @@ impl Worker {
         };
         if let Reason::Policy(d) = reason {
             self.hit(d);
+        }
+        // What could not leave makes no session.
+        if let Err(r) = self.egress_check(frame, p, || snap.route(key.dst).map(|h| h.port)) {
+            return Verdict::Drop(r);
         }
         // ICMP errors are not sessions of their own.
         let is_icmp_error = matches!(reason, Reason::PathMtu);
@@ -1590,6 +1775,34 @@ fn listener_admits(
         }
         None => Ok(None),
     }
+}
+
+/// Whether an ICMP error from `outer.src` to `outer.dst` may speak about
+/// `quoted`, a packet of a session as it left the data plane (its source
+/// is the sender, as the session translated it). The error must go to
+/// that sender, and come from the quoted destination itself, from the
+/// next hop toward it, or from a router on its side: an address that is
+/// none of ours, no instance's or server's (those are endpoints, on no
+/// one else's path), and routed through the same port as the quoted
+/// destination. So a backend cannot speak for another backend's session,
+/// nor have an error relayed to a host outside it.
+fn error_fits_path(snap: &Snapshot, outer: &FlowKey, quoted: &FlowKey) -> bool {
+    if outer.dst != quoted.src {
+        return false;
+    }
+    if outer.src == quoted.dst {
+        return true;
+    }
+    let Some(toward) = snap.route(quoted.dst) else {
+        return false;
+    };
+    if outer.src == toward.next_hop {
+        return true;
+    }
+    if snap.is_own_address(outer.src) || snap.backend_addrs.contains(&outer.src) {
+        return false;
+    }
+    snap.route(outer.src).is_some_and(|h| h.port == toward.port)
 }
 
 /// Whether `p` is an ICMP "fragmentation needed" or ICMPv6 "packet too big".
@@ -1780,6 +1993,8 @@ mod tests {
     use super::*;
     use crate::model::*;
     use crate::packet::{build_frame, FrameSpec, MacAddr};
+
+    mod icmp_ttl_mtu;
 
     fn addr(s: &str) -> IpAddr {
         s.parse().expect("address")

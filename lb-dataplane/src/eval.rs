@@ -6,8 +6,11 @@
 //! ```text
 //! # comment
 //! <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>]
+//!     [ttl=<n>] [len=<ip_bytes>] [nodf] [opt=lsrr|ssrr|rr|rh0|rh2]
+//!     [quote=<proto>,<src>,<dst>]
 //! @health <server_group> <server> up|down
 //! @reload <config.toml>
+//! @mtu <port> <mtu>
 //! ```
 
 use std::collections::HashSet;
@@ -18,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use lb_core::flow::{proto_from_name, FlowKey};
 use lb_core::model::proto;
-use lb_core::packet::{build_frame, FrameSpec, MacAddr};
+use lb_core::packet::{self, build_frame, FrameSpec, MacAddr};
 use lb_core::pipeline::{secs, LocalKind, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::Nanos;
 
@@ -32,6 +35,11 @@ pub enum TraceLine {
         up: bool,
     },
     Reload(PathBuf),
+    /// The MTU of a port (by name) from now on; 0: unknown, not checked.
+    Mtu {
+        port: String,
+        mtu: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +48,37 @@ pub struct TracePacket {
     pub key: FlowKey,
     pub tcp_flags: u8,
     pub icmp: Option<(u8, u8)>,
+    pub ip: IpExtras,
+}
+
+/// What a trace line may say about the IP header and size of its packet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IpExtras {
+    /// TTL or hop limit (default 64).
+    pub ttl: Option<u8>,
+    /// IP total length in bytes (without options), reached with payload.
+    pub len: Option<usize>,
+    /// IPv4 without "don't fragment" (set by default).
+    pub no_df: bool,
+    /// An IPv4 option or IPv6 routing header.
+    pub opt: Option<IpOpt>,
+    /// For an ICMP error: the packet it quotes, as that packet was sent.
+    pub quote: Option<FlowKey>,
+}
+
+/// The IPv4 options and IPv6 routing headers a trace can add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpOpt {
+    /// IPv4 loose source route.
+    Lsrr,
+    /// IPv4 strict source route.
+    Ssrr,
+    /// IPv4 record route.
+    RecordRoute,
+    /// IPv6 routing header type 0 (source route).
+    Rh0,
+    /// IPv6 routing header type 2 (mobility).
+    Rh2,
 }
 
 /// Parses one trace line; `Ok(None)` for blank lines and comments.
@@ -66,6 +105,13 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
             ("health", _) => bail!("expected: @health <server_group> <server> up|down"),
             ("reload", [_, path]) => Ok(Some(TraceLine::Reload(PathBuf::from(path)))),
             ("reload", _) => bail!("expected: @reload <config.toml>"),
+            ("mtu", [_, port, mtu]) => Ok(Some(TraceLine::Mtu {
+                port: port.to_string(),
+                mtu: mtu
+                    .parse()
+                    .map_err(|_| anyhow!("bad mtu {mtu:?}: bytes expected"))?,
+            })),
+            ("mtu", _) => bail!("expected: @mtu <port> <mtu>"),
             (other, _) => bail!("unknown directive @{other}"),
         };
     }
@@ -88,7 +134,11 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
     }
     let mut tcp_flags = None;
     let mut icmp = None;
+    let mut ip = IpExtras::default();
     for w in &words[5..] {
+        if parse_ip_extra(w, src.is_ipv6(), &mut ip)? {
+            continue;
+        }
         if let Some(v) = w.strip_prefix("icmp=") {
             let (t, c) = v
                 .split_once('/')
@@ -135,7 +185,109 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
         },
         tcp_flags: tcp_flags.unwrap_or(TCP_ACK),
         icmp,
+        ip,
     })))
+}
+
+/// Reads one of the IP words of a packet line (`ttl=`, `len=`, `nodf`,
+/// `opt=`, `quote=`) into `ip`; false when `w` is none of them.
+fn parse_ip_extra(w: &str, v6: bool, ip: &mut IpExtras) -> Result<bool> {
+    if let Some(v) = w.strip_prefix("ttl=") {
+        ip.ttl = Some(v.parse().map_err(|_| anyhow!("bad ttl in {w:?}: 0-255"))?);
+    } else if let Some(v) = w.strip_prefix("len=") {
+        ip.len = Some(v.parse().map_err(|_| anyhow!("bad len in {w:?}: bytes"))?);
+    } else if w == "nodf" {
+        if v6 {
+            bail!("nodf is for IPv4 packets (IPv6 routers never fragment)");
+        }
+        ip.no_df = true;
+    } else if let Some(v) = w.strip_prefix("opt=") {
+        let opt = match v {
+            "lsrr" => IpOpt::Lsrr,
+            "ssrr" => IpOpt::Ssrr,
+            "rr" => IpOpt::RecordRoute,
+            "rh0" => IpOpt::Rh0,
+            "rh2" => IpOpt::Rh2,
+            _ => bail!("bad {w:?}: opt=lsrr, ssrr, rr (IPv4), rh0 or rh2 (IPv6) expected"),
+        };
+        if matches!(opt, IpOpt::Rh0 | IpOpt::Rh2) != v6 {
+            bail!("{w:?} is for the other address family");
+        }
+        ip.opt = Some(opt);
+    } else if let Some(v) = w.strip_prefix("quote=") {
+        let parts: Vec<&str> = v.split(',').collect();
+        let [p, s, d] = parts.as_slice() else {
+            bail!("quote=<proto>,<src>,<dst> expected, got {w:?}");
+        };
+        let proto = proto_from_name(p).ok_or_else(|| anyhow!("unknown protocol {p:?}"))?;
+        let ports = matches!(proto, proto::TCP | proto::UDP);
+        let (src, sport) = parse_endpoint(s, ports)?;
+        let (dst, dport) = parse_endpoint(d, ports)?;
+        if src.is_ipv6() != v6 || dst.is_ipv6() != v6 {
+            bail!("the quoted packet of {w:?} must be of the error's address family");
+        }
+        ip.quote = Some(FlowKey {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+        });
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Builds the frame of a trace packet: `frame_spec`, then what its IP
+/// words say.
+fn build_trace_frame(p: &TracePacket) -> Result<Vec<u8>> {
+    let mut spec = frame_spec(p);
+    if let Some(ttl) = p.ip.ttl {
+        spec.ttl = ttl;
+    }
+    if let Some(q) = &p.ip.quote {
+        // The quoted packet: its IP header and the first bytes of its L4.
+        let quoted = build_frame(&FrameSpec {
+            src: q.src,
+            dst: q.dst,
+            proto: q.proto,
+            sport: q.sport,
+            dport: q.dport,
+            tcp_flags: 0x02,
+            ..FrameSpec::default()
+        });
+        let qp = lb_core::packet::parse(&quoted).map_err(|e| anyhow!("quote: {e}"))?;
+        spec.payload = quoted[qp.l3_offset..qp.l3_end()].to_vec();
+    }
+    if let Some(len) = p.ip.len {
+        let base = build_frame(&spec).len() - 14;
+        let extra = len
+            .checked_sub(base)
+            .ok_or_else(|| anyhow!("len={len} is shorter than the packet's {base} bytes"))?;
+        spec.payload.resize(spec.payload.len() + extra, 0);
+    }
+    let mut frame = build_frame(&spec);
+    if p.ip.no_df {
+        frame[14 + 6] &= !0x40;
+        lb_core::packet::Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+    }
+    match p.ip.opt {
+        None => {}
+        Some(IpOpt::Lsrr) => packet::add_ipv4_options(&mut frame, &[0x83, 7, 4, 198, 18, 0, 1]),
+        Some(IpOpt::Ssrr) => packet::add_ipv4_options(&mut frame, &[0x89, 7, 4, 198, 18, 0, 1]),
+        Some(IpOpt::RecordRoute) => packet::add_ipv4_options(&mut frame, &[7, 7, 4, 0, 0, 0, 0]),
+        Some(IpOpt::Rh0 | IpOpt::Rh2) => {
+            // One address, segments left 1.
+            let kind = if p.ip.opt == Some(IpOpt::Rh0) { 0 } else { 2 };
+            let mut body = vec![kind, 1, 0, 0, 0, 0];
+            body.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            body.resize(6 + 16, 0);
+            body[6 + 15] = 1;
+            packet::add_ipv6_ext_header(&mut frame, 43, &body);
+        }
+    }
+    Ok(frame)
 }
 
 const TCP_ACK: u8 = 0x10;
@@ -301,6 +453,12 @@ pub fn run(
                     }
                 }
             }
+            Some(TraceLine::Mtu { port, mtu }) => {
+                let Some(pi) = snap.cfg.ports.iter().position(|p| p.name == port) else {
+                    bail!("{}:{lineno}: no port {port}", trace_path.display());
+                };
+                worker.set_port_mtu(pi, mtu);
+            }
             Some(TraceLine::Packet(p)) => {
                 if p.time < last_time {
                     bail!(
@@ -311,10 +469,13 @@ pub fn run(
                 }
                 last_time = p.time;
                 let now: Nanos = secs(p.time);
-                let mut frame = build_frame(&frame_spec(&p));
+                let mut frame = build_trace_frame(&p)
+                    .with_context(|| format!("{}:{lineno}", trace_path.display()))?;
+                let sent = frame.clone();
                 worker.housekeep(now, &snap);
                 let v = worker.process(&mut frame, RxInfo::default(), now, &snap, &health);
-                let obj = verdict_json(lineno, &v, &snap);
+                let mut obj = verdict_json(lineno, &v, &snap);
+                add_answer(&mut obj, &v, &sent);
                 writeln!(out, "{obj}")?;
             }
         }
@@ -338,6 +499,16 @@ fn frame_spec(p: &TracePacket) -> FrameSpec {
         icmp: p.icmp,
         ttl: 64,
         payload: Vec::new(),
+    }
+}
+
+/// The ICMP error `lbd` would send back for a dropped packet, as
+/// `"answer"`.
+fn add_answer(obj: &mut serde_json::Value, v: &Verdict, sent: &[u8]) {
+    let Verdict::Drop(r) = v else { return };
+    let Ok(p) = packet::parse(sent) else { return };
+    if let Some(a) = r.icmp_answer(&p) {
+        obj["answer"] = a.to_string().into();
     }
 }
 
