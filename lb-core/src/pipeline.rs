@@ -1972,6 +1972,21 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
     u16::try_from(h % u64::from(workers)).expect("below workers")
 }
 
+/// The worker that owns the session a parsed frame belongs to: [`owner`]
+/// of its 5-tuple, except for an ICMP error, which belongs with the
+/// session of the packet it quotes (so that the worker holding that
+/// session checks and translates it). `None` for a frame without a
+/// 5-tuple.
+pub fn frame_owner(snap: &Snapshot, frame: &[u8], p: &Parsed, workers: u16) -> Option<u16> {
+    let key = p.flow_key()?;
+    if p.is_icmp_error() {
+        if let Ok(quoted) = packet::parse_icmp_inner(frame, p) {
+            return Some(owner(snap, &quoted.reversed(), workers));
+        }
+    }
+    Some(owner(snap, &key, workers))
+}
+
 fn endpoint_hash(addr: IpAddr, port: u16, proto: u8) -> u64 {
     flow_hasher().hash_one((addr, port, proto))
 }

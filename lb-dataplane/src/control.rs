@@ -367,6 +367,7 @@ pub fn stats(shared: &Shared) -> Value {
             "name": p.name,
             "interface": shared.port_names.get(pi),
             "link": shared.link_status(pi),
+            "mtu": shared.port_mtu.get(pi).map_or(0, |m| m.load(Ordering::Relaxed)),
             "rx_packets": t.rx_packets, "rx_bytes": t.rx_bytes, "rx_dropped": t.rx_dropped,
             "tx_packets": t.tx_packets, "tx_bytes": t.tx_bytes, "tx_dropped": t.tx_dropped,
         }));
@@ -377,7 +378,10 @@ pub fn stats(shared: &Shared) -> Value {
     let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut servers: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
     let mut workers = Vec::new();
+    let (mut icmp_sent, mut icmp_limited) = (0u64, 0u64);
     for (i, r) in reports.iter().enumerate() {
+        icmp_sent += r.icmp_errors_sent;
+        icmp_limited += r.icmp_errors_rate_limited;
         let Some(core) = &r.core else { continue };
         for k in DropKind::ALL.iter().skip(1) {
             *drops.entry(k.as_str()).or_default() += core.drops[*k as usize];
@@ -481,6 +485,7 @@ pub fn stats(shared: &Shared) -> Value {
         "ports": ports,
         "workers": workers,
         "drops": drops,
+        "icmp_errors": {"sent": icmp_sent, "rate_limited": icmp_limited},
         "rules": rules,
         "listeners": listener_list,
         "servers": server_list,
@@ -529,6 +534,27 @@ pub fn prometheus(shared: &Shared) -> String {
                 .collect(),
         );
     }
+    metric(
+        "port_mtu",
+        "The MTU of each port's link, as last read (0: unknown).",
+        "gauge",
+        ports
+            .iter()
+            .map(|p| (format!("{{port=\"{}\"}}", esc(&p["name"])), num(&p["mtu"])))
+            .collect(),
+    );
+    metric(
+        "icmp_errors_sent_total",
+        "ICMP errors sent for dropped packets (time exceeded, fragmentation needed, packet too big).",
+        "counter",
+        vec![(String::new(), num(&s["icmp_errors"]["sent"]))],
+    );
+    metric(
+        "icmp_errors_rate_limited_total",
+        "ICMP errors not sent because of the rate limit.",
+        "counter",
+        vec![(String::new(), num(&s["icmp_errors"]["rate_limited"]))],
+    );
     let drops = s["drops"].as_object().cloned().unwrap_or_default();
     metric(
         "drops_total",

@@ -41,6 +41,9 @@ pub fn render(v: &Value) -> String {
         if let Some(link) = p["link"].as_str() {
             let _ = writeln!(s, "  {:<10} link {link}", "");
         }
+        if n(&p["mtu"]) > 0 {
+            let _ = writeln!(s, "  {:<10} mtu {}", "", n(&p["mtu"]));
+        }
     }
     let _ = writeln!(
         s,
@@ -64,6 +67,12 @@ pub fn render(v: &Value) -> String {
             let _ = writeln!(s, "  {k:<24} {:>12}", n(c));
         }
     }
+    let _ = writeln!(
+        s,
+        "\nicmp errors sent {}  (rate-limited {})",
+        n(&v["icmp_errors"]["sent"]),
+        n(&v["icmp_errors"]["rate_limited"])
+    );
     let _ = writeln!(s, "\nrule hits (since the last reload)");
     for (k, c) in v["rules"].as_object().into_iter().flatten() {
         let _ = writeln!(s, "  {k:<48} {:>12}", n(c));

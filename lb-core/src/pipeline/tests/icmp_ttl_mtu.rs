@@ -351,3 +351,30 @@ fn packets_over_the_egress_mtu_are_dropped_before_a_session() {
         Verdict::Forward(_)
     ));
 }
+
+#[test]
+fn an_icmp_error_belongs_to_the_worker_of_the_session_it_quotes() {
+    let snap = Snapshot::compile(three_backends(), 1);
+    // A routed session (ecs01 > outside) and a listener session's packet
+    // to its backend (local:1025 > ecs01:80), each quoted in an error from
+    // the other end.
+    let routed = udp("198.19.1.11", "198.18.0.2", 5000, 6000, 64, 8);
+    let to_backend = tcp_frame("198.19.1.250", "198.19.1.11", 1025, 80, 0x02);
+    for workers in [2u16, 3, 4, 8] {
+        for (sent, from) in [(&routed, "198.18.0.2"), (&to_backend, "198.19.1.11")] {
+            let err = error_about(sent, from, (3, 3), 0);
+            let p = packet::parse(&err).expect("valid");
+            // The worker of the session: the one its answers go to.
+            let answer = packet::parse(sent)
+                .expect("valid")
+                .flow_key()
+                .expect("ip")
+                .reversed();
+            assert_eq!(
+                frame_owner(&snap, &err, &p, workers),
+                Some(owner(&snap, &answer, workers)),
+                "{workers} workers"
+            );
+        }
+    }
+}
