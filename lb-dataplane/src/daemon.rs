@@ -1366,3 +1366,24 @@ fn deliver(
         Verdict::Drop(_) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icmp_errors_are_rate_limited_by_a_token_bucket() {
+        let t0 = Instant::now();
+        let mut b = IcmpErrors::new(t0);
+        let sent = (0..200).filter(|_| b.take(t0)).count();
+        assert_eq!(sent as u64, ICMP_ERROR_BURST, "a burst, then nothing");
+        assert_eq!(b.rate_limited, 200 - ICMP_ERROR_BURST);
+        // Tokens come back at ICMP_ERRORS_PER_SEC, never above the burst.
+        let later = t0 + Duration::from_millis(100);
+        let sent = (0..200).filter(|_| b.take(later)).count();
+        assert_eq!(sent as u64, ICMP_ERRORS_PER_SEC / 10);
+        let much_later = later + Duration::from_secs(60);
+        let sent = (0..200).filter(|_| b.take(much_later)).count();
+        assert_eq!(sent as u64, ICMP_ERROR_BURST);
+    }
+}
