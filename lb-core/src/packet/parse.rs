@@ -501,7 +501,19 @@ pub fn complete_l4_checksum(frame: &mut [u8], p: &Parsed, src: IpAddr, dst: IpAd
 /// strict source route option, or an IPv6 routing header of type 0. Only
 /// a packet with IPv4 options or IPv6 extension headers is looked at again,
 /// so the common packet costs one comparison.
+#[inline]
 pub fn is_source_routed(frame: &[u8], p: &Parsed) -> bool {
+    let plain = match p.kind {
+        Kind::Ipv4 => super::ipv4::HEADER_LEN,
+        Kind::Ipv6 => ipv6::HEADER_LEN,
+        _ => return false,
+    };
+    p.l4_offset.saturating_sub(p.l3_offset) > plain && has_source_route(frame, p)
+}
+
+/// [`is_source_routed`] for a packet with IPv4 options or IPv6 extension
+/// headers.
+fn has_source_route(frame: &[u8], p: &Parsed) -> bool {
     let header = p.l4_offset.saturating_sub(p.l3_offset);
     match p.kind {
         Kind::Ipv4 if header > super::ipv4::HEADER_LEN => frame
