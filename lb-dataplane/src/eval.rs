@@ -579,6 +579,39 @@ mod tests {
     }
 
     #[test]
+    fn parses_ip_words() {
+        let Some(TraceLine::Packet(p)) = parse_line(
+            "1 icmp 198.19.1.12 > 198.19.2.21 icmp=3/3 ttl=1 len=600 nodf opt=lsrr quote=udp,198.19.1.11:5353,198.18.0.70:53",
+        )
+        .expect("ok") else {
+            panic!("packet expected")
+        };
+        assert_eq!(p.ip.ttl, Some(1));
+        assert_eq!(p.ip.len, Some(600));
+        assert!(p.ip.no_df);
+        assert_eq!(p.ip.opt, Some(IpOpt::Lsrr));
+        let q = p.ip.quote.expect("quote");
+        assert_eq!(q.to_string(), "udp 198.19.1.11:5353 > 198.18.0.70:53");
+        let frame = build_trace_frame(&p).expect("frame");
+        let parsed = packet::parse(&frame).expect("valid");
+        assert_eq!((parsed.ttl, parsed.l3_len), (1, 600 + 8));
+        assert!(packet::is_source_routed(&frame, &parsed));
+        assert_eq!(
+            packet::parse_icmp_inner(&frame, &parsed)
+                .expect("quoted")
+                .to_string(),
+            q.to_string()
+        );
+        assert_eq!(
+            parse_line("@mtu int 1280").expect("ok"),
+            Some(TraceLine::Mtu {
+                port: "int".into(),
+                mtu: 1280
+            })
+        );
+    }
+
+    #[test]
     fn rejects_bad_lines() {
         for bad in [
             "x tcp 1.2.3.4:1 > 1.2.3.5:2",
@@ -592,6 +625,14 @@ mod tests {
             "@health g s sideways",
             "@frobnicate",
             "-1 udp 1.2.3.4:1 > 1.2.3.5:2",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 ttl=300",
+            "0 udp [2001:db8::1]:1 > [2001:db8::2]:2 nodf",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 opt=rh0",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 opt=bogus",
+            "0 icmp 1.2.3.4 > 1.2.3.5 icmp=3/3 quote=udp,1.2.3.4:1",
+            "0 icmp 1.2.3.4 > 1.2.3.5 icmp=3/3 quote=udp,[2001:db8::1]:1,1.2.3.4:2",
+            "@mtu int",
+            "@mtu int big",
         ] {
             assert!(parse_line(bad).is_err(), "{bad} should be rejected");
         }
