@@ -994,8 +994,9 @@ impl Worker {
 
     /// Whether a packet may leave through a port: its TTL / hop limit
     /// does not run out here, and it fits the MTU of the port `port`
-    /// names (called only for a packet larger than the smallest MTU, so
-    /// the route lookup it may need stays off the common path).
+    /// names. `port` is called only for a packet larger than the smallest
+    /// known MTU, so the route lookup it may make stays off the common
+    /// path.
     fn egress_check(
         &self,
         frame: &[u8],
