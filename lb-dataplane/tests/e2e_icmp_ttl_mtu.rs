@@ -320,6 +320,11 @@ fn forwarded_packets_lose_a_hop_and_expire_with_time_exceeded() {
     );
     assert!(drops(&t, "ttl_exceeded") >= 4);
     assert!(t.stats()["icmp_errors"]["sent"].as_u64().unwrap_or(0) >= 4);
+    let text = String::from_utf8_lossy(&t.lbctl(&["stats"]).stdout).to_string();
+    assert!(
+        text.contains("ttl_exceeded") && text.contains("icmp errors sent"),
+        "lbctl stats shows them: {text}"
+    );
 
     // TTL 5 leaves with 4, through a listener and routed.
     let be1 = Capture::start(&t, "be1", "eth0", 3);
