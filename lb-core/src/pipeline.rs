@@ -526,6 +526,8 @@ impl Reason {
 /// An ICMP or ICMPv6 error the data plane sends back for a dropped packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IcmpAnswer {
+    /// ICMPv6 (else ICMP).
+    pub v6: bool,
     pub icmp_type: u8,
     pub code: u8,
     /// The rest of the ICMP header: the egress MTU of "fragmentation
@@ -535,12 +537,13 @@ pub struct IcmpAnswer {
 
 impl std::fmt::Display for IcmpAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match (self.icmp_type, self.code) {
-            (11, _) => "icmp time exceeded",
-            (3, 4) => "icmp fragmentation needed",
-            (3, 0) => "icmpv6 time exceeded",
-            (2, 0) => "icmpv6 packet too big",
-            _ => "icmp error",
+        let what = match (self.v6, self.icmp_type, self.code) {
+            (false, 11, _) => "icmp time exceeded",
+            (false, 3, 4) => "icmp fragmentation needed",
+            (true, 3, _) => "icmpv6 time exceeded",
+            (true, 2, _) => "icmpv6 packet too big",
+            (false, ..) => "icmp error",
+            (true, ..) => "icmpv6 error",
         };
         f.write_str(what)?;
         if self.rest != 0 {
@@ -578,6 +581,7 @@ impl Reason {
             && one_host(p.src)
             && one_host(p.dst);
         answerable.then_some(IcmpAnswer {
+            v6,
             icmp_type,
             code,
             rest,
