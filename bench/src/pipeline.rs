@@ -44,6 +44,7 @@ fn config(v6: bool) -> Config {
             "198.18.0.1/15".parse().expect("net"),
             "2001:db8::1/32".parse().expect("net"),
         ],
+        max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-alb".into(),

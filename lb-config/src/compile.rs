@@ -384,7 +384,11 @@ impl<'a, 's> Compiler<'a, 's> {
                 interface: None,
                 dpdk_port: None,
                 addresses: Vec::new(),
+                max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
             };
+            if let Some(m) = &p.max_neighbors {
+                port.max_neighbors = self.int(m, "max_neighbors", 16, 65536);
+            }
             match io {
                 IoBackend::AfPacket => {
                     if p.interface.is_none() {

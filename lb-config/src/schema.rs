@@ -115,6 +115,7 @@ pub struct PortConfig {
     pub dpdk_port: Option<S<i64>>,
     #[serde(default)]
     pub addresses: Vec<S<String>>,
+    pub max_neighbors: Option<S<i64>>,
 }
 
 /// `[[route]]`.

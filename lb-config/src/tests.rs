@@ -1808,3 +1808,24 @@ fn port_list_duplicates_in_one_pass() {
         started.elapsed()
     );
 }
+
+#[test]
+fn port_max_neighbors() {
+    let port = |extra: &str| format!("\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\n{extra}");
+    assert_eq!(
+        ok(&port("")).ports[0].max_neighbors,
+        lb_core::model::Port::DEFAULT_MAX_NEIGHBORS
+    );
+    assert_eq!(
+        ok(&port("max_neighbors = 4096\n")).ports[0].max_neighbors,
+        4096
+    );
+    assert_eq!(
+        errs(&port("max_neighbors = 8\n")),
+        vec!["4:17: max_neighbors must be 16..=65536, got 8"]
+    );
+    assert_eq!(
+        errs(&port("max_neighbors = 100000\n")),
+        vec!["4:17: max_neighbors must be 16..=65536, got 100000"]
+    );
+}

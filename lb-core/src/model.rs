@@ -351,6 +351,14 @@ pub struct Port {
     /// The data plane's own addresses on this link, with their prefix
     /// length (host bits are the address itself).
     pub addresses: Vec<IpNet>,
+    /// The most neighbour entries (resolved or being resolved) kept for
+    /// this link, like Linux's `gc_thresh3`.
+    pub max_neighbors: u32,
+}
+
+impl Port {
+    /// The default of [`Port::max_neighbors`] (Linux's `gc_thresh3`).
+    pub const DEFAULT_MAX_NEIGHBORS: u32 = 1024;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

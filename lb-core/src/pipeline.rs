@@ -2058,6 +2058,7 @@ mod tests {
                 "198.18.0.1/24".parse().expect("net"),
                 "198.19.1.1/24".parse().expect("net"),
             ],
+            max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
         });
         cfg.security_groups.push(SecurityGroup {
             id: "sg-web".into(),

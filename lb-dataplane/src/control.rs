@@ -429,6 +429,29 @@ pub fn stats(shared: &Shared) -> Value {
         }));
     }
 
+    let nc = &shared.neigh.counters;
+    for (name, c) in [
+        ("neighbor_own_address_claim", &nc.own_address_claims),
+        ("neighbor_off_link", &nc.off_link),
+        ("neighbor_unsolicited", &nc.unsolicited),
+        ("neighbor_table_full", &nc.table_full),
+    ] {
+        *drops.entry(name).or_default() += c.load(Ordering::Relaxed);
+    }
+    let neighbor_tables: Vec<Value> = shared
+        .neigh
+        .sizes()
+        .into_iter()
+        .enumerate()
+        .map(|(pi, (entries, limit))| {
+            json!({
+                "port": cfg.ports.get(pi).map(|p| p.name.as_str()),
+                "entries": entries,
+                "limit": limit,
+            })
+        })
+        .collect();
+
     let mut server_list = Vec::new();
     for (gi, g) in cfg.server_groups.iter().enumerate() {
         for (si, s) in g.servers.iter().enumerate() {
@@ -490,6 +513,7 @@ pub fn stats(shared: &Shared) -> Value {
         "listeners": listener_list,
         "servers": server_list,
         "neighbors": neighbors,
+        "neighbor_tables": neighbor_tables,
     })
 }
 
@@ -555,6 +579,27 @@ pub fn prometheus(shared: &Shared) -> String {
         "counter",
         vec![(String::new(), num(&s["icmp_errors"]["rate_limited"]))],
     );
+    let tables = s["neighbor_tables"].as_array().cloned().unwrap_or_default();
+    for (field, help) in [
+        (
+            "entries",
+            "Neighbour entries per port (resolved or being resolved).",
+        ),
+        (
+            "limit",
+            "The most neighbour entries per port (max_neighbors).",
+        ),
+    ] {
+        metric(
+            &format!("neighbor_{field}"),
+            help,
+            "gauge",
+            tables
+                .iter()
+                .map(|t| (format!("{{port=\"{}\"}}", esc(&t["port"])), num(&t[field])))
+                .collect(),
+        );
+    }
     let drops = s["drops"].as_object().cloned().unwrap_or_default();
     metric(
         "drops_total",

@@ -219,6 +219,11 @@ fn compatible(
     if old.dataplane != new.dataplane {
         return Err("[dataplane] changed: restart lbd to apply it".into());
     }
+    let limits =
+        |c: &lb_core::model::Config| c.ports.iter().map(|p| p.max_neighbors).collect::<Vec<_>>();
+    if limits(old) != limits(new) {
+        return Err("[[port]] max_neighbors changed: restart lbd to apply it".into());
+    }
     Ok(())
 }
 
@@ -257,7 +262,12 @@ impl Daemon {
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime { snap, health }),
             stop: AtomicBool::new(false),
-            neigh: Neighbors::new(),
+            neigh: Neighbors::new(
+                &cfg.ports
+                    .iter()
+                    .map(|p| p.max_neighbors)
+                    .collect::<Vec<_>>(),
+            ),
             config_path: config_path.to_path_buf(),
             reload_lock: Mutex::new(()),
             workers: (0..workers)
@@ -1217,6 +1227,10 @@ impl WorkerLoop {
         let Some(src) = crate::health::port_address(&rt.snap, port, next_hop) else {
             return;
         };
+        if !self.shared.neigh.resolving(port, next_hop, now) {
+            // No room for the answer (counted): asking would be in vain.
+            return;
+        }
         let Some(mac) = self.macs.get(port as usize).copied() else {
             return;
         };

@@ -392,6 +392,9 @@ fn mac_for(
     } else {
         return None;
     };
+    if !shared.neigh.resolving(t.out_port, t.next_hop, now) {
+        return None;
+    }
     let frame = crate::l2::solicit(sender.mac(), src, t.next_hop);
     let _ = sender.send(&frame);
     // Give the neighbour a moment; the workers learn its answer.

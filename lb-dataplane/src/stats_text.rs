@@ -117,5 +117,19 @@ pub fn render(v: &Value) -> String {
             n(&sv["total_sessions"])
         );
     }
+    let _ = writeln!(
+        s,
+        "\nneighbour tables\n  {:<10} {:>8} {:>8}",
+        "port", "entries", "limit"
+    );
+    for t in v["neighbor_tables"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>8} {:>8}",
+            t["port"].as_str().unwrap_or("?"),
+            n(&t["entries"]),
+            n(&t["limit"])
+        );
+    }
     s
 }
