@@ -402,7 +402,11 @@ impl Neighbors {
         let hash = self.hasher.hash_one(k);
         let now_ns = self.ns(now);
         if let Some((_, v)) = t.find(hash, k) {
-            if v.resolved() || now_ns.saturating_sub(v.asked) < nanos(INCOMPLETE) / 2 {
+            // A fresh entry, or one asked for just now: nothing to note.
+            // (A stale one being asked for again is marked so, so that it
+            // is not taken for a failed one.)
+            let fresh = v.resolved() && now_ns.saturating_sub(v.learned) < nanos(REFRESH);
+            if fresh || now_ns.saturating_sub(v.asked) < nanos(INCOMPLETE) / 2 {
                 return true;
             }
         }
