@@ -127,8 +127,8 @@ fn drop_count(t: &Topo, reason: &str) -> u64 {
     t.stats()["drops"][reason].as_u64().unwrap_or(0)
 }
 
-fn start(t: &mut Topo, config: &str) {
-    t.start_lbd(config);
+fn start(t: &mut Topo, config: &str, args: &[&str]) {
+    t.start_lbd_with(config, args);
     t.wait_for(15, "both backends healthy", |t| {
         t.server_up("sgp-web", "ecs01") == Some(true)
             && t.server_up("sgp-web", "ecs02") == Some(true)
@@ -142,7 +142,11 @@ fn gratuitous_arp_and_unsolicited_na_for_our_addresses_do_not_divert_traffic() {
     require_netns!();
     let _g = lock();
     let mut t = Topo::up();
-    start(&mut t, &seed_config("", "", (100, 100)));
+    start(
+        &mut t,
+        &seed_config("", "", (100, 100)),
+        &["--metrics", "127.0.0.1:9464"],
+    );
     let lb = mac_of(&t, "lb", "lb-ext");
     // Gratuitous ARP (request and reply) for the VIP and the port
     // address, and unsolicited advertisements (override set) for both.
@@ -180,6 +184,25 @@ fn gratuitous_arp_and_unsolicited_na_for_our_addresses_do_not_divert_traffic() {
     let text = t.lbctl(&["stats"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("neighbor_own_address_claim"), "{text}");
+    let out = t.exec(
+        "lb",
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9464/metrics",
+        ],
+    );
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        metrics.contains("lbd_drops_total{reason=\"neighbor_own_address_claim\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lbd_neighbor_limit{port=\"ext\"} 1024"),
+        "{metrics}"
+    );
     assert!(
         t.log().contains("refused a neighbour claim"),
         "logged:\n{}",
@@ -192,7 +215,7 @@ fn off_link_and_unsolicited_answers_are_not_learned() {
     require_netns!();
     let _g = lock();
     let mut t = Topo::up();
-    start(&mut t, &seed_config("", "", (100, 100)));
+    start(&mut t, &seed_config("", "", (100, 100)), &[]);
     let lb = mac_of(&t, "lb", "lb-ext");
     let be1 = mac_of(&t, "be1", "eth0");
     let before_off = drop_count(&t, "neighbor_off_link");
@@ -302,7 +325,7 @@ fn an_arp_flood_leaves_the_table_bounded_and_traffic_flowing() {
         "addresses = [\"198.18.0.1/16\", \"2001:db8:18::1/64\"]\nmax_neighbors = 64",
         1,
     );
-    start(&mut t, &config);
+    start(&mut t, &config, &[]);
     let lb = mac_of(&t, "lb", "lb-ext");
 
     // 20 000 gratuitous ARPs and 5 000 unsolicited advertisements from
@@ -368,4 +391,11 @@ fn an_arp_flood_leaves_the_table_bounded_and_traffic_flowing() {
         .filter(|(p, a, _)| p == "ext" && a == "198.18.0.2")
         .collect();
     assert_eq!(clients.len(), 1, "the client's entry stays");
+
+    // The limit is sized at start: a reload that changes it is refused.
+    let out = t.reload(&config.replace("max_neighbors = 64", "max_neighbors = 128"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_neighbors changed"), "{err}");
+    assert_eq!(t.stats()["generation"], 1);
 }
