@@ -327,17 +327,7 @@ fn metrics_endpoint_and_sighup_reload() {
         &["--metrics", "127.0.0.1:9464"],
     );
     assert!(t.backend_of(V4_80).is_some());
-    let out = t.exec(
-        "lb",
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9464/metrics",
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = t.metrics();
     assert!(
         text.contains("lbd_port_rx_packets_total{port=\"ext\"}"),
         "{text}"

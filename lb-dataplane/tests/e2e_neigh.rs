@@ -184,17 +184,7 @@ fn gratuitous_arp_and_unsolicited_na_for_our_addresses_do_not_divert_traffic() {
     let text = t.lbctl(&["stats"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("neighbor_own_address_claim"), "{text}");
-    let out = t.exec(
-        "lb",
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9464/metrics",
-        ],
-    );
-    let metrics = String::from_utf8_lossy(&out.stdout);
+    let metrics = t.metrics();
     assert!(
         metrics.contains("lbd_drops_total{reason=\"neighbor_own_address_claim\"} 6"),
         "{metrics}"

@@ -193,6 +193,21 @@ impl Topo {
         serde_json::from_slice(&out.stdout).expect("stats JSON")
     }
 
+    /// `/metrics` of an `lbd` started with `--metrics 127.0.0.1:9464`.
+    pub fn metrics(&self) -> String {
+        let out = self.exec(
+            "lb",
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9464/metrics",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Applies `config` to the running `lbd` through `lbctl reload`.
     pub fn reload(&self, config: &str) -> Output {
         self.write_config(config);
