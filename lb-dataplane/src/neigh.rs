@@ -275,14 +275,20 @@ impl PortTable {
     }
 
     fn find(&self, hash: u64, k: Key) -> Option<(usize, View)> {
+        // The low half of the address first, without the sequence lock:
+        // most slots differ there. (A slot being rewritten may be skipped
+        // for a moment; one that matches is then read consistently.)
+        let lo = k.bits as u64;
         self.bucket(hash)
+            .filter(|&i| self.slots[i].lo.load(Ordering::Relaxed) == lo)
             .map(|i| (i, self.slots[i].load()))
             .find(|(_, v)| v.holds(k))
     }
 
-    /// A slot for a new entry `k` (write mutex held): a free one of its
-    /// bucket while the table is below its limit, else the most evictable
-    /// of its bucket and of the next [`HAND_BUCKETS`] buckets of the hand.
+    /// A slot for a new entry of hash `hash` (write mutex held): a free one
+    /// of its bucket while the table is below its limit, else the most
+    /// evictable of its bucket and of the next [`HAND_BUCKETS`] buckets of
+    /// the hand.
     fn make_room(&self, w: &mut Writer, hash: u64, now: u64) -> Option<usize> {
         let mut free = None;
         let mut best: Option<(usize, (u8, u64))> = None;
