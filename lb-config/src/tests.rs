@@ -91,7 +91,7 @@ fn syntax_error_has_a_position() {
 fn unknown_field() {
     assert_eq!(
         errs("\n[dataplane]\nworkers = 2\nthreads = 4\n"),
-        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`"]
+        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`"]
     );
 }
 
@@ -101,8 +101,8 @@ fn unknown_fields_do_not_hide_other_errors() {
         errs("\n[dataplane]\nworkers = 0\nthreads = 4\n[platform]\nsmtp = false\n"),
         vec![
             "2:11: workers must be 1..=64, got 0",
-            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`",
-            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`",
+            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`",
+            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`, `unreplied_timeout_s`",
         ]
     );
 }
@@ -1806,5 +1806,24 @@ fn port_list_duplicates_in_one_pass() {
         started.elapsed() < std::time::Duration::from_secs(20),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn tcp_hardening_settings() {
+    let cfg = ok("\n[platform]\nunreplied_timeout_s = 45\n[dataplane]\nreset_unknown = false\nreset_unknown_rate = 50\n");
+    assert_eq!(cfg.platform.unreplied_timeout_s, 45);
+    assert!(!cfg.dataplane.reset_unknown);
+    assert_eq!(cfg.dataplane.reset_unknown_rate, 50);
+    let cfg = ok("");
+    assert_eq!(cfg.platform.unreplied_timeout_s, 30);
+    assert!(cfg.dataplane.reset_unknown);
+    assert_eq!(cfg.dataplane.reset_unknown_rate, 1000);
+    assert_eq!(
+        errs("\n[platform]\nunreplied_timeout_s = 0\n[dataplane]\nreset_unknown_rate = 0\n"),
+        vec![
+            "2:23: unreplied_timeout_s must be 1..=86400, got 0",
+            "4:22: reset_unknown_rate must be 1..=1000000, got 0",
+        ]
     );
 }
