@@ -2671,4 +2671,104 @@ mod tests {
             "tcp [2001:db8:19:1::11]:80 > [2001:db8:19:1::250]:1025"
         );
     }
+
+    #[test]
+    fn segments_without_a_session_are_answered_with_a_rate_limited_rst() {
+        let mut cfg = config();
+        cfg.dataplane.reset_unknown_rate = 10;
+        let snap = Snapshot::compile(cfg.clone(), 1);
+        let mut w = Worker::new(0, 1, 16, 16);
+        let ack = |flags| tcp_frame_with("198.18.0.2", "198.18.0.10", 40000, 80, flags, b"data");
+        let kind = |w: &mut Worker, flags, now| match w.process(
+            &mut ack(flags),
+            RxInfo::default(),
+            now,
+            &snap,
+            &AllUp,
+        ) {
+            Verdict::Drop(r) => r,
+            v => panic!("dropped expected: {v:?}"),
+        };
+        let t0 = 5 * NANOS_PER_SEC;
+        // Ten a second: a burst of ten, then one per 100 ms.
+        for _ in 0..10 {
+            assert_eq!(kind(&mut w, TCP_ACK, t0), Reason::NoSessionReset);
+        }
+        assert_eq!(kind(&mut w, TCP_ACK, t0), Reason::NoSession);
+        assert_eq!(
+            kind(&mut w, TCP_ACK, t0 + NANOS_PER_SEC / 10),
+            Reason::NoSessionReset
+        );
+        assert_eq!(
+            kind(&mut w, TCP_ACK, t0 + NANOS_PER_SEC / 10),
+            Reason::NoSession
+        );
+        // Never a RST for a RST.
+        assert_eq!(
+            kind(&mut w, TCP_RST, t0 + 9 * NANOS_PER_SEC),
+            Reason::NoSession
+        );
+        assert_eq!(
+            w.stats.drops[DropKind::NoSessionReset as usize],
+            11,
+            "counted"
+        );
+        // Off: only dropped.
+        cfg.dataplane.reset_unknown = false;
+        let off = Snapshot::compile(cfg, 2);
+        let v = w.process(
+            &mut ack(TCP_ACK),
+            RxInfo::default(),
+            20 * NANOS_PER_SEC,
+            &off,
+            &AllUp,
+        );
+        assert!(matches!(v, Verdict::Drop(Reason::NoSession)), "{v:?}");
+    }
+
+    #[test]
+    fn the_rst_follows_rfc_9293() {
+        let my_mac = MacAddr([2, 0, 0, 0, 0, 9]);
+        // The answer to a segment: its flow, flags, seq and ack, and MACs.
+        let answer = |spec: FrameSpec| {
+            let f = build_frame(&FrameSpec {
+                sport: 40000,
+                dport: 80,
+                payload: vec![1; 5],
+                ..spec
+            });
+            let p = packet::parse(&f).expect("parse");
+            let rst = packet::build_tcp_reset(&f, &p, my_mac).expect("a RST");
+            let q = packet::parse(&rst).expect("parse");
+            assert!(packet::verify_l4_checksum(&rst, &q));
+            let seg = packet::TcpPacket::new_checked(&rst[q.l4_offset..]).expect("tcp");
+            let fields = (seg.flags().0, seg.seq_number(), seg.ack_number());
+            (packet::format_flow(&q), fields, rst[0..12].to_vec())
+        };
+        // With ACK set: <SEQ=SEG.ACK><CTL=RST>.
+        let (flow, fields, macs) = answer(FrameSpec {
+            src: addr("198.18.0.2"),
+            dst: addr("198.18.0.10"),
+            tcp_flags: TCP_ACK,
+            tcp_seq: 111,
+            tcp_ack: 222,
+            ..FrameSpec::default()
+        });
+        assert_eq!(flow, "tcp 198.18.0.10:80 > 198.18.0.2:40000");
+        assert_eq!(fields, (TCP_RST, 222, 0));
+        assert_eq!(macs, [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 9]);
+        // Without ACK (a FIN and 5 bytes): <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
+        let (_, fields, _) = answer(FrameSpec {
+            src: addr("2001:db8:18::2"),
+            dst: addr("2001:db8:18::10"),
+            tcp_flags: 0x01,
+            tcp_seq: u32::MAX - 2,
+            ..FrameSpec::default()
+        });
+        assert_eq!(fields, (TCP_RST | TCP_ACK, 0, 3));
+        // A RST is never answered.
+        let f = tcp_frame_with("198.18.0.2", "198.18.0.10", 1, 80, TCP_RST, b"");
+        let p = packet::parse(&f).expect("parse");
+        assert!(packet::build_tcp_reset(&f, &p, my_mac).is_none());
+    }
 }
