@@ -288,8 +288,8 @@ struct Stored<A, T> {
     expires_at: Nanos,
     last_seen: Nanos,
     payload: T,
-    /// TCP sequence tracking (after the payload: an IPv6 session still
-    /// fits two cache lines, an IPv4 one takes a second line).
+    /// TCP sequence tracking (after the payload: it takes an IPv4 session
+    /// into a second cache line, an IPv6 one into a third).
     window: TcpWindow,
 }
 
@@ -305,6 +305,18 @@ impl<A: Addr, T> Stored<A, T> {
             self.tcp_state,
             self.replied,
         ));
+    }
+
+    /// Moves the TCP state from `state` by a packet with `tcp_flags`. A
+    /// closed tuple reused by a new connection has not been answered yet.
+    #[inline]
+    fn advance(&mut self, state: TcpState, dir: Dir, tcp_flags: u8) {
+        let (next, seen) = tcp::advance(state, self.seen, dir == Dir::Reply, tcp_flags);
+        if state == TcpState::Closed && next == TcpState::SynSent {
+            self.replied = false;
+        }
+        self.tcp_state = Some(next);
+        self.seen = seen;
     }
 
     fn key(&self, dir: Dir) -> &Key<A> {
@@ -642,9 +654,7 @@ impl<A: Addr, T> Table<A, T> {
             return false;
         };
         if let (Some(state), Some(f)) = (s.tcp_state, tcp_flags) {
-            let (state, seen) = tcp::advance(state, s.seen, dir == Dir::Reply, f);
-            s.tcp_state = Some(state);
-            s.seen = seen;
+            s.advance(state, dir, f);
         }
         s.refresh(dir, now, timeouts);
         true
@@ -670,9 +680,7 @@ impl<A: Addr, T> Table<A, T> {
                 if check == SegmentCheck::Accepted {
                     s.window.learn(state, dir, seg);
                 }
-                let (state, seen) = tcp::advance(state, s.seen, dir == Dir::Reply, seg.flags);
-                s.tcp_state = Some(state);
-                s.seen = seen;
+                s.advance(state, dir, seg.flags);
                 s.refresh(dir, now, timeouts);
             }
             SegmentCheck::ResetInWindow => {

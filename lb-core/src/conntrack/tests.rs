@@ -837,4 +837,12 @@ fn unreplied_sessions_expire_early() {
         .expect("room");
     t.update(id, Dir::Orig, None, 0, &t1);
     assert!(t.lookup(&key(17, 3), 5 * S).is_none());
+    // A closed tuple reused by a new connection is unanswered again.
+    let id = handshake(&mut t, 4, &t1);
+    t.update_tcp(id, Dir::Orig, &seg(RST, 1001, 0), 2 * S, &t1);
+    t.update_tcp(id, Dir::Orig, &seg(SYN, 9000, 0), 3 * S, &t1);
+    assert_eq!(
+        t.get(id).map(|s| (s.tcp_state(), s.expires_at())),
+        Some((Some(TcpState::SynSent), 8 * S))
+    );
 }
