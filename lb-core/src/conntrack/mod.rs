@@ -311,6 +311,11 @@ impl<A: Addr, T> Stored<A, T> {
     /// closed tuple reused by a new connection has not been answered yet.
     #[inline]
     fn advance(&mut self, state: TcpState, dir: Dir, tcp_flags: u8) {
+        use tcp::flags::{FIN, RST, SYN};
+        if state == TcpState::Established && tcp_flags & (SYN | FIN | RST) == 0 {
+            // The common segment moves nothing.
+            return;
+        }
         let (next, seen) = tcp::advance(state, self.seen, dir == Dir::Reply, tcp_flags);
         if state == TcpState::Closed && next == TcpState::SynSent {
             self.replied = false;
@@ -674,12 +679,9 @@ impl<A: Addr, T> Table<A, T> {
             s.refresh(dir, now, timeouts);
             return Some(SegmentCheck::Accepted);
         };
-        let check = s.window.check(state, dir, seg);
+        let check = s.window.track(state, dir, seg);
         match check {
             SegmentCheck::Accepted | SegmentCheck::Reset => {
-                if check == SegmentCheck::Accepted {
-                    s.window.learn(state, dir, seg);
-                }
                 s.advance(state, dir, seg.flags);
                 s.refresh(dir, now, timeouts);
             }

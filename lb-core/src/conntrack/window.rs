@@ -66,24 +66,22 @@ const MAX_WSCALE: u8 = 14;
 impl TcpSegment {
     /// Reads the segment `l4` (TCP header and payload, as the parser
     /// checked it: the data offset within `l4`). `None` when too short.
+    #[inline]
     pub fn read(l4: &[u8]) -> Option<TcpSegment> {
-        let be32 = |at: usize| -> Option<u32> {
-            Some(u32::from_be_bytes(l4.get(at..at + 4)?.try_into().ok()?))
-        };
-        let hl = usize::from(*l4.get(12)? >> 4) * 4;
-        let flags = *l4.get(13)?;
-        let opts = l4.get(20..hl)?;
+        let h: &[u8; 20] = l4.get(..20)?.try_into().ok()?;
+        let hl = usize::from(h[12] >> 4) * 4;
+        let flags = h[13];
         let wscale = if flags & flags::SYN != 0 {
-            wscale_option(opts)
+            wscale_option(l4.get(20..hl)?)
         } else {
             None
         };
         Some(TcpSegment {
             flags,
-            seq: be32(4)?,
-            ack: be32(8)?,
-            window: u16::from_be_bytes([*l4.get(14)?, *l4.get(15)?]),
-            len: u32::try_from(l4.len() - hl).ok()?,
+            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+            window: u16::from_be_bytes([h[14], h[15]]),
+            len: u32::try_from(l4.len().checked_sub(hl)?).ok()?,
             wscale,
         })
     }
@@ -172,6 +170,67 @@ impl TcpWindow {
     #[inline]
     fn has(&self, bit: u8) -> bool {
         self.known & bit != 0
+    }
+
+    /// [`TcpWindow::check`], then [`TcpWindow::learn`] if the segment is
+    /// accepted and not a RST: in one pass for the common segment (no SYN,
+    /// FIN or RST).
+    #[inline(always)]
+    pub fn track(&mut self, state: TcpState, dir: Dir, seg: &TcpSegment) -> SegmentCheck {
+        if seg.flags & (flags::SYN | flags::FIN | flags::RST) != 0 {
+            let c = self.check(state, dir, seg);
+            if c == SegmentCheck::Accepted && seg.flags & flags::RST == 0 {
+                self.learn(state, dir, seg);
+            }
+            return c;
+        }
+        let (s, r) = match dir {
+            Dir::Orig => (0, 1),
+            Dir::Reply => (1, 0),
+        };
+        let known = self.known;
+        let end = seg.seq.wrapping_add(seg.len);
+        if known & MAXEND[s] != 0 {
+            let maxend = self.maxend[s];
+            if after(seg.seq, maxend) {
+                return SegmentCheck::OutOfWindow;
+            }
+            if known & ACK[r] != 0 {
+                let acked = self.ack[r];
+                let win = maxend.wrapping_sub(acked);
+                if (win as i32) > 0 && after(acked.wrapping_sub(win), end) {
+                    return SegmentCheck::OutOfWindow;
+                }
+            }
+        }
+        let ack = seg.flags & flags::ACK != 0;
+        if ack && known & END[r] != 0 && after(seg.ack, self.end[r]) {
+            return SegmentCheck::OutOfWindow;
+        }
+        if known & END[s] == 0 || after(end, self.end[s]) {
+            self.end[s] = end;
+        }
+        let mut k = known | END[s];
+        if ack {
+            if known & ACK[s] == 0 || after(seg.ack, self.ack[s]) {
+                self.ack[s] = seg.ack;
+            }
+            let both = WSCALE[0] | WSCALE[1];
+            let shift = if known & both == both {
+                self.scale[s]
+            } else {
+                0
+            };
+            let edge = seg
+                .ack
+                .wrapping_add((u32::from(seg.window) << shift).max(1));
+            if known & MAXEND[r] == 0 || after(edge, self.maxend[r]) {
+                self.maxend[r] = edge;
+            }
+            k |= ACK[s] | MAXEND[r];
+        }
+        self.known = k;
+        SegmentCheck::Accepted
     }
 
     /// How segment `seg`, travelling in direction `dir` of a session in
@@ -468,6 +527,59 @@ mod tests {
             w.check(e, Dir::Orig, &seg(ACK, 101 + 17_000, 901)),
             SegmentCheck::OutOfWindow
         );
+    }
+
+    #[test]
+    fn track_is_check_then_learn() {
+        // Random segments over a few connections: the one-pass path and
+        // the two steps agree on the verdict and the state.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let states = [
+            TcpState::SynSent,
+            TcpState::SynRecv,
+            TcpState::Established,
+            TcpState::FinWait,
+        ];
+        for _ in 0..200 {
+            let mut a = TcpWindow::default();
+            let mut b = TcpWindow::default();
+            for _ in 0..50 {
+                let v = rnd();
+                let flags = [ACK, ACK, ACK, 0, SYN, SYN | ACK, FIN | ACK, RST][(v % 8) as usize];
+                // Near the connection's numbers most of the time.
+                let near = |w: u64| 1000u32.wrapping_add((w % 3000) as u32).wrapping_sub(500);
+                let seg = TcpSegment {
+                    flags,
+                    seq: if v & 0x100 == 0 {
+                        near(v >> 9)
+                    } else {
+                        (v >> 20) as u32
+                    },
+                    ack: near(v >> 30),
+                    window: (v >> 40) as u16 % 2048,
+                    len: ((v >> 56) % 100) as u32,
+                    wscale: (v & 0x200 != 0).then_some(((v >> 12) % 15) as u8),
+                };
+                let dir = if v & 0x400 == 0 {
+                    Dir::Orig
+                } else {
+                    Dir::Reply
+                };
+                let state = states[((v >> 60) % 4) as usize];
+                let ca = a.track(state, dir, &seg);
+                let cb = b.check(state, dir, &seg);
+                if cb == SegmentCheck::Accepted && seg.flags & RST == 0 {
+                    b.learn(state, dir, &seg);
+                }
+                assert_eq!((ca, a), (cb, b), "{seg:?} {dir:?} {state:?}");
+            }
+        }
     }
 
     #[test]
