@@ -26,6 +26,10 @@ pub const MAX_RULES_PER_INTERFACE: u64 = 1000;
 /// At most this many load balancers, listeners per load balancer, server
 /// groups and servers per group (a session numbers them in 16 bits).
 pub const MAX_PER_KIND: usize = 65535;
+/// `platform.unreplied_timeout_s` upper bound (a day).
+const MAX_UNREPLIED_TIMEOUT_S: i64 = 86_400;
+/// `dataplane.reset_unknown_rate` upper bound (per worker and second).
+const MAX_RESET_UNKNOWN_RATE: i64 = 1_000_000;
 /// `dataplane.workers` upper bound.
 pub const MAX_WORKERS: i64 = 64;
 /// Health check interval and timeout upper bound, in seconds.
@@ -302,6 +306,10 @@ impl<'a, 's> Compiler<'a, 's> {
         if let Some(r) = p.restrict_smtp {
             out.restrict_smtp = r;
         }
+        if let Some(t) = &p.unreplied_timeout_s {
+            out.unreplied_timeout_s =
+                self.int(t, "unreplied_timeout_s", 1, MAX_UNREPLIED_TIMEOUT_S);
+        }
         if let Some(a) = &p.metadata_address {
             match parse::address(a.get_ref()) {
                 Ok(addr) => out.metadata_address = addr,
@@ -366,6 +374,12 @@ impl<'a, 's> Compiler<'a, 's> {
                 IdleConfig::Busy => IdlePolicy::Busy,
                 IdleConfig::Adaptive => IdlePolicy::Adaptive,
             };
+        }
+        if let Some(r) = d.reset_unknown {
+            out.reset_unknown = r;
+        }
+        if let Some(r) = &d.reset_unknown_rate {
+            out.reset_unknown_rate = self.int(r, "reset_unknown_rate", 1, MAX_RESET_UNKNOWN_RATE);
         }
         out
     }

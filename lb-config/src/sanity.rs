@@ -25,8 +25,8 @@ use crate::schema::{FileConfig, S};
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// `dataplane.max_memory_mib` when not given: the session tables of all
-/// workers together may take at most 32 GiB (the defaults take 136 MiB per
-/// worker, 8.5 GiB for 64 workers).
+/// workers together may take at most 32 GiB (the defaults take 216 MiB per
+/// worker, 13.5 GiB for 64 workers).
 pub const DEFAULT_MAX_MEMORY_MIB: i64 = 32 << 10;
 
 /// `dataplane.max_memory_mib` upper bound (16 TiB).

@@ -66,6 +66,8 @@ pub struct PlatformConfig {
     pub session_timeout_s: Option<S<i64>>,
     pub restrict_smtp: Option<bool>,
     pub metadata_address: Option<S<String>>,
+    /// Idle timeout of a session no reply has come for.
+    pub unreplied_timeout_s: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -90,6 +92,10 @@ pub struct DataplaneConfig {
     pub max_sessions_v6: Option<S<i64>>,
     /// Bound of the session tables' memory estimate, in MiB.
     pub max_memory_mib: Option<S<i64>>,
+    /// Answer TCP segments to a listener without a session with a RST.
+    pub reset_unknown: Option<bool>,
+    /// RSTs per second per worker for `reset_unknown`.
+    pub reset_unknown_rate: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -91,7 +91,7 @@ fn syntax_error_has_a_position() {
 fn unknown_field() {
     assert_eq!(
         errs("\n[dataplane]\nworkers = 2\nthreads = 4\n"),
-        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`"]
+        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`"]
     );
 }
 
@@ -101,8 +101,8 @@ fn unknown_fields_do_not_hide_other_errors() {
         errs("\n[dataplane]\nworkers = 0\nthreads = 4\n[platform]\nsmtp = false\n"),
         vec![
             "2:11: workers must be 1..=64, got 0",
-            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`",
-            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`",
+            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`",
+            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`, `unreplied_timeout_s`",
         ]
     );
 }
@@ -1519,15 +1519,15 @@ fn session_tables_are_estimated_and_bounded() {
         SessionTable::<Flow>::session_bytes(true),
     );
     // What the pipeline's tables take today.
-    assert_eq!((b4, b6), (96, 160));
+    assert_eq!((b4, b6), (160, 224));
     // The default tables of 64 workers fit the default bound.
     let cfg = ok("[dataplane]\nworkers = 64\n");
     assert_eq!(
         session_memory(&cfg),
         64 * Worker::session_table_bytes(1 << 20, 1 << 18)
     );
-    assert_eq!(human_bytes(session_memory(&cfg)), "8.5 GiB");
-    // 64 workers × 67 M sessions of each family: 1 TiB.
+    assert_eq!(human_bytes(session_memory(&cfg)), "14 GiB");
+    // 64 workers × 67 M sessions of each family: 1.5 TiB.
     let big = 1u64 << 26;
     let total = 64 * big * (b4 as u64 + b6 as u64);
     assert_eq!(
@@ -1537,7 +1537,7 @@ fn session_tables_are_estimated_and_bounded() {
             human_bytes(total)
         )]
     );
-    assert_eq!(human_bytes(total), "1.0 TiB");
+    assert_eq!(human_bytes(total), "1.5 TiB");
     // Only workers set: the error points at it.
     assert_eq!(
         errs("[dataplane]\nworkers = 64\nmax_memory_mib = 4096\n")[0]
@@ -1552,7 +1552,7 @@ fn session_tables_are_estimated_and_bounded() {
         errs("[dataplane]\nmax_memory_mib = 0\n"),
         vec!["2:18: max_memory_mib must be 1..=16777216, got 0"]
     );
-    // The bound counts every byte: one worker's default tables need 136 MiB.
+    // The bound counts every byte: one worker's default tables need 216 MiB.
     let one = Worker::session_table_bytes(1 << 20, 1 << 18);
     let mib = i64::try_from(one.div_ceil(1 << 20)).expect("small");
     assert_eq!(
@@ -1827,5 +1827,24 @@ fn port_max_neighbors() {
     assert_eq!(
         errs(&port("max_neighbors = 100000\n")),
         vec!["4:17: max_neighbors must be 16..=65536, got 100000"]
+    );
+}
+
+#[test]
+fn tcp_hardening_settings() {
+    let cfg = ok("\n[platform]\nunreplied_timeout_s = 45\n[dataplane]\nreset_unknown = false\nreset_unknown_rate = 50\n");
+    assert_eq!(cfg.platform.unreplied_timeout_s, 45);
+    assert!(!cfg.dataplane.reset_unknown);
+    assert_eq!(cfg.dataplane.reset_unknown_rate, 50);
+    let cfg = ok("");
+    assert_eq!(cfg.platform.unreplied_timeout_s, 30);
+    assert!(cfg.dataplane.reset_unknown);
+    assert_eq!(cfg.dataplane.reset_unknown_rate, 1000);
+    assert_eq!(
+        errs("\n[platform]\nunreplied_timeout_s = 0\n[dataplane]\nreset_unknown_rate = 0\n"),
+        vec![
+            "2:23: unreplied_timeout_s must be 1..=86400, got 0",
+            "4:22: reset_unknown_rate must be 1..=1000000, got 0",
+        ]
     );
 }

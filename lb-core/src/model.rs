@@ -286,6 +286,9 @@ pub struct Platform {
     pub session_timeout_s: u32,
     pub restrict_smtp: bool,
     pub metadata_address: IpAddr,
+    /// The most a session lives idle before its first reply (conntrack's
+    /// unreplied timeout), capped at `session_timeout_s`.
+    pub unreplied_timeout_s: u32,
 }
 
 impl Default for Platform {
@@ -295,6 +298,7 @@ impl Default for Platform {
             session_timeout_s: 910,
             restrict_smtp: true,
             metadata_address: IpAddr::from([100, 100, 100, 200]),
+            unreplied_timeout_s: 30,
         }
     }
 }
@@ -325,6 +329,14 @@ pub struct Dataplane {
     pub max_sessions: usize,
     /// IPv6 sessions each worker can hold (a table of their own).
     pub max_sessions_v6: usize,
+    /// A TCP segment to a listener without a session (other than a SYN or
+    /// a RST) is answered with a RST, as a host with no such connection
+    /// does (RFC 9293 §3.10.7.1): clients of a restarted data plane learn
+    /// at once that their connections are gone.
+    pub reset_unknown: bool,
+    /// At most this many such RSTs per second and worker (a token bucket
+    /// holding one second's worth).
+    pub reset_unknown_rate: u32,
 }
 
 impl Default for Dataplane {
@@ -337,6 +349,8 @@ impl Default for Dataplane {
             idle: IdlePolicy::Adaptive,
             max_sessions: 1 << 20,
             max_sessions_v6: 1 << 18,
+            reset_unknown: true,
+            reset_unknown_rate: 1000,
         }
     }
 }

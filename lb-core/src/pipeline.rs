@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use crate::acl::policy::{
     Decision, GroupMembers, InterfaceKind, NaclPolicy, Origin, RuleSet, SgPolicy,
 };
-use crate::conntrack::{Dir, SessionTable, Timeouts};
+use crate::conntrack::{tcp_valid_flags, Dir, SegmentCheck, SessionTable, TcpSegment, Timeouts};
 use crate::flow::FlowKey;
 use crate::model::{proto, AclMode, BackendSgPolicy, Config, Direction};
 use crate::nat::PortAllocator;
@@ -179,7 +179,8 @@ impl Snapshot {
         }
         // Longest prefix first; on-link entries before configured ones of the same length.
         routes.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
-        let timeouts = Timeouts::from_session_timeout(cfg.platform.session_timeout_s);
+        let timeouts = Timeouts::from_session_timeout(cfg.platform.session_timeout_s)
+            .with_unreplied(cfg.platform.unreplied_timeout_s);
         let own = port_addrs
             .iter()
             .chain(local_addrs.keys())
@@ -486,6 +487,12 @@ pub enum Reason {
     /// An IPv4 loose or strict source route option, or an IPv6 routing
     /// header of type 0.
     SourceRoute,
+    /// A TCP segment outside the session's sequence window (a blind RST).
+    TcpOutOfWindow,
+    /// A TCP flag combination no TCP sends (SYN+FIN, no flags, ...).
+    TcpInvalidFlags,
+    /// A TCP segment to a listener without a session, answered with a RST.
+    NoSessionReset,
 }
 
 impl Reason {
@@ -519,6 +526,9 @@ impl Reason {
             Reason::IcmpErrorMismatch => DropKind::IcmpErrorMismatch,
             Reason::TooBig { .. } => DropKind::PacketTooBig,
             Reason::SourceRoute => DropKind::SourceRoute,
+            Reason::TcpOutOfWindow => DropKind::TcpOutOfWindow,
+            Reason::TcpInvalidFlags => DropKind::TcpInvalidFlags,
+            Reason::NoSessionReset => DropKind::NoSessionReset,
         }
     }
 }
@@ -614,10 +624,13 @@ pub enum DropKind {
     IcmpErrorMismatch,
     PacketTooBig,
     SourceRoute,
+    TcpOutOfWindow,
+    TcpInvalidFlags,
+    NoSessionReset,
 }
 
 impl DropKind {
-    pub const COUNT: usize = DropKind::SourceRoute as usize + 1;
+    pub const COUNT: usize = DropKind::NoSessionReset as usize + 1;
     pub const ALL: [DropKind; DropKind::COUNT] = [
         DropKind::None,
         DropKind::Malformed,
@@ -640,6 +653,9 @@ impl DropKind {
         DropKind::IcmpErrorMismatch,
         DropKind::PacketTooBig,
         DropKind::SourceRoute,
+        DropKind::TcpOutOfWindow,
+        DropKind::TcpInvalidFlags,
+        DropKind::NoSessionReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -665,6 +681,9 @@ impl DropKind {
             DropKind::IcmpErrorMismatch => "icmp_error_mismatch",
             DropKind::PacketTooBig => "packet_too_big",
             DropKind::SourceRoute => "ip_source_route",
+            DropKind::TcpOutOfWindow => "tcp_out_of_window",
+            DropKind::TcpInvalidFlags => "tcp_invalid_flags",
+            DropKind::NoSessionReset => "no_session_reset",
         }
     }
 }
@@ -944,6 +963,33 @@ pub struct Worker {
     /// The smallest known MTU: a packet no longer passes every port
     /// without a look at its own.
     min_mtu: u32,
+    /// RSTs for segments without a session.
+    resets: RateLimit,
+}
+
+/// A token bucket holding one second's worth of tokens, refilled by the
+/// time that passes (`now` is a parameter: no clock here).
+#[derive(Debug, Clone, Copy, Default)]
+struct RateLimit {
+    /// Credit in nanoseconds, at most one second.
+    credit: Nanos,
+    last: Nanos,
+}
+
+impl RateLimit {
+    /// Takes a token at `now` for a rate of `per_sec` (at least 1).
+    fn take(&mut self, now: Nanos, per_sec: u32) -> bool {
+        let elapsed = now.saturating_sub(self.last);
+        self.last = self.last.max(now);
+        self.credit = self.credit.saturating_add(elapsed).min(NANOS_PER_SEC);
+        let cost = NANOS_PER_SEC / Nanos::from(per_sec.max(1));
+        if self.credit >= cost {
+            self.credit -= cost;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Worker {
@@ -963,6 +1009,7 @@ impl Worker {
             stats: Stats::default(),
             port_mtu: Vec::new(),
             min_mtu: u32::MAX,
+            resets: RateLimit::default(),
         }
     }
 
@@ -1138,6 +1185,54 @@ impl Worker {
         }
     }
 
+    /// Accounts a packet of session `id` in direction `dir`; TCP segments
+    /// go through sequence tracking. `Err` for a RST outside the window:
+    /// to drop, the session unchanged.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn account(
+        &mut self,
+        frame: &[u8],
+        p: &Parsed,
+        proto: u8,
+        id: crate::conntrack::SessionId,
+        dir: Dir,
+        now: Nanos,
+        snap: &Snapshot,
+    ) -> Result<(), Reason> {
+        let seg = (proto == proto::TCP)
+            .then(|| packet::parse::l4_bytes(frame, p).and_then(TcpSegment::read))
+            .flatten();
+        let Some(seg) = seg else {
+            let tcp_flags = (proto == proto::TCP).then_some(p.tcp_flags);
+            self.sessions
+                .update(id, dir, tcp_flags, now, &snap.timeouts);
+            return Ok(());
+        };
+        match self.sessions.update_tcp(id, dir, &seg, now, &snap.timeouts) {
+            Some(SegmentCheck::OutOfWindow) if seg.flags & TCP_RST != 0 => {
+                Err(Reason::TcpOutOfWindow)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Why a TCP segment to a listener without a session is dropped:
+    /// [`Reason::NoSessionReset`] (the data plane answers it with a RST)
+    /// while `reset_unknown` is on and the rate allows, never for a RST.
+    fn no_session(&mut self, p: &Parsed, now: Nanos, snap: &Snapshot) -> Reason {
+        let dp = &snap.cfg.dataplane;
+        let answer = dp.reset_unknown
+            && p.tcp_flags & TCP_RST == 0
+            && !p.is_fragment
+            && self.resets.take(now, dp.reset_unknown_rate);
+        if answer {
+            Reason::NoSessionReset
+        } else {
+            Reason::NoSession
+        }
+    }
+
     fn hit(&mut self, d: Decision) {
         *self.stats.rule_hits.entry(d.origin).or_default() += 1;
     }
@@ -1303,6 +1398,9 @@ impl Worker {
         } else {
             L4Csum::Full
         };
+        if key.proto == proto::TCP && !tcp_valid_flags(p.tcp_flags) {
+            return Verdict::Drop(Reason::TcpInvalidFlags);
+        }
         let found = self.sessions.lookup_hashed(key, hash, now);
         if let Some((id, dir)) = found {
             return self.established(frame, p, csum, key, id, dir, now, snap);
@@ -1370,9 +1468,9 @@ impl Worker {
         if let Err(r) = nacl_check(snap, &flow, key, &out, dir) {
             return Verdict::Drop(r);
         }
-        let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-        self.sessions
-            .update(id, dir, tcp_flags, now, &snap.timeouts);
+        if let Err(r) = self.account(frame, p, key.proto, id, dir, now, snap) {
+            return Verdict::Drop(r);
+        }
         let listener = flow.listener().map(|(lb, l, _, _)| (lb, l));
         let backend = flow
             .listener()
@@ -1516,9 +1614,10 @@ impl Worker {
             Err(r) => return Verdict::Drop(r),
         }
         // A TCP session starts with a SYN; anything else without a session
-        // (a stray ACK after a restart) is dropped so the client resets.
+        // (a segment of a connection from before a restart) is dropped, and
+        // answered with a RST so the client learns the connection is gone.
         if key.proto == proto::TCP && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
-            return Verdict::Drop(Reason::NoSession);
+            return Verdict::Drop(self.no_session(p, now, snap));
         }
         // Before a server is picked: a packet that dies here takes no turn.
         if p.ttl <= 1 {
@@ -1620,9 +1719,8 @@ impl Worker {
                 return Verdict::Drop(r);
             }
         };
-        let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-        self.sessions
-            .update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
+        // A new session's first segment fits any window.
+        let _ = self.account(frame, p, key.proto, id, Dir::Orig, now, snap);
         self.count_new(&flow);
         let reason = Reason::Listener {
             lb: idx32(lbi),
@@ -1684,9 +1782,8 @@ impl Worker {
                 false,
             ) {
                 Ok(id) => {
-                    let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-                    self.sessions
-                        .update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
+                    // A new session's first segment fits any window.
+                    let _ = self.account(frame, p, key.proto, id, Dir::Orig, now, snap);
                     self.count_new(&flow);
                     Some(id)
                 }
@@ -2574,5 +2671,105 @@ mod tests {
             q.to_string(),
             "tcp [2001:db8:19:1::11]:80 > [2001:db8:19:1::250]:1025"
         );
+    }
+
+    #[test]
+    fn segments_without_a_session_are_answered_with_a_rate_limited_rst() {
+        let mut cfg = config();
+        cfg.dataplane.reset_unknown_rate = 10;
+        let snap = Snapshot::compile(cfg.clone(), 1);
+        let mut w = Worker::new(0, 1, 16, 16);
+        let ack = |flags| tcp_frame_with("198.18.0.2", "198.18.0.10", 40000, 80, flags, b"data");
+        let kind = |w: &mut Worker, flags, now| match w.process(
+            &mut ack(flags),
+            RxInfo::default(),
+            now,
+            &snap,
+            &AllUp,
+        ) {
+            Verdict::Drop(r) => r,
+            v => panic!("dropped expected: {v:?}"),
+        };
+        let t0 = 5 * NANOS_PER_SEC;
+        // Ten a second: a burst of ten, then one per 100 ms.
+        for _ in 0..10 {
+            assert_eq!(kind(&mut w, TCP_ACK, t0), Reason::NoSessionReset);
+        }
+        assert_eq!(kind(&mut w, TCP_ACK, t0), Reason::NoSession);
+        assert_eq!(
+            kind(&mut w, TCP_ACK, t0 + NANOS_PER_SEC / 10),
+            Reason::NoSessionReset
+        );
+        assert_eq!(
+            kind(&mut w, TCP_ACK, t0 + NANOS_PER_SEC / 10),
+            Reason::NoSession
+        );
+        // Never a RST for a RST.
+        assert_eq!(
+            kind(&mut w, TCP_RST, t0 + 9 * NANOS_PER_SEC),
+            Reason::NoSession
+        );
+        assert_eq!(
+            w.stats.drops[DropKind::NoSessionReset as usize],
+            11,
+            "counted"
+        );
+        // Off: only dropped.
+        cfg.dataplane.reset_unknown = false;
+        let off = Snapshot::compile(cfg, 2);
+        let v = w.process(
+            &mut ack(TCP_ACK),
+            RxInfo::default(),
+            20 * NANOS_PER_SEC,
+            &off,
+            &AllUp,
+        );
+        assert!(matches!(v, Verdict::Drop(Reason::NoSession)), "{v:?}");
+    }
+
+    #[test]
+    fn the_rst_follows_rfc_9293() {
+        let my_mac = MacAddr([2, 0, 0, 0, 0, 9]);
+        // The answer to a segment: its flow, flags, seq and ack, and MACs.
+        let answer = |spec: FrameSpec| {
+            let f = build_frame(&FrameSpec {
+                sport: 40000,
+                dport: 80,
+                payload: vec![1; 5],
+                ..spec
+            });
+            let p = packet::parse(&f).expect("parse");
+            let rst = packet::build_tcp_reset(&f, &p, my_mac).expect("a RST");
+            let q = packet::parse(&rst).expect("parse");
+            assert!(packet::verify_l4_checksum(&rst, &q));
+            let seg = packet::TcpPacket::new_checked(&rst[q.l4_offset..]).expect("tcp");
+            let fields = (seg.flags().0, seg.seq_number(), seg.ack_number());
+            (packet::format_flow(&q), fields, rst[0..12].to_vec())
+        };
+        // With ACK set: <SEQ=SEG.ACK><CTL=RST>.
+        let (flow, fields, macs) = answer(FrameSpec {
+            src: addr("198.18.0.2"),
+            dst: addr("198.18.0.10"),
+            tcp_flags: TCP_ACK,
+            tcp_seq: 111,
+            tcp_ack: 222,
+            ..FrameSpec::default()
+        });
+        assert_eq!(flow, "tcp 198.18.0.10:80 > 198.18.0.2:40000");
+        assert_eq!(fields, (TCP_RST, 222, 0));
+        assert_eq!(macs, [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 9]);
+        // Without ACK (a FIN and 5 bytes): <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
+        let (_, fields, _) = answer(FrameSpec {
+            src: addr("2001:db8:18::2"),
+            dst: addr("2001:db8:18::10"),
+            tcp_flags: 0x01,
+            tcp_seq: u32::MAX - 2,
+            ..FrameSpec::default()
+        });
+        assert_eq!(fields, (TCP_RST | TCP_ACK, 0, 3));
+        // A RST is never answered.
+        let f = tcp_frame_with("198.18.0.2", "198.18.0.10", 1, 80, TCP_RST, b"");
+        let p = packet::parse(&f).expect("parse");
+        assert!(packet::build_tcp_reset(&f, &p, my_mac).is_none());
     }
 }

@@ -1377,6 +1377,18 @@ fn deliver(
                 tx.send(port, &reply);
             }
         }
+        Verdict::Drop(Reason::NoSessionReset) => {
+            // Back where it came from, to the sender's MAC address.
+            let Ok(p) = lb_core::packet::parse(frame) else {
+                return;
+            };
+            let mac = macs.get(port as usize).copied().unwrap_or_default();
+            if let Some(rst) =
+                lb_core::packet::build_tcp_reset(frame, &p, lb_core::packet::MacAddr(mac))
+            {
+                tx.send(port, &rst);
+            }
+        }
         Verdict::Drop(_) => {}
     }
 }

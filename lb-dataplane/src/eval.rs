@@ -8,6 +8,7 @@
 //! <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>]
 //!     [ttl=<n>] [len=<ip_bytes>] [nodf] [opt=lsrr|ssrr|rr|rh0|rh2]
 //!     [quote=<proto>,<src>,<dst>]
+//!     [seq=N] [ack=N] [win=N] [data=N] [wscale=N]
 //! @health <server_group> <server> up|down
 //! @reload <config.toml>
 //! @mtu <port> <mtu>
@@ -49,6 +50,10 @@ pub struct TracePacket {
     pub tcp_flags: u8,
     pub icmp: Option<(u8, u8)>,
     pub ip: IpExtras,
+    /// TCP sequence fields (`seq=`, `ack=`, `win=`, `data=` payload bytes,
+    /// `wscale=` option); defaults seq 1, ack 1 with ACK set, window 65535,
+    /// no payload, no option.
+    pub tcp: TraceTcp,
 }
 
 /// What a trace line may say about the IP header and size of its packet.
@@ -79,6 +84,35 @@ pub enum IpOpt {
     Rh0,
     /// IPv6 routing header type 2 (mobility).
     Rh2,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceTcp {
+    pub seq: Option<u32>,
+    pub ack: Option<u32>,
+    pub win: Option<u16>,
+    /// Payload bytes.
+    pub data: u16,
+    pub wscale: Option<u8>,
+}
+
+impl TraceTcp {
+    /// Takes a `name=value` word; false when it is not one of these.
+    fn take(&mut self, w: &str) -> Result<bool> {
+        let Some((name, v)) = w.split_once('=') else {
+            return Ok(false);
+        };
+        let bad = || anyhow!("bad number in {w:?}");
+        match name {
+            "seq" => self.seq = Some(v.parse().map_err(|_| bad())?),
+            "ack" => self.ack = Some(v.parse().map_err(|_| bad())?),
+            "win" => self.win = Some(v.parse().map_err(|_| bad())?),
+            "data" => self.data = v.parse().map_err(|_| bad())?,
+            "wscale" => self.wscale = Some(v.parse().map_err(|_| bad())?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// Parses one trace line; `Ok(None)` for blank lines and comments.
@@ -135,8 +169,9 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
     let mut tcp_flags = None;
     let mut icmp = None;
     let mut ip = IpExtras::default();
+    let mut tcp = TraceTcp::default();
     for w in &words[5..] {
-        if parse_ip_extra(w, src.is_ipv6(), &mut ip)? {
+        if parse_ip_extra(w, src.is_ipv6(), &mut ip)? || (proto == proto::TCP && tcp.take(w)?) {
             continue;
         }
         if let Some(v) = w.strip_prefix("icmp=") {
@@ -186,6 +221,7 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
         tcp_flags: tcp_flags.unwrap_or(TCP_ACK),
         icmp,
         ip,
+        tcp,
     })))
 }
 
@@ -287,12 +323,36 @@ fn build_trace_frame(p: &TracePacket) -> Result<Vec<u8>> {
             packet::add_ipv6_ext_header(&mut frame, 43, &body);
         }
     }
+    set_tcp_window(&mut frame, p);
     Ok(frame)
+}
+
+/// The TCP window and window-scale option a trace line gives (the room for
+/// the option is the first 4 bytes of the payload [`frame_spec`] made).
+fn set_tcp_window(frame: &mut [u8], p: &TracePacket) {
+    if p.key.proto != proto::TCP || (p.tcp.win.is_none() && p.tcp.wscale.is_none()) {
+        return;
+    }
+    let Ok(parsed) = packet::parse(frame) else {
+        return;
+    };
+    let l4 = parsed.l4_offset;
+    if let Some(win) = p.tcp.win {
+        frame[l4 + 14..l4 + 16].copy_from_slice(&win.to_be_bytes());
+    }
+    if let Some(ws) = p.tcp.wscale {
+        frame[l4 + 12] = 6 << 4;
+        frame[l4 + 20..l4 + 24].copy_from_slice(&[1, 3, 3, ws]);
+    }
+    packet::complete_l4_checksum(frame, &parsed, p.key.src, p.key.dst);
 }
 
 const TCP_ACK: u8 = 0x10;
 
 fn parse_flags(w: &str) -> Result<u8> {
+    if w == "none" {
+        return Ok(0);
+    }
     let mut f = 0u8;
     for c in w.chars() {
         f |= match c.to_ascii_uppercase() {
@@ -494,11 +554,15 @@ fn frame_spec(p: &TracePacket) -> FrameSpec {
         sport: p.key.sport,
         dport: p.key.dport,
         tcp_flags: p.tcp_flags,
-        tcp_seq: 1,
-        tcp_ack: if p.tcp_flags & TCP_ACK != 0 { 1 } else { 0 },
+        tcp_seq: p.tcp.seq.unwrap_or(1),
+        tcp_ack: p
+            .tcp
+            .ack
+            .unwrap_or(if p.tcp_flags & TCP_ACK != 0 { 1 } else { 0 }),
         icmp: p.icmp,
         ttl: 64,
-        payload: Vec::new(),
+        // Room for the window-scale option, then the payload.
+        payload: vec![0; usize::from(p.tcp.data) + if p.tcp.wscale.is_some() { 4 } else { 0 }],
     }
 }
 

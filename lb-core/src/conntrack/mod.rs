@@ -34,8 +34,9 @@
 //! # Design
 //!
 //! Each address family has a table of its own: an IPv4 session is stored in
-//! one 64-byte cache line (its two keys take 12 bytes each), an IPv6
-//! session in two. The two tables are sized separately
+//! two 64-byte cache lines (its two keys take 12 bytes each; keys, state,
+//! times and payload fill the first, the TCP sequence window goes in the
+//! second), an IPv6 session in three. The two tables are sized separately
 //! ([`SessionTable::with_capacities`]); a [`SessionId`] says which one holds
 //! its session, and a session's two keys are always of the same family.
 //!
@@ -45,7 +46,7 @@
 //! reaches a later occupant of the slot. A flat open-addressing index maps
 //! both keys of every session to its slot: 8 bytes a key, sized to any
 //! number of buckets (no rounding to a power of two) at a load of 1/2. An
-//! IPv4 session thus costs 64 bytes of slot and 32 of index. The slab
+//! IPv4 session thus costs 128 bytes of slot and 32 of index. The slab
 //! is reserved up front and the index is allocated zeroed (so untouched
 //! pages cost nothing); lookups never allocate.
 //!
@@ -63,8 +64,10 @@
 
 mod index;
 mod tcp;
+mod window;
 
-pub use tcp::{flags as tcp_flags, TcpState, Timeouts};
+pub use tcp::{flags as tcp_flags, valid_flags as tcp_valid_flags, TcpState, Timeouts};
+pub use window::{SegmentCheck, TcpSegment, TcpWindow};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -267,10 +270,10 @@ impl<A> Key<A> {
     }
 }
 
-/// One session as its family's slab stores it. The hot fields come first
-/// and the whole session is one cache line for IPv4 (two for IPv6), so a
-/// packet's lookup and update read one line (see
-/// [`SessionTable::warm_session`]).
+/// One session as its family's slab stores it. The hot fields come first:
+/// a lookup reads the first cache line; an update of a TCP session also
+/// the line of the sequence window, the last (see
+/// [`SessionTable::warm_session`], which reads both).
 #[derive(Debug, Clone)]
 #[repr(C, align(64))]
 struct Stored<A, T> {
@@ -279,13 +282,48 @@ struct Stored<A, T> {
     proto: u8,
     tcp_state: Option<TcpState>,
     seen: u8,
+    /// A packet came in the reply direction.
+    replied: bool,
     gen: u32,
     expires_at: Nanos,
     last_seen: Nanos,
     payload: T,
+    /// TCP sequence tracking (after the payload: it takes an IPv4 session
+    /// into a second cache line, an IPv6 one into a third).
+    window: TcpWindow,
 }
 
 impl<A: Addr, T> Stored<A, T> {
+    /// Accounts a packet in direction `dir` at `now`: last seen, and the
+    /// expiry for the current state.
+    #[inline]
+    fn refresh(&mut self, dir: Dir, now: Nanos, timeouts: &Timeouts) {
+        self.replied |= dir == Dir::Reply;
+        self.last_seen = self.last_seen.max(now);
+        self.expires_at = self.last_seen.saturating_add(timeouts.for_session(
+            self.proto,
+            self.tcp_state,
+            self.replied,
+        ));
+    }
+
+    /// Moves the TCP state from `state` by a packet with `tcp_flags`. A
+    /// closed tuple reused by a new connection has not been answered yet.
+    #[inline]
+    fn advance(&mut self, state: TcpState, dir: Dir, tcp_flags: u8) {
+        use tcp::flags::{FIN, RST, SYN};
+        if state == TcpState::Established && tcp_flags & (SYN | FIN | RST) == 0 {
+            // The common segment moves nothing.
+            return;
+        }
+        let (next, seen) = tcp::advance(state, self.seen, dir == Dir::Reply, tcp_flags);
+        if state == TcpState::Closed && next == TcpState::SynSent {
+            self.replied = false;
+        }
+        self.tcp_state = Some(next);
+        self.seen = seen;
+    }
+
     fn key(&self, dir: Dir) -> &Key<A> {
         match dir {
             Dir::Orig => &self.orig,
@@ -429,9 +467,11 @@ impl<A: Addr, T> Table<A, T> {
         }
         let value = ((bucket as u32).wrapping_sub(1) >> 1) as usize;
         match self.slots.get(value) {
-            // The slot's first line (tag and keys) and, for IPv6, its second
-            // (times and payload).
-            Some(Slot::Occupied(s)) => u64::from(s.orig.sport) ^ s.last_seen ^ bucket,
+            // The slot's first line (tag and keys), for IPv6 its second
+            // (times and payload), and its last (the TCP window).
+            Some(Slot::Occupied(s)) => {
+                u64::from(s.orig.sport) ^ s.last_seen ^ bucket ^ u64::from(s.window.last_byte())
+            }
             _ => bucket,
         }
     }
@@ -551,7 +591,7 @@ impl<A: Addr, T> Table<A, T> {
         }
 
         let tcp_state = (proto == PROTO_TCP).then_some(TcpState::SynSent);
-        let expires_at = now.saturating_add(timeouts.for_state(proto, tcp_state));
+        let expires_at = now.saturating_add(timeouts.for_session(proto, tcp_state, false));
         // The head of the free list, else a fresh slot at the end (the
         // free list is empty when its head, NO_SLOT, is beyond the slab).
         let (slot, gen) = match self.slots.get(self.free as usize) {
@@ -579,10 +619,12 @@ impl<A: Addr, T> Table<A, T> {
             proto,
             tcp_state,
             seen: 0,
+            replied: false,
             gen,
             expires_at,
             last_seen: now,
             payload,
+            window: TcpWindow::default(),
         });
         self.len += 1;
         Ok(self.id(slot, gen))
@@ -617,15 +659,47 @@ impl<A: Addr, T> Table<A, T> {
             return false;
         };
         if let (Some(state), Some(f)) = (s.tcp_state, tcp_flags) {
-            let (state, seen) = tcp::advance(state, s.seen, dir == Dir::Reply, f);
-            s.tcp_state = Some(state);
-            s.seen = seen;
+            s.advance(state, dir, f);
         }
-        s.last_seen = s.last_seen.max(now);
-        s.expires_at = s
-            .last_seen
-            .saturating_add(timeouts.for_state(s.proto, s.tcp_state));
+        s.refresh(dir, now, timeouts);
         true
+    }
+
+    #[inline]
+    fn update_tcp(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        seg: &TcpSegment,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> Option<SegmentCheck> {
+        let s = self.get_mut(id)?;
+        let Some(state) = s.tcp_state else {
+            s.refresh(dir, now, timeouts);
+            return Some(SegmentCheck::Accepted);
+        };
+        let check = s.window.track(state, dir, seg);
+        match check {
+            SegmentCheck::Accepted | SegmentCheck::Reset => {
+                s.advance(state, dir, seg.flags);
+                s.refresh(dir, now, timeouts);
+            }
+            SegmentCheck::ResetInWindow => {
+                // The endpoint decides: its challenge ACK (or anything
+                // else) restores the timeout of the state; silence ends
+                // the session as a RST would.
+                s.refresh(dir, now, timeouts);
+                s.expires_at = s
+                    .expires_at
+                    .min(s.last_seen.saturating_add(timeouts.closed));
+            }
+            SegmentCheck::OutOfWindow if seg.flags & tcp::flags::RST != 0 => {}
+            // Passed on, not learned from; it keeps the session alive as
+            // any packet of it does.
+            SegmentCheck::OutOfWindow => s.refresh(dir, now, timeouts),
+        }
+        Some(check)
     }
 
     fn remove(&mut self, id: SessionId) -> Option<T> {
@@ -1135,6 +1209,29 @@ impl<T> SessionTable<T> {
     ) -> bool {
         family!(mut self, id.is_ipv6(), |t| t.update(
             id, dir, tcp_flags, now, timeouts
+        ))
+    }
+
+    /// [`SessionTable::update`] for a TCP segment, with sequence tracking
+    /// (see [`TcpWindow`]): an in-window segment is accounted as `update`
+    /// does; an out-of-window RST changes nothing (the caller drops it); an
+    /// out-of-window segment of another kind refreshes the session but
+    /// neither moves its state nor teaches the windows; a RST inside the
+    /// window but not at an exact sequence number leaves the state and
+    /// shortens the expiry to the closed timeout until the next packet.
+    /// Returns how the segment fitted, `None` if `id` is stale. Sessions of
+    /// other protocols are refreshed and report `Accepted`.
+    #[inline]
+    pub fn update_tcp(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        seg: &TcpSegment,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> Option<SegmentCheck> {
+        family!(mut self, id.is_ipv6(), |t| t.update_tcp(
+            id, dir, seg, now, timeouts
         ))
     }
 

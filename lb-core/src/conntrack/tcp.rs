@@ -13,6 +13,24 @@ pub mod flags {
     pub const RST: u8 = 0x04;
     pub const PSH: u8 = 0x08;
     pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// Whether a TCP flag combination is one a TCP sends: conntrack's
+/// `tcp_valid_flags` table, PSH, ECE and CWR ignored. SYN+FIN, SYN+RST,
+/// FIN without ACK, no flags at all and the like are not.
+pub fn valid_flags(tcp_flags: u8) -> bool {
+    use flags::{ACK, FIN, RST, SYN, URG};
+    const SYN_URG: u8 = SYN | URG;
+    const SYN_ACK: u8 = SYN | ACK;
+    const RST_ACK: u8 = RST | ACK;
+    const FIN_ACK: u8 = FIN | ACK;
+    const FIN_ACK_URG: u8 = FIN | ACK | URG;
+    const ACK_URG: u8 = ACK | URG;
+    matches!(
+        tcp_flags & (FIN | SYN | RST | ACK | URG),
+        SYN | SYN_URG | SYN_ACK | RST | RST_ACK | FIN_ACK | FIN_ACK_URG | ACK | ACK_URG
+    )
 }
 
 /// Idle timeouts by session state. A session expires when no packet
@@ -32,6 +50,9 @@ pub struct Timeouts {
     pub udp: Nanos,
     /// Every other protocol (ICMP echo, ...).
     pub other: Nanos,
+    /// The most any session lives idle while no packet came back in the
+    /// reply direction (conntrack's unreplied timeout, 30 s).
+    pub unreplied: Nanos,
 }
 
 impl Timeouts {
@@ -48,6 +69,16 @@ impl Timeouts {
             closed: (10 * NANOS_PER_SEC).min(established),
             udp: established,
             other: established,
+            unreplied: (30 * NANOS_PER_SEC).min(established),
+        }
+    }
+
+    /// The same timeouts with an unreplied timeout of `secs` seconds (capped
+    /// at the session timeout).
+    pub fn with_unreplied(self, secs: u32) -> Timeouts {
+        Timeouts {
+            unreplied: (Nanos::from(secs) * NANOS_PER_SEC).min(self.established),
+            ..self
         }
     }
 
@@ -61,6 +92,18 @@ impl Timeouts {
             Some(TcpState::Closed) => self.closed,
             None if proto == PROTO_UDP => self.udp,
             None => self.other,
+        }
+    }
+
+    /// [`Timeouts::for_state`] for a session that has (`replied`) or has
+    /// not yet seen a packet in the reply direction.
+    #[inline]
+    pub fn for_session(&self, proto: u8, state: Option<TcpState>, replied: bool) -> Nanos {
+        let t = self.for_state(proto, state);
+        if replied {
+            t
+        } else {
+            t.min(self.unreplied)
         }
     }
 }

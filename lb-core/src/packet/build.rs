@@ -570,3 +570,53 @@ pub fn build_echo_reply(
     }
     Ok(out)
 }
+
+/// The RST a host without the connection answers a parsed TCP segment
+/// with (RFC 9293 §3.10.7.1): `<SEQ=SEG.ACK><CTL=RST>` when the segment
+/// has ACK set, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>` (SYN and
+/// FIN count in the length). Addresses, ports and MAC addresses swapped
+/// (source MAC `my_mac`), TTL 64, same VLAN, no payload. `None` for a RST
+/// (never answered), a non-first fragment, or anything but a whole TCP
+/// header.
+pub fn build_tcp_reset(frame: &[u8], p: &Parsed, my_mac: MacAddr) -> Option<Vec<u8>> {
+    if p.proto != IpProtocol::TCP
+        || !matches!(p.kind, Kind::Ipv4 | Kind::Ipv6)
+        || (p.is_fragment && !p.is_first_fragment)
+    {
+        return None;
+    }
+    let seg = TcpPacket::new_checked(l4_bytes(frame, p)?).ok()?;
+    let flags = seg.flags();
+    if flags.contains(TcpFlags::RST) {
+        return None;
+    }
+    let (seq, ack, ctl) = if flags.contains(TcpFlags::ACK) {
+        (seg.ack_number(), 0, TcpFlags::RST)
+    } else {
+        let len = u32::try_from(seg.payload().len()).ok()?
+            + u32::from(flags.contains(TcpFlags::SYN))
+            + u32::from(flags.contains(TcpFlags::FIN));
+        (
+            0,
+            seg.seq_number().wrapping_add(len),
+            TcpFlags::RST | TcpFlags::ACK,
+        )
+    };
+    let src_mac = frame.get(6..12).map(MacAddr::from_bytes)?;
+    Some(build_frame(&FrameSpec {
+        src_mac: my_mac,
+        dst_mac: src_mac,
+        vlan: p.vlan,
+        src: p.dst,
+        dst: p.src,
+        proto: IpProtocol::TCP,
+        sport: p.dport,
+        dport: p.sport,
+        tcp_flags: ctl,
+        tcp_seq: seq,
+        tcp_ack: ack,
+        icmp: None,
+        ttl: 64,
+        payload: Vec::new(),
+    }))
+}

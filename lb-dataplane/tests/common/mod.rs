@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 /// One topology at a time: the machine has two cores.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Takes [`SERIAL`] (also after a test that held it failed).
+pub fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits until the health checker has seen both backends of the seed
+/// configuration up.
+pub fn wait_healthy(t: &Topo) {
+    t.wait_for(15, "both backends healthy", |t| {
+        t.server_up("sgp-web", "ecs01") == Some(true)
+            && t.server_up("sgp-web", "ecs02") == Some(true)
+    });
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub fn repo() -> PathBuf {
@@ -137,6 +151,14 @@ impl Topo {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe {
             libc::kill(i32::try_from(pid).unwrap_or(0), sig);
+        }
+    }
+
+    /// Kills `lbd` with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill_lbd(&mut self) {
+        if let Some(mut c) = self.lbd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
