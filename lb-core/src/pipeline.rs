@@ -802,6 +802,9 @@ pub struct Stats {
     pub listener_sessions: SessionCounts,
     /// Per (server group, server).
     pub server_sessions: SessionCounts,
+    /// Half-open sessions dropped to make room for a new session (a full
+    /// session table, or no local port left).
+    pub early_drops: u64,
 }
 
 impl Default for Stats {
@@ -816,6 +819,7 @@ impl Default for Stats {
             rule_hits: HashMap::new(),
             listener_sessions: SessionCounts::default(),
             server_sessions: SessionCounts::default(),
+            early_drops: 0,
         }
     }
 }
@@ -964,6 +968,77 @@ impl Worker {
             release_port(&mut self.ports, &f, &reply);
             release(&mut self.scheds, &mut self.stats, &f);
         }
+    }
+
+    /// [`SessionTable::insert_missed`]; when the family's table is full,
+    /// the oldest half-open session makes room (early drop) and the insert
+    /// is tried once more.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_or_early_drop(
+        &mut self,
+        key: FlowKey,
+        key_hash: u64,
+        reply: FlowKey,
+        flow: Flow,
+        now: Nanos,
+        snap: &Snapshot,
+        own_port: bool,
+    ) -> Result<crate::conntrack::SessionId, crate::conntrack::InsertError> {
+        let timeouts = &snap.timeouts;
+        match self
+            .sessions
+            .insert_missed(key, key_hash, reply, flow, now, timeouts, own_port)
+        {
+            Err(crate::conntrack::InsertError::Full { .. }) => {
+                let old = self
+                    .sessions
+                    .early_drop(key.is_ipv6(), |_| true)
+                    .ok_or(crate::conntrack::InsertError::Full { capacity: 0 })?;
+                self.stats.early_drops += 1;
+                release_port(&mut self.ports, &old.payload, old.reply());
+                release(&mut self.scheds, &mut self.stats, &old.payload);
+                self.sessions
+                    .insert_missed(key, key_hash, reply, flow, now, timeouts, own_port)
+            }
+            r => r,
+        }
+    }
+
+    /// No local port of this worker's share on `local` is free: the oldest
+    /// half-open session holding one gives it up (early drop), for a new
+    /// session toward `backend`:`backend_port`.
+    fn port_by_early_drop(
+        &mut self,
+        local: IpAddr,
+        backend: IpAddr,
+        backend_port: u16,
+        ip_proto: u8,
+    ) -> Option<crate::nat::LocalPort> {
+        let old = self.sessions.early_drop(local.is_ipv6(), |s| {
+            s.payload.local_port && s.reply().dst == local
+        })?;
+        self.stats.early_drops += 1;
+        release(&mut self.scheds, &mut self.stats, &old.payload);
+        // The port passes from the old session to the new one.
+        let port = old.reply().dport;
+        if self.ports.users(local, port) == 1 {
+            return Some(crate::nat::LocalPort {
+                port,
+                shared: false,
+            });
+        }
+        let reply = FlowKey {
+            src: backend,
+            dst: local,
+            proto: ip_proto,
+            sport: backend_port,
+            dport: port,
+        };
+        if self.sessions.contains_key(&reply) {
+            self.ports.release(local, port);
+            return None;
+        }
+        Some(crate::nat::LocalPort { port, shared: true })
     }
 
     fn count_new(&mut self, flow: &Flow) {
@@ -1406,6 +1481,10 @@ impl Worker {
                     dport: port,
                 })
             });
+            let lport = match lport {
+                Some(p) => Some(p),
+                None => self.port_by_early_drop(local, backend_addr, server.port, key.proto),
+            };
             let Some(lport) = lport else {
                 return Verdict::Drop(Reason::NatPortsExhausted);
             };
@@ -1423,8 +1502,7 @@ impl Worker {
             None => Ok(()),
         };
         let inserted = admitted.and_then(|()| {
-            self.sessions
-                .insert_missed(key, key_hash, reply, flow, now, &snap.timeouts, own_port)
+            self.insert_or_early_drop(key, key_hash, reply, flow, now, snap, own_port)
                 .map_err(|_| Reason::SessionTableFull)
         });
         let id = match inserted {
@@ -1484,15 +1562,7 @@ impl Worker {
             None
         } else {
             let flow = Flow::routed(snap.generation);
-            match self.sessions.insert_missed(
-                key,
-                key_hash,
-                key.reversed(),
-                flow,
-                now,
-                &snap.timeouts,
-                false,
-            ) {
+            match self.insert_or_early_drop(key, key_hash, key.reversed(), flow, now, snap, false) {
                 Ok(id) => {
                     let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
                     self.sessions
@@ -2003,6 +2073,61 @@ mod tests {
         w.housekeep(secs(62.0), &next);
         assert!(w.sessions.is_empty());
         assert_eq!(w.ports.users(local, 1026), 0);
+    }
+
+    /// A flood of handshakes that never complete: when the session table
+    /// (or the worker's share of local ports) is full, the oldest
+    /// half-open session makes room; established sessions stay.
+    #[test]
+    fn a_syn_flood_early_drops_half_open_sessions_not_established_ones() {
+        let snap = Snapshot::compile(config(), 1);
+        // 16 sessions; then 15 local ports (4000, 8000, ... 60000).
+        for (workers, max_sessions, room) in [(1, 16, 15), (4000, 1024, 14)] {
+            let mut w = Worker::new(0, workers, max_sessions, 16);
+            let mut frame = syn(b"");
+            let Verdict::Forward(f) = w.process(&mut frame, RxInfo::default(), 0, &snap, &AllUp)
+            else {
+                panic!("first SYN forwarded")
+            };
+            let lport = f.out.sport;
+            let mut syn_ack = tcp_frame_with(
+                "198.19.1.11",
+                "198.19.1.250",
+                80,
+                lport,
+                TCP_SYN | TCP_ACK,
+                b"",
+            );
+            let v = w.process(&mut syn_ack, RxInfo::default(), 1, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            let mut ack = tcp_frame_with("198.18.0.2", "198.18.0.10", 40000, 80, TCP_ACK, b"");
+            let v = w.process(&mut ack, RxInfo::default(), 2, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            assert_eq!(w.sessions.half_open(), 0);
+
+            for i in 0..40u16 {
+                let src = format!("198.18.7.{}", i + 1);
+                let mut f = tcp_frame_with(&src, "198.18.0.10", 1000 + i, 80, TCP_SYN, b"");
+                let v = w.process(&mut f, RxInfo::default(), 3 + u64::from(i), &snap, &AllUp);
+                assert!(matches!(v, Verdict::Forward(_)), "SYN {i}: {v:?}");
+            }
+            assert_eq!(w.stats.early_drops, 40 - room, "{workers} workers");
+            assert_eq!(w.sessions.half_open(), room as usize);
+            // The established session still flows, both ways.
+            let mut data = tcp_frame_with("198.18.0.2", "198.18.0.10", 40000, 80, TCP_ACK, b"x");
+            let v = w.process(&mut data, RxInfo::default(), 50, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            let mut back = tcp_frame_with("198.19.1.11", "198.19.1.250", 80, lport, TCP_ACK, b"y");
+            let v = w.process(&mut back, RxInfo::default(), 51, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            let active: u64 = w
+                .stats
+                .listener_sessions
+                .iter()
+                .map(|(_, c)| c.active)
+                .sum();
+            assert_eq!(active, 1 + room, "counts follow the dropped sessions");
+        }
     }
 
     /// A burst gives the verdicts, the rewritten frames and the counters

@@ -377,8 +377,12 @@ pub fn stats(shared: &Shared) -> Value {
     let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut servers: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
     let mut workers = Vec::new();
+    let mut syn_flood: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (i, r) in reports.iter().enumerate() {
         let Some(core) = &r.core else { continue };
+        for (k, v) in syn_flood_counters(core, r) {
+            *syn_flood.entry(k).or_default() += v;
+        }
         for k in DropKind::ALL.iter().skip(1) {
             *drops.entry(k.as_str()).or_default() += core.drops[*k as usize];
         }
@@ -485,8 +489,35 @@ pub fn stats(shared: &Shared) -> Value {
         "listeners": listener_list,
         "servers": server_list,
         "neighbors": neighbors,
+        "syn_flood": syn_flood,
     })
 }
+
+/// A worker's counters of the SYN-flood defences (`syn_flood` in the
+/// stats), each with its help text in [`SYN_FLOOD_HELP`].
+fn syn_flood_counters(
+    core: &lb_core::pipeline::Stats,
+    r: &crate::daemon::WorkerReport,
+) -> [(&'static str, u64); 2] {
+    [
+        ("half_open", r.half_open as u64),
+        ("early_drops", core.early_drops),
+    ]
+}
+
+/// The `syn_flood` counters: name, Prometheus type, help.
+const SYN_FLOOD_HELP: &[(&str, &str, &str)] = &[
+    (
+        "half_open",
+        "gauge",
+        "Half-open TCP sessions (handshake begun, not completed).",
+    ),
+    (
+        "early_drops",
+        "counter",
+        "Half-open sessions dropped to make room for a new one (full session table or no local port left).",
+    ),
+];
 
 /// The same counters in the Prometheus text format.
 pub fn prometheus(shared: &Shared) -> String {
@@ -614,6 +645,15 @@ pub fn prometheus(shared: &Shared) -> String {
             })
             .collect(),
     );
+    for &(name, kind, help) in SYN_FLOOD_HELP {
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        metric(
+            &format!("syn_flood_{name}{suffix}"),
+            help,
+            kind,
+            vec![(String::new(), num(&s["syn_flood"][name]))],
+        );
+    }
     metric(
         "reloads_total",
         "Configuration reloads applied.",

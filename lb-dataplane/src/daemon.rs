@@ -61,6 +61,8 @@ pub struct WorkerReport {
     pub neighbor_unresolved: u64,
     /// The configuration generation the counters refer to.
     pub generation: u64,
+    /// Half-open TCP sessions in the worker's table.
+    pub half_open: usize,
 }
 
 #[derive(Debug)]
@@ -1073,6 +1075,7 @@ impl WorkerLoop {
         self.report.ports = self.ports.iter().flatten().map(|p| p.stats()).collect();
         self.report.core = Some(self.core.stats.clone());
         self.report.sessions = self.core.sessions.len();
+        self.report.half_open = self.core.sessions.half_open();
         if generation != 0 {
             self.report.generation = generation;
         }
