@@ -1806,5 +1806,43 @@ fn port_list_duplicates_in_one_pass() {
         started.elapsed() < std::time::Duration::from_secs(20),
         "{:?}",
         started.elapsed()
+#[test]
+fn syn_proxy_settings() {
+    use lb_core::model::{SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD};
+    // Default: "auto" at the default threshold.
+    let l = &ok(&lb(SERVER, TCP_LB)).load_balancers[0].listeners[0];
+    assert_eq!(
+        (l.syn_proxy, l.syn_proxy_threshold),
+        (SynProxyMode::Auto, DEFAULT_SYN_PROXY_THRESHOLD)
+    );
+    let with = |extra: &str| lb(SERVER, &format!("{TCP_LB}{extra}"));
+    let l = &ok(&with("syn_proxy = \"on\"\n")).load_balancers[0].listeners[0];
+    assert_eq!(l.syn_proxy, SynProxyMode::On);
+    let l = &ok(&with("syn_proxy = \"off\"\n")).load_balancers[0].listeners[0];
+    assert_eq!(l.syn_proxy, SynProxyMode::Off);
+    let l = &ok(&with("syn_proxy = \"auto\"\nsyn_proxy_threshold = 50\n")).load_balancers[0]
+        .listeners[0];
+    assert_eq!(
+        (l.syn_proxy, l.syn_proxy_threshold),
+        (SynProxyMode::Auto, 50)
+    );
+    let bad = errs(&with("syn_proxy = \"sometimes\"\n"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].starts_with("25:13: "), "{bad:?}");
+    assert_eq!(
+        errs(&with("syn_proxy = \"on\"\nsyn_proxy_threshold = 10\n")),
+        vec!["26:23: syn_proxy_threshold applies only with syn_proxy = \"auto\""]
+    );
+    assert_eq!(
+        errs(&with("syn_proxy_threshold = 0\n")),
+        vec!["25:23: syn_proxy_threshold must be 1..=4294967295, got 0"]
+    );
+    // UDP listeners have no handshake to proxy.
+    let udp = "vips = [\"198.18.0.10\"]\nlocal_addresses = [\"198.19.1.250\"]\n[[load_balancer.listener]]\nprotocol = \"udp\"\nport = 53\nserver_group = \"sgp\"\nsyn_proxy = \"on\"\n";
+    let e = errs(&lb(SERVER, udp));
+    assert!(
+        e.iter()
+            .any(|e| e == "25:13: syn_proxy is for TCP listeners, not udp"),
+        "{e:?}"
     );
 }

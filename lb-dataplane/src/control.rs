@@ -498,10 +498,14 @@ pub fn stats(shared: &Shared) -> Value {
 fn syn_flood_counters(
     core: &lb_core::pipeline::Stats,
     r: &crate::daemon::WorkerReport,
-) -> [(&'static str, u64); 2] {
+) -> [(&'static str, u64); 6] {
     [
         ("half_open", r.half_open as u64),
         ("early_drops", core.early_drops),
+        ("syn_cookies_sent", core.syn_cookies_sent),
+        ("syn_cookies_valid", core.syn_cookies_valid),
+        ("syn_cookies_invalid", core.syn_cookies_invalid),
+        ("syn_proxy_engaged", r.syn_proxy_engaged as u64),
     ]
 }
 
@@ -516,6 +520,26 @@ const SYN_FLOOD_HELP: &[(&str, &str, &str)] = &[
         "early_drops",
         "counter",
         "Half-open sessions dropped to make room for a new one (full session table or no local port left).",
+    ),
+    (
+        "syn_cookies_sent",
+        "counter",
+        "SYN-ACKs with a SYN cookie sent by the SYN proxy.",
+    ),
+    (
+        "syn_cookies_valid",
+        "counter",
+        "ACKs with a valid SYN cookie (connections the SYN proxy opened).",
+    ),
+    (
+        "syn_cookies_invalid",
+        "counter",
+        "ACKs without a session to a SYN-proxy listener whose cookie was wrong or too old.",
+    ),
+    (
+        "syn_proxy_engaged",
+        "gauge",
+        "Workers with an \"auto\" SYN proxy engaged on some listener.",
     ),
 ];
 
