@@ -1519,17 +1519,23 @@ fn session_tables_are_estimated_and_bounded() {
         SessionTable::<Flow>::session_bytes(true),
     );
     // What the pipeline's tables take today.
-    assert_eq!((b4, b6), (96, 160));
+    assert_eq!((b4, b6), (112, 176));
+    // And with the SYN proxy's sequence offsets, what a worker commits.
+    let (b4, b6) = (
+        Worker::session_table_bytes(1, 0),
+        Worker::session_table_bytes(0, 1),
+    );
+    assert_eq!((b4, b6), (116, 180));
     // The default tables of 64 workers fit the default bound.
     let cfg = ok("[dataplane]\nworkers = 64\n");
     assert_eq!(
         session_memory(&cfg),
         64 * Worker::session_table_bytes(1 << 20, 1 << 18)
     );
-    assert_eq!(human_bytes(session_memory(&cfg)), "8.5 GiB");
+    assert_eq!(human_bytes(session_memory(&cfg)), "10 GiB");
     // 64 workers × 67 M sessions of each family: 1 TiB.
     let big = 1u64 << 26;
-    let total = 64 * big * (b4 as u64 + b6 as u64);
+    let total = 64 * big * (b4 + b6);
     assert_eq!(
         errs("[dataplane]\nworkers = 64\nmax_sessions = 67108864\nmax_sessions_v6 = 67108864\n"),
         vec![format!(
@@ -1537,7 +1543,7 @@ fn session_tables_are_estimated_and_bounded() {
             human_bytes(total)
         )]
     );
-    assert_eq!(human_bytes(total), "1.0 TiB");
+    assert_eq!(human_bytes(total), "1.2 TiB");
     // Only workers set: the error points at it.
     assert_eq!(
         errs("[dataplane]\nworkers = 64\nmax_memory_mib = 4096\n")[0]
@@ -1552,7 +1558,7 @@ fn session_tables_are_estimated_and_bounded() {
         errs("[dataplane]\nmax_memory_mib = 0\n"),
         vec!["2:18: max_memory_mib must be 1..=16777216, got 0"]
     );
-    // The bound counts every byte: one worker's default tables need 136 MiB.
+    // The bound counts every byte: one worker's default tables need 161 MiB.
     let one = Worker::session_table_bytes(1 << 20, 1 << 18);
     let mib = i64::try_from(one.div_ceil(1 << 20)).expect("small");
     assert_eq!(
@@ -1806,6 +1812,9 @@ fn port_list_duplicates_in_one_pass() {
         started.elapsed() < std::time::Duration::from_secs(20),
         "{:?}",
         started.elapsed()
+    );
+}
+
 #[test]
 fn syn_proxy_settings() {
     use lb_core::model::{SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD};

@@ -929,8 +929,11 @@ impl Worker {
     /// `max_sessions_v6` IPv6 sessions, in bytes: what a data plane commits
     /// per worker at start-up ([`Worker::prefault`]).
     pub const fn session_table_bytes(max_sessions: usize, max_sessions_v6: usize) -> u64 {
-        let v4 = max_sessions as u64 * SessionTable::<Flow>::session_bytes(false) as u64;
-        let v6 = max_sessions_v6 as u64 * SessionTable::<Flow>::session_bytes(true) as u64;
+        // Each session also has its SYN proxy sequence offset.
+        let proxy = syn_proxy::SEQ_BYTES_PER_SESSION as u64;
+        let v4 = max_sessions as u64 * (SessionTable::<Flow>::session_bytes(false) as u64 + proxy);
+        let v6 =
+            max_sessions_v6 as u64 * (SessionTable::<Flow>::session_bytes(true) as u64 + proxy);
         v4.saturating_add(v6)
     }
 
@@ -1075,8 +1078,16 @@ impl Worker {
         backend_port: u16,
         ip_proto: u8,
     ) -> Option<crate::nat::LocalPort> {
+        // A session whose port can pass to the new one: it has the port to
+        // itself, or goes to the same server (its reply tuple is the one
+        // the new session needs).
+        let ports = &self.ports;
         let old = self.sessions.early_drop(local.is_ipv6(), |s| {
-            s.payload.local_port && s.reply().dst == local
+            let r = s.reply();
+            s.payload.local_port
+                && r.dst == local
+                && ((r.src == backend && r.sport == backend_port)
+                    || ports.users(local, r.dport) == 1)
         })?;
         self.stats.early_drops += 1;
         release(&mut self.scheds, &mut self.stats, &old.payload);
@@ -2128,8 +2139,9 @@ mod tests {
     #[test]
     fn session_table_bytes_is_what_a_worker_commits() {
         let w = Worker::new(0, 1, 1 << 16, 1 << 14);
-        let want = (1u64 << 16) * w.sessions.bytes_per_session(false) as u64
-            + (1u64 << 14) * w.sessions.bytes_per_session(true) as u64;
+        let proxy = syn_proxy::SEQ_BYTES_PER_SESSION;
+        let want = (1u64 << 16) * (w.sessions.bytes_per_session(false) + proxy) as u64
+            + (1u64 << 14) * (w.sessions.bytes_per_session(true) + proxy) as u64;
         assert_eq!(Worker::session_table_bytes(1 << 16, 1 << 14), want);
     }
 

@@ -1082,7 +1082,7 @@ impl<T> SessionTable<T> {
     }
 
     /// Memory per session of a family's table, known without building one:
-    /// the slot and its index buckets. It equals
+    /// the slot, its index buckets and its half-open ring entries. It equals
     /// [`SessionTable::bytes_per_session`] of any table of a few thousand
     /// sessions or more; a configuration's memory estimate is built on it.
     pub const fn session_bytes(ipv6: bool) -> usize {
@@ -1091,7 +1091,7 @@ impl<T> SessionTable<T> {
         } else {
             std::mem::size_of::<Slot<Ipv4Addr, T>>()
         };
-        slot + INDEX_BUCKETS_PER_SESSION * std::mem::size_of::<u64>()
+        slot + INDEX_BUCKETS_PER_SESSION * std::mem::size_of::<u64>() + HalfOpen::BYTES_PER_SESSION
     }
 
     /// The hash the table files `key` under, for

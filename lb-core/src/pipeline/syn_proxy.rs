@@ -45,6 +45,9 @@ pub(super) struct ProxyState {
     opened: Option<SessionId>,
 }
 
+/// Bytes per session of the proxy's sequence table.
+pub const SEQ_BYTES_PER_SESSION: usize = std::mem::size_of::<u32>();
+
 /// Client segments held while their sessions await the backend.
 pub const HELD_SLOTS: usize = 256;
 
