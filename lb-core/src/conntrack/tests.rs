@@ -356,8 +356,8 @@ fn session_bytes_is_what_a_full_table_takes() {
     check::<u32>();
     check::<[u32; 4]>();
     check::<[u64; 5]>();
-    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(false), 96);
-    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(true), 160);
+    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(false), 112);
+    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(true), 176);
 }
 
 #[test]
