@@ -11,7 +11,8 @@ use lb_core::model::{
     proto, AclMode, Action, BackendSgPolicy, Config, Dataplane, Direction, GroupKind, HealthCheck,
     HealthProtocol, IdlePolicy, Instance, IoBackend, Listener, ListenerAcl, ListenerProtocol,
     LoadBalancer, NetworkAcl, Peer, Platform, Port, PortList, PortRange, PrefixList, Route, Rule,
-    SchedulerKind, SecurityGroup, Server, ServerGroup, Subnet,
+    SchedulerKind, SecurityGroup, Server, ServerGroup, Subnet, SynProxyMode,
+    DEFAULT_SYN_PROXY_THRESHOLD,
 };
 
 use crate::error::Sink;
@@ -131,6 +132,42 @@ impl<'a, 's> Compiler<'a, 's> {
             return T::default();
         }
         T::try_from(n).unwrap_or_default()
+    }
+
+    /// A listener's SYN proxy mode and threshold (TCP listeners only).
+    fn syn_proxy(
+        &mut self,
+        l: &ListenerConfig,
+        proto: ListenerProtocolConfig,
+    ) -> (SynProxyMode, u32) {
+        let mode = match l.syn_proxy.as_ref() {
+            Some(m) if proto.is_udp() => {
+                self.err(
+                    &m.span(),
+                    format!("syn_proxy is for TCP listeners, not {}", proto.as_str()),
+                );
+                SynProxyMode::Off
+            }
+            Some(m) => match m.get_ref() {
+                SynProxyConfig::Off => SynProxyMode::Off,
+                SynProxyConfig::On => SynProxyMode::On,
+                SynProxyConfig::Auto => SynProxyMode::Auto,
+            },
+            None if proto.is_udp() => SynProxyMode::Off,
+            None => SynProxyMode::Auto,
+        };
+        let threshold = match l.syn_proxy_threshold.as_ref() {
+            Some(t) if mode != SynProxyMode::Auto => {
+                self.err(
+                    &t.span(),
+                    "syn_proxy_threshold applies only with syn_proxy = \"auto\"",
+                );
+                DEFAULT_SYN_PROXY_THRESHOLD
+            }
+            Some(t) => self.int(t, "syn_proxy_threshold", 1, i64::from(u32::MAX)),
+            None => DEFAULT_SYN_PROXY_THRESHOLD,
+        };
+        (mode, threshold)
     }
 
     /// Reports the first item beyond [`MAX_PER_KIND`] of a list.
@@ -1474,12 +1511,15 @@ impl<'a, 's> Compiler<'a, 's> {
                         }
                     }
                 }
+                let (syn_proxy, syn_proxy_threshold) = self.syn_proxy(l, proto_cfg);
                 listeners.push(Listener {
                     protocol,
                     port,
                     server_group,
                     transfer_client_ip,
                     acl,
+                    syn_proxy,
+                    syn_proxy_threshold,
                 });
             }
             // FULLNAT needs a local address of each VIP family in use.

@@ -444,6 +444,16 @@ pub struct ListenerConfig {
     pub server_group: S<String>,
     pub transfer_client_ip: Option<bool>,
     pub acl: Option<S<ListenerAclConfig>>,
+    pub syn_proxy: Option<S<SynProxyConfig>>,
+    pub syn_proxy_threshold: Option<S<i64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynProxyConfig {
+    Off,
+    On,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

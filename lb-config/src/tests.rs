@@ -1519,17 +1519,23 @@ fn session_tables_are_estimated_and_bounded() {
         SessionTable::<Flow>::session_bytes(true),
     );
     // What the pipeline's tables take today.
-    assert_eq!((b4, b6), (160, 224));
+    assert_eq!((b4, b6), (176, 240));
+    // And with the SYN proxy's sequence offsets, what a worker commits.
+    let (b4, b6) = (
+        Worker::session_table_bytes(1, 0),
+        Worker::session_table_bytes(0, 1),
+    );
+    assert_eq!((b4, b6), (180, 244));
     // The default tables of 64 workers fit the default bound.
     let cfg = ok("[dataplane]\nworkers = 64\n");
     assert_eq!(
         session_memory(&cfg),
         64 * Worker::session_table_bytes(1 << 20, 1 << 18)
     );
-    assert_eq!(human_bytes(session_memory(&cfg)), "14 GiB");
-    // 64 workers × 67 M sessions of each family: 1.5 TiB.
+    assert_eq!(human_bytes(session_memory(&cfg)), "15 GiB");
+    // 64 workers × 67 M sessions of each family: 1.7 TiB.
     let big = 1u64 << 26;
-    let total = 64 * big * (b4 as u64 + b6 as u64);
+    let total = 64 * big * (b4 + b6);
     assert_eq!(
         errs("[dataplane]\nworkers = 64\nmax_sessions = 67108864\nmax_sessions_v6 = 67108864\n"),
         vec![format!(
@@ -1537,7 +1543,7 @@ fn session_tables_are_estimated_and_bounded() {
             human_bytes(total)
         )]
     );
-    assert_eq!(human_bytes(total), "1.5 TiB");
+    assert_eq!(human_bytes(total), "1.7 TiB");
     // Only workers set: the error points at it.
     assert_eq!(
         errs("[dataplane]\nworkers = 64\nmax_memory_mib = 4096\n")[0]
@@ -1552,7 +1558,7 @@ fn session_tables_are_estimated_and_bounded() {
         errs("[dataplane]\nmax_memory_mib = 0\n"),
         vec!["2:18: max_memory_mib must be 1..=16777216, got 0"]
     );
-    // The bound counts every byte: one worker's default tables need 216 MiB.
+    // The bound counts every byte: one worker's default tables need 241 MiB.
     let one = Worker::session_table_bytes(1 << 20, 1 << 18);
     let mib = i64::try_from(one.div_ceil(1 << 20)).expect("small");
     assert_eq!(
@@ -1846,5 +1852,46 @@ fn tcp_hardening_settings() {
             "2:23: unreplied_timeout_s must be 1..=86400, got 0",
             "4:22: reset_unknown_rate must be 1..=1000000, got 0",
         ]
+    );
+}
+
+#[test]
+fn syn_proxy_settings() {
+    use lb_core::model::{SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD};
+    // Default: "auto" at the default threshold.
+    let l = &ok(&lb(SERVER, TCP_LB)).load_balancers[0].listeners[0];
+    assert_eq!(
+        (l.syn_proxy, l.syn_proxy_threshold),
+        (SynProxyMode::Auto, DEFAULT_SYN_PROXY_THRESHOLD)
+    );
+    let with = |extra: &str| lb(SERVER, &format!("{TCP_LB}{extra}"));
+    let l = &ok(&with("syn_proxy = \"on\"\n")).load_balancers[0].listeners[0];
+    assert_eq!(l.syn_proxy, SynProxyMode::On);
+    let l = &ok(&with("syn_proxy = \"off\"\n")).load_balancers[0].listeners[0];
+    assert_eq!(l.syn_proxy, SynProxyMode::Off);
+    let l = &ok(&with("syn_proxy = \"auto\"\nsyn_proxy_threshold = 50\n")).load_balancers[0]
+        .listeners[0];
+    assert_eq!(
+        (l.syn_proxy, l.syn_proxy_threshold),
+        (SynProxyMode::Auto, 50)
+    );
+    let bad = errs(&with("syn_proxy = \"sometimes\"\n"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].starts_with("25:13: "), "{bad:?}");
+    assert_eq!(
+        errs(&with("syn_proxy = \"on\"\nsyn_proxy_threshold = 10\n")),
+        vec!["26:23: syn_proxy_threshold applies only with syn_proxy = \"auto\""]
+    );
+    assert_eq!(
+        errs(&with("syn_proxy_threshold = 0\n")),
+        vec!["25:23: syn_proxy_threshold must be 1..=4294967295, got 0"]
+    );
+    // UDP listeners have no handshake to proxy.
+    let udp = "vips = [\"198.18.0.10\"]\nlocal_addresses = [\"198.19.1.250\"]\n[[load_balancer.listener]]\nprotocol = \"udp\"\nport = 53\nserver_group = \"sgp\"\nsyn_proxy = \"on\"\n";
+    let e = errs(&lb(SERVER, udp));
+    assert!(
+        e.iter()
+            .any(|e| e == "25:13: syn_proxy is for TCP listeners, not udp"),
+        "{e:?}"
     );
 }

@@ -259,7 +259,28 @@ pub struct Listener {
     pub server_group: usize,
     pub transfer_client_ip: bool,
     pub acl: Option<ListenerAcl>,
+    /// When the listener answers SYNs itself with SYN cookies (TCP
+    /// listeners).
+    pub syn_proxy: SynProxyMode,
+    /// Under [`SynProxyMode::Auto`], the half-open sessions of a worker at
+    /// which the proxy engages (it disengages below half as many).
+    pub syn_proxy_threshold: u32,
 }
+
+/// A listener's SYN proxy (see [`crate::synproxy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SynProxyMode {
+    /// Every SYN opens a session (early drop still bounds a flood).
+    Off,
+    /// Every SYN is answered with a cookie.
+    On,
+    /// Cookies while a worker holds many half-open sessions.
+    #[default]
+    Auto,
+}
+
+/// The default [`Listener::syn_proxy_threshold`].
+pub const DEFAULT_SYN_PROXY_THRESHOLD: u32 = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadBalancer {

@@ -379,10 +379,14 @@ pub fn stats(shared: &Shared) -> Value {
     let mut servers: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
     let mut workers = Vec::new();
     let (mut icmp_sent, mut icmp_limited) = (0u64, 0u64);
+    let mut syn_flood: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (i, r) in reports.iter().enumerate() {
         icmp_sent += r.icmp_errors_sent;
         icmp_limited += r.icmp_errors_rate_limited;
         let Some(core) = &r.core else { continue };
+        for (k, v) in syn_flood_counters(core, r) {
+            *syn_flood.entry(k).or_default() += v;
+        }
         for k in DropKind::ALL.iter().skip(1) {
             *drops.entry(k.as_str()).or_default() += core.drops[*k as usize];
         }
@@ -514,8 +518,59 @@ pub fn stats(shared: &Shared) -> Value {
         "servers": server_list,
         "neighbors": neighbors,
         "neighbor_tables": neighbor_tables,
+        "syn_flood": syn_flood,
     })
 }
+
+/// A worker's counters of the SYN-flood defences (`syn_flood` in the
+/// stats), each with its help text in [`SYN_FLOOD_HELP`].
+fn syn_flood_counters(
+    core: &lb_core::pipeline::Stats,
+    r: &crate::daemon::WorkerReport,
+) -> [(&'static str, u64); 6] {
+    [
+        ("half_open", r.half_open as u64),
+        ("early_drops", core.early_drops),
+        ("syn_cookies_sent", core.syn_cookies_sent),
+        ("syn_cookies_valid", core.syn_cookies_valid),
+        ("syn_cookies_invalid", core.syn_cookies_invalid),
+        ("syn_proxy_engaged", r.syn_proxy_engaged as u64),
+    ]
+}
+
+/// The `syn_flood` counters: name, Prometheus type, help.
+const SYN_FLOOD_HELP: &[(&str, &str, &str)] = &[
+    (
+        "half_open",
+        "gauge",
+        "Half-open TCP sessions (handshake begun, not completed).",
+    ),
+    (
+        "early_drops",
+        "counter",
+        "Half-open sessions dropped to make room for a new one (full session table or no local port left).",
+    ),
+    (
+        "syn_cookies_sent",
+        "counter",
+        "SYN-ACKs with a SYN cookie sent by the SYN proxy.",
+    ),
+    (
+        "syn_cookies_valid",
+        "counter",
+        "ACKs with a valid SYN cookie (connections the SYN proxy opened).",
+    ),
+    (
+        "syn_cookies_invalid",
+        "counter",
+        "ACKs without a session to a SYN-proxy listener whose cookie was wrong or too old.",
+    ),
+    (
+        "syn_proxy_engaged",
+        "gauge",
+        "Workers with an \"auto\" SYN proxy engaged on some listener.",
+    ),
+];
 
 /// The same counters in the Prometheus text format.
 pub fn prometheus(shared: &Shared) -> String {
@@ -685,6 +740,15 @@ pub fn prometheus(shared: &Shared) -> String {
             })
             .collect(),
     );
+    for &(name, kind, help) in SYN_FLOOD_HELP {
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        metric(
+            &format!("syn_flood_{name}{suffix}"),
+            help,
+            kind,
+            vec![(String::new(), num(&s["syn_flood"][name]))],
+        );
+    }
     metric(
         "reloads_total",
         "Configuration reloads applied.",

@@ -74,6 +74,10 @@ pub struct WorkerReport {
     /// limit held back.
     pub icmp_errors_sent: u64,
     pub icmp_errors_rate_limited: u64,
+    /// Half-open TCP sessions in the worker's table.
+    pub half_open: usize,
+    /// An "auto" SYN proxy is engaged on some listener.
+    pub syn_proxy_engaged: bool,
 }
 
 #[derive(Debug)]
@@ -871,6 +875,35 @@ struct Pending {
     since: Instant,
 }
 
+/// The SYN cookies' secret: drawn from getrandom once per process, the
+/// same for every worker (a flow's SYN and ACK reach the same worker
+/// anyway).
+fn cookie_secret() -> [u8; 16] {
+    static SECRET: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    *SECRET.get_or_init(|| {
+        let mut b = [0u8; 16];
+        let mut got = 0;
+        while got < b.len() {
+            // SAFETY: the pointer and length describe the unfilled tail
+            // of `b`, which lives across the call; getrandom writes at
+            // most that many bytes.
+            let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+            if n > 0 {
+                got += n as usize;
+            } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                // No kernel entropy interface: a per-process value from
+                // the standard library's randomly seeded hasher.
+                use std::hash::BuildHasher;
+                let r = std::collections::hash_map::RandomState::new();
+                b[..8].copy_from_slice(&r.hash_one(std::process::id()).to_le_bytes());
+                b[8..].copy_from_slice(&r.hash_one(std::time::SystemTime::now()).to_le_bytes());
+                break;
+            }
+        }
+        b
+    })
+}
+
 /// A poll-mode worker: its ports, its sessions, nothing shared on the
 /// per-packet path but read-only snapshots.
 struct WorkerLoop {
@@ -995,14 +1028,16 @@ impl WorkerLoop {
     ) -> WorkerLoop {
         let n = u16::try_from(shared.workers.len()).unwrap_or(1);
         let macs = ports.iter().map(|p| p.mac()).collect();
+        let mut core = Worker::new(
+            u16::try_from(id).unwrap_or(0),
+            n,
+            max_sessions,
+            max_sessions_v6,
+        );
+        core.set_cookie_secret(lb_core::synproxy::CookieSecret::new(cookie_secret()));
         WorkerLoop {
             id,
-            core: Worker::new(
-                u16::try_from(id).unwrap_or(0),
-                n,
-                max_sessions,
-                max_sessions_v6,
-            ),
+            core,
             shared,
             ports: ports.into_iter().map(Some).collect(),
             macs,
@@ -1150,17 +1185,29 @@ impl WorkerLoop {
         let mut tx = Tx {
             ports: &mut self.ports,
         };
-        for ((f, v), port) in frames.iter_mut().zip(verdicts).zip(ports).take(done) {
+        for (i, ((f, v), port)) in frames
+            .iter_mut()
+            .zip(verdicts)
+            .zip(ports)
+            .take(done)
+            .enumerate()
+        {
             if let Verdict::Drop(r) = &v {
                 let mac = self.macs.get(port as usize).copied().unwrap_or_default();
                 self.icmp
                     .answer(r, f.data, port, mac, &rt.snap, now, &mut tx);
             }
+            // An answer the pipeline built (the SYN proxy's) goes out
+            // instead of the received frame.
+            let (v, frame): (Verdict, &mut [u8]) = match v {
+                Verdict::Send(fwd) => (Verdict::Forward(fwd), self.core.built_mut(i)),
+                v => (v, &mut *f.data),
+            };
             deliver(
                 v,
                 &self.shared,
                 rt,
-                f.data,
+                frame,
                 port,
                 &self.macs,
                 now,
@@ -1298,6 +1345,8 @@ impl WorkerLoop {
         self.report.sessions = self.core.sessions.len();
         self.report.icmp_errors_sent = self.icmp.sent;
         self.report.icmp_errors_rate_limited = self.icmp.rate_limited;
+        self.report.half_open = self.core.sessions.half_open();
+        self.report.syn_proxy_engaged = self.core.syn_proxy_engaged_anywhere();
         if generation != 0 {
             self.report.generation = generation;
         }
@@ -1389,7 +1438,7 @@ fn deliver(
                 tx.send(port, &rst);
             }
         }
-        Verdict::Drop(_) => {}
+        Verdict::Drop(_) | Verdict::Send(_) => {}
     }
 }
 

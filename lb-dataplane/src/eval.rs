@@ -579,10 +579,10 @@ fn add_answer(obj: &mut serde_json::Value, v: &Verdict, sent: &[u8]) {
 /// The JSON object `lbctl eval` prints for one packet.
 pub fn verdict_json(line: usize, v: &Verdict, snap: &Snapshot) -> serde_json::Value {
     match v {
-        Verdict::Forward(f) => {
+        Verdict::Forward(f) | Verdict::Send(f) => {
             let mut o = serde_json::json!({
                 "line": line,
-                "verdict": "forward",
+                "verdict": if matches!(v, Verdict::Send(_)) { "answer" } else { "forward" },
                 "reason": snap.describe(&f.reason),
             });
             if let Some((g, s)) = f.backend {

@@ -73,6 +73,10 @@ pub fn render(v: &Value) -> String {
         n(&v["icmp_errors"]["sent"]),
         n(&v["icmp_errors"]["rate_limited"])
     );
+    let _ = writeln!(s, "\nsyn flood");
+    for (k, c) in v["syn_flood"].as_object().into_iter().flatten() {
+        let _ = writeln!(s, "  {k:<24} {:>12}", n(c));
+    }
     let _ = writeln!(s, "\nrule hits (since the last reload)");
     for (k, c) in v["rules"].as_object().into_iter().flatten() {
         let _ = writeln!(s, "  {k:<48} {:>12}", n(c));

@@ -22,9 +22,10 @@
 //! table.update(id, Dir::Reply, Some(tcp_flags::SYN | tcp_flags::ACK), now + 1, &timeouts);
 //! assert_eq!(table.payload(id), Some(&61000));
 //!
-//! // Nothing more for the handshake timeout (30 s): the session is gone and
-//! // its payload (here the NAT port) comes back through the reaped queue.
-//! let later = now + 1 + 30 * NANOS_PER_SEC;
+//! // The handshake timeout (5 s) runs from the first packet (the SYN-ACK
+//! // did not extend it): then the session is gone and its payload (here
+//! // the NAT port) comes back through the reaped queue.
+//! let later = now + 5 * NANOS_PER_SEC;
 //! assert_eq!(table.lookup(&orig, later), None);
 //! let reaped: Vec<u16> = table.drain_reaped().map(|s| s.payload).collect();
 //! assert_eq!(reaped, [61000]);
@@ -46,7 +47,9 @@
 //! reaches a later occupant of the slot. A flat open-addressing index maps
 //! both keys of every session to its slot: 8 bytes a key, sized to any
 //! number of buckets (no rounding to a power of two) at a load of 1/2. An
-//! IPv4 session thus costs 128 bytes of slot and 32 of index. The slab
+//! IPv4 session thus costs 128 bytes of slot and 32 of index, and 16 more
+//! for the ring of half-open sessions that early drop reads (see
+//! [`SessionTable::early_drop`]). The slab
 //! is reserved up front and the index is allocated zeroed (so untouched
 //! pages cost nothing); lookups never allocate.
 //!
@@ -389,6 +392,97 @@ const INDEX_BUCKETS_PER_SESSION: usize = 4;
 /// How many slots [`SessionTable::expire`] examines per unit of budget.
 pub const EXPIRE_SCAN_PER_BUDGET: usize = 32;
 
+/// How many of the oldest half-open sessions [`SessionTable::early_drop`]
+/// looks at, at most.
+pub const EARLY_DROP_SCAN: usize = 64;
+
+/// The half-open TCP sessions of a table in the order they became
+/// half-open, so early drop finds the oldest in O(1): a ring of `(slot,
+/// generation)` entries with room for twice the table's sessions. Entries
+/// of sessions that completed their handshake or went away stay until
+/// they reach the front, or until the ring fills up and is compacted
+/// (which leaves at most as many entries as the table holds sessions, so
+/// compactions cost O(1) per entry pushed); `count` is exact.
+#[derive(Debug, Clone)]
+struct HalfOpen {
+    ring: Vec<u64>,
+    head: usize,
+    len: usize,
+    /// Half-open sessions in the table.
+    count: usize,
+}
+
+/// A ring entry that no longer names a session.
+const FORGOTTEN: u64 = u64::MAX;
+
+impl HalfOpen {
+    const BYTES_PER_SESSION: usize = 2 * std::mem::size_of::<u64>();
+
+    fn new(capacity: usize) -> HalfOpen {
+        HalfOpen {
+            // Zeroed, so untouched pages cost nothing.
+            ring: vec![0; 2 * capacity.max(1)],
+            head: 0,
+            len: 0,
+            count: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.ring.len()
+    }
+
+    /// A session became half-open (`count` grows by one). The ring must
+    /// not be full.
+    fn push(&mut self, slot: u32, gen: u32) {
+        debug_assert!(!self.is_full(), "compact the ring first");
+        self.count += 1;
+        let cap = self.ring.len();
+        if self.len == cap {
+            // Not reached: the oldest entry goes.
+            self.pop_front();
+        }
+        let at = (self.head + self.len) % cap;
+        self.ring[at] = (u64::from(slot) << 32) | u64::from(gen);
+        self.len += 1;
+    }
+
+    /// The `i`-th oldest entry.
+    fn get(&self, i: usize) -> (u32, u32) {
+        let e = self.ring[(self.head + i) % self.ring.len()];
+        if e == FORGOTTEN {
+            return (NO_SLOT, 0);
+        }
+        ((e >> 32) as u32, e as u32)
+    }
+
+    fn forget(&mut self, i: usize) {
+        let at = (self.head + i) % self.ring.len();
+        self.ring[at] = FORGOTTEN;
+    }
+
+    fn pop_front(&mut self) {
+        if self.len > 0 {
+            self.head = (self.head + 1) % self.ring.len();
+            self.len -= 1;
+        }
+    }
+
+    /// Keeps only the entries for which `live` holds, in their order.
+    fn compact(&mut self, mut live: impl FnMut(u32, u32) -> bool) {
+        let cap = self.ring.len();
+        let mut kept = 0;
+        for i in 0..self.len {
+            let (slot, gen) = self.get(i);
+            if slot != NO_SLOT && live(slot, gen) {
+                self.ring[(self.head + kept) % cap] = self.ring[(self.head + i) % cap];
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+}
+
 /// The sessions of one address family.
 struct Table<A, T> {
     slots: Vec<Slot<A, T>>,
@@ -405,6 +499,8 @@ struct Table<A, T> {
     pending: Vec<(u64, u32)>,
     /// Set on the slots of this table's [`SessionId`]s.
     family_bit: u32,
+    /// Half-open TCP sessions, oldest first, for [`Table::early_drop`].
+    half_open: HalfOpen,
 }
 
 impl<A: Addr, T> Table<A, T> {
@@ -424,6 +520,7 @@ impl<A: Addr, T> Table<A, T> {
             reaped: Vec::with_capacity(capacity.min(4096)),
             pending: Vec::with_capacity(256),
             family_bit,
+            half_open: HalfOpen::new(capacity),
         }
     }
 
@@ -445,7 +542,7 @@ impl<A: Addr, T> Table<A, T> {
     }
 
     fn bytes_per_session(&self) -> usize {
-        let slot = std::mem::size_of::<Slot<A, T>>();
+        let slot = std::mem::size_of::<Slot<A, T>>() + HalfOpen::BYTES_PER_SESSION;
         slot + (self.index.buckets() * std::mem::size_of::<u64>()).div_ceil(self.capacity.max(1))
     }
 
@@ -613,6 +710,9 @@ impl<A: Addr, T> Table<A, T> {
         } else {
             self.index.insert(hr, (slot << 1) | 1);
         }
+        if tcp::is_half_open(tcp_state) {
+            self.push_half_open(slot, gen);
+        }
         self.slots[slot as usize] = Slot::Occupied(Stored {
             orig,
             reply,
@@ -658,11 +758,44 @@ impl<A: Addr, T> Table<A, T> {
         let Some(s) = self.get_mut(id) else {
             return false;
         };
+        let was_half_open = tcp::is_half_open(s.tcp_state);
         if let (Some(state), Some(f)) = (s.tcp_state, tcp_flags) {
             s.advance(state, dir, f);
         }
-        s.refresh(dir, now, timeouts);
+        self.settle(id, was_half_open, dir, now, timeouts);
         true
+    }
+
+    /// Refreshes session `id` after a packet in `dir` that found it
+    /// half-open or not (`was_half_open`), and keeps the ring of half-open
+    /// sessions in step with its TCP state. A handshake's timer runs from
+    /// its start: retransmitted SYNs and SYN-ACKs (a spoofed client never
+    /// answers) do not extend it.
+    #[inline]
+    fn settle(
+        &mut self,
+        id: SessionId,
+        was_half_open: bool,
+        dir: Dir,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) {
+        let Some(s) = self.get_mut(id) else {
+            return;
+        };
+        let half_open = tcp::is_half_open(s.tcp_state);
+        if was_half_open && half_open {
+            s.replied |= dir == Dir::Reply;
+            s.last_seen = s.last_seen.max(now);
+        } else {
+            s.refresh(dir, now, timeouts);
+        }
+        let gen = s.gen;
+        match (was_half_open, half_open) {
+            (true, false) => self.half_open.count -= 1,
+            (false, true) => self.push_half_open(slot32(id.slot()), gen),
+            _ => {}
+        }
     }
 
     #[inline]
@@ -682,22 +815,27 @@ impl<A: Addr, T> Table<A, T> {
         let check = s.window.track(state, dir, seg);
         match check {
             SegmentCheck::Accepted | SegmentCheck::Reset => {
+                let was_half_open = tcp::is_half_open(Some(state));
                 s.advance(state, dir, seg.flags);
-                s.refresh(dir, now, timeouts);
+                self.settle(id, was_half_open, dir, now, timeouts);
             }
             SegmentCheck::ResetInWindow => {
                 // The endpoint decides: its challenge ACK (or anything
                 // else) restores the timeout of the state; silence ends
                 // the session as a RST would.
-                s.refresh(dir, now, timeouts);
-                s.expires_at = s
-                    .expires_at
-                    .min(s.last_seen.saturating_add(timeouts.closed));
+                self.settle(id, tcp::is_half_open(Some(state)), dir, now, timeouts);
+                if let Some(s) = self.get_mut(id) {
+                    s.expires_at = s
+                        .expires_at
+                        .min(s.last_seen.saturating_add(timeouts.closed));
+                }
             }
             SegmentCheck::OutOfWindow if seg.flags & tcp::flags::RST != 0 => {}
             // Passed on, not learned from; it keeps the session alive as
-            // any packet of it does.
-            SegmentCheck::OutOfWindow => s.refresh(dir, now, timeouts),
+            // any packet of it does (a handshake's timer excepted).
+            SegmentCheck::OutOfWindow => {
+                self.settle(id, tcp::is_half_open(Some(state)), dir, now, timeouts);
+            }
         }
         Some(check)
     }
@@ -756,6 +894,57 @@ impl<A: Addr, T> Table<A, T> {
             })
     }
 
+    /// Files session (`slot`, `gen`) as the newest half-open one.
+    fn push_half_open(&mut self, slot: u32, gen: u32) {
+        if self.half_open.is_full() {
+            let slots = &self.slots;
+            self.half_open.compact(|slot, gen| {
+                matches!(slots.get(slot as usize),
+                    Some(Slot::Occupied(s)) if s.gen == gen && tcp::is_half_open(s.tcp_state))
+            });
+        }
+        self.half_open.push(slot, gen);
+    }
+
+    /// Removes the oldest half-open session for which `want` holds,
+    /// looking at no more than [`EARLY_DROP_SCAN`] of the oldest entries.
+    fn early_drop(&mut self, want: &mut impl FnMut(&Session<&T>) -> bool) -> Option<Stored<A, T>> {
+        let mut at = 0;
+        // Stale entries at the front are dropped as they are met (each
+        // once), but no more than this per call.
+        let mut steps = 4 * EARLY_DROP_SCAN;
+        while at < self.half_open.len && at < EARLY_DROP_SCAN && steps > 0 {
+            steps -= 1;
+            let (slot, gen) = self.half_open.get(at);
+            let live = match self.slots.get(slot as usize) {
+                Some(Slot::Occupied(s)) if s.gen == gen && tcp::is_half_open(s.tcp_state) => {
+                    Some(want(&s.report().with(&s.payload)))
+                }
+                _ => None,
+            };
+            match live {
+                // Gone, or no longer half-open: forget it (the oldest ones
+                // for good, others marked).
+                None if at == 0 => {
+                    self.half_open.pop_front();
+                    continue;
+                }
+                None => self.half_open.forget(at),
+                Some(true) => {
+                    if at == 0 {
+                        self.half_open.pop_front();
+                    } else {
+                        self.half_open.forget(at);
+                    }
+                    return self.take_slot(slot);
+                }
+                Some(false) => {}
+            }
+            at += 1;
+        }
+        None
+    }
+
     fn reap_slot(&mut self, slot: u32) {
         if let Some(s) = self.take_slot(slot) {
             self.reaped.push(s);
@@ -767,10 +956,15 @@ impl<A: Addr, T> Table<A, T> {
         self.flush();
         let idx = slot as usize;
         let (gen, hashes) = match &self.slots[idx] {
-            Slot::Occupied(s) => (
-                s.gen,
-                [self.hash(&s.orig, s.proto), self.hash(&s.reply, s.proto)],
-            ),
+            Slot::Occupied(s) => {
+                if tcp::is_half_open(s.tcp_state) {
+                    self.half_open.count -= 1;
+                }
+                (
+                    s.gen,
+                    [self.hash(&s.orig, s.proto), self.hash(&s.reply, s.proto)],
+                )
+            }
             Slot::Vacant { .. } => return None,
         };
         for (dir, hash) in hashes.into_iter().enumerate() {
@@ -799,6 +993,11 @@ impl<A: Addr, T> Table<A, T> {
     #[cfg(test)]
     fn check_invariants(&self) {
         assert_eq!(self.index.len() + self.pending.len(), 2 * self.len);
+        let half_open = self
+            .iter()
+            .filter(|(_, s)| tcp::is_half_open(s.tcp_state()))
+            .count();
+        assert_eq!(self.half_open.count, half_open);
         assert_eq!(self.iter().count(), self.len);
         let mut free = 0;
         let mut at = self.free;
@@ -983,7 +1182,7 @@ impl<T> SessionTable<T> {
     }
 
     /// Memory per session of a family's table, known without building one:
-    /// the slot and its index buckets. It equals
+    /// the slot, its index buckets and its half-open ring entries. It equals
     /// [`SessionTable::bytes_per_session`] of any table of a few thousand
     /// sessions or more; a configuration's memory estimate is built on it.
     pub const fn session_bytes(ipv6: bool) -> usize {
@@ -992,7 +1191,7 @@ impl<T> SessionTable<T> {
         } else {
             std::mem::size_of::<Slot<Ipv4Addr, T>>()
         };
-        slot + INDEX_BUCKETS_PER_SESSION * std::mem::size_of::<u64>()
+        slot + INDEX_BUCKETS_PER_SESSION * std::mem::size_of::<u64>() + HalfOpen::BYTES_PER_SESSION
     }
 
     /// The hash the table files `key` under, for
@@ -1267,6 +1466,26 @@ impl<T> SessionTable<T> {
     /// Sessions waiting in the reaped queue.
     pub fn reaped_len(&self) -> usize {
         self.v4.reaped.len() + self.v6.reaped.len()
+    }
+
+    /// Early drop, as Linux conntrack does when its table is full: removes
+    /// the oldest half-open TCP session of the family (`ipv6`) for which
+    /// `want` holds, among the [`EARLY_DROP_SCAN`] oldest, and returns it
+    /// (not queued as reaped). `None` when there is none.
+    pub fn early_drop(
+        &mut self,
+        ipv6: bool,
+        mut want: impl FnMut(&Session<&T>) -> bool,
+    ) -> Option<Session<T>> {
+        family!(mut self, ipv6, |t| t
+            .early_drop(&mut want)
+            .map(Stored::into_report))
+    }
+
+    /// Half-open TCP sessions held (a SYN seen, the handshake not
+    /// completed), both families.
+    pub fn half_open(&self) -> usize {
+        self.v4.half_open.count + self.v6.half_open.count
     }
 
     /// Every session held (including expired ones not yet reaped): the IPv4

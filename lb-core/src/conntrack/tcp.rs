@@ -40,7 +40,8 @@ pub fn valid_flags(tcp_flags: u8) -> bool {
 pub struct Timeouts {
     /// Established TCP sessions (the platform's session timeout, 910 s).
     pub established: Nanos,
-    /// TCP handshake not completed (30 s).
+    /// TCP handshake not completed (5 s), counted from the handshake's
+    /// first packet: retransmissions do not extend it.
     pub syn: Nanos,
     /// TCP, a FIN seen in one direction only (60 s).
     pub closing: Nanos,
@@ -55,16 +56,23 @@ pub struct Timeouts {
     pub unreplied: Nanos,
 }
 
+/// The handshake timeout, seconds. Short, because a half-open session
+/// costs a slot and a local port, and a spoofed SYN never completes: a
+/// client's SYN retransmitted after it (Linux waits 1, 2, 4 s between
+/// tries) makes a new session. Linux conntrack's 120 s (SYN_SENT) is meant
+/// for a firewall, not for a proxy under a flood.
+pub const SYN_TIMEOUT_S: u64 = 5;
+
 impl Timeouts {
     /// Timeouts for a platform session timeout of `secs` seconds: it applies
     /// to established TCP, UDP and other protocols; the TCP handshake,
-    /// closing and closed timeouts keep their defaults (30 s, 60 s, 10 s)
+    /// closing and closed timeouts keep their defaults (5 s, 60 s, 10 s)
     /// but are capped at the session timeout.
     pub fn from_session_timeout(secs: u32) -> Timeouts {
         let established = Nanos::from(secs) * NANOS_PER_SEC;
         Timeouts {
             established,
-            syn: (30 * NANOS_PER_SEC).min(established),
+            syn: (SYN_TIMEOUT_S * NANOS_PER_SEC).min(established),
             closing: (60 * NANOS_PER_SEC).min(established),
             closed: (10 * NANOS_PER_SEC).min(established),
             udp: established,
@@ -130,6 +138,12 @@ pub enum TcpState {
     FinWait,
     /// FINs seen in both directions, or a RST.
     Closed,
+}
+
+/// Whether a session in `state` is half-open: a TCP handshake begun and
+/// not completed.
+pub(crate) fn is_half_open(state: Option<TcpState>) -> bool {
+    matches!(state, Some(TcpState::SynSent | TcpState::SynRecv))
 }
 
 /// Per-direction flags remembered by a TCP session (bit set in
@@ -274,13 +288,14 @@ mod tests {
     fn timeouts() {
         let t = Timeouts::default();
         assert_eq!(t.established, 910 * NANOS_PER_SEC);
-        assert_eq!(t.syn, 30 * NANOS_PER_SEC);
+        assert_eq!(t.syn, 5 * NANOS_PER_SEC);
         assert_eq!(t.closing, 60 * NANOS_PER_SEC);
         assert_eq!(t.closed, 10 * NANOS_PER_SEC);
         assert_eq!(t.udp, t.established);
         assert_eq!(t.other, t.established);
         let short = Timeouts::from_session_timeout(20);
-        assert_eq!(short.syn, 20 * NANOS_PER_SEC);
+        assert_eq!(short.syn, 5 * NANOS_PER_SEC);
+        assert_eq!(Timeouts::from_session_timeout(3).syn, 3 * NANOS_PER_SEC);
         assert_eq!(short.closing, 20 * NANOS_PER_SEC);
         assert_eq!(short.closed, 10 * NANOS_PER_SEC);
         assert_eq!(t.for_state(17, None), t.udp);

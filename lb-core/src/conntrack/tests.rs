@@ -144,7 +144,7 @@ fn tcp_close_and_rst_shorten_timeout() {
     let r = nat_reply(6, 1);
     let id = t.insert(o, r, 1, 0, &t0).expect("room");
     t.update(id, Dir::Orig, Some(SYN), 0, &t0);
-    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(30 * S));
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(5 * S));
     t.update(id, Dir::Reply, Some(SYN | ACK), S, &t0);
     assert_eq!(
         t.get(id).and_then(|s| s.tcp_state()),
@@ -329,15 +329,16 @@ fn retain_and_iter() {
 fn memory_per_session() {
     // An IPv4 session is two cache lines with a 16-byte payload and the
     // 28-byte TCP window, an IPv6 one three; the index adds two 8-byte
-    // buckets per session at a load of 1/2, whatever the capacity.
+    // buckets per session at a load of 1/2, whatever the capacity, and the
+    // half-open ring 16 bytes.
     assert_eq!(std::mem::size_of::<TcpWindow>(), 28);
     assert_eq!(std::mem::size_of::<Slot<Ipv4Addr, [u32; 4]>>(), 128);
     assert_eq!(std::mem::size_of::<Slot<Ipv6Addr, [u32; 4]>>(), 192);
     assert_eq!(std::mem::align_of::<Slot<Ipv4Addr, [u32; 4]>>(), 64);
     for cap in [1 << 20, 3 << 19, 1_000_000] {
         let t: SessionTable<[u32; 4]> = SessionTable::with_capacities(cap, cap / 4);
-        assert_eq!(t.bytes_per_session(false), 128 + 32, "{cap}");
-        assert_eq!(t.bytes_per_session(true), 192 + 32, "{cap}");
+        assert_eq!(t.bytes_per_session(false), 128 + 16 + 32, "{cap}");
+        assert_eq!(t.bytes_per_session(true), 192 + 16 + 32, "{cap}");
     }
 }
 
@@ -358,8 +359,8 @@ fn session_bytes_is_what_a_full_table_takes() {
     check::<u32>();
     check::<[u32; 4]>();
     check::<[u64; 5]>();
-    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(false), 160);
-    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(true), 224);
+    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(false), 176);
+    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(true), 240);
 }
 
 #[test]
@@ -845,4 +846,110 @@ fn unreplied_sessions_expire_early() {
         t.get(id).map(|s| (s.tcp_state(), s.expires_at())),
         Some((Some(TcpState::SynSent), 8 * S))
     );
+}
+
+#[test]
+fn early_drop_takes_the_oldest_half_open_session_and_never_an_established_one() {
+    let t0 = Timeouts::default();
+    let mut t = table(8);
+    // Established (picked up mid-stream), then three handshakes begun.
+    let est = t
+        .insert(key(6, 0), nat_reply(6, 0), 100, 0, &t0)
+        .expect("room");
+    t.update(est, Dir::Orig, Some(ACK), 0, &t0);
+    let mut half = Vec::new();
+    for n in 1..=3u16 {
+        let id = t
+            .insert(
+                key(6, n),
+                nat_reply(6, n),
+                u32::from(n),
+                S * u64::from(n),
+                &t0,
+            )
+            .expect("room");
+        t.update(id, Dir::Orig, Some(SYN), S * u64::from(n), &t0);
+        half.push(id);
+    }
+    // The second handshake completes: no longer a candidate.
+    t.update(half[1], Dir::Reply, Some(SYN | ACK), 4 * S, &t0);
+    t.update(half[1], Dir::Orig, Some(ACK), 4 * S, &t0);
+    assert_eq!(t.half_open(), 2);
+    t.check_invariants();
+
+    let first = t.early_drop(false, |_| true).expect("a half-open session");
+    assert_eq!(first.payload, 1);
+    assert_eq!(t.half_open(), 1);
+    // A filter (e.g. "holds a port on this local address") skips others.
+    assert!(t.early_drop(false, |s| *s.payload == 7).is_none());
+    let third = t.early_drop(false, |_| true).expect("a half-open session");
+    assert_eq!(third.payload, 3);
+    // Only established sessions are left: nothing to drop.
+    assert!(t.early_drop(false, |_| true).is_none());
+    assert!(t.early_drop(true, |_| true).is_none());
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.get(est).map(|s| *s.payload), Some(100));
+    assert_eq!(t.half_open(), 0);
+    assert_eq!(t.reaped_len(), 0);
+    t.check_invariants();
+}
+
+#[test]
+fn early_drop_frees_room_in_a_full_table_of_half_open_sessions() {
+    let t0 = Timeouts::default();
+    let mut t = table(64);
+    // Many more handshakes than the table holds, each made room for by
+    // dropping the oldest: the ring's stale entries never block it.
+    for n in 0..1000u16 {
+        let (o, r) = (key(6, n), nat_reply(6, n));
+        let id = match t.insert(o, r, u32::from(n), 0, &t0) {
+            Ok(id) => id,
+            Err(InsertError::Full { .. }) => {
+                let oldest = t.iter().map(|(_, s)| *s.payload).min();
+                let old = t.early_drop(false, |_| true).expect("a half-open session");
+                assert_eq!(Some(old.payload), oldest, "the oldest goes first");
+                t.insert(o, r, u32::from(n), 0, &t0).expect("room made")
+            }
+            Err(e) => panic!("{e}"),
+        };
+        t.update(id, Dir::Orig, Some(SYN), 0, &t0);
+        if n % 3 == 0 {
+            // Some complete and end: their ring entries go stale.
+            t.update(id, Dir::Reply, Some(SYN | ACK), 0, &t0);
+            t.update(id, Dir::Orig, Some(ACK), 0, &t0);
+            t.remove(id);
+        }
+    }
+    t.check_invariants();
+}
+
+#[test]
+fn retransmitted_syns_and_syn_acks_do_not_extend_a_handshake() {
+    let t0 = Timeouts::default();
+    assert_eq!(t0.syn, 5 * S);
+    let mut t = table(8);
+    let (o, r) = (key(6, 1), nat_reply(6, 1));
+    let id = t.insert(o, r, 1, 0, &t0).expect("room");
+    t.update(id, Dir::Orig, Some(SYN), 0, &t0);
+    // The client retransmits its SYN, the backend its SYN-ACK, again and
+    // again: the session still ends 5 s after it began.
+    t.update(id, Dir::Orig, Some(SYN), 2 * S, &t0);
+    t.update(id, Dir::Reply, Some(SYN | ACK), 3 * S, &t0);
+    t.update(id, Dir::Reply, Some(SYN | ACK), 4 * S, &t0);
+    t.update(id, Dir::Orig, Some(SYN), 4 * S, &t0);
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(5 * S));
+    assert_eq!(t.lookup(&o, 5 * S - 1), Some((id, Dir::Orig)));
+    assert_eq!(t.lookup(&r, 5 * S), None);
+    assert_eq!(t.half_open(), 0);
+
+    // A completed handshake takes the established timeout from its ACK.
+    let id = t.insert(o, r, 2, 10 * S, &t0).expect("room");
+    t.update(id, Dir::Orig, Some(SYN), 10 * S, &t0);
+    t.update(id, Dir::Reply, Some(SYN | ACK), 14 * S, &t0);
+    t.update(id, Dir::Orig, Some(ACK), 14 * S, &t0);
+    assert_eq!(
+        t.get(id).map(|s| s.expires_at()),
+        Some(14 * S + t0.established)
+    );
+    t.check_invariants();
 }
