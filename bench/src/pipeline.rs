@@ -46,6 +46,7 @@ fn config(v6: bool) -> Config {
         ],
         source_check: SourceCheck::Strict,
         vlan: None,
+        max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-alb".into(),
@@ -119,6 +120,10 @@ fn config(v6: bool) -> Config {
                 server_group: 0,
                 transfer_client_ip: false,
                 acl: None,
+                // Measures the session path: a run of SYNs that never
+                // complete would engage the SYN proxy under "auto".
+                syn_proxy: lb_core::model::SynProxyMode::Off,
+                syn_proxy_threshold: lb_core::model::DEFAULT_SYN_PROXY_THRESHOLD,
             })
             .collect(),
     });

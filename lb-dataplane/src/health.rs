@@ -392,6 +392,9 @@ fn mac_for(
     } else {
         return None;
     };
+    if !shared.neigh.resolving(t.out_port, t.next_hop, now) {
+        return None;
+    }
     let mut frame = crate::l2::solicit(sender.mac(), src, t.next_hop);
     crate::l2::set_vlan(&mut frame, vlan_of(shared, t.out_port));
     let _ = sender.send(&frame);

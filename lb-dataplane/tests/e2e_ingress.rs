@@ -230,7 +230,7 @@ fn a_spoofed_backend_subnet_source_from_the_client_link_is_dropped() {
     assert_eq!(ext["source_check"], "strict", "{ext}");
     let text = String::from_utf8_lossy(&t.lbctl(&["stats"]).stdout).to_string();
     assert!(text.contains("spoofed_source 1"), "{text}");
-    let metrics = t.metrics("127.0.0.1:9464");
+    let metrics = t.metrics();
     assert!(
         metrics.contains("lbd_port_spoofed_source_total{port=\"ext\"} 1"),
         "{metrics}"
