@@ -65,22 +65,113 @@ pub(super) struct Family<A: Addr> {
 }
 
 impl<A: Addr> Family<A> {
+    /// Compiles the tables of the rules of family `A`, crossing within
+    /// `cross_budget` and keeping a final table of at most `final_budget`
+    /// entries (0: a staged build, none searched for).
     pub(super) fn build(
         rules: &[MatchRule],
         cross_budget: usize,
         final_budget: usize,
     ) -> Family<A> {
-        let rule_ids: Vec<u32> = rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| admits::<A>(&r.src) && admits::<A>(&r.dst))
-            .filter(|(_, r)| !r.sport.iter().all(|p| p.lo > p.hi))
-            .filter(|(_, r)| !r.dport.iter().all(|p| p.lo > p.hi))
-            .filter_map(|(i, _)| u32::try_from(i).ok())
-            .filter(|&i| i != NO_MATCH)
-            .collect();
+        let rule_ids = family_rules::<A>(rules);
         let n = rule_ids.len();
         let words = n.div_ceil(64).max(1);
+        let mut fields = Fields::sweep::<A>(rules, &rule_ids, words);
+        let (proto_bits, trivial) = fields.fold_single_classes(words);
+        let mut crossed = Crossed::new(proto_bits, &fields, &trivial, words, cross_budget);
+        let refinable = final_budget == 0 && !crossed.left.is_empty();
+        let found = crossed.final_table(&fields, n, words, cross_budget, final_budget);
+        let cache = match (&found, n < usize::from(u16::MAX)) {
+            (None, true) if !crossed.left.is_empty() => {
+                crossed.tuple_cache(&fields, words, final_budget)
+            }
+            _ => None,
+        };
+        let mut proto_class_of = fields.proto.class_of.clone();
+        let (first_rule, last) = match found {
+            Some((field, folded)) => {
+                renumber(
+                    &mut crossed,
+                    &mut proto_class_of,
+                    fields.get_mut(field),
+                    &folded,
+                );
+                let last = Last {
+                    field,
+                    right: folded.cols,
+                    table: folded.table,
+                };
+                (Vec::new(), Some(last))
+            }
+            None => (first_rules(&crossed.l4_bits, words), None),
+        };
+        let Crossed {
+            l4_bits, combos, ..
+        } = crossed;
+        let done = |f: usize| {
+            combos.iter().any(|(g, _)| *g == f) || last.as_ref().is_some_and(|l| l.field == f)
+        };
+        let (sport_done, dport_done) = (done(simd::SPORT), done(simd::DPORT));
+        let (src_done, dst_done) = (done(simd::SRC), done(simd::DST));
+
+        let mut proto_table = Box::new([0u16; 256]);
+        fill_table(&mut proto_table[..], &fields.proto.starts, &proto_class_of);
+        let Fields {
+            sport,
+            dport,
+            src,
+            dst,
+            ..
+        } = fields;
+        Family {
+            stride: stride(words),
+            words,
+            summary: summary(words),
+            proto: proto_table,
+            proto_bits: with_summary(&l4_bits, words),
+            sport: port_field(sport, trivial[simd::SPORT], sport_done, words),
+            dport: port_field(dport, trivial[simd::DPORT], dport_done, words),
+            src: (!trivial[simd::SRC]).then(|| AddrField::new(src, words, src_done)),
+            dst: (!trivial[simd::DST]).then(|| AddrField::new(dst, words, dst_done)),
+            combos,
+            first_rule,
+            last,
+            cache,
+            refinable,
+            rule_ids,
+            simd: Avx512::detect(),
+        }
+    }
+}
+
+/// The rules of family `A` that can match something, as rule indices in
+/// precedence order (a rule's position in the list is its local bit).
+fn family_rules<A: Addr>(rules: &[MatchRule]) -> Vec<u32> {
+    rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| admits::<A>(&r.src) && admits::<A>(&r.dst))
+        .filter(|(_, r)| !r.sport.iter().all(|p| p.lo > p.hi))
+        .filter(|(_, r)| !r.dport.iter().all(|p| p.lo > p.hi))
+        .filter_map(|(i, _)| u32::try_from(i).ok())
+        .filter(|&i| i != NO_MATCH)
+        .collect()
+}
+
+/// The partitions of the five fields of one family's rules.
+struct Fields {
+    proto: Partition,
+    sport: Partition,
+    dport: Partition,
+    src: Partition,
+    dst: Partition,
+}
+
+impl Fields {
+    /// Sweeps every field of the rules `rule_ids` (local bit `l` is rule
+    /// `rule_ids[l]`) with `words`-word bitmaps.
+    fn sweep<A: Addr>(rules: &[MatchRule], rule_ids: &[u32], words: usize) -> Fields {
+        let n = rule_ids.len();
         let local = || {
             rule_ids
                 .iter()
@@ -106,8 +197,8 @@ impl<A: Addr> Family<A> {
             }
             partition(n, words, events)
         };
-        let mut sport = ports(|r| &r.sport, &mut events);
-        let mut dport = ports(|r| &r.dport, &mut events);
+        let sport = ports(|r| &r.sport, &mut events);
+        let dport = ports(|r| &r.dport, &mut events);
 
         let addrs = |get: fn(&MatchRule) -> &AddrMatch, events: &mut Vec<Event>| {
             events.clear();
@@ -123,12 +214,44 @@ impl<A: Addr> Family<A> {
             }
             partition(n, words, events)
         };
-        let mut src = addrs(|r| &r.src, &mut events);
-        let mut dst = addrs(|r| &r.dst, &mut events);
+        let src = addrs(|r| &r.src, &mut events);
+        let dst = addrs(|r| &r.dst, &mut events);
+        Fields {
+            proto,
+            sport,
+            dport,
+            src,
+            dst,
+        }
+    }
 
-        // Fold single-class fields into the protocol bitmaps.
-        let mut proto_bits = proto.bits;
-        let mut fold = |p: &Partition| {
+    /// The partition of `field` (`simd::SPORT`, `DPORT`, `SRC` or `DST`).
+    fn get(&self, field: usize) -> &Partition {
+        match field {
+            simd::SPORT => &self.sport,
+            simd::DPORT => &self.dport,
+            simd::SRC => &self.src,
+            _ => &self.dst,
+        }
+    }
+
+    fn get_mut(&mut self, field: usize) -> &mut Partition {
+        match field {
+            simd::SPORT => &mut self.sport,
+            simd::DPORT => &mut self.dport,
+            simd::SRC => &mut self.src,
+            _ => &mut self.dst,
+        }
+    }
+
+    /// Folds the fields of a single class into the protocol bitmaps (taken
+    /// out of `proto`): the transport bitmaps, and per field (indexed as
+    /// `simd::SPORT` etc.) whether it was folded.
+    fn fold_single_classes(&mut self, words: usize) -> (Vec<u64>, [bool; 5]) {
+        let mut proto_bits = std::mem::take(&mut self.proto.bits);
+        let mut trivial = [false; 5];
+        for f in [simd::SPORT, simd::DPORT, simd::SRC, simd::DST] {
+            let p = self.get(f);
             if p.class_of.len() == 1 {
                 let only = class_bits(&p.bits, p.class_of.first().copied().unwrap_or(0), words);
                 for chunk in proto_bits.chunks_mut(words) {
@@ -136,43 +259,80 @@ impl<A: Addr> Family<A> {
                         *w &= m;
                     }
                 }
-                true
-            } else {
-                false
+                trivial[f] = true;
             }
-        };
-        let sport_trivial = fold(&sport);
-        let dport_trivial = fold(&dport);
-        let src_trivial = fold(&src);
-        let dst_trivial = fold(&dst);
+        }
+        (proto_bits, trivial)
+    }
+}
 
-        // Cross-product the port classes into the protocol classes (RFC
-        // phase 1), then the addresses (fewest classes first), each when
-        // the result stays small.
-        let mut order = [
-            (simd::DPORT, &dport, dport_trivial),
-            (simd::SPORT, &sport, sport_trivial),
-            (simd::DST, &dst, dst_trivial),
-            (simd::SRC, &src, src_trivial),
-        ];
-        if src.classes < dst.classes {
+/// The transport classes after the cross products, and the fields left
+/// outside them.
+struct Crossed {
+    /// The transport class bitmaps.
+    l4_bits: Vec<u64>,
+    /// The cross products taken, in order.
+    combos: Vec<(usize, Combo)>,
+    /// The fields left out.
+    left: Vec<usize>,
+}
+
+/// A way to leave one field for the final table: the index in
+/// `Crossed::left` of the field kept, the transport classes and the cross
+/// products of the others.
+type Candidate = (usize, Vec<u64>, Vec<(usize, Combo)>);
+
+impl Crossed {
+    /// Cross-products the port classes into the protocol classes (RFC
+    /// phase 1), then the addresses (fewest classes first), each when the
+    /// result stays within `cross_budget`; fields of one class (`trivial`)
+    /// are folded already.
+    fn new(
+        proto_bits: Vec<u64>,
+        fields: &Fields,
+        trivial: &[bool; 5],
+        words: usize,
+        cross_budget: usize,
+    ) -> Crossed {
+        let mut order = [simd::DPORT, simd::SPORT, simd::DST, simd::SRC];
+        if fields.src.classes < fields.dst.classes {
             order.swap(2, 3);
         }
-        let mut l4_bits = proto_bits;
-        let mut combos: Vec<(usize, Combo)> = Vec::new();
-        let mut left: Vec<(usize, &Partition)> = Vec::new();
-        for (f, p, trivial) in order {
-            if trivial {
+        let mut c = Crossed {
+            l4_bits: proto_bits,
+            combos: Vec::new(),
+            left: Vec::new(),
+        };
+        for f in order {
+            if trivial[f] {
                 continue;
             }
-            match cross(&l4_bits, &p.bits, words, cross_budget, usize::MAX) {
+            let p = fields.get(f);
+            match cross(&c.l4_bits, &p.bits, words, cross_budget, usize::MAX) {
                 Some((table, bits)) => {
-                    l4_bits = bits;
-                    combos.push((f, Combo::new(p.classes, table)));
+                    c.l4_bits = bits;
+                    c.combos.push((f, Combo::new(p.classes, table)));
                 }
-                None => left.push((f, p)),
+                None => c.left.push(f),
             }
         }
+        c
+    }
+
+    /// Searches for a final table (none in a staged build, `final_budget`
+    /// 0): with one field left, its table when it fits; with more, all
+    /// but one of them crossed in with a larger budget, when the final
+    /// table of the one then fits (the ways tried smallest table first),
+    /// those cross products then taken. Returns the field and its folded
+    /// table.
+    fn final_table(
+        &mut self,
+        fields: &Fields,
+        n: usize,
+        words: usize,
+        cross_budget: usize,
+        final_budget: usize,
+    ) -> Option<(usize, Folded)> {
         // The final table of the transport classes and the classes of `p`,
         // folded, when it fits.
         let final_of = |l4_bits: &[u64], p: &Partition| {
@@ -186,163 +346,145 @@ impl<A: Addr> Family<A> {
             let folded = first_table(l4_bits, &p.bits, words, max_rows)?;
             (folded.table.len() <= final_budget).then_some(folded)
         };
-        let mut last: Option<(usize, Folded)> = None;
-        let refinable = final_budget == 0 && !left.is_empty();
-        // More than one field left: cross all but one of them with a larger
-        // budget, when the final table of the one then fits (of the ways
-        // that fit, the smallest table).
         if final_budget == 0 {
             // A staged build: no final table is searched for.
-        } else if left.len() > 1 {
-            left.sort_by_key(|(_, p)| p.classes);
-            // The field kept, the transport classes and the cross products.
-            type Candidate = (usize, Vec<u64>, Vec<(usize, Combo)>);
-            let mut candidates: Vec<Candidate> = Vec::new();
-            for keep in (0..left.len()).rev() {
-                let mut bits = l4_bits.clone();
-                let mut more = Vec::new();
-                // More transport classes than this and the table would be
-                // too large to compute: such a cross stops early.
-                let most = final_budget.saturating_mul(FOLD_FACTOR) / left[keep].1.classes.max(1);
-                for (i, &(f, p)) in left.iter().enumerate() {
-                    if i == keep {
-                        continue;
-                    }
-                    let budget = cross_budget.saturating_mul(EXTRA_CROSS);
-                    match cross(&bits, &p.bits, words, budget, most) {
-                        Some((table, b)) => {
-                            bits = b;
-                            more.push((f, Combo::new(p.classes, table)));
-                        }
-                        None => break,
-                    }
-                }
-                if more.len() + 1 == left.len() {
-                    candidates.push((keep, bits, more));
-                }
-            }
-            // The smallest table before folding first; the first that folds
-            // within the budget is taken (each costs its size to compute).
-            candidates.sort_by_key(|(keep, bits, _)| bits.len() / words * left[*keep].1.classes);
-            for (keep, bits, more) in candidates {
-                let (f, p) = left[keep];
-                if let Some(folded) = final_of(&bits, p) {
-                    l4_bits = bits;
-                    left.retain(|(g, _)| *g == f);
-                    combos.extend(more);
-                    last = Some((f, folded));
-                    break;
-                }
-            }
-        } else if let [(f, p)] = left[..] {
-            last = final_of(&l4_bits, p).map(|folded| (f, folded));
+            return None;
         }
-        let cache = match (&last, n < usize::from(u16::MAX)) {
-            (None, true) if !left.is_empty() => {
-                let widths: Vec<(usize, u32)> = left
-                    .iter()
-                    .map(|(f, p)| (*f, class_bits_width(p.classes)))
-                    .collect();
-                let log2 = if final_budget == 0 {
-                    STAGED_CACHE_LOG2
-                } else {
-                    CACHE_LOG2
-                };
-                TupleCache::new(class_bits_width(l4_bits.len() / words), &widths, log2)
-            }
-            _ => None,
-        };
-        // With a final table, the transport classes and the last field's
-        // classes become the table's rows and columns (the last cross
-        // product, or the protocol table, and the field's intervals give
-        // them directly); the transport bitmaps and first rules are unused.
-        let mut proto_class_of = proto.class_of.clone();
-        let (first_rule, last) = match last {
-            Some((field, f)) => {
-                match combos.last_mut() {
-                    Some((_, c)) => c.table.iter_mut().for_each(|e| {
-                        *e = f.row_of.get(*e as usize).copied().unwrap_or(0);
-                    }),
-                    None => proto_class_of.iter_mut().for_each(|e| {
-                        *e = f.row_of.get(*e as usize).copied().unwrap_or(0);
-                    }),
-                }
-                let p = match field {
-                    simd::SPORT => &mut sport,
-                    simd::DPORT => &mut dport,
-                    simd::SRC => &mut src,
-                    _ => &mut dst,
-                };
-                for c in p.class_of.iter_mut() {
-                    *c = f.col_of.get(*c as usize).copied().unwrap_or(0);
-                }
-                l4_bits = Vec::new();
-                let last = Last {
-                    field,
-                    right: f.cols,
-                    table: f.table,
-                };
-                (Vec::new(), Some(last))
-            }
-            None => {
-                // The first rule of each transport class (the answer when
-                // no field is left outside the cross products).
-                let first_rule = l4_bits
-                    .chunks(words)
-                    .map(|class| {
-                        class
-                            .iter()
-                            .enumerate()
-                            .find(|(_, &w)| w != 0)
-                            .map_or(NO_RULE, |(i, &w)| (i * 64) as u32 + w.trailing_zeros())
-                    })
-                    .collect();
-                (first_rule, None)
-            }
-        };
-        let done = |f: usize| {
-            combos.iter().any(|(g, _)| *g == f) || last.as_ref().is_some_and(|l| l.field == f)
-        };
-        let (sport_done, dport_done) = (done(simd::SPORT), done(simd::DPORT));
-        let (src_done, dst_done) = (done(simd::SRC), done(simd::DST));
-
-        let mut proto_table = Box::new([0u16; 256]);
-        fill_table(&mut proto_table[..], &proto.starts, &proto_class_of);
-        let port_field = |p: Partition, trivial: bool, combined: bool| {
-            if trivial {
-                return None;
-            }
-            let mut table: Box<[u16; 65536]> =
-                vec![0u16; 65536].into_boxed_slice().try_into().ok()?;
-            fill_table(&mut table[..], &p.starts, &p.class_of);
-            Some(PortField {
-                table,
-                bits: if combined {
-                    Rows::default()
-                } else {
-                    with_summary(&p.bits, words)
-                },
-            })
-        };
-        Family {
-            stride: stride(words),
-            words,
-            summary: summary(words),
-            proto: proto_table,
-            proto_bits: with_summary(&l4_bits, words),
-            sport: port_field(sport, sport_trivial, sport_done),
-            dport: port_field(dport, dport_trivial, dport_done),
-            src: (!src_trivial).then(|| AddrField::new(src, words, src_done)),
-            dst: (!dst_trivial).then(|| AddrField::new(dst, words, dst_done)),
-            combos,
-            first_rule,
-            last,
-            cache,
-            refinable,
-            rule_ids,
-            simd: Avx512::detect(),
+        if let [f] = self.left[..] {
+            return final_of(&self.l4_bits, fields.get(f)).map(|folded| (f, folded));
         }
+        if self.left.is_empty() {
+            return None;
+        }
+        self.left.sort_by_key(|&f| fields.get(f).classes);
+        let mut candidates = self.candidates(fields, words, cross_budget, final_budget);
+        // The smallest table before folding first; the first that folds
+        // within the budget is taken (each costs its size to compute).
+        candidates.sort_by_key(|(keep, bits, _)| {
+            bits.len() / words * fields.get(self.left[*keep]).classes
+        });
+        for (keep, bits, more) in candidates {
+            let f = self.left[keep];
+            if let Some(folded) = final_of(&bits, fields.get(f)) {
+                self.l4_bits = bits;
+                self.left.retain(|&g| g == f);
+                self.combos.extend(more);
+                return Some((f, folded));
+            }
+        }
+        None
     }
+
+    /// Per field left out, the cross products of all the others with a
+    /// larger budget, when they all fit.
+    fn candidates(
+        &self,
+        fields: &Fields,
+        words: usize,
+        cross_budget: usize,
+        final_budget: usize,
+    ) -> Vec<Candidate> {
+        let mut candidates: Vec<Candidate> = Vec::new();
+        for keep in (0..self.left.len()).rev() {
+            let mut bits = self.l4_bits.clone();
+            let mut more = Vec::new();
+            // More transport classes than this and the table would be
+            // too large to compute: such a cross stops early.
+            let kept = fields.get(self.left[keep]);
+            let most = final_budget.saturating_mul(FOLD_FACTOR) / kept.classes.max(1);
+            for (i, &f) in self.left.iter().enumerate() {
+                if i == keep {
+                    continue;
+                }
+                let p = fields.get(f);
+                let budget = cross_budget.saturating_mul(EXTRA_CROSS);
+                match cross(&bits, &p.bits, words, budget, most) {
+                    Some((table, b)) => {
+                        bits = b;
+                        more.push((f, Combo::new(p.classes, table)));
+                    }
+                    None => break,
+                }
+            }
+            if more.len() + 1 == self.left.len() {
+                candidates.push((keep, bits, more));
+            }
+        }
+        candidates
+    }
+
+    /// The cache of the class tuples of the transport class and the fields
+    /// left out (smaller in a staged build), when the tuple fits.
+    fn tuple_cache(
+        &self,
+        fields: &Fields,
+        words: usize,
+        final_budget: usize,
+    ) -> Option<TupleCache> {
+        let widths: Vec<(usize, u32)> = self
+            .left
+            .iter()
+            .map(|&f| (f, class_bits_width(fields.get(f).classes)))
+            .collect();
+        let log2 = if final_budget == 0 {
+            STAGED_CACHE_LOG2
+        } else {
+            CACHE_LOG2
+        };
+        TupleCache::new(class_bits_width(self.l4_bits.len() / words), &widths, log2)
+    }
+}
+
+/// With a final table, the transport classes and the last field's classes
+/// become the table's rows and columns (the last cross product, or the
+/// protocol table, and the field's intervals give them directly); the
+/// transport bitmaps and first rules are unused, and dropped.
+fn renumber(crossed: &mut Crossed, proto_class_of: &mut [u32], p: &mut Partition, f: &Folded) {
+    match crossed.combos.last_mut() {
+        Some((_, c)) => c.table.iter_mut().for_each(|e| {
+            *e = f.row_of.get(*e as usize).copied().unwrap_or(0);
+        }),
+        None => proto_class_of.iter_mut().for_each(|e| {
+            *e = f.row_of.get(*e as usize).copied().unwrap_or(0);
+        }),
+    }
+    for c in p.class_of.iter_mut() {
+        *c = f.col_of.get(*c as usize).copied().unwrap_or(0);
+    }
+    crossed.l4_bits = Vec::new();
+}
+
+/// The first rule of each transport class (the answer when no field is
+/// left outside the cross products).
+fn first_rules(l4_bits: &[u64], words: usize) -> Vec<u32> {
+    l4_bits
+        .chunks(words)
+        .map(|class| {
+            class
+                .iter()
+                .enumerate()
+                .find(|(_, &w)| w != 0)
+                .map_or(NO_RULE, |(i, &w)| (i * 64) as u32 + w.trailing_zeros())
+        })
+        .collect()
+}
+
+/// A port field's table and bitmaps (none when `combined`: crossed into the
+/// transport classes); `None` for a field of one class (`trivial`).
+fn port_field(p: Partition, trivial: bool, combined: bool, words: usize) -> Option<PortField> {
+    if trivial {
+        return None;
+    }
+    let mut table: Box<[u16; 65536]> = vec![0u16; 65536].into_boxed_slice().try_into().ok()?;
+    fill_table(&mut table[..], &p.starts, &p.class_of);
+    Some(PortField {
+        table,
+        bits: if combined {
+            Rows::default()
+        } else {
+            with_summary(&p.bits, words)
+        },
+    })
 }
 
 impl<A: Addr> Family<A> {
