@@ -106,7 +106,7 @@
 //! tree level, each cross product, the final table or the bitmap scan) runs
 //! over every key of the group before the next step, so that the table
 //! reads of different keys overlap instead of waiting on one key's chain of
-//! dependent reads. On a CPU with AVX-512 (detected at run time, `simd`),
+//! dependent reads. On a CPU with AVX-512 (detected at run time, `lb-simd`),
 //! the steps take 16 keys per vector, with as many vectors as the group has
 //! keys (1 to 4: a burst of 32 runs two, of 256 four at a time): the table,
 //! trie, cross-product and final-table reads are masked gathers (then the
@@ -148,8 +148,8 @@
 //! `cross.rs` the cross products, `final_table.rs` the final table's
 //! search and folding, `tuple_cache.rs` the cache of the bitmap AND,
 //! `addr_tree.rs` the address searches (IPv4 trie, IPv6 B+ tree),
-//! `lookup.rs` the per-key and per-group lookups, `simd.rs` their AVX-512
-//! steps.
+//! `lookup.rs` the per-key and per-group lookups; their AVX-512 steps are
+//! the `lb-simd` crate.
 
 mod addr_tree;
 mod build;
@@ -157,14 +157,13 @@ mod cross;
 mod final_table;
 mod lookup;
 mod partition;
-#[allow(unsafe_code)]
-mod simd;
 mod tuple_cache;
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use ipnet::IpNet;
+use lb_simd as simd;
 
 use super::{AddrMatch, FlowKey, MatchRule, PortRange};
 
