@@ -32,7 +32,7 @@ use crate::{Nanos, NANOS_PER_SEC};
 /// The most frames [`Worker::process_burst`] handles in one call.
 pub const BURST_MAX: usize = 64;
 
-/// How many expired sessions one call of [`Worker::process`] reaps at most.
+/// How many expired sessions one call of [`Worker::housekeep`] reaps at most.
 const REAP_BUDGET: usize = 8;
 
 /// A compiled, immutable configuration: what the workers read.
@@ -999,8 +999,9 @@ impl Worker {
         self.process_parsed(frame, parsed, rx, now, snap, health)
     }
 
-    /// [`Worker::process`] for a frame the caller has already parsed (as
-    /// the data plane does to find the frame's worker), so it is parsed once.
+    /// [`Worker::process`] for a frame the caller has already parsed, so it
+    /// is parsed once. (The data plane's workers run bursts through
+    /// [`Worker::process_burst`].)
     pub fn process_parsed(
         &mut self,
         frame: &mut [u8],
