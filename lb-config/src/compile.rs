@@ -11,7 +11,8 @@ use lb_core::model::{
     proto, AclMode, Action, BackendSgPolicy, Config, Dataplane, Direction, GroupKind, HealthCheck,
     HealthProtocol, IdlePolicy, Instance, IoBackend, Listener, ListenerAcl, ListenerProtocol,
     LoadBalancer, NetworkAcl, Peer, Platform, Port, PortList, PortRange, PrefixList, Route, Rule,
-    SchedulerKind, SecurityGroup, Server, ServerGroup, Subnet,
+    SchedulerKind, SecurityGroup, Server, ServerGroup, SourceCheck, Subnet, SynProxyMode,
+    DEFAULT_SYN_PROXY_THRESHOLD,
 };
 
 use crate::error::Sink;
@@ -26,6 +27,10 @@ pub const MAX_RULES_PER_INTERFACE: u64 = 1000;
 /// At most this many load balancers, listeners per load balancer, server
 /// groups and servers per group (a session numbers them in 16 bits).
 pub const MAX_PER_KIND: usize = 65535;
+/// `platform.unreplied_timeout_s` upper bound (a day).
+const MAX_UNREPLIED_TIMEOUT_S: i64 = 86_400;
+/// `dataplane.reset_unknown_rate` upper bound (per worker and second).
+const MAX_RESET_UNKNOWN_RATE: i64 = 1_000_000;
 /// `dataplane.workers` upper bound.
 pub const MAX_WORKERS: i64 = 64;
 /// Health check interval and timeout upper bound, in seconds.
@@ -127,6 +132,42 @@ impl<'a, 's> Compiler<'a, 's> {
             return T::default();
         }
         T::try_from(n).unwrap_or_default()
+    }
+
+    /// A listener's SYN proxy mode and threshold (TCP listeners only).
+    fn syn_proxy(
+        &mut self,
+        l: &ListenerConfig,
+        proto: ListenerProtocolConfig,
+    ) -> (SynProxyMode, u32) {
+        let mode = match l.syn_proxy.as_ref() {
+            Some(m) if proto.is_udp() => {
+                self.err(
+                    &m.span(),
+                    format!("syn_proxy is for TCP listeners, not {}", proto.as_str()),
+                );
+                SynProxyMode::Off
+            }
+            Some(m) => match m.get_ref() {
+                SynProxyConfig::Off => SynProxyMode::Off,
+                SynProxyConfig::On => SynProxyMode::On,
+                SynProxyConfig::Auto => SynProxyMode::Auto,
+            },
+            None if proto.is_udp() => SynProxyMode::Off,
+            None => SynProxyMode::Auto,
+        };
+        let threshold = match l.syn_proxy_threshold.as_ref() {
+            Some(t) if mode != SynProxyMode::Auto => {
+                self.err(
+                    &t.span(),
+                    "syn_proxy_threshold applies only with syn_proxy = \"auto\"",
+                );
+                DEFAULT_SYN_PROXY_THRESHOLD
+            }
+            Some(t) => self.int(t, "syn_proxy_threshold", 1, i64::from(u32::MAX)),
+            None => DEFAULT_SYN_PROXY_THRESHOLD,
+        };
+        (mode, threshold)
     }
 
     /// Reports the first item beyond [`MAX_PER_KIND`] of a list.
@@ -302,6 +343,10 @@ impl<'a, 's> Compiler<'a, 's> {
         if let Some(r) = p.restrict_smtp {
             out.restrict_smtp = r;
         }
+        if let Some(t) = &p.unreplied_timeout_s {
+            out.unreplied_timeout_s =
+                self.int(t, "unreplied_timeout_s", 1, MAX_UNREPLIED_TIMEOUT_S);
+        }
         if let Some(a) = &p.metadata_address {
             match parse::address(a.get_ref()) {
                 Ok(addr) => out.metadata_address = addr,
@@ -367,6 +412,12 @@ impl<'a, 's> Compiler<'a, 's> {
                 IdleConfig::Adaptive => IdlePolicy::Adaptive,
             };
         }
+        if let Some(r) = d.reset_unknown {
+            out.reset_unknown = r;
+        }
+        if let Some(r) = &d.reset_unknown_rate {
+            out.reset_unknown_rate = self.int(r, "reset_unknown_rate", 1, MAX_RESET_UNKNOWN_RATE);
+        }
         out
     }
 
@@ -384,7 +435,17 @@ impl<'a, 's> Compiler<'a, 's> {
                 interface: None,
                 dpdk_port: None,
                 addresses: Vec::new(),
+                source_check: match p.source_check {
+                    None | Some(SourceCheckConfig::Strict) => SourceCheck::Strict,
+                    Some(SourceCheckConfig::Loose) => SourceCheck::Loose,
+                    Some(SourceCheckConfig::Off) => SourceCheck::Off,
+                },
+                vlan: None,
+                max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
             };
+            if let Some(m) = &p.max_neighbors {
+                port.max_neighbors = self.int(m, "max_neighbors", 16, 65536);
+            }
             match io {
                 IoBackend::AfPacket => {
                     if p.interface.is_none() {
@@ -437,6 +498,10 @@ impl<'a, 's> Compiler<'a, 's> {
                     );
                 }
                 port.dpdk_port = Some(id);
+            }
+            if let Some(v) = &p.vlan {
+                // 0 is a priority tag and 4095 reserved (802.1Q).
+                port.vlan = Some(self.int(v, "vlan", 1, 4094));
             }
             for a in &p.addresses {
                 match parse::interface_address(a.get_ref()) {
@@ -1456,12 +1521,15 @@ impl<'a, 's> Compiler<'a, 's> {
                         }
                     }
                 }
+                let (syn_proxy, syn_proxy_threshold) = self.syn_proxy(l, proto_cfg);
                 listeners.push(Listener {
                     protocol,
                     port,
                     server_group,
                     transfer_client_ip,
                     acl,
+                    syn_proxy,
+                    syn_proxy_threshold,
                 });
             }
             // FULLNAT needs a local address of each VIP family in use.

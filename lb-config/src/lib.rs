@@ -171,7 +171,7 @@ fn toml_message(m: &str) -> String {
 }
 
 /// A one-line summary for `lbctl check`, e.g.
-/// `ok: 2 ports, 3 security groups (14 rules), 2 instances, 1 server group (2 servers), 1 load balancer (2 listeners), session tables 136 MiB`
+/// `ok: 2 ports, 3 security groups (14 rules), 2 instances, 1 server group (2 servers), 1 load balancer (2 listeners), session tables 241 MiB`
 /// (the memory estimate of [`session_memory`]).
 pub fn summary(cfg: &Config) -> String {
     fn n(count: usize, one: &str, many: &str) -> String {

@@ -25,8 +25,8 @@ use crate::schema::{FileConfig, S};
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// `dataplane.max_memory_mib` when not given: the session tables of all
-/// workers together may take at most 32 GiB (the defaults take 136 MiB per
-/// worker, 8.5 GiB for 64 workers).
+/// workers together may take at most 32 GiB (the defaults take 241 MiB per
+/// worker, 15 GiB for 64 workers).
 pub const DEFAULT_MAX_MEMORY_MIB: i64 = 32 << 10;
 
 /// `dataplane.max_memory_mib` upper bound (16 TiB).
@@ -404,9 +404,9 @@ fn memory(f: &FileConfig, cfg: &Config, sink: &mut Sink<'_>) {
             human_bytes(total),
             plural_workers(d.workers),
             d.max_sessions,
-            lb_core::conntrack::SessionTable::<lb_core::pipeline::Flow>::session_bytes(false),
+            lb_core::pipeline::Worker::session_table_bytes(1, 0),
             d.max_sessions_v6,
-            lb_core::conntrack::SessionTable::<lb_core::pipeline::Flow>::session_bytes(true),
+            lb_core::pipeline::Worker::session_table_bytes(0, 1),
         ),
     );
 }

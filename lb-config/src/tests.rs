@@ -91,7 +91,7 @@ fn syntax_error_has_a_position() {
 fn unknown_field() {
     assert_eq!(
         errs("\n[dataplane]\nworkers = 2\nthreads = 4\n"),
-        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`"]
+        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`"]
     );
 }
 
@@ -101,8 +101,8 @@ fn unknown_fields_do_not_hide_other_errors() {
         errs("\n[dataplane]\nworkers = 0\nthreads = 4\n[platform]\nsmtp = false\n"),
         vec![
             "2:11: workers must be 1..=64, got 0",
-            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`",
-            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`",
+            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`",
+            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`, `unreplied_timeout_s`",
         ]
     );
 }
@@ -1323,6 +1323,40 @@ fn at_most_65535_servers_in_a_group() {
     );
 }
 
+// ---------------------------------------------------------------- port checks
+
+#[test]
+fn port_source_check_and_vlan() {
+    let port = |extra: &str| format!("\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\n{extra}");
+    let cfg = ok(&port(""));
+    assert_eq!(
+        cfg.ports[0].source_check,
+        lb_core::model::SourceCheck::Strict
+    );
+    assert_eq!(cfg.ports[0].vlan, None);
+    let cfg = ok(&port("source_check = \"loose\"\nvlan = 4094\n"));
+    assert_eq!(
+        cfg.ports[0].source_check,
+        lb_core::model::SourceCheck::Loose
+    );
+    assert_eq!(cfg.ports[0].vlan, Some(4094));
+    let cfg = ok(&port("source_check = \"off\"\nvlan = 1\n"));
+    assert_eq!(cfg.ports[0].source_check, lb_core::model::SourceCheck::Off);
+    assert_eq!(cfg.ports[0].vlan, Some(1));
+    assert_eq!(
+        errs(&port("source_check = \"rpf\"\n")),
+        vec!["4:16: unknown variant `rpf`, expected one of `strict`, `loose`, `off`"]
+    );
+    assert_eq!(
+        errs(&port("vlan = 0\n")),
+        vec!["4:8: vlan must be 1..=4094, got 0"]
+    );
+    assert_eq!(
+        errs(&port("vlan = 4095\n")),
+        vec!["4:8: vlan must be 1..=4094, got 4095"]
+    );
+}
+
 // ---------------------------------------------------------------- sanity
 
 /// `lb(SERVER, …)` with these VIPs: the VIP list is on line 19, column 9.
@@ -1519,17 +1553,23 @@ fn session_tables_are_estimated_and_bounded() {
         SessionTable::<Flow>::session_bytes(true),
     );
     // What the pipeline's tables take today.
-    assert_eq!((b4, b6), (96, 160));
+    assert_eq!((b4, b6), (176, 240));
+    // And with the SYN proxy's sequence offsets, what a worker commits.
+    let (b4, b6) = (
+        Worker::session_table_bytes(1, 0),
+        Worker::session_table_bytes(0, 1),
+    );
+    assert_eq!((b4, b6), (180, 244));
     // The default tables of 64 workers fit the default bound.
     let cfg = ok("[dataplane]\nworkers = 64\n");
     assert_eq!(
         session_memory(&cfg),
         64 * Worker::session_table_bytes(1 << 20, 1 << 18)
     );
-    assert_eq!(human_bytes(session_memory(&cfg)), "8.5 GiB");
-    // 64 workers × 67 M sessions of each family: 1 TiB.
+    assert_eq!(human_bytes(session_memory(&cfg)), "15 GiB");
+    // 64 workers × 67 M sessions of each family: 1.7 TiB.
     let big = 1u64 << 26;
-    let total = 64 * big * (b4 as u64 + b6 as u64);
+    let total = 64 * big * (b4 + b6);
     assert_eq!(
         errs("[dataplane]\nworkers = 64\nmax_sessions = 67108864\nmax_sessions_v6 = 67108864\n"),
         vec![format!(
@@ -1537,7 +1577,7 @@ fn session_tables_are_estimated_and_bounded() {
             human_bytes(total)
         )]
     );
-    assert_eq!(human_bytes(total), "1.0 TiB");
+    assert_eq!(human_bytes(total), "1.7 TiB");
     // Only workers set: the error points at it.
     assert_eq!(
         errs("[dataplane]\nworkers = 64\nmax_memory_mib = 4096\n")[0]
@@ -1552,7 +1592,7 @@ fn session_tables_are_estimated_and_bounded() {
         errs("[dataplane]\nmax_memory_mib = 0\n"),
         vec!["2:18: max_memory_mib must be 1..=16777216, got 0"]
     );
-    // The bound counts every byte: one worker's default tables need 136 MiB.
+    // The bound counts every byte: one worker's default tables need 241 MiB.
     let one = Worker::session_table_bytes(1 << 20, 1 << 18);
     let mib = i64::try_from(one.div_ceil(1 << 20)).expect("small");
     assert_eq!(
@@ -1806,5 +1846,86 @@ fn port_list_duplicates_in_one_pass() {
         started.elapsed() < std::time::Duration::from_secs(20),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn port_max_neighbors() {
+    let port = |extra: &str| format!("\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\n{extra}");
+    assert_eq!(
+        ok(&port("")).ports[0].max_neighbors,
+        lb_core::model::Port::DEFAULT_MAX_NEIGHBORS
+    );
+    assert_eq!(
+        ok(&port("max_neighbors = 4096\n")).ports[0].max_neighbors,
+        4096
+    );
+    assert_eq!(
+        errs(&port("max_neighbors = 8\n")),
+        vec!["4:17: max_neighbors must be 16..=65536, got 8"]
+    );
+    assert_eq!(
+        errs(&port("max_neighbors = 100000\n")),
+        vec!["4:17: max_neighbors must be 16..=65536, got 100000"]
+    );
+}
+
+#[test]
+fn tcp_hardening_settings() {
+    let cfg = ok("\n[platform]\nunreplied_timeout_s = 45\n[dataplane]\nreset_unknown = false\nreset_unknown_rate = 50\n");
+    assert_eq!(cfg.platform.unreplied_timeout_s, 45);
+    assert!(!cfg.dataplane.reset_unknown);
+    assert_eq!(cfg.dataplane.reset_unknown_rate, 50);
+    let cfg = ok("");
+    assert_eq!(cfg.platform.unreplied_timeout_s, 30);
+    assert!(cfg.dataplane.reset_unknown);
+    assert_eq!(cfg.dataplane.reset_unknown_rate, 1000);
+    assert_eq!(
+        errs("\n[platform]\nunreplied_timeout_s = 0\n[dataplane]\nreset_unknown_rate = 0\n"),
+        vec![
+            "2:23: unreplied_timeout_s must be 1..=86400, got 0",
+            "4:22: reset_unknown_rate must be 1..=1000000, got 0",
+        ]
+    );
+}
+
+#[test]
+fn syn_proxy_settings() {
+    use lb_core::model::{SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD};
+    // Default: "auto" at the default threshold.
+    let l = &ok(&lb(SERVER, TCP_LB)).load_balancers[0].listeners[0];
+    assert_eq!(
+        (l.syn_proxy, l.syn_proxy_threshold),
+        (SynProxyMode::Auto, DEFAULT_SYN_PROXY_THRESHOLD)
+    );
+    let with = |extra: &str| lb(SERVER, &format!("{TCP_LB}{extra}"));
+    let l = &ok(&with("syn_proxy = \"on\"\n")).load_balancers[0].listeners[0];
+    assert_eq!(l.syn_proxy, SynProxyMode::On);
+    let l = &ok(&with("syn_proxy = \"off\"\n")).load_balancers[0].listeners[0];
+    assert_eq!(l.syn_proxy, SynProxyMode::Off);
+    let l = &ok(&with("syn_proxy = \"auto\"\nsyn_proxy_threshold = 50\n")).load_balancers[0]
+        .listeners[0];
+    assert_eq!(
+        (l.syn_proxy, l.syn_proxy_threshold),
+        (SynProxyMode::Auto, 50)
+    );
+    let bad = errs(&with("syn_proxy = \"sometimes\"\n"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].starts_with("25:13: "), "{bad:?}");
+    assert_eq!(
+        errs(&with("syn_proxy = \"on\"\nsyn_proxy_threshold = 10\n")),
+        vec!["26:23: syn_proxy_threshold applies only with syn_proxy = \"auto\""]
+    );
+    assert_eq!(
+        errs(&with("syn_proxy_threshold = 0\n")),
+        vec!["25:23: syn_proxy_threshold must be 1..=4294967295, got 0"]
+    );
+    // UDP listeners have no handshake to proxy.
+    let udp = "vips = [\"198.18.0.10\"]\nlocal_addresses = [\"198.19.1.250\"]\n[[load_balancer.listener]]\nprotocol = \"udp\"\nport = 53\nserver_group = \"sgp\"\nsyn_proxy = \"on\"\n";
+    let e = errs(&lb(SERVER, udp));
+    assert!(
+        e.iter()
+            .any(|e| e == "25:13: syn_proxy is for TCP listeners, not udp"),
+        "{e:?}"
     );
 }

@@ -353,7 +353,12 @@ pub fn stats(shared: &Shared) -> Value {
     let mut ports = Vec::new();
     for (pi, p) in cfg.ports.iter().enumerate() {
         let mut t = crate::io::IoStats::default();
+        let mut d = lb_core::pipeline::PortDrops::default();
         for r in &reports {
+            if let Some(c) = r.core.as_ref().and_then(|c| c.port_drops.get(pi)) {
+                d.spoofed_source += c.spoofed_source;
+                d.vlan_mismatch += c.vlan_mismatch;
+            }
             if let Some(s) = r.ports.get(pi) {
                 t.rx_packets += s.rx_packets;
                 t.rx_bytes += s.rx_bytes;
@@ -367,8 +372,13 @@ pub fn stats(shared: &Shared) -> Value {
             "name": p.name,
             "interface": shared.port_names.get(pi),
             "link": shared.link_status(pi),
+            "mtu": shared.port_mtu.get(pi).map_or(0, |m| m.load(Ordering::Relaxed)),
             "rx_packets": t.rx_packets, "rx_bytes": t.rx_bytes, "rx_dropped": t.rx_dropped,
             "tx_packets": t.tx_packets, "tx_bytes": t.tx_bytes, "tx_dropped": t.tx_dropped,
+            "source_check": p.source_check.as_str(),
+            "vlan": p.vlan,
+            "spoofed_source": d.spoofed_source,
+            "vlan_mismatch": d.vlan_mismatch,
         }));
     }
 
@@ -377,8 +387,15 @@ pub fn stats(shared: &Shared) -> Value {
     let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut servers: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
     let mut workers = Vec::new();
+    let (mut icmp_sent, mut icmp_limited) = (0u64, 0u64);
+    let mut syn_flood: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (i, r) in reports.iter().enumerate() {
+        icmp_sent += r.icmp_errors_sent;
+        icmp_limited += r.icmp_errors_rate_limited;
         let Some(core) = &r.core else { continue };
+        for (k, v) in syn_flood_counters(core, r) {
+            *syn_flood.entry(k).or_default() += v;
+        }
         for k in DropKind::ALL.iter().skip(1) {
             *drops.entry(k.as_str()).or_default() += core.drops[*k as usize];
         }
@@ -424,6 +441,29 @@ pub fn stats(shared: &Shared) -> Value {
             "handoff_out": r.handoff_out,
         }));
     }
+
+    let nc = &shared.neigh.counters;
+    for (name, c) in [
+        ("neighbor_own_address_claim", &nc.own_address_claims),
+        ("neighbor_off_link", &nc.off_link),
+        ("neighbor_unsolicited", &nc.unsolicited),
+        ("neighbor_table_full", &nc.table_full),
+    ] {
+        *drops.entry(name).or_default() += c.load(Ordering::Relaxed);
+    }
+    let neighbor_tables: Vec<Value> = shared
+        .neigh
+        .sizes()
+        .into_iter()
+        .enumerate()
+        .map(|(pi, (entries, limit))| {
+            json!({
+                "port": cfg.ports.get(pi).map(|p| p.name.as_str()),
+                "entries": entries,
+                "limit": limit,
+            })
+        })
+        .collect();
 
     let mut server_list = Vec::new();
     for (gi, g) in cfg.server_groups.iter().enumerate() {
@@ -481,12 +521,65 @@ pub fn stats(shared: &Shared) -> Value {
         "ports": ports,
         "workers": workers,
         "drops": drops,
+        "icmp_errors": {"sent": icmp_sent, "rate_limited": icmp_limited},
         "rules": rules,
         "listeners": listener_list,
         "servers": server_list,
         "neighbors": neighbors,
+        "neighbor_tables": neighbor_tables,
+        "syn_flood": syn_flood,
     })
 }
+
+/// A worker's counters of the SYN-flood defences (`syn_flood` in the
+/// stats), each with its help text in [`SYN_FLOOD_HELP`].
+fn syn_flood_counters(
+    core: &lb_core::pipeline::Stats,
+    r: &crate::daemon::WorkerReport,
+) -> [(&'static str, u64); 6] {
+    [
+        ("half_open", r.half_open as u64),
+        ("early_drops", core.early_drops),
+        ("syn_cookies_sent", core.syn_cookies_sent),
+        ("syn_cookies_valid", core.syn_cookies_valid),
+        ("syn_cookies_invalid", core.syn_cookies_invalid),
+        ("syn_proxy_engaged", r.syn_proxy_engaged as u64),
+    ]
+}
+
+/// The `syn_flood` counters: name, Prometheus type, help.
+const SYN_FLOOD_HELP: &[(&str, &str, &str)] = &[
+    (
+        "half_open",
+        "gauge",
+        "Half-open TCP sessions (handshake begun, not completed).",
+    ),
+    (
+        "early_drops",
+        "counter",
+        "Half-open sessions dropped to make room for a new one (full session table or no local port left).",
+    ),
+    (
+        "syn_cookies_sent",
+        "counter",
+        "SYN-ACKs with a SYN cookie sent by the SYN proxy.",
+    ),
+    (
+        "syn_cookies_valid",
+        "counter",
+        "ACKs with a valid SYN cookie (connections the SYN proxy opened).",
+    ),
+    (
+        "syn_cookies_invalid",
+        "counter",
+        "ACKs without a session to a SYN-proxy listener whose cookie was wrong or too old.",
+    ),
+    (
+        "syn_proxy_engaged",
+        "gauge",
+        "Workers with an \"auto\" SYN proxy engaged on some listener.",
+    ),
+];
 
 /// The same counters in the Prometheus text format.
 pub fn prometheus(shared: &Shared) -> String {
@@ -518,6 +611,14 @@ pub fn prometheus(shared: &Shared) -> String {
         ("tx_packets", "Frames sent per port."),
         ("tx_bytes", "Bytes sent per port."),
         ("tx_dropped", "Frames that could not be sent."),
+        (
+            "spoofed_source",
+            "Packets dropped because their source fails the port's source_check.",
+        ),
+        (
+            "vlan_mismatch",
+            "Frames dropped because their VLAN tagging does not fit the port.",
+        ),
     ] {
         metric(
             &format!("port_{field}_total"),
@@ -526,6 +627,48 @@ pub fn prometheus(shared: &Shared) -> String {
             ports
                 .iter()
                 .map(|p| (format!("{{port=\"{}\"}}", esc(&p["name"])), num(&p[field])))
+                .collect(),
+        );
+    }
+    metric(
+        "port_mtu",
+        "The MTU of each port's link, as last read (0: unknown).",
+        "gauge",
+        ports
+            .iter()
+            .map(|p| (format!("{{port=\"{}\"}}", esc(&p["name"])), num(&p["mtu"])))
+            .collect(),
+    );
+    metric(
+        "icmp_errors_sent_total",
+        "ICMP errors sent for dropped packets (time exceeded, fragmentation needed, packet too big).",
+        "counter",
+        vec![(String::new(), num(&s["icmp_errors"]["sent"]))],
+    );
+    metric(
+        "icmp_errors_rate_limited_total",
+        "ICMP errors not sent because of the rate limit.",
+        "counter",
+        vec![(String::new(), num(&s["icmp_errors"]["rate_limited"]))],
+    );
+    let tables = s["neighbor_tables"].as_array().cloned().unwrap_or_default();
+    for (field, help) in [
+        (
+            "entries",
+            "Neighbour entries per port (resolved or being resolved).",
+        ),
+        (
+            "limit",
+            "The most neighbour entries per port (max_neighbors).",
+        ),
+    ] {
+        metric(
+            &format!("neighbor_{field}"),
+            help,
+            "gauge",
+            tables
+                .iter()
+                .map(|t| (format!("{{port=\"{}\"}}", esc(&t["port"])), num(&t[field])))
                 .collect(),
         );
     }
@@ -614,6 +757,15 @@ pub fn prometheus(shared: &Shared) -> String {
             })
             .collect(),
     );
+    for &(name, kind, help) in SYN_FLOOD_HELP {
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        metric(
+            &format!("syn_flood_{name}{suffix}"),
+            help,
+            kind,
+            vec![(String::new(), num(&s["syn_flood"][name]))],
+        );
+    }
     metric(
         "reloads_total",
         "Configuration reloads applied.",

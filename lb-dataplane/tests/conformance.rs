@@ -6,7 +6,8 @@
 //! 0.0 tcp 198.18.0.2:40000 > 198.18.0.10:81 S   #=> drop "sg sg-alb rule 3 (deny)"
 //! ```
 //!
-//! `#=> VERDICT ["reason substring"] [backend=ID] [out="…"]`. The first line
+//! `#=> VERDICT ["reason substring"] [backend=ID] [out="…"] [answer="…"]`
+//! (`answer`: the ICMP error `lbd` sends back for the drop). The first line
 //! `# config: FILE` names the configuration. Bad configurations under
 //! `tests/conformance/bad/` carry `# expect: LINE: substring` (or `# expect:
 //! LINE:COL: substring`) lines: `lbctl check` must fail and report an error
@@ -29,6 +30,7 @@ struct Expect {
     reason: Option<String>,
     backend: Option<String>,
     out: Option<String>,
+    answer: Option<String>,
 }
 
 /// Splits `#=> forward "a b" backend=x out="c d"` into its parts.
@@ -59,6 +61,8 @@ fn parse_expect(s: &str) -> Expect {
             e.backend = Some(b.to_string());
         } else if let Some(o) = w.strip_prefix("out=") {
             e.out = Some(o.to_string());
+        } else if let Some(a) = w.strip_prefix("answer=") {
+            e.answer = Some(a.to_string());
         } else {
             e.reason = Some(w.clone());
         }
@@ -126,6 +130,11 @@ fn run_trace(path: &Path) -> Vec<String> {
         if let Some(o) = &exp.out {
             if &field("out") != o {
                 bad.push(format!("out {:?} (expected {o:?})", field("out")));
+            }
+        }
+        if let Some(a) = &exp.answer {
+            if &field("answer") != a {
+                bad.push(format!("answer {:?} (expected {a:?})", field("answer")));
             }
         }
         if !bad.is_empty() {
