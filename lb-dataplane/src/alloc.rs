@@ -17,6 +17,8 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::marker::PhantomData;
 
 /// Allocations from this size on get huge pages.
 pub const HUGE: usize = 2 << 20;
@@ -128,6 +130,43 @@ pub fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+thread_local! {
+    static FORWARDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as on the forwarding path (a worker's round
+/// from its RX bursts to its TX flushes) until the guard drops, where
+/// nothing may be allocated per packet. A counting allocator can check it
+/// with [`on_forwarding_path`].
+pub fn forwarding_path() -> ForwardingPath {
+    let outer = FORWARDING.with(|f| f.replace(true));
+    ForwardingPath {
+        outer,
+        _not_send: PhantomData,
+    }
+}
+
+/// Whether the calling thread is on the forwarding path (see
+/// [`forwarding_path`]). Allocation-free, for use inside an allocator.
+pub fn on_forwarding_path() -> bool {
+    FORWARDING.with(Cell::get)
+}
+
+/// See [`forwarding_path`].
+#[derive(Debug)]
+pub struct ForwardingPath {
+    outer: bool,
+    /// The mark belongs to one thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for ForwardingPath {
+    fn drop(&mut self) {
+        let outer = self.outer;
+        FORWARDING.with(|f| f.set(outer));
     }
 }
 

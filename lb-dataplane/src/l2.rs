@@ -251,6 +251,35 @@ pub fn set_vlan(frame: &mut Vec<u8>, vlan: Option<u16>) {
     }
 }
 
+/// How the Ethernet header of `frame` changes for a port with VLAN `vlan`
+/// (see [`for_port`]): `None` if it already fits, otherwise the header's
+/// length now (addresses and tags) and the length it must have.
+pub fn retag_plan(frame: &[u8], vlan: Option<u16>) -> Option<(usize, usize)> {
+    if tagged_as(frame, vlan) || frame.len() < 12 {
+        return None;
+    }
+    Some((tags_end(frame), 12 + if vlan.is_some() { 4 } else { 0 }))
+}
+
+/// The destination and source addresses of a frame (zeros if too short).
+pub fn addresses(frame: &[u8]) -> [u8; 12] {
+    let mut a = [0u8; 12];
+    if let Some(src) = frame.get(..12) {
+        a.copy_from_slice(src);
+    }
+    a
+}
+
+/// Writes a header of the length [`retag_plan`] asked for: the addresses,
+/// then the port's 802.1Q tag (priority 0) if it has a VLAN.
+pub fn write_header(hdr: &mut [u8], addrs: [u8; 12], vlan: Option<u16>) {
+    hdr[..12].copy_from_slice(&addrs);
+    if let Some(vid) = vlan {
+        hdr[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+        hdr[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+    }
+}
+
 /// The VLAN of port `port`, if it has one.
 pub fn port_vlan(snap: &lb_core::pipeline::Snapshot, port: u32) -> Option<u16> {
     snap.cfg.ports.get(port as usize).and_then(|p| p.vlan)

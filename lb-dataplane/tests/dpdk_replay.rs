@@ -23,11 +23,10 @@ mod dpdk_common;
 use dpdk_common::{read_pcap, write_pcap};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lb_core::packet::{self, ArpOp, FrameSpec, Kind, MacAddr, TcpFlags};
-use lb_dataplane::daemon::{Daemon, BURST};
+use lb_dataplane::daemon::BURST;
 
 /// net_pcap gives its ports the address 02:70:63:61:70:<n> ("\x02pcap").
 const EXT_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
@@ -109,20 +108,6 @@ fn int_input() -> Vec<Vec<u8>> {
     frames
 }
 
-/// The seed's step 6 (deny 81) on two net_pcap ports, health checks off.
-fn step6_config(eal_args: &[String]) -> String {
-    let cfg = common::seed_config(
-        "security_groups = [\"sg-alb\"]",
-        &common::sg_alb(false),
-        (100, 100),
-    )
-    .replace(
-        "[server_group.health_check]\n",
-        "[server_group.health_check]\nenabled = false\n",
-    );
-    common::dpdk_config(&cfg, eal_args)
-}
-
 fn ipv4_header_ok(frame: &[u8], p: &packet::Parsed) -> bool {
     let ihl = usize::from(frame[p.l3_offset] & 0x0f) * 4;
     let mut sum = 0u32;
@@ -133,14 +118,6 @@ fn ipv4_header_ok(frame: &[u8], p: &packet::Parsed) -> bool {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     sum == 0xffff
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The summed counters of port `name` in the daemon's stats.
@@ -161,8 +138,7 @@ fn port_counts(stats: &serde_json::Value, name: &str) -> (u64, u64) {
 #[test]
 fn seed_step6_replayed_through_lbd_on_net_pcap() {
     let _cleanup = dpdk_common::RuntimeDirGuard;
-    let dir = TempDir(std::env::temp_dir().join(format!("lbreplay-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let dir = dpdk_common::TempDir::new("lbreplay");
     let path = |n: &str| dir.0.join(n);
     let (ext_in, int_in) = (ext_input(), int_input());
     write_pcap(&path("ext_in.pcap"), &ext_in);
@@ -176,10 +152,7 @@ fn seed_step6_replayed_through_lbd_on_net_pcap() {
             path(&format!("{port}_out.pcap")).display()
         )
     });
-    let config = path("lbd.toml");
-    std::fs::write(&config, step6_config(&dpdk_common::eal_args(&vdevs))).expect("config");
-
-    let daemon = Daemon::start(&config).unwrap_or_else(|e| panic!("lbd: {e:#}"));
+    let daemon = common::start_dpdk_step6(&path("lbd.toml"), &dpdk_common::eal_args(&vdevs));
     assert_eq!(
         daemon.shared.workers.len(),
         1,

@@ -51,9 +51,15 @@ pub struct Runtime {
 /// A frame passed to the worker that owns its session.
 #[derive(Debug)]
 pub struct Handoff {
-    pub frame: Vec<u8>,
+    /// The frame in a buffer of its own: moved, never copied again.
+    pub buf: crate::io::Buf,
     pub meta: RxMeta,
     pub port: u32,
+    /// The frame's parse, which the receiving worker uses as it is.
+    pub parsed: (
+        lb_core::packet::Parsed,
+        Result<(), lb_core::packet::ParseError>,
+    ),
 }
 
 /// What a worker publishes for `lbctl stats`.
@@ -108,6 +114,9 @@ pub struct Shared {
     /// The largest MTU each port can send at (AF_PACKET sizes its send
     /// buffers at start); `u32::MAX` where there is no such limit.
     port_mtu_cap: Vec<u32>,
+    /// Buffers for frames that leave their RX ring before they are sent
+    /// (handed to another worker, or waiting for a neighbour).
+    pub buffers: Arc<crate::io::pool::BufPool>,
 }
 
 impl Shared {
@@ -203,6 +212,17 @@ impl Shared {
     }
 }
 
+/// Buffers the workers may hold at once outside their RX rings: full
+/// handoff queues and full neighbour queues. None where frames have buffers
+/// of their own (`max_frame` 0: DPDK's mbufs).
+fn pool_buffers(workers: usize, max_frame: usize) -> usize {
+    if max_frame == 0 {
+        return 0;
+    }
+    let handoff = if workers > 1 { HANDOFF_DEPTH } else { 0 };
+    workers * (handoff + worker::PENDING_MAX + BURST)
+}
+
 /// What a reload cannot change without a restart: the ports and workers.
 fn compatible(
     old: &lb_core::model::Config,
@@ -251,6 +271,7 @@ impl Daemon {
             senders,
             port_names,
             mtu_cap,
+            max_frame,
             #[cfg(feature = "dpdk")]
             eal,
             #[cfg(feature = "dpdk")]
@@ -286,6 +307,7 @@ impl Daemon {
             dpdk_ports,
             port_mtu: mtu_cap.iter().map(|_| AtomicU32::new(0)).collect(),
             port_mtu_cap: mtu_cap,
+            buffers: crate::io::pool::BufPool::new(pool_buffers(workers, max_frame), max_frame),
         });
         for pi in 0..shared.port_mtu.len() {
             shared.update_port_mtu(pi);

@@ -17,9 +17,9 @@ use super::StartError;
 use super::BURST;
 use crate::io::afpacket::{AfPacket, AfPacketOpts};
 use crate::io::raw::RawSender;
-use crate::io::PacketIo;
 #[cfg(feature = "dpdk")]
-use crate::io::{IoStats, RxMeta};
+use crate::io::IoStats;
+use crate::io::{RxQueue, TxQueue};
 
 /// How a thread other than the workers (the health checker) puts a frame
 /// on a port.
@@ -61,14 +61,25 @@ impl crate::health::ProbeSender for PortSender {
     }
 }
 
+/// One worker's queue pair of every port (in port order), split in its
+/// receiving and sending halves.
+#[derive(Default)]
+pub(super) struct WorkerPorts {
+    pub(super) rx: Vec<Box<dyn RxQueue>>,
+    pub(super) tx: Vec<Box<dyn TxQueue>>,
+}
+
 /// The ports, opened: each worker's queues, the health checker's senders.
 pub(super) struct OpenPorts {
-    /// One entry per worker, each with one queue per port (in port order).
-    pub(super) per_worker: Vec<Vec<Box<dyn PacketIo>>>,
+    /// One entry per worker.
+    pub(super) per_worker: Vec<WorkerPorts>,
     pub(super) senders: Vec<PortSender>,
     pub(super) port_names: Vec<String>,
     /// Per port, the largest MTU it can send at (`u32::MAX`: no limit).
     pub(super) mtu_cap: Vec<u32>,
+    /// The largest frame a worker copies out of an RX ring (0: the frames
+    /// have buffers of their own).
+    pub(super) max_frame: usize,
     /// The EAL, when the ports are DPDK's: workers register with it.
     #[cfg(feature = "dpdk")]
     pub(super) eal: Option<crate::io::dpdk::Eal>,
@@ -92,10 +103,11 @@ pub(super) fn open_af_packet(
         })
         .collect::<Result<_, _>>()?;
     let fanout_base = u16::try_from(std::process::id() & 0x7fff).unwrap_or(0);
-    let mut per_worker: Vec<Vec<Box<dyn PacketIo>>> = Vec::new();
+    let mut per_worker: Vec<WorkerPorts> = Vec::new();
     let mut mtu_cap = vec![u32::MAX; port_names.len()];
+    let mut max_frame = 0;
     for _ in 0..workers {
-        let mut ports: Vec<Box<dyn PacketIo>> = Vec::new();
+        let mut ports = WorkerPorts::default();
         for (pi, name) in port_names.iter().enumerate() {
             let opts = AfPacketOpts {
                 fanout: (workers > 1)
@@ -110,7 +122,10 @@ pub(super) fn open_af_packet(
             // header and one tag.
             let cap = io.max_tx_frame().saturating_sub(14 + 4);
             mtu_cap[pi] = mtu_cap[pi].min(u32::try_from(cap).unwrap_or(u32::MAX));
-            ports.push(Box::new(io));
+            max_frame = max_frame.max(io.max_tx_frame());
+            let (rx, tx) = io.split();
+            ports.rx.push(Box::new(rx));
+            ports.tx.push(Box::new(tx));
         }
         per_worker.push(ports);
     }
@@ -130,6 +145,7 @@ pub(super) fn open_af_packet(
         senders,
         port_names,
         mtu_cap,
+        max_frame,
         #[cfg(feature = "dpdk")]
         eal: None,
         #[cfg(feature = "dpdk")]
@@ -249,9 +265,9 @@ pub(super) fn open_dpdk(
         .iter()
         .map(|_| Arc::new(ArrayQueue::new(INJECT_DEPTH)))
         .collect();
-    let mut per_worker: Vec<Vec<Box<dyn PacketIo>>> = Vec::new();
+    let mut per_worker: Vec<WorkerPorts> = Vec::new();
     for w in 0..workers {
-        let mut ios: Vec<Box<dyn PacketIo>> = Vec::new();
+        let mut ios = WorkerPorts::default();
         for (port, frames) in ports.iter().zip(&inject) {
             let q = u16::try_from(w % usize::from(port.queue_count())).unwrap_or(0);
             let queue = port.queue(q).map_err(|source| StartError::DpdkQueue {
@@ -259,13 +275,15 @@ pub(super) fn open_dpdk(
                 id: port.port_id(),
                 source,
             })?;
+            let (rx, tx) = queue.split();
+            ios.rx.push(Box::new(rx));
             if w == 0 {
-                ios.push(Box::new(WithInjected {
-                    io: queue,
+                ios.tx.push(Box::new(WithInjected {
+                    io: tx,
                     frames: frames.clone(),
                 }));
             } else {
-                ios.push(Box::new(queue));
+                ios.tx.push(Box::new(tx));
             }
         }
         per_worker.push(ios);
@@ -284,13 +302,16 @@ pub(super) fn open_dpdk(
         senders,
         port_names,
         mtu_cap: vec![u32::MAX; ports.len()],
+        max_frame: 0,
         eal: Some(eal),
         dpdk_ports: ports,
     })
 }
 
 /// Buffers for every RX and TX descriptor of every queue, what the workers
-/// hold in flight, the per-lcore caches and a margin; rounded up to a power
+/// hold in flight (bursts, TX batches, frames waiting for a neighbour and,
+/// with several workers, full handoff queues: received mbufs are forwarded
+/// as they are), the per-lcore caches and a margin; rounded up to a power
 /// of two minus one, as DPDK prefers.
 #[cfg(feature = "dpdk")]
 fn pool_size(
@@ -301,8 +322,9 @@ fn pool_size(
 ) -> u32 {
     let rings =
         ports * usize::from(queues) * (usize::from(opts.rx_desc) + usize::from(opts.tx_desc));
-    let in_flight =
-        workers * (POOL_CACHE as usize + ports * (crate::io::dpdk::MAX_BURST + opts.tx_batch));
+    let held = super::worker::PENDING_MAX + if workers > 1 { super::HANDOFF_DEPTH } else { 0 };
+    let in_flight = workers
+        * (POOL_CACHE as usize + held + ports * (crate::io::dpdk::MAX_BURST + opts.tx_batch));
     let n = (rings + in_flight + 1024).next_power_of_two() - 1;
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -319,18 +341,18 @@ fn fmt_mac(mac: [u8; 6]) -> String {
 /// the health checker queued for the port.
 #[cfg(feature = "dpdk")]
 struct WithInjected {
-    io: crate::io::dpdk::DpdkQueue,
+    io: crate::io::dpdk::DpdkTx,
     frames: Arc<ArrayQueue<Vec<u8>>>,
 }
 
 #[cfg(feature = "dpdk")]
-impl PacketIo for WithInjected {
-    fn recv_burst(&mut self, max: usize, f: &mut dyn FnMut(&mut [u8], RxMeta)) -> usize {
-        self.io.recv_burst(max, f)
-    }
-
+impl TxQueue for WithInjected {
     fn send(&mut self, frame: &[u8]) -> bool {
         self.io.send(frame)
+    }
+
+    fn send_buf(&mut self, buf: crate::io::Buf) -> bool {
+        self.io.send_buf(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -350,9 +372,5 @@ impl PacketIo for WithInjected {
 
     fn stats(&self) -> IoStats {
         self.io.stats()
-    }
-
-    fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.io.poll_fd()
     }
 }

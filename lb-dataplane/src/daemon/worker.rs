@@ -1,20 +1,34 @@
 //! The poll-mode worker: reads bursts from its queues of every port, runs
 //! them through the pipeline and sends, answers or parks each frame.
+//!
+//! A burst stays where the port put it: AF_PACKET frames in the RX ring,
+//! DPDK frames in their mbufs. Each frame is parsed once (the parse that
+//! finds the worker owning its flow feeds the pipeline), rewritten in
+//! place, and leaves as it is: an mbuf goes to the egress port's TX queue
+//! itself, a ring frame is copied once into the kernel's send path. A frame
+//! for another worker moves its buffer there (an mbuf, or a copy in a
+//! pooled buffer for a ring frame). Nothing is allocated per packet.
 
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::model::IdlePolicy;
-use lb_core::pipeline::{frame_owner, Frame, Reason, RxInfo, Snapshot, Verdict, Worker};
+use lb_core::packet::{ParseError, Parsed};
+use lb_core::pipeline::{
+    frame_owner, Forward, Frame, LocalKind, Reason, RxInfo, Snapshot, Verdict, Worker,
+};
 
 use super::{Handoff, Runtime, Shared, WorkerReport, BURST};
-use crate::io::{PacketIo, RxMeta};
+use crate::io::pool::BufPool;
+use crate::io::{Buf, IoStats, RxMeta, RxQueue, Slot, TxQueue};
 use crate::l2::port_vlan;
 use crate::neigh::REFRESH;
 
 /// Frames waiting for a neighbour to answer, per worker.
-const PENDING_MAX: usize = 256;
+pub(super) const PENDING_MAX: usize = 256;
 
 /// How long a frame waits for its next hop to be resolved.
 const PENDING_WAIT: Duration = Duration::from_secs(1);
@@ -25,12 +39,15 @@ const PENDING_WAIT: Duration = Duration::from_secs(1);
 const ICMP_ERRORS_PER_SEC: u64 = 200;
 const ICMP_ERROR_BURST: u64 = 50;
 
+/// A frame's parse, as the pipeline takes it.
+pub(super) type ParsedFrame = (Parsed, Result<(), ParseError>);
+
 /// One frame waiting for its next hop.
 #[derive(Debug)]
 struct Pending {
     port: u32,
-    next_hop: std::net::IpAddr,
-    frame: Vec<u8>,
+    next_hop: IpAddr,
+    frame: Buf,
     since: Instant,
 }
 
@@ -66,24 +83,586 @@ fn cookie_secret() -> [u8; 16] {
 /// A poll-mode worker: its ports, its sessions, nothing shared on the
 /// per-packet path but read-only snapshots.
 pub(super) struct WorkerLoop {
+    /// The receiving half of each port's queue pair, apart from the rest
+    /// so that a burst can borrow its queue while the frames are sent.
+    rx: Vec<Box<dyn RxQueue>>,
+    fwd: Forwarder,
+    idle: IdlePolicy,
+    last_publish: Instant,
+    /// The ports' descriptors an idle worker sleeps on.
+    pollfds: Vec<libc::pollfd>,
+}
+
+/// Everything of a worker but its RX queues.
+struct Forwarder {
     id: usize,
     shared: Arc<Shared>,
-    /// `None` only while that port is being read.
-    ports: Vec<Option<Box<dyn PacketIo>>>,
-    macs: Vec<[u8; 6]>,
     core: Worker,
-    idle: IdlePolicy,
-    pending: std::collections::VecDeque<Pending>,
-    solicited: std::collections::HashMap<(u32, std::net::IpAddr), Instant>,
+    out: Egress,
+    solicited: HashMap<(u32, IpAddr), Instant>,
     report: WorkerReport,
-    last_publish: Instant,
-    /// The frames of the burst being processed, copied out of the RX
-    /// queue so the whole burst goes through the pipeline at once (its
-    /// session lookups overlap); buffers are reused across bursts.
-    staged: Vec<(Vec<u8>, RxMeta, u32)>,
-    /// Where a frame is retagged for its egress port's VLAN (reused).
-    tx_scratch: Vec<u8>,
     icmp: IcmpErrors,
+    /// The parse of each frame of the burst.
+    parsed: [ParsedFrame; BURST],
+}
+
+/// Where frames leave: the sending half of each port's queue pair, and the
+/// frames waiting for a neighbour.
+struct Egress {
+    tx: Vec<Box<dyn TxQueue>>,
+    macs: Vec<[u8; 6]>,
+    /// Where a frame to copy is retagged for its egress port's VLAN.
+    scratch: Vec<u8>,
+    /// Buffers for ring frames that must wait or move to another worker.
+    pool: Arc<BufPool>,
+    pending: VecDeque<Pending>,
+    /// Next hops to ask for after the burst.
+    solicit: Vec<(u32, IpAddr)>,
+    neighbor_unresolved: u64,
+}
+
+impl Egress {
+    /// Sends a copy of `frame` on `port`, tagged as the port is (see
+    /// [`crate::l2::for_port`]): no tag it arrived with leaves.
+    fn send(&mut self, port: u32, frame: &[u8], snap: &Snapshot) {
+        if let Some(io) = self.tx.get_mut(port as usize) {
+            io.send(crate::l2::for_port(
+                frame,
+                port_vlan(snap, port),
+                &mut self.scratch,
+            ));
+        }
+    }
+
+    /// Sends `frame` on `port` as it is: an owned buffer retagged in place
+    /// and handed over (an mbuf without a copy), a ring frame copied.
+    fn send_slot(&mut self, port: u32, frame: Slot<'_>, snap: &Snapshot) {
+        match frame {
+            Slot::Owned(mut buf) => {
+                let Some(io) = self.tx.get_mut(port as usize) else {
+                    return;
+                };
+                if buf.retag(port_vlan(snap, port)) {
+                    io.send_buf(buf);
+                } else {
+                    // No headroom for the tag: the copy path has room.
+                    let vlan = port_vlan(snap, port);
+                    io.send(crate::l2::for_port(buf.data(), vlan, &mut self.scratch));
+                }
+            }
+            Slot::Lent(f) => self.send(port, f, snap),
+            Slot::Empty => {}
+        }
+    }
+
+    /// Parks a frame until its next hop is resolved; the oldest goes when
+    /// the queue is full (counted).
+    fn park(&mut self, port: u32, next_hop: IpAddr, frame: Option<Buf>, now: Instant) {
+        self.ask(port, next_hop);
+        let Some(frame) = frame else {
+            // No buffer free: as good as unresolved.
+            self.neighbor_unresolved += 1;
+            return;
+        };
+        if self.pending.len() >= PENDING_MAX {
+            self.neighbor_unresolved += 1;
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Pending {
+            port,
+            next_hop,
+            frame,
+            since: now,
+        });
+    }
+
+    /// Asks for `next_hop` after the burst (at most once per burst).
+    fn ask(&mut self, port: u32, next_hop: IpAddr) {
+        if !self.solicit.contains(&(port, next_hop)) && self.solicit.len() < BURST {
+            self.solicit.push((port, next_hop));
+        }
+    }
+
+    /// Forwards `frame` to `f`'s next hop: sent with the neighbour's
+    /// address, or parked until it is known. `copy` is a frame the
+    /// pipeline built in its own buffer, which `frame` then stands for.
+    fn forward(
+        &mut self,
+        f: &Forward,
+        mut frame: Slot<'_>,
+        neigh: &crate::neigh::Neighbors,
+        snap: &Snapshot,
+        now: Instant,
+    ) {
+        let src = self
+            .macs
+            .get(f.hop.port as usize)
+            .copied()
+            .unwrap_or_default();
+        match neigh.lookup(f.hop.port, f.hop.next_hop, now) {
+            Some(e) => {
+                crate::l2::set_macs(frame.data_mut(), e.mac, src);
+                self.send_slot(f.hop.port, frame, snap);
+                if now.saturating_duration_since(e.learned) > REFRESH {
+                    // Ask again while the entry still works.
+                    self.ask(f.hop.port, f.hop.next_hop);
+                }
+            }
+            None => {
+                let buf = frame.into_buf(&self.pool);
+                self.park(f.hop.port, f.hop.next_hop, buf, now);
+            }
+        }
+    }
+}
+
+impl WorkerLoop {
+    pub(super) fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        ports: super::ports::WorkerPorts,
+        idle: IdlePolicy,
+        [max_sessions, max_sessions_v6]: [usize; 2],
+    ) -> WorkerLoop {
+        let n = u16::try_from(shared.workers.len()).unwrap_or(1);
+        let macs = ports.tx.iter().map(|p| p.mac()).collect();
+        let mut core = Worker::new(
+            u16::try_from(id).unwrap_or(0),
+            n,
+            max_sessions,
+            max_sessions_v6,
+        );
+        core.set_cookie_secret(lb_core::synproxy::CookieSecret::new(cookie_secret()));
+        let pollfds = ports
+            .rx
+            .iter()
+            .filter_map(|p| p.poll_fd())
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let pool = shared.buffers.clone();
+        WorkerLoop {
+            rx: ports.rx,
+            fwd: Forwarder {
+                id,
+                core,
+                out: Egress {
+                    tx: ports.tx,
+                    macs,
+                    scratch: Vec::with_capacity(2048),
+                    pool,
+                    pending: VecDeque::with_capacity(PENDING_MAX + 1),
+                    solicit: Vec::with_capacity(BURST),
+                    neighbor_unresolved: 0,
+                },
+                shared,
+                solicited: HashMap::new(),
+                report: WorkerReport::default(),
+                icmp: IcmpErrors::new(Instant::now()),
+                parsed: [(Parsed::EMPTY, Ok(())); BURST],
+            },
+            idle,
+            last_publish: Instant::now(),
+            pollfds,
+        }
+    }
+
+    /// Maps the session table before traffic, not page by page under it.
+    pub(super) fn prefault(&mut self) {
+        self.fwd.core.prefault();
+    }
+
+    /// Takes the ports' MTUs as the MTU watcher last read them.
+    fn sync_mtus(&mut self) {
+        for (pi, mtu) in self.fwd.shared.port_mtu.iter().enumerate() {
+            self.fwd.core.set_port_mtu(pi, mtu.load(Ordering::Relaxed));
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut idle_polls: u32 = 0;
+        // Listed in the stats from the start, not only after the first
+        // 100 ms of polling.
+        let generation = self.fwd.shared.runtime.load().snap.generation;
+        self.publish(Instant::now(), generation);
+        while !self.fwd.shared.stop.load(Ordering::Relaxed) {
+            // The snapshot is taken once per burst: a reload lands between bursts.
+            let rt = self.fwd.shared.runtime.load_full();
+            let seen = self.forward_once(&rt);
+            self.fwd.core.housekeep(self.fwd.shared.now_ns(), &rt.snap);
+            let now = Instant::now();
+            if now.duration_since(self.last_publish) >= Duration::from_millis(100) {
+                self.publish(now, rt.snap.generation);
+            }
+            if seen == 0 {
+                idle_polls = idle_polls.saturating_add(1);
+                if self.idle == IdlePolicy::Adaptive {
+                    self.backoff(idle_polls);
+                } else {
+                    std::hint::spin_loop();
+                }
+            } else {
+                idle_polls = 0;
+            }
+        }
+        self.publish(Instant::now(), 0);
+    }
+
+    /// One round of the forwarding path: a burst from every port, the
+    /// frames other workers handed over, the frames whose next hop is now
+    /// known, and every port's TX flushed. Returns the frames received.
+    pub(super) fn forward_once(&mut self, rt: &Runtime) -> usize {
+        let _path = crate::alloc::forwarding_path();
+        self.sync_mtus();
+        let mut seen = 0;
+        for pi in 0..self.rx.len() {
+            seen += self.poll_port(pi, rt);
+        }
+        seen += self.drain_handoff(rt);
+        self.fwd.retry_pending(&rt.snap);
+        for p in &mut self.fwd.out.tx {
+            if let Err(e) = p.flush() {
+                tracing::debug!("flush: {e}");
+            }
+        }
+        seen
+    }
+
+    fn poll_port(&mut self, pi: usize, rt: &Runtime) -> usize {
+        let port = u32::try_from(pi).unwrap_or(0);
+        let Some(rx) = self.rx.get_mut(pi) else {
+            return 0;
+        };
+        let n = {
+            let mut slots: [Slot<'_>; BURST] = std::array::from_fn(|_| Slot::Empty);
+            let mut meta = [RxMeta::default(); BURST];
+            let n = rx.rx_burst(&mut slots, &mut meta);
+            let ports = [port; BURST];
+            self.fwd.parse(&slots[..n]);
+            self.fwd
+                .burst(&mut slots[..n], &meta[..n], &ports[..n], rt, true);
+            n
+        };
+        rx.rx_done();
+        n
+    }
+
+    /// Frames other workers handed over (this worker owns their flows),
+    /// a burst at a time, with the parse they were handed over with.
+    fn drain_handoff(&mut self, rt: &Runtime) -> usize {
+        let mut slots: [Slot<'_>; BURST] = std::array::from_fn(|_| Slot::Empty);
+        let mut meta = [RxMeta::default(); BURST];
+        let mut ports = [0u32; BURST];
+        let mut n = 0;
+        while n < BURST {
+            let Some(h) = self.fwd.shared.workers[self.fwd.id].handoff.pop() else {
+                break;
+            };
+            slots[n] = Slot::Owned(h.buf);
+            meta[n] = h.meta;
+            ports[n] = h.port;
+            self.fwd.parsed[n] = h.parsed;
+            n += 1;
+        }
+        self.fwd
+            .burst(&mut slots[..n], &meta[..n], &ports[..n], rt, false);
+        n
+    }
+
+    /// Adaptive idle: spin briefly, yield, then sleep in poll(2) on the
+    /// ports until traffic comes (at most 1 ms, so handed-over frames and
+    /// housekeeping wait no longer).
+    fn backoff(&mut self, idle_polls: u32) {
+        match idle_polls {
+            0..=64 => std::hint::spin_loop(),
+            65..=128 => std::thread::yield_now(),
+            _ => {
+                if self.pollfds.is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                    return;
+                }
+                // SAFETY: `pollfds` is a valid, exclusively borrowed array
+                // of `pollfds.len()` pollfds for the duration of the call.
+                unsafe {
+                    libc::poll(
+                        self.pollfds.as_mut_ptr(),
+                        self.pollfds.len() as libc::nfds_t,
+                        1,
+                    );
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, now: Instant, generation: u64) {
+        self.last_publish = now;
+        let f = &mut self.fwd;
+        f.report.ports.clear();
+        f.report.ports.extend(
+            self.rx
+                .iter()
+                .zip(&f.out.tx)
+                .map(|(rx, tx)| IoStats::merged(rx.stats(), tx.stats())),
+        );
+        f.report.core = Some(f.core.stats.clone());
+        f.report.sessions = f.core.sessions.len();
+        f.report.icmp_errors_sent = f.icmp.sent;
+        f.report.icmp_errors_rate_limited = f.icmp.rate_limited;
+        f.report.half_open = f.core.sessions.half_open();
+        f.report.syn_proxy_engaged = f.core.syn_proxy_engaged_anywhere();
+        f.report.neighbor_unresolved = f.out.neighbor_unresolved;
+        if generation != 0 {
+            f.report.generation = generation;
+        }
+        if let Ok(mut r) = f.shared.workers[f.id].report.try_lock() {
+            r.clone_from(&f.report);
+        }
+    }
+}
+
+impl Forwarder {
+    /// Parses each frame of a received burst.
+    fn parse(&mut self, slots: &[Slot<'_>]) {
+        for ((p, r), s) in self.parsed.iter_mut().zip(slots) {
+            *r = lb_core::packet::parse_into(s.data(), p);
+        }
+    }
+
+    /// Runs a burst (parsed into `self.parsed`) through the pipeline
+    /// together and sends, answers or parks each frame as its verdict
+    /// says. With several workers, frames read from a port (`from_port`)
+    /// whose flow another worker owns go to that worker first.
+    fn burst(
+        &mut self,
+        slots: &mut [Slot<'_>],
+        meta: &[RxMeta],
+        ports: &[u32],
+        rt: &Runtime,
+        from_port: bool,
+    ) {
+        let n = slots.len();
+        if n == 0 {
+            return;
+        }
+        let mut meta_k = [RxMeta::default(); BURST];
+        let mut ports_k = [0u32; BURST];
+        let k = if from_port && self.shared.workers.len() > 1 {
+            self.hand_off(slots, meta, ports, rt, &mut meta_k, &mut ports_k)
+        } else {
+            meta_k[..n].copy_from_slice(meta);
+            ports_k[..n].copy_from_slice(ports);
+            n
+        };
+        let slots = &mut slots[..k];
+        let now_ns = self.shared.now_ns();
+        let now = Instant::now();
+        let mut verdicts = [Verdict::Drop(Reason::NoSession); BURST];
+        {
+            let mut frames: [Frame<'_>; BURST] = std::array::from_fn(|_| Frame {
+                data: &mut [],
+                rx: RxInfo::default(),
+            });
+            for (i, (f, s)) in frames.iter_mut().zip(slots.iter_mut()).enumerate() {
+                f.data = s.data_mut();
+                f.rx = RxInfo {
+                    csum_partial: meta_k[i].csum_partial,
+                    port: Some(ports_k[i]),
+                };
+            }
+            let done = self.core.process_parsed_burst(
+                &mut frames[..k],
+                &self.parsed[..k],
+                now_ns,
+                &rt.snap,
+                rt.health.as_ref(),
+                &mut verdicts,
+            );
+            debug_assert_eq!(done, k, "bursts are at most BURST frames");
+        }
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let frame = std::mem::take(slot);
+            self.deliver(i, verdicts[i], frame, ports_k[i], rt, now);
+        }
+        let asks = std::mem::take(&mut self.out.solicit);
+        for &(port, hop) in &asks {
+            self.solicit(port, hop);
+        }
+        self.out.solicit = asks;
+        self.out.solicit.clear();
+    }
+
+    /// Hands each frame whose flow another worker owns over to it, with its
+    /// parse; the frames left are moved to the front of `slots` (and of
+    /// `self.parsed`), their facts into `meta_k` and `ports_k`. Returns how
+    /// many are left.
+    fn hand_off(
+        &mut self,
+        slots: &mut [Slot<'_>],
+        meta: &[RxMeta],
+        ports: &[u32],
+        rt: &Runtime,
+        meta_k: &mut [RxMeta; BURST],
+        ports_k: &mut [u32; BURST],
+    ) -> usize {
+        let workers = u16::try_from(self.shared.workers.len()).unwrap_or(1);
+        let me = u16::try_from(self.id).unwrap_or(0);
+        let mut k = 0;
+        for i in 0..slots.len() {
+            let (p, r) = &self.parsed[i];
+            let owner = r
+                .is_ok()
+                .then(|| frame_owner(&rt.snap, slots[i].data(), p, workers))
+                .flatten();
+            match owner {
+                Some(o) if o != me => {
+                    self.report.handoff_out += 1;
+                    let parsed = self.parsed[i];
+                    let handed =
+                        std::mem::take(&mut slots[i])
+                            .into_buf(&self.out.pool)
+                            .map(|buf| Handoff {
+                                buf,
+                                meta: meta[i],
+                                port: ports[i],
+                                parsed,
+                            });
+                    let queued = handed.is_some_and(|h| {
+                        self.shared.workers[usize::from(o)].handoff.push(h).is_ok()
+                    });
+                    if !queued {
+                        self.report.handoff_dropped += 1;
+                    }
+                }
+                _ => {
+                    slots.swap(k, i);
+                    self.parsed.swap(k, i);
+                    meta_k[k] = meta[i];
+                    ports_k[k] = ports[i];
+                    k += 1;
+                }
+            }
+        }
+        k
+    }
+
+    /// Acts on frame `i`'s verdict.
+    fn deliver(
+        &mut self,
+        i: usize,
+        v: Verdict,
+        mut frame: Slot<'_>,
+        port: u32,
+        rt: &Runtime,
+        now: Instant,
+    ) {
+        let snap = &rt.snap;
+        let mac = self
+            .out
+            .macs
+            .get(port as usize)
+            .copied()
+            .unwrap_or_default();
+        match v {
+            Verdict::Forward(f) => {
+                self.out.forward(&f, frame, &self.shared.neigh, snap, now);
+            }
+            Verdict::Send(f) => {
+                // An answer the pipeline built (the SYN proxy's) goes out
+                // instead of the received frame, which is freed.
+                drop(frame);
+                let built = Slot::Lent(self.core.built_mut(i));
+                self.out.forward(&f, built, &self.shared.neigh, snap, now);
+            }
+            Verdict::Local(LocalKind::ToSelf) => {
+                let _ = self.shared.health_tx.try_send(frame.data().to_vec());
+            }
+            Verdict::Local(kind) => {
+                let data = frame.data_mut();
+                let Ok(p) = lb_core::packet::parse(data) else {
+                    return;
+                };
+                if let Some(reply) =
+                    crate::l2::answer(data, kind, &p, port, mac, snap, &self.shared.neigh, now)
+                {
+                    self.out.send(port, &reply, snap);
+                }
+            }
+            Verdict::Drop(Reason::NoSessionReset) => {
+                // Back where it came from, to the sender's MAC address.
+                let data = frame.data();
+                let Ok(p) = lb_core::packet::parse(data) else {
+                    return;
+                };
+                if let Some(rst) =
+                    lb_core::packet::build_tcp_reset(data, &p, lb_core::packet::MacAddr(mac))
+                {
+                    self.out.send(port, &rst, snap);
+                }
+            }
+            Verdict::Drop(r) => {
+                self.icmp
+                    .answer(&r, frame.data(), port, mac, snap, now, &mut self.out);
+            }
+        }
+    }
+
+    fn solicit(&mut self, port: u32, next_hop: IpAddr) {
+        let now = Instant::now();
+        if let Some(t) = self.solicited.get(&(port, next_hop)) {
+            if now.duration_since(*t) < Duration::from_millis(500) {
+                return;
+            }
+        }
+        self.solicited.insert((port, next_hop), now);
+        if self.solicited.len() > 4096 {
+            self.solicited
+                .retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
+        }
+        let rt = self.shared.runtime.load();
+        let Some(src) = crate::health::port_address(&rt.snap, port, next_hop) else {
+            return;
+        };
+        if !self.shared.neigh.resolving(port, next_hop, now) {
+            // No room for the answer (counted): asking would be in vain.
+            return;
+        }
+        let Some(mac) = self.out.macs.get(port as usize).copied() else {
+            return;
+        };
+        let frame = crate::l2::solicit(mac, src, next_hop);
+        self.out.send(port, &frame, &rt.snap);
+    }
+
+    /// Sends the parked frames whose next hop is now known; drops those
+    /// that waited too long (counted).
+    fn retry_pending(&mut self, snap: &Snapshot) {
+        if self.out.pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for _ in 0..self.out.pending.len() {
+            let Some(mut p) = self.out.pending.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.shared.neigh.lookup(p.port, p.next_hop, now) {
+                let src = self
+                    .out
+                    .macs
+                    .get(p.port as usize)
+                    .copied()
+                    .unwrap_or_default();
+                crate::l2::set_macs(p.frame.data_mut(), e.mac, src);
+                self.out.send_slot(p.port, Slot::Owned(p.frame), snap);
+            } else if now.duration_since(p.since) > PENDING_WAIT {
+                self.out.neighbor_unresolved += 1;
+            } else {
+                self.out.pending.push_back(p);
+            }
+        }
+    }
 }
 
 /// The ICMP errors a worker answers drops with (time exceeded,
@@ -141,7 +720,7 @@ impl IcmpErrors {
         port_mac: [u8; 6],
         snap: &Snapshot,
         now: Instant,
-        tx: &mut Tx<'_>,
+        out: &mut Egress,
     ) {
         if !matches!(reason, Reason::TtlExceeded | Reason::TooBig { .. }) {
             return;
@@ -173,451 +752,9 @@ impl IcmpErrors {
             to_mac,
         );
         if built.is_ok() {
-            tx.send(port, &self.buf);
+            out.send(port, &self.buf, snap);
             self.sent += 1;
         }
-    }
-}
-
-impl WorkerLoop {
-    pub(super) fn new(
-        id: usize,
-        shared: Arc<Shared>,
-        ports: Vec<Box<dyn PacketIo>>,
-        idle: IdlePolicy,
-        [max_sessions, max_sessions_v6]: [usize; 2],
-    ) -> WorkerLoop {
-        let n = u16::try_from(shared.workers.len()).unwrap_or(1);
-        let macs = ports.iter().map(|p| p.mac()).collect();
-        let mut core = Worker::new(
-            u16::try_from(id).unwrap_or(0),
-            n,
-            max_sessions,
-            max_sessions_v6,
-        );
-        core.set_cookie_secret(lb_core::synproxy::CookieSecret::new(cookie_secret()));
-        WorkerLoop {
-            id,
-            core,
-            shared,
-            ports: ports.into_iter().map(Some).collect(),
-            macs,
-            idle,
-            pending: std::collections::VecDeque::new(),
-            solicited: std::collections::HashMap::new(),
-            report: WorkerReport::default(),
-            last_publish: Instant::now(),
-            staged: Vec::new(),
-            tx_scratch: Vec::with_capacity(2048),
-            icmp: IcmpErrors::new(Instant::now()),
-        }
-    }
-
-    /// Maps the session table before traffic, not page by page under it.
-    pub(super) fn prefault(&mut self) {
-        self.core.prefault();
-    }
-
-    /// Takes the ports' MTUs as the MTU watcher last read them.
-    fn sync_mtus(&mut self) {
-        for (pi, mtu) in self.shared.port_mtu.iter().enumerate() {
-            self.core.set_port_mtu(pi, mtu.load(Ordering::Relaxed));
-        }
-    }
-
-    pub(super) fn run(mut self) {
-        let mut idle_polls: u32 = 0;
-        // Listed in the stats from the start, not only after the first
-        // 100 ms of polling.
-        let generation = self.shared.runtime.load().snap.generation;
-        self.publish(Instant::now(), generation);
-        while !self.shared.stop.load(Ordering::Relaxed) {
-            // The snapshot is taken once per burst: a reload lands between bursts.
-            let rt = self.shared.runtime.load_full();
-            self.sync_mtus();
-            let mut seen = 0;
-            for pi in 0..self.ports.len() {
-                seen += self.poll_port(pi, &rt);
-            }
-            seen += self.drain_handoff(&rt);
-            if !self.pending.is_empty() {
-                self.retry_pending();
-            }
-            for p in self.ports.iter_mut().flatten() {
-                if let Err(e) = p.flush() {
-                    tracing::debug!("flush: {e}");
-                }
-            }
-            self.core.housekeep(self.shared.now_ns(), &rt.snap);
-            let now = Instant::now();
-            if now.duration_since(self.last_publish) >= Duration::from_millis(100) {
-                self.publish(now, rt.snap.generation);
-            }
-            if seen == 0 {
-                idle_polls = idle_polls.saturating_add(1);
-                if self.idle == IdlePolicy::Adaptive {
-                    self.backoff(idle_polls);
-                } else {
-                    std::hint::spin_loop();
-                }
-            } else {
-                idle_polls = 0;
-            }
-        }
-        self.publish(Instant::now(), 0);
-    }
-
-    fn poll_port(&mut self, pi: usize, rt: &Runtime) -> usize {
-        let n_workers = u16::try_from(self.shared.workers.len()).unwrap_or(1);
-        let me = u16::try_from(self.id).unwrap_or(0);
-        let port = u32::try_from(pi).unwrap_or(0);
-        let Some(mut io) = self.ports[pi].take() else {
-            return 0;
-        };
-        let shared = &self.shared;
-        let mut staged = std::mem::take(&mut self.staged);
-        let mut count = 0usize;
-        let mut handoff_out = 0u64;
-        let mut handoff_dropped = 0u64;
-        let n = io.recv_burst(BURST, &mut |frame: &mut [u8], meta: RxMeta| {
-            if n_workers > 1 {
-                let o = lb_core::packet::parse(frame)
-                    .ok()
-                    .and_then(|p| frame_owner(&rt.snap, frame, &p, n_workers));
-                if let Some(o) = o {
-                    if o != me {
-                        let h = Handoff {
-                            frame: frame.to_vec(),
-                            meta,
-                            port,
-                        };
-                        handoff_out += 1;
-                        if shared.workers[usize::from(o)].handoff.push(h).is_err() {
-                            handoff_dropped += 1;
-                        }
-                        return;
-                    }
-                }
-            }
-            if staged.len() == count {
-                staged.push((Vec::with_capacity(2048), meta, port));
-            }
-            let (buf, m, p) = &mut staged[count];
-            buf.clear();
-            buf.extend_from_slice(frame);
-            *m = meta;
-            *p = port;
-            count += 1;
-        });
-        self.ports[pi] = Some(io);
-        self.report.handoff_out += handoff_out;
-        self.report.handoff_dropped += handoff_dropped;
-        self.process_staged(&mut staged[..count], rt);
-        self.staged = staged;
-        n
-    }
-
-    /// Runs a burst of received frames through the pipeline together and
-    /// sends, answers or parks each as its verdict says.
-    fn process_staged(&mut self, staged: &mut [(Vec<u8>, RxMeta, u32)], rt: &Runtime) {
-        if staged.is_empty() {
-            return;
-        }
-        let now_ns = self.shared.now_ns();
-        let now = Instant::now();
-        let mut verdicts = [Verdict::Drop(Reason::NoSession); BURST];
-        let mut ports = [0u32; BURST];
-        for (p, (_, _, port)) in ports.iter_mut().zip(staged.iter()) {
-            *p = *port;
-        }
-        let mut frames: Vec<Frame<'_>> = staged
-            .iter_mut()
-            .map(|(buf, meta, port)| Frame {
-                data: &mut buf[..],
-                rx: RxInfo {
-                    csum_partial: meta.csum_partial,
-                    port: Some(*port),
-                },
-            })
-            .collect();
-        let done = self.core.process_burst(
-            &mut frames,
-            now_ns,
-            &rt.snap,
-            rt.health.as_ref(),
-            &mut verdicts,
-        );
-        debug_assert_eq!(done, frames.len(), "bursts are at most BURST frames");
-        let mut to_self: Vec<Vec<u8>> = Vec::new();
-        let mut wait: Vec<Pending> = Vec::new();
-        let mut tx = Tx {
-            ports: &mut self.ports,
-            config: &rt.snap.cfg.ports,
-            scratch: &mut self.tx_scratch,
-        };
-        for (i, ((f, v), port)) in frames
-            .iter_mut()
-            .zip(verdicts)
-            .zip(ports)
-            .take(done)
-            .enumerate()
-        {
-            if let Verdict::Drop(r) = &v {
-                let mac = self.macs.get(port as usize).copied().unwrap_or_default();
-                self.icmp
-                    .answer(r, f.data, port, mac, &rt.snap, now, &mut tx);
-            }
-            // An answer the pipeline built (the SYN proxy's) goes out
-            // instead of the received frame.
-            let (v, frame): (Verdict, &mut [u8]) = match v {
-                Verdict::Send(fwd) => (Verdict::Forward(fwd), self.core.built_mut(i)),
-                v => (v, &mut *f.data),
-            };
-            deliver(
-                v,
-                &self.shared,
-                rt,
-                frame,
-                port,
-                &self.macs,
-                now,
-                &mut tx,
-                &mut to_self,
-                &mut wait,
-            );
-        }
-        self.dispatch(to_self, wait);
-    }
-
-    /// Frames other workers handed over (this worker owns their flows),
-    /// a burst at a time.
-    fn drain_handoff(&mut self, rt: &Runtime) -> usize {
-        let mut staged = std::mem::take(&mut self.staged);
-        let mut n = 0;
-        while n < BURST {
-            let Some(h) = self.shared.workers[self.id].handoff.pop() else {
-                break;
-            };
-            if staged.len() == n {
-                staged.push((h.frame, h.meta, h.port));
-            } else {
-                staged[n] = (h.frame, h.meta, h.port);
-            }
-            n += 1;
-        }
-        self.process_staged(&mut staged[..n], rt);
-        self.staged = staged;
-        n
-    }
-
-    fn dispatch(&mut self, to_self: Vec<Vec<u8>>, wait: Vec<Pending>) {
-        for f in to_self {
-            let _ = self.shared.health_tx.try_send(f);
-        }
-        for p in wait {
-            self.solicit(p.port, p.next_hop);
-            if p.frame.is_empty() {
-                // Only a refresh of an entry still in use.
-                continue;
-            }
-            if self.pending.len() >= PENDING_MAX {
-                self.report.neighbor_unresolved += 1;
-                self.pending.pop_front();
-            }
-            self.pending.push_back(p);
-        }
-    }
-
-    fn solicit(&mut self, port: u32, next_hop: std::net::IpAddr) {
-        let now = Instant::now();
-        if let Some(t) = self.solicited.get(&(port, next_hop)) {
-            if now.duration_since(*t) < Duration::from_millis(500) {
-                return;
-            }
-        }
-        self.solicited.insert((port, next_hop), now);
-        if self.solicited.len() > 4096 {
-            self.solicited
-                .retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
-        }
-        let rt = self.shared.runtime.load();
-        let Some(src) = crate::health::port_address(&rt.snap, port, next_hop) else {
-            return;
-        };
-        if !self.shared.neigh.resolving(port, next_hop, now) {
-            // No room for the answer (counted): asking would be in vain.
-            return;
-        }
-        let Some(mac) = self.macs.get(port as usize).copied() else {
-            return;
-        };
-        let mut frame = crate::l2::solicit(mac, src, next_hop);
-        crate::l2::set_vlan(&mut frame, port_vlan(&rt.snap, port));
-        if let Some(Some(io)) = self.ports.get_mut(port as usize) {
-            io.send(&frame);
-        }
-    }
-
-    fn retry_pending(&mut self) {
-        let now = Instant::now();
-        let rt = self.shared.runtime.load();
-        let mut still = std::collections::VecDeque::new();
-        while let Some(mut p) = self.pending.pop_front() {
-            if let Some(e) = self.shared.neigh.lookup(p.port, p.next_hop, now) {
-                let src = self.macs.get(p.port as usize).copied().unwrap_or_default();
-                crate::l2::set_macs(&mut p.frame, e.mac, src);
-                crate::l2::set_vlan(&mut p.frame, port_vlan(&rt.snap, p.port));
-                if let Some(Some(io)) = self.ports.get_mut(p.port as usize) {
-                    io.send(&p.frame);
-                }
-            } else if now.duration_since(p.since) > PENDING_WAIT {
-                self.report.neighbor_unresolved += 1;
-            } else {
-                still.push_back(p);
-            }
-        }
-        self.pending = still;
-    }
-
-    /// Adaptive idle: spin briefly, yield, then sleep in poll(2) on the
-    /// ports until traffic comes (at most 1 ms, so handed-over frames and
-    /// housekeeping wait no longer).
-    fn backoff(&self, idle_polls: u32) {
-        match idle_polls {
-            0..=64 => std::hint::spin_loop(),
-            65..=128 => std::thread::yield_now(),
-            _ => {
-                let mut fds: Vec<libc::pollfd> = self
-                    .ports
-                    .iter()
-                    .flatten()
-                    .filter_map(|p| p.poll_fd())
-                    .map(|fd| libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    })
-                    .collect();
-                if fds.is_empty() {
-                    std::thread::sleep(Duration::from_millis(1));
-                    return;
-                }
-                // SAFETY: `fds` is a valid, exclusively borrowed array of
-                // `fds.len()` pollfds for the duration of the call.
-                unsafe {
-                    libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1);
-                }
-            }
-        }
-    }
-
-    fn publish(&mut self, now: Instant, generation: u64) {
-        self.last_publish = now;
-        self.report.ports = self.ports.iter().flatten().map(|p| p.stats()).collect();
-        self.report.core = Some(self.core.stats.clone());
-        self.report.sessions = self.core.sessions.len();
-        self.report.icmp_errors_sent = self.icmp.sent;
-        self.report.icmp_errors_rate_limited = self.icmp.rate_limited;
-        self.report.half_open = self.core.sessions.half_open();
-        self.report.syn_proxy_engaged = self.core.syn_proxy_engaged_anywhere();
-        if generation != 0 {
-            self.report.generation = generation;
-        }
-        if let Ok(mut r) = self.shared.workers[self.id].report.try_lock() {
-            *r = self.report.clone();
-        }
-    }
-}
-
-/// Where a worker sends frames: straight into the TX batch of the port
-/// (a burst is processed after its RX queue is put back, so every port is
-/// in place).
-struct Tx<'a> {
-    ports: &'a mut [Option<Box<dyn PacketIo>>],
-    /// The ports' configuration: their VLANs.
-    config: &'a [lb_core::model::Port],
-    scratch: &'a mut Vec<u8>,
-}
-
-impl Tx<'_> {
-    /// Sends `frame` on `port` tagged as the port is (see
-    /// [`crate::l2::for_port`]): no tag it arrived with leaves.
-    fn send(&mut self, port: u32, frame: &[u8]) {
-        if let Some(Some(io)) = self.ports.get_mut(port as usize) {
-            let vlan = self.config.get(port as usize).and_then(|p| p.vlan);
-            io.send(crate::l2::for_port(frame, vlan, self.scratch));
-        }
-    }
-}
-
-/// Acts on a frame's verdict: frames to send (`tx`), frames for the health
-/// checker (`to_self`), frames waiting for a neighbour (`wait`).
-#[allow(clippy::too_many_arguments)]
-fn deliver(
-    v: Verdict,
-    shared: &Shared,
-    rt: &Runtime,
-    frame: &mut [u8],
-    port: u32,
-    macs: &[[u8; 6]],
-    now: Instant,
-    tx: &mut Tx<'_>,
-    to_self: &mut Vec<Vec<u8>>,
-    wait: &mut Vec<Pending>,
-) {
-    match v {
-        Verdict::Forward(f) => {
-            let src = macs.get(f.hop.port as usize).copied().unwrap_or_default();
-            match shared.neigh.lookup(f.hop.port, f.hop.next_hop, now) {
-                Some(e) => {
-                    crate::l2::set_macs(frame, e.mac, src);
-                    tx.send(f.hop.port, frame);
-                    if now.saturating_duration_since(e.learned) > REFRESH {
-                        // Ask again while the entry still works.
-                        wait.push(Pending {
-                            port: f.hop.port,
-                            next_hop: f.hop.next_hop,
-                            frame: Vec::new(),
-                            since: now,
-                        });
-                    }
-                }
-                None => wait.push(Pending {
-                    port: f.hop.port,
-                    next_hop: f.hop.next_hop,
-                    frame: frame.to_vec(),
-                    since: now,
-                }),
-            }
-        }
-        Verdict::Local(kind) => {
-            if kind == lb_core::pipeline::LocalKind::ToSelf {
-                to_self.push(frame.to_vec());
-                return;
-            }
-            let Ok(p) = lb_core::packet::parse(frame) else {
-                return;
-            };
-            let mac = macs.get(port as usize).copied().unwrap_or_default();
-            if let Some(reply) =
-                crate::l2::answer(frame, kind, &p, port, mac, &rt.snap, &shared.neigh, now)
-            {
-                tx.send(port, &reply);
-            }
-        }
-        Verdict::Drop(Reason::NoSessionReset) => {
-            // Back where it came from, to the sender's MAC address.
-            let Ok(p) = lb_core::packet::parse(frame) else {
-                return;
-            };
-            let mac = macs.get(port as usize).copied().unwrap_or_default();
-            if let Some(rst) =
-                lb_core::packet::build_tcp_reset(frame, &p, lb_core::packet::MacAddr(mac))
-            {
-                tx.send(port, &rst);
-            }
-        }
-        Verdict::Drop(_) | Verdict::Send(_) => {}
     }
 }
 

@@ -42,8 +42,9 @@ use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
-use super::{IoStats, PacketIo, RxMeta};
+use super::{IoStats, PacketIo, RxMeta, RxQueue, Slot, TxQueue};
 
 /// Ethernet header length (destination, source, EtherType).
 const ETH_HLEN: usize = 14;
@@ -338,8 +339,14 @@ fn read_u16(buf: &[u8], at: usize) -> Option<u16> {
 
 /// Reads the frame header at block offset `off` from a block body (see
 /// [`Ring::user_block`]); None if it or its data fall outside the block.
+#[cfg(test)]
 fn frame_hdr(body: &[u8], off: usize) -> Option<FrameHdr> {
-    let at = off.checked_sub(BODY_START)?;
+    parse_hdr(body, off.checked_sub(BODY_START)?)
+}
+
+/// Reads the frame header at offset `at` of `body` (a block body, or what
+/// is left of one); None if it or its data fall outside `body`.
+fn parse_hdr(body: &[u8], at: usize) -> Option<FrameHdr> {
     let hdr = FrameHdr {
         next_offset: read_u32(body, at + TP_NEXT_OFFSET)? as usize,
         snaplen: read_u32(body, at + TP_SNAPLEN)? as usize,
@@ -374,7 +381,7 @@ fn stripped_tag(hdr: &FrameHdr) -> Option<(u16, u16)> {
 /// `at`, with the stripped VLAN tag `tag` put back in front of the
 /// EtherType. The tag goes into the free bytes before `tp_mac` (the kernel
 /// leaves at least 14 there), so the frame stays in the ring; None if there
-/// is no room (the caller then copies).
+/// is no room.
 fn reinsert_tag_in_place(
     body: &mut [u8],
     at: usize,
@@ -393,37 +400,40 @@ fn reinsert_tag_in_place(
     Some((start, mac + hdr.snaplen))
 }
 
-/// Writes `frame` with `tag` inserted after the addresses into `scratch`;
-/// returns the new length, or None if `scratch` is too small.
-fn reinsert_tag_copy(frame: &[u8], tag: (u16, u16), scratch: &mut [u8]) -> Option<usize> {
-    let (addrs, rest) = frame.split_at_checked(ETH_ADDRS_LEN)?;
-    let out = scratch.get_mut(..frame.len() + VLAN_HLEN)?;
-    out[..ETH_ADDRS_LEN].copy_from_slice(addrs);
-    out[ETH_ADDRS_LEN..ETH_ADDRS_LEN + 2].copy_from_slice(&tag.0.to_be_bytes());
-    out[ETH_ADDRS_LEN + 2..ETH_ADDRS_LEN + 4].copy_from_slice(&tag.1.to_be_bytes());
-    out[ETH_ADDRS_LEN + VLAN_HLEN..].copy_from_slice(rest);
-    Some(out.len())
-}
-
 /// One RX and TX queue of an interface over an AF_PACKET socket.
 pub struct AfPacket {
-    ring: Ring,
-    /// Declared after `ring`: the mapping is removed before the socket closes.
-    fd: OwnedFd,
+    rx: AfPacketRx,
+    tx: AfPacketTx,
     ifname: String,
     ifindex: i32,
-    mac: [u8; 6],
+}
+
+/// The receiving half of an [`AfPacket`]: its RX ring, whose frames are
+/// lent in place, a burst at a time.
+pub struct AfPacketRx {
+    ring: Ring,
+    /// Declared after `ring`: the mapping is removed before the socket closes.
+    fd: Arc<OwnedFd>,
     /// Set when the kernel lacks PACKET_IGNORE_OUTGOING: our own TX is then
     /// read back and filtered by `sll_pkttype`.
     filter_outgoing: bool,
-
     /// Block being read, frames of it not yet handed out, offset of the next.
     rx_block: usize,
     rx_left: u32,
     rx_offset: usize,
-    /// For VLAN frames that cannot be rebuilt in the ring.
-    rx_scratch: Box<[u8]>,
+    /// A block whose frames the last burst lent: given back to the kernel
+    /// once the burst is over.
+    held: Option<usize>,
+    stats: IoStats,
+    /// Kernel drops read so far (PACKET_STATISTICS resets on each read).
+    rx_dropped: Cell<u64>,
+}
 
+/// The sending half of an [`AfPacket`]: frames are copied into a batch
+/// sent with one `sendmmsg`.
+pub struct AfPacketTx {
+    fd: Arc<OwnedFd>,
+    mac: [u8; 6],
     tx_buf: Box<[u8]>,
     tx_lens: Box<[usize]>,
     tx_msgs: TxMsgs,
@@ -431,15 +441,14 @@ pub struct AfPacket {
     tx_count: usize,
     /// A send error met by a flush that send() started, for flush() to report.
     tx_error: Option<io::Error>,
-
     stats: IoStats,
-    /// Kernel drops read so far (PACKET_STATISTICS resets on each read).
-    rx_dropped: Cell<u64>,
 }
 
 const _: () = {
     const fn assert_send<T: Send>() {}
     assert_send::<AfPacket>();
+    assert_send::<AfPacketRx>();
+    assert_send::<AfPacketTx>();
 };
 
 impl fmt::Debug for AfPacket {
@@ -447,11 +456,29 @@ impl fmt::Debug for AfPacket {
         f.debug_struct("AfPacket")
             .field("ifname", &self.ifname)
             .field("ifindex", &self.ifindex)
+            .field("rx", &self.rx)
+            .field("tx", &self.tx)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AfPacketRx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AfPacketRx")
             .field("fd", &self.fd.as_raw_fd())
             .field("block_size", &self.ring.block_size)
             .field("block_count", &self.ring.block_count)
+            .field("stats", &RxQueue::stats(self))
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for AfPacketTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AfPacketTx")
+            .field("fd", &self.fd.as_raw_fd())
             .field("tx_batch", &self.tx_lens.len())
-            .field("stats", &self.stats())
+            .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
@@ -607,25 +634,32 @@ impl AfPacket {
         // Largest frame we send: MTU plus Ethernet header and one VLAN tag.
         let tx_slot = mtu + ETH_HLEN + VLAN_HLEN;
         let batch = opts.tx_batch;
+        let fd = Arc::new(fd);
         Ok(AfPacket {
-            rx_scratch: vec![0; ring.block_size + VLAN_HLEN].into_boxed_slice(),
-            ring,
-            fd,
+            rx: AfPacketRx {
+                ring,
+                fd: Arc::clone(&fd),
+                filter_outgoing,
+                rx_block: 0,
+                rx_left: 0,
+                rx_offset: 0,
+                held: None,
+                stats: IoStats::default(),
+                rx_dropped: Cell::new(0),
+            },
+            tx: AfPacketTx {
+                fd,
+                mac,
+                tx_buf: vec![0; tx_slot * batch].into_boxed_slice(),
+                tx_lens: vec![0; batch].into_boxed_slice(),
+                tx_msgs: TxMsgs::new(batch),
+                tx_slot,
+                tx_count: 0,
+                tx_error: None,
+                stats: IoStats::default(),
+            },
             ifname: ifname.to_string(),
             ifindex,
-            mac,
-            filter_outgoing,
-            rx_block: 0,
-            rx_left: 0,
-            rx_offset: 0,
-            tx_buf: vec![0; tx_slot * batch].into_boxed_slice(),
-            tx_lens: vec![0; batch].into_boxed_slice(),
-            tx_msgs: TxMsgs::new(batch),
-            tx_slot,
-            tx_count: 0,
-            tx_error: None,
-            stats: IoStats::default(),
-            rx_dropped: Cell::new(0),
         })
     }
 
@@ -636,12 +670,12 @@ impl AfPacket {
 
     /// The largest frame [`PacketIo::send`] accepts (MTU + 14 + one tag).
     pub fn max_tx_frame(&self) -> usize {
-        self.tx_slot
+        self.tx.tx_slot
     }
 
     /// Whether a received frame is ready without blocking.
     pub fn rx_ready(&self) -> bool {
-        self.ring.status(self.rx_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
+        self.rx.rx_ready()
     }
 
     /// Sleeps until frames arrive or `timeout_ms` passes (-1: forever);
@@ -651,7 +685,7 @@ impl AfPacket {
             return Ok(true);
         }
         let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
+            fd: self.rx.fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -663,43 +697,196 @@ impl AfPacket {
         }
     }
 
-    /// Adds the kernel's drop count since the last read to `rx_dropped`.
-    fn read_kernel_drops(&self) {
-        let mut st = libc::tpacket_stats_v3 {
-            tp_packets: 0,
-            tp_drops: 0,
-            tp_freeze_q_cnt: 0,
-        };
-        let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
-        // SAFETY: `st` is writable for `len` bytes and `len` is a valid
-        // in/out length, both exclusively borrowed for the call.
-        let ret = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats_v3).cast(),
-                &mut len,
-            )
-        };
-        if ret == 0 {
-            self.rx_dropped
-                .set(self.rx_dropped.get() + u64::from(st.tp_drops));
-        }
+    /// The receiving and the sending half, for a worker that processes
+    /// frames in place in the ring and sends them on any port.
+    pub fn split(self) -> (AfPacketRx, AfPacketTx) {
+        (self.rx, self.tx)
+    }
+}
+
+/// The kernel's drop count since the last read (PACKET_STATISTICS); 0 if
+/// it cannot be read.
+fn kernel_drops(fd: &OwnedFd) -> u64 {
+    let mut st = libc::tpacket_stats_v3 {
+        tp_packets: 0,
+        tp_drops: 0,
+        tp_freeze_q_cnt: 0,
+    };
+    let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+    // SAFETY: `st` is writable for `len` bytes and `len` is a valid
+    // in/out length, both exclusively borrowed for the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats_v3).cast(),
+            &mut len,
+        )
+    };
+    if ret == 0 {
+        u64::from(st.tp_drops)
+    } else {
+        0
+    }
+}
+
+impl AfPacketRx {
+    /// Whether a received frame is ready without blocking.
+    pub fn rx_ready(&self) -> bool {
+        self.ring.status(self.rx_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
     }
 
-    /// Gives the current block back and moves to the next one.
-    fn next_block(&mut self) {
-        self.ring.release(self.rx_block);
+    /// Moves on to the next block (the current one is given back by the
+    /// caller, or held while its frames are lent).
+    fn advance(&mut self) {
         self.rx_left = 0;
         self.rx_block += 1;
         if self.rx_block == self.ring.block_count {
             self.rx_block = 0;
             // Once per ring turn: cheap, and keeps the kernel's u32 from wrapping.
-            self.read_kernel_drops();
+            self.rx_dropped
+                .set(self.rx_dropped.get() + kernel_drops(&self.fd));
         }
     }
 
+    /// Gives the block the last burst lent back to the kernel.
+    fn release_held(&mut self) {
+        if let Some(block) = self.held.take() {
+            self.ring.release(block);
+        }
+    }
+
+    /// Finds the next frame to read: in the current block, or in the next
+    /// block the kernel has filled (empty ones are given back on the way).
+    /// False if none is ready.
+    fn next_frames(&mut self) -> bool {
+        let mut empty_blocks = 0;
+        while self.rx_left == 0 {
+            // Empty or malformed blocks cost a step too: bounded by the ring.
+            if empty_blocks > self.ring.block_count {
+                return false;
+            }
+            let Some(body) = self.ring.user_block(self.rx_block) else {
+                return false;
+            };
+            let num = read_u32(body, BLOCK_NUM_PKTS - BODY_START).unwrap_or(0);
+            let first = read_u32(body, BLOCK_FIRST_PKT - BODY_START).unwrap_or(0) as usize;
+            if num == 0 {
+                empty_blocks += 1;
+                self.ring.release(self.rx_block);
+                self.advance();
+                continue;
+            }
+            self.rx_left = num;
+            self.rx_offset = first;
+        }
+        true
+    }
+}
+
+impl RxQueue for AfPacketRx {
+    /// Lends frames of one block at a time, in place in the ring; the
+    /// block goes back to the kernel at [`RxQueue::rx_done`] or the next
+    /// burst, once its last frame has been lent.
+    fn rx_burst<'a>(&'a mut self, slots: &mut [Slot<'a>], meta: &mut [RxMeta]) -> usize {
+        self.release_held();
+        let max = slots.len().min(meta.len());
+        if max == 0 || !self.next_frames() {
+            return 0;
+        }
+        let block = self.rx_block;
+        let block_count = self.ring.block_count;
+        let Some(body) = self.ring.user_block(block) else {
+            return 0;
+        };
+        // Frames follow each other in the block: each is carved off the
+        // rest of it, so that every slot holds a disjoint piece.
+        let mut rest: &'a mut [u8] = body;
+        let mut rest_at = 0;
+        let mut n = 0;
+        while n < max && self.rx_left > 0 {
+            let carved = self.rx_offset.checked_sub(BODY_START).and_then(|at| {
+                let rel = at.checked_sub(rest_at)?;
+                let hdr = parse_hdr(rest, rel)?;
+                let len = if self.rx_left > 1 && hdr.next_offset > 0 {
+                    hdr.next_offset
+                } else {
+                    rest.len() - rel
+                };
+                (len >= hdr.mac + hdr.snaplen && rel + len <= rest.len())
+                    .then_some((at, rel, len, hdr))
+            });
+            let Some((at, rel, len, hdr)) = carved else {
+                // The kernel never writes this; skip the block rather than
+                // trust its remaining offsets, and count what is lost.
+                let lost = u64::from(self.rx_left);
+                self.rx_dropped.set(self.rx_dropped.get() + lost);
+                self.rx_left = 0;
+                break;
+            };
+            let (region, tail) = std::mem::take(&mut rest)[rel..].split_at_mut(len);
+            rest = tail;
+            rest_at = at + len;
+            self.rx_left -= 1;
+            self.rx_offset += hdr.next_offset;
+            if self.filter_outgoing && hdr.pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let (range, wire_len) = match stripped_tag(&hdr) {
+                None => (Some((hdr.mac, hdr.mac + hdr.snaplen)), hdr.len),
+                Some(tag) => (
+                    reinsert_tag_in_place(region, 0, &hdr, tag),
+                    hdr.len + VLAN_HLEN,
+                ),
+            };
+            let Some((start, end)) = range else {
+                // No room to put the tag back (the kernel leaves some): as
+                // good as lost.
+                self.rx_dropped.set(self.rx_dropped.get() + 1);
+                continue;
+            };
+            slots[n] = Slot::Lent(&mut region[start..end]);
+            meta[n] = RxMeta {
+                csum_partial: hdr.status & libc::TP_STATUS_CSUMNOTREADY != 0,
+                truncated: hdr.snaplen < hdr.len,
+            };
+            n += 1;
+            self.stats.rx_packets += 1;
+            self.stats.rx_bytes += wire_len as u64;
+        }
+        if self.rx_left == 0 {
+            // The lent frames keep the ring borrowed: the fields are
+            // updated one by one (`advance` would borrow all of it).
+            self.held = Some(block);
+            self.rx_block = (block + 1) % block_count;
+            if self.rx_block == 0 {
+                self.rx_dropped
+                    .set(self.rx_dropped.get() + kernel_drops(&self.fd));
+            }
+        }
+        n
+    }
+
+    fn rx_done(&mut self) {
+        self.release_held();
+    }
+
+    fn stats(&self) -> IoStats {
+        self.rx_dropped
+            .set(self.rx_dropped.get() + kernel_drops(&self.fd));
+        IoStats {
+            rx_dropped: self.rx_dropped.get(),
+            ..self.stats
+        }
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+}
+
+impl AfPacketTx {
     /// Sends the queued batch; returns whether its last frame went out and
     /// the first hard error. EAGAIN/ENOBUFS drop the rest of the batch.
     fn flush_batch(&mut self) -> (bool, Option<io::Error>) {
@@ -774,80 +961,7 @@ impl AfPacket {
     }
 }
 
-impl PacketIo for AfPacket {
-    fn poll_fd(&self) -> Option<RawFd> {
-        Some(self.fd.as_raw_fd())
-    }
-
-    fn recv_burst(&mut self, max: usize, f: &mut dyn FnMut(&mut [u8], RxMeta)) -> usize {
-        let mut seen = 0;
-        let mut examined = 0;
-        // Empty or malformed blocks cost a step too: bounded by the ring.
-        let mut empty_blocks = 0;
-        while examined < max && empty_blocks <= self.ring.block_count {
-            let Some(body) = self.ring.user_block(self.rx_block) else {
-                break;
-            };
-            if self.rx_left == 0 {
-                let num = read_u32(body, BLOCK_NUM_PKTS - BODY_START).unwrap_or(0);
-                let first = read_u32(body, BLOCK_FIRST_PKT - BODY_START).unwrap_or(0) as usize;
-                if num == 0 {
-                    empty_blocks += 1;
-                    self.next_block();
-                    continue;
-                }
-                self.rx_left = num;
-                self.rx_offset = first;
-            }
-            let Some(hdr) = frame_hdr(body, self.rx_offset) else {
-                // The kernel never writes this; skip the block rather than
-                // trust its remaining offsets, and count what is lost.
-                let lost = u64::from(self.rx_left);
-                self.rx_dropped.set(self.rx_dropped.get() + lost);
-                empty_blocks += 1;
-                self.next_block();
-                continue;
-            };
-            examined += 1;
-            let at = self.rx_offset - BODY_START;
-            let own_tx = self.filter_outgoing && hdr.pkttype == libc::PACKET_OUTGOING;
-            if !own_tx {
-                let meta = RxMeta {
-                    csum_partial: hdr.status & libc::TP_STATUS_CSUMNOTREADY != 0,
-                    truncated: hdr.snaplen < hdr.len,
-                };
-                let mut wire_len = hdr.len;
-                match stripped_tag(&hdr) {
-                    None => f(&mut body[at + hdr.mac..at + hdr.mac + hdr.snaplen], meta),
-                    Some(tag) => {
-                        wire_len += VLAN_HLEN;
-                        if let Some((start, end)) = reinsert_tag_in_place(body, at, &hdr, tag) {
-                            f(&mut body[start..end], meta);
-                        } else {
-                            let frame = &body[at + hdr.mac..at + hdr.mac + hdr.snaplen];
-                            match reinsert_tag_copy(frame, tag, &mut self.rx_scratch) {
-                                Some(len) => f(&mut self.rx_scratch[..len], meta),
-                                // Shorter than two addresses: hand it as is.
-                                None => {
-                                    f(&mut body[at + hdr.mac..at + hdr.mac + hdr.snaplen], meta)
-                                }
-                            }
-                        }
-                    }
-                }
-                seen += 1;
-                self.stats.rx_packets += 1;
-                self.stats.rx_bytes += wire_len as u64;
-            }
-            self.rx_left -= 1;
-            self.rx_offset += hdr.next_offset;
-            if self.rx_left == 0 {
-                self.next_block();
-            }
-        }
-        seen
-    }
-
+impl TxQueue for AfPacketTx {
     fn send(&mut self, frame: &[u8]) -> bool {
         if frame.len() < ETH_HLEN || frame.len() > self.tx_slot {
             self.stats.tx_dropped += 1;
@@ -882,11 +996,49 @@ impl PacketIo for AfPacket {
     }
 
     fn stats(&self) -> IoStats {
-        self.read_kernel_drops();
-        IoStats {
-            rx_dropped: self.rx_dropped.get(),
-            ..self.stats
+        self.stats
+    }
+}
+
+impl PacketIo for AfPacket {
+    fn poll_fd(&self) -> Option<RawFd> {
+        self.rx.poll_fd()
+    }
+
+    fn recv_burst(&mut self, max: usize, f: &mut dyn FnMut(&mut [u8], RxMeta)) -> usize {
+        const CHUNK: usize = 64;
+        let mut seen = 0;
+        while seen < max {
+            let mut slots: [Slot<'_>; CHUNK] = std::array::from_fn(|_| Slot::Empty);
+            let mut meta = [RxMeta::default(); CHUNK];
+            let want = (max - seen).min(CHUNK);
+            let n = self.rx.rx_burst(&mut slots[..want], &mut meta[..want]);
+            for (slot, m) in slots[..n].iter_mut().zip(meta) {
+                f(slot.data_mut(), m);
+            }
+            seen += n;
+            if n == 0 {
+                break;
+            }
         }
+        self.rx.rx_done();
+        seen
+    }
+
+    fn send(&mut self, frame: &[u8]) -> bool {
+        self.tx.send(frame)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tx.flush()
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        self.tx.mac
+    }
+
+    fn stats(&self) -> IoStats {
+        IoStats::merged(RxQueue::stats(&self.rx), self.tx.stats)
     }
 }
 
@@ -952,7 +1104,7 @@ mod tests {
     }
 
     #[test]
-    fn vlan_tag_is_put_back_in_place_and_by_copy() {
+    fn vlan_tag_is_put_back_in_place() {
         let inner = eth(0x0800, &[0x45; 46]);
         let data = inner.clone();
         let status =
@@ -967,11 +1119,6 @@ mod tests {
 
         let (s, e) = reinsert_tag_in_place(&mut body, 48 - BODY_START, &hdr, tag).expect("room");
         assert_eq!(&body[s..e], &want[..]);
-
-        let mut scratch = vec![0u8; 256];
-        let n = reinsert_tag_copy(&data, tag, &mut scratch).expect("fits");
-        assert_eq!(&scratch[..n], &want[..]);
-        assert!(reinsert_tag_copy(&data, tag, &mut scratch[..20]).is_none());
 
         // Without TP_STATUS_VLAN_TPID_VALID the tag is 802.1Q.
         let hdr = FrameHdr {

@@ -547,6 +547,24 @@ pub fn dpdk_config(config: &str, eal_args: &[String]) -> String {
     out
 }
 
+/// The seed's step 6 (a group denying port 81) on DPDK ports with
+/// `eal_args`, health checks off: nothing but the test's own frames on
+/// the links.
+pub fn dpdk_step6_config(eal_args: &[String]) -> String {
+    let cfg = seed_config("security_groups = [\"sg-alb\"]", &sg_alb(false), (100, 100)).replace(
+        "[server_group.health_check]\n",
+        "[server_group.health_check]\nenabled = false\n",
+    );
+    dpdk_config(&cfg, eal_args)
+}
+
+/// Writes [`dpdk_step6_config`] to `config` and starts `lbd`'s daemon on
+/// it in this process.
+pub fn start_dpdk_step6(config: &Path, eal_args: &[String]) -> lb_dataplane::daemon::Daemon {
+    std::fs::write(config, dpdk_step6_config(eal_args)).expect("config");
+    lb_dataplane::daemon::Daemon::start(config).unwrap_or_else(|e| panic!("lbd: {e:#}"))
+}
+
 /// Where DPDK keeps the runtime files of `file_prefix` (as root).
 pub fn dpdk_runtime_dir(file_prefix: &str) -> PathBuf {
     PathBuf::from("/var/run/dpdk").join(file_prefix)

@@ -88,6 +88,24 @@ impl Drop for RuntimeDirGuard {
     }
 }
 
+/// A directory removed on drop, also when the test panics.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory for this process, named after `what`.
+    pub fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// IEEE 802 local experimental EtherType: nothing answers it.
 pub const TEST_TYPE: u16 = 0x88b5;
 

@@ -163,6 +163,27 @@ impl Mbuf {
         Some(&mut self.data_mut()[..len])
     }
 
+    /// Rebuilds the Ethernet header in place as a port with VLAN `vlan`
+    /// sends it (see [`crate::l2::for_port`]): the frame grows into the
+    /// headroom or shrinks at the front. False (nothing changed) if there
+    /// is no room.
+    pub fn retag(&mut self, vlan: Option<u16>) -> bool {
+        let Some((old, new)) = crate::l2::retag_plan(self.data(), vlan) else {
+            return true;
+        };
+        let addrs = crate::l2::addresses(self.data());
+        let moved = if new > old {
+            self.prepend(new - old).is_some()
+        } else {
+            self.adj(old - new)
+        };
+        if !moved {
+            return false;
+        }
+        crate::l2::write_header(&mut self.data_mut()[..new], addrs, vlan);
+        true
+    }
+
     /// Removes `len` bytes from the front; false (nothing changed) if the
     /// first segment is shorter.
     pub fn adj(&mut self, len: usize) -> bool {

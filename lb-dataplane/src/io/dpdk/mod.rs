@@ -46,7 +46,7 @@ pub use error::DpdkError;
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use port::{DpdkPort, DpdkPortOpts, EthStats, LinkStatus};
-pub use queue::DpdkQueue;
+pub use queue::{DpdkQueue, DpdkRx, DpdkTx};
 pub use rss::{symmetric_rss_key, toeplitz_hash, SYMMETRIC_RSS_KEY};
 
 /// Most frames one [`DpdkQueue::recv_burst`] takes from the PMD.
