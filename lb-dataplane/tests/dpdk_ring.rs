@@ -10,8 +10,8 @@ mod dpdk_common;
 use std::time::Duration;
 
 use dpdk_common::{collect, seq_of, test_frame};
-use lb_dataplane::io::dpdk::{DpdkError, DpdkPort, DpdkPortOpts, Eal, Mbuf, Mempool};
-use lb_dataplane::io::PacketIo;
+use lb_dataplane::io::dpdk::{DpdkError, DpdkPort, DpdkPortOpts, DpdkRx, Eal, Mbuf, Mempool};
+use lb_dataplane::io::{Buf, PacketIo, RxMeta, RxQueue, Slot, TxQueue};
 
 #[test]
 fn net_ring() {
@@ -45,7 +45,7 @@ fn net_ring() {
         assert_eq!(stats.rx_bytes, stats.tx_bytes);
         drop(q);
         // The queue is free again once its handle is gone.
-        drop(port.queue(0).expect("queue 0 again"));
+        halves(&port);
         drop(port);
         assert_eq!(pool.in_use(), 0, "every mbuf went back to the pool");
     }
@@ -128,6 +128,70 @@ fn loopback(q: &mut lb_dataplane::io::dpdk::DpdkQueue) {
     let before = q.stats().tx_dropped;
     assert!(!q.send(&vec![0u8; 4000]));
     assert_eq!(q.stats().tx_dropped, before + 1);
+}
+
+/// Receives one burst from `rx`, waiting up to 5 s for it.
+fn rx_once(rx: &mut DpdkRx) -> Vec<(Vec<u8>, bool)> {
+    for _ in 0..5000 {
+        let mut slots: [Slot<'_>; 32] = std::array::from_fn(|_| Slot::Empty);
+        let mut meta = [RxMeta::default(); 32];
+        let n = rx.rx_burst(&mut slots, &mut meta);
+        if n > 0 {
+            return slots[..n]
+                .iter()
+                .map(|s| (s.data().to_vec(), matches!(s, Slot::Owned(Buf::Mbuf(_)))))
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Vec::new()
+}
+
+/// The queue pair split for a worker: bursts of the mbufs themselves, sent
+/// back out as they are, retagged in place; the queue stays taken until
+/// both halves are gone.
+fn halves(port: &DpdkPort) {
+    let (mut rx, mut tx) = port.queue(0).expect("queue 0 again").split();
+    let frame = test_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], 7777, 100);
+    assert!(tx.send(&frame));
+    tx.flush().expect("flush");
+    assert_eq!(
+        rx_once(&mut rx),
+        vec![(frame.clone(), true)],
+        "an mbuf, as sent"
+    );
+
+    // A received mbuf goes out again, tagged for VLAN 7 in its headroom.
+    assert!(tx.send(&frame));
+    tx.flush().expect("flush");
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    tagged.extend_from_slice(&frame[12..]);
+    for _ in 0..5000 {
+        let mut slots: [Slot<'_>; 32] = std::array::from_fn(|_| Slot::Empty);
+        let mut meta = [RxMeta::default(); 32];
+        if rx.rx_burst(&mut slots, &mut meta) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let Slot::Owned(mut buf) = std::mem::take(&mut slots[0]) else {
+            panic!("DPDK frames come in buffers of their own");
+        };
+        assert!(buf.retag(Some(7)));
+        assert_eq!(buf.data(), &tagged[..]);
+        assert!(tx.send_buf(buf));
+        break;
+    }
+    tx.flush().expect("flush");
+    assert_eq!(rx_once(&mut rx), vec![(tagged, true)]);
+
+    drop(tx);
+    assert!(
+        matches!(port.queue(0), Err(DpdkError::QueueTaken { .. })),
+        "the RX half still holds the queue"
+    );
+    drop(rx);
+    drop(port.queue(0).expect("free with both halves gone"));
 }
 
 /// The received mbuf itself goes back out (and round again).
