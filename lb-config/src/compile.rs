@@ -71,6 +71,47 @@ fn protocol_name(p: Option<u8>) -> String {
     }
 }
 
+/// Whether a protocol has ports (TCP and UDP).
+fn has_ports(protocol: Option<u8>) -> bool {
+    matches!(protocol, Some(proto::TCP | proto::UDP))
+}
+
+/// A rule's two address fields by role: the peer (its authorization
+/// object: the source of an ingress rule, the destination of an egress
+/// rule) and the local end.
+struct RuleSides<'r> {
+    peer: Option<&'r S<String>>,
+    local: Option<&'r S<String>>,
+    peer_name: &'static str,
+    local_name: &'static str,
+    dir_name: &'static str,
+    /// Where a missing peer is reported.
+    direction_span: Range<usize>,
+}
+
+impl<'r> RuleSides<'r> {
+    fn of(r: &'r RuleConfig, direction: Direction) -> Self {
+        let (peer, local, peer_name, local_name, dir_name) = match direction {
+            Direction::Ingress => (
+                &r.source,
+                &r.destination,
+                "source",
+                "destination",
+                "ingress",
+            ),
+            Direction::Egress => (&r.destination, &r.source, "destination", "source", "egress"),
+        };
+        RuleSides {
+            peer: peer.as_ref(),
+            local: local.as_ref(),
+            peer_name,
+            local_name,
+            dir_name,
+            direction_span: r.direction.span(),
+        }
+    }
+}
+
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
@@ -745,7 +786,8 @@ impl<'a, 's> Compiler<'a, 's> {
         }
     }
 
-    /// Compiles one rule; returns it and the rule quota it consumes.
+    /// Compiles one rule; returns it and the rule quota it consumes (a
+    /// port list or prefix list counts its `max_entries`).
     fn rule(&mut self, r: &S<RuleConfig>, refs: &RuleRefs<'_, '_>, in_group: bool) -> (Rule, u64) {
         let line = u32::try_from(self.line(&r.span())).unwrap_or(u32::MAX);
         let r = r.get_ref();
@@ -761,12 +803,36 @@ impl<'a, 's> Compiler<'a, 's> {
             .priority
             .as_ref()
             .map_or(1, |p| self.int(p, "priority", 1, 100));
-        let protocol = match r.protocol.get_ref().resolve() {
+        let protocol = self.rule_protocol(r);
+        let (ports, port_list, ports_cost) = self.rule_ports(r, protocol, refs);
+        let sides = RuleSides::of(r, direction);
+        let (peer, peer_cidr, peer_cost) = self.rule_peer(&sides, refs, in_group);
+        let local = self.rule_local(&sides, peer_cidr);
+        self.rule_icmp_family(protocol, &sides, peer_cidr, local);
+        let source_ports = self.rule_source_ports(r, protocol);
+        let rule = Rule {
+            direction,
+            action,
+            priority,
+            protocol,
+            ports,
+            port_list,
+            peer,
+            local,
+            source_ports,
+            description: r.description.clone(),
+            line,
+        };
+        (rule, ports_cost.saturating_mul(peer_cost))
+    }
+
+    /// A rule's IP protocol (`None`: any). After an error, the protocol
+    /// its ports suggest, so that no later error merely echoes this one.
+    fn rule_protocol(&mut self, r: &RuleConfig) -> Option<u8> {
+        match r.protocol.get_ref().resolve() {
             Ok(p) => p.0,
             Err(message) => {
                 self.err(&r.protocol.span(), message);
-                // Check the rest of the rule as the protocol its ports
-                // suggest, so no error merely echoes this one.
                 let portless = match (&r.port_range, &r.port_list) {
                     (None, None) => true,
                     (Some(pr), _) => pr.get_ref().trim() == "-1/-1",
@@ -774,17 +840,26 @@ impl<'a, 's> Compiler<'a, 's> {
                 };
                 (!portless).then_some(proto::TCP)
             }
-        };
-        let pname = protocol_name(protocol);
-        let has_ports = matches!(protocol, Some(proto::TCP | proto::UDP));
-        let mut cost = 1u64;
+        }
+    }
 
+    /// A rule's destination ports (`port_range` or `port_list`), the port
+    /// list it names, and the quota the list costs.
+    fn rule_ports(
+        &mut self,
+        r: &RuleConfig,
+        protocol: Option<u8>,
+        refs: &RuleRefs<'_, '_>,
+    ) -> (Vec<PortRange>, Option<usize>, u64) {
+        let pname = protocol_name(protocol);
+        let takes_ports = has_ports(protocol);
+        let mut cost = 1u64;
         let mut ports = vec![PortRange::ANY];
         let mut port_list = None;
         match (&r.port_range, &r.port_list) {
             (Some(_), Some(l)) => self.err(&l.span(), "a rule takes port_range or port_list, not both"),
             (None, Some(l)) => {
-                if !has_ports {
+                if !takes_ports {
                     self.err(&l.span(), format!("port_list needs protocol tcp or udp, not {pname}"));
                 }
                 if let Some(i) = refs.prls.get(l.get_ref()) {
@@ -798,12 +873,12 @@ impl<'a, 's> Compiler<'a, 's> {
                 }
             }
             (Some(pr), None) => match parse::port_range(pr.get_ref()) {
-                Ok(PortSpec::Any) if has_ports => self.err(
+                Ok(PortSpec::Any) if takes_ports => self.err(
                     &pr.span(),
                     format!("port range -1/-1 is for protocols without ports; for all {pname} ports write \"1/65535\""),
                 ),
                 Ok(PortSpec::Any) => {}
-                Ok(PortSpec::Range(range)) if has_ports => ports = vec![range],
+                Ok(PortSpec::Range(range)) if takes_ports => ports = vec![range],
                 Ok(PortSpec::Range(_)) => self.err(
                     &pr.span(),
                     format!("protocol {pname} has no ports; its port_range must be \"-1/-1\""),
@@ -811,26 +886,30 @@ impl<'a, 's> Compiler<'a, 's> {
                 Err(e) => self.err(&pr.span(), e),
             },
             (None, None) => {
-                if has_ports {
+                if takes_ports {
                     self.err(&r.protocol.span(), format!("a {pname} rule needs port_range (e.g. \"80/80\") or port_list"));
                 }
             }
         }
+        (ports, port_list, cost)
+    }
 
-        let (peer_field, local_field, peer_name, local_name) = match direction {
-            Direction::Ingress => (&r.source, &r.destination, "source", "destination"),
-            Direction::Egress => (&r.destination, &r.source, "destination", "source"),
-        };
-        let dir_name = match direction {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        };
+    /// A rule's peer (its authorization object: an address or CIDR, a
+    /// security group, a prefix list), the peer as a CIDR when it is one,
+    /// and the quota a prefix list costs.
+    fn rule_peer(
+        &mut self,
+        sides: &RuleSides<'_>,
+        refs: &RuleRefs<'_, '_>,
+        in_group: bool,
+    ) -> (Peer, Option<IpNet>, u64) {
         let mut peer = Peer::Cidr(IpNet::default());
-        // The peer when it is a valid address or CIDR.
         let mut peer_cidr = None;
-        match peer_field {
+        let mut cost = 1u64;
+        let (peer_name, dir_name) = (sides.peer_name, sides.dir_name);
+        match sides.peer {
             None => self.err(
-                &r.direction.span(),
+                &sides.direction_span,
                 format!("an {dir_name} rule needs {peer_name} (its authorization object: an address, CIDR, sg-… or pl-…)"),
             ),
             Some(p) => {
@@ -849,7 +928,7 @@ impl<'a, 's> Compiler<'a, 's> {
                     if let Some(i) = refs.pls.get(s) {
                         peer = Peer::PrefixList(i);
                         if let Some(pl) = refs.prefix_lists.get(i) {
-                            cost = cost.saturating_mul(u64::from(pl.max_entries.max(1)));
+                            cost = u64::from(pl.max_entries.max(1));
                         }
                     } else {
                         self.err(&p.span(), format!("unknown prefix list {s}"));
@@ -865,92 +944,104 @@ impl<'a, 's> Compiler<'a, 's> {
                 }
             }
         }
-        let mut local = None;
-        if let Some(l) = local_field {
-            let s = l.get_ref().as_str();
-            if s.starts_with("sg-") || s.starts_with("pl-") {
-                self.err(
-                    &l.span(),
-                    format!("the {local_name} of an {dir_name} rule (a quintuple rule) must be an address or CIDR, not {s}"),
-                );
-            } else {
-                match parse::cidr(s) {
-                    Ok(net) => {
-                        if let Some(p) = peer_cidr {
-                            if p.addr().is_ipv4() != net.addr().is_ipv4() {
-                                self.err(
-                                    &l.span(),
-                                    format!(
-                                        "{local_name} {net} is {} but {peer_name} {p} is {}; the rule could never match",
-                                        family(&net.addr()),
-                                        family(&p.addr())
-                                    ),
-                                );
-                            }
-                        }
-                        local = Some(net);
-                    }
-                    Err(e) => self.err(&l.span(), e),
-                }
-            }
+        (peer, peer_cidr, cost)
+    }
+
+    /// A rule's local end (a quintuple rule): an address or CIDR of the
+    /// peer's family.
+    fn rule_local(&mut self, sides: &RuleSides<'_>, peer_cidr: Option<IpNet>) -> Option<IpNet> {
+        let (peer_name, local_name, dir_name) = (sides.peer_name, sides.local_name, sides.dir_name);
+        let l = sides.local?;
+        let s = l.get_ref().as_str();
+        if s.starts_with("sg-") || s.starts_with("pl-") {
+            self.err(
+                &l.span(),
+                format!("the {local_name} of an {dir_name} rule (a quintuple rule) must be an address or CIDR, not {s}"),
+            );
+            return None;
         }
-        // ICMP is IPv4 only and ICMPv6 IPv6 only: a rule mixing them never matches.
-        let want_v4 = match protocol {
-            Some(proto::ICMP) => Some(true),
-            Some(proto::ICMPV6) => Some(false),
-            _ => None,
-        };
-        if let Some(v4) = want_v4 {
-            let checks = [
-                (peer_field, peer_name, peer_cidr),
-                (local_field, local_name, local),
-            ];
-            for (field, name, net) in checks {
-                if let (Some(field), Some(net)) = (field, net) {
-                    if net.addr().is_ipv4() != v4 {
-                        let fix = if v4 { "icmpv6" } else { "icmp" };
+        match parse::cidr(s) {
+            Ok(net) => {
+                if let Some(p) = peer_cidr {
+                    if p.addr().is_ipv4() != net.addr().is_ipv4() {
                         self.err(
-                            &field.span(),
+                            &l.span(),
                             format!(
-                                "protocol {pname} is {} only but {name} {net} is {}; use {fix}",
-                                if v4 { "IPv4" } else { "IPv6" },
-                                family(&net.addr())
+                                "{local_name} {net} is {} but {peer_name} {p} is {}; the rule could never match",
+                                family(&net.addr()),
+                                family(&p.addr())
                             ),
                         );
                     }
                 }
+                Some(net)
+            }
+            Err(e) => {
+                self.err(&l.span(), e);
+                None
             }
         }
-        let mut source_ports = PortRange::ANY;
-        if let Some(sp) = &r.source_port_range {
-            match parse::port_range(sp.get_ref()) {
-                Ok(spec) if !has_ports => {
-                    if spec != PortSpec::Any {
-                        self.err(
-                            &sp.span(),
-                            format!("source_port_range needs protocol tcp or udp, not {pname}"),
-                        );
-                    }
-                }
-                Ok(PortSpec::Any) => {}
-                Ok(PortSpec::Range(range)) => source_ports = range,
-                Err(e) => self.err(&sp.span(), e),
-            }
-        }
-        let rule = Rule {
-            direction,
-            action,
-            priority,
-            protocol,
-            ports,
-            port_list,
-            peer,
-            local,
-            source_ports,
-            description: r.description.clone(),
-            line,
+    }
+
+    /// ICMP is IPv4 only and ICMPv6 IPv6 only: a rule mixing them never
+    /// matches.
+    fn rule_icmp_family(
+        &mut self,
+        protocol: Option<u8>,
+        sides: &RuleSides<'_>,
+        peer_cidr: Option<IpNet>,
+        local: Option<IpNet>,
+    ) {
+        let v4 = match protocol {
+            Some(proto::ICMP) => true,
+            Some(proto::ICMPV6) => false,
+            _ => return,
         };
-        (rule, cost)
+        let pname = protocol_name(protocol);
+        let checks = [
+            (sides.peer, sides.peer_name, peer_cidr),
+            (sides.local, sides.local_name, local),
+        ];
+        for (field, name, net) in checks {
+            if let (Some(field), Some(net)) = (field, net) {
+                if net.addr().is_ipv4() != v4 {
+                    let fix = if v4 { "icmpv6" } else { "icmp" };
+                    self.err(
+                        &field.span(),
+                        format!(
+                            "protocol {pname} is {} only but {name} {net} is {}; use {fix}",
+                            if v4 { "IPv4" } else { "IPv6" },
+                            family(&net.addr())
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A rule's source ports (TCP and UDP only).
+    fn rule_source_ports(&mut self, r: &RuleConfig, protocol: Option<u8>) -> PortRange {
+        let Some(sp) = &r.source_port_range else {
+            return PortRange::ANY;
+        };
+        match parse::port_range(sp.get_ref()) {
+            Ok(spec) if !has_ports(protocol) => {
+                if spec != PortSpec::Any {
+                    let pname = protocol_name(protocol);
+                    self.err(
+                        &sp.span(),
+                        format!("source_port_range needs protocol tcp or udp, not {pname}"),
+                    );
+                }
+                PortRange::ANY
+            }
+            Ok(PortSpec::Any) => PortRange::ANY,
+            Ok(PortSpec::Range(range)) => range,
+            Err(e) => {
+                self.err(&sp.span(), e);
+                PortRange::ANY
+            }
+        }
     }
 
     fn subnets(&mut self, subnets: &[S<SubnetConfig>], nacl_ids: &Ids<'_>) -> Vec<Subnet> {
@@ -1381,22 +1472,11 @@ impl<'a, 's> Compiler<'a, 's> {
                     format!("load balancer {id} needs at least one VIP"),
                 );
             }
-            let mut vips = Vec::new();
-            for v in lb.vips.get_ref() {
-                match parse::address(v.get_ref()) {
-                    Ok(addr) => {
-                        self.claim(
-                            owners,
-                            addr,
-                            &v.span(),
-                            format!("the vips of load balancer {id}"),
-                            true,
-                        );
-                        vips.push(addr);
-                    }
-                    Err(e) => self.err(&v.span(), e),
-                }
-            }
+            let vips = self.lb_addresses(
+                lb.vips.get_ref(),
+                owners,
+                &format!("the vips of load balancer {id}"),
+            );
             let security_groups = match &lb.security_groups {
                 Some(list) => self.attach_groups(
                     &format!("load balancer {id}"),
@@ -1407,151 +1487,16 @@ impl<'a, 's> Compiler<'a, 's> {
                 ),
                 None => Vec::new(),
             };
-            let mut local_addresses = Vec::new();
-            if let Some(list) = &lb.local_addresses {
-                for a in list.get_ref() {
-                    match parse::address(a.get_ref()) {
-                        Ok(addr) => {
-                            self.claim(
-                                owners,
-                                addr,
-                                &a.span(),
-                                format!("the local_addresses of load balancer {id}"),
-                                true,
-                            );
-                            local_addresses.push(addr);
-                        }
-                        Err(e) => self.err(&a.span(), e),
-                    }
-                }
-            }
-            let mut listeners = Vec::new();
-            let mut seen: HashMap<(bool, u16), (ListenerProtocolConfig, usize)> = HashMap::new();
-            self.at_most(
-                "listeners",
-                &format!(" in load balancer {id}"),
-                &lb.listeners,
-            );
-            for l in &lb.listeners {
-                let l = l.get_ref();
-                let proto_cfg = *l.protocol.get_ref();
-                let port: u16 = self.int(&l.port, "listener port", 1, 65535);
-                if port != 0 {
-                    let key = (proto_cfg.is_udp(), port);
-                    if let Some((other, line)) = seen.get(&key) {
-                        let transport = if proto_cfg.is_udp() { "UDP" } else { "TCP" };
-                        self.err(
-                            &l.port.span(),
-                            format!(
-                                "{} listener on port {port} conflicts with the {} listener on line {line} (both use {transport} port {port})",
-                                proto_cfg.as_str(),
-                                other.as_str()
-                            ),
-                        );
-                    } else {
-                        seen.insert(key, (proto_cfg, self.line(&l.port.span())));
-                    }
-                }
-                let server_group = self.resolve(refs.sgps, &l.server_group);
-                if let Some(u) = refs
-                    .sgps
-                    .get(l.server_group.get_ref())
-                    .and_then(|i| uses.get_mut(i))
-                {
-                    u.push(ListenerUse {
-                        lb: id.clone(),
-                        protocol: proto_cfg,
-                        port,
-                        span: l.server_group.span(),
-                    });
-                }
-                let acl = l.acl.as_ref().map(|a| {
-                    let a = a.get_ref();
-                    ListenerAcl {
-                        mode: match a.mode {
-                            AclModeConfig::Whitelist => AclMode::Whitelist,
-                            AclModeConfig::Blacklist => AclMode::Blacklist,
-                        },
-                        prefix_list: self.resolve(refs.pls, &a.prefix_list),
-                    }
-                });
-                let protocol = match proto_cfg {
-                    ListenerProtocolConfig::Tcp => ListenerProtocol::Tcp,
-                    ListenerProtocolConfig::Udp => ListenerProtocol::Udp,
-                    ListenerProtocolConfig::Http => ListenerProtocol::Http,
-                    ListenerProtocolConfig::Https => ListenerProtocol::Https,
-                    ListenerProtocolConfig::Quic => ListenerProtocol::Quic,
-                };
-                let transfer_client_ip = l.transfer_client_ip.unwrap_or(false);
-                // Can the listener reach each of its servers?
-                if let Some(group) = refs
-                    .sgps
-                    .get(l.server_group.get_ref())
-                    .and_then(|i| refs.server_groups.get(i))
-                {
-                    let usable: &[IpAddr] = if transfer_client_ip {
-                        &vips
-                    } else {
-                        &local_addresses
-                    };
-                    if !usable.is_empty() {
-                        for s in &group.servers {
-                            let Some(first) = s.addresses.first() else {
-                                continue;
-                            };
-                            if !s
-                                .addresses
-                                .iter()
-                                .any(|a| usable.iter().any(|u| u.is_ipv4() == a.is_ipv4()))
-                            {
-                                let fam = family(first);
-                                let via = if transfer_client_ip {
-                                    "VIP"
-                                } else {
-                                    "local address"
-                                };
-                                self.err(
-                                    &l.server_group.span(),
-                                    format!(
-                                        "server {} of server group {} has only {fam} addresses, but load balancer {id} has no {fam} {via} to reach it",
-                                        s.name, group.id,
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                }
-                let (syn_proxy, syn_proxy_threshold) = self.syn_proxy(l, proto_cfg);
-                listeners.push(Listener {
-                    protocol,
-                    port,
-                    server_group,
-                    transfer_client_ip,
-                    acl,
-                    syn_proxy,
-                    syn_proxy_threshold,
-                });
-            }
-            // FULLNAT needs a local address of each VIP family in use.
-            if !listeners.is_empty() && !listeners.iter().all(|l| l.transfer_client_ip) {
-                for fam_v4 in [true, false] {
-                    if vips.iter().any(|v| v.is_ipv4() == fam_v4)
-                        && !local_addresses.iter().any(|a| a.is_ipv4() == fam_v4)
-                    {
-                        let fam = if fam_v4 { "IPv4" } else { "IPv6" };
-                        let span = lb
-                            .local_addresses
-                            .as_ref()
-                            .map_or_else(|| lb.vips.span(), S::span);
-                        self.err(
-                            &span,
-                            format!(
-                                "load balancer {id} has an {fam} VIP but no {fam} local_addresses entry (the source address toward the backends; not needed only when every listener has transfer_client_ip = true)"
-                            ),
-                        );
-                    }
-                }
-            }
+            let local_addresses = match &lb.local_addresses {
+                Some(list) => self.lb_addresses(
+                    list.get_ref(),
+                    owners,
+                    &format!("the local_addresses of load balancer {id}"),
+                ),
+                None => Vec::new(),
+            };
+            let listeners = self.listeners(lb, refs, uses, &vips, &local_addresses);
+            self.fullnat_families(lb, &listeners, &vips, &local_addresses);
             out.push(LoadBalancer {
                 id: id.clone(),
                 vips,
@@ -1561,6 +1506,207 @@ impl<'a, 's> Compiler<'a, 's> {
             });
         }
         out
+    }
+
+    /// A load balancer's VIPs or local addresses (`what` they are), each
+    /// claimed for it.
+    fn lb_addresses(
+        &mut self,
+        list: &[S<String>],
+        owners: &mut HashMap<IpAddr, Owner>,
+        what: &str,
+    ) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for a in list {
+            match parse::address(a.get_ref()) {
+                Ok(addr) => {
+                    self.claim(owners, addr, &a.span(), what.to_string(), true);
+                    out.push(addr);
+                }
+                Err(e) => self.err(&a.span(), e),
+            }
+        }
+        out
+    }
+
+    /// A load balancer's listeners; each listener's use of its server
+    /// group goes to `uses`.
+    fn listeners(
+        &mut self,
+        lb: &LoadBalancerConfig,
+        refs: &LbRefs<'_, '_>,
+        uses: &mut [Vec<ListenerUse>],
+        vips: &[IpAddr],
+        local_addresses: &[IpAddr],
+    ) -> Vec<Listener> {
+        let id = lb.id.get_ref();
+        let mut listeners = Vec::new();
+        // (UDP, port) → the first listener on it and its line.
+        let mut seen: HashMap<(bool, u16), (ListenerProtocolConfig, usize)> = HashMap::new();
+        self.at_most(
+            "listeners",
+            &format!(" in load balancer {id}"),
+            &lb.listeners,
+        );
+        for l in &lb.listeners {
+            let l = l.get_ref();
+            let proto_cfg = *l.protocol.get_ref();
+            let port: u16 = self.int(&l.port, "listener port", 1, 65535);
+            if port != 0 {
+                self.listener_port_unique(l, proto_cfg, port, &mut seen);
+            }
+            let server_group = self.resolve(refs.sgps, &l.server_group);
+            if let Some(u) = refs
+                .sgps
+                .get(l.server_group.get_ref())
+                .and_then(|i| uses.get_mut(i))
+            {
+                u.push(ListenerUse {
+                    lb: id.clone(),
+                    protocol: proto_cfg,
+                    port,
+                    span: l.server_group.span(),
+                });
+            }
+            let acl = l.acl.as_ref().map(|a| {
+                let a = a.get_ref();
+                ListenerAcl {
+                    mode: match a.mode {
+                        AclModeConfig::Whitelist => AclMode::Whitelist,
+                        AclModeConfig::Blacklist => AclMode::Blacklist,
+                    },
+                    prefix_list: self.resolve(refs.pls, &a.prefix_list),
+                }
+            });
+            let protocol = match proto_cfg {
+                ListenerProtocolConfig::Tcp => ListenerProtocol::Tcp,
+                ListenerProtocolConfig::Udp => ListenerProtocol::Udp,
+                ListenerProtocolConfig::Http => ListenerProtocol::Http,
+                ListenerProtocolConfig::Https => ListenerProtocol::Https,
+                ListenerProtocolConfig::Quic => ListenerProtocol::Quic,
+            };
+            let transfer_client_ip = l.transfer_client_ip.unwrap_or(false);
+            let usable = if transfer_client_ip {
+                vips
+            } else {
+                local_addresses
+            };
+            self.servers_reachable(id, l, refs, usable, transfer_client_ip);
+            let (syn_proxy, syn_proxy_threshold) = self.syn_proxy(l, proto_cfg);
+            listeners.push(Listener {
+                protocol,
+                port,
+                server_group,
+                transfer_client_ip,
+                acl,
+                syn_proxy,
+                syn_proxy_threshold,
+            });
+        }
+        listeners
+    }
+
+    /// One listener per transport and port in a load balancer: `seen`
+    /// holds those before `l`.
+    fn listener_port_unique(
+        &mut self,
+        l: &ListenerConfig,
+        proto_cfg: ListenerProtocolConfig,
+        port: u16,
+        seen: &mut HashMap<(bool, u16), (ListenerProtocolConfig, usize)>,
+    ) {
+        let key = (proto_cfg.is_udp(), port);
+        if let Some((other, line)) = seen.get(&key) {
+            let transport = if proto_cfg.is_udp() { "UDP" } else { "TCP" };
+            self.err(
+                &l.port.span(),
+                format!(
+                    "{} listener on port {port} conflicts with the {} listener on line {line} (both use {transport} port {port})",
+                    proto_cfg.as_str(),
+                    other.as_str()
+                ),
+            );
+        } else {
+            seen.insert(key, (proto_cfg, self.line(&l.port.span())));
+        }
+    }
+
+    /// Can the listener reach each of its servers? Each needs an address
+    /// of a family the load balancer has a `usable` address of (VIPs for
+    /// `transfer_client_ip`, else local addresses).
+    fn servers_reachable(
+        &mut self,
+        id: &str,
+        l: &ListenerConfig,
+        refs: &LbRefs<'_, '_>,
+        usable: &[IpAddr],
+        transfer_client_ip: bool,
+    ) {
+        let Some(group) = refs
+            .sgps
+            .get(l.server_group.get_ref())
+            .and_then(|i| refs.server_groups.get(i))
+        else {
+            return;
+        };
+        if usable.is_empty() {
+            return;
+        }
+        for s in &group.servers {
+            let Some(first) = s.addresses.first() else {
+                continue;
+            };
+            if !s
+                .addresses
+                .iter()
+                .any(|a| usable.iter().any(|u| u.is_ipv4() == a.is_ipv4()))
+            {
+                let fam = family(first);
+                let via = if transfer_client_ip {
+                    "VIP"
+                } else {
+                    "local address"
+                };
+                self.err(
+                    &l.server_group.span(),
+                    format!(
+                        "server {} of server group {} has only {fam} addresses, but load balancer {id} has no {fam} {via} to reach it",
+                        s.name, group.id,
+                    ),
+                );
+            }
+        }
+    }
+
+    /// FULLNAT needs a local address of each VIP family in use.
+    fn fullnat_families(
+        &mut self,
+        lb: &LoadBalancerConfig,
+        listeners: &[Listener],
+        vips: &[IpAddr],
+        local_addresses: &[IpAddr],
+    ) {
+        let id = lb.id.get_ref();
+        if listeners.is_empty() || listeners.iter().all(|l| l.transfer_client_ip) {
+            return;
+        }
+        for fam_v4 in [true, false] {
+            if vips.iter().any(|v| v.is_ipv4() == fam_v4)
+                && !local_addresses.iter().any(|a| a.is_ipv4() == fam_v4)
+            {
+                let fam = if fam_v4 { "IPv4" } else { "IPv6" };
+                let span = lb
+                    .local_addresses
+                    .as_ref()
+                    .map_or_else(|| lb.vips.span(), S::span);
+                self.err(
+                    &span,
+                    format!(
+                        "load balancer {id} has an {fam} VIP but no {fam} local_addresses entry (the source address toward the backends; not needed only when every listener has transfer_client_ip = true)"
+                    ),
+                );
+            }
+        }
     }
 
     /// Health checks must speak the transport of the listeners they guard.
