@@ -1352,9 +1352,7 @@ impl<'a, 's> Compiler<'a, 's> {
             return 1;
         }
         // In 1..=300_000 by the checks above.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let ms = ms as u32;
-        ms
+        ms as u32
     }
 
     fn server_group(

@@ -408,11 +408,9 @@ impl<'de> Deserialize<'de> for Seconds {
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 // Precision loss only beyond 2^53 s, far outside any limit.
-                #[allow(clippy::cast_precision_loss)]
                 Ok(Seconds(v as f64))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                #[allow(clippy::cast_precision_loss)]
                 Ok(Seconds(v as f64))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
