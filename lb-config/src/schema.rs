@@ -18,7 +18,7 @@
 //! [`toml::Spanned`] so that every diagnostic carries a position. Numbers
 //! with limits are read as `i64` so that an out-of-range value gets our own
 //! message ("priority must be 1..=100, got 0") rather than a serde type error.
-//! Defaults are applied when compiling (see `compile.rs`), so that an absent
+//! Defaults are applied when compiling (see `compile/`), so that an absent
 //! value and an explicit one can be told apart where it matters.
 
 use std::fmt;
