@@ -96,6 +96,13 @@ pub enum CommandError {
     Unknown { shown: String, cut: bool },
 }
 
+/// In a reply, a refused command line is its message.
+impl serde::Serialize for CommandError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A command of the control protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -310,7 +317,7 @@ fn handle(
         Err(ReadError::Io(kind)) => return Err(ControlError::ReadCommand(kind)),
     };
     let answer = match Command::parse(&line) {
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
+        Err(e) => json!({"ok": false, "error": e}),
         Ok(cmd) if cmd.level() > level => {
             tracing::info!(
                 uid = peer.uid,
