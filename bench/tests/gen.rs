@@ -16,7 +16,8 @@
 //! neighbour table, which no `ip neigh` in a namespace could pre-load.
 //!
 //! Runs as root only (network namespaces); elsewhere it prints
-//! `SKIPPED: <reason>` and passes.
+//! `SKIPPED <test>: <reason>` and passes, or fails under CI
+//! (`lb-dataplane/tests/common/skip.rs`).
 //!
 //! `lbd` is a binary of another package, so `CARGO_BIN_EXE_lbd` does not
 //! exist here (artifact dependencies are unstable). The test runs
@@ -31,6 +32,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lb_bench::gen::{self, Class, Mix, Opts, SrcNet};
+
+#[path = "../../lb-dataplane/tests/common/skip.rs"]
+mod skip;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -239,7 +243,7 @@ impl Drop for Topo {
 #[test]
 fn generator_through_lbd_counts_loss_leaks_and_latency() {
     if let Some(why) = unsupported() {
-        eprintln!("SKIPPED: {why}");
+        skip::skip(&why);
         return;
     }
     let (lbd, lbctl) = lbd_binaries();

@@ -65,18 +65,23 @@ fn handle(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let reply = match line.trim() {
+    let reply = respond(shared, &line);
+    let mut stream = stream;
+    stream.write_all(reply.to_string().as_bytes())?;
+    stream.write_all(b"\n")?;
+    Ok(())
+}
+
+/// The reply to one command line (its trailing newline included or not).
+pub fn respond(shared: &Arc<Shared>, line: &str) -> Value {
+    match line.trim() {
         "stats" => stats(shared),
         "reload" => match shared.reload() {
             Ok(generation) => json!({"ok": true, "generation": generation}),
             Err(errors) => json!({"ok": false, "errors": errors}),
         },
         other => json!({"ok": false, "errors": format!("unknown command {other:?}")}),
-    };
-    let mut stream = stream;
-    stream.write_all(reply.to_string().as_bytes())?;
-    stream.write_all(b"\n")?;
-    Ok(())
+    }
 }
 
 /// Sends one command to a running `lbd` and returns its JSON reply.

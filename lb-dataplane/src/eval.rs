@@ -322,7 +322,8 @@ pub fn run(
     Ok(())
 }
 
-fn frame_spec(p: &TracePacket) -> FrameSpec {
+/// The frame `lbctl eval` builds for a packet line.
+pub fn frame_spec(p: &TracePacket) -> FrameSpec {
     FrameSpec {
         src_mac: MacAddr([0x02, 0, 0, 0, 0, 0x01]),
         dst_mac: MacAddr([0x02, 0, 0, 0, 0, 0x02]),
