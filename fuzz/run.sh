@@ -59,8 +59,14 @@ AFL_PATH=$afl_bin PATH=$afl_bin:$PATH afl-cmin.bash -e -t 5000 -i "$all" -o "$ou
     >"$out/cmin.log" 2>&1
 rm -f corpus/"$target"/*
 i=0
+declare -A seen=()
 for f in "$out"/min/*; do
-    cp "$f" "corpus/$target/$(printf '%04d' "$i")-$(sha1sum "$f" | cut -c1-12)"
+    # afl-cmin may keep two copies of one input (a target whose coverage
+    # varies from run to run): keep one.
+    sum=$(sha1sum "$f" | cut -c1-12)
+    [ -n "${seen[$sum]:-}" ] && continue
+    seen[$sum]=1
+    cp "$f" "corpus/$target/$(printf '%04d' "$i")-$sum"
     i=$((i + 1))
 done
 echo "corpus/$target: $i inputs, $(du -sb "corpus/$target" | cut -f1) bytes"

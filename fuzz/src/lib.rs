@@ -23,7 +23,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use lb_core::conntrack::SessionTable;
 use lb_core::packet::Ipv4Packet;
@@ -200,17 +200,10 @@ pub fn trace(data: &[u8]) {
     );
 }
 
-/// The daemon state [`control`] answers from (no ports, no threads).
-fn shared() -> &'static Arc<Shared> {
-    static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        Shared::offline(&examples().join("alb-seed.toml")).expect("the example loads")
-    })
-}
-
-/// One control-socket request: the bytes up to the first newline, as the
-/// server reads them (a line that is not UTF-8 ends the connection), and
-/// the reply it would write.
+/// One control-socket request to a daemon that has just loaded
+/// `examples/alb-seed.toml` (no ports, no threads): the bytes up to the
+/// first newline, as the server reads them (a line that is not UTF-8 ends
+/// the connection), and the reply it would write.
 pub fn control(data: &[u8]) {
     let line = match data.iter().position(|&b| b == b'\n') {
         Some(end) => &data[..=end],
@@ -219,7 +212,10 @@ pub fn control(data: &[u8]) {
     let Ok(line) = std::str::from_utf8(line) else {
         return;
     };
-    let reply = lb_dataplane::control::respond(shared(), line);
+    // A fresh daemon for each request: a reload in one input must not
+    // change what the next one sees.
+    let shared = Shared::offline(&examples().join("alb-seed.toml")).expect("the example loads");
+    let reply = lb_dataplane::control::respond(&shared, line);
     assert!(reply.is_object(), "a reply is one JSON object");
     let _ = reply.to_string();
 }
