@@ -44,6 +44,9 @@ fn config(v6: bool) -> Config {
             "198.18.0.1/15".parse().expect("net"),
             "2001:db8::1/32".parse().expect("net"),
         ],
+        source_check: SourceCheck::Strict,
+        vlan: None,
+        max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-alb".into(),
@@ -117,6 +120,10 @@ fn config(v6: bool) -> Config {
                 server_group: 0,
                 transfer_client_ip: false,
                 acl: None,
+                // Measures the session path: a run of SYNs that never
+                // complete would engage the SYN proxy under "auto".
+                syn_proxy: lb_core::model::SynProxyMode::Off,
+                syn_proxy_threshold: lb_core::model::DEFAULT_SYN_PROXY_THRESHOLD,
             })
             .collect(),
     });
@@ -162,6 +169,12 @@ fn frame(i: usize, v6: bool, dport: u16, flags: u8) -> Vec<u8> {
         ..FrameSpec::default()
     })
 }
+
+/// Every frame arrives on the one port, which checks its sources.
+const RX: RxInfo = RxInfo {
+    csum_partial: false,
+    port: Some(0),
+};
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -271,9 +284,7 @@ fn run_trace(
             if burst == 1 {
                 let slot = slots.next().expect("one slot per frame");
                 let frame = &mut slot[..lens[j]];
-                if let Verdict::Forward(_) =
-                    worker.process(frame, RxInfo::default(), now, snap, &AllUp)
-                {
+                if let Verdict::Forward(_) = worker.process(frame, RX, now, snap, &AllUp) {
                     forwarded += 1;
                     tx.push(frame);
                 }
@@ -284,7 +295,7 @@ fn run_trace(
                     .zip(&lens[j..j + k])
                     .map(|(slot, &len)| Frame {
                         data: &mut slot[..len],
-                        rx: RxInfo::default(),
+                        rx: RX,
                     })
                     .collect();
                 let done = worker.process_burst(&mut batch, now, snap, &AllUp, &mut verdicts);
@@ -332,7 +343,7 @@ fn open_sessions(snap: &Snapshot, n: usize, v6: bool) -> (Worker, f64) {
     for i in 0..n {
         let f = frame(i, v6, 80, SYN);
         buf[..f.len()].copy_from_slice(&f);
-        let v = w.process(&mut buf[..f.len()], RxInfo::default(), 0, snap, &AllUp);
+        let v = w.process(&mut buf[..f.len()], RX, 0, snap, &AllUp);
         assert!(
             matches!(v, Verdict::Forward(_)),
             "session {i} not admitted: {v:?}"

@@ -8,9 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use lb_core::packet::{build_frame, FrameSpec};
-use lb_dataplane::eval::{frame_spec, parse_line, TraceLine};
-use lb_fuzz::examples;
+use lb_dataplane::eval::{build_trace_frame, parse_line, TraceLine};
+use lb_fuzz::{examples, Record};
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,18 +55,78 @@ fn control_corpus() {
     replay("control", lb_fuzz::control);
 }
 
-/// The frames of a trace's packet lines.
+/// The hosts' answers reach what a fuzzer could not guess: a client
+/// acknowledges the SYN proxy's cookie, the backend answers the SYN the
+/// proxy then opens, and data passes both ways.
+#[test]
+fn replies_take_a_connection_through_the_syn_proxy() {
+    let syn = trace_frames("0.0 tcp 198.18.0.2:40000 > 198.18.0.10:80 S")
+        .pop()
+        .expect("a SYN");
+    let reply = |tcp_flags, payload| Record::Reply { tcp_flags, payload };
+    let input = lb_fuzz::frame_input(
+        2 << 2,
+        &[
+            Record::ArriveOn(Some(0)),
+            Record::Frame(syn),
+            reply(0x10, 0),
+            reply(0x12, 0),
+            reply(0x18, 20),
+            reply(0x18, 40),
+        ],
+    );
+    let v = lb_fuzz::frame_verdicts(&input);
+    // The cookie SYN-ACK; on the cookie's ACK the proxy's SYN to the
+    // backend; on its SYN-ACK the proxy's ACK; then data from the backend
+    // to the client and from the client to the backend.
+    let want = [
+        ("Send", "SynCookie", "port: 0"),
+        ("Send", "Listener", "port: 1"),
+        ("Send", "Session", "port: 1"),
+        ("Forward", "Session", "port: 0"),
+        ("Forward", "Session", "port: 1"),
+    ];
+    assert_eq!(v.len(), want.len(), "{v:#?}");
+    for (i, (v, (kind, reason, port))) in v.iter().zip(want).enumerate() {
+        assert!(
+            v.starts_with(kind) && v.contains(reason) && v.contains(port),
+            "frame {i}: want {kind} {reason} {port}, got {v}"
+        );
+    }
+}
+
+/// The frames of a trace's packet lines (tagged when the line says
+/// `vlan=`).
 fn trace_frames(trace: &str) -> Vec<Vec<u8>> {
     trace
         .lines()
         .filter_map(|l| match parse_line(l) {
-            Ok(Some(TraceLine::Packet(p))) => Some(build_frame(&FrameSpec {
-                payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
-                ..frame_spec(&p)
-            })),
+            Ok(Some(TraceLine::Packet(p))) => build_trace_frame(&p, p.vlan.flatten()).ok(),
             _ => None,
         })
         .collect()
+}
+
+/// The records of a trace's packet lines, each on the port its line names
+/// (`ports`: the port names by index) or an unknown one.
+fn trace_records(trace: &str, ports: &[&str]) -> Vec<Record> {
+    let mut records = Vec::new();
+    for l in trace.lines() {
+        let Ok(Some(TraceLine::Packet(p))) = parse_line(l) else {
+            continue;
+        };
+        let Ok(frame) = build_trace_frame(&p, p.vlan.flatten()) else {
+            continue;
+        };
+        let port = p
+            .port
+            .as_deref()
+            .and_then(|name| ports.iter().position(|&n| n == name))
+            .and_then(|i| u32::try_from(i).ok());
+        records.push(Record::ArriveOn(port));
+        records.push(Record::Frame(frame));
+    }
+    records
 }
 
 #[test]
@@ -77,16 +136,75 @@ fn write_seeds() {
     let read = |name: &str| std::fs::read(examples().join(name)).expect("an example");
     let text = |name: &str| String::from_utf8(read(name)).expect("UTF-8");
     let mut seeds: Vec<(&str, String, Vec<u8>)> = Vec::new();
+    // The examples' traces against their configurations (snapshots 0 and
+    // 1), one frame at a time and in bursts with partial checksums.
     for (flags, trace) in [(0u8, "alb-seed.trace"), (1, "vpc.trace")] {
         let frames = trace_frames(&text(trace));
         for (i, f) in frames.iter().enumerate() {
-            let input = lb_fuzz::frame_input(flags, &[f]);
+            let input = lb_fuzz::frame_input(flags, &[Record::Frame(f.clone())]);
             seeds.push(("frame", format!("{trace}-{i}"), input));
         }
         for (i, chunk) in frames.chunks(lb_fuzz::MAX_FRAMES).enumerate() {
-            let chunk: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-            let input = lb_fuzz::frame_input(flags | 2, &chunk);
+            let records: Vec<Record> = chunk.iter().cloned().map(Record::Frame).collect();
+            let input = lb_fuzz::frame_input(flags | 2, &records);
             seeds.push(("frame", format!("{trace}-burst{i}"), input));
+        }
+    }
+    // The conformance suite's TCP, SYN proxy, source check, VLAN, ICMP
+    // and TTL/MTU traces against fuzz/frame.toml (snapshot 2, whose ports
+    // are ext, int, vl and open), each packet on the port its line names;
+    // the MTU traces with every port's MTU at 1280 too.
+    let suite = examples().join("../tests/conformance");
+    for name in [
+        "tcp-listener.trace",
+        "tcp-routed.trace",
+        "syn-proxy.trace",
+        "source-check.trace",
+        "icmp-errors.trace",
+        "ttl-options-mtu.trace",
+    ] {
+        let trace = std::fs::read_to_string(suite.join(name)).expect("a conformance trace");
+        let records = trace_records(&trace, &["ext", "int", "vl", "open"]);
+        for (i, chunk) in records.chunks(lb_fuzz::MAX_FRAMES).enumerate() {
+            seeds.push((
+                "frame",
+                format!("{name}-{i}"),
+                lb_fuzz::frame_input(4, chunk),
+            ));
+            if name.starts_with("ttl") {
+                let input = lb_fuzz::frame_input(4 | 16, chunk);
+                seeds.push(("frame", format!("{name}-mtu-{i}"), input));
+            }
+        }
+    }
+    // Whole connections through the SYN proxy (listener 80: on, 81: off,
+    // 82: auto) with the hosts' answers: the client's SYN, then the ACK
+    // of the cookie, the backend's SYN-ACK, data both ways, FIN, and a
+    // wait past the handshake timeout.
+    for (vip, client) in [
+        ("198.18.0.10", "198.18.0.2"),
+        ("[2001:db8:18::10]", "[2001:db8:18::2]"),
+    ] {
+        for port in [80, 81, 82] {
+            let syn = format!("0.0 tcp {client}:40000 > {vip}:{port} S");
+            let syn = trace_frames(&syn).pop().expect("a SYN");
+            let reply = |tcp_flags, payload| Record::Reply { tcp_flags, payload };
+            let records = [
+                Record::ArriveOn(Some(0)),
+                Record::Frame(syn),
+                reply(0x10, 0),
+                reply(0x12, 0),
+                reply(0x18, 20),
+                reply(0x18, 40),
+                reply(0x10, 0),
+                reply(0x11, 0),
+                reply(0x11, 0),
+                reply(0x10, 0),
+                Record::Wait(6),
+                reply(0x04, 0),
+            ];
+            let name = format!("handshake-{port}-{}", if vip.contains(':') { 6 } else { 4 });
+            seeds.push(("frame", name, lb_fuzz::frame_input(4, &records)));
         }
     }
     for name in [

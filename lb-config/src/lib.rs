@@ -44,6 +44,7 @@
 mod compile;
 mod error;
 mod parse;
+mod sanity;
 pub mod schema;
 
 #[cfg(test)]
@@ -55,9 +56,13 @@ use std::path::Path;
 use lb_core::model::Config;
 
 pub use compile::{
-    MAX_GROUPS_PER_INTERFACE, MAX_HEALTH_CHECK_S, MAX_RULES_PER_INTERFACE, MAX_WORKERS,
+    MAX_GROUPS_PER_INTERFACE, MAX_HEALTH_CHECK_S, MAX_RULES_PER_INTERFACE, MAX_SESSION_TIMEOUT_S,
+    MAX_WORKERS,
 };
 pub use error::{ConfigErrors, Diagnostic};
+pub use sanity::{
+    human_bytes, session_memory, DEFAULT_MAX_MEMORY_MIB, MAX_FILE_BYTES, MAX_MEMORY_MIB,
+};
 
 use error::Sink;
 
@@ -68,6 +73,7 @@ pub fn parse_str(text: &str, path: &str) -> Result<Config, ConfigErrors> {
         return Err(sink.finish());
     };
     let cfg = compile::Compiler::new(&mut sink).compile(&file);
+    sanity::check(&file, &cfg, &mut sink);
     if sink.is_empty() {
         Ok(cfg)
     } else {
@@ -134,17 +140,23 @@ fn remove_key_at(table: &mut toml::de::DeTable<'_>, pos: usize) -> bool {
     }
 }
 
-/// Reads, parses and validates a configuration file.
+/// Reads, parses and validates a configuration file. The file must be a
+/// regular file of at most [`MAX_FILE_BYTES`] holding more than whitespace
+/// and comments.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let shown = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_str(&text, &shown),
-        Err(e) => Err(ConfigErrors(vec![Diagnostic {
-            path: shown,
+    let at_start = |message: String| {
+        Err(ConfigErrors(vec![Diagnostic {
+            path: shown.clone(),
             line: 1,
             col: 1,
-            message: format!("cannot read the configuration: {e}"),
-        }])),
+            message,
+        }]))
+    };
+    match sanity::read_file(path) {
+        Ok(text) if sanity::is_blank(&text) => at_start(sanity::BLANK_MESSAGE.to_string()),
+        Ok(text) => parse_str(&text, &shown),
+        Err(message) => at_start(message),
     }
 }
 
@@ -159,7 +171,8 @@ fn toml_message(m: &str) -> String {
 }
 
 /// A one-line summary for `lbctl check`, e.g.
-/// `ok: 2 ports, 3 security groups (14 rules), 2 instances, 1 server group (2 servers), 1 load balancer (2 listeners)`.
+/// `ok: 2 ports, 3 security groups (14 rules), 2 instances, 1 server group (2 servers), 1 load balancer (2 listeners), session tables 241 MiB`
+/// (the memory estimate of [`session_memory`]).
 pub fn summary(cfg: &Config) -> String {
     fn n(count: usize, one: &str, many: &str) -> String {
         format!("{count} {}", if count == 1 { one } else { many })
@@ -195,5 +208,6 @@ pub fn summary(cfg: &Config) -> String {
         n(cfg.load_balancers.len(), "load balancer", "load balancers"),
         n(listeners, "listener", "listeners"),
     );
+    let _ = write!(s, ", session tables {}", human_bytes(session_memory(cfg)));
     s
 }

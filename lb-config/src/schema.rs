@@ -66,6 +66,8 @@ pub struct PlatformConfig {
     pub session_timeout_s: Option<S<i64>>,
     pub restrict_smtp: Option<bool>,
     pub metadata_address: Option<S<String>>,
+    /// Idle timeout of a session no reply has come for.
+    pub unreplied_timeout_s: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -88,6 +90,12 @@ pub struct DataplaneConfig {
     pub max_sessions: Option<S<i64>>,
     /// IPv6 sessions per worker.
     pub max_sessions_v6: Option<S<i64>>,
+    /// Bound of the session tables' memory estimate, in MiB.
+    pub max_memory_mib: Option<S<i64>>,
+    /// Answer TCP segments to a listener without a session with a RST.
+    pub reset_unknown: Option<bool>,
+    /// RSTs per second per worker for `reset_unknown`.
+    pub reset_unknown_rate: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -113,6 +121,17 @@ pub struct PortConfig {
     pub dpdk_port: Option<S<i64>>,
     #[serde(default)]
     pub addresses: Vec<S<String>>,
+    pub source_check: Option<SourceCheckConfig>,
+    pub vlan: Option<S<i64>>,
+    pub max_neighbors: Option<S<i64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceCheckConfig {
+    Strict,
+    Loose,
+    Off,
 }
 
 /// `[[route]]`.
@@ -435,6 +454,16 @@ pub struct ListenerConfig {
     pub server_group: S<String>,
     pub transfer_client_ip: Option<bool>,
     pub acl: Option<S<ListenerAclConfig>>,
+    pub syn_proxy: Option<S<SynProxyConfig>>,
+    pub syn_proxy_threshold: Option<S<i64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynProxyConfig {
+    Off,
+    On,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

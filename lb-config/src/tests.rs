@@ -28,6 +28,15 @@ fn errs(t: &str) -> Vec<String> {
     }
 }
 
+/// The session tables of `workers` workers with the default table sizes,
+/// as the summary shows them.
+fn default_tables(workers: u64) -> String {
+    let d = lb_core::model::Dataplane::default();
+    human_bytes(
+        lb_core::pipeline::Worker::session_table_bytes(d.max_sessions, d.max_sessions_v6) * workers,
+    )
+}
+
 fn ok(t: &str) -> Config {
     match parse_str(text(t), "t.toml") {
         Ok(c) => c,
@@ -82,7 +91,7 @@ fn syntax_error_has_a_position() {
 fn unknown_field() {
     assert_eq!(
         errs("\n[dataplane]\nworkers = 2\nthreads = 4\n"),
-        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`"]
+        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`"]
     );
 }
 
@@ -92,8 +101,8 @@ fn unknown_fields_do_not_hide_other_errors() {
         errs("\n[dataplane]\nworkers = 0\nthreads = 4\n[platform]\nsmtp = false\n"),
         vec![
             "2:11: workers must be 1..=64, got 0",
-            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`",
-            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`",
+            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`",
+            "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`, `unreplied_timeout_s`",
         ]
     );
 }
@@ -700,7 +709,7 @@ fn lb_fixture_is_valid() {
         cfg.server_groups[0].health_check,
         lb_core::model::HealthCheck::default()
     );
-    assert_eq!(summary(&cfg), "ok: 0 ports, 1 security group (0 rules), 1 instance, 1 server group (1 server), 1 load balancer (1 listener)");
+    assert_eq!(summary(&cfg), format!("ok: 0 ports, 1 security group (0 rules), 1 instance, 1 server group (1 server), 1 load balancer (1 listener), session tables {}", default_tables(1)));
 }
 
 #[test]
@@ -960,7 +969,7 @@ fn platform() {
     assert_eq!(
         errs("\n[platform]\nsession_timeout_s = 0\nmetadata_address = \"100.100.100.200/32\"\n"),
         vec![
-            "2:21: session_timeout_s must be 1..=4294967295, got 0",
+            "2:21: session_timeout_s must be 1..=432000, got 0",
             "3:20: 100.100.100.200/32 must be a plain address without a prefix length (e.g. 100.100.100.200)",
         ]
     );
@@ -1026,7 +1035,7 @@ fn alb_seed() {
     let cfg = ok(include_str!("../../examples/alb-seed.toml"));
     assert_eq!(
         summary(&cfg),
-        "ok: 2 ports, 1 security group (2 rules), 2 instances, 1 server group (2 servers), 1 load balancer (2 listeners)"
+        format!("ok: 2 ports, 1 security group (2 rules), 2 instances, 1 server group (2 servers), 1 load balancer (2 listeners), session tables {}", default_tables(1))
     );
     let lb = &cfg.load_balancers[0];
     assert!(lb.security_groups.is_empty());
@@ -1069,7 +1078,7 @@ fn vpc_example() {
     let cfg = ok(include_str!("../../examples/vpc.toml"));
     assert_eq!(
         summary(&cfg),
-        "ok: 2 ports, 3 security groups (11 rules), 1 network ACL (2 rules), 4 instances, 1 server group (2 servers), 1 load balancer (2 listeners)"
+        format!("ok: 2 ports, 3 security groups (11 rules), 1 network ACL (2 rules), 4 instances, 1 server group (2 servers), 1 load balancer (2 listeners), session tables {}", default_tables(2))
     );
     let db = cfg
         .security_groups
@@ -1311,5 +1320,612 @@ fn at_most_65535_servers_in_a_group() {
     assert_eq!(
         errs(&group(65536)),
         vec!["65539:1: at most 65535 servers in server group big"]
+    );
+}
+
+// ---------------------------------------------------------------- port checks
+
+#[test]
+fn port_source_check_and_vlan() {
+    let port = |extra: &str| format!("\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\n{extra}");
+    let cfg = ok(&port(""));
+    assert_eq!(
+        cfg.ports[0].source_check,
+        lb_core::model::SourceCheck::Strict
+    );
+    assert_eq!(cfg.ports[0].vlan, None);
+    let cfg = ok(&port("source_check = \"loose\"\nvlan = 4094\n"));
+    assert_eq!(
+        cfg.ports[0].source_check,
+        lb_core::model::SourceCheck::Loose
+    );
+    assert_eq!(cfg.ports[0].vlan, Some(4094));
+    let cfg = ok(&port("source_check = \"off\"\nvlan = 1\n"));
+    assert_eq!(cfg.ports[0].source_check, lb_core::model::SourceCheck::Off);
+    assert_eq!(cfg.ports[0].vlan, Some(1));
+    assert_eq!(
+        errs(&port("source_check = \"rpf\"\n")),
+        vec!["4:16: unknown variant `rpf`, expected one of `strict`, `loose`, `off`"]
+    );
+    assert_eq!(
+        errs(&port("vlan = 0\n")),
+        vec!["4:8: vlan must be 1..=4094, got 0"]
+    );
+    assert_eq!(
+        errs(&port("vlan = 4095\n")),
+        vec!["4:8: vlan must be 1..=4094, got 4095"]
+    );
+}
+
+// ---------------------------------------------------------------- sanity
+
+/// `lb(SERVER, …)` with these VIPs: the VIP list is on line 19, column 9.
+fn vips(list: &str) -> Vec<String> {
+    errs(&lb(
+        SERVER,
+        &format!("vips = {list}\nlocal_addresses = [\"198.19.1.250\", \"2001:db8:19:1::250\"]\n[[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"sgp\"\n"),
+    ))
+}
+
+#[test]
+fn a_vip_is_a_host_address() {
+    assert_eq!(
+        vips("[\"198.18.0.10\", \"2001:db8:18::10\"]"),
+        Vec::<String>::new()
+    );
+    let cases = [
+        ("0.0.0.0", "the unspecified address"),
+        ("0.1.2.3", "in 0.0.0.0/8 (\"this network\")"),
+        ("255.255.255.255", "the limited broadcast address"),
+        ("127.0.0.1", "a loopback address"),
+        ("224.0.0.1", "a multicast address"),
+        ("239.255.255.250", "a multicast address"),
+        ("::", "the unspecified address"),
+        ("::1", "the loopback address"),
+        ("ff02::1", "a multicast address"),
+        ("ff05::2", "a multicast address"),
+        (
+            "::ffff:198.18.0.10",
+            "an IPv4-mapped address (write the IPv4 address)",
+        ),
+    ];
+    for (vip, why) in cases {
+        assert_eq!(
+            vips(&format!("[\"{vip}\"]")),
+            vec![format!(
+                "19:9: VIP {vip} of load balancer lb is {why}, not a host address"
+            )],
+            "{vip}"
+        );
+    }
+}
+
+#[test]
+fn a_vip_is_not_a_subnets_network_or_broadcast_address() {
+    for vip in ["198.19.1.0", "198.19.1.255"] {
+        assert_eq!(
+            vips(&format!("[\"{vip}\"]")),
+            vec![format!("19:9: VIP {vip} of load balancer lb is the network or broadcast address of subnet vsw (198.19.1.0/24), not a host address")]
+        );
+    }
+    assert_eq!(
+        vips("[\"2001:db8:19:1::\"]"),
+        vec!["19:9: VIP 2001:db8:19:1:: of load balancer lb is the network (subnet-router anycast) address of subnet vsw (2001:db8:19:1::/64), not a host address"]
+    );
+}
+
+#[test]
+fn a_vip_is_not_a_neighbours_address() {
+    // An instance's address (reported before; still refused).
+    assert_eq!(
+        vips("[\"198.19.1.11\"]"),
+        vec!["19:9: address 198.19.1.11 is already used by instance ecs01 (line 10)"]
+    );
+    assert_eq!(
+        vips("[\"100.100.100.200\"]"),
+        vec!["19:9: VIP 100.100.100.200 of load balancer lb is the platform's metadata address (the default)"]
+    );
+    let with_route = |vip: &str| {
+        errs(&format!(
+            "[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"198.18.0.1/24\"]\n[[route]]\ndestination = \"0.0.0.0/0\"\nvia = \"198.18.0.254\"\nport = \"ext\"\n{}",
+            lb(SERVER, &format!("vips = [\"{vip}\"]\nlocal_addresses = [\"198.19.1.250\"]\n"))
+        ))
+    };
+    assert_eq!(with_route("198.18.0.10"), Vec::<String>::new());
+    // The port's own address may double as a VIP.
+    assert_eq!(with_route("198.18.0.1"), Vec::<String>::new());
+    assert_eq!(
+        with_route("198.18.0.254"),
+        vec!["28:9: VIP 198.18.0.254 of load balancer lb is the next hop of the route on line 7, a neighbour's address"]
+    );
+}
+
+#[test]
+fn a_server_is_another_host() {
+    let server = |addr: &str| {
+        errs(&lb(
+            &format!("[[server_group.server]]\naddress = \"{addr}\"\nport = 80\n"),
+            TCP_LB,
+        ))
+    };
+    assert_eq!(server("198.19.1.12"), Vec::<String>::new());
+    assert_eq!(
+        server("198.18.0.10"),
+        vec!["15:11: server 198.18.0.10 of server group sgp is also the VIP 198.18.0.10 of load balancer lb (line 19); a server must be another host"]
+    );
+    assert_eq!(
+        server("198.19.1.250"),
+        vec!["15:11: server 198.19.1.250 of server group sgp is also the local address 198.19.1.250 of load balancer lb (line 20); a server must be another host"]
+    );
+    assert_eq!(
+        server("224.0.0.5"),
+        vec!["15:11: server 224.0.0.5 of server group sgp is a multicast address, not a host address"]
+    );
+    assert_eq!(
+        server("198.19.1.255"),
+        vec!["15:11: server 198.19.1.255 of server group sgp is the network or broadcast address of subnet vsw (198.19.1.0/24), not a host address"]
+    );
+    assert_eq!(
+        errs(&format!(
+            "[[port]]\nname = \"int\"\ninterface = \"lb-int\"\naddresses = [\"198.19.1.1/24\"]\n{}",
+            lb(
+                "[[server_group.server]]\naddress = \"198.19.1.1\"\nport = 80\n",
+                TCP_LB
+            )
+        )),
+        vec!["20:11: server 198.19.1.1 of server group sgp is also the address 198.19.1.1 of port int (line 4); a server must be another host"]
+    );
+}
+
+#[test]
+fn a_port_address_is_a_host_on_a_real_link() {
+    let port = |addr: &str| {
+        errs(&format!(
+            "[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"{addr}\"]\n"
+        ))
+    };
+    assert_eq!(port("198.18.0.1/24"), Vec::<String>::new());
+    assert_eq!(port("198.18.0.1/32"), Vec::<String>::new());
+    assert_eq!(
+        port("0.0.0.0/0"),
+        vec!["4:14: address 0.0.0.0 of port ext is the unspecified address, not a host address"]
+    );
+    assert_eq!(
+        port("::/0"),
+        vec!["4:14: address :: of port ext is the unspecified address, not a host address"]
+    );
+    assert_eq!(
+        port("198.18.0.1/0"),
+        vec!["4:14: address 198.18.0.1/0 of port ext has prefix length 0, which puts every address on its link; give the link's prefix (e.g. /24 or /64)"]
+    );
+    assert_eq!(
+        port("198.18.0.0/24"),
+        vec!["4:14: address 198.18.0.0 of port ext is the network or broadcast address of port ext (198.18.0.0/24), not a host address"]
+    );
+    assert_eq!(
+        port("127.0.0.1/8"),
+        vec!["4:14: address 127.0.0.1 of port ext is a loopback address, not a host address"]
+    );
+}
+
+#[test]
+fn a_next_hop_is_another_host() {
+    let route = |via: &str| {
+        errs(&format!(
+            "[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"198.18.0.1/24\"]\n[[route]]\ndestination = \"0.0.0.0/0\"\nvia = \"{via}\"\nport = \"ext\"\n"
+        ))
+    };
+    assert_eq!(route("198.18.0.254"), Vec::<String>::new());
+    assert_eq!(
+        route("198.18.0.1"),
+        vec!["7:7: next hop 198.18.0.1 is our own address 198.18.0.1 of port ext (line 4); a next hop is another host"]
+    );
+    assert_eq!(
+        route("198.18.0.255"),
+        vec!["7:7: next hop 198.18.0.255 is the network or broadcast address of port ext (198.18.0.0/24), not a host address"]
+    );
+}
+
+#[test]
+fn session_timeout_is_bounded() {
+    assert_eq!(
+        ok("[platform]\nsession_timeout_s = 432000\n")
+            .platform
+            .session_timeout_s,
+        MAX_SESSION_TIMEOUT_S
+    );
+    assert_eq!(
+        errs("[platform]\nsession_timeout_s = 4294967295\n"),
+        vec!["2:21: session_timeout_s must be 1..=432000, got 4294967295"]
+    );
+    assert_eq!(
+        errs("[platform]\nsession_timeout_s = 432001\n"),
+        vec!["2:21: session_timeout_s must be 1..=432000, got 432001"]
+    );
+}
+
+#[test]
+fn session_tables_are_estimated_and_bounded() {
+    use lb_core::conntrack::SessionTable;
+    use lb_core::pipeline::{Flow, Worker};
+    let (b4, b6) = (
+        SessionTable::<Flow>::session_bytes(false),
+        SessionTable::<Flow>::session_bytes(true),
+    );
+    // What the pipeline's tables take today.
+    assert_eq!((b4, b6), (176, 240));
+    // And with the SYN proxy's sequence offsets, what a worker commits.
+    let (b4, b6) = (
+        Worker::session_table_bytes(1, 0),
+        Worker::session_table_bytes(0, 1),
+    );
+    assert_eq!((b4, b6), (180, 244));
+    // The default tables of 64 workers fit the default bound.
+    let cfg = ok("[dataplane]\nworkers = 64\n");
+    assert_eq!(
+        session_memory(&cfg),
+        64 * Worker::session_table_bytes(1 << 20, 1 << 18)
+    );
+    assert_eq!(human_bytes(session_memory(&cfg)), "15 GiB");
+    // 64 workers × 67 M sessions of each family: 1.7 TiB.
+    let big = 1u64 << 26;
+    let total = 64 * big * (b4 + b6);
+    assert_eq!(
+        errs("[dataplane]\nworkers = 64\nmax_sessions = 67108864\nmax_sessions_v6 = 67108864\n"),
+        vec![format!(
+            "3:16: the session tables would take {} (64 workers × (67108864 IPv4 sessions × {b4} B + 67108864 IPv6 sessions × {b6} B)), more than the default max_memory_mib of 32768 MiB; lower workers, max_sessions or max_sessions_v6, or raise max_memory_mib",
+            human_bytes(total)
+        )]
+    );
+    assert_eq!(human_bytes(total), "1.7 TiB");
+    // Only workers set: the error points at it.
+    assert_eq!(
+        errs("[dataplane]\nworkers = 64\nmax_memory_mib = 4096\n")[0]
+            .split(": the session tables")
+            .next(),
+        Some("2:11")
+    );
+    // A larger bound admits the tables.
+    let cfg = ok("[dataplane]\nworkers = 64\nmax_sessions = 67108864\nmax_sessions_v6 = 67108864\nmax_memory_mib = 16777216\n");
+    assert_eq!(session_memory(&cfg), total);
+    assert_eq!(
+        errs("[dataplane]\nmax_memory_mib = 0\n"),
+        vec!["2:18: max_memory_mib must be 1..=16777216, got 0"]
+    );
+    // The bound counts every byte: one worker's default tables need 241 MiB.
+    let one = Worker::session_table_bytes(1 << 20, 1 << 18);
+    let mib = i64::try_from(one.div_ceil(1 << 20)).expect("small");
+    assert_eq!(
+        errs(&format!("[dataplane]\nmax_memory_mib = {}\n", mib - 1)).len(),
+        1
+    );
+    assert!(errs(&format!("[dataplane]\nmax_memory_mib = {mib}\n")).is_empty());
+}
+
+#[test]
+fn duplicate_rules_are_found_in_one_pass() {
+    use lb_core::model::{Action, Direction, Rule};
+    let rule = |i: u32| Rule {
+        direction: Direction::Ingress,
+        action: Action::Allow,
+        priority: 1,
+        protocol: Some(6),
+        ports: vec![PortRange::single(80)],
+        port_list: None,
+        peer: Peer::Cidr(IpNet::from(IpAddr::from(
+            (0xc612_0000u32 + i).to_be_bytes(),
+        ))),
+        local: None,
+        source_ports: PortRange::ANY,
+        description: String::new(),
+        line: i + 1,
+    };
+    let n: u32 = 200_000;
+    let mut rules: Vec<Rule> = (0..n).map(rule).collect();
+    rules.push(rule(7));
+    rules.push(rule(n - 1));
+    let mut other_action = rule(5);
+    other_action.action = Action::Deny;
+    rules.push(other_action);
+    let started = std::time::Instant::now();
+    let dups = crate::compile::duplicate_rules(&rules);
+    let took = started.elapsed();
+    assert_eq!(dups, vec![(200_000, 8), (200_001, 200_000)]);
+    // Quadratic, this took 13.9 s in release (2 * 10^10 comparisons);
+    // in one pass it takes milliseconds, even unoptimised.
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "200 k rules checked for duplicates in {took:?}"
+    );
+}
+
+#[test]
+fn duplicate_rules_through_a_file() {
+    let mut t = String::from("[[security_group]]\nid = \"sg-big\"\n");
+    for i in 0..3000u32 {
+        t.push_str(&format!(
+            "[[security_group.rule]]\ndirection = \"ingress\"\naction = \"allow\"\nprotocol = \"tcp\"\nport_range = \"{p}/{p}\"\nsource = \"198.18.0.0/16\"\n",
+            p = 1 + i % 2000
+        ));
+    }
+    let e = errs(&t);
+    assert_eq!(e.len(), 1000);
+    // Rule 2000 (line 3 + 2000 * 6) repeats rule 0 (line 3).
+    assert_eq!(e[0], "12003:1: this rule duplicates the rule on line 3");
+}
+
+// ---------------------------------------------------------------- files
+
+/// A scratch directory of this test process, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("lb-config-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn load_err(path: &std::path::Path) -> String {
+    let started = std::time::Instant::now();
+    let e = load(path).expect_err("refused").to_string();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{}: refused only after {:?}",
+        path.display(),
+        started.elapsed()
+    );
+    e
+}
+
+#[test]
+fn only_regular_files_are_read() {
+    assert_eq!(
+        load_err(std::path::Path::new("/dev/zero")),
+        "/dev/zero:1:1: the configuration must be a regular file, not a character device"
+    );
+    let s = Scratch::new("special");
+    assert_eq!(
+        load_err(&s.0),
+        format!(
+            "{}:1:1: the configuration must be a regular file, not a directory",
+            s.0.display()
+        )
+    );
+    // A pipe is refused without waiting for a writer.
+    let fifo = s.0.join("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success());
+    assert_eq!(
+        load_err(&fifo),
+        format!(
+            "{}:1:1: the configuration must be a regular file, not a pipe",
+            fifo.display()
+        )
+    );
+    // A symbolic link to a regular file is followed.
+    let real = s.0.join("real.toml");
+    std::fs::write(&real, "[platform]\n").expect("write");
+    let link = s.0.join("link.toml");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    assert!(load(&link).is_ok());
+    // And one to a device is not.
+    let zero = s.0.join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    assert!(load_err(&zero).ends_with("not a character device"));
+}
+
+#[test]
+fn files_over_the_size_limit_are_not_read() {
+    let s = Scratch::new("size");
+    let big = s.0.join("big.toml");
+    let f = std::fs::File::create(&big).expect("create");
+    f.set_len(MAX_FILE_BYTES + 1).expect("a sparse file");
+    drop(f);
+    assert_eq!(
+        load_err(&big),
+        format!(
+            "{}:1:1: the configuration file is 67108865 bytes; at most 67108864 (64 MiB) are read",
+            big.display()
+        )
+    );
+}
+
+#[test]
+fn an_empty_file_is_refused() {
+    let s = Scratch::new("empty");
+    for (name, text) in [
+        ("empty.toml", ""),
+        ("blank.toml", "\n  \n\t\n"),
+        ("comments.toml", "# lbd configuration\n\n   # nothing yet\n"),
+    ] {
+        let p = s.0.join(name);
+        std::fs::write(&p, text).expect("write");
+        assert_eq!(
+            load_err(&p),
+            format!(
+                "{}:1:1: the configuration is empty (only whitespace and comments); an empty file is refused rather than taken as a configuration with no ports, groups or load balancers",
+                p.display()
+            )
+        );
+    }
+    // A file with one table is a configuration (every default).
+    let p = s.0.join("defaults.toml");
+    std::fs::write(&p, "# defaults\n[platform]\n").expect("write");
+    assert!(load(&p).is_ok());
+}
+
+// ---------------------------------------------------------------- scale
+
+mod overlap {
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+
+    use crate::compile::CidrSet;
+
+    /// The first CIDR of `earlier` that overlaps `net`, by a scan.
+    fn scan(earlier: &[IpNet], net: &IpNet) -> bool {
+        earlier
+            .iter()
+            .any(|o| o.contains(&net.network()) || net.contains(&o.network()))
+    }
+
+    fn v4(a: u32, len: u8) -> IpNet {
+        IpNet::new(std::net::Ipv4Addr::from(a).into(), len)
+            .expect("prefix <= 32")
+            .trunc()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The set finds an overlap exactly when a scan does, and what it
+        /// names does overlap.
+        #[test]
+        fn same_as_a_scan(
+            nets in proptest::collection::vec((0u32..64, 0u8..=8), 1..40),
+        ) {
+            // Few distinct values in the top byte make overlaps common.
+            let nets: Vec<IpNet> = nets.into_iter().map(|(a, l)| v4(a << 26, l)).collect();
+            let mut set = CidrSet::default();
+            for (i, n) in nets.iter().enumerate() {
+                let found = set.overlapping(n);
+                prop_assert_eq!(found.is_some(), scan(&nets[..i], n), "{} after {:?}", n, &nets[..i]);
+                if let Some((o, _)) = found {
+                    prop_assert!(o.contains(&n.network()) || n.contains(&o.network()));
+                }
+                set.insert(*n, "s");
+            }
+        }
+    }
+
+    #[test]
+    fn twenty_thousand_subnets_without_a_scan() {
+        let nets: Vec<IpNet> = (0..20_000u32)
+            .map(|i| v4(0x0a00_0000 + (i << 8), 24))
+            .collect();
+        let started = std::time::Instant::now();
+        let mut set = CidrSet::default();
+        for n in &nets {
+            assert!(set.overlapping(n).is_none());
+            set.insert(*n, "s");
+        }
+        assert!(set.overlapping(&v4(0x0a00_0000, 8)).is_some());
+        assert!(set.overlapping(&v4(0x0a01_0203, 32)).is_some());
+        let took = started.elapsed();
+        // A scan of the earlier subnets (2 * 10^8 comparisons) took 110 s
+        // here unoptimised.
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "20 k subnets checked for overlaps in {took:?}"
+        );
+    }
+}
+
+#[test]
+fn port_list_duplicates_in_one_pass() {
+    let mut t = String::from("[[port_list]]\nid = \"big\"\nmax_entries = 70000\nentries = [\n");
+    for p in 1..=65535u32 {
+        t.push_str(&format!("\"{p}/{p}\",\n"));
+    }
+    t.push_str("\"80/80\",\n]\n");
+    let started = std::time::Instant::now();
+    assert_eq!(errs(&t), vec!["65540:1: 80/80 is listed twice"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn port_max_neighbors() {
+    let port = |extra: &str| format!("\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\n{extra}");
+    assert_eq!(
+        ok(&port("")).ports[0].max_neighbors,
+        lb_core::model::Port::DEFAULT_MAX_NEIGHBORS
+    );
+    assert_eq!(
+        ok(&port("max_neighbors = 4096\n")).ports[0].max_neighbors,
+        4096
+    );
+    assert_eq!(
+        errs(&port("max_neighbors = 8\n")),
+        vec!["4:17: max_neighbors must be 16..=65536, got 8"]
+    );
+    assert_eq!(
+        errs(&port("max_neighbors = 100000\n")),
+        vec!["4:17: max_neighbors must be 16..=65536, got 100000"]
+    );
+}
+
+#[test]
+fn tcp_hardening_settings() {
+    let cfg = ok("\n[platform]\nunreplied_timeout_s = 45\n[dataplane]\nreset_unknown = false\nreset_unknown_rate = 50\n");
+    assert_eq!(cfg.platform.unreplied_timeout_s, 45);
+    assert!(!cfg.dataplane.reset_unknown);
+    assert_eq!(cfg.dataplane.reset_unknown_rate, 50);
+    let cfg = ok("");
+    assert_eq!(cfg.platform.unreplied_timeout_s, 30);
+    assert!(cfg.dataplane.reset_unknown);
+    assert_eq!(cfg.dataplane.reset_unknown_rate, 1000);
+    assert_eq!(
+        errs("\n[platform]\nunreplied_timeout_s = 0\n[dataplane]\nreset_unknown_rate = 0\n"),
+        vec![
+            "2:23: unreplied_timeout_s must be 1..=86400, got 0",
+            "4:22: reset_unknown_rate must be 1..=1000000, got 0",
+        ]
+    );
+}
+
+#[test]
+fn syn_proxy_settings() {
+    use lb_core::model::{SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD};
+    // Default: "auto" at the default threshold.
+    let l = &ok(&lb(SERVER, TCP_LB)).load_balancers[0].listeners[0];
+    assert_eq!(
+        (l.syn_proxy, l.syn_proxy_threshold),
+        (SynProxyMode::Auto, DEFAULT_SYN_PROXY_THRESHOLD)
+    );
+    let with = |extra: &str| lb(SERVER, &format!("{TCP_LB}{extra}"));
+    let l = &ok(&with("syn_proxy = \"on\"\n")).load_balancers[0].listeners[0];
+    assert_eq!(l.syn_proxy, SynProxyMode::On);
+    let l = &ok(&with("syn_proxy = \"off\"\n")).load_balancers[0].listeners[0];
+    assert_eq!(l.syn_proxy, SynProxyMode::Off);
+    let l = &ok(&with("syn_proxy = \"auto\"\nsyn_proxy_threshold = 50\n")).load_balancers[0]
+        .listeners[0];
+    assert_eq!(
+        (l.syn_proxy, l.syn_proxy_threshold),
+        (SynProxyMode::Auto, 50)
+    );
+    let bad = errs(&with("syn_proxy = \"sometimes\"\n"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].starts_with("25:13: "), "{bad:?}");
+    assert_eq!(
+        errs(&with("syn_proxy = \"on\"\nsyn_proxy_threshold = 10\n")),
+        vec!["26:23: syn_proxy_threshold applies only with syn_proxy = \"auto\""]
+    );
+    assert_eq!(
+        errs(&with("syn_proxy_threshold = 0\n")),
+        vec!["25:23: syn_proxy_threshold must be 1..=4294967295, got 0"]
+    );
+    // UDP listeners have no handshake to proxy.
+    let udp = "vips = [\"198.18.0.10\"]\nlocal_addresses = [\"198.19.1.250\"]\n[[load_balancer.listener]]\nprotocol = \"udp\"\nport = 53\nserver_group = \"sgp\"\nsyn_proxy = \"on\"\n";
+    let e = errs(&lb(SERVER, udp));
+    assert!(
+        e.iter()
+            .any(|e| e == "25:13: syn_proxy is for TCP listeners, not udp"),
+        "{e:?}"
     );
 }

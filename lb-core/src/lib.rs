@@ -14,6 +14,7 @@ pub mod nat;
 pub mod packet;
 pub mod pipeline;
 pub mod sched;
+pub mod synproxy;
 
 /// Time in nanoseconds since an origin the caller chooses (the data plane
 /// uses a monotonic clock, `lbctl eval` the trace's own timestamps).

@@ -259,7 +259,28 @@ pub struct Listener {
     pub server_group: usize,
     pub transfer_client_ip: bool,
     pub acl: Option<ListenerAcl>,
+    /// When the listener answers SYNs itself with SYN cookies (TCP
+    /// listeners).
+    pub syn_proxy: SynProxyMode,
+    /// Under [`SynProxyMode::Auto`], the half-open sessions of a worker at
+    /// which the proxy engages (it disengages below half as many).
+    pub syn_proxy_threshold: u32,
 }
+
+/// A listener's SYN proxy (see [`crate::synproxy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SynProxyMode {
+    /// Every SYN opens a session (early drop still bounds a flood).
+    Off,
+    /// Every SYN is answered with a cookie.
+    On,
+    /// Cookies while a worker holds many half-open sessions.
+    #[default]
+    Auto,
+}
+
+/// The default [`Listener::syn_proxy_threshold`].
+pub const DEFAULT_SYN_PROXY_THRESHOLD: u32 = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadBalancer {
@@ -286,6 +307,9 @@ pub struct Platform {
     pub session_timeout_s: u32,
     pub restrict_smtp: bool,
     pub metadata_address: IpAddr,
+    /// The most a session lives idle before its first reply (conntrack's
+    /// unreplied timeout), capped at `session_timeout_s`.
+    pub unreplied_timeout_s: u32,
 }
 
 impl Default for Platform {
@@ -295,6 +319,7 @@ impl Default for Platform {
             session_timeout_s: 910,
             restrict_smtp: true,
             metadata_address: IpAddr::from([100, 100, 100, 200]),
+            unreplied_timeout_s: 30,
         }
     }
 }
@@ -325,6 +350,14 @@ pub struct Dataplane {
     pub max_sessions: usize,
     /// IPv6 sessions each worker can hold (a table of their own).
     pub max_sessions_v6: usize,
+    /// A TCP segment to a listener without a session (other than a SYN or
+    /// a RST) is answered with a RST, as a host with no such connection
+    /// does (RFC 9293 §3.10.7.1): clients of a restarted data plane learn
+    /// at once that their connections are gone.
+    pub reset_unknown: bool,
+    /// At most this many such RSTs per second and worker (a token bucket
+    /// holding one second's worth).
+    pub reset_unknown_rate: u32,
 }
 
 impl Default for Dataplane {
@@ -337,6 +370,8 @@ impl Default for Dataplane {
             idle: IdlePolicy::Adaptive,
             max_sessions: 1 << 20,
             max_sessions_v6: 1 << 18,
+            reset_unknown: true,
+            reset_unknown_rate: 1000,
         }
     }
 }
@@ -351,6 +386,43 @@ pub struct Port {
     /// The data plane's own addresses on this link, with their prefix
     /// length (host bits are the address itself).
     pub addresses: Vec<IpNet>,
+    /// How the sources of packets arriving on this port are validated.
+    pub source_check: SourceCheck,
+    /// The 802.1Q VLAN (1..=4094) the port's frames carry, in and out;
+    /// `None`: the port is untagged and drops tagged frames.
+    pub vlan: Option<u16>,
+    /// The most neighbour entries (resolved or being resolved) kept for
+    /// this link, like Linux's `gc_thresh3`.
+    pub max_neighbors: u32,
+}
+
+impl Port {
+    /// The default of [`Port::max_neighbors`] (Linux's `gc_thresh3`).
+    pub const DEFAULT_MAX_NEIGHBORS: u32 = 1024;
+}
+
+/// Source validation of a port (reverse-path filtering, as Linux's
+/// `rp_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceCheck {
+    /// The source must route back through the port it arrived on
+    /// (`rp_filter=1`, cloud anti-spoofing).
+    #[default]
+    Strict,
+    /// The source must be routable through some port (`rp_filter=2`).
+    Loose,
+    /// No check.
+    Off,
+}
+
+impl SourceCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceCheck::Strict => "strict",
+            SourceCheck::Loose => "loose",
+            SourceCheck::Off => "off",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

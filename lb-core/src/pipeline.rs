@@ -21,12 +21,15 @@ use ipnet::IpNet;
 use crate::acl::policy::{
     Decision, GroupMembers, InterfaceKind, NaclPolicy, Origin, RuleSet, SgPolicy,
 };
-use crate::conntrack::{Dir, SessionTable, Timeouts};
+use crate::conntrack::{tcp_valid_flags, Dir, SegmentCheck, SessionTable, TcpSegment, Timeouts};
 use crate::flow::FlowKey;
-use crate::model::{proto, AclMode, BackendSgPolicy, Config, Direction};
+use crate::model::{proto, AclMode, BackendSgPolicy, Config, Direction, SourceCheck};
 use crate::nat::PortAllocator;
 use crate::packet::{self, L4Csum, ParseError, Parsed};
 use crate::sched::{self, Scheduler};
+use crate::synproxy;
+
+mod syn_proxy;
 use crate::{Nanos, NANOS_PER_SEC};
 
 /// The most frames [`Worker::process_burst`] handles in one call.
@@ -60,6 +63,25 @@ pub struct Snapshot {
     /// Longest prefix first.
     routes: Vec<RouteEntry>,
     pub timeouts: Timeouts,
+    /// Per port (index into `cfg.ports`), what it checks on arrival.
+    ingress: Vec<Ingress>,
+}
+
+/// A port's checks on arriving frames, compact for the per-packet path.
+#[derive(Debug, Clone, Copy)]
+struct Ingress {
+    vlan: Option<u16>,
+    check: SourceCheck,
+}
+
+impl Ingress {
+    /// Whether the frame's tagging fits the port: an untagged port takes
+    /// untagged frames only; a port with `vlan = N`, frames with exactly
+    /// one 802.1Q tag of VLAN N (any priority). An 802.1ad or a second tag
+    /// shows as a tag's EtherType after the first.
+    fn admits_tagging(&self, p: &Parsed) -> bool {
+        p.vlan == self.vlan && !packet::is_vlan_tag(p.ethertype)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +201,16 @@ impl Snapshot {
         }
         // Longest prefix first; on-link entries before configured ones of the same length.
         routes.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
-        let timeouts = Timeouts::from_session_timeout(cfg.platform.session_timeout_s);
+        let timeouts = Timeouts::from_session_timeout(cfg.platform.session_timeout_s)
+            .with_unreplied(cfg.platform.unreplied_timeout_s);
+        let ingress = cfg
+            .ports
+            .iter()
+            .map(|p| Ingress {
+                vlan: p.vlan,
+                check: p.source_check,
+            })
+            .collect();
         let own = port_addrs
             .iter()
             .chain(local_addrs.keys())
@@ -201,6 +232,7 @@ impl Snapshot {
             backend_addrs,
             routes,
             timeouts,
+            ingress,
         }
     }
 
@@ -242,6 +274,13 @@ impl Snapshot {
                 port: r.port,
                 next_hop: r.via.unwrap_or(dst),
             })
+    }
+
+    /// The checks of the port a frame arrived on (`None`: not known).
+    #[inline]
+    fn ingress_of(&self, port: Option<u32>) -> Option<(u32, Ingress)> {
+        let port = port?;
+        Some((port, *self.ingress.get(port as usize)?))
     }
 
     /// Whether `addr` is one of the data plane's own: a port address, a VIP
@@ -381,6 +420,32 @@ impl Snapshot {
                 )
             }
             Reason::Malformed(e) => write!(s, "malformed: {}", e.as_str()),
+            Reason::SpoofedSource { port } => match cfg.ports.get(*port as usize) {
+                Some(p) => write!(
+                    s,
+                    "spoofed_source on port {} (source_check {})",
+                    p.name,
+                    p.source_check.as_str()
+                ),
+                None => write!(s, "spoofed_source"),
+            },
+            Reason::VlanMismatch { port } => match cfg.ports.get(*port as usize) {
+                Some(p) => match p.vlan {
+                    Some(v) => write!(s, "vlan_mismatch on port {} (vlan {v})", p.name),
+                    None => write!(s, "vlan_mismatch on port {} (untagged)", p.name),
+                },
+                None => write!(s, "vlan_mismatch"),
+            },
+            Reason::TooBig { mtu, df: true } => {
+                write!(s, "packet_too_big: over egress mtu {mtu}")
+            }
+            Reason::TooBig { mtu, df: false } => write!(
+                s,
+                "packet_too_big: over egress mtu {mtu}, DF clear (not fragmented)"
+            ),
+            Reason::SynCookie { lb, listener: l } => {
+                write!(s, "syn cookie listener {}", listener(*lb, *l))
+            }
             other => write!(s, "{}", other.kind().as_str()),
         };
     }
@@ -467,6 +532,41 @@ pub enum Reason {
     UnsupportedEthertype,
     Rewrite,
     OwnSource,
+    /// The source fails the `source_check` of the port it arrived on.
+    SpoofedSource {
+        port: u32,
+    },
+    /// A tagged frame on a port without that VLAN, or an untagged one on
+    /// a VLAN port.
+    VlanMismatch {
+        port: u32,
+    },
+    /// An ICMP error quoting a packet of a session, whose outer addresses
+    /// do not fit that packet's path (see `Worker::related_error`).
+    IcmpErrorMismatch,
+    /// Larger than the egress port's MTU (`mtu`). With DF set (or IPv6)
+    /// the sender is told to send less; IPv4 without DF is not fragmented.
+    TooBig {
+        mtu: u16,
+        df: bool,
+    },
+    /// An IPv4 loose or strict source route option, or an IPv6 routing
+    /// header of type 0.
+    SourceRoute,
+    /// A TCP segment outside the session's sequence window (a blind RST).
+    TcpOutOfWindow,
+    /// A TCP flag combination no TCP sends (SYN+FIN, no flags, ...).
+    TcpInvalidFlags,
+    /// A TCP segment to a listener without a session, answered with a RST.
+    NoSessionReset,
+    /// The SYN proxy answered a SYN with a cookie.
+    SynCookie {
+        lb: u32,
+        listener: u32,
+    },
+    /// A packet of a proxied session before the backend answered the
+    /// proxy's SYN (the client sends it again).
+    SynProxyPending,
 }
 
 impl Reason {
@@ -497,7 +597,83 @@ impl Reason {
             Reason::UnsupportedEthertype => DropKind::UnsupportedEthertype,
             Reason::Rewrite => DropKind::Rewrite,
             Reason::OwnSource => DropKind::OwnSource,
+            Reason::SpoofedSource { .. } => DropKind::SpoofedSource,
+            Reason::VlanMismatch { .. } => DropKind::VlanMismatch,
+            Reason::IcmpErrorMismatch => DropKind::IcmpErrorMismatch,
+            Reason::TooBig { .. } => DropKind::PacketTooBig,
+            Reason::SourceRoute => DropKind::SourceRoute,
+            Reason::TcpOutOfWindow => DropKind::TcpOutOfWindow,
+            Reason::TcpInvalidFlags => DropKind::TcpInvalidFlags,
+            Reason::NoSessionReset => DropKind::NoSessionReset,
+            Reason::SynCookie { .. } => DropKind::None,
+            Reason::SynProxyPending => DropKind::SynProxyPending,
         }
+    }
+}
+
+/// An ICMP or ICMPv6 error the data plane sends back for a dropped packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpAnswer {
+    /// ICMPv6 (else ICMP).
+    pub v6: bool,
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The rest of the ICMP header: the egress MTU of "fragmentation
+    /// needed" and "packet too big", else 0.
+    pub rest: u32,
+}
+
+impl std::fmt::Display for IcmpAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match (self.v6, self.icmp_type, self.code) {
+            (false, 11, _) => "icmp time exceeded",
+            (false, 3, 4) => "icmp fragmentation needed",
+            (true, 3, _) => "icmpv6 time exceeded",
+            (true, 2, _) => "icmpv6 packet too big",
+            (false, ..) => "icmp error",
+            (true, ..) => "icmpv6 error",
+        };
+        f.write_str(what)?;
+        if self.rest != 0 {
+            write!(f, ", mtu {}", self.rest)?;
+        }
+        Ok(())
+    }
+}
+
+impl Reason {
+    /// The error the sender of a packet dropped for this reason is sent
+    /// (RFC 1812, RFC 4443): time exceeded in transit when its TTL or hop
+    /// limit ran out here, "fragmentation needed" (IPv4 with DF) or
+    /// "packet too big" (IPv6) with the egress MTU. `None` for every other
+    /// reason, and never about an ICMP error, a non-first fragment, or a
+    /// packet from or to an address that is not one host's.
+    pub fn icmp_answer(&self, p: &Parsed) -> Option<IcmpAnswer> {
+        let v6 = p.is_ipv6();
+        let (icmp_type, code, rest) = match (self, v6) {
+            (Reason::TtlExceeded, false) => (11, 0, 0),
+            (Reason::TtlExceeded, true) => (3, 0, 0),
+            (Reason::TooBig { mtu, df: true }, false) => (3, 4, u32::from(*mtu)),
+            (Reason::TooBig { mtu, .. }, true) => (2, 0, u32::from(*mtu)),
+            _ => return None,
+        };
+        let one_host = |a: IpAddr| match a {
+            IpAddr::V4(a) => {
+                !(a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback())
+            }
+            IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast() || a.is_loopback()),
+        };
+        let answerable = p.is_ip()
+            && !p.is_icmp_error()
+            && (!p.is_fragment || p.is_first_fragment)
+            && one_host(p.src)
+            && one_host(p.dst);
+        answerable.then_some(IcmpAnswer {
+            v6,
+            icmp_type,
+            code,
+            rest,
+        })
     }
 }
 
@@ -523,10 +699,19 @@ pub enum DropKind {
     UnsupportedEthertype,
     Rewrite,
     OwnSource,
+    SpoofedSource,
+    VlanMismatch,
+    IcmpErrorMismatch,
+    PacketTooBig,
+    SourceRoute,
+    TcpOutOfWindow,
+    TcpInvalidFlags,
+    NoSessionReset,
+    SynProxyPending,
 }
 
 impl DropKind {
-    pub const COUNT: usize = DropKind::OwnSource as usize + 1;
+    pub const COUNT: usize = DropKind::SynProxyPending as usize + 1;
     pub const ALL: [DropKind; DropKind::COUNT] = [
         DropKind::None,
         DropKind::Malformed,
@@ -546,6 +731,15 @@ impl DropKind {
         DropKind::UnsupportedEthertype,
         DropKind::Rewrite,
         DropKind::OwnSource,
+        DropKind::SpoofedSource,
+        DropKind::VlanMismatch,
+        DropKind::IcmpErrorMismatch,
+        DropKind::PacketTooBig,
+        DropKind::SourceRoute,
+        DropKind::TcpOutOfWindow,
+        DropKind::TcpInvalidFlags,
+        DropKind::NoSessionReset,
+        DropKind::SynProxyPending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -568,6 +762,15 @@ impl DropKind {
             DropKind::UnsupportedEthertype => "unsupported_ethertype",
             DropKind::Rewrite => "rewrite_failed",
             DropKind::OwnSource => "source_is_ours",
+            DropKind::SpoofedSource => "spoofed_source",
+            DropKind::VlanMismatch => "vlan_mismatch",
+            DropKind::IcmpErrorMismatch => "icmp_error_mismatch",
+            DropKind::PacketTooBig => "packet_too_big",
+            DropKind::SourceRoute => "ip_source_route",
+            DropKind::TcpOutOfWindow => "tcp_out_of_window",
+            DropKind::TcpInvalidFlags => "tcp_invalid_flags",
+            DropKind::NoSessionReset => "no_session_reset",
+            DropKind::SynProxyPending => "syn_proxy_pending",
         }
     }
 }
@@ -594,6 +797,9 @@ pub enum Verdict {
     Drop(Reason),
     /// For the data plane itself (it parses the frame again: rare).
     Local(LocalKind),
+    /// Send the frame the worker built in answer ([`Worker::built`], e.g.
+    /// the SYN proxy's SYN-ACK) through `hop`, not the received one.
+    Send(Forward),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -625,6 +831,9 @@ pub struct Frame<'a> {
 pub struct RxInfo {
     /// The L4 checksum is partial (the kernel deferred it, as veth does).
     pub csum_partial: bool,
+    /// The port (index into `cfg.ports`) the frame arrived on; `None`
+    /// when not known, which skips the port's VLAN and source checks.
+    pub port: Option<u32>,
 }
 
 /// Which servers are up: health checks in `lbd`, `@health` lines in
@@ -662,10 +871,49 @@ pub struct Flow {
     /// The session holds a local port (FULLNAT): its reply key's
     /// destination address and port, given back when the session ends.
     pub local_port: bool,
+    /// Per direction, a nibble each (the original direction's low), the
+    /// port its packets last arrived on and passed that port's source
+    /// check ([`UNPINNED`]: none yet). Packets arriving there skip the
+    /// check; elsewhere they take it.
+    ingress: u8,
+    /// Where a session the SYN proxy opened is (see `syn_proxy.rs`).
+    proxy: ProxyPhase,
+    /// The window shifts of a proxied session ([`synproxy::Translation`]),
+    /// a nibble each: the backend's (signed) low, the client's high (see
+    /// [`Flow::shifts`]). Before the backend answered, the client's holds
+    /// the client's window scale plus one (0: none).
+    shifts: u8,
+}
+
+/// The SYN proxy's part in a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyPhase {
+    /// Not proxied.
+    None,
+    /// The client completed its handshake with the proxy; the proxy's SYN
+    /// to the backend waits for its SYN-ACK.
+    AwaitBackend,
+    /// Both handshakes are done: packets are translated.
+    Translated,
 }
 
 /// `Flow::listener[0]` of a routed session.
 const NO_LISTENER: u16 = u16::MAX;
+
+/// `Flow::ingress` of a direction not seen yet (or of a port whose index
+/// does not fit in a nibble, from the 16th port on: such packets take the
+/// full check each time).
+const UNPINNED: u8 = 0xf;
+
+/// Both directions unpinned.
+const UNPINNED_BOTH: u8 = UNPINNED << 4 | UNPINNED;
+
+/// A port index as `Flow::ingress` holds it.
+fn pin(port: Option<u32>) -> u8 {
+    port.and_then(|p| u8::try_from(p).ok())
+        .filter(|&p| p < UNPINNED)
+        .unwrap_or(UNPINNED)
+}
 
 impl Flow {
     /// A listener session's flow: (load balancer, listener, server group,
@@ -680,6 +928,9 @@ impl Flow {
             listener: [NO_LISTENER; 4],
             generation: generation as u32,
             local_port,
+            ingress: UNPINNED_BOTH,
+            proxy: ProxyPhase::None,
+            shifts: 0,
         };
         flow.set_listener(at).then_some(flow)
     }
@@ -689,6 +940,9 @@ impl Flow {
             listener: [NO_LISTENER; 4],
             generation: generation as u32,
             local_port: false,
+            ingress: UNPINNED_BOTH,
+            proxy: ProxyPhase::None,
+            shifts: 0,
         }
     }
 
@@ -716,6 +970,41 @@ impl Flow {
             }
             _ => false,
         }
+    }
+
+    /// Whether direction `dir` last passed its source check on `port`, under
+    /// the configuration `generation`.
+    #[inline]
+    fn pinned_to(&self, dir: Dir, port: u32, generation: u64) -> bool {
+        let p = self.ingress >> (4 * dir.index()) & 0xf;
+        p != UNPINNED && u32::from(p) == port && self.admitted_in(generation)
+    }
+
+    /// Pins direction `dir` to port `pin` (see [`pin`]).
+    fn set_pin(&mut self, dir: Dir, pin: u8) {
+        let at = 4 * dir.index();
+        self.ingress = self.ingress & !(0xf << at) | (pin & 0xf) << at;
+    }
+
+    /// The flow with its original direction pinned to port `pin`.
+    fn arrived_on(mut self, pin: u8) -> Flow {
+        self.set_pin(Dir::Orig, pin);
+        self
+    }
+
+    /// The window shifts of a proxied session: (backend's, client's).
+    fn shifts(&self) -> (i8, i8) {
+        // The low nibble sign-extended.
+        let backend = ((self.shifts << 4) as i8) >> 4;
+        (backend, (self.shifts >> 4) as i8)
+    }
+
+    /// Sets the window shifts (backend's -8..=7, client's 0..=15; window
+    /// scales are at most 14, so these hold every pair the proxy makes).
+    fn set_shifts(&mut self, backend: i8, client: i8) {
+        let b = backend.clamp(-8, 7) as u8 & 0xf;
+        let c = client.clamp(0, 15) as u8;
+        self.shifts = c << 4 | b;
     }
 
     /// Whether the rules of configuration `generation` admitted the session
@@ -802,6 +1091,25 @@ pub struct Stats {
     pub listener_sessions: SessionCounts,
     /// Per (server group, server).
     pub server_sessions: SessionCounts,
+    /// Half-open sessions dropped to make room for a new session (a full
+    /// session table, or no local port left).
+    pub early_drops: u64,
+    /// SYN-ACKs with a cookie the SYN proxy sent.
+    pub syn_cookies_sent: u64,
+    /// ACKs with a valid cookie (sessions the SYN proxy opened).
+    pub syn_cookies_valid: u64,
+    /// ACKs without a session to a listener with a SYN proxy whose cookie
+    /// was wrong or too old.
+    pub syn_cookies_invalid: u64,
+    /// Per port (index into `cfg.ports`): drops of the port's own checks.
+    pub port_drops: Vec<PortDrops>,
+}
+
+/// Drops counted per ingress port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortDrops {
+    pub spoofed_source: u64,
+    pub vlan_mismatch: u64,
 }
 
 impl Default for Stats {
@@ -816,6 +1124,11 @@ impl Default for Stats {
             rule_hits: HashMap::new(),
             listener_sessions: SessionCounts::default(),
             server_sessions: SessionCounts::default(),
+            port_drops: Vec::new(),
+            early_drops: 0,
+            syn_cookies_sent: 0,
+            syn_cookies_valid: 0,
+            syn_cookies_invalid: 0,
         }
     }
 }
@@ -841,6 +1154,44 @@ pub struct Worker {
     parsed: Vec<(Parsed, Result<(), ParseError>)>,
     keys: Vec<Option<FlowKey>>,
     pub stats: Stats,
+    /// The ingress port of the frame being decided, as a new session's
+    /// `Flow::ingress` records it.
+    ingress_pin: u8,
+    /// The MTU of each egress port (`cfg.ports` order; 0 or missing:
+    /// unknown, not checked), as the data plane last read it.
+    port_mtu: Vec<u32>,
+    /// The smallest known MTU: a packet no longer passes every port
+    /// without a look at its own.
+    min_mtu: u32,
+    /// RSTs for segments without a session.
+    resets: RateLimit,
+    /// The SYN proxy's state (see `syn_proxy.rs`).
+    proxy: syn_proxy::ProxyState,
+}
+
+/// A token bucket holding one second's worth of tokens, refilled by the
+/// time that passes (`now` is a parameter: no clock here).
+#[derive(Debug, Clone, Copy, Default)]
+struct RateLimit {
+    /// Credit in nanoseconds, at most one second.
+    credit: Nanos,
+    last: Nanos,
+}
+
+impl RateLimit {
+    /// Takes a token at `now` for a rate of `per_sec` (at least 1).
+    fn take(&mut self, now: Nanos, per_sec: u32) -> bool {
+        let elapsed = now.saturating_sub(self.last);
+        self.last = self.last.max(now);
+        self.credit = self.credit.saturating_add(elapsed).min(NANOS_PER_SEC);
+        let cost = NANOS_PER_SEC / Nanos::from(per_sec.max(1));
+        if self.credit >= cost {
+            self.credit -= cost;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Worker {
@@ -858,7 +1209,76 @@ impl Worker {
             parsed: Vec::with_capacity(BURST_MAX),
             keys: Vec::with_capacity(BURST_MAX),
             stats: Stats::default(),
+            ingress_pin: UNPINNED,
+            port_mtu: Vec::new(),
+            min_mtu: u32::MAX,
+            resets: RateLimit::default(),
+            proxy: syn_proxy::ProxyState::new(max_sessions, max_sessions_v6),
         }
+    }
+
+    /// The memory of a worker's session tables for `max_sessions` IPv4 and
+    /// `max_sessions_v6` IPv6 sessions, in bytes: what a data plane commits
+    /// per worker at start-up ([`Worker::prefault`]).
+    pub const fn session_table_bytes(max_sessions: usize, max_sessions_v6: usize) -> u64 {
+        // Each session also has its SYN proxy sequence offset.
+        let proxy = syn_proxy::SEQ_BYTES_PER_SESSION as u64;
+        let v4 = max_sessions as u64 * (SessionTable::<Flow>::session_bytes(false) as u64 + proxy);
+        let v6 =
+            max_sessions_v6 as u64 * (SessionTable::<Flow>::session_bytes(true) as u64 + proxy);
+        v4.saturating_add(v6)
+    }
+
+    /// Sets the MTU (largest IP packet) of egress port `port` (index into
+    /// `cfg.ports`); 0 means unknown. Packets larger than their egress
+    /// port's MTU are dropped (`Reason::TooBig`). The data plane calls it
+    /// when a link's MTU changes, between bursts.
+    pub fn set_port_mtu(&mut self, port: usize, mtu: u32) {
+        if self.port_mtu.get(port) == Some(&mtu) {
+            return;
+        }
+        if port >= self.port_mtu.len() {
+            self.port_mtu.resize(port + 1, 0);
+        }
+        self.port_mtu[port] = mtu;
+        self.min_mtu = self
+            .port_mtu
+            .iter()
+            .copied()
+            .filter(|&m| m != 0)
+            .min()
+            .unwrap_or(u32::MAX);
+    }
+
+    /// Whether a packet may leave through a port: its TTL / hop limit
+    /// does not run out here, and it fits the MTU of the port `port`
+    /// names. `port` is called only for a packet larger than the smallest
+    /// known MTU, so the route lookup it may make stays off the common
+    /// path.
+    fn egress_check(
+        &self,
+        frame: &[u8],
+        p: &Parsed,
+        port: impl FnOnce() -> Option<u32>,
+    ) -> Result<(), Reason> {
+        if p.ttl <= 1 {
+            return Err(Reason::TtlExceeded);
+        }
+        let len = u32::try_from(p.l3_len).unwrap_or(u32::MAX);
+        if len <= self.min_mtu {
+            return Ok(());
+        }
+        let Some(mtu) = port().and_then(|pi| self.port_mtu.get(pi as usize).copied()) else {
+            return Ok(());
+        };
+        if mtu == 0 || len <= mtu {
+            return Ok(());
+        }
+        let df = p.is_ipv6() || frame.get(p.l3_offset + 6).is_some_and(|b| b & 0x40 != 0);
+        Err(Reason::TooBig {
+            mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+            df,
+        })
     }
 
     /// Maps the session table's memory now (see
@@ -913,6 +1333,7 @@ impl Worker {
         for s in self.sessions.drain_reaped() {
             release_port(&mut self.ports, &s.payload, s.reply());
         }
+        self.proxy.engaged.clear();
         self.stats.rule_hits.clear();
         self.stats.listener_sessions.clear();
         self.stats.server_sessions.clear();
@@ -927,6 +1348,11 @@ impl Worker {
                 }
             }
         }
+        // A reload keeps the ports (lbd refuses to change them without a
+        // restart), so their counts carry over.
+        self.stats
+            .port_drops
+            .resize(snap.cfg.ports.len(), PortDrops::default());
         self.generation = snap.generation;
         self.stats.generation = snap.generation;
     }
@@ -957,6 +1383,85 @@ impl Worker {
         }
     }
 
+    /// [`SessionTable::insert_missed`]; when the family's table is full,
+    /// the oldest half-open session makes room (early drop) and the insert
+    /// is tried once more.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_or_early_drop(
+        &mut self,
+        key: FlowKey,
+        key_hash: u64,
+        reply: FlowKey,
+        flow: Flow,
+        now: Nanos,
+        snap: &Snapshot,
+        own_port: bool,
+    ) -> Result<crate::conntrack::SessionId, crate::conntrack::InsertError> {
+        let timeouts = &snap.timeouts;
+        match self
+            .sessions
+            .insert_missed(key, key_hash, reply, flow, now, timeouts, own_port)
+        {
+            Err(crate::conntrack::InsertError::Full { .. }) => {
+                let old = self
+                    .sessions
+                    .early_drop(key.is_ipv6(), |_| true)
+                    .ok_or(crate::conntrack::InsertError::Full { capacity: 0 })?;
+                self.stats.early_drops += 1;
+                release_port(&mut self.ports, &old.payload, old.reply());
+                release(&mut self.scheds, &mut self.stats, &old.payload);
+                self.sessions
+                    .insert_missed(key, key_hash, reply, flow, now, timeouts, own_port)
+            }
+            r => r,
+        }
+    }
+
+    /// No local port of this worker's share on `local` is free: the oldest
+    /// half-open session holding one gives it up (early drop), for a new
+    /// session toward `backend`:`backend_port`.
+    fn port_by_early_drop(
+        &mut self,
+        local: IpAddr,
+        backend: IpAddr,
+        backend_port: u16,
+        ip_proto: u8,
+    ) -> Option<crate::nat::LocalPort> {
+        // A session whose port can pass to the new one: it has the port to
+        // itself, or goes to the same server (its reply tuple is the one
+        // the new session needs).
+        let ports = &self.ports;
+        let old = self.sessions.early_drop(local.is_ipv6(), |s| {
+            let r = s.reply();
+            s.payload.local_port
+                && r.dst == local
+                && ((r.src == backend && r.sport == backend_port)
+                    || ports.users(local, r.dport) == 1)
+        })?;
+        self.stats.early_drops += 1;
+        release(&mut self.scheds, &mut self.stats, &old.payload);
+        // The port passes from the old session to the new one.
+        let port = old.reply().dport;
+        if self.ports.users(local, port) == 1 {
+            return Some(crate::nat::LocalPort {
+                port,
+                shared: false,
+            });
+        }
+        let reply = FlowKey {
+            src: backend,
+            dst: local,
+            proto: ip_proto,
+            sport: backend_port,
+            dport: port,
+        };
+        if self.sessions.contains_key(&reply) {
+            self.ports.release(local, port);
+            return None;
+        }
+        Some(crate::nat::LocalPort { port, shared: true })
+    }
+
     fn count_new(&mut self, flow: &Flow) {
         self.stats.sessions_created += 1;
         if let Some((lb, l, g, srv)) = flow.listener() {
@@ -969,6 +1474,96 @@ impl Worker {
             if let Some(s) = self.scheds.get_mut(g as usize) {
                 s.connected(srv as usize);
             }
+        }
+    }
+
+    #[cold]
+    fn count_port_drop(&mut self, port: u32, kind: DropKind) {
+        if let Some(c) = self.stats.port_drops.get_mut(port as usize) {
+            match kind {
+                DropKind::SpoofedSource => c.spoofed_source += 1,
+                _ => c.vlan_mismatch += 1,
+            }
+        }
+    }
+
+    /// The source check of a session's packet that does not arrive on the
+    /// port its direction last passed the check on (under the current
+    /// configuration; that case costs one comparison in `decide`): the
+    /// port's full check, which then pins the direction to this port. A
+    /// packet injected with a session's 5-tuple from another link thus
+    /// meets that link's check.
+    #[cold]
+    #[inline(never)]
+    fn session_source(
+        &mut self,
+        id: crate::conntrack::SessionId,
+        dir: Dir,
+        key: &FlowKey,
+        port: u32,
+        snap: &Snapshot,
+    ) -> Result<(), Reason> {
+        let Some((_, ingress)) = snap.ingress_of(Some(port)) else {
+            return Ok(());
+        };
+        let Some(flow) = self.sessions.payload_mut(id) else {
+            return Ok(());
+        };
+        let fresh = flow.admitted_in(snap.generation);
+        source_admits(snap, port, ingress.check, key)?;
+        if !fresh {
+            // Routes may have changed with the configuration.
+            flow.ingress = UNPINNED_BOTH;
+        }
+        flow.set_pin(dir, pin(Some(port)));
+        Ok(())
+    }
+
+    /// Accounts a packet of session `id` in direction `dir`; TCP segments
+    /// go through sequence tracking. `Err` for a RST outside the window:
+    /// to drop, the session unchanged.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn account(
+        &mut self,
+        frame: &[u8],
+        p: &Parsed,
+        proto: u8,
+        id: crate::conntrack::SessionId,
+        dir: Dir,
+        now: Nanos,
+        snap: &Snapshot,
+    ) -> Result<(), Reason> {
+        let seg = (proto == proto::TCP)
+            .then(|| packet::parse::l4_bytes(frame, p).and_then(TcpSegment::read))
+            .flatten();
+        let Some(seg) = seg else {
+            let tcp_flags = (proto == proto::TCP).then_some(p.tcp_flags);
+            self.sessions
+                .update(id, dir, tcp_flags, now, &snap.timeouts);
+            return Ok(());
+        };
+        match self.sessions.update_tcp(id, dir, &seg, now, &snap.timeouts) {
+            Some(SegmentCheck::OutOfWindow) if seg.flags & TCP_RST != 0 => {
+                Err(Reason::TcpOutOfWindow)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Why a TCP segment to a listener without a session is dropped:
+    /// [`Reason::NoSessionReset`] (the data plane answers it with a RST)
+    /// while `reset_unknown` is on and the rate allows, never for a RST.
+    fn no_session(&mut self, p: &Parsed, now: Nanos, snap: &Snapshot) -> Reason {
+        let dp = &snap.cfg.dataplane;
+        let answer = dp.reset_unknown
+            && p.tcp_flags & TCP_RST == 0
+            && !p.is_fragment
+            && self.resets.take(now, dp.reset_unknown_rate);
+        if answer {
+            Reason::NoSessionReset
+        } else {
+            Reason::NoSession
         }
     }
 
@@ -1005,6 +1600,7 @@ impl Worker {
         let key = parsed.as_ref().ok().and_then(Parsed::flow_key);
         let looked = key.as_ref().map(|k| (k, self.sessions.hash_key(k)));
         let p = parsed.as_ref().map_err(|e| *e);
+        self.proxy.at = 0;
         let v = self.finish(frame, p, looked, rx, now, snap, health);
         self.sessions.flush();
         v
@@ -1060,6 +1656,7 @@ impl Worker {
         for (i, (f, (p, r))) in frames.iter_mut().zip(&parsed).enumerate() {
             let looked = keys[i].as_ref().map(|k| (k, hashes[i]));
             let p = r.map(|()| p);
+            self.proxy.at = i;
             verdicts[i] = self.finish(f.data, p, looked, f.rx, now, snap, health);
         }
         self.sessions.flush();
@@ -1082,13 +1679,16 @@ impl Worker {
         self.stats.rx += 1;
         let v = self.decide(frame, parsed, key, rx, now, snap, health);
         match &v {
-            Verdict::Forward(_) => self.stats.forwarded += 1,
+            Verdict::Forward(_) | Verdict::Send(_) => self.stats.forwarded += 1,
             Verdict::Local(..) => self.stats.local += 1,
             Verdict::Drop(r) => {
                 self.stats.drops[r.kind() as usize] += 1;
-                if let Reason::Policy(d) = r {
-                    let d = *d;
-                    self.hit(d);
+                match *r {
+                    Reason::Policy(d) => self.hit(d),
+                    Reason::SpoofedSource { port } | Reason::VlanMismatch { port } => {
+                        self.count_port_drop(port, r.kind());
+                    }
+                    _ => {}
                 }
             }
         }
@@ -1110,6 +1710,11 @@ impl Worker {
             Ok(p) => p,
             Err(e) => return Verdict::Drop(Reason::Malformed(e)),
         };
+        if let Some((port, i)) = snap.ingress_of(rx.port) {
+            if !i.admits_tagging(p) {
+                return Verdict::Drop(Reason::VlanMismatch { port });
+            }
+        }
         let (key, hash) = match key {
             Some((k, h)) => (k, h),
             None => {
@@ -1124,7 +1729,19 @@ impl Worker {
             // place it.
             return Verdict::Drop(Reason::Fragment);
         }
+        if packet::is_source_routed(frame, p) {
+            // Nobody on the client link chooses the path past us.
+            return Verdict::Drop(Reason::SourceRoute);
+        }
         if let Some(local) = local_kind(p, key, snap) {
+            // Neighbour discovery comes from link-local and unspecified
+            // sources that route nowhere: the link is its scope.
+            let ingress = snap.ingress_of(rx.port);
+            if let Some((port, i)) = ingress.filter(|_| local != LocalKind::Neighbor) {
+                if let Err(r) = source_admits(snap, port, i.check, key) {
+                    return Verdict::Drop(r);
+                }
+            }
             return Verdict::Local(local);
         }
 
@@ -1133,10 +1750,19 @@ impl Worker {
         } else {
             L4Csum::Full
         };
+        if key.proto == proto::TCP && !tcp_valid_flags(p.tcp_flags) {
+            return Verdict::Drop(Reason::TcpInvalidFlags);
+        }
         let found = self.sessions.lookup_hashed(key, hash, now);
         if let Some((id, dir)) = found {
-            return self.established(frame, p, csum, key, id, dir, now, snap);
+            return self.established(frame, p, csum, key, id, dir, now, snap, rx.port);
         }
+        if let Some((port, i)) = snap.ingress_of(rx.port) {
+            if let Err(r) = source_admits(snap, port, i.check, key) {
+                return Verdict::Drop(r);
+            }
+        }
+        self.ingress_pin = pin(rx.port);
         if p.is_icmp_error() {
             if let Some(v) = self.related_error(frame, p, *key, now, snap) {
                 return v;
@@ -1170,10 +1796,16 @@ impl Worker {
         dir: Dir,
         now: Nanos,
         snap: &Snapshot,
+        rx_port: Option<u32>,
     ) -> Verdict {
         let Some(&flow) = self.sessions.payload(id) else {
             return Verdict::Drop(Reason::NoSession);
         };
+        if let Some(port) = rx_port.filter(|&p| !flow.pinned_to(dir, p, snap.generation)) {
+            if let Err(r) = self.session_source(id, dir, key, port, snap) {
+                return Verdict::Drop(r);
+            }
+        }
         if !flow.admitted_in(snap.generation) {
             // The rules changed since the session was admitted: its next
             // packet is checked against the new ones.
@@ -1200,9 +1832,15 @@ impl Worker {
         if let Err(r) = nacl_check(snap, &flow, key, &out, dir) {
             return Verdict::Drop(r);
         }
-        let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-        self.sessions
-            .update(id, dir, tcp_flags, now, &snap.timeouts);
+        if flow.proxy != ProxyPhase::None {
+            // Sequence tracking happens in there, on the backend's side of
+            // the translation.
+            if let Some(v) = self.proxied_packet(frame, p, csum, id, dir, &flow, now, snap) {
+                return v;
+            }
+        } else if let Err(r) = self.account(frame, p, key.proto, id, dir, now, snap) {
+            return Verdict::Drop(r);
+        }
         let listener = flow.listener().map(|(lb, l, _, _)| (lb, l));
         let backend = flow
             .listener()
@@ -1222,7 +1860,10 @@ impl Worker {
     /// An ICMP error about a packet of a session (path-MTU, unreachable,
     /// time exceeded): it belongs to the session, whatever the rules say,
     /// and goes to the session's other end about the packet as that end
-    /// sent it. `None` when it quotes no session of ours.
+    /// sent it. `None` when it quotes no session of ours. An error whose
+    /// outer addresses do not fit the quoted packet's path (see
+    /// [`error_fits_path`]) is dropped: nobody may speak for a session it
+    /// is not on the path of.
     fn related_error(
         &mut self,
         frame: &mut [u8],
@@ -1236,6 +1877,9 @@ impl Worker {
         let (id, dir) = self.sessions.lookup(&quoted.reversed(), now)?;
         let s = self.sessions.get(id)?;
         let (orig, reply, listener) = (*s.orig(), *s.reply(), s.payload.listener());
+        if !error_fits_path(snap, &key, &quoted) {
+            return Some(Verdict::Drop(Reason::IcmpErrorMismatch));
+        }
         if listener.is_none() {
             // Routed sessions are not translated: forward it as it is.
             return Some(self.emit(
@@ -1257,12 +1901,18 @@ impl Worker {
             Dir::Reply => orig,
         };
         let (src, dst) = (inner.dst, inner.src);
-        if crate::nat::icmp::translate_error(frame, p, src, dst, &inner).is_err() {
-            return Some(Verdict::Drop(Reason::Rewrite));
-        }
         let Some(hop) = snap.route(dst) else {
             return Some(Verdict::Drop(Reason::NoRoute));
         };
+        if let Err(r) = self.egress_check(frame, p, || Some(hop.port)) {
+            return Some(Verdict::Drop(r));
+        }
+        if !packet::decrement_ttl(frame, p) {
+            return Some(Verdict::Drop(Reason::TtlExceeded));
+        }
+        if crate::nat::icmp::translate_error(frame, p, src, dst, &inner).is_err() {
+            return Some(Verdict::Drop(Reason::Rewrite));
+        }
         Some(Verdict::Forward(Forward {
             hop,
             reason: Reason::Related,
@@ -1287,6 +1937,14 @@ impl Worker {
             Some(h) => h,
             None => return Verdict::Drop(Reason::NoRoute),
         };
+        // Before any change, so that a drop leaves the frame as it came
+        // (the data plane quotes it in its ICMP error).
+        if let Err(r) = self.egress_check(frame, p, || Some(hop.port)) {
+            return Verdict::Drop(r);
+        }
+        if !packet::decrement_ttl(frame, p) {
+            return Verdict::Drop(Reason::TtlExceeded);
+        }
         if out != key && packet::rewrite(frame, p, out, csum).is_err() {
             return Verdict::Drop(Reason::Rewrite);
         }
@@ -1294,9 +1952,6 @@ impl Worker {
             // The kernel deferred the checksum to a device that will never
             // see this frame: finish it here.
             packet::complete_l4_checksum(frame, p, out.src, out.dst);
-        }
-        if backend.is_none() && !packet::decrement_ttl(frame, p) {
-            return Verdict::Drop(Reason::TtlExceeded);
         }
         Verdict::Forward(Forward {
             hop,
@@ -1328,106 +1983,38 @@ impl Worker {
             Ok(None) => {}
             Err(r) => return Verdict::Drop(r),
         }
-        // A TCP session starts with a SYN; anything else without a session
-        // (a stray ACK after a restart) is dropped so the client resets.
-        if key.proto == proto::TCP && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
-            return Verdict::Drop(Reason::NoSession);
+        if key.proto == proto::TCP {
+            if let Some(v) =
+                self.syn_proxy_first(frame, p, csum, &key, key_hash, (lbi, li), now, snap, health)
+            {
+                return v;
+            }
         }
-        let lb = &snap.cfg.load_balancers[lbi];
-        let listener = &lb.listeners[li];
-        let gi = listener.server_group;
-        let group = &snap.cfg.server_groups[gi];
-        let family_v6 = key.is_ipv6();
-        self.eligible.clear();
-        self.eligible
-            .extend(group.servers.iter().enumerate().map(|(si, s)| {
-                health.is_up(gi, si) && s.addresses.iter().any(|a| a.is_ipv6() == family_v6)
-            }));
-        let Some(si) = self.scheds.get_mut(gi).and_then(|s| {
-            let hash = if s.uses_hash() { flow_hash(&key) } else { 0 };
-            s.pick(&self.eligible, hash)
-        }) else {
-            return Verdict::Drop(Reason::NoHealthyServer {
-                lb: idx32(lbi),
-                listener: idx32(li),
-            });
+        // A TCP session starts with a SYN; anything else without a session
+        // (a segment of a connection from before a restart) is dropped, and
+        // answered with a RST so the client learns the connection is gone.
+        if key.proto == proto::TCP && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
+            return Verdict::Drop(self.no_session(p, now, snap));
+        }
+        // Before a server is picked: a packet that dies here takes no turn.
+        if p.ttl <= 1 {
+            return Verdict::Drop(Reason::TtlExceeded);
+        }
+        let (id, flow, orig_out, (gi, si)) = match self.open_listener_session(
+            frame,
+            p,
+            &key,
+            key_hash,
+            (lbi, li),
+            now,
+            snap,
+            health,
+        ) {
+            Ok(opened) => opened,
+            Err(r) => return Verdict::Drop(r),
         };
-        let server = &group.servers[si];
-        let Some(flow) = Flow::listener_session(
-            (idx32(lbi), idx32(li), idx32(gi), idx32(si)),
-            snap.generation,
-            !listener.transfer_client_ip,
-        ) else {
-            // Beyond the 16-bit indices a session holds (lb_config refuses
-            // such a configuration): no session can be made for it.
-            return Verdict::Drop(Reason::NoListener);
-        };
-        let backend_addr = server
-            .addresses
-            .iter()
-            .copied()
-            .find(|a| a.is_ipv6() == family_v6)
-            .expect("eligible servers have an address of the flow's family");
-
-        // `own_port`: the session has its local port to itself, which makes
-        // its reply key unique, so the key's index entry can wait for the
-        // end of the burst.
-        let (orig_out, reply, own_port) = if listener.transfer_client_ip {
-            let out = FlowKey {
-                dst: backend_addr,
-                dport: server.port,
-                ..key
-            };
-            (out, out.reversed(), false)
-        } else {
-            let locals = &snap.locals_by_family[lbi][usize::from(family_v6)];
-            if locals.is_empty() {
-                return Verdict::Drop(Reason::NatPortsExhausted);
-            }
-            // Spread over the local addresses by the key's own hash (the
-            // session table's, already at hand).
-            let local = locals[(key_hash as usize) % locals.len()];
-            let sessions = &self.sessions;
-            let lport = self.ports.allocate(local, |port| {
-                !sessions.contains_key(&FlowKey {
-                    src: backend_addr,
-                    dst: local,
-                    proto: key.proto,
-                    sport: server.port,
-                    dport: port,
-                })
-            });
-            let Some(lport) = lport else {
-                return Verdict::Drop(Reason::NatPortsExhausted);
-            };
-            let out = FlowKey {
-                src: local,
-                dst: backend_addr,
-                proto: key.proto,
-                sport: lport.port,
-                dport: server.port,
-            };
-            (out, out.reversed(), !lport.shared)
-        };
-        let admitted = match server.instance {
-            Some(inst) => snap.backend_admits(inst, &orig_out, listener.transfer_client_ip),
-            None => Ok(()),
-        };
-        let inserted = admitted.and_then(|()| {
-            self.sessions
-                .insert_missed(key, key_hash, reply, flow, now, &snap.timeouts, own_port)
-                .map_err(|_| Reason::SessionTableFull)
-        });
-        let id = match inserted {
-            Ok(id) => id,
-            Err(r) => {
-                release_port(&mut self.ports, &flow, &reply);
-                return Verdict::Drop(r);
-            }
-        };
-        let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-        self.sessions
-            .update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
+        // A new session's first segment fits any window.
+        let _ = self.account(frame, p, key.proto, id, Dir::Orig, now, snap);
         self.count_new(&flow);
         let reason = Reason::Listener {
             lb: idx32(lbi),
@@ -1447,6 +2034,125 @@ impl Worker {
             self.remove(id);
         }
         v
+    }
+
+    /// A new listener session for `key` (filed under `key_hash`, which no
+    /// session holds): picks the server and the local port, checks the
+    /// backend's rules and inserts the session (no packet accounted yet).
+    /// Returns the session, its flow, the key its packets leave with
+    /// toward the server, and the server (group, index).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn open_listener_session(
+        &mut self,
+        frame: &[u8],
+        p: &Parsed,
+        key: &FlowKey,
+        key_hash: u64,
+        (lbi, li): (usize, usize),
+        now: Nanos,
+        snap: &Snapshot,
+        health: &dyn Health,
+    ) -> Result<(crate::conntrack::SessionId, Flow, FlowKey, (usize, usize)), Reason> {
+        let key = *key;
+        let lb = &snap.cfg.load_balancers[lbi];
+        let listener = &lb.listeners[li];
+        let gi = listener.server_group;
+        let group = &snap.cfg.server_groups[gi];
+        let family_v6 = key.is_ipv6();
+        self.eligible.clear();
+        self.eligible
+            .extend(group.servers.iter().enumerate().map(|(si, s)| {
+                health.is_up(gi, si) && s.addresses.iter().any(|a| a.is_ipv6() == family_v6)
+            }));
+        let Some(si) = self.scheds.get_mut(gi).and_then(|s| {
+            let hash = if s.uses_hash() { flow_hash(&key) } else { 0 };
+            s.pick(&self.eligible, hash)
+        }) else {
+            return Err(Reason::NoHealthyServer {
+                lb: idx32(lbi),
+                listener: idx32(li),
+            });
+        };
+        let server = &group.servers[si];
+        let Some(flow) = Flow::listener_session(
+            (idx32(lbi), idx32(li), idx32(gi), idx32(si)),
+            snap.generation,
+            !listener.transfer_client_ip,
+        )
+        .map(|f| f.arrived_on(self.ingress_pin)) else {
+            // Beyond the 16-bit indices a session holds (lb_config refuses
+            // such a configuration): no session can be made for it.
+            return Err(Reason::NoListener);
+        };
+        let backend_addr = server
+            .addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv6() == family_v6)
+            .expect("eligible servers have an address of the flow's family");
+        // What could not leave makes no session.
+        self.egress_check(frame, p, || snap.route(backend_addr).map(|h| h.port))?;
+
+        // `own_port`: the session has its local port to itself, which makes
+        // its reply key unique, so the key's index entry can wait for the
+        // end of the burst.
+        let (orig_out, reply, own_port) = if listener.transfer_client_ip {
+            let out = FlowKey {
+                dst: backend_addr,
+                dport: server.port,
+                ..key
+            };
+            (out, out.reversed(), false)
+        } else {
+            let locals = &snap.locals_by_family[lbi][usize::from(family_v6)];
+            if locals.is_empty() {
+                return Err(Reason::NatPortsExhausted);
+            }
+            // Spread over the local addresses by the key's own hash (the
+            // session table's, already at hand).
+            let local = locals[(key_hash as usize) % locals.len()];
+            let sessions = &self.sessions;
+            let lport = self.ports.allocate(local, |port| {
+                !sessions.contains_key(&FlowKey {
+                    src: backend_addr,
+                    dst: local,
+                    proto: key.proto,
+                    sport: server.port,
+                    dport: port,
+                })
+            });
+            let lport = match lport {
+                Some(p) => Some(p),
+                None => self.port_by_early_drop(local, backend_addr, server.port, key.proto),
+            };
+            let Some(lport) = lport else {
+                return Err(Reason::NatPortsExhausted);
+            };
+            let out = FlowKey {
+                src: local,
+                dst: backend_addr,
+                proto: key.proto,
+                sport: lport.port,
+                dport: server.port,
+            };
+            (out, out.reversed(), !lport.shared)
+        };
+        let admitted = match server.instance {
+            Some(inst) => snap.backend_admits(inst, &orig_out, listener.transfer_client_ip),
+            None => Ok(()),
+        };
+        let inserted = admitted.and_then(|()| {
+            self.insert_or_early_drop(key, key_hash, reply, flow, now, snap, own_port)
+                .map_err(|_| Reason::SessionTableFull)
+        });
+        let id = match inserted {
+            Ok(id) => id,
+            Err(r) => {
+                release_port(&mut self.ports, &flow, &reply);
+                return Err(r);
+            }
+        };
+        Ok((id, flow, orig_out, (gi, si)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1469,25 +2175,20 @@ impl Worker {
         if let Reason::Policy(d) = reason {
             self.hit(d);
         }
+        // What could not leave makes no session.
+        if let Err(r) = self.egress_check(frame, p, || snap.route(key.dst).map(|h| h.port)) {
+            return Verdict::Drop(r);
+        }
         // ICMP errors are not sessions of their own.
         let is_icmp_error = matches!(reason, Reason::PathMtu);
         let id = if is_icmp_error {
             None
         } else {
-            let flow = Flow::routed(snap.generation);
-            match self.sessions.insert_missed(
-                key,
-                key_hash,
-                key.reversed(),
-                flow,
-                now,
-                &snap.timeouts,
-                false,
-            ) {
+            let flow = Flow::routed(snap.generation).arrived_on(self.ingress_pin);
+            match self.insert_or_early_drop(key, key_hash, key.reversed(), flow, now, snap, false) {
                 Ok(id) => {
-                    let tcp_flags = (key.proto == proto::TCP).then_some(p.tcp_flags);
-                    self.sessions
-                        .update(id, Dir::Orig, tcp_flags, now, &snap.timeouts);
+                    // A new session's first segment fits any window.
+                    let _ = self.account(frame, p, key.proto, id, Dir::Orig, now, snap);
                     self.count_new(&flow);
                     Some(id)
                 }
@@ -1544,6 +2245,42 @@ fn local_kind(p: &Parsed, key: &FlowKey, snap: &Snapshot) -> Option<LocalKind> {
     }
 }
 
+/// Whether `key` is link-scoped IPv6 traffic: from a link-local or the
+/// unspecified address (multicast listener reports, duplicate address
+/// detection) to a link-local or link-scope multicast address. It routes
+/// nowhere and is never forwarded, so the link it arrived on is its route.
+fn link_scoped(key: &FlowKey) -> bool {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (key.src, key.dst) else {
+        return false;
+    };
+    let (s, d) = (src.segments()[0], dst.segments()[0]);
+    let link_local = |first: u16| first & 0xffc0 == 0xfe80;
+    let src_ok = link_local(s) || src.is_unspecified();
+    let dst_ok = link_local(d) || (d & 0xff00 == 0xff00 && d & 0x000f <= 2);
+    src_ok && dst_ok
+}
+
+/// Reverse-path validation of `key`'s source arriving on `port`, whose
+/// `source_check` is `check`.
+fn source_admits(
+    snap: &Snapshot,
+    port: u32,
+    check: SourceCheck,
+    key: &FlowKey,
+) -> Result<(), Reason> {
+    let src = key.src;
+    let ok = match check {
+        SourceCheck::Off => true,
+        SourceCheck::Loose => snap.route(src).is_some(),
+        SourceCheck::Strict => snap.route(src).is_some_and(|h| h.port == port),
+    } || link_scoped(key);
+    if ok {
+        Ok(())
+    } else {
+        Err(Reason::SpoofedSource { port })
+    }
+}
+
 /// A listener's access-control list, then the load balancer's groups.
 /// Returns the groups' decision, if the load balancer has groups.
 fn listener_admits(
@@ -1581,6 +2318,34 @@ fn listener_admits(
         }
         None => Ok(None),
     }
+}
+
+/// Whether an ICMP error from `outer.src` to `outer.dst` may speak about
+/// `quoted`, a packet of a session as it left the data plane (its source
+/// is the sender, as the session translated it). The error must go to
+/// that sender, and come from the quoted destination itself, from the
+/// next hop toward it, or from a router on its side: an address that is
+/// none of ours, no instance's or server's (those are endpoints, on no
+/// one else's path), and routed through the same port as the quoted
+/// destination. So a backend cannot speak for another backend's session,
+/// nor have an error relayed to a host outside it.
+fn error_fits_path(snap: &Snapshot, outer: &FlowKey, quoted: &FlowKey) -> bool {
+    if outer.dst != quoted.src {
+        return false;
+    }
+    if outer.src == quoted.dst {
+        return true;
+    }
+    let Some(toward) = snap.route(quoted.dst) else {
+        return false;
+    };
+    if outer.src == toward.next_hop {
+        return true;
+    }
+    if snap.is_own_address(outer.src) || snap.backend_addrs.contains(&outer.src) {
+        return false;
+    }
+    snap.route(outer.src).is_some_and(|h| h.port == toward.port)
 }
 
 /// Whether `p` is an ICMP "fragmentation needed" or ICMPv6 "packet too big".
@@ -1750,6 +2515,21 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
     u16::try_from(h % u64::from(workers)).expect("below workers")
 }
 
+/// The worker that owns the session a parsed frame belongs to: [`owner`]
+/// of its 5-tuple, except for an ICMP error, which belongs with the
+/// session of the packet it quotes (so that the worker holding that
+/// session checks and translates it). `None` for a frame without a
+/// 5-tuple.
+pub fn frame_owner(snap: &Snapshot, frame: &[u8], p: &Parsed, workers: u16) -> Option<u16> {
+    let key = p.flow_key()?;
+    if p.is_icmp_error() {
+        if let Ok(quoted) = packet::parse_icmp_inner(frame, p) {
+            return Some(owner(snap, &quoted.reversed(), workers));
+        }
+    }
+    Some(owner(snap, &key, workers))
+}
+
 fn endpoint_hash(addr: IpAddr, port: u16, proto: u8) -> u64 {
     flow_hasher().hash_one((addr, port, proto))
 }
@@ -1772,8 +2552,37 @@ mod tests {
     use crate::model::*;
     use crate::packet::{build_frame, FrameSpec, MacAddr};
 
+    mod icmp_ttl_mtu;
+
     fn addr(s: &str) -> IpAddr {
         s.parse().expect("address")
+    }
+
+    #[test]
+    fn flow_packs_ingress_pins_and_window_shifts_in_nibbles() {
+        let mut f = Flow::routed(1);
+        for port in 0..15u32 {
+            let g = f.arrived_on(pin(Some(port)));
+            assert!(g.pinned_to(Dir::Orig, port, 1), "{port}");
+            assert!(!g.pinned_to(Dir::Reply, port, 1), "{port}");
+            assert!(!g.pinned_to(Dir::Orig, port, 2), "another generation");
+        }
+        // From the 16th port on, never pinned: the full check every time.
+        for port in [15u32, 16, 255, 1000] {
+            let g = f.arrived_on(pin(Some(port)));
+            assert!(!g.pinned_to(Dir::Orig, port, 1), "{port}");
+            assert!(!g.pinned_to(Dir::Orig, 15, 1), "{port}");
+        }
+        f.set_pin(Dir::Reply, pin(Some(3)));
+        f.set_pin(Dir::Orig, pin(Some(14)));
+        assert!(f.pinned_to(Dir::Reply, 3, 1) && f.pinned_to(Dir::Orig, 14, 1));
+        for backend in -8..=7i8 {
+            for client in 0..=15i8 {
+                f.set_shifts(backend, client);
+                assert_eq!(f.shifts(), (backend, client));
+            }
+        }
+        assert!(f.pinned_to(Dir::Reply, 3, 1), "shifts leave the pins alone");
     }
 
     #[test]
@@ -1814,6 +2623,9 @@ mod tests {
                 "198.18.0.1/24".parse().expect("net"),
                 "198.19.1.1/24".parse().expect("net"),
             ],
+            source_check: SourceCheck::Strict,
+            vlan: None,
+            max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
         });
         cfg.security_groups.push(SecurityGroup {
             id: "sg-web".into(),
@@ -1856,6 +2668,8 @@ mod tests {
                 server_group: 0,
                 transfer_client_ip: false,
                 acl: None,
+                syn_proxy: SynProxyMode::Auto,
+                syn_proxy_threshold: DEFAULT_SYN_PROXY_THRESHOLD,
             }],
         });
         cfg
@@ -1946,6 +2760,15 @@ mod tests {
     }
 
     #[test]
+    fn session_table_bytes_is_what_a_worker_commits() {
+        let w = Worker::new(0, 1, 1 << 16, 1 << 14);
+        let proxy = syn_proxy::SEQ_BYTES_PER_SESSION;
+        let want = (1u64 << 16) * (w.sessions.bytes_per_session(false) + proxy) as u64
+            + (1u64 << 14) * (w.sessions.bytes_per_session(true) + proxy) as u64;
+        assert_eq!(Worker::session_table_bytes(1 << 16, 1 << 14), want);
+    }
+
+    #[test]
     fn fullnat_rewrite_keeps_checksums_valid() {
         let snap = Snapshot::compile(config(), 1);
         let mut w = Worker::new(0, 1, 16, 16);
@@ -1986,6 +2809,483 @@ mod tests {
         w.housekeep(secs(62.0), &next);
         assert!(w.sessions.is_empty());
         assert_eq!(w.ports.users(local, 1026), 0);
+    }
+
+    /// A flood of handshakes that never complete: when the session table
+    /// (or the worker's share of local ports) is full, the oldest
+    /// half-open session makes room; established sessions stay.
+    #[test]
+    fn a_syn_flood_early_drops_half_open_sessions_not_established_ones() {
+        let snap = Snapshot::compile(config(), 1);
+        // 16 sessions; then 15 local ports (4000, 8000, ... 60000).
+        for (workers, max_sessions, room) in [(1, 16, 15), (4000, 1024, 14)] {
+            let mut w = Worker::new(0, workers, max_sessions, 16);
+            let mut frame = syn(b"");
+            let Verdict::Forward(f) = w.process(&mut frame, RxInfo::default(), 0, &snap, &AllUp)
+            else {
+                panic!("first SYN forwarded")
+            };
+            let lport = f.out.sport;
+            let mut syn_ack = tcp_frame_with(
+                "198.19.1.11",
+                "198.19.1.250",
+                80,
+                lport,
+                TCP_SYN | TCP_ACK,
+                b"",
+            );
+            let v = w.process(&mut syn_ack, RxInfo::default(), 1, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            let mut ack = tcp_frame_with("198.18.0.2", "198.18.0.10", 40000, 80, TCP_ACK, b"");
+            let v = w.process(&mut ack, RxInfo::default(), 2, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            assert_eq!(w.sessions.half_open(), 0);
+
+            for i in 0..40u16 {
+                let src = format!("198.18.7.{}", i + 1);
+                let mut f = tcp_frame_with(&src, "198.18.0.10", 1000 + i, 80, TCP_SYN, b"");
+                let v = w.process(&mut f, RxInfo::default(), 3 + u64::from(i), &snap, &AllUp);
+                assert!(matches!(v, Verdict::Forward(_)), "SYN {i}: {v:?}");
+            }
+            assert_eq!(w.stats.early_drops, 40 - room, "{workers} workers");
+            assert_eq!(w.sessions.half_open(), room as usize);
+            // The established session still flows, both ways.
+            let mut data = tcp_frame_with("198.18.0.2", "198.18.0.10", 40000, 80, TCP_ACK, b"x");
+            let v = w.process(&mut data, RxInfo::default(), 50, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            let mut back = tcp_frame_with("198.19.1.11", "198.19.1.250", 80, lport, TCP_ACK, b"y");
+            let v = w.process(&mut back, RxInfo::default(), 51, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            let active: u64 = w
+                .stats
+                .listener_sessions
+                .iter()
+                .map(|(_, c)| c.active)
+                .sum();
+            assert_eq!(active, 1 + room, "counts follow the dropped sessions");
+        }
+    }
+
+    /// A TCP segment as a frame: `seg` and its payload, checksums valid.
+    fn segment(seg: &synproxy::Segment, payload: &[u8]) -> Vec<u8> {
+        let mut buf = [0u8; synproxy::SEGMENT_MAX];
+        let n = synproxy::build_segment(seg, &mut buf);
+        let mut f = buf[..n].to_vec();
+        f.extend_from_slice(payload);
+        let p = packet::parse(&f).expect("valid");
+        match p.kind {
+            packet::Kind::Ipv4 => {
+                let len = (f.len() - 14) as u16;
+                f[16..18].copy_from_slice(&len.to_be_bytes());
+                f[24..26].fill(0);
+                let c = packet::checksum::checksum(&f[14..34]);
+                f[24..26].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => {
+                let len = (f.len() - 54) as u16;
+                f[18..20].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+        fill_tcp_checksum(&mut f);
+        f
+    }
+
+    /// Computes the TCP checksum of a frame from scratch.
+    fn fill_tcp_checksum(f: &mut [u8]) {
+        let p = packet::parse(f).expect("valid");
+        let at = p.l4_offset;
+        f[at + 16..at + 18].fill(0);
+        let l4 = f.len() - at;
+        let ph = match (p.src, p.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                packet::checksum::pseudo_header_v4(s, d, 6, l4 as u16)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                packet::checksum::pseudo_header_v6(s, d, 6, l4 as u32)
+            }
+            _ => unreachable!("one family"),
+        };
+        let c = !packet::checksum::sum_with(ph, &f[at..]);
+        f[at + 16..at + 18].copy_from_slice(&c.to_be_bytes());
+    }
+
+    fn seg(
+        src: &str,
+        dst: &str,
+        ports: (u16, u16),
+        seq: u32,
+        ack: u32,
+        flags: u8,
+    ) -> synproxy::Segment {
+        synproxy::Segment {
+            src: addr(src),
+            dst: addr(dst),
+            sport: ports.0,
+            dport: ports.1,
+            seq,
+            ack,
+            flags,
+            window: 1000,
+            syn_options: None,
+        }
+    }
+
+    /// The TCP header of a frame: (seq, ack, flags, window, options), and
+    /// whether its checksum holds.
+    fn tcp_of(frame: &[u8]) -> ((u32, u32, u8, u16, Vec<u8>), bool) {
+        let p = packet::parse(frame).expect("valid");
+        let t = packet::TcpPacket::new_checked(&frame[p.l4_offset..p.l3_end()]).expect("tcp");
+        (
+            (
+                t.seq_number(),
+                t.ack_number(),
+                t.flags().0,
+                t.window_len(),
+                t.options().to_vec(),
+            ),
+            packet::verify_l4_checksum(frame, &p),
+        )
+    }
+
+    fn proxy_config(mode: SynProxyMode, threshold: u32) -> Config {
+        let mut cfg = config();
+        cfg.load_balancers[0].vips.push(addr("2001:db8:18::10"));
+        cfg.load_balancers[0]
+            .local_addresses
+            .push(addr("2001:db8:19:1::250"));
+        cfg.ports[0]
+            .addresses
+            .push("2001:db8:18::1/64".parse().expect("net"));
+        cfg.ports[0]
+            .addresses
+            .push("2001:db8:19:1::1/64".parse().expect("net"));
+        cfg.subnets[0]
+            .cidrs
+            .push("2001:db8:19:1::/64".parse().expect("net"));
+        cfg.instances[0].addresses.push(addr("2001:db8:19:1::11"));
+        cfg.server_groups[0].servers[0]
+            .addresses
+            .push(addr("2001:db8:19:1::11"));
+        let l = &mut cfg.load_balancers[0].listeners[0];
+        l.syn_proxy = mode;
+        l.syn_proxy_threshold = threshold;
+        cfg
+    }
+
+    /// The whole life of a proxied connection, IPv4 and IPv6: the SYN is
+    /// answered with a cookie and opens nothing; the ACK carrying the cookie
+    /// opens the session with the proxy's SYN to the backend; the backend's
+    /// SYN-ACK is answered with an ACK; then sequence numbers (and SACK
+    /// blocks, and windows) are translated both ways with valid checksums.
+    #[test]
+    fn the_syn_proxy_answers_with_cookies_and_translates_sequence_numbers() {
+        let snap = Snapshot::compile(proxy_config(SynProxyMode::On, 1), 1);
+        for (client, vip, local, backend) in [
+            ("198.18.0.2", "198.18.0.10", "198.19.1.250", "198.19.1.11"),
+            (
+                "2001:db8:18::2",
+                "2001:db8:18::10",
+                "2001:db8:19:1::250",
+                "2001:db8:19:1::11",
+            ),
+        ] {
+            let mut w = Worker::new(0, 1, 64, 64);
+            w.set_cookie_secret(synproxy::CookieSecret::new([9; 16]));
+            let now = secs(100.0);
+            let isn = 0xffff_fff0u32; // wraps during the connection
+            let mut s = seg(client, vip, (40000, 80), isn, 0, TCP_SYN);
+            s.syn_options = Some((1460, Some(8), true));
+            let mut syn = segment(&s, b"");
+            let v = w.process(&mut syn, RxInfo::default(), now, &snap, &AllUp);
+            let Verdict::Send(f) = v else {
+                panic!("SYN-ACK expected: {v:?}")
+            };
+            assert_eq!(f.reason, Reason::SynCookie { lb: 0, listener: 0 });
+            assert_eq!(
+                f.out.to_string(),
+                format!("tcp {} > {}", fmt_ep(vip, 80), fmt_ep(client, 40000))
+            );
+            assert!(w.sessions.is_empty(), "a SYN opens nothing");
+            let ((cookie, ack, flags, _, opts), ok) = tcp_of(w.built(0));
+            assert!(ok, "SYN-ACK checksum");
+            assert_eq!((ack, flags), (isn.wrapping_add(1), TCP_SYN | TCP_ACK));
+            let o = synproxy::parse_syn_options(&opts);
+            assert_eq!((o.wscale, o.sack), (Some(synproxy::PROXY_WSCALE), true));
+
+            // A wrong cookie opens nothing.
+            let mut bad = segment(
+                &seg(
+                    client,
+                    vip,
+                    (40000, 80),
+                    isn.wrapping_add(1),
+                    cookie.wrapping_add(1 << 24),
+                    TCP_ACK,
+                ),
+                b"",
+            );
+            let v = w.process(&mut bad, RxInfo::default(), now, &snap, &AllUp);
+            // Answered with a RST, as a listener without the connection does.
+            assert!(matches!(v, Verdict::Drop(Reason::NoSessionReset)), "{v:?}");
+            assert_eq!(w.stats.syn_cookies_invalid, 1);
+
+            // The right one, with data (dropped: the client sends it again).
+            let c2b =
+                |seq: u32, ack: u32, flags: u8| seg(client, vip, (40000, 80), seq, ack, flags);
+            let mut ack3 = segment(
+                &c2b(isn.wrapping_add(1), cookie.wrapping_add(1), TCP_ACK),
+                b"GET",
+            );
+            let v = w.process(&mut ack3, RxInfo::default(), now + 1, &snap, &AllUp);
+            let Verdict::Send(f) = v else {
+                panic!("SYN to the backend expected: {v:?}")
+            };
+            assert_eq!(f.out.dst, addr(backend));
+            assert_eq!(f.out.src, addr(local));
+            let lport = f.out.sport;
+            let ((seq, _, flags, _, opts), ok) = tcp_of(w.built(0));
+            assert!(ok);
+            assert_eq!((seq, flags), (isn, TCP_SYN));
+            let o = synproxy::parse_syn_options(&opts);
+            let mss = if addr(client).is_ipv6() { 1440 } else { 1460 };
+            assert_eq!((o.mss, o.wscale, o.sack), (mss, Some(8), true));
+            assert_eq!(w.sessions.len(), 1);
+            assert_eq!(w.stats.syn_cookies_valid, 1);
+
+            // Before the backend answers, the client's packets wait.
+            let mut early = segment(
+                &c2b(isn.wrapping_add(1), cookie.wrapping_add(1), TCP_ACK | 0x08),
+                b"GET",
+            );
+            let v = w.process(&mut early, RxInfo::default(), now + 2, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Drop(Reason::SynProxyPending)), "{v:?}");
+
+            // The backend's SYN-ACK (window scale 5) gets the ACK.
+            let b_isn = 0x1234_5678u32;
+            let b2l =
+                |seq: u32, ack: u32, flags: u8| seg(backend, local, (80, lport), seq, ack, flags);
+            let mut sa = b2l(b_isn, isn.wrapping_add(1), TCP_SYN | TCP_ACK);
+            sa.syn_options = Some((1460, Some(5), true));
+            let mut syn_ack = segment(&sa, b"");
+            let v = w.process(&mut syn_ack, RxInfo::default(), now + 3, &snap, &AllUp);
+            let Verdict::Send(f) = v else {
+                panic!("ACK to the backend expected: {v:?}")
+            };
+            assert_eq!(
+                (f.out.dst, f.out.dport, f.out.sport),
+                (addr(backend), 80, lport)
+            );
+            let ((seq, ack, flags, _, _), ok) = tcp_of(w.built(0));
+            assert!(ok);
+            assert_eq!(
+                (seq, ack, flags),
+                (isn.wrapping_add(1), b_isn.wrapping_add(1), TCP_ACK | 0x08)
+            );
+            assert!(w.built(0).ends_with(b"GET"));
+            assert_eq!(w.sessions.half_open(), 0, "established");
+            // Without a held segment: a bare ACK.
+            let mut w2 = Worker::new(0, 1, 64, 64);
+            w2.set_cookie_secret(synproxy::CookieSecret::new([9; 16]));
+            let mut ack3 = segment(
+                &c2b(isn.wrapping_add(1), cookie.wrapping_add(1), TCP_ACK),
+                b"",
+            );
+            let v = w2.process(&mut ack3, RxInfo::default(), now + 1, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Send(_)), "{v:?}");
+            let lport2 = packet::parse(w2.built(0)).expect("valid").sport;
+            let mut sa2 = b2l(b_isn, isn.wrapping_add(1), TCP_SYN | TCP_ACK);
+            sa2.dport = lport2;
+            let mut syn_ack = segment(&sa2, b"");
+            let v = w2.process(&mut syn_ack, RxInfo::default(), now + 3, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Send(_)), "{v:?}");
+            let ((seq, ack, flags, _, _), ok) = tcp_of(w2.built(0));
+            assert!(ok);
+            assert_eq!(
+                (seq, ack, flags),
+                (isn.wrapping_add(1), b_isn.wrapping_add(1), TCP_ACK)
+            );
+
+            // Client → backend: the acknowledgment and SACK blocks move
+            // into the backend's space; the window goes through (both
+            // sides scale).
+            let offset = b_isn.wrapping_sub(cookie);
+            let mut d = c2b(isn.wrapping_add(1), cookie.wrapping_add(1), TCP_ACK);
+            d.window = 300;
+            let mut data = segment(&d, b"GET / HTTP/1.1\r\n\r\n");
+            let p = packet::parse(&data).expect("valid");
+            // Turn the payload's first 12 bytes into options: NOP, NOP,
+            // SACK with one block (cookie+100 .. cookie+200).
+            let at = p.l4_offset;
+            let mut sack = vec![1u8, 1, 5, 10];
+            sack.extend_from_slice(&cookie.wrapping_add(100).to_be_bytes());
+            sack.extend_from_slice(&cookie.wrapping_add(200).to_be_bytes());
+            data[at + 20..at + 32].copy_from_slice(&sack);
+            data[at + 12] = (32 / 4) << 4;
+            fill_tcp_checksum(&mut data);
+            let v = w.process(&mut data, RxInfo::default(), now + 4, &snap, &AllUp);
+            let Verdict::Forward(f) = v else {
+                panic!("forward expected: {v:?}")
+            };
+            assert_eq!(f.out.dst, addr(backend));
+            let ((seq, ack, _, win, opts), ok) = tcp_of(&data);
+            assert!(ok, "checksum after translation");
+            assert_eq!(
+                (seq, ack, win),
+                (isn.wrapping_add(1), b_isn.wrapping_add(1), 300)
+            );
+            let rd =
+                |i: usize| u32::from_be_bytes([opts[i], opts[i + 1], opts[i + 2], opts[i + 3]]);
+            assert_eq!(
+                (rd(4), rd(8)),
+                (b_isn.wrapping_add(100), b_isn.wrapping_add(200))
+            );
+            let _ = offset;
+
+            // Backend → client: the sequence number moves into the
+            // cookie's space, the window from scale 5 to the proxy's 7.
+            // (The client's segment carried 6 bytes after its options.)
+            let mut r = b2l(b_isn.wrapping_add(1), isn.wrapping_add(7), TCP_ACK);
+            r.window = 4000;
+            let mut reply = segment(&r, b"HTTP/1.1 200 OK\r\n\r\n");
+            let v = w.process(&mut reply, RxInfo::default(), now + 5, &snap, &AllUp);
+            let Verdict::Forward(f) = v else {
+                panic!("forward expected: {v:?}")
+            };
+            assert_eq!((f.out.src, f.out.dst), (addr(vip), addr(client)));
+            let ((seq, ack, _, win, _), ok) = tcp_of(&reply);
+            assert!(ok, "checksum after translation");
+            assert_eq!(
+                (seq, ack, win),
+                (cookie.wrapping_add(1), isn.wrapping_add(7), 1000)
+            );
+
+            // Sequence tracking follows the backend's side of the
+            // translation: blind resets from either side are dropped, and
+            // the session's own FINs close it.
+            use crate::conntrack::TcpState;
+            const TCP_FIN: u8 = 0x01;
+            let state = |w: &Worker| w.sessions.iter().next().and_then(|(_, s)| s.tcp_state());
+            let blind_c = c2b(isn.wrapping_add(0x4000_0000), 0, TCP_RST);
+            let blind_b = b2l(b_isn.wrapping_add(0x4000_0000), 0, TCP_RST);
+            for blind in [blind_c, blind_b] {
+                let mut rst = segment(&blind, b"");
+                let v = w.process(&mut rst, RxInfo::default(), now + 6, &snap, &AllUp);
+                assert!(matches!(v, Verdict::Drop(Reason::TcpOutOfWindow)), "{v:?}");
+            }
+            assert_eq!(state(&w), Some(TcpState::Established));
+            let mut fin = segment(
+                &c2b(
+                    isn.wrapping_add(7),
+                    cookie.wrapping_add(20),
+                    TCP_FIN | TCP_ACK,
+                ),
+                b"",
+            );
+            let v = w.process(&mut fin, RxInfo::default(), now + 7, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            assert_eq!(state(&w), Some(TcpState::FinWait));
+            let mut fin = segment(
+                &b2l(
+                    b_isn.wrapping_add(20),
+                    isn.wrapping_add(8),
+                    TCP_FIN | TCP_ACK,
+                ),
+                b"",
+            );
+            let v = w.process(&mut fin, RxInfo::default(), now + 8, &snap, &AllUp);
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+            assert_eq!(state(&w), Some(TcpState::Closed));
+        }
+    }
+
+    fn fmt_ep(a: &str, port: u16) -> String {
+        match addr(a) {
+            IpAddr::V4(a) => format!("{a}:{port}"),
+            IpAddr::V6(a) => format!("[{a}]:{port}"),
+        }
+    }
+
+    /// Under "auto" the proxy engages at the threshold of half-open
+    /// sessions and disengages below half of it; "off" never answers
+    /// with a cookie and takes no ACK for one.
+    #[test]
+    fn an_auto_syn_proxy_engages_above_its_threshold() {
+        let snap = Snapshot::compile(proxy_config(SynProxyMode::Auto, 4), 1);
+        let mut w = Worker::new(0, 1, 64, 64);
+        let syn_from = |i: u16| {
+            let src = format!("198.18.0.{}", i + 100);
+            segment(
+                &seg(&src, "198.18.0.10", (1000 + i, 80), 7, 0, TCP_SYN),
+                b"",
+            )
+        };
+        let mut kinds = Vec::new();
+        for i in 0..6u16 {
+            let v = w.process(
+                &mut syn_from(i),
+                RxInfo::default(),
+                secs(1.0),
+                &snap,
+                &AllUp,
+            );
+            assert!(!v.is_drop(), "{v:?}");
+            kinds.push(matches!(v, Verdict::Send(_)));
+        }
+        // Four sessions, then cookies.
+        assert_eq!(kinds, [false, false, false, false, true, true]);
+        assert_eq!(w.sessions.half_open(), 4);
+        // The handshake timeout is 5 s: at 6.5 s all four are gone, the
+        // proxy disengages and the next SYN opens a session again.
+        w.housekeep(secs(6.5), &snap);
+        let v = w.process(
+            &mut syn_from(9),
+            RxInfo::default(),
+            secs(6.5),
+            &snap,
+            &AllUp,
+        );
+        assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+
+        // Off: no cookie, and an ACK with one finds no session.
+        let snap_off = Snapshot::compile(proxy_config(SynProxyMode::Off, 4), 2);
+        let mut w = Worker::new(0, 1, 8, 8);
+        for i in 0..8u16 {
+            let v = w.process(
+                &mut syn_from(i),
+                RxInfo::default(),
+                secs(1.0),
+                &snap_off,
+                &AllUp,
+            );
+            assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+        }
+        assert_eq!(w.stats.syn_cookies_sent, 0);
+        let mut on = Worker::new(0, 1, 8, 8);
+        let snap_on = Snapshot::compile(proxy_config(SynProxyMode::On, 4), 3);
+        on.process(
+            &mut syn_from(20),
+            RxInfo::default(),
+            secs(1.0),
+            &snap_on,
+            &AllUp,
+        );
+        let ((cookie, _, _, _, _), _) = tcp_of(on.built(0));
+        let mut ack = segment(
+            &seg(
+                "198.18.0.120",
+                "198.18.0.10",
+                (1020, 80),
+                8,
+                cookie.wrapping_add(1),
+                TCP_ACK,
+            ),
+            b"",
+        );
+        let mut ack2 = ack.clone();
+        let v = w.process(&mut ack, RxInfo::default(), secs(1.0), &snap_off, &AllUp);
+        assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+        let v = on.process(&mut ack2, RxInfo::default(), secs(1.0), &snap_on, &AllUp);
+        assert!(matches!(v, Verdict::Send(_)), "{v:?}");
     }
 
     /// A burst gives the verdicts, the rewritten frames and the counters
@@ -2116,7 +3416,16 @@ mod tests {
         let at = p.l4_offset + 16;
         frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
         assert!(!packet::verify_l4_checksum(&frame, &p));
-        let v = w.process(&mut frame, RxInfo { csum_partial: true }, 0, &snap, &AllUp);
+        let v = w.process(
+            &mut frame,
+            RxInfo {
+                csum_partial: true,
+                ..RxInfo::default()
+            },
+            0,
+            &snap,
+            &AllUp,
+        );
         assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
         let p = packet::parse(&frame).expect("valid");
         assert!(packet::verify_l4_checksum(&frame, &p), "checksum completed");
@@ -2321,5 +3630,364 @@ mod tests {
             q.to_string(),
             "tcp [2001:db8:19:1::11]:80 > [2001:db8:19:1::250]:1025"
         );
+    }
+
+    /// [`config`] with the backend subnet on a second port ("int") and
+    /// both ports under `check`; port "ext" has VLAN `ext_vlan`.
+    fn two_ports(check: SourceCheck, ext_vlan: Option<u16>) -> Snapshot {
+        let mut cfg = config();
+        let int = cfg.ports[0].addresses.pop().expect("the backend subnet");
+        cfg.ports[0].source_check = check;
+        cfg.ports[0].vlan = ext_vlan;
+        cfg.ports.push(Port {
+            name: "int".into(),
+            interface: Some("lb-int".into()),
+            dpdk_port: None,
+            addresses: vec![int],
+            source_check: check,
+            vlan: None,
+            max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        });
+        Snapshot::compile(cfg, 1)
+    }
+
+    fn on(port: u32) -> RxInfo {
+        RxInfo {
+            port: Some(port),
+            ..RxInfo::default()
+        }
+    }
+
+    /// `frame` with its outer EtherType replaced by a tag (TPID `tpid`,
+    /// VLAN `vid`) in front of it.
+    fn tag(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
+        let mut f = frame[..12].to_vec();
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+        f.extend_from_slice(&frame[12..]);
+        f
+    }
+
+    #[test]
+    fn sources_must_route_back_through_their_port() {
+        // A backend-subnet source from the client link, the client from
+        // the client link, and a source no route covers.
+        let spoofed = || tcp_frame("198.19.1.12", "198.18.0.10", 40000, 80, TCP_SYN);
+        let client = || tcp_frame("198.18.0.2", "198.18.0.10", 40001, 80, TCP_SYN);
+        let unrouted = || tcp_frame("198.18.77.7", "198.18.0.10", 40002, 80, TCP_SYN);
+        let verdict = |check, mut f: Vec<u8>, port| {
+            let snap = two_ports(check, None);
+            let mut w = Worker::new(0, 1, 1024, 1024);
+            let v = w.process(&mut f, on(port), 0, &snap, &AllUp);
+            (v, w.stats)
+        };
+        let (v, stats) = verdict(SourceCheck::Strict, spoofed(), 0);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        assert_eq!(stats.drops[DropKind::SpoofedSource as usize], 1);
+        assert_eq!(stats.port_drops[0].spoofed_source, 1);
+        assert_eq!(stats.port_drops[1], PortDrops::default());
+        let snap = two_ports(SourceCheck::Strict, None);
+        assert_eq!(
+            snap.describe(&Reason::SpoofedSource { port: 0 }),
+            "spoofed_source on port ext (source_check strict)"
+        );
+        // The same source from the port it routes through passes.
+        assert!(!verdict(SourceCheck::Strict, spoofed(), 1).0.is_drop());
+        assert!(!verdict(SourceCheck::Strict, client(), 0).0.is_drop());
+        assert!(verdict(SourceCheck::Strict, client(), 1).0.is_drop());
+        assert!(verdict(SourceCheck::Strict, unrouted(), 0).0.is_drop());
+        // Loose: routable through some port.
+        assert!(!verdict(SourceCheck::Loose, spoofed(), 0).0.is_drop());
+        let (v, _) = verdict(SourceCheck::Loose, unrouted(), 0);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        // Off: anything.
+        assert!(!verdict(SourceCheck::Off, unrouted(), 0).0.is_drop());
+        // Unknown port (a caller without ports): no check.
+        let snap = two_ports(SourceCheck::Strict, None);
+        let mut w = Worker::new(0, 1, 1024, 1024);
+        let v = w.process(&mut spoofed(), RxInfo::default(), 0, &snap, &AllUp);
+        assert!(!v.is_drop(), "{v:?}");
+    }
+
+    #[test]
+    fn session_packets_from_another_link_are_dropped() {
+        let snap = two_ports(SourceCheck::Strict, None);
+        let mut w = Worker::new(0, 1, 1024, 1024);
+        let mut f = tcp_frame("198.18.0.2", "198.18.0.10", 40000, 80, TCP_SYN);
+        let Verdict::Forward(fwd) = w.process(&mut f, on(0), 0, &snap, &AllUp) else {
+            panic!("the SYN is forwarded");
+        };
+        assert_eq!(fwd.hop.port, 1);
+        let out = fwd.out;
+        let reply = || {
+            tcp_frame(
+                "198.19.1.11",
+                "198.19.1.250",
+                out.dport,
+                out.sport,
+                TCP_SYN | TCP_ACK,
+            )
+        };
+        let ack = || tcp_frame("198.18.0.2", "198.18.0.10", 40000, 80, TCP_ACK);
+        // The reply from the backend link, then the client's ACK.
+        assert!(!w.process(&mut reply(), on(1), 1, &snap, &AllUp).is_drop());
+        assert!(!w.process(&mut ack(), on(0), 2, &snap, &AllUp).is_drop());
+        // The client's 5-tuple injected from the backend link, the
+        // backend's from the client link: both dropped, the session lives.
+        let v = w.process(&mut ack(), on(1), 3, &snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 1 })),
+            "{v:?}"
+        );
+        let v = w.process(&mut reply(), on(0), 4, &snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        assert!(!w.process(&mut ack(), on(0), 5, &snap, &AllUp).is_drop());
+        assert!(!w.process(&mut reply(), on(1), 6, &snap, &AllUp).is_drop());
+        assert_eq!(w.stats.port_drops[0].spoofed_source, 1);
+        assert_eq!(w.stats.port_drops[1].spoofed_source, 1);
+        // Under a new configuration the check runs again (routes may have
+        // moved): with both ports loose, either link is accepted.
+        let loose = two_ports(SourceCheck::Loose, None);
+        let loose = Snapshot::compile(loose.cfg.clone(), 2);
+        w.housekeep(7, &loose);
+        assert!(!w.process(&mut ack(), on(1), 7, &loose, &AllUp).is_drop());
+    }
+
+    #[test]
+    fn tagged_frames_pass_only_on_their_vlan() {
+        let syn = || tcp_frame("198.18.0.2", "198.18.0.10", 40000, 80, TCP_SYN);
+        let run = |vlan: Option<u16>, mut f: Vec<u8>| {
+            let snap = two_ports(SourceCheck::Strict, vlan);
+            let mut w = Worker::new(0, 1, 1024, 1024);
+            let v = w.process(&mut f, on(0), 0, &snap, &AllUp);
+            (v, w.stats)
+        };
+        let mismatch = |v: Verdict| matches!(v, Verdict::Drop(Reason::VlanMismatch { port: 0 }));
+        // An untagged port: no tag of any kind, QinQ included.
+        let (v, stats) = run(None, tag(&syn(), 0x8100, 100));
+        assert!(mismatch(v), "{v:?}");
+        assert_eq!(stats.drops[DropKind::VlanMismatch as usize], 1);
+        assert_eq!(stats.port_drops[0].vlan_mismatch, 1);
+        assert!(mismatch(run(None, tag(&syn(), 0x88a8, 100)).0));
+        assert!(mismatch(run(None, tag(&syn(), 0x8100, 0)).0));
+        let qinq = tag(&tag(&syn(), 0x8100, 100), 0x88a8, 7);
+        assert!(mismatch(run(None, qinq.clone()).0));
+        assert!(!run(None, syn()).0.is_drop());
+        // A port with vlan = 100: its tag only, once.
+        assert!(!run(Some(100), tag(&syn(), 0x8100, 100)).0.is_drop());
+        assert!(!run(Some(100), tag(&syn(), 0x8100, 0x6064)).0.is_drop());
+        assert!(mismatch(run(Some(100), syn()).0));
+        assert!(mismatch(run(Some(100), tag(&syn(), 0x8100, 200)).0));
+        assert!(mismatch(run(Some(100), tag(&syn(), 0x88a8, 100)).0));
+        assert!(mismatch(run(Some(100), qinq).0));
+        let inner_q = tag(&tag(&syn(), 0x8100, 5), 0x8100, 100);
+        assert!(mismatch(run(Some(100), inner_q).0));
+        // ARP too.
+        let arp = crate::packet::build_arp_request(
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            "198.18.0.2".parse().expect("address"),
+            "198.18.0.1".parse().expect("address"),
+            None,
+        );
+        assert!(matches!(
+            run(None, arp.clone()).0,
+            Verdict::Local(LocalKind::Arp)
+        ));
+        assert!(mismatch(run(Some(100), arp.clone()).0));
+        let tagged_arp = tag(&arp, 0x8100, 100);
+        assert!(matches!(
+            run(Some(100), tagged_arp).0,
+            Verdict::Local(LocalKind::Arp)
+        ));
+        let snap = two_ports(SourceCheck::Strict, Some(100));
+        assert_eq!(
+            snap.describe(&Reason::VlanMismatch { port: 0 }),
+            "vlan_mismatch on port ext (vlan 100)"
+        );
+        assert_eq!(
+            snap.describe(&Reason::VlanMismatch { port: 1 }),
+            "vlan_mismatch on port int (untagged)"
+        );
+    }
+
+    #[test]
+    fn neighbour_discovery_is_not_source_checked() {
+        let snap = two_ports(SourceCheck::Strict, None);
+        let mut w = Worker::new(0, 1, 1024, 1024);
+        // A neighbour solicitation from a link-local address (no route).
+        let mut ns = build_frame(&FrameSpec {
+            src: addr("fe80::1"),
+            dst: addr("ff02::1:ff00:1"),
+            proto: proto::ICMPV6,
+            icmp: Some((135, 0)),
+            ttl: 255,
+            payload: vec![0; 20],
+            ..FrameSpec::default()
+        });
+        let v = w.process(&mut ns, on(0), 0, &snap, &AllUp);
+        assert!(matches!(v, Verdict::Local(LocalKind::Neighbor)), "{v:?}");
+        // Other link-scoped traffic (a multicast listener report) is not
+        // a spoof; a link-local source toward a global address is.
+        let udp = |src: &str, dst: &str| {
+            build_frame(&FrameSpec {
+                src: addr(src),
+                dst: addr(dst),
+                proto: proto::UDP,
+                sport: 5353,
+                dport: 5353,
+                ttl: 1,
+                ..FrameSpec::default()
+            })
+        };
+        for (src, dst) in [
+            ("fe80::1", "ff02::16"),
+            ("::", "ff02::fb"),
+            ("fe80::1", "fe80::2"),
+        ] {
+            let v = w.process(&mut udp(src, dst), on(0), 0, &snap, &AllUp);
+            assert!(
+                !matches!(v, Verdict::Drop(Reason::SpoofedSource { .. })),
+                "{src} > {dst}: {v:?}"
+            );
+        }
+        let v = w.process(
+            &mut udp("fe80::1", "2001:db8:19:1::11"),
+            on(0),
+            0,
+            &snap,
+            &AllUp,
+        );
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        let v = w.process(&mut udp("fe80::1", "ff05::2"), on(0), 0, &snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+        // An echo request to our address from a spoofed source is dropped.
+        let mut ping = build_frame(&FrameSpec {
+            src: addr("198.19.1.12"),
+            dst: addr("198.18.0.1"),
+            proto: proto::ICMP,
+            icmp: Some((8, 0)),
+            ttl: 64,
+            ..FrameSpec::default()
+        });
+        let v = w.process(&mut ping, on(0), 0, &snap, &AllUp);
+        assert!(
+            matches!(v, Verdict::Drop(Reason::SpoofedSource { port: 0 })),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn segments_without_a_session_are_answered_with_a_rate_limited_rst() {
+        let mut cfg = config();
+        cfg.dataplane.reset_unknown_rate = 10;
+        let snap = Snapshot::compile(cfg.clone(), 1);
+        let mut w = Worker::new(0, 1, 16, 16);
+        let ack = |flags| tcp_frame_with("198.18.0.2", "198.18.0.10", 40000, 80, flags, b"data");
+        let kind = |w: &mut Worker, flags, now| match w.process(
+            &mut ack(flags),
+            RxInfo::default(),
+            now,
+            &snap,
+            &AllUp,
+        ) {
+            Verdict::Drop(r) => r,
+            v => panic!("dropped expected: {v:?}"),
+        };
+        let t0 = 5 * NANOS_PER_SEC;
+        // Ten a second: a burst of ten, then one per 100 ms.
+        for _ in 0..10 {
+            assert_eq!(kind(&mut w, TCP_ACK, t0), Reason::NoSessionReset);
+        }
+        assert_eq!(kind(&mut w, TCP_ACK, t0), Reason::NoSession);
+        assert_eq!(
+            kind(&mut w, TCP_ACK, t0 + NANOS_PER_SEC / 10),
+            Reason::NoSessionReset
+        );
+        assert_eq!(
+            kind(&mut w, TCP_ACK, t0 + NANOS_PER_SEC / 10),
+            Reason::NoSession
+        );
+        // Never a RST for a RST.
+        assert_eq!(
+            kind(&mut w, TCP_RST, t0 + 9 * NANOS_PER_SEC),
+            Reason::NoSession
+        );
+        assert_eq!(
+            w.stats.drops[DropKind::NoSessionReset as usize],
+            11,
+            "counted"
+        );
+        // Off: only dropped.
+        cfg.dataplane.reset_unknown = false;
+        let off = Snapshot::compile(cfg, 2);
+        let v = w.process(
+            &mut ack(TCP_ACK),
+            RxInfo::default(),
+            20 * NANOS_PER_SEC,
+            &off,
+            &AllUp,
+        );
+        assert!(matches!(v, Verdict::Drop(Reason::NoSession)), "{v:?}");
+    }
+
+    #[test]
+    fn the_rst_follows_rfc_9293() {
+        let my_mac = MacAddr([2, 0, 0, 0, 0, 9]);
+        // The answer to a segment: its flow, flags, seq and ack, and MACs.
+        let answer = |spec: FrameSpec| {
+            let f = build_frame(&FrameSpec {
+                sport: 40000,
+                dport: 80,
+                payload: vec![1; 5],
+                ..spec
+            });
+            let p = packet::parse(&f).expect("parse");
+            let rst = packet::build_tcp_reset(&f, &p, my_mac).expect("a RST");
+            let q = packet::parse(&rst).expect("parse");
+            assert!(packet::verify_l4_checksum(&rst, &q));
+            let seg = packet::TcpPacket::new_checked(&rst[q.l4_offset..]).expect("tcp");
+            let fields = (seg.flags().0, seg.seq_number(), seg.ack_number());
+            (packet::format_flow(&q), fields, rst[0..12].to_vec())
+        };
+        // With ACK set: <SEQ=SEG.ACK><CTL=RST>.
+        let (flow, fields, macs) = answer(FrameSpec {
+            src: addr("198.18.0.2"),
+            dst: addr("198.18.0.10"),
+            tcp_flags: TCP_ACK,
+            tcp_seq: 111,
+            tcp_ack: 222,
+            ..FrameSpec::default()
+        });
+        assert_eq!(flow, "tcp 198.18.0.10:80 > 198.18.0.2:40000");
+        assert_eq!(fields, (TCP_RST, 222, 0));
+        assert_eq!(macs, [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 9]);
+        // Without ACK (a FIN and 5 bytes): <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
+        let (_, fields, _) = answer(FrameSpec {
+            src: addr("2001:db8:18::2"),
+            dst: addr("2001:db8:18::10"),
+            tcp_flags: 0x01,
+            tcp_seq: u32::MAX - 2,
+            ..FrameSpec::default()
+        });
+        assert_eq!(fields, (TCP_RST | TCP_ACK, 0, 3));
+        // A RST is never answered.
+        let f = tcp_frame_with("198.18.0.2", "198.18.0.10", 1, 80, TCP_RST, b"");
+        let p = packet::parse(&f).expect("parse");
+        assert!(packet::build_tcp_reset(&f, &p, my_mac).is_none());
     }
 }

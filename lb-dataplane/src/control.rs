@@ -2,89 +2,323 @@
 //! text endpoint.
 //!
 //! Protocol: a client connects to the Unix socket, writes one command line
-//! (`stats` or `reload`) and reads one JSON document until the server
-//! closes the connection.
+//! (`stats` or `reload`, at most [`MAX_COMMAND`] bytes, within
+//! [`COMMAND_TIMEOUT`]) and reads one JSON document until the server
+//! closes the connection. A refused command gets `{"ok": false, "error":
+//! "..."}`; a rejected reload `{"ok": false, "errors": "..."}`.
+//!
+//! Each command needs a level ([`Level`]), which the client gets from its
+//! peer credentials ([`crate::access`]). Each client is served on a thread
+//! of its own, at most [`MAX_CLIENTS_PER_LEVEL`] per level at a time;
+//! reloads compile on the reload thread ([`crate::reloader`]), so `stats`
+//! answers while a reload compiles.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use lb_core::pipeline::DropKind;
 use serde_json::{json, Value};
 
+use crate::access::{Access, Level, Peer};
+use crate::conn::{ReadError, Slot, Slots};
 use crate::daemon::Shared;
+use crate::reloader::{Outcome, Reloader};
+use crate::sockfile::SocketFile;
 
 /// Where `lbd` listens and `lbctl` connects when `--control` is not given.
 pub const DEFAULT_CONTROL: &str = "/run/lbd.sock";
 
-/// Serves the control socket until `shared.stop` is set.
-pub fn serve(shared: Arc<Shared>, path: &Path) -> Result<std::thread::JoinHandle<()>> {
-    if path.exists() {
-        // A stale socket of a previous run; a live one would answer.
-        if UnixStream::connect(path).is_ok() {
-            anyhow::bail!("{} is in use by a running lbd", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+/// The longest command line the control socket reads.
+pub const MAX_COMMAND: usize = 64 * 1024;
+
+/// How long a control client has to send its command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a control client or a metrics client has to take its reply.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Control clients served at once, per level: read-only clients cannot
+/// crowd out an administrator.
+pub const MAX_CLIENTS_PER_LEVEL: usize = 8;
+
+/// A command of the control protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Every counter (read-only).
+    Stats,
+    /// Re-read the configuration file (changes the running state).
+    Reload,
+}
+
+impl Command {
+    /// Every command, for messages.
+    pub const ALL: [Command; 2] = [Command::Stats, Command::Reload];
+
+    /// Parses one command line (surrounding white space ignored).
+    pub fn parse(line: &[u8]) -> std::result::Result<Command, String> {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return Err("the command is not UTF-8".into());
+        };
+        let word = text.trim();
+        Command::ALL
+            .into_iter()
+            .find(|c| c.name() == word)
+            .ok_or_else(|| {
+                let shown: String = word.chars().take(64).collect();
+                let more = if shown.len() < word.len() { "..." } else { "" };
+                format!(
+                    "unknown command {shown:?}{more}: the commands are {}",
+                    Command::ALL.map(Command::name).join(", ")
+                )
+            })
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    listener.set_nonblocking(true)?;
-    let path = path.to_path_buf();
-    let h = std::thread::Builder::new()
-        .name("lbd-control".into())
-        .spawn(move || {
-            while !shared.stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        if let Err(e) = handle(&shared, stream) {
-                            tracing::debug!("control client: {e}");
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Stats => "stats",
+            Command::Reload => "reload",
+        }
+    }
+
+    /// The level a client needs for this command.
+    pub fn level(self) -> Level {
+        match self {
+            Command::Stats => Level::User,
+            Command::Reload => Level::Admin,
+        }
+    }
+}
+
+/// The control socket, bound (so a second `lbd` on the same path is
+/// refused before it opens any port) and not yet served.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: UnixListener,
+    file: SocketFile,
+    access: Access,
+}
+
+impl ControlSocket {
+    /// Creates the socket at `path`: mode 0600, or 0660 and the control
+    /// group when `access` has one, whatever the umask. Refuses a path in
+    /// use by a running `lbd`, and anything at `path` but a stale socket.
+    pub fn bind(path: &Path, access: Access) -> Result<ControlSocket> {
+        let mode = if access.group.is_some() { 0o660 } else { 0o600 };
+        let (listener, file) = crate::sockfile::bind(path, mode, access.group)?;
+        listener
+            .set_nonblocking(true)
+            .context("setting up the control socket")?;
+        Ok(ControlSocket {
+            listener,
+            file,
+            access,
+        })
+    }
+
+    /// Serves the socket until `shared.stop` is set, then removes it.
+    pub fn serve(
+        self,
+        shared: Arc<Shared>,
+        reloader: Arc<Reloader>,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        let h = std::thread::Builder::new()
+            .name("lbd-control".into())
+            .spawn(move || {
+                let ControlSocket {
+                    listener,
+                    file,
+                    access,
+                } = self;
+                // By level: [user, admin].
+                let slots = [
+                    Slots::new(MAX_CLIENTS_PER_LEVEL),
+                    Slots::new(MAX_CLIENTS_PER_LEVEL),
+                ];
+                while !shared.stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => admit(&shared, &reloader, &access, &slots, stream),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => {
+                            tracing::warn!("control socket: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => {
-                        tracing::warn!("control socket: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
                 }
+                drop(file);
+            })?;
+        Ok(h)
+    }
+}
+
+/// Checks a new client's credentials and hands it to a thread of its own,
+/// or refuses it. Never blocks the accepting thread.
+fn admit(
+    shared: &Arc<Shared>,
+    reloader: &Arc<Reloader>,
+    access: &Access,
+    slots: &[Arc<Slots>; 2],
+    stream: UnixStream,
+) {
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
+    let peer = match crate::access::peer(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!("control client without credentials: {e}");
+            return;
+        }
+    };
+    let Some(level) = access.level(&peer) else {
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "control client refused: neither root, lbd's user nor in the control group"
+        );
+        refuse(
+            stream,
+            &format!(
+                "permission denied: uid {} may not use this control socket (root, lbd's user and the control group may)",
+                peer.uid
+            ),
+        );
+        return;
+    };
+    let Some(slot) = slots[usize::from(level == Level::Admin)].take() else {
+        refuse(
+            stream,
+            &format!(
+                "too many control clients at the {} level (at most {MAX_CLIENTS_PER_LEVEL} at a time): try again",
+                level.as_str()
+            ),
+        );
+        return;
+    };
+    let (shared, reloader) = (shared.clone(), reloader.clone());
+    let spawned = std::thread::Builder::new()
+        .name("lbd-control-client".into())
+        .spawn(move || {
+            if let Err(e) = handle(&shared, &reloader, stream, &peer, level, slot) {
+                tracing::debug!("control client: {e}");
             }
-            let _ = std::fs::remove_file(&path);
-        })?;
-    Ok(h)
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("control client dropped: no thread for it ({e})");
+    }
 }
 
-fn handle(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let reply = respond(shared, &line);
+/// A refusal written without waiting on the client (what it already sent
+/// is dropped first, so that the close does not reset the connection).
+fn refuse(stream: UnixStream, why: &str) {
     let mut stream = stream;
-    stream.write_all(reply.to_string().as_bytes())?;
-    stream.write_all(b"\n")?;
-    Ok(())
+    if stream.set_nonblocking(true).is_ok() {
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+    let text = format!("{}\n", json!({"ok": false, "error": why}));
+    let _ = stream.write(text.as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-/// The reply to one command line (its trailing newline included or not).
-pub fn respond(shared: &Arc<Shared>, line: &str) -> Value {
-    match line.trim() {
-        "stats" => stats(shared),
-        "reload" => match shared.reload() {
+fn handle(
+    shared: &Arc<Shared>,
+    reloader: &Reloader,
+    mut stream: UnixStream,
+    peer: &Peer,
+    level: Level,
+    _slot: Slot,
+) -> Result<()> {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let line = match crate::conn::read_request(
+        &mut stream,
+        deadline,
+        MAX_COMMAND,
+        crate::conn::line_end,
+    ) {
+        Ok(line) => line,
+        // A last line without its newline still counts.
+        Err(ReadError::Closed(partial)) if !partial.is_empty() => partial,
+        Err(ReadError::Closed(_)) => return Ok(()),
+        Err(ReadError::TooLong) => {
+            let why = format!("command too long: at most {MAX_COMMAND} bytes, then a newline");
+            return refuse_after_reading(stream, &why);
+        }
+        Err(ReadError::TimedOut) => {
+            let why = format!("no command within {} s", COMMAND_TIMEOUT.as_secs());
+            return refuse_after_reading(stream, &why);
+        }
+        Err(ReadError::Io(kind)) => anyhow::bail!("reading a command: {kind}"),
+    };
+    let answer = answer(shared, &|| reloader.reload(), &line, peer, level);
+    reply(stream, &answer)
+}
+
+/// The answer to one command line (its newline included or not) from a
+/// client with `peer`'s credentials at `level`; `reload` reloads the
+/// configuration and waits for the outcome.
+pub fn answer(
+    shared: &Shared,
+    reload: &dyn Fn() -> Outcome,
+    line: &[u8],
+    peer: &Peer,
+    level: Level,
+) -> Value {
+    match Command::parse(line) {
+        Err(e) => json!({"ok": false, "error": e}),
+        Ok(cmd) if cmd.level() > level => {
+            tracing::info!(
+                uid = peer.uid,
+                pid = peer.pid,
+                command = cmd.name(),
+                "control command refused"
+            );
+            json!({"ok": false, "error": format!(
+                "permission denied: {} needs the {} level; uid {} has the {} level{}",
+                cmd.name(),
+                cmd.level().as_str(),
+                peer.uid,
+                level.as_str(),
+                if level == Level::User { " (read-only)" } else { "" },
+            )})
+        }
+        Ok(Command::Stats) => stats(shared),
+        Ok(Command::Reload) => match reload() {
             Ok(generation) => json!({"ok": true, "generation": generation}),
             Err(errors) => json!({"ok": false, "errors": errors}),
         },
-        other => json!({"ok": false, "errors": format!("unknown command {other:?}")}),
     }
 }
 
-/// Sends one command to a running `lbd` and returns its JSON reply.
+/// A refusal to a client that may still be sending.
+fn refuse_after_reading(mut stream: UnixStream, why: &str) -> Result<()> {
+    let text = format!("{}\n", json!({"ok": false, "error": why}));
+    crate::conn::write_by(&mut stream, text.as_bytes(), Instant::now() + WRITE_TIMEOUT)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    crate::conn::linger(&mut stream, Duration::from_millis(200), MAX_COMMAND);
+    Ok(())
+}
+
+fn reply(mut stream: UnixStream, v: &Value) -> Result<()> {
+    let text = format!("{v}\n");
+    crate::conn::write_by(&mut stream, text.as_bytes(), Instant::now() + WRITE_TIMEOUT)?;
+    Ok(())
+}
+
+/// Sends one command to a running `lbd` and returns its JSON reply; a
+/// command `lbd` refused (permission, unknown, too long) is an error.
 pub fn request(path: &Path, command: &str) -> Result<Value> {
     let mut s = UnixStream::connect(path).with_context(|| {
         format!(
@@ -92,12 +326,30 @@ pub fn request(path: &Path, command: &str) -> Result<Value> {
             path.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(command.as_bytes())?;
-    s.write_all(b"\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    serde_json::from_str(&text).context("reading lbd's reply")
+    // A reload compiles the whole configuration first.
+    let wait = if command == Command::Reload.name() {
+        600
+    } else {
+        30
+    };
+    s.set_read_timeout(Some(Duration::from_secs(wait)))?;
+    // lbd may refuse before it reads the command (a client it does not
+    // serve): then its reply is there to read even though the write failed.
+    let sent = s.write_all(format!("{command}\n").as_bytes());
+    let mut text = Vec::new();
+    match s.read_to_end(&mut text) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !text.is_empty() => {}
+        Err(e) => return Err(e).context("reading lbd's reply"),
+    }
+    if text.is_empty() {
+        sent.context("sending the command")?;
+    }
+    let v: Value = serde_json::from_slice(&text).context("reading lbd's reply")?;
+    if let Some(e) = v["error"].as_str() {
+        anyhow::bail!("lbd refused {command}: {e}");
+    }
+    Ok(v)
 }
 
 /// Every counter of the running daemon.
@@ -114,7 +366,12 @@ pub fn stats(shared: &Shared) -> Value {
     let mut ports = Vec::new();
     for (pi, p) in cfg.ports.iter().enumerate() {
         let mut t = crate::io::IoStats::default();
+        let mut d = lb_core::pipeline::PortDrops::default();
         for r in &reports {
+            if let Some(c) = r.core.as_ref().and_then(|c| c.port_drops.get(pi)) {
+                d.spoofed_source += c.spoofed_source;
+                d.vlan_mismatch += c.vlan_mismatch;
+            }
             if let Some(s) = r.ports.get(pi) {
                 t.rx_packets += s.rx_packets;
                 t.rx_bytes += s.rx_bytes;
@@ -128,8 +385,13 @@ pub fn stats(shared: &Shared) -> Value {
             "name": p.name,
             "interface": shared.port_names.get(pi),
             "link": shared.link_status(pi),
+            "mtu": shared.port_mtu.get(pi).map_or(0, |m| m.load(Ordering::Relaxed)),
             "rx_packets": t.rx_packets, "rx_bytes": t.rx_bytes, "rx_dropped": t.rx_dropped,
             "tx_packets": t.tx_packets, "tx_bytes": t.tx_bytes, "tx_dropped": t.tx_dropped,
+            "source_check": p.source_check.as_str(),
+            "vlan": p.vlan,
+            "spoofed_source": d.spoofed_source,
+            "vlan_mismatch": d.vlan_mismatch,
         }));
     }
 
@@ -138,8 +400,15 @@ pub fn stats(shared: &Shared) -> Value {
     let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut servers: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
     let mut workers = Vec::new();
+    let (mut icmp_sent, mut icmp_limited) = (0u64, 0u64);
+    let mut syn_flood: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (i, r) in reports.iter().enumerate() {
+        icmp_sent += r.icmp_errors_sent;
+        icmp_limited += r.icmp_errors_rate_limited;
         let Some(core) = &r.core else { continue };
+        for (k, v) in syn_flood_counters(core, r) {
+            *syn_flood.entry(k).or_default() += v;
+        }
         for k in DropKind::ALL.iter().skip(1) {
             *drops.entry(k.as_str()).or_default() += core.drops[*k as usize];
         }
@@ -185,6 +454,29 @@ pub fn stats(shared: &Shared) -> Value {
             "handoff_out": r.handoff_out,
         }));
     }
+
+    let nc = &shared.neigh.counters;
+    for (name, c) in [
+        ("neighbor_own_address_claim", &nc.own_address_claims),
+        ("neighbor_off_link", &nc.off_link),
+        ("neighbor_unsolicited", &nc.unsolicited),
+        ("neighbor_table_full", &nc.table_full),
+    ] {
+        *drops.entry(name).or_default() += c.load(Ordering::Relaxed);
+    }
+    let neighbor_tables: Vec<Value> = shared
+        .neigh
+        .sizes()
+        .into_iter()
+        .enumerate()
+        .map(|(pi, (entries, limit))| {
+            json!({
+                "port": cfg.ports.get(pi).map(|p| p.name.as_str()),
+                "entries": entries,
+                "limit": limit,
+            })
+        })
+        .collect();
 
     let mut server_list = Vec::new();
     for (gi, g) in cfg.server_groups.iter().enumerate() {
@@ -242,12 +534,65 @@ pub fn stats(shared: &Shared) -> Value {
         "ports": ports,
         "workers": workers,
         "drops": drops,
+        "icmp_errors": {"sent": icmp_sent, "rate_limited": icmp_limited},
         "rules": rules,
         "listeners": listener_list,
         "servers": server_list,
         "neighbors": neighbors,
+        "neighbor_tables": neighbor_tables,
+        "syn_flood": syn_flood,
     })
 }
+
+/// A worker's counters of the SYN-flood defences (`syn_flood` in the
+/// stats), each with its help text in [`SYN_FLOOD_HELP`].
+fn syn_flood_counters(
+    core: &lb_core::pipeline::Stats,
+    r: &crate::daemon::WorkerReport,
+) -> [(&'static str, u64); 6] {
+    [
+        ("half_open", r.half_open as u64),
+        ("early_drops", core.early_drops),
+        ("syn_cookies_sent", core.syn_cookies_sent),
+        ("syn_cookies_valid", core.syn_cookies_valid),
+        ("syn_cookies_invalid", core.syn_cookies_invalid),
+        ("syn_proxy_engaged", r.syn_proxy_engaged as u64),
+    ]
+}
+
+/// The `syn_flood` counters: name, Prometheus type, help.
+const SYN_FLOOD_HELP: &[(&str, &str, &str)] = &[
+    (
+        "half_open",
+        "gauge",
+        "Half-open TCP sessions (handshake begun, not completed).",
+    ),
+    (
+        "early_drops",
+        "counter",
+        "Half-open sessions dropped to make room for a new one (full session table or no local port left).",
+    ),
+    (
+        "syn_cookies_sent",
+        "counter",
+        "SYN-ACKs with a SYN cookie sent by the SYN proxy.",
+    ),
+    (
+        "syn_cookies_valid",
+        "counter",
+        "ACKs with a valid SYN cookie (connections the SYN proxy opened).",
+    ),
+    (
+        "syn_cookies_invalid",
+        "counter",
+        "ACKs without a session to a SYN-proxy listener whose cookie was wrong or too old.",
+    ),
+    (
+        "syn_proxy_engaged",
+        "gauge",
+        "Workers with an \"auto\" SYN proxy engaged on some listener.",
+    ),
+];
 
 /// The same counters in the Prometheus text format.
 pub fn prometheus(shared: &Shared) -> String {
@@ -279,6 +624,14 @@ pub fn prometheus(shared: &Shared) -> String {
         ("tx_packets", "Frames sent per port."),
         ("tx_bytes", "Bytes sent per port."),
         ("tx_dropped", "Frames that could not be sent."),
+        (
+            "spoofed_source",
+            "Packets dropped because their source fails the port's source_check.",
+        ),
+        (
+            "vlan_mismatch",
+            "Frames dropped because their VLAN tagging does not fit the port.",
+        ),
     ] {
         metric(
             &format!("port_{field}_total"),
@@ -287,6 +640,48 @@ pub fn prometheus(shared: &Shared) -> String {
             ports
                 .iter()
                 .map(|p| (format!("{{port=\"{}\"}}", esc(&p["name"])), num(&p[field])))
+                .collect(),
+        );
+    }
+    metric(
+        "port_mtu",
+        "The MTU of each port's link, as last read (0: unknown).",
+        "gauge",
+        ports
+            .iter()
+            .map(|p| (format!("{{port=\"{}\"}}", esc(&p["name"])), num(&p["mtu"])))
+            .collect(),
+    );
+    metric(
+        "icmp_errors_sent_total",
+        "ICMP errors sent for dropped packets (time exceeded, fragmentation needed, packet too big).",
+        "counter",
+        vec![(String::new(), num(&s["icmp_errors"]["sent"]))],
+    );
+    metric(
+        "icmp_errors_rate_limited_total",
+        "ICMP errors not sent because of the rate limit.",
+        "counter",
+        vec![(String::new(), num(&s["icmp_errors"]["rate_limited"]))],
+    );
+    let tables = s["neighbor_tables"].as_array().cloned().unwrap_or_default();
+    for (field, help) in [
+        (
+            "entries",
+            "Neighbour entries per port (resolved or being resolved).",
+        ),
+        (
+            "limit",
+            "The most neighbour entries per port (max_neighbors).",
+        ),
+    ] {
+        metric(
+            &format!("neighbor_{field}"),
+            help,
+            "gauge",
+            tables
+                .iter()
+                .map(|t| (format!("{{port=\"{}\"}}", esc(&t["port"])), num(&t[field])))
                 .collect(),
         );
     }
@@ -375,6 +770,15 @@ pub fn prometheus(shared: &Shared) -> String {
             })
             .collect(),
     );
+    for &(name, kind, help) in SYN_FLOOD_HELP {
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        metric(
+            &format!("syn_flood_{name}{suffix}"),
+            help,
+            kind,
+            vec![(String::new(), num(&s["syn_flood"][name]))],
+        );
+    }
     metric(
         "reloads_total",
         "Configuration reloads applied.",
@@ -405,32 +809,62 @@ pub fn prometheus(shared: &Shared) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `addr` until `shared.stop` is set.
-pub fn serve_metrics(shared: Arc<Shared>, addr: &str) -> Result<std::thread::JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+/// Metrics clients served at once.
+pub const METRICS_MAX_CLIENTS: usize = 32;
+
+/// How long a metrics client has to send its request head.
+pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest request head the metrics server reads.
+pub const METRICS_MAX_REQUEST: usize = 8 * 1024;
+
+/// Binds the metrics endpoint (before the ports are opened, so a busy
+/// address fails the start cleanly).
+pub fn bind_metrics(addr: &str) -> Result<TcpListener> {
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?;
     listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` until `shared.stop` is set: each client on a
+/// thread of its own (at most [`METRICS_MAX_CLIENTS`]), with
+/// [`METRICS_REQUEST_TIMEOUT`] to send at most [`METRICS_MAX_REQUEST`]
+/// bytes of request head, so that idle or slow clients never hold up a
+/// scrape.
+pub fn serve_metrics(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+) -> Result<std::thread::JoinHandle<()>> {
     let h = std::thread::Builder::new()
         .name("lbd-metrics".into())
         .spawn(move || {
+            let slots = Slots::new(METRICS_MAX_CLIENTS);
             while !shared.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 2048];
-                        let n = stream.read(&mut buf).unwrap_or(0);
-                        let req = String::from_utf8_lossy(&buf[..n]);
-                        let (status, body) = if req.starts_with("GET /metrics") || req.starts_with("GET / ") {
-                            ("200 OK", prometheus(&shared))
-                        } else {
-                            ("404 Not Found", "not found: try /metrics\n".to_string())
+                    Ok((stream, _)) => {
+                        if stream.set_nonblocking(false).is_err() {
+                            continue;
+                        }
+                        let Some(slot) = slots.take() else {
+                            http_reply(
+                                stream,
+                                "503 Service Unavailable",
+                                "too many metrics clients: try again\n",
+                                Duration::from_millis(100),
+                            );
+                            continue;
                         };
-                        let _ = write!(
-                            stream,
-                            "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
+                        let shared = shared.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("lbd-metrics-client".into())
+                            .spawn(move || {
+                                let _slot = slot;
+                                metrics_client(&shared, stream);
+                            });
+                        if let Err(e) = spawned {
+                            tracing::warn!("metrics client dropped: no thread for it ({e})");
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -440,4 +874,82 @@ pub fn serve_metrics(shared: Arc<Shared>, addr: &str) -> Result<std::thread::Joi
             }
         })?;
     Ok(h)
+}
+
+fn metrics_client(shared: &Shared, mut stream: TcpStream) {
+    let deadline = Instant::now() + METRICS_REQUEST_TIMEOUT;
+    let head = crate::conn::read_request(
+        &mut stream,
+        deadline,
+        METRICS_MAX_REQUEST,
+        crate::conn::http_head_end,
+    );
+    let (status, body) = match head {
+        Ok(head) => {
+            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            let mut words = line.split(|&b| b == b' ');
+            let (method, target) = (words.next(), words.next().unwrap_or_default());
+            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+            if method == Some(&b"GET"[..]) && (path == b"/metrics" || path == b"/") {
+                ("200 OK", prometheus(shared))
+            } else {
+                ("404 Not Found", "not found: try /metrics\n".to_string())
+            }
+        }
+        Err(ReadError::TooLong) => (
+            "431 Request Header Fields Too Large",
+            format!("request head over {METRICS_MAX_REQUEST} bytes\n"),
+        ),
+        Err(ReadError::TimedOut) => ("408 Request Timeout", "no request in time\n".to_string()),
+        Err(_) => return,
+    };
+    let refused = !status.starts_with("200");
+    if let Some(mut stream) = http_reply(stream, status, &body, WRITE_TIMEOUT) {
+        if refused {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            crate::conn::linger(&mut stream, Duration::from_millis(200), METRICS_MAX_REQUEST);
+        }
+    }
+}
+
+/// Writes a whole HTTP/1.0 response within `wait`; the stream back if it
+/// went out.
+fn http_reply(
+    mut stream: TcpStream,
+    status: &str,
+    body: &str,
+    wait: Duration,
+) -> Option<TcpStream> {
+    let text = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    crate::conn::write_by(&mut stream, text.as_bytes(), Instant::now() + wait)
+        .ok()
+        .map(|()| stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_and_their_levels() {
+        assert_eq!(Command::parse(b"stats\n"), Ok(Command::Stats));
+        assert_eq!(Command::parse(b"  reload \r\n"), Ok(Command::Reload));
+        assert_eq!(Command::Stats.level(), Level::User);
+        assert_eq!(Command::Reload.level(), Level::Admin);
+        assert!(Level::User < Level::Admin);
+        let e = Command::parse(b"drop tables\n").expect_err("unknown");
+        assert_eq!(
+            e,
+            "unknown command \"drop tables\": the commands are stats, reload"
+        );
+        let long = Command::parse(&[b'x'; 1000]).expect_err("unknown");
+        assert!(long.len() < 200, "not echoed whole: {long}");
+        assert_eq!(
+            Command::parse(&[0xff, b'\n']),
+            Err("the command is not UTF-8".into())
+        );
+    }
 }

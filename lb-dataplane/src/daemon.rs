@@ -2,7 +2,7 @@
 //! workers and the health checker, reloads the configuration atomically.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use crossbeam::channel::{bounded, Sender};
 use crossbeam::queue::ArrayQueue;
 use lb_core::model::{IdlePolicy, IoBackend};
-use lb_core::pipeline::{owner, Frame, Reason, RxInfo, Snapshot, Stats, Verdict, Worker};
+use lb_core::pipeline::{frame_owner, Frame, Reason, RxInfo, Snapshot, Stats, Verdict, Worker};
 
 use crate::health::HealthTable;
 use crate::io::afpacket::{AfPacket, AfPacketOpts};
@@ -33,6 +33,15 @@ const PENDING_MAX: usize = 256;
 
 /// How long a frame waits for its next hop to be resolved.
 const PENDING_WAIT: Duration = Duration::from_secs(1);
+
+/// ICMP errors (time exceeded, fragmentation needed, packet too big) one
+/// worker sends per second at most, after a burst of [`ICMP_ERROR_BURST`]
+/// (Linux: 1000 a second for the host, bursts of 50).
+const ICMP_ERRORS_PER_SEC: u64 = 200;
+const ICMP_ERROR_BURST: u64 = 50;
+
+/// How often the ports' MTUs are read again.
+const MTU_POLL: Duration = Duration::from_secs(1);
 
 /// The configuration the workers run and the health of its servers,
 /// published together.
@@ -61,6 +70,14 @@ pub struct WorkerReport {
     pub neighbor_unresolved: u64,
     /// The configuration generation the counters refer to.
     pub generation: u64,
+    /// ICMP errors sent back for dropped packets, and those the rate
+    /// limit held back.
+    pub icmp_errors_sent: u64,
+    pub icmp_errors_rate_limited: u64,
+    /// Half-open TCP sessions in the worker's table.
+    pub half_open: usize,
+    /// An "auto" SYN proxy is engaged on some listener.
+    pub syn_proxy_engaged: bool,
 }
 
 #[derive(Debug)]
@@ -88,6 +105,12 @@ pub struct Shared {
     /// The DPDK ports, by index, for their link state; empty with AF_PACKET.
     #[cfg(feature = "dpdk")]
     pub dpdk_ports: Vec<crate::io::dpdk::DpdkPort>,
+    /// Each port's MTU as last read from its link (0: unknown), which the
+    /// workers hold forwarded packets to.
+    pub port_mtu: Vec<AtomicU32>,
+    /// The largest MTU each port can send at (AF_PACKET sizes its send
+    /// buffers at start); `u32::MAX` where there is no such limit.
+    port_mtu_cap: Vec<u32>,
 }
 
 impl Shared {
@@ -134,6 +157,49 @@ impl Shared {
         None
     }
 
+    /// The MTU of port `pi` as its link reports it now: the interface's
+    /// (AF_PACKET, from sysfs) or the device's (DPDK), at most what the
+    /// port can send. `None` if it cannot be read.
+    fn read_port_mtu(&self, pi: usize) -> Option<u32> {
+        #[cfg(feature = "dpdk")]
+        if let Some(port) = self.dpdk_ports.get(pi) {
+            return port.mtu().ok().map(u32::from);
+        }
+        let name = self.port_names.get(pi)?;
+        let text = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?;
+        let mtu: u32 = text.trim().parse().ok()?;
+        let cap = self.port_mtu_cap.get(pi).copied().unwrap_or(u32::MAX);
+        if mtu > cap {
+            tracing::debug!(
+                port = name,
+                mtu,
+                cap,
+                "MTU above what the port was opened for"
+            );
+        }
+        Some(mtu.min(cap))
+    }
+
+    /// Reads port `pi`'s MTU again and publishes it to the workers;
+    /// logs a change.
+    fn update_port_mtu(&self, pi: usize) {
+        let Some(mtu) = self.read_port_mtu(pi) else {
+            return;
+        };
+        let Some(slot) = self.port_mtu.get(pi) else {
+            return;
+        };
+        let old = slot.swap(mtu, Ordering::Relaxed);
+        if old != mtu {
+            let port = self.port_names.get(pi).map_or("?", String::as_str);
+            if old == 0 {
+                tracing::debug!(port, mtu, "port MTU");
+            } else {
+                tracing::info!(port, mtu, was = old, "port MTU changed");
+            }
+        }
+    }
+
     /// Nanoseconds since start: the pipeline's clock.
     pub fn now_ns(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -152,6 +218,7 @@ impl Shared {
             .iter()
             .map(|p| p.interface.clone().unwrap_or_else(|| p.name.clone()))
             .collect();
+        let mtu_cap = vec![u32::MAX; cfg.ports.len()];
         let snap = Arc::new(Snapshot::compile(cfg, 1));
         let (health_tx, _) = bounded(1);
         Ok(Arc::new(Shared::assemble(
@@ -160,23 +227,34 @@ impl Shared {
             workers,
             port_names,
             health_tx,
+            mtu_cap,
         )))
     }
 
     /// The state of a daemon running `snap` (loaded from `config_path`)
-    /// with `workers` workers, before any packet (no DPDK port).
+    /// with `workers` workers, before any packet (no DPDK port, no port
+    /// MTU read yet; `mtu_cap`: the largest MTU each port can send at).
     fn assemble(
         config_path: &Path,
         snap: Arc<Snapshot>,
         workers: usize,
         port_names: Vec<String>,
         health_tx: Sender<Vec<u8>>,
+        mtu_cap: Vec<u32>,
     ) -> Shared {
+        let neigh = Neighbors::new(
+            &snap
+                .cfg
+                .ports
+                .iter()
+                .map(|p| p.max_neighbors)
+                .collect::<Vec<_>>(),
+        );
         let health = Arc::new(HealthTable::new(&snap, None));
         Shared {
             runtime: ArcSwap::from_pointee(Runtime { snap, health }),
             stop: AtomicBool::new(false),
-            neigh: Neighbors::new(),
+            neigh,
             config_path: config_path.to_path_buf(),
             reload_lock: Mutex::new(()),
             workers: (0..workers)
@@ -192,6 +270,8 @@ impl Shared {
             port_names,
             #[cfg(feature = "dpdk")]
             dpdk_ports: Vec::new(),
+            port_mtu: mtu_cap.iter().map(|_| AtomicU32::new(0)).collect(),
+            port_mtu_cap: mtu_cap,
         }
     }
 }
@@ -212,6 +292,11 @@ fn compatible(
     }
     if old.dataplane != new.dataplane {
         return Err("[dataplane] changed: restart lbd to apply it".into());
+    }
+    let limits =
+        |c: &lb_core::model::Config| c.ports.iter().map(|p| p.max_neighbors).collect::<Vec<_>>();
+    if limits(old) != limits(new) {
+        return Err("[[port]] max_neighbors changed: restart lbd to apply it".into());
     }
     Ok(())
 }
@@ -238,6 +323,7 @@ impl Daemon {
             per_worker,
             senders,
             port_names,
+            mtu_cap,
             #[cfg(feature = "dpdk")]
             eal,
             #[cfg(feature = "dpdk")]
@@ -247,13 +333,22 @@ impl Daemon {
         let (health_tx, health_rx) = bounded(4096);
         let snap = Arc::new(Snapshot::compile(cfg.clone(), 1));
         #[cfg_attr(not(feature = "dpdk"), allow(unused_mut))]
-        let mut shared =
-            Shared::assemble(config_path, snap, workers, port_names.clone(), health_tx);
+        let mut shared = Shared::assemble(
+            config_path,
+            snap,
+            workers,
+            port_names.clone(),
+            health_tx,
+            mtu_cap,
+        );
         #[cfg(feature = "dpdk")]
         {
             shared.dpdk_ports = dpdk_ports;
         }
         let shared = Arc::new(shared);
+        for pi in 0..shared.port_mtu.len() {
+            shared.update_port_mtu(pi);
+        }
 
         let mut threads = Vec::new();
         let cores = cfg.dataplane.cores.clone();
@@ -302,6 +397,14 @@ impl Daemon {
                 .name("lbd-health".into())
                 .spawn(move || crate::health::run(shared, health_rx, senders))
                 .context("starting the health checker")?;
+            threads.push(h);
+        }
+        {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-mtu".into())
+                .spawn(move || watch_mtus(&shared))
+                .context("starting the MTU watcher")?;
             threads.push(h);
         }
         #[cfg(feature = "dpdk")]
@@ -464,6 +567,8 @@ struct OpenPorts {
     per_worker: Vec<Vec<Box<dyn PacketIo>>>,
     senders: Vec<PortSender>,
     port_names: Vec<String>,
+    /// Per port, the largest MTU it can send at (`u32::MAX`: no limit).
+    mtu_cap: Vec<u32>,
     /// The EAL, when the ports are DPDK's: workers register with it.
     #[cfg(feature = "dpdk")]
     eal: Option<crate::io::dpdk::Eal>,
@@ -485,6 +590,7 @@ fn open_af_packet(cfg: &lb_core::model::Config, workers: usize) -> Result<OpenPo
         .collect::<Result<_>>()?;
     let fanout_base = u16::try_from(std::process::id() & 0x7fff).unwrap_or(0);
     let mut per_worker: Vec<Vec<Box<dyn PacketIo>>> = Vec::new();
+    let mut mtu_cap = vec![u32::MAX; port_names.len()];
     for _ in 0..workers {
         let mut ports: Vec<Box<dyn PacketIo>> = Vec::new();
         for (pi, name) in port_names.iter().enumerate() {
@@ -495,6 +601,10 @@ fn open_af_packet(cfg: &lb_core::model::Config, workers: usize) -> Result<OpenPo
             };
             let io = AfPacket::open(name, &opts)
                 .with_context(|| format!("opening AF_PACKET on {name}"))?;
+            // Its send slots hold the MTU of the start, plus the Ethernet
+            // header and one tag.
+            let cap = io.max_tx_frame().saturating_sub(14 + 4);
+            mtu_cap[pi] = mtu_cap[pi].min(u32::try_from(cap).unwrap_or(u32::MAX));
             ports.push(Box::new(io));
         }
         per_worker.push(ports);
@@ -511,6 +621,7 @@ fn open_af_packet(cfg: &lb_core::model::Config, workers: usize) -> Result<OpenPo
         per_worker,
         senders,
         port_names,
+        mtu_cap,
         #[cfg(feature = "dpdk")]
         eal: None,
         #[cfg(feature = "dpdk")]
@@ -659,9 +770,27 @@ fn open_dpdk(cfg: &Config, requested: usize, config_path: &Path) -> Result<OpenP
         per_worker,
         senders,
         port_names,
+        mtu_cap: vec![u32::MAX; ports.len()],
         eal: Some(eal),
         dpdk_ports: ports,
     })
+}
+
+/// Reads the ports' MTUs every [`MTU_POLL`] and publishes changes to the
+/// workers (an MTU lowered on a link applies within a second), until
+/// `shared.stop`.
+fn watch_mtus(shared: &Shared) {
+    let mut since = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if since.elapsed() < MTU_POLL {
+            continue;
+        }
+        since = Instant::now();
+        for pi in 0..shared.port_mtu.len() {
+            shared.update_port_mtu(pi);
+        }
+    }
 }
 
 /// Logs every change of a DPDK port's link (a NIC usually reports "down"
@@ -802,6 +931,35 @@ struct Pending {
     since: Instant,
 }
 
+/// The SYN cookies' secret: drawn from getrandom once per process, the
+/// same for every worker (a flow's SYN and ACK reach the same worker
+/// anyway).
+fn cookie_secret() -> [u8; 16] {
+    static SECRET: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    *SECRET.get_or_init(|| {
+        let mut b = [0u8; 16];
+        let mut got = 0;
+        while got < b.len() {
+            // SAFETY: the pointer and length describe the unfilled tail
+            // of `b`, which lives across the call; getrandom writes at
+            // most that many bytes.
+            let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+            if n > 0 {
+                got += n as usize;
+            } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                // No kernel entropy interface: a per-process value from
+                // the standard library's randomly seeded hasher.
+                use std::hash::BuildHasher;
+                let r = std::collections::hash_map::RandomState::new();
+                b[..8].copy_from_slice(&r.hash_one(std::process::id()).to_le_bytes());
+                b[8..].copy_from_slice(&r.hash_one(std::time::SystemTime::now()).to_le_bytes());
+                break;
+            }
+        }
+        b
+    })
+}
+
 /// A poll-mode worker: its ports, its sessions, nothing shared on the
 /// per-packet path but read-only snapshots.
 struct WorkerLoop {
@@ -820,6 +978,102 @@ struct WorkerLoop {
     /// queue so the whole burst goes through the pipeline at once (its
     /// session lookups overlap); buffers are reused across bursts.
     staged: Vec<(Vec<u8>, RxMeta, u32)>,
+    /// Where a frame is retagged for its egress port's VLAN (reused).
+    tx_scratch: Vec<u8>,
+    icmp: IcmpErrors,
+}
+
+/// The ICMP errors a worker answers drops with (time exceeded,
+/// fragmentation needed, packet too big): rate-limited by a token bucket,
+/// built in one buffer reused from error to error.
+struct IcmpErrors {
+    tokens: u64,
+    /// When the bucket last gained a token.
+    refilled: Instant,
+    buf: Vec<u8>,
+    sent: u64,
+    rate_limited: u64,
+}
+
+impl IcmpErrors {
+    fn new(now: Instant) -> IcmpErrors {
+        IcmpErrors {
+            tokens: ICMP_ERROR_BURST,
+            refilled: now,
+            buf: Vec::with_capacity(1500),
+            sent: 0,
+            rate_limited: 0,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let gained =
+            u64::try_from(elapsed.as_nanos() * u128::from(ICMP_ERRORS_PER_SEC) / 1_000_000_000)
+                .unwrap_or(u64::MAX);
+        if gained > 0 {
+            self.tokens = self.tokens.saturating_add(gained).min(ICMP_ERROR_BURST);
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            self.rate_limited += 1;
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+
+    /// Answers a frame dropped for `reason` on ingress port `port`, if the
+    /// reason calls for an ICMP error (see `Reason::icmp_answer`): from the
+    /// port's address of the sender's family, back to the neighbour the
+    /// frame came from. The frame is as it arrived (the pipeline drops
+    /// before it rewrites).
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &mut self,
+        reason: &Reason,
+        frame: &[u8],
+        port: u32,
+        port_mac: [u8; 6],
+        snap: &Snapshot,
+        now: Instant,
+        tx: &mut Tx<'_>,
+    ) {
+        if !matches!(reason, Reason::TtlExceeded | Reason::TooBig { .. }) {
+            return;
+        }
+        let Ok(p) = lb_core::packet::parse(frame) else {
+            return;
+        };
+        let Some(a) = reason.icmp_answer(&p) else {
+            return;
+        };
+        let Some(src) = crate::health::port_address(snap, port, p.src) else {
+            return;
+        };
+        let Some(to_mac) = frame.get(6..12).map(lb_core::packet::MacAddr::from_bytes) else {
+            return;
+        };
+        if !self.take(now) {
+            return;
+        }
+        let built = lb_core::packet::build_icmp_error_into(
+            &mut self.buf,
+            frame,
+            &p,
+            src,
+            a.icmp_type,
+            a.code,
+            a.rest,
+            lb_core::packet::MacAddr(port_mac),
+            to_mac,
+        );
+        if built.is_ok() {
+            tx.send(port, &self.buf);
+            self.sent += 1;
+        }
+    }
 }
 
 impl WorkerLoop {
@@ -832,14 +1086,16 @@ impl WorkerLoop {
     ) -> WorkerLoop {
         let n = u16::try_from(shared.workers.len()).unwrap_or(1);
         let macs = ports.iter().map(|p| p.mac()).collect();
+        let mut core = Worker::new(
+            u16::try_from(id).unwrap_or(0),
+            n,
+            max_sessions,
+            max_sessions_v6,
+        );
+        core.set_cookie_secret(lb_core::synproxy::CookieSecret::new(cookie_secret()));
         WorkerLoop {
             id,
-            core: Worker::new(
-                u16::try_from(id).unwrap_or(0),
-                n,
-                max_sessions,
-                max_sessions_v6,
-            ),
+            core,
             shared,
             ports: ports.into_iter().map(Some).collect(),
             macs,
@@ -849,6 +1105,15 @@ impl WorkerLoop {
             report: WorkerReport::default(),
             last_publish: Instant::now(),
             staged: Vec::new(),
+            tx_scratch: Vec::with_capacity(2048),
+            icmp: IcmpErrors::new(Instant::now()),
+        }
+    }
+
+    /// Takes the ports' MTUs as the MTU watcher last read them.
+    fn sync_mtus(&mut self) {
+        for (pi, mtu) in self.shared.port_mtu.iter().enumerate() {
+            self.core.set_port_mtu(pi, mtu.load(Ordering::Relaxed));
         }
     }
 
@@ -861,6 +1126,7 @@ impl WorkerLoop {
         while !self.shared.stop.load(Ordering::Relaxed) {
             // The snapshot is taken once per burst: a reload lands between bursts.
             let rt = self.shared.runtime.load_full();
+            self.sync_mtus();
             let mut seen = 0;
             for pi in 0..self.ports.len() {
                 seen += self.poll_port(pi, &rt);
@@ -907,11 +1173,10 @@ impl WorkerLoop {
         let mut handoff_dropped = 0u64;
         let n = io.recv_burst(BURST, &mut |frame: &mut [u8], meta: RxMeta| {
             if n_workers > 1 {
-                let key = lb_core::packet::parse(frame)
+                let o = lb_core::packet::parse(frame)
                     .ok()
-                    .and_then(|p| p.flow_key());
-                if let Some(k) = key {
-                    let o = owner(&rt.snap, &k, n_workers);
+                    .and_then(|p| frame_owner(&rt.snap, frame, &p, n_workers));
+                if let Some(o) = o {
                     if o != me {
                         let h = Handoff {
                             frame: frame.to_vec(),
@@ -959,10 +1224,11 @@ impl WorkerLoop {
         }
         let mut frames: Vec<Frame<'_>> = staged
             .iter_mut()
-            .map(|(buf, meta, _)| Frame {
+            .map(|(buf, meta, port)| Frame {
                 data: &mut buf[..],
                 rx: RxInfo {
                     csum_partial: meta.csum_partial,
+                    port: Some(*port),
                 },
             })
             .collect();
@@ -978,13 +1244,32 @@ impl WorkerLoop {
         let mut wait: Vec<Pending> = Vec::new();
         let mut tx = Tx {
             ports: &mut self.ports,
+            config: &rt.snap.cfg.ports,
+            scratch: &mut self.tx_scratch,
         };
-        for ((f, v), port) in frames.iter_mut().zip(verdicts).zip(ports).take(done) {
+        for (i, ((f, v), port)) in frames
+            .iter_mut()
+            .zip(verdicts)
+            .zip(ports)
+            .take(done)
+            .enumerate()
+        {
+            if let Verdict::Drop(r) = &v {
+                let mac = self.macs.get(port as usize).copied().unwrap_or_default();
+                self.icmp
+                    .answer(r, f.data, port, mac, &rt.snap, now, &mut tx);
+            }
+            // An answer the pipeline built (the SYN proxy's) goes out
+            // instead of the received frame.
+            let (v, frame): (Verdict, &mut [u8]) = match v {
+                Verdict::Send(fwd) => (Verdict::Forward(fwd), self.core.built_mut(i)),
+                v => (v, &mut *f.data),
+            };
             deliver(
                 v,
                 &self.shared,
                 rt,
-                f.data,
+                frame,
                 port,
                 &self.macs,
                 now,
@@ -1051,10 +1336,15 @@ impl WorkerLoop {
         let Some(src) = crate::health::port_address(&rt.snap, port, next_hop) else {
             return;
         };
+        if !self.shared.neigh.resolving(port, next_hop, now) {
+            // No room for the answer (counted): asking would be in vain.
+            return;
+        }
         let Some(mac) = self.macs.get(port as usize).copied() else {
             return;
         };
-        let frame = crate::l2::solicit(mac, src, next_hop);
+        let mut frame = crate::l2::solicit(mac, src, next_hop);
+        crate::l2::set_vlan(&mut frame, port_vlan(&rt.snap, port));
         if let Some(Some(io)) = self.ports.get_mut(port as usize) {
             io.send(&frame);
         }
@@ -1062,11 +1352,13 @@ impl WorkerLoop {
 
     fn retry_pending(&mut self) {
         let now = Instant::now();
+        let rt = self.shared.runtime.load();
         let mut still = std::collections::VecDeque::new();
         while let Some(mut p) = self.pending.pop_front() {
             if let Some(e) = self.shared.neigh.lookup(p.port, p.next_hop, now) {
                 let src = self.macs.get(p.port as usize).copied().unwrap_or_default();
                 crate::l2::set_macs(&mut p.frame, e.mac, src);
+                crate::l2::set_vlan(&mut p.frame, port_vlan(&rt.snap, p.port));
                 if let Some(Some(io)) = self.ports.get_mut(p.port as usize) {
                     io.send(&p.frame);
                 }
@@ -1116,6 +1408,10 @@ impl WorkerLoop {
         self.report.ports = self.ports.iter().flatten().map(|p| p.stats()).collect();
         self.report.core = Some(self.core.stats.clone());
         self.report.sessions = self.core.sessions.len();
+        self.report.icmp_errors_sent = self.icmp.sent;
+        self.report.icmp_errors_rate_limited = self.icmp.rate_limited;
+        self.report.half_open = self.core.sessions.half_open();
+        self.report.syn_proxy_engaged = self.core.syn_proxy_engaged_anywhere();
         if generation != 0 {
             self.report.generation = generation;
         }
@@ -1130,14 +1426,25 @@ impl WorkerLoop {
 /// in place).
 struct Tx<'a> {
     ports: &'a mut [Option<Box<dyn PacketIo>>],
+    /// The ports' configuration: their VLANs.
+    config: &'a [lb_core::model::Port],
+    scratch: &'a mut Vec<u8>,
 }
 
 impl Tx<'_> {
+    /// Sends `frame` on `port` tagged as the port is (see
+    /// [`crate::l2::for_port`]): no tag it arrived with leaves.
     fn send(&mut self, port: u32, frame: &[u8]) {
         if let Some(Some(io)) = self.ports.get_mut(port as usize) {
-            io.send(frame);
+            let vlan = self.config.get(port as usize).and_then(|p| p.vlan);
+            io.send(crate::l2::for_port(frame, vlan, self.scratch));
         }
     }
+}
+
+/// The VLAN of port `port`, if it has one.
+pub fn port_vlan(snap: &Snapshot, port: u32) -> Option<u16> {
+    snap.cfg.ports.get(port as usize).and_then(|p| p.vlan)
 }
 
 /// Acts on a frame's verdict: frames to send (`tx`), frames for the health
@@ -1195,6 +1502,39 @@ fn deliver(
                 tx.send(port, &reply);
             }
         }
-        Verdict::Drop(_) => {}
+        Verdict::Drop(Reason::NoSessionReset) => {
+            // Back where it came from, to the sender's MAC address.
+            let Ok(p) = lb_core::packet::parse(frame) else {
+                return;
+            };
+            let mac = macs.get(port as usize).copied().unwrap_or_default();
+            if let Some(rst) =
+                lb_core::packet::build_tcp_reset(frame, &p, lb_core::packet::MacAddr(mac))
+            {
+                tx.send(port, &rst);
+            }
+        }
+        Verdict::Drop(_) | Verdict::Send(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icmp_errors_are_rate_limited_by_a_token_bucket() {
+        let t0 = Instant::now();
+        let mut b = IcmpErrors::new(t0);
+        let sent = (0..200).filter(|_| b.take(t0)).count();
+        assert_eq!(sent as u64, ICMP_ERROR_BURST, "a burst, then nothing");
+        assert_eq!(b.rate_limited, 200 - ICMP_ERROR_BURST);
+        // Tokens come back at ICMP_ERRORS_PER_SEC, never above the burst.
+        let later = t0 + Duration::from_millis(100);
+        let sent = (0..200).filter(|_| b.take(later)).count();
+        assert_eq!(sent as u64, ICMP_ERRORS_PER_SEC / 10);
+        let much_later = later + Duration::from_secs(60);
+        let sent = (0..200).filter(|_| b.take(much_later)).count();
+        assert_eq!(sent as u64, ICMP_ERROR_BURST);
     }
 }

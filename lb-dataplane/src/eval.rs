@@ -6,8 +6,13 @@
 //! ```text
 //! # comment
 //! <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>]
+//!     [ttl=<n>] [len=<ip_bytes>] [nodf] [opt=lsrr|ssrr|rr|rh0|rh2]
+//!     [quote=<proto>,<src>,<dst>]
+//!     [seq=N] [ack=N] [win=N] [data=N] [wscale=N]
+//!     [port=<name>] [vlan=<id>|none]
 //! @health <server_group> <server> up|down
 //! @reload <config.toml>
+//! @mtu <port> <mtu>
 //! ```
 
 use std::collections::HashSet;
@@ -18,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use lb_core::flow::{proto_from_name, FlowKey};
 use lb_core::model::proto;
-use lb_core::packet::{build_frame, FrameSpec, MacAddr};
+use lb_core::packet::{self, build_frame, FrameSpec, MacAddr};
 use lb_core::pipeline::{secs, LocalKind, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::Nanos;
 
@@ -32,6 +37,11 @@ pub enum TraceLine {
         up: bool,
     },
     Reload(PathBuf),
+    /// The MTU of a port (by name) from now on; 0: unknown, not checked.
+    Mtu {
+        port: String,
+        mtu: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +50,76 @@ pub struct TracePacket {
     pub key: FlowKey,
     pub tcp_flags: u8,
     pub icmp: Option<(u8, u8)>,
+    /// `port=`: the port the packet arrives on; by default the port its
+    /// source routes through.
+    pub port: Option<String>,
+    /// `vlan=`: `Some(None)` untagged, `Some(Some(id))` tagged; by default
+    /// the arrival port's own VLAN.
+    pub vlan: Option<Option<u16>>,
+    pub ip: IpExtras,
+    /// TCP sequence fields (`seq=`, `ack=`, `win=`, `data=` payload bytes,
+    /// `wscale=` option); defaults seq 1, ack 1 with ACK set, window 65535,
+    /// no payload, no option.
+    pub tcp: TraceTcp,
+}
+
+/// What a trace line may say about the IP header and size of its packet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IpExtras {
+    /// TTL or hop limit (default 64).
+    pub ttl: Option<u8>,
+    /// IP total length in bytes (without options), reached with payload.
+    pub len: Option<usize>,
+    /// IPv4 without "don't fragment" (set by default).
+    pub no_df: bool,
+    /// An IPv4 option or IPv6 routing header.
+    pub opt: Option<IpOpt>,
+    /// For an ICMP error: the packet it quotes, as that packet was sent.
+    pub quote: Option<FlowKey>,
+}
+
+/// The IPv4 options and IPv6 routing headers a trace can add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpOpt {
+    /// IPv4 loose source route.
+    Lsrr,
+    /// IPv4 strict source route.
+    Ssrr,
+    /// IPv4 record route.
+    RecordRoute,
+    /// IPv6 routing header type 0 (source route).
+    Rh0,
+    /// IPv6 routing header type 2 (mobility).
+    Rh2,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceTcp {
+    pub seq: Option<u32>,
+    pub ack: Option<u32>,
+    pub win: Option<u16>,
+    /// Payload bytes.
+    pub data: u16,
+    pub wscale: Option<u8>,
+}
+
+impl TraceTcp {
+    /// Takes a `name=value` word; false when it is not one of these.
+    fn take(&mut self, w: &str) -> Result<bool> {
+        let Some((name, v)) = w.split_once('=') else {
+            return Ok(false);
+        };
+        let bad = || anyhow!("bad number in {w:?}");
+        match name {
+            "seq" => self.seq = Some(v.parse().map_err(|_| bad())?),
+            "ack" => self.ack = Some(v.parse().map_err(|_| bad())?),
+            "win" => self.win = Some(v.parse().map_err(|_| bad())?),
+            "data" => self.data = v.parse().map_err(|_| bad())?,
+            "wscale" => self.wscale = Some(v.parse().map_err(|_| bad())?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// Parses one trace line; `Ok(None)` for blank lines and comments.
@@ -66,11 +146,18 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
             ("health", _) => bail!("expected: @health <server_group> <server> up|down"),
             ("reload", [_, path]) => Ok(Some(TraceLine::Reload(PathBuf::from(path)))),
             ("reload", _) => bail!("expected: @reload <config.toml>"),
+            ("mtu", [_, port, mtu]) => Ok(Some(TraceLine::Mtu {
+                port: port.to_string(),
+                mtu: mtu
+                    .parse()
+                    .map_err(|_| anyhow!("bad mtu {mtu:?}: bytes expected"))?,
+            })),
+            ("mtu", _) => bail!("expected: @mtu <port> <mtu>"),
             (other, _) => bail!("unknown directive @{other}"),
         };
     }
     if words.len() < 5 || words[3] != ">" {
-        bail!("expected: <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>]");
+        bail!("expected: <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>] [port=<name>] [vlan=<id>|none]");
     }
     let time: f64 = words[0]
         .parse()
@@ -88,8 +175,30 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
     }
     let mut tcp_flags = None;
     let mut icmp = None;
+    let mut ip = IpExtras::default();
+    let mut tcp = TraceTcp::default();
+    let mut port = None;
+    let mut vlan = None;
     for w in &words[5..] {
-        if let Some(v) = w.strip_prefix("icmp=") {
+        if parse_ip_extra(w, src.is_ipv6(), &mut ip)? || (proto == proto::TCP && tcp.take(w)?) {
+            continue;
+        }
+        if let Some(v) = w.strip_prefix("port=") {
+            if v.is_empty() {
+                bail!("port=<name> expected, got {w:?}");
+            }
+            port = Some(v.to_string());
+        } else if let Some(v) = w.strip_prefix("vlan=") {
+            vlan = Some(match v {
+                "none" => None,
+                _ => Some(
+                    v.parse::<u16>()
+                        .ok()
+                        .filter(|&id| id <= 4095)
+                        .ok_or_else(|| anyhow!("bad vlan in {w:?}: 0..=4095 or none expected"))?,
+                ),
+            });
+        } else if let Some(v) = w.strip_prefix("icmp=") {
             let (t, c) = v
                 .split_once('/')
                 .ok_or_else(|| anyhow!("icmp=<type>/<code> expected, got {w:?}"))?;
@@ -135,12 +244,143 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
         },
         tcp_flags: tcp_flags.unwrap_or(TCP_ACK),
         icmp,
+        port,
+        vlan,
+        ip,
+        tcp,
     })))
+}
+
+/// Reads one of the IP words of a packet line (`ttl=`, `len=`, `nodf`,
+/// `opt=`, `quote=`) into `ip`; false when `w` is none of them.
+fn parse_ip_extra(w: &str, v6: bool, ip: &mut IpExtras) -> Result<bool> {
+    if let Some(v) = w.strip_prefix("ttl=") {
+        ip.ttl = Some(v.parse().map_err(|_| anyhow!("bad ttl in {w:?}: 0-255"))?);
+    } else if let Some(v) = w.strip_prefix("len=") {
+        ip.len = Some(v.parse().map_err(|_| anyhow!("bad len in {w:?}: bytes"))?);
+    } else if w == "nodf" {
+        if v6 {
+            bail!("nodf is for IPv4 packets (IPv6 routers never fragment)");
+        }
+        ip.no_df = true;
+    } else if let Some(v) = w.strip_prefix("opt=") {
+        let opt = match v {
+            "lsrr" => IpOpt::Lsrr,
+            "ssrr" => IpOpt::Ssrr,
+            "rr" => IpOpt::RecordRoute,
+            "rh0" => IpOpt::Rh0,
+            "rh2" => IpOpt::Rh2,
+            _ => bail!("bad {w:?}: opt=lsrr, ssrr, rr (IPv4), rh0 or rh2 (IPv6) expected"),
+        };
+        if matches!(opt, IpOpt::Rh0 | IpOpt::Rh2) != v6 {
+            bail!("{w:?} is for the other address family");
+        }
+        ip.opt = Some(opt);
+    } else if let Some(v) = w.strip_prefix("quote=") {
+        let parts: Vec<&str> = v.split(',').collect();
+        let [p, s, d] = parts.as_slice() else {
+            bail!("quote=<proto>,<src>,<dst> expected, got {w:?}");
+        };
+        let proto = proto_from_name(p).ok_or_else(|| anyhow!("unknown protocol {p:?}"))?;
+        let ports = matches!(proto, proto::TCP | proto::UDP);
+        let (src, sport) = parse_endpoint(s, ports)?;
+        let (dst, dport) = parse_endpoint(d, ports)?;
+        if src.is_ipv6() != v6 || dst.is_ipv6() != v6 {
+            bail!("the quoted packet of {w:?} must be of the error's address family");
+        }
+        ip.quote = Some(FlowKey {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+        });
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Builds the frame of a trace packet (tagged with `vlan`): `frame_spec`,
+/// then what its IP words say.
+pub fn build_trace_frame(p: &TracePacket, vlan: Option<u16>) -> Result<Vec<u8>> {
+    let mut spec = frame_spec(p, vlan);
+    if let Some(ttl) = p.ip.ttl {
+        spec.ttl = ttl;
+    }
+    if let Some(q) = &p.ip.quote {
+        // The quoted packet: its IP header and the first bytes of its L4.
+        let quoted = build_frame(&FrameSpec {
+            src: q.src,
+            dst: q.dst,
+            proto: q.proto,
+            sport: q.sport,
+            dport: q.dport,
+            tcp_flags: 0x02,
+            ..FrameSpec::default()
+        });
+        let qp = lb_core::packet::parse(&quoted).map_err(|e| anyhow!("quote: {e}"))?;
+        spec.payload = quoted[qp.l3_offset..qp.l3_end()].to_vec();
+    }
+    if let Some(len) = p.ip.len {
+        let f = build_frame(&spec);
+        let base = f.len() - packet::parse(&f).map_or(14, |q| q.l3_offset);
+        let extra = len
+            .checked_sub(base)
+            .ok_or_else(|| anyhow!("len={len} is shorter than the packet's {base} bytes"))?;
+        spec.payload.resize(spec.payload.len() + extra, 0);
+    }
+    let mut frame = build_frame(&spec);
+    if p.ip.no_df {
+        let l3 = packet::parse(&frame).map_or(14, |q| q.l3_offset);
+        frame[l3 + 6] &= !0x40;
+        lb_core::packet::Ipv4Packet::new_unchecked(&mut frame[l3..]).fill_checksum();
+    }
+    match p.ip.opt {
+        None => {}
+        Some(IpOpt::Lsrr) => packet::add_ipv4_options(&mut frame, &[0x83, 7, 4, 198, 18, 0, 1]),
+        Some(IpOpt::Ssrr) => packet::add_ipv4_options(&mut frame, &[0x89, 7, 4, 198, 18, 0, 1]),
+        Some(IpOpt::RecordRoute) => packet::add_ipv4_options(&mut frame, &[7, 7, 4, 0, 0, 0, 0]),
+        Some(IpOpt::Rh0 | IpOpt::Rh2) => {
+            // One address, segments left 1.
+            let kind = if p.ip.opt == Some(IpOpt::Rh0) { 0 } else { 2 };
+            let mut body = vec![kind, 1, 0, 0, 0, 0];
+            body.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            body.resize(6 + 16, 0);
+            body[6 + 15] = 1;
+            packet::add_ipv6_ext_header(&mut frame, 43, &body);
+        }
+    }
+    set_tcp_window(&mut frame, p);
+    Ok(frame)
+}
+
+/// The TCP window and window-scale option a trace line gives (the room for
+/// the option is the first 4 bytes of the payload [`frame_spec`] made).
+fn set_tcp_window(frame: &mut [u8], p: &TracePacket) {
+    if p.key.proto != proto::TCP || (p.tcp.win.is_none() && p.tcp.wscale.is_none()) {
+        return;
+    }
+    let Ok(parsed) = packet::parse(frame) else {
+        return;
+    };
+    let l4 = parsed.l4_offset;
+    if let Some(win) = p.tcp.win {
+        frame[l4 + 14..l4 + 16].copy_from_slice(&win.to_be_bytes());
+    }
+    if let Some(ws) = p.tcp.wscale {
+        frame[l4 + 12] = 6 << 4;
+        frame[l4 + 20..l4 + 24].copy_from_slice(&[1, 3, 3, ws]);
+    }
+    packet::complete_l4_checksum(frame, &parsed, p.key.src, p.key.dst);
 }
 
 const TCP_ACK: u8 = 0x10;
 
 fn parse_flags(w: &str) -> Result<u8> {
+    if w == "none" {
+        return Ok(0);
+    }
     let mut f = 0u8;
     for c in w.chars() {
         f |= match c.to_ascii_uppercase() {
@@ -301,6 +541,12 @@ pub fn run(
                     }
                 }
             }
+            Some(TraceLine::Mtu { port, mtu }) => {
+                let Some(pi) = snap.cfg.ports.iter().position(|p| p.name == port) else {
+                    bail!("{}:{lineno}: no port {port}", trace_path.display());
+                };
+                worker.set_port_mtu(pi, mtu);
+            }
             Some(TraceLine::Packet(p)) => {
                 if p.time < last_time {
                     bail!(
@@ -311,10 +557,34 @@ pub fn run(
                 }
                 last_time = p.time;
                 let now: Nanos = secs(p.time);
-                let mut frame = build_frame(&frame_spec(&p));
+                let port = match &p.port {
+                    Some(name) => Some(
+                        snap.cfg
+                            .ports
+                            .iter()
+                            .position(|q| &q.name == name)
+                            .and_then(|i| u32::try_from(i).ok())
+                            .ok_or_else(|| {
+                                anyhow!("{}:{lineno}: no port {name}", trace_path.display())
+                            })?,
+                    ),
+                    // Where a well-behaved sender is: its source's route.
+                    None => snap.route(p.key.src).map(|h| h.port),
+                };
+                let port_vlan = port
+                    .and_then(|i| snap.cfg.ports.get(i as usize))
+                    .and_then(|q| q.vlan);
+                let mut frame = build_trace_frame(&p, p.vlan.unwrap_or(port_vlan))
+                    .with_context(|| format!("{}:{lineno}", trace_path.display()))?;
+                let sent = frame.clone();
                 worker.housekeep(now, &snap);
-                let v = worker.process(&mut frame, RxInfo::default(), now, &snap, &health);
-                let obj = verdict_json(lineno, &v, &snap);
+                let rx = RxInfo {
+                    port,
+                    ..RxInfo::default()
+                };
+                let v = worker.process(&mut frame, rx, now, &snap, &health);
+                let mut obj = verdict_json(lineno, &v, &snap);
+                add_answer(&mut obj, &v, &sent);
                 writeln!(out, "{obj}")?;
             }
         }
@@ -322,33 +592,46 @@ pub fn run(
     Ok(())
 }
 
-/// The frame `lbctl eval` builds for a packet line.
-pub fn frame_spec(p: &TracePacket) -> FrameSpec {
+fn frame_spec(p: &TracePacket, vlan: Option<u16>) -> FrameSpec {
     FrameSpec {
         src_mac: MacAddr([0x02, 0, 0, 0, 0, 0x01]),
         dst_mac: MacAddr([0x02, 0, 0, 0, 0, 0x02]),
-        vlan: None,
+        vlan,
         src: p.key.src,
         dst: p.key.dst,
         proto: p.key.proto,
         sport: p.key.sport,
         dport: p.key.dport,
         tcp_flags: p.tcp_flags,
-        tcp_seq: 1,
-        tcp_ack: if p.tcp_flags & TCP_ACK != 0 { 1 } else { 0 },
+        tcp_seq: p.tcp.seq.unwrap_or(1),
+        tcp_ack: p
+            .tcp
+            .ack
+            .unwrap_or(if p.tcp_flags & TCP_ACK != 0 { 1 } else { 0 }),
         icmp: p.icmp,
         ttl: 64,
-        payload: Vec::new(),
+        // Room for the window-scale option, then the payload.
+        payload: vec![0; usize::from(p.tcp.data) + if p.tcp.wscale.is_some() { 4 } else { 0 }],
+    }
+}
+
+/// The ICMP error `lbd` would send back for a dropped packet, as
+/// `"answer"`.
+fn add_answer(obj: &mut serde_json::Value, v: &Verdict, sent: &[u8]) {
+    let Verdict::Drop(r) = v else { return };
+    let Ok(p) = packet::parse(sent) else { return };
+    if let Some(a) = r.icmp_answer(&p) {
+        obj["answer"] = a.to_string().into();
     }
 }
 
 /// The JSON object `lbctl eval` prints for one packet.
 pub fn verdict_json(line: usize, v: &Verdict, snap: &Snapshot) -> serde_json::Value {
     match v {
-        Verdict::Forward(f) => {
+        Verdict::Forward(f) | Verdict::Send(f) => {
             let mut o = serde_json::json!({
                 "line": line,
-                "verdict": "forward",
+                "verdict": if matches!(v, Verdict::Send(_)) { "answer" } else { "forward" },
                 "reason": snap.describe(&f.reason),
             });
             if let Some((g, s)) = f.backend {
@@ -405,7 +688,53 @@ mod tests {
             panic!("packet expected")
         };
         assert_eq!(p.icmp, Some((3, 4)));
+        assert_eq!((p.port, p.vlan), (None, None));
+        let Some(TraceLine::Packet(p)) =
+            parse_line("0 tcp 198.19.1.12:40000 > 198.19.1.11:80 S port=ext vlan=100").expect("ok")
+        else {
+            panic!("packet expected")
+        };
+        assert_eq!((p.port.as_deref(), p.vlan), (Some("ext"), Some(Some(100))));
+        let Some(TraceLine::Packet(p)) =
+            parse_line("0 udp 198.18.0.2:1 > 198.18.0.10:53 vlan=none").expect("ok")
+        else {
+            panic!("packet expected")
+        };
+        assert_eq!(p.vlan, Some(None));
         assert_eq!(parse_line("   # only a comment").expect("ok"), None);
+    }
+
+    #[test]
+    fn parses_ip_words() {
+        let Some(TraceLine::Packet(p)) = parse_line(
+            "1 icmp 198.19.1.12 > 198.19.2.21 icmp=3/3 ttl=1 len=600 nodf opt=lsrr quote=udp,198.19.1.11:5353,198.18.0.70:53",
+        )
+        .expect("ok") else {
+            panic!("packet expected")
+        };
+        assert_eq!(p.ip.ttl, Some(1));
+        assert_eq!(p.ip.len, Some(600));
+        assert!(p.ip.no_df);
+        assert_eq!(p.ip.opt, Some(IpOpt::Lsrr));
+        let q = p.ip.quote.expect("quote");
+        assert_eq!(q.to_string(), "udp 198.19.1.11:5353 > 198.18.0.70:53");
+        let frame = build_trace_frame(&p, None).expect("frame");
+        let parsed = packet::parse(&frame).expect("valid");
+        assert_eq!((parsed.ttl, parsed.l3_len), (1, 600 + 8));
+        assert!(packet::is_source_routed(&frame, &parsed));
+        assert_eq!(
+            packet::parse_icmp_inner(&frame, &parsed)
+                .expect("quoted")
+                .to_string(),
+            q.to_string()
+        );
+        assert_eq!(
+            parse_line("@mtu int 1280").expect("ok"),
+            Some(TraceLine::Mtu {
+                port: "int".into(),
+                mtu: 1280
+            })
+        );
     }
 
     #[test]
@@ -422,6 +751,17 @@ mod tests {
             "@health g s sideways",
             "@frobnicate",
             "-1 udp 1.2.3.4:1 > 1.2.3.5:2",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 port=",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 vlan=4096",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 vlan=x",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 ttl=300",
+            "0 udp [2001:db8::1]:1 > [2001:db8::2]:2 nodf",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 opt=rh0",
+            "0 udp 1.2.3.4:1 > 1.2.3.5:2 opt=bogus",
+            "0 icmp 1.2.3.4 > 1.2.3.5 icmp=3/3 quote=udp,1.2.3.4:1",
+            "0 icmp 1.2.3.4 > 1.2.3.5 icmp=3/3 quote=udp,[2001:db8::1]:1,1.2.3.4:2",
+            "@mtu int",
+            "@mtu int big",
         ] {
             assert!(parse_line(bad).is_err(), "{bad} should be rejected");
         }

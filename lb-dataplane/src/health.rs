@@ -392,7 +392,11 @@ fn mac_for(
     } else {
         return None;
     };
-    let frame = crate::l2::solicit(sender.mac(), src, t.next_hop);
+    if !shared.neigh.resolving(t.out_port, t.next_hop, now) {
+        return None;
+    }
+    let mut frame = crate::l2::solicit(sender.mac(), src, t.next_hop);
+    crate::l2::set_vlan(&mut frame, vlan_of(shared, t.out_port));
     let _ = sender.send(&frame);
     // Give the neighbour a moment; the workers learn its answer.
     let deadline = Instant::now() + Duration::from_millis(200);
@@ -422,7 +426,7 @@ fn send_probe(
         HealthProtocol::Udp => (17, 0, b"lbd health check\n".to_vec()),
         _ => (6, TCP_SYN, Vec::new()),
     };
-    let frame = probe_frame(
+    let mut frame = probe_frame(
         sender.mac(),
         dst_mac,
         t,
@@ -433,7 +437,13 @@ fn send_probe(
         0,
         payload,
     );
+    crate::l2::set_vlan(&mut frame, vlan_of(shared, t.out_port));
     sender.send(&frame).is_ok()
+}
+
+/// The VLAN the probes of port `port` carry.
+fn vlan_of(shared: &Shared, port: u32) -> Option<u16> {
+    crate::daemon::port_vlan(&shared.runtime.load().snap, port)
 }
 
 /// A frame of probe `probe` to target `t`.
@@ -625,7 +635,8 @@ fn send_tcp(
     let Some(sender) = senders.get_mut(t.out_port as usize) else {
         return;
     };
-    let frame = probe_frame(sender.mac(), dst_mac, t, probe, 6, flags, seq, ack, payload);
+    let mut frame = probe_frame(sender.mac(), dst_mac, t, probe, 6, flags, seq, ack, payload);
+    crate::l2::set_vlan(&mut frame, vlan_of(shared, t.out_port));
     let _ = sender.send(&frame);
 }
 

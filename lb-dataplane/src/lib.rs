@@ -1,6 +1,8 @@
 //! The load balancer's data plane (`lbd`) and its control tool (`lbctl`).
 
+pub mod access;
 pub mod alloc;
+pub mod conn;
 pub mod control;
 pub mod daemon;
 pub mod eval;
@@ -9,4 +11,6 @@ pub mod io;
 pub mod l2;
 pub mod lint;
 pub mod neigh;
+pub mod reloader;
+pub mod sockfile;
 pub mod stats_text;

@@ -41,6 +41,20 @@ pub fn render(v: &Value) -> String {
         if let Some(link) = p["link"].as_str() {
             let _ = writeln!(s, "  {:<10} link {link}", "");
         }
+        let vlan = p["vlan"]
+            .as_u64()
+            .map_or_else(|| "untagged".to_string(), |v| format!("vlan {v}"));
+        let _ = writeln!(
+            s,
+            "  {:<10} {vlan}, source_check {}; dropped: spoofed_source {}, vlan_mismatch {}",
+            "",
+            p["source_check"].as_str().unwrap_or("?"),
+            n(&p["spoofed_source"]),
+            n(&p["vlan_mismatch"])
+        );
+        if n(&p["mtu"]) > 0 {
+            let _ = writeln!(s, "  {:<10} mtu {}", "", n(&p["mtu"]));
+        }
     }
     let _ = writeln!(
         s,
@@ -63,6 +77,16 @@ pub fn render(v: &Value) -> String {
         if n(c) > 0 {
             let _ = writeln!(s, "  {k:<24} {:>12}", n(c));
         }
+    }
+    let _ = writeln!(
+        s,
+        "\nicmp errors sent {}  (rate-limited {})",
+        n(&v["icmp_errors"]["sent"]),
+        n(&v["icmp_errors"]["rate_limited"])
+    );
+    let _ = writeln!(s, "\nsyn flood");
+    for (k, c) in v["syn_flood"].as_object().into_iter().flatten() {
+        let _ = writeln!(s, "  {k:<24} {:>12}", n(c));
     }
     let _ = writeln!(s, "\nrule hits (since the last reload)");
     for (k, c) in v["rules"].as_object().into_iter().flatten() {
@@ -106,6 +130,20 @@ pub fn render(v: &Value) -> String {
             health,
             n(&sv["active_sessions"]),
             n(&sv["total_sessions"])
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nneighbour tables\n  {:<10} {:>8} {:>8}",
+        "port", "entries", "limit"
+    );
+    for t in v["neighbor_tables"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>8} {:>8}",
+            t["port"].as_str().unwrap_or("?"),
+            n(&t["entries"]),
+            n(&t["limit"])
         );
     }
     s

@@ -6,10 +6,12 @@
 //! 0.0 tcp 198.18.0.2:40000 > 198.18.0.10:81 S   #=> drop "sg sg-alb rule 3 (deny)"
 //! ```
 //!
-//! `#=> VERDICT ["reason substring"] [backend=ID] [out="…"]`. The first line
+//! `#=> VERDICT ["reason substring"] [backend=ID] [out="…"] [answer="…"]`
+//! (`answer`: the ICMP error `lbd` sends back for the drop). The first line
 //! `# config: FILE` names the configuration. Bad configurations under
-//! `tests/conformance/bad/` carry `# expect: LINE: substring` lines: `lbctl
-//! check` must fail and report an error at that line containing it.
+//! `tests/conformance/bad/` carry `# expect: LINE: substring` (or `# expect:
+//! LINE:COL: substring`) lines: `lbctl check` must fail and report an error
+//! at that line (and column) containing it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +30,7 @@ struct Expect {
     reason: Option<String>,
     backend: Option<String>,
     out: Option<String>,
+    answer: Option<String>,
 }
 
 /// Splits `#=> forward "a b" backend=x out="c d"` into its parts.
@@ -58,6 +61,8 @@ fn parse_expect(s: &str) -> Expect {
             e.backend = Some(b.to_string());
         } else if let Some(o) = w.strip_prefix("out=") {
             e.out = Some(o.to_string());
+        } else if let Some(a) = w.strip_prefix("answer=") {
+            e.answer = Some(a.to_string());
         } else {
             e.reason = Some(w.clone());
         }
@@ -125,6 +130,11 @@ fn run_trace(path: &Path) -> Vec<String> {
         if let Some(o) = &exp.out {
             if &field("out") != o {
                 bad.push(format!("out {:?} (expected {o:?})", field("out")));
+            }
+        }
+        if let Some(a) = &exp.answer {
+            if &field("answer") != a {
+                bad.push(format!("answer {:?} (expected {a:?})", field("answer")));
             }
         }
         if !bad.is_empty() {
@@ -208,20 +218,26 @@ fn bad_configurations_are_rejected_at_their_line() {
             failures.push(format!("{}: accepted", f.display()));
             continue;
         }
-        let expects: Vec<(usize, String)> = text
+        let expects: Vec<(String, String)> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# expect:"))
             .map(|e| {
                 let (line, msg) = e.trim().split_once(':').expect("LINE: substring");
-                (
-                    line.trim().parse().expect("line number"),
-                    msg.trim().to_string(),
-                )
+                let line: usize = line.trim().parse().expect("line number");
+                // An optional column: `LINE:COL: substring`.
+                match msg.split_once(':') {
+                    Some((col, rest))
+                        if !col.is_empty() && col.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        (format!("{line}:{col}:"), rest.trim().to_string())
+                    }
+                    _ => (format!("{line}:"), msg.trim().to_string()),
+                }
             })
             .collect();
         assert!(!expects.is_empty(), "{}: no '# expect:' lines", f.display());
         for (line, msg) in expects {
-            let prefix = format!("{}:{line}:", f.display());
+            let prefix = format!("{}:{line}", f.display());
             let found = stderr
                 .lines()
                 .any(|l| l.starts_with(&prefix) && l.contains(msg.as_str()));
@@ -269,4 +285,77 @@ fn lint_reports_shadowed_rules_within_and_across_groups() {
 
 fn repo_examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// Runs `cmd` for at most 20 s; its exit status and standard error.
+fn run_bounded(mut cmd: Command) -> (std::process::ExitStatus, String) {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    (status, err)
+}
+
+#[test]
+fn every_command_that_loads_a_configuration_refuses_dev_zero() {
+    let want = "/dev/zero:1:1: the configuration must be a regular file, not a character device";
+    let trace = suite_dir().join("alb-listener-ports.trace");
+    let mut check = lbctl();
+    check.args(["check", "/dev/zero"]);
+    let mut lint = lbctl();
+    lint.args(["lint", "/dev/zero"]);
+    let mut eval = lbctl();
+    eval.args(["eval", "--config", "/dev/zero"]).arg(&trace);
+    let mut lbd = Command::new(env!("CARGO_BIN_EXE_lbd"));
+    lbd.args(["--config", "/dev/zero", "--control"])
+        .arg(std::env::temp_dir().join(format!("lbd-dev-zero-{}.sock", std::process::id())));
+    for cmd in [check, lint, eval, lbd] {
+        let shown = format!("{cmd:?}");
+        let (status, err) = run_bounded(cmd);
+        assert!(!status.success(), "{shown}: accepted");
+        assert!(err.contains(want), "{shown}: {err}");
+    }
+    // A reload in a trace: refused, the previous configuration stays.
+    let dir = std::env::temp_dir().join(format!("lb-reload-dev-zero-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let t = dir.join("reload.trace");
+    std::fs::write(
+        &t,
+        "0.0 tcp 198.18.0.2:40000 > 198.18.0.10:80 S\n@reload /dev/zero\n0.1 tcp 198.18.0.2:40001 > 198.18.0.10:80 S\n",
+    )
+    .expect("write trace");
+    let mut eval = lbctl();
+    eval.arg("eval")
+        .arg("--config")
+        .arg(suite_dir().join("alb-step5.toml"))
+        .arg(&t);
+    let (status, err) = run_bounded(eval);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("reload rejected, the previous configuration stays") && err.contains(want),
+        "{err}"
+    );
 }

@@ -5,24 +5,12 @@
 
 mod common;
 
-use common::{seed_config, sg_alb, Topo, SERIAL};
+use common::{lock, seed_config, sg_alb, wait_healthy, Topo};
 
 const V4_80: &str = "http://198.18.0.10:80/";
 const V4_81: &str = "http://198.18.0.10:81/";
 const V6_80: &str = "http://[2001:db8:18::10]:80/";
 const V6_81: &str = "http://[2001:db8:18::10]:81/";
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Waits until the health checker has seen both backends up.
-fn wait_healthy(t: &Topo) {
-    t.wait_for(15, "both backends healthy", |t| {
-        t.server_up("sgp-web", "ecs01") == Some(true)
-            && t.server_up("sgp-web", "ecs02") == Some(true)
-    });
-}
 
 #[test]
 fn seed_scenario_over_ipv4_and_ipv6() {
@@ -328,17 +316,7 @@ fn metrics_endpoint_and_sighup_reload() {
         &["--metrics", "127.0.0.1:9464"],
     );
     assert!(t.backend_of(V4_80).is_some());
-    let out = t.exec(
-        "lb",
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9464/metrics",
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = t.metrics();
     assert!(
         text.contains("lbd_port_rx_packets_total{port=\"ext\"}"),
         "{text}"

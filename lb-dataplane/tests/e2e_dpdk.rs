@@ -80,6 +80,12 @@ fn seed_scenario_over_dpdk_af_packet_vdevs() {
     for p in s["ports"].as_array().expect("ports") {
         let link = p["link"].as_str().unwrap_or_default();
         assert!(link.starts_with("up"), "link of {}: {p}", p["name"]);
+        // The MTU comes from the device (rte_eth_dev_get_mtu).
+        assert!(
+            p["mtu"].as_u64().unwrap_or(0) >= 1280,
+            "mtu of {}: {p}",
+            p["name"]
+        );
     }
     // net_af_packet has no RSS: one queue per port, so one worker of two.
     assert!(log.contains("running 1 worker(s) instead of 2"), "{log}");

@@ -159,3 +159,42 @@ fn missing_tool_fails_under_ci() {
     assert!(ok, "failed outside CI:\n{out}");
     assert!(out.contains("SKIPPED probe_require_netns: needs "), "{out}");
 }
+
+/// Every test of lb-dataplane and bench skips through `common::skip`
+/// (`require_netns!`, `skip::skip`): a test printing its own `SKIPPED`
+/// line would pass under CI without running.
+#[test]
+fn every_skip_goes_through_the_policy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in [root.join("tests"), root.join("../bench/tests")] {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+                let path = e.expect("a directory entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    assert!(files.len() > 10, "the test sources: {files:?}");
+    let mut own = Vec::new();
+    for f in &files {
+        if f.ends_with("common/skip.rs") || f.ends_with("skip_policy.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).expect("a test source");
+        for (i, line) in text.lines().enumerate() {
+            if line.contains("\"SKIPPED") {
+                own.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        own.is_empty(),
+        "tests that skip without common::skip::skip: {own:#?}"
+    );
+}

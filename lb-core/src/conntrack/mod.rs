@@ -22,9 +22,10 @@
 //! table.update(id, Dir::Reply, Some(tcp_flags::SYN | tcp_flags::ACK), now + 1, &timeouts);
 //! assert_eq!(table.payload(id), Some(&61000));
 //!
-//! // Nothing more for the handshake timeout (30 s): the session is gone and
-//! // its payload (here the NAT port) comes back through the reaped queue.
-//! let later = now + 1 + 30 * NANOS_PER_SEC;
+//! // The handshake timeout (5 s) runs from the first packet (the SYN-ACK
+//! // did not extend it): then the session is gone and its payload (here
+//! // the NAT port) comes back through the reaped queue.
+//! let later = now + 5 * NANOS_PER_SEC;
 //! assert_eq!(table.lookup(&orig, later), None);
 //! let reaped: Vec<u16> = table.drain_reaped().map(|s| s.payload).collect();
 //! assert_eq!(reaped, [61000]);
@@ -34,8 +35,9 @@
 //! # Design
 //!
 //! Each address family has a table of its own: an IPv4 session is stored in
-//! one 64-byte cache line (its two keys take 12 bytes each), an IPv6
-//! session in two. The two tables are sized separately
+//! two 64-byte cache lines (its two keys take 12 bytes each; keys, state,
+//! times and payload fill the first, the TCP sequence window goes in the
+//! second), an IPv6 session in three. The two tables are sized separately
 //! ([`SessionTable::with_capacities`]); a [`SessionId`] says which one holds
 //! its session, and a session's two keys are always of the same family.
 //!
@@ -45,7 +47,9 @@
 //! reaches a later occupant of the slot. A flat open-addressing index maps
 //! both keys of every session to its slot: 8 bytes a key, sized to any
 //! number of buckets (no rounding to a power of two) at a load of 1/2. An
-//! IPv4 session thus costs 64 bytes of slot and 32 of index. The slab
+//! IPv4 session thus costs 128 bytes of slot and 32 of index, and 16 more
+//! for the ring of half-open sessions that early drop reads (see
+//! [`SessionTable::early_drop`]). The slab
 //! is reserved up front and the index is allocated zeroed (so untouched
 //! pages cost nothing); lookups never allocate.
 //!
@@ -63,8 +67,10 @@
 
 mod index;
 mod tcp;
+mod window;
 
-pub use tcp::{flags as tcp_flags, TcpState, Timeouts};
+pub use tcp::{flags as tcp_flags, valid_flags as tcp_valid_flags, TcpState, Timeouts};
+pub use window::{SegmentCheck, TcpSegment, TcpWindow};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -267,10 +273,10 @@ impl<A> Key<A> {
     }
 }
 
-/// One session as its family's slab stores it. The hot fields come first
-/// and the whole session is one cache line for IPv4 (two for IPv6), so a
-/// packet's lookup and update read one line (see
-/// [`SessionTable::warm_session`]).
+/// One session as its family's slab stores it. The hot fields come first:
+/// a lookup reads the first cache line; an update of a TCP session also
+/// the line of the sequence window, the last (see
+/// [`SessionTable::warm_session`], which reads both).
 #[derive(Debug, Clone)]
 #[repr(C, align(64))]
 struct Stored<A, T> {
@@ -279,13 +285,48 @@ struct Stored<A, T> {
     proto: u8,
     tcp_state: Option<TcpState>,
     seen: u8,
+    /// A packet came in the reply direction.
+    replied: bool,
     gen: u32,
     expires_at: Nanos,
     last_seen: Nanos,
     payload: T,
+    /// TCP sequence tracking (after the payload: it takes an IPv4 session
+    /// into a second cache line, an IPv6 one into a third).
+    window: TcpWindow,
 }
 
 impl<A: Addr, T> Stored<A, T> {
+    /// Accounts a packet in direction `dir` at `now`: last seen, and the
+    /// expiry for the current state.
+    #[inline]
+    fn refresh(&mut self, dir: Dir, now: Nanos, timeouts: &Timeouts) {
+        self.replied |= dir == Dir::Reply;
+        self.last_seen = self.last_seen.max(now);
+        self.expires_at = self.last_seen.saturating_add(timeouts.for_session(
+            self.proto,
+            self.tcp_state,
+            self.replied,
+        ));
+    }
+
+    /// Moves the TCP state from `state` by a packet with `tcp_flags`. A
+    /// closed tuple reused by a new connection has not been answered yet.
+    #[inline]
+    fn advance(&mut self, state: TcpState, dir: Dir, tcp_flags: u8) {
+        use tcp::flags::{FIN, RST, SYN};
+        if state == TcpState::Established && tcp_flags & (SYN | FIN | RST) == 0 {
+            // The common segment moves nothing.
+            return;
+        }
+        let (next, seen) = tcp::advance(state, self.seen, dir == Dir::Reply, tcp_flags);
+        if state == TcpState::Closed && next == TcpState::SynSent {
+            self.replied = false;
+        }
+        self.tcp_state = Some(next);
+        self.seen = seen;
+    }
+
     fn key(&self, dir: Dir) -> &Key<A> {
         match dir {
             Dir::Orig => &self.orig,
@@ -344,8 +385,103 @@ enum Slot<A, T> {
 /// packed in a `u32`, with a bit for the family).
 pub const MAX_CAPACITY: usize = 1 << 30;
 
+/// Index buckets per session: its two keys, at a load of at most 1/2
+/// (`Table::new` sizes the index for `2 * capacity` entries).
+const INDEX_BUCKETS_PER_SESSION: usize = 4;
+
 /// How many slots [`SessionTable::expire`] examines per unit of budget.
 pub const EXPIRE_SCAN_PER_BUDGET: usize = 32;
+
+/// How many of the oldest half-open sessions [`SessionTable::early_drop`]
+/// looks at, at most.
+pub const EARLY_DROP_SCAN: usize = 64;
+
+/// The half-open TCP sessions of a table in the order they became
+/// half-open, so early drop finds the oldest in O(1): a ring of `(slot,
+/// generation)` entries with room for twice the table's sessions. Entries
+/// of sessions that completed their handshake or went away stay until
+/// they reach the front, or until the ring fills up and is compacted
+/// (which leaves at most as many entries as the table holds sessions, so
+/// compactions cost O(1) per entry pushed); `count` is exact.
+#[derive(Debug, Clone)]
+struct HalfOpen {
+    ring: Vec<u64>,
+    head: usize,
+    len: usize,
+    /// Half-open sessions in the table.
+    count: usize,
+}
+
+/// A ring entry that no longer names a session.
+const FORGOTTEN: u64 = u64::MAX;
+
+impl HalfOpen {
+    const BYTES_PER_SESSION: usize = 2 * std::mem::size_of::<u64>();
+
+    fn new(capacity: usize) -> HalfOpen {
+        HalfOpen {
+            // Zeroed, so untouched pages cost nothing.
+            ring: vec![0; 2 * capacity.max(1)],
+            head: 0,
+            len: 0,
+            count: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.ring.len()
+    }
+
+    /// A session became half-open (`count` grows by one). The ring must
+    /// not be full.
+    fn push(&mut self, slot: u32, gen: u32) {
+        debug_assert!(!self.is_full(), "compact the ring first");
+        self.count += 1;
+        let cap = self.ring.len();
+        if self.len == cap {
+            // Not reached: the oldest entry goes.
+            self.pop_front();
+        }
+        let at = (self.head + self.len) % cap;
+        self.ring[at] = (u64::from(slot) << 32) | u64::from(gen);
+        self.len += 1;
+    }
+
+    /// The `i`-th oldest entry.
+    fn get(&self, i: usize) -> (u32, u32) {
+        let e = self.ring[(self.head + i) % self.ring.len()];
+        if e == FORGOTTEN {
+            return (NO_SLOT, 0);
+        }
+        ((e >> 32) as u32, e as u32)
+    }
+
+    fn forget(&mut self, i: usize) {
+        let at = (self.head + i) % self.ring.len();
+        self.ring[at] = FORGOTTEN;
+    }
+
+    fn pop_front(&mut self) {
+        if self.len > 0 {
+            self.head = (self.head + 1) % self.ring.len();
+            self.len -= 1;
+        }
+    }
+
+    /// Keeps only the entries for which `live` holds, in their order.
+    fn compact(&mut self, mut live: impl FnMut(u32, u32) -> bool) {
+        let cap = self.ring.len();
+        let mut kept = 0;
+        for i in 0..self.len {
+            let (slot, gen) = self.get(i);
+            if slot != NO_SLOT && live(slot, gen) {
+                self.ring[(self.head + kept) % cap] = self.ring[(self.head + i) % cap];
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+}
 
 /// The sessions of one address family.
 struct Table<A, T> {
@@ -363,6 +499,8 @@ struct Table<A, T> {
     pending: Vec<(u64, u32)>,
     /// Set on the slots of this table's [`SessionId`]s.
     family_bit: u32,
+    /// Half-open TCP sessions, oldest first, for [`Table::early_drop`].
+    half_open: HalfOpen,
 }
 
 impl<A: Addr, T> Table<A, T> {
@@ -382,6 +520,7 @@ impl<A: Addr, T> Table<A, T> {
             reaped: Vec::with_capacity(capacity.min(4096)),
             pending: Vec::with_capacity(256),
             family_bit,
+            half_open: HalfOpen::new(capacity),
         }
     }
 
@@ -403,7 +542,7 @@ impl<A: Addr, T> Table<A, T> {
     }
 
     fn bytes_per_session(&self) -> usize {
-        let slot = std::mem::size_of::<Slot<A, T>>();
+        let slot = std::mem::size_of::<Slot<A, T>>() + HalfOpen::BYTES_PER_SESSION;
         slot + (self.index.buckets() * std::mem::size_of::<u64>()).div_ceil(self.capacity.max(1))
     }
 
@@ -425,9 +564,11 @@ impl<A: Addr, T> Table<A, T> {
         }
         let value = ((bucket as u32).wrapping_sub(1) >> 1) as usize;
         match self.slots.get(value) {
-            // The slot's first line (tag and keys) and, for IPv6, its second
-            // (times and payload).
-            Some(Slot::Occupied(s)) => u64::from(s.orig.sport) ^ s.last_seen ^ bucket,
+            // The slot's first line (tag and keys), for IPv6 its second
+            // (times and payload), and its last (the TCP window).
+            Some(Slot::Occupied(s)) => {
+                u64::from(s.orig.sport) ^ s.last_seen ^ bucket ^ u64::from(s.window.last_byte())
+            }
             _ => bucket,
         }
     }
@@ -547,7 +688,7 @@ impl<A: Addr, T> Table<A, T> {
         }
 
         let tcp_state = (proto == PROTO_TCP).then_some(TcpState::SynSent);
-        let expires_at = now.saturating_add(timeouts.for_state(proto, tcp_state));
+        let expires_at = now.saturating_add(timeouts.for_session(proto, tcp_state, false));
         // The head of the free list, else a fresh slot at the end (the
         // free list is empty when its head, NO_SLOT, is beyond the slab).
         let (slot, gen) = match self.slots.get(self.free as usize) {
@@ -569,16 +710,21 @@ impl<A: Addr, T> Table<A, T> {
         } else {
             self.index.insert(hr, (slot << 1) | 1);
         }
+        if tcp::is_half_open(tcp_state) {
+            self.push_half_open(slot, gen);
+        }
         self.slots[slot as usize] = Slot::Occupied(Stored {
             orig,
             reply,
             proto,
             tcp_state,
             seen: 0,
+            replied: false,
             gen,
             expires_at,
             last_seen: now,
             payload,
+            window: TcpWindow::default(),
         });
         self.len += 1;
         Ok(self.id(slot, gen))
@@ -612,16 +758,86 @@ impl<A: Addr, T> Table<A, T> {
         let Some(s) = self.get_mut(id) else {
             return false;
         };
+        let was_half_open = tcp::is_half_open(s.tcp_state);
         if let (Some(state), Some(f)) = (s.tcp_state, tcp_flags) {
-            let (state, seen) = tcp::advance(state, s.seen, dir == Dir::Reply, f);
-            s.tcp_state = Some(state);
-            s.seen = seen;
+            s.advance(state, dir, f);
         }
-        s.last_seen = s.last_seen.max(now);
-        s.expires_at = s
-            .last_seen
-            .saturating_add(timeouts.for_state(s.proto, s.tcp_state));
+        self.settle(id, was_half_open, dir, now, timeouts);
         true
+    }
+
+    /// Refreshes session `id` after a packet in `dir` that found it
+    /// half-open or not (`was_half_open`), and keeps the ring of half-open
+    /// sessions in step with its TCP state. A handshake's timer runs from
+    /// its start: retransmitted SYNs and SYN-ACKs (a spoofed client never
+    /// answers) do not extend it.
+    #[inline]
+    fn settle(
+        &mut self,
+        id: SessionId,
+        was_half_open: bool,
+        dir: Dir,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) {
+        let Some(s) = self.get_mut(id) else {
+            return;
+        };
+        let half_open = tcp::is_half_open(s.tcp_state);
+        if was_half_open && half_open {
+            s.replied |= dir == Dir::Reply;
+            s.last_seen = s.last_seen.max(now);
+        } else {
+            s.refresh(dir, now, timeouts);
+        }
+        let gen = s.gen;
+        match (was_half_open, half_open) {
+            (true, false) => self.half_open.count -= 1,
+            (false, true) => self.push_half_open(slot32(id.slot()), gen),
+            _ => {}
+        }
+    }
+
+    #[inline]
+    fn update_tcp(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        seg: &TcpSegment,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> Option<SegmentCheck> {
+        let s = self.get_mut(id)?;
+        let Some(state) = s.tcp_state else {
+            s.refresh(dir, now, timeouts);
+            return Some(SegmentCheck::Accepted);
+        };
+        let check = s.window.track(state, dir, seg);
+        match check {
+            SegmentCheck::Accepted | SegmentCheck::Reset => {
+                let was_half_open = tcp::is_half_open(Some(state));
+                s.advance(state, dir, seg.flags);
+                self.settle(id, was_half_open, dir, now, timeouts);
+            }
+            SegmentCheck::ResetInWindow => {
+                // The endpoint decides: its challenge ACK (or anything
+                // else) restores the timeout of the state; silence ends
+                // the session as a RST would.
+                self.settle(id, tcp::is_half_open(Some(state)), dir, now, timeouts);
+                if let Some(s) = self.get_mut(id) {
+                    s.expires_at = s
+                        .expires_at
+                        .min(s.last_seen.saturating_add(timeouts.closed));
+                }
+            }
+            SegmentCheck::OutOfWindow if seg.flags & tcp::flags::RST != 0 => {}
+            // Passed on, not learned from; it keeps the session alive as
+            // any packet of it does (a handshake's timer excepted).
+            SegmentCheck::OutOfWindow => {
+                self.settle(id, tcp::is_half_open(Some(state)), dir, now, timeouts);
+            }
+        }
+        Some(check)
     }
 
     fn remove(&mut self, id: SessionId) -> Option<T> {
@@ -678,6 +894,57 @@ impl<A: Addr, T> Table<A, T> {
             })
     }
 
+    /// Files session (`slot`, `gen`) as the newest half-open one.
+    fn push_half_open(&mut self, slot: u32, gen: u32) {
+        if self.half_open.is_full() {
+            let slots = &self.slots;
+            self.half_open.compact(|slot, gen| {
+                matches!(slots.get(slot as usize),
+                    Some(Slot::Occupied(s)) if s.gen == gen && tcp::is_half_open(s.tcp_state))
+            });
+        }
+        self.half_open.push(slot, gen);
+    }
+
+    /// Removes the oldest half-open session for which `want` holds,
+    /// looking at no more than [`EARLY_DROP_SCAN`] of the oldest entries.
+    fn early_drop(&mut self, want: &mut impl FnMut(&Session<&T>) -> bool) -> Option<Stored<A, T>> {
+        let mut at = 0;
+        // Stale entries at the front are dropped as they are met (each
+        // once), but no more than this per call.
+        let mut steps = 4 * EARLY_DROP_SCAN;
+        while at < self.half_open.len && at < EARLY_DROP_SCAN && steps > 0 {
+            steps -= 1;
+            let (slot, gen) = self.half_open.get(at);
+            let live = match self.slots.get(slot as usize) {
+                Some(Slot::Occupied(s)) if s.gen == gen && tcp::is_half_open(s.tcp_state) => {
+                    Some(want(&s.report().with(&s.payload)))
+                }
+                _ => None,
+            };
+            match live {
+                // Gone, or no longer half-open: forget it (the oldest ones
+                // for good, others marked).
+                None if at == 0 => {
+                    self.half_open.pop_front();
+                    continue;
+                }
+                None => self.half_open.forget(at),
+                Some(true) => {
+                    if at == 0 {
+                        self.half_open.pop_front();
+                    } else {
+                        self.half_open.forget(at);
+                    }
+                    return self.take_slot(slot);
+                }
+                Some(false) => {}
+            }
+            at += 1;
+        }
+        None
+    }
+
     fn reap_slot(&mut self, slot: u32) {
         if let Some(s) = self.take_slot(slot) {
             self.reaped.push(s);
@@ -689,10 +956,15 @@ impl<A: Addr, T> Table<A, T> {
         self.flush();
         let idx = slot as usize;
         let (gen, hashes) = match &self.slots[idx] {
-            Slot::Occupied(s) => (
-                s.gen,
-                [self.hash(&s.orig, s.proto), self.hash(&s.reply, s.proto)],
-            ),
+            Slot::Occupied(s) => {
+                if tcp::is_half_open(s.tcp_state) {
+                    self.half_open.count -= 1;
+                }
+                (
+                    s.gen,
+                    [self.hash(&s.orig, s.proto), self.hash(&s.reply, s.proto)],
+                )
+            }
             Slot::Vacant { .. } => return None,
         };
         for (dir, hash) in hashes.into_iter().enumerate() {
@@ -721,6 +993,11 @@ impl<A: Addr, T> Table<A, T> {
     #[cfg(test)]
     fn check_invariants(&self) {
         assert_eq!(self.index.len() + self.pending.len(), 2 * self.len);
+        let half_open = self
+            .iter()
+            .filter(|(_, s)| tcp::is_half_open(s.tcp_state()))
+            .count();
+        assert_eq!(self.half_open.count, half_open);
         assert_eq!(self.iter().count(), self.len);
         let mut free = 0;
         let mut at = self.free;
@@ -902,6 +1179,19 @@ impl<T> SessionTable<T> {
     /// index buckets (excluding the reaped queue).
     pub fn bytes_per_session(&self, ipv6: bool) -> usize {
         family!(self, ipv6, |t| t.bytes_per_session())
+    }
+
+    /// Memory per session of a family's table, known without building one:
+    /// the slot, its index buckets and its half-open ring entries. It equals
+    /// [`SessionTable::bytes_per_session`] of any table of a few thousand
+    /// sessions or more; a configuration's memory estimate is built on it.
+    pub const fn session_bytes(ipv6: bool) -> usize {
+        let slot = if ipv6 {
+            std::mem::size_of::<Slot<Ipv6Addr, T>>()
+        } else {
+            std::mem::size_of::<Slot<Ipv4Addr, T>>()
+        };
+        slot + INDEX_BUCKETS_PER_SESSION * std::mem::size_of::<u64>() + HalfOpen::BYTES_PER_SESSION
     }
 
     /// The hash the table files `key` under, for
@@ -1121,6 +1411,29 @@ impl<T> SessionTable<T> {
         ))
     }
 
+    /// [`SessionTable::update`] for a TCP segment, with sequence tracking
+    /// (see [`TcpWindow`]): an in-window segment is accounted as `update`
+    /// does; an out-of-window RST changes nothing (the caller drops it); an
+    /// out-of-window segment of another kind refreshes the session but
+    /// neither moves its state nor teaches the windows; a RST inside the
+    /// window but not at an exact sequence number leaves the state and
+    /// shortens the expiry to the closed timeout until the next packet.
+    /// Returns how the segment fitted, `None` if `id` is stale. Sessions of
+    /// other protocols are refreshed and report `Accepted`.
+    #[inline]
+    pub fn update_tcp(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        seg: &TcpSegment,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> Option<SegmentCheck> {
+        family!(mut self, id.is_ipv6(), |t| t.update_tcp(
+            id, dir, seg, now, timeouts
+        ))
+    }
+
     /// Removes session `id` and returns its payload (not queued as reaped).
     pub fn remove(&mut self, id: SessionId) -> Option<T> {
         family!(mut self, id.is_ipv6(), |t| t.remove(id))
@@ -1153,6 +1466,26 @@ impl<T> SessionTable<T> {
     /// Sessions waiting in the reaped queue.
     pub fn reaped_len(&self) -> usize {
         self.v4.reaped.len() + self.v6.reaped.len()
+    }
+
+    /// Early drop, as Linux conntrack does when its table is full: removes
+    /// the oldest half-open TCP session of the family (`ipv6`) for which
+    /// `want` holds, among the [`EARLY_DROP_SCAN`] oldest, and returns it
+    /// (not queued as reaped). `None` when there is none.
+    pub fn early_drop(
+        &mut self,
+        ipv6: bool,
+        mut want: impl FnMut(&Session<&T>) -> bool,
+    ) -> Option<Session<T>> {
+        family!(mut self, ipv6, |t| t
+            .early_drop(&mut want)
+            .map(Stored::into_report))
+    }
+
+    /// Half-open TCP sessions held (a SYN seen, the handshake not
+    /// completed), both families.
+    pub fn half_open(&self) -> usize {
+        self.v4.half_open.count + self.v6.half_open.count
     }
 
     /// Every session held (including expired ones not yet reaped): the IPv4

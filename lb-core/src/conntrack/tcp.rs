@@ -13,6 +13,24 @@ pub mod flags {
     pub const RST: u8 = 0x04;
     pub const PSH: u8 = 0x08;
     pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// Whether a TCP flag combination is one a TCP sends: conntrack's
+/// `tcp_valid_flags` table, PSH, ECE and CWR ignored. SYN+FIN, SYN+RST,
+/// FIN without ACK, no flags at all and the like are not.
+pub fn valid_flags(tcp_flags: u8) -> bool {
+    use flags::{ACK, FIN, RST, SYN, URG};
+    const SYN_URG: u8 = SYN | URG;
+    const SYN_ACK: u8 = SYN | ACK;
+    const RST_ACK: u8 = RST | ACK;
+    const FIN_ACK: u8 = FIN | ACK;
+    const FIN_ACK_URG: u8 = FIN | ACK | URG;
+    const ACK_URG: u8 = ACK | URG;
+    matches!(
+        tcp_flags & (FIN | SYN | RST | ACK | URG),
+        SYN | SYN_URG | SYN_ACK | RST | RST_ACK | FIN_ACK | FIN_ACK_URG | ACK | ACK_URG
+    )
 }
 
 /// Idle timeouts by session state. A session expires when no packet
@@ -22,7 +40,8 @@ pub mod flags {
 pub struct Timeouts {
     /// Established TCP sessions (the platform's session timeout, 910 s).
     pub established: Nanos,
-    /// TCP handshake not completed (30 s).
+    /// TCP handshake not completed (5 s), counted from the handshake's
+    /// first packet: retransmissions do not extend it.
     pub syn: Nanos,
     /// TCP, a FIN seen in one direction only (60 s).
     pub closing: Nanos,
@@ -32,22 +51,42 @@ pub struct Timeouts {
     pub udp: Nanos,
     /// Every other protocol (ICMP echo, ...).
     pub other: Nanos,
+    /// The most any session lives idle while no packet came back in the
+    /// reply direction (conntrack's unreplied timeout, 30 s).
+    pub unreplied: Nanos,
 }
+
+/// The handshake timeout, seconds. Short, because a half-open session
+/// costs a slot and a local port, and a spoofed SYN never completes: a
+/// client's SYN retransmitted after it (Linux waits 1, 2, 4 s between
+/// tries) makes a new session. Linux conntrack's 120 s (SYN_SENT) is meant
+/// for a firewall, not for a proxy under a flood.
+pub const SYN_TIMEOUT_S: u64 = 5;
 
 impl Timeouts {
     /// Timeouts for a platform session timeout of `secs` seconds: it applies
     /// to established TCP, UDP and other protocols; the TCP handshake,
-    /// closing and closed timeouts keep their defaults (30 s, 60 s, 10 s)
+    /// closing and closed timeouts keep their defaults (5 s, 60 s, 10 s)
     /// but are capped at the session timeout.
     pub fn from_session_timeout(secs: u32) -> Timeouts {
         let established = Nanos::from(secs) * NANOS_PER_SEC;
         Timeouts {
             established,
-            syn: (30 * NANOS_PER_SEC).min(established),
+            syn: (SYN_TIMEOUT_S * NANOS_PER_SEC).min(established),
             closing: (60 * NANOS_PER_SEC).min(established),
             closed: (10 * NANOS_PER_SEC).min(established),
             udp: established,
             other: established,
+            unreplied: (30 * NANOS_PER_SEC).min(established),
+        }
+    }
+
+    /// The same timeouts with an unreplied timeout of `secs` seconds (capped
+    /// at the session timeout).
+    pub fn with_unreplied(self, secs: u32) -> Timeouts {
+        Timeouts {
+            unreplied: (Nanos::from(secs) * NANOS_PER_SEC).min(self.established),
+            ..self
         }
     }
 
@@ -61,6 +100,18 @@ impl Timeouts {
             Some(TcpState::Closed) => self.closed,
             None if proto == PROTO_UDP => self.udp,
             None => self.other,
+        }
+    }
+
+    /// [`Timeouts::for_state`] for a session that has (`replied`) or has
+    /// not yet seen a packet in the reply direction.
+    #[inline]
+    pub fn for_session(&self, proto: u8, state: Option<TcpState>, replied: bool) -> Nanos {
+        let t = self.for_state(proto, state);
+        if replied {
+            t
+        } else {
+            t.min(self.unreplied)
         }
     }
 }
@@ -87,6 +138,12 @@ pub enum TcpState {
     FinWait,
     /// FINs seen in both directions, or a RST.
     Closed,
+}
+
+/// Whether a session in `state` is half-open: a TCP handshake begun and
+/// not completed.
+pub(crate) fn is_half_open(state: Option<TcpState>) -> bool {
+    matches!(state, Some(TcpState::SynSent | TcpState::SynRecv))
 }
 
 /// Per-direction flags remembered by a TCP session (bit set in
@@ -231,13 +288,14 @@ mod tests {
     fn timeouts() {
         let t = Timeouts::default();
         assert_eq!(t.established, 910 * NANOS_PER_SEC);
-        assert_eq!(t.syn, 30 * NANOS_PER_SEC);
+        assert_eq!(t.syn, 5 * NANOS_PER_SEC);
         assert_eq!(t.closing, 60 * NANOS_PER_SEC);
         assert_eq!(t.closed, 10 * NANOS_PER_SEC);
         assert_eq!(t.udp, t.established);
         assert_eq!(t.other, t.established);
         let short = Timeouts::from_session_timeout(20);
-        assert_eq!(short.syn, 20 * NANOS_PER_SEC);
+        assert_eq!(short.syn, 5 * NANOS_PER_SEC);
+        assert_eq!(Timeouts::from_session_timeout(3).syn, 3 * NANOS_PER_SEC);
         assert_eq!(short.closing, 20 * NANOS_PER_SEC);
         assert_eq!(short.closed, 10 * NANOS_PER_SEC);
         assert_eq!(t.for_state(17, None), t.udp);

@@ -97,7 +97,8 @@ fn duplicate_keys_rejected() {
 
 #[test]
 fn idle_timeout_boundary_and_refresh() {
-    let t0 = Timeouts::default();
+    // Without the unreplied limit (see `unreplied_sessions_expire_early`).
+    let t0 = Timeouts::default().with_unreplied(910);
     let mut t = table(4);
     let o = key(6, 1);
     let id = t.insert(o, nat_reply(6, 1), 1, 0, &t0).expect("room");
@@ -127,7 +128,7 @@ fn idle_timeout_boundary_and_refresh() {
 
 #[test]
 fn exact_boundary_without_update() {
-    let t0 = Timeouts::default();
+    let t0 = Timeouts::default().with_unreplied(910);
     let mut t = table(4);
     let o = key(17, 1);
     t.insert(o, nat_reply(17, 1), 1, 5, &t0).expect("room");
@@ -143,7 +144,7 @@ fn tcp_close_and_rst_shorten_timeout() {
     let r = nat_reply(6, 1);
     let id = t.insert(o, r, 1, 0, &t0).expect("room");
     t.update(id, Dir::Orig, Some(SYN), 0, &t0);
-    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(30 * S));
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(5 * S));
     t.update(id, Dir::Reply, Some(SYN | ACK), S, &t0);
     assert_eq!(
         t.get(id).and_then(|s| s.tcp_state()),
@@ -284,7 +285,7 @@ fn expire_respects_budget_and_delivers_once() {
 
 #[test]
 fn expire_scan_is_bounded() {
-    let t0 = Timeouts::default();
+    let t0 = Timeouts::default().with_unreplied(910);
     let mut t = table(1000);
     for i in 0..1000u16 {
         t.insert(key(17, i), nat_reply(17, i), 0, 0, &t0)
@@ -326,17 +327,40 @@ fn retain_and_iter() {
 
 #[test]
 fn memory_per_session() {
-    // An IPv4 session is one cache line with a 16-byte payload, an IPv6
-    // one two; the index adds two 8-byte buckets per session at a load of
-    // 1/2, whatever the capacity.
-    assert_eq!(std::mem::size_of::<Slot<Ipv4Addr, [u32; 4]>>(), 64);
-    assert_eq!(std::mem::size_of::<Slot<Ipv6Addr, [u32; 4]>>(), 128);
+    // An IPv4 session is two cache lines with a 16-byte payload and the
+    // 28-byte TCP window, an IPv6 one three; the index adds two 8-byte
+    // buckets per session at a load of 1/2, whatever the capacity, and the
+    // half-open ring 16 bytes.
+    assert_eq!(std::mem::size_of::<TcpWindow>(), 28);
+    assert_eq!(std::mem::size_of::<Slot<Ipv4Addr, [u32; 4]>>(), 128);
+    assert_eq!(std::mem::size_of::<Slot<Ipv6Addr, [u32; 4]>>(), 192);
     assert_eq!(std::mem::align_of::<Slot<Ipv4Addr, [u32; 4]>>(), 64);
     for cap in [1 << 20, 3 << 19, 1_000_000] {
         let t: SessionTable<[u32; 4]> = SessionTable::with_capacities(cap, cap / 4);
-        assert_eq!(t.bytes_per_session(false), 64 + 32, "{cap}");
-        assert_eq!(t.bytes_per_session(true), 128 + 32, "{cap}");
+        assert_eq!(t.bytes_per_session(false), 128 + 16 + 32, "{cap}");
+        assert_eq!(t.bytes_per_session(true), 192 + 16 + 32, "{cap}");
     }
+}
+
+#[test]
+fn session_bytes_is_what_a_full_table_takes() {
+    fn check<T>() {
+        for cap in [4096, 1 << 20, 1_000_003] {
+            let t: SessionTable<T> = SessionTable::with_capacities(cap, cap);
+            for v6 in [false, true] {
+                assert_eq!(
+                    SessionTable::<T>::session_bytes(v6),
+                    t.bytes_per_session(v6),
+                    "{cap} {v6}"
+                );
+            }
+        }
+    }
+    check::<u32>();
+    check::<[u32; 4]>();
+    check::<[u64; 5]>();
+    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(false), 176);
+    assert_eq!(SessionTable::<[u32; 4]>::session_bytes(true), 240);
 }
 
 #[test]
@@ -652,5 +676,280 @@ fn insert_after_a_missed_lookup() {
     );
     assert_eq!(t.lookup(&nat_reply(6, 1), 1), Some((held, Dir::Reply)));
     t.flush();
+    t.check_invariants();
+}
+
+fn seg(flags: u8, seq: u32, ack: u32) -> TcpSegment {
+    TcpSegment {
+        flags,
+        seq,
+        ack,
+        window: 65535,
+        ..TcpSegment::default()
+    }
+}
+
+/// A TCP session through the handshake: client ISN 1000, server ISN 5000.
+fn handshake(t: &mut SessionTable<u32>, n: u16, t0: &Timeouts) -> SessionId {
+    let id = t
+        .insert(key(6, n), nat_reply(6, n), 1, 0, t0)
+        .expect("room");
+    for (dir, s) in [
+        (Dir::Orig, seg(SYN, 1000, 0)),
+        (Dir::Reply, seg(SYN | ACK, 5000, 1001)),
+        (Dir::Orig, seg(ACK, 1001, 5001)),
+    ] {
+        assert_eq!(
+            t.update_tcp(id, dir, &s, S, t0),
+            Some(SegmentCheck::Accepted)
+        );
+    }
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::Established)
+    );
+    id
+}
+
+#[test]
+fn blind_rst_leaves_the_session_alone() {
+    let t0 = Timeouts::default();
+    let mut t = table(4);
+    let id = handshake(&mut t, 1, &t0);
+    let before = t.get(id).map(|s| s.expires_at());
+    // Random sequence numbers, both directions: dropped, nothing changes.
+    for (i, blind) in [7u32, 0x8000_0000, 0xdead_beef, 1000, 70_000]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = if i % 2 == 0 { Dir::Orig } else { Dir::Reply };
+        assert_eq!(
+            t.update_tcp(id, dir, &seg(RST, blind, 0), 2 * S, &t0),
+            Some(SegmentCheck::OutOfWindow),
+            "seq {blind}"
+        );
+    }
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::Established)
+    );
+    assert_eq!(t.get(id).map(|s| s.expires_at()), before);
+    // A blind FIN moves nothing either (it is passed on).
+    assert_eq!(
+        t.update_tcp(
+            id,
+            Dir::Orig,
+            &seg(FIN | ACK, 0x9000_0000, 5001),
+            3 * S,
+            &t0
+        ),
+        Some(SegmentCheck::OutOfWindow)
+    );
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::Established)
+    );
+    // In the window but not exact: the state stays, the expiry shortens
+    // until the next packet (the endpoint's challenge ACK) restores it.
+    assert_eq!(
+        t.update_tcp(id, Dir::Orig, &seg(RST, 1500, 0), 4 * S, &t0),
+        Some(SegmentCheck::ResetInWindow)
+    );
+    assert_eq!(
+        t.get(id).map(|s| (s.tcp_state(), s.expires_at())),
+        Some((Some(TcpState::Established), 4 * S + t0.closed))
+    );
+    assert_eq!(
+        t.update_tcp(id, Dir::Reply, &seg(ACK, 5001, 1001), 5 * S, &t0),
+        Some(SegmentCheck::Accepted)
+    );
+    assert_eq!(
+        t.get(id).map(|s| s.expires_at()),
+        Some(5 * S + t0.established)
+    );
+    // The client's own RST (its next sequence number) closes.
+    assert_eq!(
+        t.update_tcp(id, Dir::Orig, &seg(RST, 1001, 0), 6 * S, &t0),
+        Some(SegmentCheck::Reset)
+    );
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::Closed)
+    );
+}
+
+#[test]
+fn rst_in_syn_sent_must_acknowledge_the_syn() {
+    let t0 = Timeouts::default();
+    let mut t = table(4);
+    let id = t
+        .insert(key(6, 2), nat_reply(6, 2), 1, 0, &t0)
+        .expect("room");
+    t.update_tcp(id, Dir::Orig, &seg(SYN, 1000, 0), 0, &t0);
+    assert_eq!(
+        t.update_tcp(id, Dir::Reply, &seg(RST | ACK, 0, 77), S, &t0),
+        Some(SegmentCheck::OutOfWindow)
+    );
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::SynSent)
+    );
+    assert_eq!(
+        t.update_tcp(id, Dir::Reply, &seg(RST | ACK, 0, 1001), S, &t0),
+        Some(SegmentCheck::Reset)
+    );
+    assert_eq!(
+        t.get(id).and_then(|s| s.tcp_state()),
+        Some(TcpState::Closed)
+    );
+}
+
+#[test]
+fn unreplied_sessions_expire_early() {
+    let t0 = Timeouts::default();
+    assert_eq!(t0.unreplied, 30 * S);
+    let mut t = table(8);
+    // UDP and a TCP flow picked up mid-stream, one direction only: 30 s.
+    let udp = key(17, 1);
+    let id = t.insert(udp, nat_reply(17, 1), 1, 0, &t0).expect("room");
+    t.update(id, Dir::Orig, None, 0, &t0);
+    let tcp = key(6, 2);
+    let id2 = t.insert(tcp, nat_reply(6, 2), 2, 0, &t0).expect("room");
+    t.update_tcp(id2, Dir::Orig, &seg(ACK, 1, 1), 0, &t0);
+    assert_eq!(
+        t.get(id2).and_then(|s| s.tcp_state()),
+        Some(TcpState::Established)
+    );
+    assert!(t.lookup(&udp, 30 * S - 1).is_some());
+    assert!(t.lookup(&tcp, 30 * S - 1).is_some());
+    assert!(t.lookup(&udp, 30 * S).is_none());
+    assert!(t.lookup(&tcp, 30 * S).is_none());
+    // Once a reply came, the protocol's timeout.
+    let id = t
+        .insert(udp, nat_reply(17, 1), 3, 100 * S, &t0)
+        .expect("room");
+    t.update(id, Dir::Orig, None, 100 * S, &t0);
+    t.update(id, Dir::Reply, None, 101 * S, &t0);
+    assert!(t.lookup(&udp, 101 * S + t0.udp - 1).is_some());
+    // Configurable.
+    let t1 = Timeouts::default().with_unreplied(5);
+    let id = t
+        .insert(key(17, 3), nat_reply(17, 3), 4, 0, &t1)
+        .expect("room");
+    t.update(id, Dir::Orig, None, 0, &t1);
+    assert!(t.lookup(&key(17, 3), 5 * S).is_none());
+    // A closed tuple reused by a new connection is unanswered again.
+    let id = handshake(&mut t, 4, &t1);
+    t.update_tcp(id, Dir::Orig, &seg(RST, 1001, 0), 2 * S, &t1);
+    t.update_tcp(id, Dir::Orig, &seg(SYN, 9000, 0), 3 * S, &t1);
+    assert_eq!(
+        t.get(id).map(|s| (s.tcp_state(), s.expires_at())),
+        Some((Some(TcpState::SynSent), 8 * S))
+    );
+}
+
+#[test]
+fn early_drop_takes_the_oldest_half_open_session_and_never_an_established_one() {
+    let t0 = Timeouts::default();
+    let mut t = table(8);
+    // Established (picked up mid-stream), then three handshakes begun.
+    let est = t
+        .insert(key(6, 0), nat_reply(6, 0), 100, 0, &t0)
+        .expect("room");
+    t.update(est, Dir::Orig, Some(ACK), 0, &t0);
+    let mut half = Vec::new();
+    for n in 1..=3u16 {
+        let id = t
+            .insert(
+                key(6, n),
+                nat_reply(6, n),
+                u32::from(n),
+                S * u64::from(n),
+                &t0,
+            )
+            .expect("room");
+        t.update(id, Dir::Orig, Some(SYN), S * u64::from(n), &t0);
+        half.push(id);
+    }
+    // The second handshake completes: no longer a candidate.
+    t.update(half[1], Dir::Reply, Some(SYN | ACK), 4 * S, &t0);
+    t.update(half[1], Dir::Orig, Some(ACK), 4 * S, &t0);
+    assert_eq!(t.half_open(), 2);
+    t.check_invariants();
+
+    let first = t.early_drop(false, |_| true).expect("a half-open session");
+    assert_eq!(first.payload, 1);
+    assert_eq!(t.half_open(), 1);
+    // A filter (e.g. "holds a port on this local address") skips others.
+    assert!(t.early_drop(false, |s| *s.payload == 7).is_none());
+    let third = t.early_drop(false, |_| true).expect("a half-open session");
+    assert_eq!(third.payload, 3);
+    // Only established sessions are left: nothing to drop.
+    assert!(t.early_drop(false, |_| true).is_none());
+    assert!(t.early_drop(true, |_| true).is_none());
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.get(est).map(|s| *s.payload), Some(100));
+    assert_eq!(t.half_open(), 0);
+    assert_eq!(t.reaped_len(), 0);
+    t.check_invariants();
+}
+
+#[test]
+fn early_drop_frees_room_in_a_full_table_of_half_open_sessions() {
+    let t0 = Timeouts::default();
+    let mut t = table(64);
+    // Many more handshakes than the table holds, each made room for by
+    // dropping the oldest: the ring's stale entries never block it.
+    for n in 0..1000u16 {
+        let (o, r) = (key(6, n), nat_reply(6, n));
+        let id = match t.insert(o, r, u32::from(n), 0, &t0) {
+            Ok(id) => id,
+            Err(InsertError::Full { .. }) => {
+                let oldest = t.iter().map(|(_, s)| *s.payload).min();
+                let old = t.early_drop(false, |_| true).expect("a half-open session");
+                assert_eq!(Some(old.payload), oldest, "the oldest goes first");
+                t.insert(o, r, u32::from(n), 0, &t0).expect("room made")
+            }
+            Err(e) => panic!("{e}"),
+        };
+        t.update(id, Dir::Orig, Some(SYN), 0, &t0);
+        if n % 3 == 0 {
+            // Some complete and end: their ring entries go stale.
+            t.update(id, Dir::Reply, Some(SYN | ACK), 0, &t0);
+            t.update(id, Dir::Orig, Some(ACK), 0, &t0);
+            t.remove(id);
+        }
+    }
+    t.check_invariants();
+}
+
+#[test]
+fn retransmitted_syns_and_syn_acks_do_not_extend_a_handshake() {
+    let t0 = Timeouts::default();
+    assert_eq!(t0.syn, 5 * S);
+    let mut t = table(8);
+    let (o, r) = (key(6, 1), nat_reply(6, 1));
+    let id = t.insert(o, r, 1, 0, &t0).expect("room");
+    t.update(id, Dir::Orig, Some(SYN), 0, &t0);
+    // The client retransmits its SYN, the backend its SYN-ACK, again and
+    // again: the session still ends 5 s after it began.
+    t.update(id, Dir::Orig, Some(SYN), 2 * S, &t0);
+    t.update(id, Dir::Reply, Some(SYN | ACK), 3 * S, &t0);
+    t.update(id, Dir::Reply, Some(SYN | ACK), 4 * S, &t0);
+    t.update(id, Dir::Orig, Some(SYN), 4 * S, &t0);
+    assert_eq!(t.get(id).map(|s| s.expires_at()), Some(5 * S));
+    assert_eq!(t.lookup(&o, 5 * S - 1), Some((id, Dir::Orig)));
+    assert_eq!(t.lookup(&r, 5 * S), None);
+    assert_eq!(t.half_open(), 0);
+
+    // A completed handshake takes the established timeout from its ACK.
+    let id = t.insert(o, r, 2, 10 * S, &t0).expect("room");
+    t.update(id, Dir::Orig, Some(SYN), 10 * S, &t0);
+    t.update(id, Dir::Reply, Some(SYN | ACK), 14 * S, &t0);
+    t.update(id, Dir::Orig, Some(ACK), 14 * S, &t0);
+    assert_eq!(
+        t.get(id).map(|s| s.expires_at()),
+        Some(14 * S + t0.established)
+    );
     t.check_invariants();
 }

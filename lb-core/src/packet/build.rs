@@ -232,6 +232,36 @@ pub fn build_icmp_error(
     src_mac: MacAddr,
     dst_mac: MacAddr,
 ) -> Result<Vec<u8>, ParseError> {
+    let mut out = Vec::new();
+    build_icmp_error_into(
+        &mut out,
+        original_frame,
+        p,
+        src,
+        icmp_type,
+        code,
+        mtu_or_pointer,
+        src_mac,
+        dst_mac,
+    )?;
+    Ok(out)
+}
+
+/// [`build_icmp_error`] into `out` (cleared first), so that a data plane
+/// answering errors reuses one buffer. `out` is left empty on error.
+#[allow(clippy::too_many_arguments)]
+pub fn build_icmp_error_into(
+    out: &mut Vec<u8>,
+    original_frame: &[u8],
+    p: &Parsed,
+    src: IpAddr,
+    icmp_type: u8,
+    code: u8,
+    mtu_or_pointer: u32,
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+) -> Result<(), ParseError> {
+    out.clear();
     if !p.is_ip() {
         return Err(ParseError::NotIp);
     }
@@ -251,9 +281,9 @@ pub fn build_icmp_error(
     };
     let quoted = &original[..original.len().min(max)];
     let l4_len = 8 + quoted.len();
-    let mut out = Vec::with_capacity(ethernet::VLAN_HEADER_LEN + ipv6::HEADER_LEN + l4_len);
-    ethernet::emit(&mut out, dst_mac, src_mac, p.vlan, ethertype_of(src));
-    emit_ip(&mut out, src, p.src, proto, 64, l4_len);
+    out.reserve(ethernet::VLAN_HEADER_LEN + ipv6::HEADER_LEN + l4_len);
+    ethernet::emit(out, dst_mac, src_mac, p.vlan, ethertype_of(src));
+    emit_ip(out, src, p.src, proto, 64, l4_len);
     let l4 = out.len();
     out.resize(l4 + 8, 0);
     out.extend_from_slice(quoted);
@@ -276,7 +306,56 @@ pub fn build_icmp_error(
         m.set_rest_of_header(rest);
         m.fill_checksum();
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Inserts IPv4 `options` (padded with end-of-list to a multiple of 4
+/// bytes) after the IPv4 header of a frame [`build_frame`] built, fixing
+/// the header length, total length and header checksum. For tests and
+/// `lbctl eval` traces.
+///
+/// # Panics
+/// If the frame holds no IPv4 header without options, or the options do
+/// not fit in 40 bytes.
+pub fn add_ipv4_options(frame: &mut Vec<u8>, options: &[u8]) {
+    let p = super::parse::parse_general(frame).expect("a valid frame");
+    assert!(p.kind == Kind::Ipv4 && p.l4_offset == p.l3_offset + ipv4::HEADER_LEN);
+    let padded = options.len().div_ceil(4) * 4;
+    assert!(padded <= 40, "IPv4 options are at most 40 bytes");
+    let mut opts = options.to_vec();
+    opts.resize(padded, 0);
+    let at = p.l3_offset + ipv4::HEADER_LEN;
+    frame.splice(at..at, opts);
+    let total = u16::try_from(p.l3_len + padded).expect("fits");
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[p.l3_offset..]);
+    ip.set_header_len(ipv4::HEADER_LEN + padded);
+    ip.set_total_len(total);
+    ip.fill_checksum();
+}
+
+/// Inserts an IPv6 extension header of kind `next_header` (its own next
+/// header and length bytes are filled in; `body` is the rest, padded with
+/// zeros to a multiple of 8 bytes with them) right after the IPv6 header
+/// of a frame [`build_frame`] built. The L4 checksum stays valid (the
+/// pseudo-header does not change). For tests and `lbctl eval` traces.
+///
+/// # Panics
+/// If the frame holds no IPv6 packet or the header would exceed 2048 bytes.
+pub fn add_ipv6_ext_header(frame: &mut Vec<u8>, next_header: u8, body: &[u8]) {
+    let p = super::parse::parse_general(frame).expect("a valid frame");
+    assert!(p.kind == Kind::Ipv6);
+    let len = (body.len() + 2).div_ceil(8) * 8;
+    let units = u8::try_from(len / 8 - 1).expect("extension header too long");
+    let first = frame[p.l3_offset + 6];
+    let mut hdr = vec![first, units];
+    hdr.extend_from_slice(body);
+    hdr.resize(len, 0);
+    let at = p.l3_offset + ipv6::HEADER_LEN;
+    frame.splice(at..at, hdr);
+    let payload = u16::try_from(p.l3_len - ipv6::HEADER_LEN + len).expect("fits");
+    let mut ip = Ipv6Packet::new_unchecked(&mut frame[p.l3_offset..]);
+    ip.set_next_header(next_header.into());
+    ip.set_payload_len(payload);
 }
 
 /// Builds an Ethernet/IPv4 ARP frame (not padded to 60 bytes).
@@ -490,4 +569,54 @@ pub fn build_echo_reply(
         m.fill_checksum();
     }
     Ok(out)
+}
+
+/// The RST a host without the connection answers a parsed TCP segment
+/// with (RFC 9293 §3.10.7.1): `<SEQ=SEG.ACK><CTL=RST>` when the segment
+/// has ACK set, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>` (SYN and
+/// FIN count in the length). Addresses, ports and MAC addresses swapped
+/// (source MAC `my_mac`), TTL 64, same VLAN, no payload. `None` for a RST
+/// (never answered), a non-first fragment, or anything but a whole TCP
+/// header.
+pub fn build_tcp_reset(frame: &[u8], p: &Parsed, my_mac: MacAddr) -> Option<Vec<u8>> {
+    if p.proto != IpProtocol::TCP
+        || !matches!(p.kind, Kind::Ipv4 | Kind::Ipv6)
+        || (p.is_fragment && !p.is_first_fragment)
+    {
+        return None;
+    }
+    let seg = TcpPacket::new_checked(l4_bytes(frame, p)?).ok()?;
+    let flags = seg.flags();
+    if flags.contains(TcpFlags::RST) {
+        return None;
+    }
+    let (seq, ack, ctl) = if flags.contains(TcpFlags::ACK) {
+        (seg.ack_number(), 0, TcpFlags::RST)
+    } else {
+        let len = u32::try_from(seg.payload().len()).ok()?
+            + u32::from(flags.contains(TcpFlags::SYN))
+            + u32::from(flags.contains(TcpFlags::FIN));
+        (
+            0,
+            seg.seq_number().wrapping_add(len),
+            TcpFlags::RST | TcpFlags::ACK,
+        )
+    };
+    let src_mac = frame.get(6..12).map(MacAddr::from_bytes)?;
+    Some(build_frame(&FrameSpec {
+        src_mac: my_mac,
+        dst_mac: src_mac,
+        vlan: p.vlan,
+        src: p.dst,
+        dst: p.src,
+        proto: IpProtocol::TCP,
+        sport: p.dport,
+        dport: p.sport,
+        tcp_flags: ctl,
+        tcp_seq: seq,
+        tcp_ack: ack,
+        icmp: None,
+        ttl: 64,
+        payload: Vec::new(),
+    }))
 }

@@ -119,6 +119,44 @@ pub const VLAN_HEADER_LEN: usize = 18;
 /// The 802.1Q tag protocol identifier.
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
 
+/// Whether `ethertype` starts a VLAN tag: 802.1Q, 802.1ad (the QinQ
+/// service tag) or the pre-standard QinQ 0x9100.
+pub fn is_vlan_tag(ethertype: u16) -> bool {
+    matches!(ethertype, ETHERTYPE_VLAN | 0x88a8 | 0x9100)
+}
+
+/// How a frame is tagged, as far as a port's VLAN is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tagging {
+    Untagged,
+    /// One 802.1Q tag, with its TCI (priority, DEI and VLAN id).
+    Dot1q(u16),
+    /// Anything else: an 802.1ad or 0x9100 outer tag, or stacked tags.
+    Other,
+}
+
+/// The tagging of `frame`; `None` when it is too short to tell.
+pub fn tagging(frame: &[u8]) -> Option<Tagging> {
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let outer = be16(12)?;
+    Some(match outer {
+        ETHERTYPE_VLAN => {
+            let (tci, inner) = (be16(14)?, be16(16)?);
+            if is_vlan_tag(inner) {
+                Tagging::Other
+            } else {
+                Tagging::Dot1q(tci)
+            }
+        }
+        t if is_vlan_tag(t) => Tagging::Other,
+        _ => Tagging::Untagged,
+    })
+}
+
 /// A view of an Ethernet II frame, optionally with one 802.1Q tag.
 #[derive(Debug, Clone)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
@@ -311,6 +349,21 @@ mod tests {
         );
         assert_eq!(&v[..14], &TAGGED[..14]);
         assert_eq!(&v[16..], &TAGGED[16..]);
+    }
+
+    #[test]
+    fn tagging_of_frames() {
+        assert_eq!(tagging(&TAGGED), Some(Tagging::Dot1q(0x6064)));
+        assert_eq!(tagging(&TAGGED[..17]), None);
+        let mut plain = TAGGED[..12].to_vec();
+        plain.extend_from_slice(&[0x08, 0x00]);
+        assert_eq!(tagging(&plain), Some(Tagging::Untagged));
+        let mut ad = TAGGED;
+        ad[12..14].copy_from_slice(&[0x88, 0xa8]);
+        assert_eq!(tagging(&ad), Some(Tagging::Other));
+        let mut qinq = TAGGED;
+        qinq[16..18].copy_from_slice(&[0x81, 0x00]);
+        assert_eq!(tagging(&qinq), Some(Tagging::Other));
     }
 
     #[test]

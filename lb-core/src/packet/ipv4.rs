@@ -256,6 +256,31 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 }
 
+/// IPv4 option types that route a packet by its sender's list of
+/// addresses: loose (LSRR, 131) and strict (SSRR, 137) source route.
+pub const OPT_LSRR: u8 = 0x83;
+pub const OPT_SSRR: u8 = 0x89;
+
+/// Whether the IPv4 options `options` (the header bytes after the first
+/// 20) carry a loose or strict source route. Record route, timestamps and
+/// the rest do not count. The walk stops at end-of-list or at an option
+/// whose length does not fit, so it never reads out of bounds.
+pub fn has_source_route(options: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&kind) = options.get(i) {
+        match kind {
+            0 => return false,
+            1 => i += 1,
+            OPT_LSRR | OPT_SSRR => return true,
+            _ => match options.get(i + 1) {
+                Some(&len) if len >= 2 => i += usize::from(len),
+                _ => return false,
+            },
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +290,21 @@ mod tests {
         0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00,
         0x01, 0xc0, 0xa8, 0x00, 0xc7,
     ];
+
+    #[test]
+    fn source_route_options() {
+        // NOP, then record route (7, len 7, pointer 4, one slot).
+        assert!(!has_source_route(&[1, 7, 7, 4, 0, 0, 0, 0]));
+        // Timestamp then LSRR.
+        assert!(has_source_route(&[
+            68, 8, 5, 0, 0, 0, 0, 0, OPT_LSRR, 7, 4, 198, 18, 0, 1, 0
+        ]));
+        assert!(has_source_route(&[OPT_SSRR, 7, 4, 198, 18, 0, 1, 0]));
+        // End of list before it; a bad length ends the walk.
+        assert!(!has_source_route(&[0, 0, 0, 0, OPT_LSRR, 7, 4, 0]));
+        assert!(!has_source_route(&[7, 0, OPT_LSRR, 3]));
+        assert!(!has_source_route(&[]));
+    }
 
     #[test]
     fn deconstruct() {

@@ -202,6 +202,9 @@ pub struct ExtChain {
     /// Number of extension headers walked.
     pub count: u8,
     pub fragment: Option<FragInfo>,
+    /// A routing header of type 0 (source routing, deprecated by RFC 5095)
+    /// is in the chain.
+    pub routing_type0: bool,
 }
 
 /// Whether `proto` is an extension header [`walk_ext_headers`] steps over:
@@ -291,6 +294,7 @@ pub fn walk_ext_headers(payload: &[u8], first: u8) -> Result<ExtChain, ParseErro
     let mut off = 0usize;
     let mut count = 0u8;
     let mut fragment = None;
+    let mut routing_type0 = false;
     while is_ext_header(nh) {
         if count as usize == MAX_EXT_HEADERS {
             return Err(ParseError::Ipv6ExtChainTooLong);
@@ -311,6 +315,7 @@ pub fn walk_ext_headers(payload: &[u8], first: u8) -> Result<ExtChain, ParseErro
             return Err(ParseError::TruncatedIpv6ExtHeader);
         }
         count += 1;
+        routing_type0 |= nh == IpProtocol::IPV6_ROUTE && hdr[2] == 0;
         if nh == IpProtocol::IPV6_FRAG {
             let f = Ipv6FragHeader::new_unchecked(hdr);
             let info = FragInfo {
@@ -325,6 +330,7 @@ pub fn walk_ext_headers(payload: &[u8], first: u8) -> Result<ExtChain, ParseErro
                     l4_offset: off + len,
                     count,
                     fragment,
+                    routing_type0,
                 });
             }
         }
@@ -336,6 +342,7 @@ pub fn walk_ext_headers(payload: &[u8], first: u8) -> Result<ExtChain, ParseErro
         l4_offset: off,
         count,
         fragment,
+        routing_type0,
     })
 }
 
@@ -445,5 +452,10 @@ mod tests {
         ];
         let c = walk_ext_headers(&ah, 51).unwrap();
         assert_eq!((c.protocol, c.l4_offset), (6, 24));
+        assert!(!c.routing_type0);
+        // Routing headers: type 0 (source route) and type 2 (mobility).
+        let rh = |t: u8| [6, 0, t, 1, 0, 0, 0, 0];
+        assert!(walk_ext_headers(&rh(0), 43).unwrap().routing_type0);
+        assert!(!walk_ext_headers(&rh(2), 43).unwrap().routing_type0);
     }
 }

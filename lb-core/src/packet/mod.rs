@@ -62,12 +62,13 @@ mod tests;
 
 pub use arp::{ArpOp, ArpPacket, ArpRepr, PACKET_LEN as ARP_PACKET_LEN};
 pub use build::{
-    build_arp, build_arp_reply, build_arp_request, build_echo_reply, build_frame, build_frame_into,
-    build_icmp_error, build_neighbor_advertisement, build_neighbor_solicitation, solicited_node,
+    add_ipv4_options, add_ipv6_ext_header, build_arp, build_arp_reply, build_arp_request,
+    build_echo_reply, build_frame, build_frame_into, build_icmp_error, build_icmp_error_into,
+    build_neighbor_advertisement, build_neighbor_solicitation, build_tcp_reset, solicited_node,
     FrameSpec,
 };
 pub use error::ParseError;
-pub use ethernet::{EtherType, EthernetFrame, MacAddr};
+pub use ethernet::{is_vlan_tag, tagging, EtherType, EthernetFrame, MacAddr, Tagging};
 pub use gre::GrePacket;
 pub use icmp::{Icmpv4Message, Icmpv4Packet};
 pub use icmpv6::{
@@ -78,8 +79,8 @@ pub use ip::{protocol_name, IpProtocol};
 pub use ipv4::Ipv4Packet;
 pub use ipv6::{Ipv6FragHeader, Ipv6Packet};
 pub use parse::{
-    complete_l4_checksum, format_flow, parse, parse_arp, parse_general, parse_icmp_inner,
-    parse_into, verify_l4_checksum, write_flow, Kind, Parsed,
+    complete_l4_checksum, format_flow, is_source_routed, parse, parse_arp, parse_general,
+    parse_icmp_inner, parse_into, verify_l4_checksum, write_flow, Kind, Parsed,
 };
 pub use rewrite::{decrement_ttl, rewrite, L4Csum};
 pub use tcp::{TcpFlags, TcpPacket};

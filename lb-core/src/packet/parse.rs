@@ -497,6 +497,39 @@ pub fn complete_l4_checksum(frame: &mut [u8], p: &Parsed, src: IpAddr, dst: IpAd
     true
 }
 
+/// Whether the IP packet `p` asks to be source-routed: an IPv4 loose or
+/// strict source route option, or an IPv6 routing header of type 0. Only
+/// a packet with IPv4 options or IPv6 extension headers is looked at again,
+/// so the common packet costs one comparison.
+#[inline]
+pub fn is_source_routed(frame: &[u8], p: &Parsed) -> bool {
+    let plain = match p.kind {
+        Kind::Ipv4 => super::ipv4::HEADER_LEN,
+        Kind::Ipv6 => ipv6::HEADER_LEN,
+        _ => return false,
+    };
+    p.l4_offset.saturating_sub(p.l3_offset) > plain && has_source_route(frame, p)
+}
+
+/// [`is_source_routed`] for a packet with IPv4 options or IPv6 extension
+/// headers.
+fn has_source_route(frame: &[u8], p: &Parsed) -> bool {
+    let header = p.l4_offset.saturating_sub(p.l3_offset);
+    match p.kind {
+        Kind::Ipv4 if header > super::ipv4::HEADER_LEN => frame
+            .get(p.l3_offset + super::ipv4::HEADER_LEN..p.l4_offset)
+            .is_some_and(super::ipv4::has_source_route),
+        Kind::Ipv6 if header > ipv6::HEADER_LEN => {
+            let Some(ip) = frame.get(p.l3_offset..p.l3_end()) else {
+                return false;
+            };
+            let ip = Ipv6Packet::new_unchecked(ip);
+            ip.check_len().is_ok() && ip.walk_ext_headers().is_ok_and(|chain| chain.routing_type0)
+        }
+        _ => false,
+    }
+}
+
 /// The 5-tuple of the packet quoted in an ICMP/ICMPv6 error message, as
 /// it was sent (its source is the original sender). For a quoted ICMP
 /// echo both ports are its identifier; for a quoted non-first fragment or

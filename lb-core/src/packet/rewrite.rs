@@ -365,23 +365,26 @@ impl Delta {
 /// Decrements the TTL / hop limit of the parsed IP packet, updating the
 /// IPv4 header checksum incrementally. Returns false (and leaves the frame
 /// unchanged) when the result would be 0, or for non-IP frames.
+#[inline]
 pub fn decrement_ttl(frame: &mut [u8], p: &Parsed) -> bool {
     match p.kind {
         Kind::Ipv4 => {
+            // TTL, protocol, then the header checksum.
             let off = p.l3_offset + ipv4::TTL_OFFSET;
-            let coff = p.l3_offset + ipv4::CHECKSUM_OFFSET;
-            if frame.len() < coff + 2 {
+            let Some(h) = frame.get_mut(off..off + 4) else {
+                return false;
+            };
+            if h[0] <= 1 {
                 return false;
             }
-            let word = rd16(frame, off);
-            let ttl = (word >> 8) as u8;
-            if ttl <= 1 {
-                return false;
-            }
-            let new = word - 0x0100;
-            frame[off] = ttl - 1;
-            let c = checksum::update16(rd16(frame, coff), word, new);
-            wr16(frame, coff, c);
+            h[0] -= 1;
+            // The TTL is the high byte of its word: the sum loses 0x0100,
+            // the checksum (its complement) gains it, with the end-around
+            // carry (RFC 1141, as Linux's ip_decrease_ttl).
+            let c = u32::from(u16::from_be_bytes([h[2], h[3]])) + 0x0100;
+            let [_, _, hi, lo] = c.wrapping_add(u32::from(c >= 0xffff)).to_be_bytes();
+            h[2] = hi;
+            h[3] = lo;
             true
         }
         Kind::Ipv6 => match frame.get_mut(p.l3_offset + ipv6::HOP_LIMIT_OFFSET) {

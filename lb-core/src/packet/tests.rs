@@ -1037,3 +1037,32 @@ proptest! {
         prop_assert!(g[q.l3_end()..].iter().all(|b| *b == 0), "padding untouched");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The incremental TTL decrement writes what a full build writes.
+    #[test]
+    fn decrement_ttl_equals_a_full_checksum(
+        src in any::<u32>(),
+        dst in any::<u32>(),
+        ttl in 2u8..=255,
+        sport in any::<u16>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let spec = FrameSpec {
+            src: IpAddr::V4(src.into()),
+            dst: IpAddr::V4(dst.into()),
+            proto: 17,
+            sport,
+            dport: 53,
+            ttl,
+            payload,
+            ..FrameSpec::default()
+        };
+        let mut f = build_frame(&spec);
+        let p = parse(&f).unwrap();
+        prop_assert!(decrement_ttl(&mut f, &p));
+        prop_assert_eq!(f, build_frame(&FrameSpec { ttl: ttl - 1, ..spec }));
+    }
+}

@@ -31,7 +31,8 @@ enum Cmd {
     },
     /// Report rules that never decide, duplicates and redundant rules.
     Lint { file: PathBuf },
-    /// Show the counters of a running lbd.
+    /// Show the counters of a running lbd (read-only: root, lbd's user or
+    /// the control group).
     Stats {
         #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
         control: PathBuf,
@@ -39,7 +40,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Make a running lbd re-read its configuration file.
+    /// Make a running lbd re-read its configuration file (the admin
+    /// level: root, lbd's user, or the control group at level admin).
     Reload {
         #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
         control: PathBuf,

@@ -7,6 +7,9 @@ use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use lb_dataplane::access::{Access, Level};
+use lb_dataplane::control::ControlSocket;
+
 // Session tables are big arrays read at random: back them with huge pages.
 #[global_allocator]
 static ALLOC: lb_dataplane::alloc::HugePageAlloc = lb_dataplane::alloc::HugePageAlloc;
@@ -21,9 +24,18 @@ struct Args {
     /// The configuration file (TOML).
     #[arg(long)]
     config: PathBuf,
-    /// The control socket for `lbctl stats` and `lbctl reload`.
+    /// The control socket for `lbctl stats` and `lbctl reload`. Created
+    /// with mode 0600 (root and lbd's own user: every command).
     #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
     control: PathBuf,
+    /// Also let this group (a name or a gid) use the control socket (mode
+    /// 0660), at the level of --control-group-level.
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
+    /// What members of --control-group may do: `user` (read-only: stats)
+    /// or `admin` (also reload).
+    #[arg(long, value_enum, default_value = "user", requires = "control_group")]
+    control_group_level: Level,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<String>,
@@ -49,12 +61,27 @@ fn main() {
 fn run(args: Args) -> Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+    let group = args
+        .control_group
+        .as_deref()
+        .map(lb_dataplane::access::resolve_group)
+        .transpose()
+        .context("--control-group")?;
+    // The control socket and the metrics address first: a second lbd on
+    // the same socket stops here, before it takes any port.
+    let control = ControlSocket::bind(&args.control, Access::new(group, args.control_group_level))?;
+    let metrics = args
+        .metrics
+        .as_deref()
+        .map(lb_dataplane::control::bind_metrics)
+        .transpose()?;
     let daemon = lb_dataplane::daemon::Daemon::start(&args.config)?;
-    let control = lb_dataplane::control::serve(daemon.shared.clone(), &args.control)?;
-    let metrics = match &args.metrics {
-        Some(addr) => Some(lb_dataplane::control::serve_metrics(
+    let (reloader, reload_thread) = lb_dataplane::reloader::Reloader::start(daemon.shared.clone())?;
+    let control = control.serve(daemon.shared.clone(), reloader.clone())?;
+    let metrics = match metrics {
+        Some(listener) => Some(lb_dataplane::control::serve_metrics(
             daemon.shared.clone(),
-            addr,
+            listener,
         )?),
         None => None,
     };
@@ -63,7 +90,7 @@ fn run(args: Args) -> Result<()> {
         match sig {
             SIGHUP => {
                 tracing::info!("SIGHUP: reloading {}", args.config.display());
-                let _ = daemon.shared.reload();
+                reloader.request();
             }
             _ => {
                 tracing::info!("stopping");
@@ -73,6 +100,7 @@ fn run(args: Args) -> Result<()> {
     }
     daemon.stop();
     let _ = control.join();
+    let _ = reload_thread.join();
     if let Some(m) = metrics {
         let _ = m.join();
     }

@@ -1135,6 +1135,16 @@ impl DpdkPort {
         })
     }
 
+    /// The port's MTU now (the largest IP packet it sends).
+    pub fn mtu(&self) -> Result<u16, DpdkError> {
+        let _guard = self.inner.control();
+        let mut mtu = 0u16;
+        // SAFETY: valid port; `mtu` is a writable u16.
+        let ret = unsafe { sys::rte_eth_dev_get_mtu(self.inner.port_id, &mut mtu) };
+        check("rte_eth_dev_get_mtu", ret, Convention::NegErrno)?;
+        Ok(mtu)
+    }
+
     /// The port-wide hardware counters.
     pub fn eth_stats(&self) -> Result<EthStats, DpdkError> {
         self.inner.eth_stats()

@@ -15,6 +15,20 @@ use std::time::{Duration, Instant};
 /// One topology at a time: the machine has two cores.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Takes [`SERIAL`] (also after a test that held it failed).
+pub fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits until the health checker has seen both backends of the seed
+/// configuration up.
+pub fn wait_healthy(t: &Topo) {
+    t.wait_for(15, "both backends healthy", |t| {
+        t.server_up("sgp-web", "ecs01") == Some(true)
+            && t.server_up("sgp-web", "ecs02") == Some(true)
+    });
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub fn repo() -> PathBuf {
@@ -142,6 +156,14 @@ impl Topo {
         }
     }
 
+    /// Kills `lbd` with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill_lbd(&mut self) {
+        if let Some(mut c) = self.lbd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn start_lbd_with(&mut self, config: &str, args: &[&str]) {
         self.write_config(config);
         let log = std::fs::File::create(self.run.join("lbd.log")).expect("log file");
@@ -193,6 +215,21 @@ impl Topo {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    /// `/metrics` of an `lbd` started with `--metrics 127.0.0.1:9464`.
+    pub fn metrics(&self) -> String {
+        let out = self.exec(
+            "lb",
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9464/metrics",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Applies `config` to the running `lbd` through `lbctl reload`.
@@ -251,6 +288,17 @@ impl Topo {
             (v["group"] == group && v["server"] == server && v["checked"] == true)
                 .then(|| v["up"] == true)
         })
+    }
+}
+
+impl Topo {
+    /// Waits until the health checker has seen both backends of the seed's
+    /// `sgp-web` up.
+    pub fn wait_healthy(&self) {
+        self.wait_for(15, "both backends healthy", |t| {
+            t.server_up("sgp-web", "ecs01") == Some(true)
+                && t.server_up("sgp-web", "ecs02") == Some(true)
+        });
     }
 }
 
