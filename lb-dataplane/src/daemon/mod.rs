@@ -284,13 +284,16 @@ impl Shared {
 }
 
 /// Buffers the workers may hold at once outside their RX rings: full
-/// handoff queues and full neighbour queues. None where frames have buffers
-/// of their own (`max_frame` 0: DPDK's mbufs).
-fn pool_buffers(workers: usize, max_frame: usize) -> usize {
-    if max_frame == 0 {
-        return 0;
-    }
-    let handoff = if workers > 1 { HANDOFF_DEPTH } else { 0 };
+/// neighbour queues and, where a frame handed to another worker is copied
+/// out of its ring (`ring_frames`: AF_PACKET), full handoff queues. DPDK
+/// frames have buffers of their own; the pool then only holds frames the
+/// pipeline built (the SYN proxy's) while their next hop is resolved.
+fn pool_buffers(workers: usize, ring_frames: bool) -> usize {
+    let handoff = if ring_frames && workers > 1 {
+        HANDOFF_DEPTH
+    } else {
+        0
+    };
     workers * (handoff + worker::PENDING_MAX + BURST)
 }
 
@@ -343,6 +346,7 @@ impl Daemon {
             port_names,
             mtu_cap,
             max_frame,
+            ring_frames,
             #[cfg(feature = "dpdk")]
             eal,
             #[cfg(feature = "dpdk")]
@@ -363,7 +367,8 @@ impl Daemon {
         {
             shared.dpdk_ports = dpdk_ports;
         }
-        shared.buffers = crate::io::pool::BufPool::new(pool_buffers(workers, max_frame), max_frame);
+        shared.buffers =
+            crate::io::pool::BufPool::new(pool_buffers(workers, ring_frames), max_frame);
         let shared = Arc::new(shared);
         for pi in 0..shared.port_mtu.len() {
             shared.update_port_mtu(pi);

@@ -77,9 +77,11 @@ pub(super) struct OpenPorts {
     pub(super) port_names: Vec<String>,
     /// Per port, the largest MTU it can send at (`u32::MAX`: no limit).
     pub(super) mtu_cap: Vec<u32>,
-    /// The largest frame a worker copies out of an RX ring (0: the frames
-    /// have buffers of their own).
+    /// The largest frame a worker copies into a buffer of its own.
     pub(super) max_frame: usize,
+    /// Received frames live in a ring (AF_PACKET), not in buffers of their
+    /// own (DPDK's mbufs).
+    pub(super) ring_frames: bool,
     /// The EAL, when the ports are DPDK's: workers register with it.
     #[cfg(feature = "dpdk")]
     pub(super) eal: Option<crate::io::dpdk::Eal>,
@@ -146,6 +148,7 @@ pub(super) fn open_af_packet(
         port_names,
         mtu_cap,
         max_frame,
+        ring_frames: true,
         #[cfg(feature = "dpdk")]
         eal: None,
         #[cfg(feature = "dpdk")]
@@ -302,7 +305,8 @@ pub(super) fn open_dpdk(
         senders,
         port_names,
         mtu_cap: vec![u32::MAX; ports.len()],
-        max_frame: 0,
+        max_frame: pool.max_frame(),
+        ring_frames: false,
         eal: Some(eal),
         dpdk_ports: ports,
     })
