@@ -78,6 +78,12 @@ pub struct DataplaneArgs {
     /// Keep the working directory (configuration, logs) for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// Print lbd's configuration for memif server sockets `DIR/ext.sock`
+    /// and `DIR/int.sock` (EAL file prefix `lbdpb-<DIR's name>`, the first
+    /// of `--workers`, no pinned cores) and exit: for other generators,
+    /// such as pktgen (scripts/pktgen/memif.sh).
+    #[arg(long, value_name = "DIR")]
+    pub print_config: Option<PathBuf>,
 }
 
 /// Arguments of `bench dataplane-traffic`.
@@ -122,6 +128,10 @@ pub struct TrafficArgs {
     /// Upper bound of the whole run.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub max_time: Duration,
+    /// Play only the backends, on port 0, for `--max-time`: answer every
+    /// IPv4 TCP frame (another generator's too) and ARP for `--backends`.
+    #[arg(long)]
+    pub backends_only: bool,
 }
 
 /// What one phase of the traffic process measured (one stdout line).
@@ -685,23 +695,7 @@ fn run_dut(
     let mut proc = match dut {
         Dut::Lbd => {
             let (lbd, _) = binaries(a)?;
-            let eal: Vec<String> = [
-                "--no-huge",
-                "--no-pci",
-                "--no-shconf",
-                "--no-telemetry",
-                "-m",
-                "512",
-                "-l",
-                "0",
-                "--file-prefix",
-                &dut_prefix,
-                &memif(0, "server", &ext, LBD_EXT_MAC),
-                &memif(1, "server", &int, LBD_INT_MAC),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let eal = lbd_eal(&dir, &dut_prefix);
             let cores = (workers == 1).then_some([other_cpu]);
             let conf = dir.join(format!("lbd-w{workers}.toml"));
             std::fs::write(
@@ -957,8 +951,40 @@ pub fn ratio_line(pairs: &[(u16, Option<f64>)]) -> String {
     format!("ratio lbd/testpmd: {}", parts.join(" "))
 }
 
+/// The EAL arguments of lbd on memif server ports in `dir`.
+fn lbd_eal(dir: &Path, prefix: &str) -> Vec<String> {
+    [
+        "--no-huge",
+        "--no-pci",
+        "--no-shconf",
+        "--no-telemetry",
+        "-m",
+        "512",
+        "-l",
+        "0",
+        "--file-prefix",
+        prefix,
+        &memif(0, "server", &dir.join("ext.sock"), LBD_EXT_MAC),
+        &memif(1, "server", &dir.join("int.sock"), LBD_INT_MAC),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// `bench dataplane`.
 pub fn main(a: &DataplaneArgs) -> Result<()> {
+    if let Some(dir) = &a.print_config {
+        let name = dir
+            .file_name()
+            .map_or_else(|| "x".into(), |n| n.to_string_lossy().into_owned());
+        let w = a.workers.first().copied().unwrap_or(1);
+        print!(
+            "{}",
+            lbd_config(w, &lbd_eal(dir, &format!("lbdpb-{name}")), None)
+        );
+        return Ok(());
+    }
     if let Some(why) = missing(a) {
         bail!("bench dataplane: {why}");
     }

@@ -45,10 +45,16 @@ const TCP_SYN: u8 = 0x02;
 const TCP_FIN: u8 = 0x01;
 const TCP_ACK: u8 = 0x10;
 
+/// An untagged IPv4 TCP frame without IP or TCP options, of at least 60
+/// bytes: what [`reflect`] answers.
+fn is_plain_tcp4(f: &[u8]) -> bool {
+    f.len() >= 60 && f[12..14] == [8, 0] && f[14] == 0x45 && f[23] == 6 && f[46] >> 4 == 5
+}
+
 /// The stamp of an IPv4 TCP frame without options (what the generator
 /// sends), read at fixed offsets; anything else is not ours.
 fn fast_stamp(f: &[u8]) -> Option<Stamp> {
-    if f.len() < 64 || f[12..14] != [8, 0] || f[14] != 0x45 || f[23] != 6 || f[46] >> 4 != 5 {
+    if f.len() < 64 || !is_plain_tcp4(f) {
         return None;
     }
     Stamp::read(&f[54..])
@@ -104,6 +110,23 @@ struct Counts {
     rev: [u64; gen::CLASSES],
     /// Answers the backends could not send (port 1's TX ring full).
     reflect_full: u64,
+}
+
+/// Answers an ARP request (or neighbour solicitation) for one of `own`
+/// on queue 0 of `port`.
+fn answer(pool: &Mempool, port: &Port, frame: &[u8], own: &HashSet<IpAddr>) -> bool {
+    let Some(reply) = answer_neighbor(frame, own, port.mac) else {
+        return false;
+    };
+    let mut m: [RawMbuf; 1] = [std::ptr::null_mut()];
+    if port::alloc(pool, &mut m) {
+        // SAFETY: a fresh mbuf we own, used only here before it is sent.
+        if let Some(buf) = unsafe { port::append(m[0], reply.len()) } {
+            buf.copy_from_slice(&reply);
+        }
+        port.tx(0, &mut m);
+    }
+    true
 }
 
 struct Traffic {
@@ -199,23 +222,6 @@ impl Traffic {
         self.c.tx_full[class as usize] += (n - sent) as u64;
     }
 
-    /// Answers an ARP request (or neighbour solicitation) for one of `own`
-    /// on queue 0 of `port`.
-    fn answer(pool: &Mempool, port: &Port, frame: &[u8], own: &HashSet<IpAddr>) -> bool {
-        let Some(reply) = answer_neighbor(frame, own, port.mac) else {
-            return false;
-        };
-        let mut m: [RawMbuf; 1] = [std::ptr::null_mut()];
-        if port::alloc(pool, &mut m) {
-            // SAFETY: a fresh mbuf we own, used only here before it is sent.
-            if let Some(buf) = unsafe { port::append(m[0], reply.len()) } {
-                buf.copy_from_slice(&reply);
-            }
-            port.tx(0, &mut m);
-        }
-        true
-    }
-
     /// Reflects what reached the backends and counts what came back to the
     /// clients; latencies are recorded for frames of class `measure`.
     /// Returns frames seen.
@@ -243,7 +249,7 @@ impl Traffic {
                         keep += 1;
                     }
                     _ => {
-                        if !Self::answer(&self.pool, &self.int, f, &self.backends) {
+                        if !answer(&self.pool, &self.int, f, &self.backends) {
                             self.other += 1;
                         } else {
                             self.neighbor_replies += 1;
@@ -276,7 +282,7 @@ impl Traffic {
                         }
                     }
                     _ => {
-                        if Self::answer(&self.pool, &self.ext, f, &self.clients) {
+                        if answer(&self.pool, &self.ext, f, &self.clients) {
                             self.neighbor_replies += 1;
                         } else {
                             self.other += 1;
@@ -384,8 +390,66 @@ fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
+/// Only the backends, on port 0, until `--max-time`: every IPv4 TCP
+/// frame (stamped or not, as another generator sends them) is answered
+/// as a backend would, ARP for the backends' addresses too.
+fn backends_only(a: &TrafficArgs) -> Result<()> {
+    let eal_args: Vec<String> = a.eal.split_whitespace().map(str::to_string).collect();
+    let _eal = Eal::init(&eal_args).context("initialising DPDK (see --eal)")?;
+    let pool = Mempool::new("gen_pool", 16383, 256, Mempool::DEFAULT_DATA_ROOM, None)
+        .context("creating the mempool")?;
+    let port = Port::open(0, a.queues, &pool).context("port 0 (backend side)")?;
+    let backends: HashSet<IpAddr> = a.backends.iter().copied().collect();
+    let end = Instant::now() + a.max_time;
+    let (mut reflected, mut answered, mut other) = (0u64, 0u64, 0u64);
+    let mut bufs: [RawMbuf; BURST] = [std::ptr::null_mut(); BURST];
+    let mut last = Instant::now();
+    while Instant::now() < end {
+        let mut seen = 0;
+        for q in 0..port.queues {
+            let n = port.rx(q, &mut bufs);
+            seen += n;
+            let mut keep = 0;
+            for i in 0..n {
+                let m = bufs[i];
+                // SAFETY: a received mbuf we own until freed or sent below.
+                let f = unsafe { port::data(m) };
+                if is_plain_tcp4(f) {
+                    reflect(f);
+                    bufs[keep] = m;
+                    keep += 1;
+                    continue;
+                }
+                if answer(&pool, &port, f, &backends) {
+                    answered += 1;
+                } else {
+                    other += 1;
+                }
+                port::free(&mut [m]);
+            }
+            reflected += port.tx(q, &mut bufs[..keep]) as u64;
+        }
+        if seen == 0 {
+            // Idle: do not hold the core while nothing comes.
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            println!(
+                "backends: {reflected} answered, {answered} ARP replies, {other} other frames"
+            );
+        }
+    }
+    println!("backends: {reflected} answered, {answered} ARP replies, {other} other frames");
+    drop(port);
+    Ok(())
+}
+
 /// Runs the phases and prints one line each.
 pub fn run(a: &TrafficArgs) -> Result<()> {
+    if a.backends_only {
+        return backends_only(a);
+    }
     let deadline = Instant::now() + a.max_time;
     let eal_args: Vec<String> = a.eal.split_whitespace().map(str::to_string).collect();
     let _eal = Eal::init(&eal_args).context("initialising DPDK (see --eal)")?;
