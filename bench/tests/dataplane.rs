@@ -8,28 +8,21 @@
 //! dropped by the security group and none leaked.
 //!
 //! Needs root and dpdk-testpmd (package dpdk-dev, which .ci/run installs);
-//! elsewhere it prints `SKIPPED` and passes, except under `CI=true` or
-//! `LB_REQUIRE_ALL=1`, where a missing prerequisite fails it.
+//! elsewhere it says SKIPPED and passes, except under `CI=true` or
+//! `LB_REQUIRE_ALL=1`, where a missing prerequisite fails it
+//! (`lb-dataplane/tests/common/skip.rs`).
 
 // Built only with the `dpdk` feature (`cargo test -p lb-bench --features dpdk`).
 #![cfg(feature = "dpdk")]
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lb_bench::dataplane::PhaseResult;
 
 mod common;
-
-/// Whether a missing prerequisite must fail the test (`CI=true`, or
-/// `LB_REQUIRE_ALL=1`).
-fn required() -> bool {
-    let on = |name: &str, values: &[&str]| {
-        std::env::var(name).is_ok_and(|v| values.contains(&v.trim().to_ascii_lowercase().as_str()))
-    };
-    on("CI", &["true", "1"]) || on("LB_REQUIRE_ALL", &["1", "true"])
-}
+#[path = "../../lb-dataplane/tests/common/skip.rs"]
+mod skip;
 
 /// Why this machine cannot run the test, if it cannot.
 fn unsupported() -> Option<String> {
@@ -58,13 +51,7 @@ fn value(line: &str, key: &str) -> u64 {
 #[test]
 fn lbd_and_testpmd_forward_over_memif() {
     if let Some(why) = unsupported() {
-        if required() {
-            panic!(
-                "{why}; a prerequisite is missing and CI=true or LB_REQUIRE_ALL=1 forbids skipping"
-            );
-        }
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-        return;
+        return skip::skip(&why);
     }
     let (lbd, lbctl) = common::lbd_binaries(&["dpdk"]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))

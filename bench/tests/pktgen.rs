@@ -6,30 +6,17 @@
 //!
 //! pktgen comes from `../shared/tools/pktgen/build.sh` (about 10 s of
 //! compiling; .ci/run installs what it needs). Needs root. Without root or
-//! pktgen it prints `SKIPPED` and passes, except under `CI=true` or
-//! `LB_REQUIRE_ALL=1`, where it fails.
+//! pktgen it says SKIPPED and passes, except under `CI=true` or
+//! `LB_REQUIRE_ALL=1`, where it fails (`lb-dataplane/tests/common/skip.rs`).
 
 // Built only with the `dpdk` feature (`cargo test -p lb-bench --features dpdk`).
 #![cfg(feature = "dpdk")]
 
-use std::io::Write as _;
 use std::process::Command;
 
 mod common;
-
-fn required() -> bool {
-    let on = |name: &str, values: &[&str]| {
-        std::env::var(name).is_ok_and(|v| values.contains(&v.trim().to_ascii_lowercase().as_str()))
-    };
-    on("CI", &["true", "1"]) || on("LB_REQUIRE_ALL", &["1", "true"])
-}
-
-fn skip(why: &str) {
-    if required() {
-        panic!("{why}; a prerequisite is missing and CI=true or LB_REQUIRE_ALL=1 forbids skipping");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-}
+#[path = "../../lb-dataplane/tests/common/skip.rs"]
+mod skip;
 
 /// The pktgen binary, built by the shared build script, or why not.
 fn pktgen() -> Result<String, String> {
@@ -54,11 +41,11 @@ fn pktgen() -> Result<String, String> {
 fn pktgen_mixed_denied_profile_against_lbd_over_memif() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return skip("needs root (DPDK's runtime directory)");
+        return skip::skip("needs root (DPDK's runtime directory)");
     }
     let pktgen = match pktgen() {
         Ok(p) => p,
-        Err(why) => return skip(&why),
+        Err(why) => return skip::skip(&why),
     };
     let (lbd, lbctl) = common::lbd_binaries(&["dpdk"]);
     let out = Command::new("bash")

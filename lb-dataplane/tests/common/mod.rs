@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod skip;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,12 +56,12 @@ pub fn unsupported() -> Option<String> {
 }
 
 /// Returns from the test with a visible SKIPPED line when the machine
-/// cannot run it.
+/// cannot run it; fails it instead under CI (see [`skip::skip`]).
 #[macro_export]
 macro_rules! require_netns {
     () => {
         if let Some(why) = common::unsupported() {
-            eprintln!("SKIPPED: {why}");
+            common::skip::skip(&why);
             return;
         }
     };
@@ -545,6 +547,35 @@ pub fn dpdk_config(config: &str, eal_args: &[String]) -> String {
         port += 1;
     }
     out
+}
+
+/// EAL arguments of `lbd` in the load-balancer namespace: no hugepages, no
+/// PCI, no shared config or telemetry, `mem_mb` MB, lcore 0, then `vdevs`
+/// (one per port, in port order).
+pub fn lbd_eal_args(file_prefix: &str, mem_mb: u32, vdevs: &[&str]) -> Vec<String> {
+    let mem = mem_mb.to_string();
+    let base = [
+        "--no-huge",
+        "--no-pci",
+        "--no-shconf",
+        "--no-telemetry",
+        "-m",
+        &mem,
+        "-l",
+        "0",
+        "--file-prefix",
+        file_prefix,
+    ];
+    base.iter().chain(vdevs).map(|s| s.to_string()).collect()
+}
+
+/// Removes an EAL runtime directory on drop, also when the test fails.
+pub struct RuntimeDir(pub PathBuf);
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Where DPDK keeps the runtime files of `file_prefix` (as root).
