@@ -137,6 +137,10 @@ eal = ["--no-huge", "--no-pci", "--no-shconf", "--no-telemetry", "-m", "1024", "
        "--vdev=net_af_xdp1,iface=lb-int,start_queue=0,queue_count=1"]
 text = open(src).read().replace('io = "af_packet"', 'io = "dpdk"\neal_args = [' + ", ".join('"%s"' % a for a in eal) + ']')
 text = text.replace('interface = "lb-ext"', "dpdk_port = 0").replace('interface = "lb-int"', "dpdk_port = 1")
+# Another local address: the backends still hold the previous run's
+# connections from 198.19.1.250 in TIME_WAIT, and lbd picks local ports in
+# the same order in every run, so new connections would collide with them.
+text = text.replace('"198.19.1.250"', '"198.19.1.251"')
 open(dst, "w").write(text)
 PY
 start_lbd "$XCONF" "$LBT_RUN/lbd-xdp.log"
