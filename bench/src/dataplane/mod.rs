@@ -75,6 +75,11 @@ pub struct DataplaneArgs {
     /// Upper bound of each device run (start, warm-up, phases, stop).
     #[arg(long, default_value = "90s", value_parser = parse_duration)]
     pub max_time: Duration,
+    /// lbd's IPv4 sessions per worker (`max_sessions`): the new-connection
+    /// phase needs room for all it opens (millions a second, for
+    /// `--duration`).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_sessions: usize,
     /// Keep the working directory (configuration, logs) for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -464,7 +469,12 @@ fn memif(n: u16, role: &str, socket: &Path, mac: [u8; 6]) -> String {
 /// security group, two backends, FULLNAT from 198.19.1.190-253) on two memif
 /// ports, `idle = "busy"`, health checks off (the backends are played by
 /// the traffic process), SYN proxy off (it measures forwarding).
-pub fn lbd_config(workers: u16, eal: &[String], cores: Option<&[u16]>) -> String {
+pub fn lbd_config(
+    workers: u16,
+    eal: &[String],
+    cores: Option<&[u16]>,
+    max_sessions: usize,
+) -> String {
     let eal = eal
         .iter()
         .map(|a| format!("{a:?}"))
@@ -491,7 +501,7 @@ backend_sg_policy = "bypass"
 io = "dpdk"
 workers = {workers}
 {cores}idle = "busy"
-max_sessions = 4194304
+max_sessions = {max_sessions}
 eal_args = [{eal}]
 
 [[port]]
@@ -700,7 +710,12 @@ fn run_dut(
             let conf = dir.join(format!("lbd-w{workers}.toml"));
             std::fs::write(
                 &conf,
-                lbd_config(workers, &eal, cores.as_ref().map(|c| &c[..])),
+                lbd_config(
+                    workers,
+                    &eal,
+                    cores.as_ref().map(|c| &c[..]),
+                    a.max_sessions,
+                ),
             )
             .context("writing lbd's configuration")?;
             Proc::spawn(
@@ -1004,7 +1019,12 @@ pub fn main(a: &DataplaneArgs) -> Result<()> {
         let w = a.workers.first().copied().unwrap_or(1);
         print!(
             "{}",
-            lbd_config(w, &lbd_eal(dir, &format!("lbdpb-{name}")), None)
+            lbd_config(
+                w,
+                &lbd_eal(dir, &format!("lbdpb-{name}")),
+                None,
+                a.max_sessions,
+            )
         );
         return Ok(());
     }
@@ -1103,10 +1123,11 @@ mod tests {
             "--no-huge".to_string(),
             "--vdev=net_memif0,role=server".into(),
         ];
-        let text = lbd_config(2, &eal, Some(&[1]));
+        let text = lbd_config(2, &eal, Some(&[1]), 4 << 20);
         // One core for two workers is refused; none is accepted.
         assert!(lb_config::parse_str(&text, "bench.toml").is_err());
-        let cfg = lb_config::parse_str(&lbd_config(2, &eal, None), "bench.toml").expect("valid");
+        let cfg =
+            lb_config::parse_str(&lbd_config(2, &eal, None, 4 << 20), "bench.toml").expect("valid");
         assert_eq!(cfg.dataplane.workers, 2);
         assert_eq!(cfg.dataplane.eal_args, eal);
     }
