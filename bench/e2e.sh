@@ -69,6 +69,12 @@ start_lbd() {
         sleep 0.2
     done
 }
+# lbd's ports and its non-zero drop counters.
+lbd_summary() {
+    $LBCTL stats --control "$LBT_RUN/lbd.sock" | sed -n '1,12p'
+    $LBCTL stats --json --control "$LBT_RUN/lbd.sock" | python3 -c \
+        'import json, sys; s = json.load(sys.stdin); print("drops:", {k: v for k, v in s["drops"].items() if v}, "sessions created:", sum(w["sessions_created"] for w in s["workers"]))'
+}
 check_port81_blocked() {
     if ip netns exec "$CLIENT" curl -s --max-time 1 http://198.18.0.10:81/ >/dev/null; then
         echo "bench: port 81 is not blocked: the two setups do not do the same job" >&2
@@ -120,7 +126,7 @@ start_lbd "$CONF" "$LBT_RUN/lbd.log"
 check_port81_blocked
 l_keep=$(run_wrk "keep-alive")
 l_close=$(run_wrk "Connection: close" -H "Connection: close")
-$LBCTL stats --control "$LBT_RUN/lbd.sock" | sed -n '1,12p'
+lbd_summary
 kill "$LBD_PID" && wait "$LBD_PID" 2>/dev/null || true
 LBD_PID=
 ip netns exec "$CLIENT" ip neigh flush all
@@ -147,7 +153,7 @@ start_lbd "$XCONF" "$LBT_RUN/lbd-xdp.log"
 check_port81_blocked
 x_keep=$(run_wrk "keep-alive")
 x_close=$(run_wrk "Connection: close" -H "Connection: close")
-$LBCTL stats --control "$LBT_RUN/lbd.sock" | sed -n '1,12p'
+lbd_summary
 
 ratio() { python3 -c "import sys; k=float(sys.argv[1]); l=float(sys.argv[2]); print(f'{l/k:.2f}' if k else 'n/a')" "$1" "$2"; }
 echo
