@@ -610,9 +610,21 @@ fn frame_spec(p: &TracePacket, vlan: Option<u16>) -> FrameSpec {
             .unwrap_or(if p.tcp_flags & TCP_ACK != 0 { 1 } else { 0 }),
         icmp: p.icmp,
         ttl: 64,
-        // Room for the window-scale option, then the payload.
-        payload: vec![0; usize::from(p.tcp.data) + if p.tcp.wscale.is_some() { 4 } else { 0 }],
+        payload: trace_payload(p),
     }
+}
+
+/// The bytes after the L4 header `build_frame` writes: for TCP, room for
+/// the window-scale option, then the payload; for GRE, which `build_frame`
+/// carries as is, a minimal header (RFC 2784: no checksum, key or
+/// sequence number, version 0) announcing IPv4 or IPv6 inside.
+fn trace_payload(p: &TracePacket) -> Vec<u8> {
+    if p.key.proto == proto::GRE {
+        let inner: u16 = if p.key.src.is_ipv6() { 0x86dd } else { 0x0800 };
+        let [hi, lo] = inner.to_be_bytes();
+        return vec![0, 0, hi, lo];
+    }
+    vec![0; usize::from(p.tcp.data) + if p.tcp.wscale.is_some() { 4 } else { 0 }]
 }
 
 /// The ICMP error `lbd` would send back for a dropped packet, as
