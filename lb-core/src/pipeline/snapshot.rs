@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub timeouts: Timeouts,
     /// Per port (index into `cfg.ports`), what it checks on arrival.
     pub(super) ingress: Vec<Ingress>,
+    /// Which worker owns the fragments of a datagram (written by the
+    /// workers as they hand first fragments out).
+    pub(super) frag_steer: FragSteer,
 }
 
 /// A port's checks on arriving frames, compact for the per-packet path.
@@ -199,6 +202,7 @@ impl Snapshot {
             routes,
             timeouts,
             ingress,
+            frag_steer: FragSteer::default(),
         }
     }
 

@@ -90,6 +90,11 @@ impl Snapshot {
             Reason::SynCookie { lb, listener: l } => {
                 write!(s, "syn cookie listener {}", listener(*lb, *l))
             }
+            Reason::FragmentFollows { lb: Some((lb, l)) } => {
+                write!(s, "fragment of session listener {}", listener(*lb, *l))
+            }
+            Reason::FragmentFollows { lb: None } => write!(s, "fragment of session"),
+            Reason::FragmentHeld => write!(s, "fragment_held: waiting for its first fragment"),
             other => write!(s, "{}", other.kind().as_str()),
         };
     }
@@ -211,6 +216,17 @@ pub enum Reason {
     /// A packet of a proxied session before the backend answered the
     /// proxy's SYN (the client sends it again).
     SynProxyPending,
+    /// A non-first IP fragment that follows its forwarded first fragment
+    /// (`lb`: the listener of its session).
+    FragmentFollows {
+        lb: Option<(u32, u32)>,
+    },
+    /// A non-first IP fragment held until its first fragment comes (not a
+    /// drop yet: it goes, or is dropped as `fragment_timeout`, later).
+    FragmentHeld,
+    /// A non-first IP fragment whose offset overlaps the L4 header its
+    /// first fragment was judged by (RFC 1858).
+    FragmentOverlap,
 }
 
 impl Reason {
@@ -251,6 +267,8 @@ impl Reason {
             Reason::NoSessionReset => DropKind::NoSessionReset,
             Reason::SynCookie { .. } => DropKind::None,
             Reason::SynProxyPending => DropKind::SynProxyPending,
+            Reason::FragmentFollows { .. } | Reason::FragmentHeld => DropKind::None,
+            Reason::FragmentOverlap => DropKind::FragmentOverlap,
         }
     }
 }
@@ -352,10 +370,12 @@ pub enum DropKind {
     TcpInvalidFlags,
     NoSessionReset,
     SynProxyPending,
+    FragmentOverlap,
+    FragmentTimeout,
 }
 
 impl DropKind {
-    pub const COUNT: usize = DropKind::SynProxyPending as usize + 1;
+    pub const COUNT: usize = DropKind::FragmentTimeout as usize + 1;
     pub const ALL: [DropKind; DropKind::COUNT] = [
         DropKind::None,
         DropKind::Malformed,
@@ -384,6 +404,8 @@ impl DropKind {
         DropKind::TcpInvalidFlags,
         DropKind::NoSessionReset,
         DropKind::SynProxyPending,
+        DropKind::FragmentOverlap,
+        DropKind::FragmentTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -415,6 +437,8 @@ impl DropKind {
             DropKind::TcpInvalidFlags => "tcp_invalid_flags",
             DropKind::NoSessionReset => "no_session_reset",
             DropKind::SynProxyPending => "syn_proxy_pending",
+            DropKind::FragmentOverlap => "fragment_overlap",
+            DropKind::FragmentTimeout => "fragment_timeout",
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct Worker {
     resets: RateLimit,
     /// The SYN proxy's state (see `syn_proxy.rs`).
     pub(super) proxy: syn_proxy::ProxyState,
+    /// The fragment table and held fragments (see `fragment.rs`).
+    pub(super) frags: fragment::FragState,
 }
 
 /// A token bucket holding one second's worth of tokens, refilled by the
@@ -81,6 +83,7 @@ impl Worker {
             min_mtu: u32::MAX,
             resets: RateLimit::default(),
             proxy: syn_proxy::ProxyState::new(max_sessions, max_sessions_v6),
+            frags: fragment::FragState::default(),
         }
     }
 
@@ -160,6 +163,7 @@ impl Worker {
         if self.generation == snap.generation {
             return;
         }
+        self.frags.adopt(&snap.cfg.dataplane.fragments);
         self.scheds = snap
             .cfg
             .server_groups
@@ -229,6 +233,7 @@ impl Worker {
     pub fn housekeep(&mut self, now: Nanos, snap: &Snapshot) {
         self.adopt(snap);
         self.reap(now);
+        self.expire_held(now, snap);
     }
 
     fn reap(&mut self, now: Nanos) {
@@ -453,8 +458,17 @@ impl Worker {
         self.stats.rx += 1;
         let v = self.decide(frame, parsed, key, rx, now, snap, health);
         match &v {
-            Verdict::Forward(_) | Verdict::Send(_) => self.stats.forwarded += 1,
+            Verdict::Forward(f) => {
+                self.stats.forwarded += 1;
+                match parsed {
+                    Ok(p) if p.is_first_fragment => self.first_fragment(frame, p, f, rx, now, snap),
+                    _ => {}
+                }
+            }
+            Verdict::Send(_) => self.stats.forwarded += 1,
             Verdict::Local(..) => self.stats.local += 1,
+            // Counted when held; its verdict comes when it goes.
+            Verdict::Drop(Reason::FragmentHeld) => {}
             Verdict::Drop(r) => {
                 self.stats.drops[r.kind() as usize] += 1;
                 match *r {
@@ -498,14 +512,13 @@ impl Worker {
                 }
             }
         };
-        if p.is_fragment && !p.is_first_fragment {
-            // No ports to match: a load balancer without reassembly cannot
-            // place it.
-            return Verdict::Drop(Reason::Fragment);
-        }
         if packet::is_source_routed(frame, p) {
             // Nobody on the client link chooses the path past us.
             return Verdict::Drop(Reason::SourceRoute);
+        }
+        if p.is_fragment && !p.is_first_fragment {
+            // No ports to match: it follows its first fragment.
+            return self.later_fragment(frame, p, rx, now, snap);
         }
         if let Some(local) = local_kind(p, key, snap) {
             // Neighbour discovery comes from link-local and unspecified
