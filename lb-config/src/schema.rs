@@ -96,6 +96,24 @@ pub struct DataplaneConfig {
     pub reset_unknown: Option<bool>,
     /// RSTs per second per worker for `reset_unknown`.
     pub reset_unknown_rate: Option<S<i64>>,
+    /// `[dataplane.fragments]`: IP fragments without reassembly.
+    pub fragments: Option<S<FragmentsConfig>>,
+}
+
+/// `[dataplane.fragments]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FragmentsConfig {
+    /// Forward the later fragments of forwarded first fragments.
+    pub forward: Option<bool>,
+    /// Fragment table entries per worker.
+    pub table: Option<S<i64>>,
+    /// Lifetime of an entry, in milliseconds.
+    pub timeout_ms: Option<S<i64>>,
+    /// Fragments held per worker while their first fragment is missing.
+    pub hold: Option<S<i64>>,
+    /// How long such a fragment is held, in milliseconds.
+    pub hold_ms: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
