@@ -12,7 +12,9 @@ use arc_swap::ArcSwap;
 use crossbeam::channel::{bounded, Sender};
 use crossbeam::queue::ArrayQueue;
 use lb_core::model::{IdlePolicy, IoBackend};
-use lb_core::pipeline::{frame_owner, Frame, Reason, RxInfo, Snapshot, Stats, Verdict, Worker};
+use lb_core::pipeline::{
+    frame_owner, Frame, Reason, Released, RxInfo, Snapshot, Stats, Verdict, Worker,
+};
 
 use crate::health::HealthTable;
 use crate::io::afpacket::{AfPacket, AfPacketOpts};
@@ -1222,6 +1224,39 @@ impl WorkerLoop {
                 &mut wait,
             );
         }
+        // IP fragments that waited for their first fragment go now.
+        let (shared, macs) = (&self.shared, &self.macs);
+        self.core.take_released(|frame, rx, r| {
+            let port = rx.port.unwrap_or(0);
+            match r {
+                Released::Forward(f) => deliver(
+                    Verdict::Forward(f),
+                    shared,
+                    rt,
+                    frame,
+                    port,
+                    macs,
+                    now,
+                    &mut tx,
+                    &mut to_self,
+                    &mut wait,
+                ),
+                Released::Owner(o) => {
+                    let meta = RxMeta {
+                        csum_partial: rx.csum_partial,
+                        ..RxMeta::default()
+                    };
+                    let h = Handoff {
+                        frame: frame.to_vec(),
+                        meta,
+                        port,
+                    };
+                    if let Some(w) = shared.workers.get(usize::from(o)) {
+                        let _ = w.handoff.push(h);
+                    }
+                }
+            }
+        });
         self.dispatch(to_self, wait);
     }
 
