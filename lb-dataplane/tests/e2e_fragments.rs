@@ -5,38 +5,7 @@
 
 mod common;
 
-use common::{lock, seed_config, Topo};
-
-const UDP_LB: &str = r#"
-[[server_group]]
-id = "sgp-udp"
-
-[server_group.health_check]
-protocol = "udp"
-port = 5353
-interval_s = 1
-timeout_s = 1
-healthy_threshold = 2
-unhealthy_threshold = 2
-
-[[server_group.server]]
-instance = "ecs01"
-port = 5353
-
-[[server_group.server]]
-instance = "ecs02"
-port = 5353
-
-[[load_balancer]]
-id = "nlb-1"
-vips = ["198.18.0.20", "2001:db8:18::20"]
-local_addresses = ["198.19.1.251", "2001:db8:19:1::251"]
-
-[[load_balancer.listener]]
-protocol = "udp"
-port = 53
-server_group = "sgp-udp"
-"#;
+use common::{lock, seed_config, wait_udp_healthy, Topo, UDP_LISTENER};
 
 /// Sends `count` datagrams of `size` bytes from the client to `vip`:53 and
 /// counts the echoes that came back whole (the backend's name, a space,
@@ -79,12 +48,9 @@ fn udp_datagrams_larger_than_the_mtu_cross_in_both_directions() {
     let mut t = Topo::up();
     t.netns(&["udp-up"]);
     let mut cfg = seed_config("", "", (100, 100));
-    cfg.push_str(UDP_LB);
+    cfg.push_str(UDP_LISTENER);
     t.start_lbd_with(&cfg, &["--metrics", "127.0.0.1:9464"]);
-    t.wait_for(15, "UDP servers healthy", |t| {
-        t.server_up("sgp-udp", "ecs01") == Some(true)
-            && t.server_up("sgp-udp", "ecs02") == Some(true)
-    });
+    wait_udp_healthy(&t);
     // The links' MTU is 1500: 4000 bytes go as three fragments each way.
     for vip in ["198.18.0.20", "2001:db8:18::20"] {
         assert_eq!(echoes(&t, vip, 100, 4), 4, "small datagrams to {vip}");
@@ -123,10 +89,7 @@ fn udp_datagrams_larger_than_the_mtu_cross_in_both_directions() {
         "[dataplane]\nfragments = { forward = false }\n",
     );
     t.start_lbd(&off);
-    t.wait_for(15, "UDP servers healthy", |t| {
-        t.server_up("sgp-udp", "ecs01") == Some(true)
-            && t.server_up("sgp-udp", "ecs02") == Some(true)
-    });
+    wait_udp_healthy(&t);
     assert_eq!(echoes(&t, "198.18.0.20", 100, 2), 2);
     assert_eq!(echoes(&t, "198.18.0.20", 4000, 3), 0);
     assert!(t.stats()["drops"]["fragment"].as_u64().unwrap_or(0) > 0);
