@@ -472,6 +472,10 @@ pub struct ListenerConfig {
     pub acl: Option<S<ListenerAclConfig>>,
     pub syn_proxy: Option<S<SynProxyConfig>>,
     pub syn_proxy_threshold: Option<S<i64>>,
+    /// Sessions open at once, across workers.
+    pub max_connections: Option<S<i64>>,
+    /// New sessions per second, across workers.
+    pub max_new_connections_per_s: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

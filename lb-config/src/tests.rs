@@ -1890,6 +1890,37 @@ fn tcp_hardening_settings() {
 }
 
 #[test]
+fn listener_limits() {
+    let lb = |extra: &str| {
+        format!(
+            "\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"198.18.0.1/24\"]\n\
+             [[server_group]]\nid = \"g\"\n[[server_group.server]]\naddress = \"198.18.0.11\"\nport = 80\n\
+             [[load_balancer]]\nid = \"lb\"\nvips = [\"198.18.0.10\"]\nlocal_addresses = [\"198.18.0.250\"]\n\
+             [[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"g\"\n{extra}"
+        )
+    };
+    let cfg = ok(&lb(""));
+    assert!(!cfg.load_balancers[0].listeners[0].limits.is_limited());
+    let cfg = ok(&lb(
+        "max_connections = 1000\nmax_new_connections_per_s = 200\n",
+    ));
+    let l = cfg.load_balancers[0].listeners[0].limits;
+    assert_eq!(
+        (l.max_connections, l.max_new_connections_per_s),
+        (Some(1000), Some(200))
+    );
+    assert_eq!(
+        errs(&lb(
+            "max_connections = 0\nmax_new_connections_per_s = 100000000\n"
+        )),
+        vec![
+            "18:19: max_connections must be 1..=100000000, got 0",
+            "19:29: max_new_connections_per_s must be 1..=10000000, got 100000000",
+        ]
+    );
+}
+
+#[test]
 fn fragment_settings() {
     let cfg = ok("");
     assert_eq!(

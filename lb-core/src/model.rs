@@ -265,6 +265,25 @@ pub struct Listener {
     /// Under [`SynProxyMode::Auto`], the half-open sessions of a worker at
     /// which the proxy engages (it disengages below half as many).
     pub syn_proxy_threshold: u32,
+    /// Concurrent and new sessions the listener takes at most.
+    pub limits: ListenerLimits,
+}
+
+/// A listener's capacity, like a cloud load balancer's instance
+/// specification: beyond it, new sessions are refused (their opening
+/// packet dropped and counted as `listener_limit`); open ones go on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Sessions open at once, across all workers.
+    pub max_connections: Option<u32>,
+    /// New sessions per second, across all workers.
+    pub max_new_connections_per_s: Option<u32>,
+}
+
+impl ListenerLimits {
+    pub fn is_limited(&self) -> bool {
+        self.max_connections.is_some() || self.max_new_connections_per_s.is_some()
+    }
 }
 
 /// A listener's SYN proxy (see [`crate::synproxy`]).

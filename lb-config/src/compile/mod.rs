@@ -17,9 +17,9 @@ use ipnet::IpNet;
 use lb_core::model::{
     proto, AclMode, Action, BackendSgPolicy, Config, Dataplane, Direction, Fragments, GroupKind,
     HealthCheck, HealthProtocol, IdlePolicy, Instance, IoBackend, Listener, ListenerAcl,
-    ListenerProtocol, LoadBalancer, NetworkAcl, Peer, Platform, Port, PortList, PortRange,
-    PrefixList, Route, Rule, SchedulerKind, SecurityGroup, Server, ServerGroup, SourceCheck,
-    Subnet, SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD,
+    ListenerLimits, ListenerProtocol, LoadBalancer, NetworkAcl, Peer, Platform, Port, PortList,
+    PortRange, PrefixList, Route, Rule, SchedulerKind, SecurityGroup, Server, ServerGroup,
+    SourceCheck, Subnet, SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD,
 };
 
 use crate::error::Sink;
@@ -47,6 +47,10 @@ pub const MAX_PER_KIND: usize = 65535;
 const MAX_UNREPLIED_TIMEOUT_S: i64 = 86_400;
 /// `dataplane.reset_unknown_rate` upper bound (per worker and second).
 const MAX_RESET_UNKNOWN_RATE: i64 = 1_000_000;
+/// A listener's `max_connections` upper bound.
+const MAX_LISTENER_CONNECTIONS: i64 = 100_000_000;
+/// A listener's `max_new_connections_per_s` upper bound.
+const MAX_LISTENER_CPS: i64 = 10_000_000;
 /// `dataplane.fragments.table` upper bound (entries per worker).
 const MAX_FRAGMENT_TABLE: i64 = 1 << 20;
 /// `dataplane.fragments.timeout_ms` upper bound (a minute).

@@ -27,7 +27,9 @@
 //!   words for `lbctl eval`;
 //! - `stats.rs`: a worker's counters;
 //! - `owner.rs`: which worker owns a flow;
-//! - `fragment.rs`: IP fragments, which follow their first fragment.
+//! - `fragment.rs`: IP fragments, which follow their first fragment;
+//! - `limits.rs`: listener limits (`max_connections`, new sessions per
+//!   second).
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::fmt::Write as _;
@@ -49,6 +51,7 @@ use crate::{Nanos, NANOS_PER_SEC};
 
 mod admit;
 mod fragment;
+mod limits;
 mod open;
 mod owner;
 mod session;
@@ -61,6 +64,7 @@ mod verdict;
 mod worker;
 
 pub use fragment::{FragSteer, FragmentCounts, Released};
+pub use limits::{LimitBoard, LimitKind};
 pub use owner::{flow_hash, frame_owner, owner};
 pub use session::Flow;
 pub use snapshot::{Hop, Snapshot};

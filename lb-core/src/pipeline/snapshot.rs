@@ -34,6 +34,8 @@ pub struct Snapshot {
     /// Which worker owns the fragments of a datagram (written by the
     /// workers as they hand first fragments out).
     pub(super) frag_steer: FragSteer,
+    /// The open sessions of each limited listener per worker.
+    pub(super) limit_board: LimitBoard,
 }
 
 /// A port's checks on arriving frames, compact for the per-packet path.
@@ -93,6 +95,7 @@ impl Snapshot {
     /// Compiles a configuration that `lb-config` has validated (every index
     /// in range); `generation` tells sessions which rules admitted them.
     pub fn compile(cfg: Config, generation: u64) -> Snapshot {
+        let limit_board = LimitBoard::new(&cfg);
         let members = GroupMembers::new(&cfg);
         let lb_policy = cfg
             .load_balancers
@@ -203,6 +206,7 @@ impl Snapshot {
             timeouts,
             ingress,
             frag_steer: FragSteer::default(),
+            limit_board,
         }
     }
 

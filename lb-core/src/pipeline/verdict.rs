@@ -95,6 +95,24 @@ impl Snapshot {
             }
             Reason::FragmentFollows { lb: None } => write!(s, "fragment of session"),
             Reason::FragmentHeld => write!(s, "fragment_held: waiting for its first fragment"),
+            Reason::ListenerLimit {
+                lb,
+                listener: l,
+                kind,
+            } => {
+                let lim = cfg.load_balancers[*lb as usize].listeners[*l as usize].limits;
+                let n = match kind {
+                    LimitKind::MaxConnections => lim.max_connections,
+                    LimitKind::MaxNewConnectionsPerS => lim.max_new_connections_per_s,
+                };
+                write!(
+                    s,
+                    "listener_limit: {} {} {}",
+                    listener(*lb, *l),
+                    kind.as_str(),
+                    n.unwrap_or(0)
+                )
+            }
             other => write!(s, "{}", other.kind().as_str()),
         };
     }
@@ -227,6 +245,12 @@ pub enum Reason {
     /// A non-first IP fragment whose offset overlaps the L4 header its
     /// first fragment was judged by (RFC 1858).
     FragmentOverlap,
+    /// A new session refused: the listener is at one of its limits.
+    ListenerLimit {
+        lb: u32,
+        listener: u32,
+        kind: LimitKind,
+    },
 }
 
 impl Reason {
@@ -269,6 +293,7 @@ impl Reason {
             Reason::SynProxyPending => DropKind::SynProxyPending,
             Reason::FragmentFollows { .. } | Reason::FragmentHeld => DropKind::None,
             Reason::FragmentOverlap => DropKind::FragmentOverlap,
+            Reason::ListenerLimit { .. } => DropKind::ListenerLimit,
         }
     }
 }
@@ -372,10 +397,11 @@ pub enum DropKind {
     SynProxyPending,
     FragmentOverlap,
     FragmentTimeout,
+    ListenerLimit,
 }
 
 impl DropKind {
-    pub const COUNT: usize = DropKind::FragmentTimeout as usize + 1;
+    pub const COUNT: usize = DropKind::ListenerLimit as usize + 1;
     pub const ALL: [DropKind; DropKind::COUNT] = [
         DropKind::None,
         DropKind::Malformed,
@@ -406,6 +432,7 @@ impl DropKind {
         DropKind::SynProxyPending,
         DropKind::FragmentOverlap,
         DropKind::FragmentTimeout,
+        DropKind::ListenerLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -439,6 +466,7 @@ impl DropKind {
             DropKind::SynProxyPending => "syn_proxy_pending",
             DropKind::FragmentOverlap => "fragment_overlap",
             DropKind::FragmentTimeout => "fragment_timeout",
+            DropKind::ListenerLimit => "listener_limit",
         }
     }
 }

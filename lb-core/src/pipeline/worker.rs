@@ -36,12 +36,15 @@ pub struct Worker {
     pub(super) proxy: syn_proxy::ProxyState,
     /// The fragment table and held fragments (see `fragment.rs`).
     pub(super) frags: fragment::FragState,
+    /// Per (load balancer, listener): the share of its new sessions per
+    /// second this worker may open (see `limits.rs`).
+    pub(super) limit_rates: Vec<Vec<RateLimit>>,
 }
 
 /// A token bucket holding one second's worth of tokens, refilled by the
 /// time that passes (`now` is a parameter: no clock here).
 #[derive(Debug, Clone, Copy, Default)]
-struct RateLimit {
+pub(super) struct RateLimit {
     /// Credit in nanoseconds, at most one second.
     credit: Nanos,
     last: Nanos,
@@ -49,7 +52,7 @@ struct RateLimit {
 
 impl RateLimit {
     /// Takes a token at `now` for a rate of `per_sec` (at least 1).
-    fn take(&mut self, now: Nanos, per_sec: u32) -> bool {
+    pub(super) fn take(&mut self, now: Nanos, per_sec: u32) -> bool {
         let elapsed = now.saturating_sub(self.last);
         self.last = self.last.max(now);
         self.credit = self.credit.saturating_add(elapsed).min(NANOS_PER_SEC);
@@ -84,6 +87,7 @@ impl Worker {
             resets: RateLimit::default(),
             proxy: syn_proxy::ProxyState::new(max_sessions, max_sessions_v6),
             frags: fragment::FragState::default(),
+            limit_rates: Vec::new(),
         }
     }
 
@@ -164,6 +168,7 @@ impl Worker {
             return;
         }
         self.frags.adopt(&snap.cfg.dataplane.fragments);
+        self.limit_rates.clear();
         self.scheds = snap
             .cfg
             .server_groups
@@ -234,6 +239,7 @@ impl Worker {
         self.adopt(snap);
         self.reap(now);
         self.expire_held(now, snap);
+        self.publish_limits(snap);
     }
 
     fn reap(&mut self, now: Nanos) {
