@@ -313,3 +313,47 @@ fn later_fragments_go_to_the_worker_of_their_first() {
         }
     }
 }
+
+#[test]
+fn a_fragment_held_by_the_wrong_worker_is_handed_to_its_owner() {
+    let snap = Snapshot::compile(udp_config(), 1);
+    let workers = 2;
+    // A datagram whose flow worker 0 owns; worker 1 receives its second
+    // fragment before the first one was handed out.
+    let (_, frags) = (40000u16..)
+        .map(|sport| {
+            let d = udp_datagram("198.18.0.2", "198.18.0.10", sport, 53, 3000);
+            let frags = fragment_frame(&d, 1500, u32::from(sport));
+            (d, frags)
+        })
+        .find(|(d, _)| {
+            let p = packet::parse(d).expect("parses");
+            frame_owner(&snap, d, &p, workers) == Some(0)
+        })
+        .expect("some flow belongs to worker 0");
+    let mut w1 = Worker::new(1, workers, 64, 64);
+    let mut late = frags[1].clone();
+    let v = w1.process(&mut late, RxInfo::default(), 0, &snap, &AllUp);
+    assert!(matches!(v, Verdict::Drop(Reason::FragmentHeld)), "{v:?}");
+    w1.housekeep(0, &snap);
+    w1.take_released(|_, _, r| panic!("no owner known yet: {r:?}"));
+    // The first fragment is handed to worker 0, which records it.
+    let p0 = packet::parse(&frags[0]).expect("parses");
+    assert_eq!(frame_owner(&snap, &frags[0], &p0, workers), Some(0));
+    w1.housekeep(1_000_000, &snap);
+    let mut given = Vec::new();
+    w1.take_released(|f, _, r| given.push((f.to_vec(), r)));
+    assert_eq!(given.len(), 1);
+    assert!(matches!(given[0].1, Released::Owner(0)), "{:?}", given[0].1);
+    assert_eq!(given[0].0, frags[1], "handed over as it came");
+    // Worker 0 forwards it after the first fragment.
+    let mut w0 = Worker::new(0, workers, 64, 64);
+    let mut first = frags[0].clone();
+    assert!(matches!(
+        w0.process(&mut first, RxInfo::default(), 0, &snap, &AllUp),
+        Verdict::Forward(_)
+    ));
+    let mut second = given[0].0.clone();
+    let v = w0.process(&mut second, RxInfo::default(), 0, &snap, &AllUp);
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+}
