@@ -467,8 +467,13 @@ pub fn control(data: &[u8]) {
         groups: Vec::new(),
     };
     for level in [Level::User, Level::Admin] {
-        let reply =
-            lb_dataplane::control::answer(&shared, &|| shared.reload(), &line, &peer, level);
+        let reply = lb_dataplane::control::answer(
+            &shared,
+            &|| shared.reload().map_err(|e| e.to_string()),
+            &line,
+            &peer,
+            level,
+        );
         assert!(reply.is_object(), "a reply is one JSON object");
         let _ = reply.to_string();
     }

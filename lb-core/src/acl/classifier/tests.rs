@@ -452,7 +452,7 @@ fn note_missing_avx512() {
     use std::io::Write as _;
     static ONCE: std::sync::Once = std::sync::Once::new();
     let require = std::env::var("LB_REQUIRE_AVX512").ok();
-    match avx512_report(super::Avx512::detect().is_some(), require.as_deref()) {
+    match avx512_report(lb_simd::Avx512::detect().is_some(), require.as_deref()) {
         Ok(None) => {}
         Ok(Some(note)) => ONCE.call_once(|| {
             let _ = writeln!(std::io::stderr(), "NOTE: {note}");
