@@ -26,7 +26,10 @@
 //! - `verdict.rs`: [`Verdict`], [`Reason`] and [`DropKind`], and their
 //!   words for `lbctl eval`;
 //! - `stats.rs`: a worker's counters;
-//! - `owner.rs`: which worker owns a flow.
+//! - `owner.rs`: which worker owns a flow;
+//! - `fragment.rs`: IP fragments, which follow their first fragment;
+//! - `limits.rs`: listener limits (`max_connections`, new sessions per
+//!   second).
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::fmt::Write as _;
@@ -47,6 +50,8 @@ use crate::synproxy;
 use crate::{Nanos, NANOS_PER_SEC};
 
 mod admit;
+mod fragment;
+mod limits;
 mod open;
 mod owner;
 mod session;
@@ -58,6 +63,8 @@ mod tests;
 mod verdict;
 mod worker;
 
+pub use fragment::{FragSteer, FragmentCounts, Released};
+pub use limits::{LimitBoard, LimitKind};
 pub use owner::{flow_hash, frame_owner, owner};
 pub use session::Flow;
 pub use snapshot::{Hop, Snapshot};
