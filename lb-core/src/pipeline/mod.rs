@@ -26,7 +26,10 @@
 //! - `verdict.rs`: [`Verdict`], [`Reason`] and [`DropKind`], and their
 //!   words for `lbctl eval`;
 //! - `stats.rs`: a worker's counters;
-//! - `owner.rs`: which worker owns a flow.
+//! - `owner.rs`: which worker owns a flow;
+//! - `fragment.rs`: IP fragments, which follow their first fragment;
+//! - `limits.rs`: listener limits (`max_connections`, new sessions per
+//!   second).
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::fmt::Write as _;
@@ -47,6 +50,8 @@ use crate::synproxy;
 use crate::{Nanos, NANOS_PER_SEC};
 
 mod admit;
+mod fragment;
+mod limits;
 mod open;
 mod owner;
 mod session;
@@ -58,6 +63,8 @@ mod tests;
 mod verdict;
 mod worker;
 
+pub use fragment::{FragSteer, FragmentCounts, Released};
+pub use limits::{LimitBoard, LimitKind};
 pub use owner::{flow_hash, frame_owner, owner};
 pub use session::Flow;
 pub use snapshot::{Hop, Snapshot};
@@ -72,8 +79,20 @@ use worker::*;
 /// The most frames [`Worker::process_burst`] handles in one call.
 pub const BURST_MAX: usize = 64;
 
-/// How many expired sessions one call of [`Worker::housekeep`] reaps at most.
-const REAP_BUDGET: usize = 8;
+/// How long the expiry sweep takes to walk a session table once.
+const REAP_SWEEP: Nanos = NANOS_PER_SEC;
+
+/// The most slots (of each family) one call of [`Worker::housekeep`]
+/// examines: about 20 µs of work.
+const REAP_STEP: u64 = 2048;
+
+/// The fewest slots a sweep step examines (smaller steps wait for more
+/// time to pass), unless the whole slab is smaller.
+const REAP_MIN_STEP: u64 = 64;
+
+/// How many expired sessions a full table reaps to make room for a new
+/// one before it drops a half-open session.
+const REAP_ON_FULL: usize = 4;
 
 /// A received frame and what the port knows about it, for
 /// [`Worker::process_burst`].

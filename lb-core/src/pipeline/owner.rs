@@ -47,12 +47,25 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
 /// 5-tuple.
 pub fn frame_owner(snap: &Snapshot, frame: &[u8], p: &Parsed, workers: u16) -> Option<u16> {
     let key = p.flow_key()?;
+    if p.is_fragment {
+        // A first fragment names the owner of its datagram's fragments;
+        // a later one, without ports, finds it (see `fragment.rs`).
+        let first = p
+            .is_first_fragment
+            .then(|| frame_owner_of(snap, frame, p, &key, workers));
+        return fragment::fragment_owner(snap, frame, p, first);
+    }
+    Some(frame_owner_of(snap, frame, p, &key, workers))
+}
+
+/// [`frame_owner`] of a packet with its L4 header.
+fn frame_owner_of(snap: &Snapshot, frame: &[u8], p: &Parsed, key: &FlowKey, workers: u16) -> u16 {
     if p.is_icmp_error() {
         if let Ok(quoted) = packet::parse_icmp_inner(frame, p) {
-            return Some(owner(snap, &quoted.reversed(), workers));
+            return owner(snap, &quoted.reversed(), workers);
         }
     }
-    Some(owner(snap, &key, workers))
+    owner(snap, key, workers)
 }
 
 fn endpoint_hash(addr: IpAddr, port: u16, proto: u8) -> u64 {

@@ -34,12 +34,21 @@ pub struct Worker {
     resets: RateLimit,
     /// The SYN proxy's state (see `syn_proxy.rs`).
     pub(super) proxy: syn_proxy::ProxyState,
+    /// The fragment table and held fragments (see `fragment.rs`).
+    pub(super) frags: fragment::FragState,
+    /// Per (load balancer, listener): the share of its new sessions per
+    /// second this worker may open (see `limits.rs`).
+    pub(super) limit_rates: Vec<Vec<RateLimit>>,
+    /// Slots the expiry sweep may examine, earned as time passes (see
+    /// [`Worker::housekeep`]), and when it last earned.
+    reap_credit: u64,
+    reaped_at: Nanos,
 }
 
 /// A token bucket holding one second's worth of tokens, refilled by the
 /// time that passes (`now` is a parameter: no clock here).
 #[derive(Debug, Clone, Copy, Default)]
-struct RateLimit {
+pub(super) struct RateLimit {
     /// Credit in nanoseconds, at most one second.
     credit: Nanos,
     last: Nanos,
@@ -47,7 +56,7 @@ struct RateLimit {
 
 impl RateLimit {
     /// Takes a token at `now` for a rate of `per_sec` (at least 1).
-    fn take(&mut self, now: Nanos, per_sec: u32) -> bool {
+    pub(super) fn take(&mut self, now: Nanos, per_sec: u32) -> bool {
         let elapsed = now.saturating_sub(self.last);
         self.last = self.last.max(now);
         self.credit = self.credit.saturating_add(elapsed).min(NANOS_PER_SEC);
@@ -81,6 +90,10 @@ impl Worker {
             min_mtu: u32::MAX,
             resets: RateLimit::default(),
             proxy: syn_proxy::ProxyState::new(max_sessions, max_sessions_v6),
+            frags: fragment::FragState::default(),
+            limit_rates: Vec::new(),
+            reap_credit: 0,
+            reaped_at: 0,
         }
     }
 
@@ -160,6 +173,8 @@ impl Worker {
         if self.generation == snap.generation {
             return;
         }
+        self.frags.adopt(&snap.cfg.dataplane.fragments);
+        self.limit_rates.clear();
         self.scheds = snap
             .cfg
             .server_groups
@@ -224,15 +239,42 @@ impl Worker {
         self.stats.generation = snap.generation;
     }
 
-    /// Reaps a few expired sessions (a bounded amount of work). Call it once
-    /// per burst; lookups already ignore expired sessions, this frees them.
+    /// Reaps expired sessions (a bounded amount of work). Call it between
+    /// bursts, as often as you like: the expiry sweep's work follows the
+    /// time that passes, not the number of calls. Lookups already ignore
+    /// expired sessions; this frees them.
     pub fn housekeep(&mut self, now: Nanos, snap: &Snapshot) {
         self.adopt(snap);
         self.reap(now);
+        self.expire_held(now, snap);
+        self.publish_limits(snap);
     }
 
+    /// The expiry sweep: each family's slab is walked once per
+    /// [`REAP_SWEEP`] of time, [`REAP_STEP`] slots at most per call, so a
+    /// data plane that calls between every burst walks the table at a
+    /// steady pace (the slab streams through the cache once a second)
+    /// instead of a few hundred slots per burst.
     fn reap(&mut self, now: Nanos) {
-        self.sessions.expire(now, REAP_BUDGET);
+        let elapsed = now.saturating_sub(self.reaped_at);
+        self.reaped_at = self.reaped_at.max(now);
+        let slab = self.sessions.slab_len() as u128;
+        let earned = slab * u128::from(elapsed) / u128::from(REAP_SWEEP);
+        self.reap_credit = u64::try_from(u128::from(self.reap_credit) + earned)
+            .unwrap_or(u64::MAX)
+            .min(u64::try_from(slab).unwrap_or(u64::MAX));
+        if self.reap_credit < REAP_MIN_STEP.min(slab as u64).max(1) {
+            return;
+        }
+        let scan = self.reap_credit.min(REAP_STEP);
+        self.reap_credit -= scan;
+        self.sessions.sweep(now, scan as usize);
+        self.release_reaped();
+    }
+
+    /// Gives back what the reaped sessions held (local ports, scheduler
+    /// counts).
+    pub(super) fn release_reaped(&mut self) {
         let (scheds, stats, ports) = (&mut self.scheds, &mut self.stats, &mut self.ports);
         for s in self.sessions.drain_reaped() {
             release_port(ports, &s.payload, s.reply());
@@ -478,8 +520,17 @@ impl Worker {
         self.stats.rx += 1;
         let v = self.decide(frame, parsed, key, rx, now, snap, health);
         match &v {
-            Verdict::Forward(_) | Verdict::Send(_) => self.stats.forwarded += 1,
+            Verdict::Forward(f) => {
+                self.stats.forwarded += 1;
+                match parsed {
+                    Ok(p) if p.is_first_fragment => self.first_fragment(frame, p, f, rx, now, snap),
+                    _ => {}
+                }
+            }
+            Verdict::Send(_) => self.stats.forwarded += 1,
             Verdict::Local(..) => self.stats.local += 1,
+            // Counted when held; its verdict comes when it goes.
+            Verdict::Drop(Reason::FragmentHeld) => {}
             Verdict::Drop(r) => {
                 self.stats.drops[r.kind() as usize] += 1;
                 match *r {
@@ -523,14 +574,13 @@ impl Worker {
                 }
             }
         };
-        if p.is_fragment && !p.is_first_fragment {
-            // No ports to match: a load balancer without reassembly cannot
-            // place it.
-            return Verdict::Drop(Reason::Fragment);
-        }
         if packet::is_source_routed(frame, p) {
             // Nobody on the client link chooses the path past us.
             return Verdict::Drop(Reason::SourceRoute);
+        }
+        if p.is_fragment && !p.is_first_fragment {
+            // No ports to match: it follows its first fragment.
+            return self.later_fragment(frame, p, rx, now, snap);
         }
         if let Some(local) = local_kind(p, key, snap) {
             // Neighbour discovery comes from link-local and unspecified

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use lb_core::model::IdlePolicy;
 use lb_core::packet::{ParseError, Parsed};
 use lb_core::pipeline::{
-    frame_owner, Forward, Frame, LocalKind, Reason, RxInfo, Snapshot, Verdict, Worker,
+    frame_owner, Forward, Frame, LocalKind, Reason, Released, RxInfo, Snapshot, Verdict, Worker,
 };
 
 use super::{Handoff, Runtime, Shared, WorkerReport, BURST};
@@ -486,12 +486,47 @@ impl Forwarder {
             let frame = std::mem::take(slot);
             self.deliver(i, verdicts[i], frame, ports_k[i], rt, now);
         }
+        self.release_fragments(rt, now);
         let asks = std::mem::take(&mut self.out.solicit);
         for &(port, hop) in &asks {
             self.solicit(port, hop);
         }
         self.out.solicit = asks;
         self.out.solicit.clear();
+    }
+
+    /// IP fragments that waited for their first fragment go now: forwarded
+    /// as it was, or handed to the worker that holds its entry (a copy in a
+    /// pooled buffer: the pipeline keeps its own).
+    fn release_fragments(&mut self, rt: &Runtime, now: Instant) {
+        let (shared, out) = (&self.shared, &mut self.out);
+        self.core.take_released(|frame, rx, r| {
+            let port = rx.port.unwrap_or(0);
+            match r {
+                Released::Forward(f) => {
+                    out.forward(&f, Slot::Lent(frame), &shared.neigh, &rt.snap, now);
+                }
+                Released::Owner(o) => {
+                    let Some(buf) = out.pool.copy(frame) else {
+                        return;
+                    };
+                    let mut parsed = (Parsed::EMPTY, Ok(()));
+                    parsed.1 = lb_core::packet::parse_into(buf.data(), &mut parsed.0);
+                    let h = Handoff {
+                        buf: Buf::Pooled(buf),
+                        meta: RxMeta {
+                            csum_partial: rx.csum_partial,
+                            ..RxMeta::default()
+                        },
+                        port,
+                        parsed,
+                    };
+                    if let Some(w) = shared.workers.get(usize::from(o)) {
+                        let _ = w.handoff.push(h);
+                    }
+                }
+            }
+        });
     }
 
     /// Hands each frame whose flow another worker owns over to it, with its
