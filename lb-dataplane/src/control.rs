@@ -672,6 +672,16 @@ pub fn prometheus(shared: &Shared) -> String {
                 .collect(),
         );
     }
+    let workers = s["workers"].as_array().cloned().unwrap_or_default();
+    metric(
+        "worker_handoffs_total",
+        "Frames a worker received for a session another worker owns, and passed on (none when RSS steers every frame to its owner's queue).",
+        "counter",
+        workers
+            .iter()
+            .map(|w| (format!("{{worker=\"{}\"}}", num(&w["id"])), num(&w["handoff_out"])))
+            .collect(),
+    );
     let drops = s["drops"].as_object().cloned().unwrap_or_default();
     metric(
         "drops_total",

@@ -58,18 +58,19 @@ pub fn render(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\nworkers\n  {:<4} {:>12} {:>12} {:>8} {:>10}",
-        "id", "rx", "forwarded", "local", "sessions"
+        "\nworkers\n  {:<4} {:>12} {:>12} {:>8} {:>10} {:>12}",
+        "id", "rx", "forwarded", "local", "sessions", "handoff_out"
     );
     for w in v["workers"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "  {:<4} {:>12} {:>12} {:>8} {:>10}",
+            "  {:<4} {:>12} {:>12} {:>8} {:>10} {:>12}",
             n(&w["id"]),
             n(&w["rx"]),
             n(&w["forwarded"]),
             n(&w["local"]),
-            n(&w["sessions"])
+            n(&w["sessions"]),
+            n(&w["handoff_out"])
         );
     }
     let _ = writeln!(s, "\ndrops");
@@ -147,4 +148,29 @@ pub fn render(v: &Value) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_show_their_handoffs() {
+        let v = serde_json::json!({
+            "workers": [
+                {"id": 0, "rx": 10, "forwarded": 9, "local": 1, "sessions": 2, "handoff_out": 0},
+                {"id": 1, "rx": 20, "forwarded": 20, "local": 0, "sessions": 3, "handoff_out": 7},
+            ],
+        });
+        let text = render(&v);
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "workers")
+            .skip(1)
+            .take(3)
+            .collect();
+        assert!(rows[0].trim_end().ends_with("handoff_out"), "{text}");
+        assert!(rows[1].trim_end().ends_with(" 0"), "{text}");
+        assert!(rows[2].trim_end().ends_with(" 7"), "{text}");
+    }
 }
