@@ -2,9 +2,8 @@
 //! sessions, scheduling, NAT and the pipeline that ties them together.
 //!
 //! Nothing here does I/O or reads a clock: time is a parameter.
-// No unsafe code but the SIMD steps of the classifier (`acl::classifier::simd`,
-// behind runtime CPU feature detection).
-#![deny(unsafe_code)]
+// No unsafe code: the classifier's SIMD steps are the `lb-simd` crate.
+#![forbid(unsafe_code)]
 
 pub mod acl;
 pub mod conntrack;

@@ -388,6 +388,10 @@ fn vlan_ports_carry_traffic_end_to_end() {
                 "ip", "link", "add", "c-in", "type", "veth", "peer", "name", "c-tap",
             ],
             &["ip", "addr", "flush", "dev", "c-eth0"],
+            // The relay's raw side sends nothing of the kernel's own (IPv6
+            // router solicitations, MLD reports): they would arrive
+            // untagged on the VLAN port.
+            &["sysctl", "-qw", "net.ipv6.conf.c-eth0.disable_ipv6=1"],
             &["ip", "link", "set", "c-in", "mtu", "1400", "up"],
             &["ip", "link", "set", "c-tap", "up"],
             &["ip", "addr", "add", "198.18.0.2/24", "dev", "c-in"],
@@ -418,6 +422,7 @@ fn vlan_ports_carry_traffic_end_to_end() {
         "sw",
         &[
             &["ip", "link", "set", "sw-lb", "nomaster"],
+            &["sysctl", "-qw", "net.ipv6.conf.sw-lb.disable_ipv6=1"],
             &[
                 "ip", "link", "add", "sw-vl", "type", "veth", "peer", "name", "sw-vb",
             ],

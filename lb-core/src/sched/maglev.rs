@@ -177,15 +177,13 @@ fn name_hash(bytes: &[u8], seed: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-// `is_multiple_of` is newer than the workspace's rust-version (1.80).
-#[allow(clippy::manual_is_multiple_of)]
 fn is_prime(n: usize) -> bool {
     if n < 2 {
         return false;
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;

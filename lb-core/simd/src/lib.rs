@@ -1,21 +1,39 @@
-//! AVX-512 versions of the classifier's per-group steps: 16 keys per
-//! vector, table and trie reads as masked gathers, the rule bitmap AND as
-//! 8-word tests.
+//! AVX-512 versions of the steps of lb-core's packet classifier
+//! (`lb_core::acl::Classifier`) over a group of keys: 16 keys per vector,
+//! table and trie reads as masked gathers, the rule bitmap AND as 8-word
+//! tests.
+//!
+//! ```
+//! use lb_simd::Avx512;
+//!
+//! // Two bitmaps of two words, each after one summary word: the lowest
+//! // bit they have in common is bit 6 of word 1, rule 70.
+//! let a = [0b10, 0, 1 << 6];
+//! let b = [0b10, 0, 1 << 6 | 1];
+//! if let Some(v) = Avx512::detect() {
+//!     let mut first = None;
+//!     v.first_dense(1, 2, |_| [&a[..], &b[..]], |_, r| first = r);
+//!     assert_eq!(first, Some(70));
+//! }
+//! ```
 //!
 //! Every step is reached through [`Avx512`], which exists only once the CPU
 //! has been seen to support AVX-512F/BW/VL/CD (runtime detection); without it
 //! the classifier takes its scalar steps, which compute the same values
-//! (the tests compare the two). Every gather index is checked against its
-//! table's length in the gather's mask, so an out-of-range index reads
-//! nothing (the lane gets the scalar path's fallback value) instead of
+//! (the classifier's tests compare the two). Every gather index is checked
+//! against its table's length in the gather's mask, so an out-of-range index
+//! reads nothing (the lane gets the scalar path's fallback value) instead of
 //! reading out of bounds.
+//!
+//! This is a crate of its own so that lb-core can forbid unsafe code: the
+//! intrinsics are the only unsafe code of the per-packet logic.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Proof that the CPU supports the AVX-512 subsets these steps use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Avx512(());
+pub struct Avx512(());
 
 /// Lanes per vector.
 const LANES: usize = 16;
@@ -38,7 +56,7 @@ fn bound(len: usize) -> u32 {
 
 impl Avx512 {
     /// The token when the CPU has AVX-512F, BW, VL and CD.
-    pub(super) fn detect() -> Option<Avx512> {
+    pub fn detect() -> Option<Avx512> {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f")
@@ -54,10 +72,10 @@ impl Avx512 {
 
     /// For every key `j` below `n`: `put(j, the lowest bit set in all the
     /// rows of rows(j))`, each row one summary word (skipped) then `words`
-    /// words (at most 64 are read), as `first_common_dense` for any number
+    /// words (at most 64 are read), as the classifier's `first_common_dense` for any number
     /// of rows.
     #[inline]
-    pub(super) fn first_dense<'a, const N: usize>(
+    pub fn first_dense<'a, const N: usize>(
         self,
         n: usize,
         words: usize,
@@ -131,9 +149,9 @@ fn first_dense<const N: usize>(rows: [&[u64]; N], words: usize) -> Option<usize>
     Some(w * 64 + x.trailing_zeros() as usize)
 }
 
-/// An IPv4 trie's tables (see `Dir`).
+/// An IPv4 trie's tables (the classifier's `Dir`).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Trie<'a> {
+pub struct Trie<'a> {
     pub top: &'a [u16; 1 << 16],
     pub mid: &'a [u16],
     pub low: &'a [u16],
@@ -142,7 +160,7 @@ pub(super) struct Trie<'a> {
 
 /// How [`Avx512::lookup`] gets an address field's class.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum AddrStep<'a> {
+pub enum AddrStep<'a> {
     /// The field has one class: 0.
     Zero,
     /// The input is the IPv4 address: through its trie.
@@ -153,7 +171,7 @@ pub(super) enum AddrStep<'a> {
 
 /// A family's lookup tables, for [`Avx512::lookup`].
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Plan<'a> {
+pub struct Plan<'a> {
     pub proto: &'a [u16],
     pub sport: Option<&'a [u16]>,
     pub dport: Option<&'a [u16]>,
@@ -171,7 +189,7 @@ pub(super) struct Plan<'a> {
 
 /// The last step of [`Avx512::lookup`].
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Finish<'a> {
+pub enum Finish<'a> {
     /// Fields remain outside the cross products: the output is the classes
     /// (for the bitmap scan).
     Scan,
@@ -187,7 +205,7 @@ pub(super) enum Finish<'a> {
 /// A group's keys, one slice per field, at least `n` keys each (the
 /// addresses: IPv4 addresses or the address classes, as the plan says).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Input<'a> {
+pub struct Input<'a> {
     pub proto: &'a [u8],
     pub sport: &'a [u16],
     pub dport: &'a [u16],
@@ -197,22 +215,22 @@ pub(super) struct Input<'a> {
 
 /// Indices of the fields in [`Avx512::lookup`]'s arrays (0 is the
 /// protocol, then the transport class).
-pub(super) const SPORT: usize = 1;
-pub(super) const DPORT: usize = 2;
-pub(super) const SRC: usize = 3;
-pub(super) const DST: usize = 4;
+pub const SPORT: usize = 1;
+pub const DPORT: usize = 2;
+pub const SRC: usize = 3;
+pub const DST: usize = 4;
 
 /// Keys per group: a multiple of [`LANES`].
-pub(super) const GROUP: usize = 64;
+pub const GROUP: usize = 64;
 
 impl Avx512 {
     /// The first rule common to a group's bitmaps, 8 keys per vector:
     /// `rows` are per field the class bitmaps (`stride` words per class,
-    /// `summary` summary words first, as laid out by `with_summary`) and
+    /// `summary` summary words first, as the classifier lays them out) and
     /// each key's class; `out[j]` gets the lowest bit set in all the
-    /// bitmaps of key `j` (as `first_common`), for `j < n`.
+    /// bitmaps of key `j` (as the scalar scan), for `j < n`.
     #[inline]
-    pub(super) fn scan(
+    pub fn scan(
         self,
         n: usize,
         stride: usize,
@@ -235,7 +253,7 @@ impl Avx512 {
     /// gets the transport class (after every cross product) and the class
     /// of each field, lanes from `n` on 0, and the result is false.
     #[inline]
-    pub(super) fn lookup(
+    pub fn lookup(
         self,
         plan: &Plan<'_>,
         n: usize,
