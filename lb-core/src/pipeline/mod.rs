@@ -26,7 +26,9 @@
 //! - `verdict.rs`: [`Verdict`], [`Reason`] and [`DropKind`], and their
 //!   words for `lbctl eval`;
 //! - `stats.rs`: a worker's counters;
-//! - `owner.rs`: which worker owns a flow.
+//! - `owner.rs`: which worker owns a flow;
+//! - `steer.rs`: RSS steering, so that the NIC puts both directions of a
+//!   FULLNAT session on its owner's queue.
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::fmt::Write as _;
@@ -52,6 +54,7 @@ mod owner;
 mod session;
 mod snapshot;
 mod stats;
+mod steer;
 mod syn_proxy;
 #[cfg(test)]
 mod tests;
@@ -62,6 +65,7 @@ pub use owner::{flow_hash, frame_owner, owner};
 pub use session::Flow;
 pub use snapshot::{Hop, Snapshot};
 pub use stats::{PortDrops, SessionCount, SessionCounts, Stats};
+pub use steer::{frame_owner_on, owner_on};
 pub use verdict::{DropKind, Forward, IcmpAnswer, LocalKind, Reason, Verdict};
 pub use worker::Worker;
 // What the rooms share among themselves.

@@ -46,13 +46,7 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
 /// session checks and translates it). `None` for a frame without a
 /// 5-tuple.
 pub fn frame_owner(snap: &Snapshot, frame: &[u8], p: &Parsed, workers: u16) -> Option<u16> {
-    let key = p.flow_key()?;
-    if p.is_icmp_error() {
-        if let Ok(quoted) = packet::parse_icmp_inner(frame, p) {
-            return Some(owner(snap, &quoted.reversed(), workers));
-        }
-    }
-    Some(owner(snap, &key, workers))
+    super::frame_owner_on(snap, frame, p, workers, None)
 }
 
 fn endpoint_hash(addr: IpAddr, port: u16, proto: u8) -> u64 {

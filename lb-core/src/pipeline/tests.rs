@@ -6,6 +6,7 @@ use crate::model::*;
 use crate::packet::{build_frame, FrameSpec, MacAddr};
 
 mod icmp_ttl_mtu;
+mod rss_steering;
 
 fn addr(s: &str) -> IpAddr {
     s.parse().expect("address")

@@ -34,6 +34,9 @@ pub struct Worker {
     resets: RateLimit,
     /// The SYN proxy's state (see `syn_proxy.rs`).
     pub(super) proxy: syn_proxy::ProxyState,
+    /// How each port spreads frames over the workers' RX queues (`cfg.ports`
+    /// order; `None` or missing: no RSS), see `steer.rs`.
+    pub(super) port_rss: Vec<Option<std::sync::Arc<crate::nat::rss::RssSteering>>>,
 }
 
 /// A token bucket holding one second's worth of tokens, refilled by the
@@ -81,6 +84,7 @@ impl Worker {
             min_mtu: u32::MAX,
             resets: RateLimit::default(),
             proxy: syn_proxy::ProxyState::new(max_sessions, max_sessions_v6),
+            port_rss: Vec::new(),
         }
     }
 
