@@ -373,6 +373,8 @@ pub fn stats(shared: &Shared) -> Value {
             "interface": shared.port_names.get(pi),
             "link": shared.link_status(pi),
             "mtu": shared.port_mtu.get(pi).map_or(0, |m| m.load(Ordering::Relaxed)),
+            // FULLNAT replies arriving here are steered to their worker's queue.
+            "rss_steering": shared.port_rss.get(pi).is_some_and(Option::is_some),
             "rx_packets": t.rx_packets, "rx_bytes": t.rx_bytes, "rx_dropped": t.rx_dropped,
             "tx_packets": t.tx_packets, "tx_bytes": t.tx_bytes, "tx_dropped": t.tx_dropped,
             "source_check": p.source_check.as_str(),

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use crossbeam::channel::{bounded, Sender};
 use crossbeam::queue::ArrayQueue;
 use lb_core::model::{IdlePolicy, IoBackend};
-use lb_core::pipeline::{frame_owner, Frame, Reason, RxInfo, Snapshot, Stats, Verdict, Worker};
+use lb_core::pipeline::{frame_owner_on, Frame, Reason, RxInfo, Snapshot, Stats, Verdict, Worker};
 
 use crate::health::HealthTable;
 use crate::io::afpacket::{AfPacket, AfPacketOpts};
@@ -111,6 +111,10 @@ pub struct Shared {
     /// The largest MTU each port can send at (AF_PACKET sizes its send
     /// buffers at start); `u32::MAX` where there is no such limit.
     port_mtu_cap: Vec<u32>,
+    /// How each port's RSS spreads frames over the workers (`None`: no
+    /// RSS, as with AF_PACKET): frame ownership and FULLNAT local ports
+    /// follow it, so that no frame needs a handoff.
+    pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
 }
 
 impl Shared {
@@ -260,6 +264,10 @@ impl Daemon {
             dpdk_ports,
         } = opened;
         let workers = per_worker.len();
+        #[cfg(feature = "dpdk")]
+        let port_rss = crate::io::dpdk::rss::steerings(&dpdk_ports, workers);
+        #[cfg(not(feature = "dpdk"))]
+        let port_rss = Vec::new();
         let snap = Arc::new(Snapshot::compile(cfg.clone(), 1));
         let health = Arc::new(HealthTable::new(&snap, None));
         let (health_tx, health_rx) = bounded(4096);
@@ -289,6 +297,7 @@ impl Daemon {
             dpdk_ports,
             port_mtu: mtu_cap.iter().map(|_| AtomicU32::new(0)).collect(),
             port_mtu_cap: mtu_cap,
+            port_rss,
         });
         for pi in 0..shared.port_mtu.len() {
             shared.update_port_mtu(pi);
@@ -1037,6 +1046,9 @@ impl WorkerLoop {
             max_sessions_v6,
         );
         core.set_cookie_secret(lb_core::synproxy::CookieSecret::new(cookie_secret()));
+        for (pi, rss) in shared.port_rss.iter().enumerate() {
+            core.set_port_rss(pi, rss.clone());
+        }
         WorkerLoop {
             id,
             core,
@@ -1115,11 +1127,12 @@ impl WorkerLoop {
         let mut count = 0usize;
         let mut handoff_out = 0u64;
         let mut handoff_dropped = 0u64;
+        let rss = shared.port_rss.get(pi).and_then(Option::as_deref);
         let n = io.recv_burst(BURST, &mut |frame: &mut [u8], meta: RxMeta| {
             if n_workers > 1 {
                 let o = lb_core::packet::parse(frame)
                     .ok()
-                    .and_then(|p| frame_owner(&rt.snap, frame, &p, n_workers));
+                    .and_then(|p| frame_owner_on(&rt.snap, frame, &p, n_workers, rss));
                 if let Some(o) = o {
                     if o != me {
                         let h = Handoff {

@@ -55,6 +55,13 @@ pub fn render(v: &Value) -> String {
         if n(&p["mtu"]) > 0 {
             let _ = writeln!(s, "  {:<10} mtu {}", "", n(&p["mtu"]));
         }
+        if p["rss_steering"].as_bool() == Some(true) {
+            let _ = writeln!(
+                s,
+                "  {:<10} rss: FULLNAT replies steered to their worker",
+                ""
+            );
+        }
     }
     let _ = writeln!(
         s,

@@ -1,7 +1,8 @@
 //! The RSS steering of FULLNAT local ports (`lb_core::nat::rss`) against
 //! DPDK's own software Toeplitz hash, `rte_softrss`: the hash of random
-//! flows of both families, and the queue each steered reply lands on. No
-//! EAL is needed.
+//! flows of both families, and the queue each steered reply lands on; and
+//! the steering read back from a port (`net_null`, the one test here that
+//! initialises EAL).
 
 // Built only with the `dpdk` feature (`cargo test --features dpdk`).
 #![cfg(feature = "dpdk")]
@@ -13,7 +14,9 @@ use lb_core::flow::FlowKey;
 use lb_core::model::proto;
 use lb_core::nat::rss::{hash_input, toeplitz_hash, RssSteering};
 use lb_core::nat::{port_owner, PortAllocator};
-use lb_dataplane::io::dpdk::{symmetric_rss_key, sys};
+use lb_dataplane::io::dpdk::{symmetric_rss_key, sys, DpdkPort, DpdkPortOpts, Mempool};
+
+mod dpdk_common;
 
 /// Microsoft's RSS verification key.
 const MS_KEY: [u8; 40] = [
@@ -158,4 +161,39 @@ fn steered_local_ports_put_replies_on_the_owners_queue_by_rte_softrss() {
         }
     }
     assert_eq!(checked, 80_000);
+}
+
+/// A port with RSS (net_null keeps the key, hash types and table it is
+/// given, and starts with every table entry on queue 0): the steering read
+/// back spreads the table over both queues and hashes as `rte_softrss`
+/// with the symmetric key the port was opened with.
+#[test]
+fn a_ports_steering_is_read_back_from_the_pmd() {
+    let _cleanup = dpdk_common::RuntimeDirGuard;
+    let _eal = dpdk_common::init(&["net_null0".to_string(), "net_null1".to_string()]);
+    let pool =
+        Mempool::new("rss_pool", 2047, 32, Mempool::DEFAULT_DATA_ROOM, None).expect("mempool");
+    let port = DpdkPort::open(0, 2, &pool, &DpdkPortOpts::default()).expect("open net_null0");
+    assert!(port.rss(), "net_null spreads over queues");
+    let steering = port
+        .rss_steering(&[0, 1])
+        .expect("RSS queried")
+        .expect("TCP/UDP hashed with ports");
+    assert_eq!(steering.reta_len(), 128);
+    let rss_key = symmetric_rss_key(40);
+    let mut rng = Draws(3);
+    let mut on = [0usize; 2];
+    for i in 0..10_000 {
+        let key = rng.tcp_flow(i % 2 == 1);
+        let w = steering.worker(&key).expect("a TCP flow");
+        // Entry i on queue i % 2, worker q polling queue q.
+        assert_eq!(u32::from(w), softrss(&rss_key, &key) % 128 % 2, "{key:?}");
+        on[usize::from(w)] += 1;
+    }
+    assert!(on[0] > 4000 && on[1] > 4000, "{on:?}");
+    // A single queue: no RSS, no steering.
+    let single = DpdkPort::open(1, 1, &pool, &DpdkPortOpts::default()).expect("open net_null1");
+    assert_eq!(single.rss_steering(&[0]).expect("no query needed"), None);
+    // Workers that poll only queue 0: refused.
+    assert!(port.rss_steering(&[0]).is_err());
 }

@@ -42,6 +42,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 pub use lb_dpdk_sys as sys;
 
+pub mod rss;
+
 use super::{IoStats, PacketIo, RxMeta};
 
 /// Most frames one [`DpdkQueue::recv_burst`] takes from the PMD.
