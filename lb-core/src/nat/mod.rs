@@ -332,8 +332,8 @@ mod tests {
     /// both families.
     #[test]
     fn steered_replies_land_on_the_allocating_worker() {
-        use rss::tests::{default_reta, input, symmetric_key, Rng};
-        use rss::{toeplitz_hash, RssSteering};
+        use rss::tests::{default_reta, input, Rng};
+        use rss::{symmetric_key, toeplitz_hash, RssSteering};
         let key = symmetric_key(40);
         for workers in [2u16, 3, 4] {
             let reta = default_reta(128, workers);

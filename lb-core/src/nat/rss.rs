@@ -60,6 +60,16 @@ pub fn toeplitz_hash(key: &[u8], input: &[u8]) -> u32 {
     hash
 }
 
+/// The symmetric RSS key of `len` bytes: `0x6d5a` repeated. Its 16-bit
+/// period makes the hash invariant under swapping source and destination
+/// (addresses and ports are both multiples of 16 bits), so both directions
+/// of a flow land on the same queue.
+pub fn symmetric_key(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| if i % 2 == 0 { 0x6d } else { 0x5a })
+        .collect()
+}
+
 /// The bytes a NIC hashes for a TCP or UDP 4-tuple (source address,
 /// destination address, source port, destination port, big-endian) and
 /// how many there are (12 for IPv4, 36 for IPv6); `None` for mixed
@@ -255,13 +265,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::nat::{port_owner, FIRST_PORT, LAST_PORT};
     use std::net::{Ipv4Addr, Ipv6Addr};
-
-    /// The symmetric key DPDK ports are configured with: `0x6d5a` repeated.
-    pub(crate) fn symmetric_key(len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| if i % 2 == 0 { 0x6d } else { 0x5a })
-            .collect()
-    }
 
     /// Microsoft's RSS verification key.
     const MS_KEY: [u8; 40] = [

@@ -685,11 +685,7 @@ pub const SYMMETRIC_RSS_KEY: [u8; 40] = {
 };
 
 /// The symmetric key at `len` bytes (NICs differ: 40 and 52 are common).
-pub fn symmetric_rss_key(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| if i % 2 == 0 { 0x6d } else { 0x5a })
-        .collect()
-}
+pub use lb_core::nat::rss::symmetric_key as symmetric_rss_key;
 
 pub use lb_core::nat::rss::toeplitz_hash;
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::nat::rss::tests::{default_reta, symmetric_key, Rng};
-use crate::nat::rss::RssSteering;
+use crate::nat::rss::tests::{default_reta, Rng};
+use crate::nat::rss::{symmetric_key, RssSteering};
 
 /// [`proxy_config`] (both families, no SYN proxy) with the backend's
 /// subnets on a second port, "int".
