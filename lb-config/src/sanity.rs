@@ -433,7 +433,6 @@ pub fn human_bytes(b: u64) -> String {
     const GIB: u64 = 1 << 30;
     const TIB: u64 = 1 << 40;
     // Display only: two decimals of a ratio.
-    #[allow(clippy::cast_precision_loss)]
     let ratio = |unit: u64| b as f64 / unit as f64;
     if b >= TIB {
         format!("{:.1} TiB", ratio(TIB))

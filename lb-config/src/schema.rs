@@ -18,7 +18,7 @@
 //! [`toml::Spanned`] so that every diagnostic carries a position. Numbers
 //! with limits are read as `i64` so that an out-of-range value gets our own
 //! message ("priority must be 1..=100, got 0") rather than a serde type error.
-//! Defaults are applied when compiling (see `compile.rs`), so that an absent
+//! Defaults are applied when compiling (see `compile/`), so that an absent
 //! value and an explicit one can be told apart where it matters.
 
 use std::fmt;
@@ -408,11 +408,9 @@ impl<'de> Deserialize<'de> for Seconds {
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 // Precision loss only beyond 2^53 s, far outside any limit.
-                #[allow(clippy::cast_precision_loss)]
                 Ok(Seconds(v as f64))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                #[allow(clippy::cast_precision_loss)]
                 Ok(Seconds(v as f64))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {

@@ -17,12 +17,11 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use lb_core::pipeline::DropKind;
 use serde_json::{json, Value};
 
@@ -48,6 +47,62 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// crowd out an administrator.
 pub const MAX_CLIENTS_PER_LEVEL: usize = 8;
 
+/// What went wrong serving the control socket or the metrics endpoint,
+/// or asking a running `lbd`.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The socket file could not be set up (see [`crate::sockfile::bind`]).
+    #[error(transparent)]
+    SocketFile(anyhow::Error),
+    #[error("setting up the control socket")]
+    Setup(#[source] std::io::Error),
+    #[error("binding the metrics endpoint {addr}")]
+    BindMetrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting a thread")]
+    Thread(#[source] std::io::Error),
+    #[error("reading a command: {0}")]
+    ReadCommand(std::io::ErrorKind),
+    /// Writing a reply, or the end of one.
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+    #[error("connecting to lbd at {} (is it running? --control sets the path)", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sending the command")]
+    Send(#[source] std::io::Error),
+    #[error("reading lbd's reply")]
+    Reply(#[source] std::io::Error),
+    #[error("reading lbd's reply")]
+    ReplyJson(#[source] serde_json::Error),
+    #[error("lbd refused {command}: {reason}")]
+    Refused { command: String, reason: String },
+}
+
+/// A command line the control socket does not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("the command is not UTF-8")]
+    NotUtf8,
+    /// `shown`: the first characters of the word, `...` after them if
+    /// there are more.
+    #[error("unknown command {shown:?}{more}: the commands are {known}", more = if *.cut { "..." } else { "" }, known = Command::ALL.map(Command::name).join(", "))]
+    Unknown { shown: String, cut: bool },
+}
+
+/// In a reply, a refused command line is its message.
+impl serde::Serialize for CommandError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A command of the control protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -62,9 +117,9 @@ impl Command {
     pub const ALL: [Command; 2] = [Command::Stats, Command::Reload];
 
     /// Parses one command line (surrounding white space ignored).
-    pub fn parse(line: &[u8]) -> std::result::Result<Command, String> {
+    pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         let Ok(text) = std::str::from_utf8(line) else {
-            return Err("the command is not UTF-8".into());
+            return Err(CommandError::NotUtf8);
         };
         let word = text.trim();
         Command::ALL
@@ -72,11 +127,8 @@ impl Command {
             .find(|c| c.name() == word)
             .ok_or_else(|| {
                 let shown: String = word.chars().take(64).collect();
-                let more = if shown.len() < word.len() { "..." } else { "" };
-                format!(
-                    "unknown command {shown:?}{more}: the commands are {}",
-                    Command::ALL.map(Command::name).join(", ")
-                )
+                let cut = shown.len() < word.len();
+                CommandError::Unknown { shown, cut }
             })
     }
 
@@ -109,12 +161,13 @@ impl ControlSocket {
     /// Creates the socket at `path`: mode 0600, or 0660 and the control
     /// group when `access` has one, whatever the umask. Refuses a path in
     /// use by a running `lbd`, and anything at `path` but a stale socket.
-    pub fn bind(path: &Path, access: Access) -> Result<ControlSocket> {
+    pub fn bind(path: &Path, access: Access) -> Result<ControlSocket, ControlError> {
         let mode = if access.group.is_some() { 0o660 } else { 0o600 };
-        let (listener, file) = crate::sockfile::bind(path, mode, access.group)?;
+        let (listener, file) =
+            crate::sockfile::bind(path, mode, access.group).map_err(ControlError::SocketFile)?;
         listener
             .set_nonblocking(true)
-            .context("setting up the control socket")?;
+            .map_err(ControlError::Setup)?;
         Ok(ControlSocket {
             listener,
             file,
@@ -127,7 +180,7 @@ impl ControlSocket {
         self,
         shared: Arc<Shared>,
         reloader: Arc<Reloader>,
-    ) -> Result<std::thread::JoinHandle<()>> {
+    ) -> Result<std::thread::JoinHandle<()>, ControlError> {
         let h = std::thread::Builder::new()
             .name("lbd-control".into())
             .spawn(move || {
@@ -154,7 +207,8 @@ impl ControlSocket {
                     }
                 }
                 drop(file);
-            })?;
+            })
+            .map_err(ControlError::Thread)?;
         Ok(h)
     }
 }
@@ -240,7 +294,7 @@ fn handle(
     peer: &Peer,
     level: Level,
     _slot: Slot,
-) -> Result<()> {
+) -> Result<(), ControlError> {
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     let line = match crate::conn::read_request(
         &mut stream,
@@ -260,7 +314,7 @@ fn handle(
             let why = format!("no command within {} s", COMMAND_TIMEOUT.as_secs());
             return refuse_after_reading(stream, &why);
         }
-        Err(ReadError::Io(kind)) => anyhow::bail!("reading a command: {kind}"),
+        Err(ReadError::Io(kind)) => return Err(ControlError::ReadCommand(kind)),
     };
     let answer = match Command::parse(&line) {
         Err(e) => json!({"ok": false, "error": e}),
@@ -290,7 +344,7 @@ fn handle(
 }
 
 /// A refusal to a client that may still be sending.
-fn refuse_after_reading(mut stream: UnixStream, why: &str) -> Result<()> {
+fn refuse_after_reading(mut stream: UnixStream, why: &str) -> Result<(), ControlError> {
     let text = format!("{}\n", json!({"ok": false, "error": why}));
     crate::conn::write_by(&mut stream, text.as_bytes(), Instant::now() + WRITE_TIMEOUT)?;
     stream.shutdown(std::net::Shutdown::Write)?;
@@ -298,7 +352,7 @@ fn refuse_after_reading(mut stream: UnixStream, why: &str) -> Result<()> {
     Ok(())
 }
 
-fn reply(mut stream: UnixStream, v: &Value) -> Result<()> {
+fn reply(mut stream: UnixStream, v: &Value) -> Result<(), ControlError> {
     let text = format!("{v}\n");
     crate::conn::write_by(&mut stream, text.as_bytes(), Instant::now() + WRITE_TIMEOUT)?;
     Ok(())
@@ -306,12 +360,10 @@ fn reply(mut stream: UnixStream, v: &Value) -> Result<()> {
 
 /// Sends one command to a running `lbd` and returns its JSON reply; a
 /// command `lbd` refused (permission, unknown, too long) is an error.
-pub fn request(path: &Path, command: &str) -> Result<Value> {
-    let mut s = UnixStream::connect(path).with_context(|| {
-        format!(
-            "connecting to lbd at {} (is it running? --control sets the path)",
-            path.display()
-        )
+pub fn request(path: &Path, command: &str) -> Result<Value, ControlError> {
+    let mut s = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.to_path_buf(),
+        source,
     })?;
     // A reload compiles the whole configuration first.
     let wait = if command == Command::Reload.name() {
@@ -327,14 +379,17 @@ pub fn request(path: &Path, command: &str) -> Result<Value> {
     match s.read_to_end(&mut text) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !text.is_empty() => {}
-        Err(e) => return Err(e).context("reading lbd's reply"),
+        Err(e) => return Err(ControlError::Reply(e)),
     }
     if text.is_empty() {
-        sent.context("sending the command")?;
+        sent.map_err(ControlError::Send)?;
     }
-    let v: Value = serde_json::from_slice(&text).context("reading lbd's reply")?;
+    let v: Value = serde_json::from_slice(&text).map_err(ControlError::ReplyJson)?;
     if let Some(e) = v["error"].as_str() {
-        anyhow::bail!("lbd refused {command}: {e}");
+        return Err(ControlError::Refused {
+            command: command.to_string(),
+            reason: e.to_string(),
+        });
     }
     Ok(v)
 }
@@ -819,10 +874,13 @@ pub const METRICS_MAX_REQUEST: usize = 8 * 1024;
 
 /// Binds the metrics endpoint (before the ports are opened, so a busy
 /// address fails the start cleanly).
-pub fn bind_metrics(addr: &str) -> Result<TcpListener> {
-    let listener =
-        TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?;
-    listener.set_nonblocking(true)?;
+pub fn bind_metrics(addr: &str) -> Result<TcpListener, ControlError> {
+    let bind_error = |source| ControlError::BindMetrics {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
     Ok(listener)
 }
 
@@ -834,7 +892,7 @@ pub fn bind_metrics(addr: &str) -> Result<TcpListener> {
 pub fn serve_metrics(
     shared: Arc<Shared>,
     listener: TcpListener,
-) -> Result<std::thread::JoinHandle<()>> {
+) -> Result<std::thread::JoinHandle<()>, ControlError> {
     let h = std::thread::Builder::new()
         .name("lbd-metrics".into())
         .spawn(move || {
@@ -871,7 +929,8 @@ pub fn serve_metrics(
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
-        })?;
+        })
+        .map_err(ControlError::Thread)?;
     Ok(h)
 }
 
@@ -941,13 +1000,15 @@ mod tests {
         assert!(Level::User < Level::Admin);
         let e = Command::parse(b"drop tables\n").expect_err("unknown");
         assert_eq!(
-            e,
+            e.to_string(),
             "unknown command \"drop tables\": the commands are stats, reload"
         );
-        let long = Command::parse(&[b'x'; 1000]).expect_err("unknown");
+        let long = Command::parse(&[b'x'; 1000])
+            .expect_err("unknown")
+            .to_string();
         assert!(long.len() < 200, "not echoed whole: {long}");
         assert_eq!(
-            Command::parse(&[0xff, b'\n']),
+            Command::parse(&[0xff, b'\n']).map_err(|e| e.to_string()),
             Err("the command is not UTF-8".into())
         );
     }

@@ -20,12 +20,55 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use lb_core::flow::{proto_from_name, FlowKey};
 use lb_core::model::proto;
 use lb_core::packet::{self, build_frame, FrameSpec, MacAddr};
 use lb_core::pipeline::{secs, LocalKind, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::Nanos;
+
+/// Why `lbctl eval` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The configuration does not load.
+    #[error("{0}")]
+    Config(lb_config::ConfigErrors),
+    /// A trace line does not parse, or its packet cannot be built; `at`
+    /// is `file:line`.
+    #[error("{at}")]
+    Trace {
+        at: String,
+        #[source]
+        source: TraceError,
+    },
+    #[error("{at}: no server {server} in server group {group}")]
+    NoServer {
+        at: String,
+        group: String,
+        server: String,
+    },
+    #[error("{at}: no port {port}")]
+    NoPort { at: String, port: String },
+    #[error("{at}: time goes backwards ({time} after {last})")]
+    TimeBackwards { at: String, time: f64, last: f64 },
+    /// Writing the verdicts or the notes.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// What is wrong with a trace line (or the packet it describes), in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TraceError(String);
+
+/// A [`TraceError`] from a format string.
+macro_rules! trace_error {
+    ($($t:tt)*) => { TraceError(format!($($t)*)) };
+}
+
+/// Returns a [`TraceError`] from a format string.
+macro_rules! fail {
+    ($($t:tt)*) => { return Err(trace_error!($($t)*)) };
+}
 
 /// One parsed line of a trace.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,11 +148,11 @@ pub struct TraceTcp {
 
 impl TraceTcp {
     /// Takes a `name=value` word; false when it is not one of these.
-    fn take(&mut self, w: &str) -> Result<bool> {
+    fn take(&mut self, w: &str) -> Result<bool, TraceError> {
         let Some((name, v)) = w.split_once('=') else {
             return Ok(false);
         };
-        let bad = || anyhow!("bad number in {w:?}");
+        let bad = || trace_error!("bad number in {w:?}");
         match name {
             "seq" => self.seq = Some(v.parse().map_err(|_| bad())?),
             "ack" => self.ack = Some(v.parse().map_err(|_| bad())?),
@@ -123,7 +166,7 @@ impl TraceTcp {
 }
 
 /// Parses one trace line; `Ok(None)` for blank lines and comments.
-pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
+pub fn parse_line(line: &str) -> Result<Option<TraceLine>, TraceError> {
     let text = line.split('#').next().unwrap_or("").trim();
     if text.is_empty() {
         return Ok(None);
@@ -135,7 +178,7 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
                 let up = match *state {
                     "up" => true,
                     "down" => false,
-                    other => bail!("health state must be up or down, not {other:?}"),
+                    other => fail!("health state must be up or down, not {other:?}"),
                 };
                 Ok(Some(TraceLine::Health {
                     group: group.to_string(),
@@ -143,35 +186,35 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
                     up,
                 }))
             }
-            ("health", _) => bail!("expected: @health <server_group> <server> up|down"),
+            ("health", _) => fail!("expected: @health <server_group> <server> up|down"),
             ("reload", [_, path]) => Ok(Some(TraceLine::Reload(PathBuf::from(path)))),
-            ("reload", _) => bail!("expected: @reload <config.toml>"),
+            ("reload", _) => fail!("expected: @reload <config.toml>"),
             ("mtu", [_, port, mtu]) => Ok(Some(TraceLine::Mtu {
                 port: port.to_string(),
                 mtu: mtu
                     .parse()
-                    .map_err(|_| anyhow!("bad mtu {mtu:?}: bytes expected"))?,
+                    .map_err(|_| trace_error!("bad mtu {mtu:?}: bytes expected"))?,
             })),
-            ("mtu", _) => bail!("expected: @mtu <port> <mtu>"),
-            (other, _) => bail!("unknown directive @{other}"),
+            ("mtu", _) => fail!("expected: @mtu <port> <mtu>"),
+            (other, _) => fail!("unknown directive @{other}"),
         };
     }
     if words.len() < 5 || words[3] != ">" {
-        bail!("expected: <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>] [port=<name>] [vlan=<id>|none]");
+        fail!("expected: <time_s> <proto> <src> > <dst> [<tcp_flags>] [icmp=<type>/<code>] [port=<name>] [vlan=<id>|none]");
     }
     let time: f64 = words[0]
         .parse()
-        .map_err(|_| anyhow!("bad time {:?}: seconds expected", words[0]))?;
+        .map_err(|_| trace_error!("bad time {:?}: seconds expected", words[0]))?;
     if !time.is_finite() || time < 0.0 {
-        bail!("bad time {:?}: non-negative seconds expected", words[0]);
+        fail!("bad time {:?}: non-negative seconds expected", words[0]);
     }
     let proto =
-        proto_from_name(words[1]).ok_or_else(|| anyhow!("unknown protocol {:?}", words[1]))?;
+        proto_from_name(words[1]).ok_or_else(|| trace_error!("unknown protocol {:?}", words[1]))?;
     let has_ports = matches!(proto, proto::TCP | proto::UDP);
     let (src, sport) = parse_endpoint(words[2], has_ports)?;
     let (dst, dport) = parse_endpoint(words[4], has_ports)?;
     if src.is_ipv6() != dst.is_ipv6() {
-        bail!("source and destination must be of one address family");
+        fail!("source and destination must be of one address family");
     }
     let mut tcp_flags = None;
     let mut icmp = None;
@@ -185,7 +228,7 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
         }
         if let Some(v) = w.strip_prefix("port=") {
             if v.is_empty() {
-                bail!("port=<name> expected, got {w:?}");
+                fail!("port=<name> expected, got {w:?}");
             }
             port = Some(v.to_string());
         } else if let Some(v) = w.strip_prefix("vlan=") {
@@ -195,28 +238,34 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
                     v.parse::<u16>()
                         .ok()
                         .filter(|&id| id <= 4095)
-                        .ok_or_else(|| anyhow!("bad vlan in {w:?}: 0..=4095 or none expected"))?,
+                        .ok_or_else(|| {
+                            trace_error!("bad vlan in {w:?}: 0..=4095 or none expected")
+                        })?,
                 ),
             });
         } else if let Some(v) = w.strip_prefix("icmp=") {
             let (t, c) = v
                 .split_once('/')
-                .ok_or_else(|| anyhow!("icmp=<type>/<code> expected, got {w:?}"))?;
-            let t: u8 = t.parse().map_err(|_| anyhow!("bad icmp type in {w:?}"))?;
-            let c: u8 = c.parse().map_err(|_| anyhow!("bad icmp code in {w:?}"))?;
+                .ok_or_else(|| trace_error!("icmp=<type>/<code> expected, got {w:?}"))?;
+            let t: u8 = t
+                .parse()
+                .map_err(|_| trace_error!("bad icmp type in {w:?}"))?;
+            let c: u8 = c
+                .parse()
+                .map_err(|_| trace_error!("bad icmp code in {w:?}"))?;
             icmp = Some((t, c));
         } else if proto == proto::TCP && tcp_flags.is_none() {
             tcp_flags = Some(parse_flags(w)?);
         } else {
-            bail!("unexpected {w:?}");
+            fail!("unexpected {w:?}");
         }
     }
     let is_icmp = matches!(proto, proto::ICMP | proto::ICMPV6);
     if icmp.is_some() && !is_icmp {
-        bail!("icmp= is only for icmp and icmpv6 packets");
+        fail!("icmp= is only for icmp and icmpv6 packets");
     }
     if is_icmp && (proto == proto::ICMPV6) != src.is_ipv6() {
-        bail!("icmp is for IPv4 and icmpv6 for IPv6");
+        fail!("icmp is for IPv4 and icmpv6 for IPv6");
     }
     // ICMP defaults to an echo request, whose identifier stands in for the ports.
     let icmp = if is_icmp {
@@ -253,14 +302,20 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>> {
 
 /// Reads one of the IP words of a packet line (`ttl=`, `len=`, `nodf`,
 /// `opt=`, `quote=`) into `ip`; false when `w` is none of them.
-fn parse_ip_extra(w: &str, v6: bool, ip: &mut IpExtras) -> Result<bool> {
+fn parse_ip_extra(w: &str, v6: bool, ip: &mut IpExtras) -> Result<bool, TraceError> {
     if let Some(v) = w.strip_prefix("ttl=") {
-        ip.ttl = Some(v.parse().map_err(|_| anyhow!("bad ttl in {w:?}: 0-255"))?);
+        ip.ttl = Some(
+            v.parse()
+                .map_err(|_| trace_error!("bad ttl in {w:?}: 0-255"))?,
+        );
     } else if let Some(v) = w.strip_prefix("len=") {
-        ip.len = Some(v.parse().map_err(|_| anyhow!("bad len in {w:?}: bytes"))?);
+        ip.len = Some(
+            v.parse()
+                .map_err(|_| trace_error!("bad len in {w:?}: bytes"))?,
+        );
     } else if w == "nodf" {
         if v6 {
-            bail!("nodf is for IPv4 packets (IPv6 routers never fragment)");
+            fail!("nodf is for IPv4 packets (IPv6 routers never fragment)");
         }
         ip.no_df = true;
     } else if let Some(v) = w.strip_prefix("opt=") {
@@ -270,23 +325,23 @@ fn parse_ip_extra(w: &str, v6: bool, ip: &mut IpExtras) -> Result<bool> {
             "rr" => IpOpt::RecordRoute,
             "rh0" => IpOpt::Rh0,
             "rh2" => IpOpt::Rh2,
-            _ => bail!("bad {w:?}: opt=lsrr, ssrr, rr (IPv4), rh0 or rh2 (IPv6) expected"),
+            _ => fail!("bad {w:?}: opt=lsrr, ssrr, rr (IPv4), rh0 or rh2 (IPv6) expected"),
         };
         if matches!(opt, IpOpt::Rh0 | IpOpt::Rh2) != v6 {
-            bail!("{w:?} is for the other address family");
+            fail!("{w:?} is for the other address family");
         }
         ip.opt = Some(opt);
     } else if let Some(v) = w.strip_prefix("quote=") {
         let parts: Vec<&str> = v.split(',').collect();
         let [p, s, d] = parts.as_slice() else {
-            bail!("quote=<proto>,<src>,<dst> expected, got {w:?}");
+            fail!("quote=<proto>,<src>,<dst> expected, got {w:?}");
         };
-        let proto = proto_from_name(p).ok_or_else(|| anyhow!("unknown protocol {p:?}"))?;
+        let proto = proto_from_name(p).ok_or_else(|| trace_error!("unknown protocol {p:?}"))?;
         let ports = matches!(proto, proto::TCP | proto::UDP);
         let (src, sport) = parse_endpoint(s, ports)?;
         let (dst, dport) = parse_endpoint(d, ports)?;
         if src.is_ipv6() != v6 || dst.is_ipv6() != v6 {
-            bail!("the quoted packet of {w:?} must be of the error's address family");
+            fail!("the quoted packet of {w:?} must be of the error's address family");
         }
         ip.quote = Some(FlowKey {
             src,
@@ -303,7 +358,7 @@ fn parse_ip_extra(w: &str, v6: bool, ip: &mut IpExtras) -> Result<bool> {
 
 /// Builds the frame of a trace packet: `frame_spec`, then what its IP
 /// words say.
-fn build_trace_frame(p: &TracePacket, vlan: Option<u16>) -> Result<Vec<u8>> {
+fn build_trace_frame(p: &TracePacket, vlan: Option<u16>) -> Result<Vec<u8>, TraceError> {
     let mut spec = frame_spec(p, vlan);
     if let Some(ttl) = p.ip.ttl {
         spec.ttl = ttl;
@@ -319,7 +374,7 @@ fn build_trace_frame(p: &TracePacket, vlan: Option<u16>) -> Result<Vec<u8>> {
             tcp_flags: 0x02,
             ..FrameSpec::default()
         });
-        let qp = lb_core::packet::parse(&quoted).map_err(|e| anyhow!("quote: {e}"))?;
+        let qp = lb_core::packet::parse(&quoted).map_err(|e| trace_error!("quote: {e}"))?;
         spec.payload = quoted[qp.l3_offset..qp.l3_end()].to_vec();
     }
     if let Some(len) = p.ip.len {
@@ -327,7 +382,7 @@ fn build_trace_frame(p: &TracePacket, vlan: Option<u16>) -> Result<Vec<u8>> {
         let base = f.len() - packet::parse(&f).map_or(14, |q| q.l3_offset);
         let extra = len
             .checked_sub(base)
-            .ok_or_else(|| anyhow!("len={len} is shorter than the packet's {base} bytes"))?;
+            .ok_or_else(|| trace_error!("len={len} is shorter than the packet's {base} bytes"))?;
         spec.payload.resize(spec.payload.len() + extra, 0);
     }
     let mut frame = build_frame(&spec);
@@ -377,7 +432,7 @@ fn set_tcp_window(frame: &mut [u8], p: &TracePacket) {
 
 const TCP_ACK: u8 = 0x10;
 
-fn parse_flags(w: &str) -> Result<u8> {
+fn parse_flags(w: &str) -> Result<u8, TraceError> {
     if w == "none" {
         return Ok(0);
     }
@@ -390,33 +445,37 @@ fn parse_flags(w: &str) -> Result<u8> {
             'P' => 0x08,
             'A' => 0x10,
             'U' => 0x20,
-            _ => bail!("bad tcp flags {w:?}: letters from SAFRPU expected"),
+            _ => fail!("bad tcp flags {w:?}: letters from SAFRPU expected"),
         };
     }
     Ok(f)
 }
 
-fn parse_endpoint(s: &str, with_port: bool) -> Result<(IpAddr, u16)> {
+fn parse_endpoint(s: &str, with_port: bool) -> Result<(IpAddr, u16), TraceError> {
     if !with_port {
         let a = s
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse()
-            .map_err(|_| anyhow!("bad address {s:?}"))?;
+            .map_err(|_| trace_error!("bad address {s:?}"))?;
         return Ok((a, 0));
     }
     let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
         let (a, p) = rest
             .split_once("]:")
-            .ok_or_else(|| anyhow!("bad endpoint {s:?}: [addr]:port expected"))?;
+            .ok_or_else(|| trace_error!("bad endpoint {s:?}: [addr]:port expected"))?;
         (a, p)
     } else {
         s.rsplit_once(':')
             .filter(|(a, _)| !a.contains(':'))
-            .ok_or_else(|| anyhow!("bad endpoint {s:?}: addr:port expected"))?
+            .ok_or_else(|| trace_error!("bad endpoint {s:?}: addr:port expected"))?
     };
-    let addr: IpAddr = addr.parse().map_err(|_| anyhow!("bad address in {s:?}"))?;
-    let port: u16 = port.parse().map_err(|_| anyhow!("bad port in {s:?}"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| trace_error!("bad address in {s:?}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| trace_error!("bad port in {s:?}"))?;
     Ok((addr, port))
 }
 
@@ -485,8 +544,8 @@ pub fn run(
     trace_path: &Path,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<()> {
-    let cfg = lb_config::load(config).map_err(|e| anyhow!("{e}"))?;
+) -> Result<(), EvalError> {
+    let cfg = lb_config::load(config).map_err(EvalError::Config)?;
     let mut snap = Snapshot::compile(cfg, 1);
     let mut worker = Worker::new(0, 1, 1 << 20, 1 << 20);
     let mut health = TraceHealth::default();
@@ -494,16 +553,17 @@ pub fn run(
     let mut last_time = 0.0f64;
     for (n, line) in trace.lines().enumerate() {
         let lineno = n + 1;
-        let parsed =
-            parse_line(line).with_context(|| format!("{}:{lineno}", trace_path.display()))?;
+        let at = || format!("{}:{lineno}", trace_path.display());
+        let parsed = parse_line(line).map_err(|source| EvalError::Trace { at: at(), source })?;
         match parsed {
             None => {}
             Some(TraceLine::Health { group, server, up }) => {
                 if find_server(&snap, &group, &server).is_none() {
-                    bail!(
-                        "{}:{lineno}: no server {server} in server group {group}",
-                        trace_path.display()
-                    );
+                    return Err(EvalError::NoServer {
+                        at: at(),
+                        group,
+                        server,
+                    });
                 }
                 if up {
                     health.down.remove(&(group, server));
@@ -543,17 +603,17 @@ pub fn run(
             }
             Some(TraceLine::Mtu { port, mtu }) => {
                 let Some(pi) = snap.cfg.ports.iter().position(|p| p.name == port) else {
-                    bail!("{}:{lineno}: no port {port}", trace_path.display());
+                    return Err(EvalError::NoPort { at: at(), port });
                 };
                 worker.set_port_mtu(pi, mtu);
             }
             Some(TraceLine::Packet(p)) => {
                 if p.time < last_time {
-                    bail!(
-                        "{}:{lineno}: time goes backwards ({} after {last_time})",
-                        trace_path.display(),
-                        p.time
-                    );
+                    return Err(EvalError::TimeBackwards {
+                        at: at(),
+                        time: p.time,
+                        last: last_time,
+                    });
                 }
                 last_time = p.time;
                 let now: Nanos = secs(p.time);
@@ -564,8 +624,9 @@ pub fn run(
                             .iter()
                             .position(|q| &q.name == name)
                             .and_then(|i| u32::try_from(i).ok())
-                            .ok_or_else(|| {
-                                anyhow!("{}:{lineno}: no port {name}", trace_path.display())
+                            .ok_or_else(|| EvalError::NoPort {
+                                at: at(),
+                                port: name.clone(),
                             })?,
                     ),
                     // Where a well-behaved sender is: its source's route.
@@ -575,7 +636,7 @@ pub fn run(
                     .and_then(|i| snap.cfg.ports.get(i as usize))
                     .and_then(|q| q.vlan);
                 let mut frame = build_trace_frame(&p, p.vlan.unwrap_or(port_vlan))
-                    .with_context(|| format!("{}:{lineno}", trace_path.display()))?;
+                    .map_err(|source| EvalError::Trace { at: at(), source })?;
                 let sent = frame.clone();
                 worker.housekeep(now, &snap);
                 let rx = RxInfo {

@@ -23,7 +23,25 @@ use lb_core::model::{HealthProtocol, ServerGroup};
 use lb_core::packet::{self, FrameSpec, MacAddr};
 use lb_core::pipeline::{Health, Snapshot};
 
-use crate::daemon::{PortSender, Shared};
+use crate::neigh::Neighbors;
+
+/// What the health checker needs of the daemon it runs in.
+pub trait Host: Send + Sync {
+    /// Whether the checker is to stop.
+    fn stopping(&self) -> bool;
+    /// The running configuration and its servers' health, published together.
+    fn current(&self) -> (Arc<Snapshot>, Arc<HealthTable>);
+    /// The neighbour table the workers fill from the answers they receive.
+    fn neighbors(&self) -> &Neighbors;
+}
+
+/// How the checker puts a frame on a port.
+pub trait ProbeSender: Send {
+    /// The port's Ethernet address.
+    fn mac(&self) -> [u8; 6];
+    /// Sends (or queues for sending) one complete Ethernet frame.
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()>;
+}
 
 /// Source ports of probes: above the FULLNAT range, so replies never meet
 /// a session.
@@ -143,8 +161,13 @@ enum ProbeState {
     IcmpError,
 }
 
-/// Runs the checks until `shared.stop` is set.
-pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<PortSender>) {
+/// Runs the checks until the host stops.
+pub fn run<H: Host + 'static, S: ProbeSender>(
+    shared: Arc<H>,
+    replies: Receiver<Vec<u8>>,
+    mut senders: Vec<S>,
+) {
+    let host: &dyn Host = &*shared;
     let mut progress: HashMap<(String, String, u16), Progress> = HashMap::new();
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -156,18 +179,22 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Por
     let mut next_sport = *PROBE_PORTS.start() + u16::try_from(seed % span).unwrap_or(0);
     let mut generation = 0;
     let mut targets: Vec<Target> = Vec::new();
-    while !shared.stop.load(Ordering::Relaxed) {
-        let rt = shared.runtime.load_full();
+    while !host.stopping() {
+        let (snap, table) = host.current();
+        let rt = Current {
+            snap: &snap,
+            health: &table,
+        };
         if rt.snap.generation != generation {
             generation = rt.snap.generation;
-            targets = build_targets(&rt.snap);
+            targets = build_targets(rt.snap);
             let keep: std::collections::HashSet<_> =
-                targets.iter().map(|t| key_of(&rt.snap, t)).collect();
+                targets.iter().map(|t| key_of(rt.snap, t)).collect();
             progress.retain(|k, _| keep.contains(k));
         }
         let now = Instant::now();
         for t in &targets {
-            let key = key_of(&rt.snap, t);
+            let key = key_of(rt.snap, t);
             let p = progress.entry(key).or_default();
             // A probe that ran out of time concludes.
             if let Some(probe) = p.probe {
@@ -176,7 +203,7 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Por
                     if probe.state != ProbeState::IcmpError {
                         // Let the server forget a half-open probe.
                         send_tcp(
-                            &shared,
+                            host,
                             &mut senders,
                             t,
                             &probe,
@@ -188,8 +215,8 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Por
                     }
                     let ok = probe.state == ProbeState::IcmpError;
                     conclude(
-                        &shared,
-                        &rt.health,
+                        host,
+                        rt.health,
                         t,
                         p,
                         ok,
@@ -229,8 +256,8 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Por
                 };
                 if !admitted {
                     conclude(
-                        &shared,
-                        &rt.health,
+                        host,
+                        rt.health,
                         t,
                         p,
                         false,
@@ -248,17 +275,17 @@ pub fn run(shared: Arc<Shared>, replies: Receiver<Vec<u8>>, mut senders: Vec<Por
                         ProbeState::SynAck
                     },
                 };
-                if send_probe(&shared, &mut senders, t, &probe, now) {
+                if send_probe(host, &mut senders, t, &probe, now) {
                     p.probe = Some(probe);
                 } else {
-                    conclude(&shared, &rt.health, t, p, false, "next hop unresolved");
+                    conclude(host, rt.health, t, p, false, "next hop unresolved");
                 }
             }
         }
         // Replies, for up to 10 ms.
         let until = Instant::now() + Duration::from_millis(10);
         while let Ok(frame) = replies.recv_deadline(until) {
-            handle_reply(&shared, &rt, &targets, &mut progress, &mut senders, &frame);
+            handle_reply(host, &rt, &targets, &mut progress, &mut senders, &frame);
         }
     }
 }
@@ -337,7 +364,7 @@ pub fn port_address(snap: &Snapshot, port: u32, dst: IpAddr) -> Option<IpAddr> {
 }
 
 fn conclude(
-    shared: &Shared,
+    host: &dyn Host,
     table: &HealthTable,
     t: &Target,
     p: &mut Progress,
@@ -374,16 +401,16 @@ fn conclude(
             tracing::warn!(group = %g, server = %s, port, "server is down ({why})");
         }
     }
-    let _ = shared;
+    let _ = host;
 }
 
-fn mac_for(
-    shared: &Shared,
-    senders: &mut [PortSender],
+fn mac_for<S: ProbeSender>(
+    host: &dyn Host,
+    senders: &mut [S],
     t: &Target,
     now: Instant,
 ) -> Option<[u8; 6]> {
-    if let Some(e) = shared.neigh.lookup(t.out_port, t.next_hop, now) {
+    if let Some(e) = host.neighbors().lookup(t.out_port, t.next_hop, now) {
         return Some(e.mac);
     }
     let sender = senders.get_mut(t.out_port as usize)?;
@@ -392,31 +419,34 @@ fn mac_for(
     } else {
         return None;
     };
-    if !shared.neigh.resolving(t.out_port, t.next_hop, now) {
+    if !host.neighbors().resolving(t.out_port, t.next_hop, now) {
         return None;
     }
     let mut frame = crate::l2::solicit(sender.mac(), src, t.next_hop);
-    crate::l2::set_vlan(&mut frame, vlan_of(shared, t.out_port));
+    crate::l2::set_vlan(&mut frame, vlan_of(host, t.out_port));
     let _ = sender.send(&frame);
     // Give the neighbour a moment; the workers learn its answer.
     let deadline = Instant::now() + Duration::from_millis(200);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
-        if let Some(e) = shared.neigh.lookup(t.out_port, t.next_hop, Instant::now()) {
+        if let Some(e) = host
+            .neighbors()
+            .lookup(t.out_port, t.next_hop, Instant::now())
+        {
             return Some(e.mac);
         }
     }
     None
 }
 
-fn send_probe(
-    shared: &Shared,
-    senders: &mut [PortSender],
+fn send_probe<S: ProbeSender>(
+    host: &dyn Host,
+    senders: &mut [S],
     t: &Target,
     probe: &Probe,
     now: Instant,
 ) -> bool {
-    let Some(dst_mac) = mac_for(shared, senders, t, now) else {
+    let Some(dst_mac) = mac_for(host, senders, t, now) else {
         return false;
     };
     let Some(sender) = senders.get_mut(t.out_port as usize) else {
@@ -437,13 +467,19 @@ fn send_probe(
         0,
         payload,
     );
-    crate::l2::set_vlan(&mut frame, vlan_of(shared, t.out_port));
+    crate::l2::set_vlan(&mut frame, vlan_of(host, t.out_port));
     sender.send(&frame).is_ok()
 }
 
 /// The VLAN the probes of port `port` carry.
-fn vlan_of(shared: &Shared, port: u32) -> Option<u16> {
-    crate::daemon::port_vlan(&shared.runtime.load().snap, port)
+fn vlan_of(host: &dyn Host, port: u32) -> Option<u16> {
+    crate::l2::port_vlan(&host.current().0, port)
+}
+
+/// The snapshot and health table the checker works with in one round.
+struct Current<'a> {
+    snap: &'a Snapshot,
+    health: &'a HealthTable,
 }
 
 /// A frame of probe `probe` to target `t`.
@@ -483,12 +519,12 @@ const TCP_RST: u8 = 0x04;
 const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
 
-fn handle_reply(
-    shared: &Shared,
-    rt: &crate::daemon::Runtime,
+fn handle_reply<S: ProbeSender>(
+    host: &dyn Host,
+    rt: &Current<'_>,
     targets: &[Target],
     progress: &mut HashMap<(String, String, u16), Progress>,
-    senders: &mut [PortSender],
+    senders: &mut [S],
     frame: &[u8],
 ) {
     let Ok(p) = packet::parse(frame) else { return };
@@ -510,7 +546,7 @@ fn handle_reply(
     }) else {
         return;
     };
-    let k = key_of(&rt.snap, t);
+    let k = key_of(rt.snap, t);
     let Some(pr) = progress.get_mut(&k) else {
         return;
     };
@@ -521,8 +557,8 @@ fn handle_reply(
     if icmp_error {
         pr.probe = None;
         conclude(
-            shared,
-            &rt.health,
+            host,
+            rt.health,
             t,
             pr,
             false,
@@ -550,7 +586,7 @@ fn handle_reply(
         {
             if t.proto == HealthProtocol::Tcp {
                 send_tcp(
-                    shared,
+                    host,
                     senders,
                     t,
                     &probe,
@@ -560,7 +596,7 @@ fn handle_reply(
                     Vec::new(),
                 );
                 pr.probe = None;
-                conclude(shared, &rt.health, t, pr, true, "TCP handshake completed");
+                conclude(host, rt.health, t, pr, true, "TCP handshake completed");
             } else {
                 let req = format!(
                     "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: lbd-health-check\r\nConnection: close\r\n\r\n",
@@ -568,7 +604,7 @@ fn handle_reply(
                     host_header(t.dst, t.port)
                 );
                 send_tcp(
-                    shared,
+                    host,
                     senders,
                     t,
                     &probe,
@@ -584,40 +620,40 @@ fn handle_reply(
         ProbeState::StatusLine { .. } if !payload.is_empty() => {
             let status = parse_status(payload);
             let ours = ack;
-            send_tcp(shared, senders, t, &probe, ours, 0, TCP_RST, Vec::new());
+            send_tcp(host, senders, t, &probe, ours, 0, TCP_RST, Vec::new());
             pr.probe = None;
             match status {
                 Some(code) if t.expected.iter().any(|&(lo, hi)| (lo..=hi).contains(&code)) => {
-                    conclude(shared, &rt.health, t, pr, true, &format!("HTTP {code}"))
+                    conclude(host, rt.health, t, pr, true, &format!("HTTP {code}"))
                 }
                 Some(code) => conclude(
-                    shared,
-                    &rt.health,
+                    host,
+                    rt.health,
                     t,
                     pr,
                     false,
                     &format!("HTTP {code} not expected"),
                 ),
-                None => conclude(shared, &rt.health, t, pr, false, "no HTTP status line"),
+                None => conclude(host, rt.health, t, pr, false, "no HTTP status line"),
             }
         }
         _ if flags & TCP_RST != 0 => {
             pr.probe = None;
-            conclude(shared, &rt.health, t, pr, false, "connection refused");
+            conclude(host, rt.health, t, pr, false, "connection refused");
         }
         ProbeState::StatusLine { .. } if flags & TCP_FIN != 0 => {
-            send_tcp(shared, senders, t, &probe, ack, 0, TCP_RST, Vec::new());
+            send_tcp(host, senders, t, &probe, ack, 0, TCP_RST, Vec::new());
             pr.probe = None;
-            conclude(shared, &rt.health, t, pr, false, "closed without a reply");
+            conclude(host, rt.health, t, pr, false, "closed without a reply");
         }
         _ => {}
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn send_tcp(
-    shared: &Shared,
-    senders: &mut [PortSender],
+fn send_tcp<S: ProbeSender>(
+    host: &dyn Host,
+    senders: &mut [S],
     t: &Target,
     probe: &Probe,
     seq: u32,
@@ -625,8 +661,8 @@ fn send_tcp(
     flags: u8,
     payload: Vec<u8>,
 ) {
-    let Some(dst_mac) = shared
-        .neigh
+    let Some(dst_mac) = host
+        .neighbors()
         .lookup(t.out_port, t.next_hop, Instant::now())
         .map(|e| e.mac)
     else {
@@ -636,7 +672,7 @@ fn send_tcp(
         return;
     };
     let mut frame = probe_frame(sender.mac(), dst_mac, t, probe, 6, flags, seq, ack, payload);
-    crate::l2::set_vlan(&mut frame, vlan_of(shared, t.out_port));
+    crate::l2::set_vlan(&mut frame, vlan_of(host, t.out_port));
     let _ = sender.send(&frame);
 }
 

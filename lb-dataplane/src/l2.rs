@@ -251,6 +251,11 @@ pub fn set_vlan(frame: &mut Vec<u8>, vlan: Option<u16>) {
     }
 }
 
+/// The VLAN of port `port`, if it has one.
+pub fn port_vlan(snap: &lb_core::pipeline::Snapshot, port: u32) -> Option<u16> {
+    snap.cfg.ports.get(port as usize).and_then(|p| p.vlan)
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv6Addr;

@@ -36,7 +36,7 @@ impl Reloader {
         let flag = shared.clone();
         Reloader::spawn(
             move || flag.stop.load(Ordering::Relaxed),
-            move || shared.reload(),
+            move || shared.reload().map_err(|e| e.to_string()),
         )
     }
 

@@ -1,6 +1,6 @@
 //! The rule sets of one interface, compiled: security groups (stateful,
-//! evaluated on the first packet of a session) and network ACLs
-//! (stateless, every packet).
+//! evaluated on the first packet of a session, and on its next packet
+//! after a reload) and network ACLs (stateless, every packet).
 //!
 //! Matching order, from the cloud documents: the rules of all groups of an
 //! interface are merged and sorted by priority (smaller first), then deny

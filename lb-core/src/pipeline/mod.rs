@@ -120,9 +120,7 @@ const TCP_ACK: u8 = 0x10;
 /// Seconds as [`Nanos`].
 pub fn secs(s: f64) -> Nanos {
     // Truncation is the intent: traces give non-negative seconds.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let n = (s * NANOS_PER_SEC as f64).round() as u64;
-    n
+    (s * NANOS_PER_SEC as f64).round() as u64
 }
 
 fn idx32(i: usize) -> u32 {

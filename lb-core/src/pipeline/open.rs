@@ -179,7 +179,7 @@ impl Worker {
     /// backend's rules and inserts the session (no packet accounted yet).
     /// Returns the session, its flow, the key its packets leave with
     /// toward the server, and the server (group, index).
-    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn open_listener_session(
         &mut self,
         frame: &[u8],

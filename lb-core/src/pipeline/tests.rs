@@ -743,6 +743,8 @@ fn a_burst_decides_as_frame_by_frame() {
     let snap = Snapshot::compile(config(), 1);
     let mut one = Worker::new(0, 1, 4096, 4096);
     let mut burst = Worker::new(0, 1, 4096, 4096);
+    // Frames the caller parsed itself, as the data plane does.
+    let mut pre = Worker::new(0, 1, 4096, 4096);
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = move |n: u64| {
         rng ^= rng << 13;
@@ -814,9 +816,32 @@ fn a_burst_decides_as_frame_by_frame() {
         let vb: Vec<String> = verdicts[..n].iter().map(|v| format!("{v:?}")).collect();
         assert_eq!(va, vb);
         assert_eq!(a, b);
+        let mut c = frames.clone();
+        let parsed: Vec<_> = c
+            .iter()
+            .map(|f| {
+                let mut p = crate::packet::Parsed::EMPTY;
+                let r = crate::packet::parse_into(f, &mut p);
+                (p, r)
+            })
+            .collect();
+        let mut batch: Vec<Frame<'_>> = c
+            .iter_mut()
+            .map(|f| Frame {
+                data: &mut f[..],
+                rx: RxInfo::default(),
+            })
+            .collect();
+        let mut verdicts = [Verdict::Drop(Reason::NoSession); BURST_MAX];
+        let done = pre.process_parsed_burst(&mut batch, &parsed, now, &snap, &AllUp, &mut verdicts);
+        assert_eq!(done, n);
+        let vc: Vec<String> = verdicts[..n].iter().map(|v| format!("{v:?}")).collect();
+        assert_eq!(va, vc);
+        assert_eq!(a, c);
         now += secs(0.5);
         one.housekeep(now, &snap);
         burst.housekeep(now, &snap);
+        pre.housekeep(now, &snap);
     }
     assert!(one.stats.sessions_created > 100, "{:?}", one.stats);
     assert!(one.stats.drops.iter().sum::<u64>() > 100);
@@ -839,6 +864,7 @@ fn a_burst_decides_as_frame_by_frame() {
         (c, l, s, w.sessions.len())
     };
     assert_eq!(counters(&one), counters(&burst));
+    assert_eq!(counters(&one), counters(&pre));
 }
 
 #[test]

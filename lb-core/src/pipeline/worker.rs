@@ -398,18 +398,44 @@ impl Worker {
         health: &dyn Health,
         verdicts: &mut [Verdict],
     ) -> usize {
-        self.adopt(snap);
         let n = frames.len().min(verdicts.len()).min(BURST_MAX);
-        // Each frame is parsed once. The session lookups of the whole burst
-        // go in stages (every index bucket, then every session those
-        // buckets point to) so that their cache misses are in flight
-        // together rather than paid one packet at a time.
         let mut parsed = std::mem::take(&mut self.parsed);
         parsed.clear();
         parsed.resize(n, (Parsed::EMPTY, Ok(())));
         for ((p, r), f) in parsed.iter_mut().zip(frames.iter()) {
             *r = packet::parse_into(f.data, p);
         }
+        let done = self.process_parsed_burst(frames, &parsed, now, snap, health, verdicts);
+        self.parsed = parsed;
+        done
+    }
+
+    /// [`Worker::process_burst`] for frames the caller has already parsed:
+    /// `parsed[i]` is what [`packet::parse_into`] made of `frames[i]` (the
+    /// data plane parses each frame to find the worker that owns it), so
+    /// each frame is parsed once. At most `min(frames.len(),
+    /// parsed.len(), verdicts.len(), 64)` frames are handled, and that
+    /// count returned.
+    pub fn process_parsed_burst(
+        &mut self,
+        frames: &mut [Frame<'_>],
+        parsed: &[(Parsed, Result<(), ParseError>)],
+        now: Nanos,
+        snap: &Snapshot,
+        health: &dyn Health,
+        verdicts: &mut [Verdict],
+    ) -> usize {
+        self.adopt(snap);
+        let n = frames
+            .len()
+            .min(parsed.len())
+            .min(verdicts.len())
+            .min(BURST_MAX);
+        let parsed = &parsed[..n];
+        // The session lookups of the whole burst go in stages (every index
+        // bucket, then every session those buckets point to) so that their
+        // cache misses are in flight together rather than paid one packet
+        // at a time.
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
         keys.extend(parsed.iter().map(|(p, r)| match r {
@@ -431,14 +457,13 @@ impl Worker {
             warm ^= self.sessions.warm_session(h, b);
         }
         std::hint::black_box(warm);
-        for (i, (f, (p, r))) in frames.iter_mut().zip(&parsed).enumerate() {
+        for (i, (f, (p, r))) in frames.iter_mut().zip(parsed).enumerate() {
             let looked = keys[i].as_ref().map(|k| (k, hashes[i]));
             let p = r.map(|()| p);
             self.proxy.at = i;
             verdicts[i] = self.finish(f.data, p, looked, f.rx, now, snap, health);
         }
         self.sessions.flush();
-        self.parsed = parsed;
         self.keys = keys;
         n
     }

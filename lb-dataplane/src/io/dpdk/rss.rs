@@ -1,176 +1,104 @@
-//! What a port's RSS does, read back from the PMD (key, hash types,
-//! redirection table), as the [`RssSteering`] the pipeline uses to pick
-//! FULLNAT local ports whose replies reach the session's worker.
+//! Receive-side scaling: the symmetric Toeplitz key and hash.
 
-use std::sync::Arc;
+use super::*;
 
-use lb_core::nat::rss::{RssSteering, MIN_KEY};
+/// The symmetric Toeplitz key: `0x6d5a` repeated. Its 16-bit period makes
+/// the hash invariant under swapping source and destination (addresses and
+/// ports are both multiples of 16 bits), so both directions of a flow land
+/// on the same queue.
+pub const SYMMETRIC_RSS_KEY: [u8; 40] = {
+    let mut key = [0u8; 40];
+    let mut i = 0;
+    while i < 40 {
+        key[i] = if i % 2 == 0 { 0x6d } else { 0x5a };
+        i += 1;
+    }
+    key
+};
 
-use super::{check, symmetric_rss_key, sys, Convention, DpdkError, DpdkPort};
+/// The symmetric key at `len` bytes (NICs differ: 40 and 52 are common).
+pub use lb_core::nat::rss::symmetric_key as symmetric_rss_key;
 
-/// The hash types steering needs: TCP and UDP hashed with their ports,
-/// both families.
-const L4_HF: u64 = sys::LB_RTE_ETH_RSS_NONFRAG_IPV4_TCP
+/// The Toeplitz hash NICs compute for RSS (see `lb_core::nat::rss`).
+pub use lb_core::nat::rss::toeplitz_hash;
+
+/// The hash types we ask for, when the PMD supports them.
+pub(super) const RSS_HF: u64 = sys::LB_RTE_ETH_RSS_IPV4
+    | sys::LB_RTE_ETH_RSS_NONFRAG_IPV4_TCP
     | sys::LB_RTE_ETH_RSS_NONFRAG_IPV4_UDP
+    | sys::LB_RTE_ETH_RSS_IPV6
     | sys::LB_RTE_ETH_RSS_NONFRAG_IPV6_TCP
     | sys::LB_RTE_ETH_RSS_NONFRAG_IPV6_UDP;
 
-/// Entries of one `rte_eth_rss_reta_entry64`.
-const RETA_GROUP: usize = 64;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl DpdkPort {
-    /// How the port spreads frames over its queues, queue `q` being polled
-    /// by worker `queue_workers[q]`: the key, hash types and redirection
-    /// table the PMD runs with (a PMD that kept its own key is first given
-    /// the symmetric one, and a table that leaves a queue without entries
-    /// is first set to spread evenly, entry `i` to queue `i % queues`). `Ok(None)` when the port has no RSS, or
-    /// does not hash TCP and UDP ports of both families (then no local
-    /// port can steer a reply).
-    pub fn rss_steering(&self, queue_workers: &[u16]) -> Result<Option<RssSteering>, DpdkError> {
-        if !self.rss() {
-            return Ok(None);
-        }
-        let port_id = self.port_id();
-        let _guard = self.inner.control();
-        let mut info = sys::rte_eth_dev_info::default();
-        // SAFETY: valid port; `info` is a writable rte_eth_dev_info;
-        // control calls are serialised by the lock.
-        let ret = unsafe { sys::rte_eth_dev_info_get(port_id, &mut info) };
-        check("rte_eth_dev_info_get", ret, Convention::NegErrno)?;
+    /// Microsoft's RSS verification key.
+    const MS_KEY: [u8; 40] = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f,
+        0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30,
+        0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+    ];
 
-        let key_len = usize::from(info.hash_key_size).max(MIN_KEY);
-        let (mut key, mut rss_hf) = query_hash(port_id, key_len)?;
-        let symmetric = symmetric_rss_key(key.len());
-        if key != symmetric {
-            // The PMD kept its own key (net_null does): set the symmetric
-            // one, so both directions of a flow share a queue.
-            let mut wanted = symmetric;
-            let mut conf = sys::rte_eth_rss_conf {
-                rss_key: wanted.as_mut_ptr(),
-                rss_key_len: u8::try_from(wanted.len()).unwrap_or(u8::MAX),
-                rss_hf,
-            };
-            // SAFETY: valid, started port; `conf` points to `wanted`,
-            // `rss_key_len` readable bytes the PMD copies.
-            let ret = unsafe { sys::rte_eth_dev_rss_hash_update(port_id, &mut conf) };
-            check("rte_eth_dev_rss_hash_update", ret, Convention::NegErrno)?;
-            (key, rss_hf) = query_hash(port_id, key_len)?;
-        }
-        if rss_hf & L4_HF != L4_HF {
-            tracing::warn!(
-                "port {port_id} ({}): RSS does not hash TCP/UDP ports of both families \
-                 (rss_hf {:#x}): FULLNAT replies are not steered",
-                self.name(),
-                rss_hf
-            );
-            return Ok(None);
-        }
-
-        let queues = self.queue_count();
-        let mut reta = query_reta(port_id, info.reta_size)?;
-        if (0..queues).any(|q| !reta.contains(&q)) {
-            // Some queue gets no frames (net_null starts with every entry
-            // on queue 0): spread the entries evenly, as most PMDs do.
-            let even: Vec<u16> = (0..info.reta_size).map(|i| i % queues).collect();
-            let mut groups = reta_groups(&even);
-            // SAFETY: valid, started port; `groups` holds the entries and
-            // masks of `reta_size` entries, which the PMD only reads.
-            let ret = unsafe {
-                sys::rte_eth_dev_rss_reta_update(port_id, groups.as_mut_ptr(), info.reta_size)
-            };
-            check("rte_eth_dev_rss_reta_update", ret, Convention::NegErrno)?;
-            reta = query_reta(port_id, info.reta_size)?;
-        }
-        RssSteering::new(&key, &reta, queue_workers)
-            .map(Some)
-            .map_err(|e| DpdkError::InvalidArgument(format!("port {port_id}: {e}")))
+    fn tuple4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&src);
+        v.extend_from_slice(&dst);
+        v.extend_from_slice(&sport.to_be_bytes());
+        v.extend_from_slice(&dport.to_be_bytes());
+        v
     }
-}
 
-/// The port's RSS key (`key_len` bytes at most) and hash types (control
-/// lock held by the caller).
-fn query_hash(port_id: u16, key_len: usize) -> Result<(Vec<u8>, u64), DpdkError> {
-    let mut key = vec![0u8; key_len];
-    let mut conf = sys::rte_eth_rss_conf {
-        rss_key: key.as_mut_ptr(),
-        rss_key_len: u8::try_from(key.len()).unwrap_or(u8::MAX),
-        rss_hf: 0,
-    };
-    // SAFETY: valid port; `conf` points to `key`, which holds
-    // `rss_key_len` writable bytes, at least the PMD's key size.
-    let ret = unsafe { sys::rte_eth_dev_rss_hash_conf_get(port_id, &mut conf) };
-    check("rte_eth_dev_rss_hash_conf_get", ret, Convention::NegErrno)?;
-    key.truncate(usize::from(conf.rss_key_len).max(MIN_KEY));
-    Ok((key, conf.rss_hf))
-}
+    #[test]
+    fn toeplitz_matches_microsoft_vectors() {
+        // 66.9.149.187:2794 -> 161.142.100.80:1766
+        let t = tuple4([66, 9, 149, 187], [161, 142, 100, 80], 2794, 1766);
+        assert_eq!(toeplitz_hash(&MS_KEY, &t[..8]), 0x323e_8fc2);
+        assert_eq!(toeplitz_hash(&MS_KEY, &t), 0x51cc_c178);
+        // 199.92.111.2:14230 -> 65.69.140.83:4739
+        let t = tuple4([199, 92, 111, 2], [65, 69, 140, 83], 14230, 4739);
+        assert_eq!(toeplitz_hash(&MS_KEY, &t[..8]), 0xd718_262a);
+        assert_eq!(toeplitz_hash(&MS_KEY, &t), 0xc626_b0ea);
+    }
 
-/// `reta` as the PMD's groups of 64 entries, every entry selected.
-fn reta_groups(reta: &[u16]) -> Vec<sys::rte_eth_rss_reta_entry64> {
-    reta.chunks(RETA_GROUP)
-        .map(|chunk| {
-            let mut group = sys::rte_eth_rss_reta_entry64 {
-                mask: if chunk.len() == RETA_GROUP {
-                    u64::MAX
-                } else {
-                    (1u64 << chunk.len()) - 1
-                },
-                ..Default::default()
+    #[test]
+    fn symmetric_key_hashes_both_directions_alike() {
+        assert_eq!(SYMMETRIC_RSS_KEY.to_vec(), symmetric_rss_key(40));
+        let mut x = 0x1234_5678u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for _ in 0..1000 {
+            let (a, b) = (next().to_be_bytes(), next().to_be_bytes());
+            let (p, q) = (next() as u16, (next() >> 16) as u16);
+            let fwd = toeplitz_hash(&SYMMETRIC_RSS_KEY, &tuple4(a, b, p, q));
+            let rev = toeplitz_hash(&SYMMETRIC_RSS_KEY, &tuple4(b, a, q, p));
+            assert_eq!(fwd, rev);
+            // IPv6: 16-byte addresses, and a 52-byte key as some NICs use.
+            let (a6, b6): (Vec<u8>, Vec<u8>) = (
+                (0..4).flat_map(|_| next().to_be_bytes()).collect(),
+                (0..4).flat_map(|_| next().to_be_bytes()).collect(),
+            );
+            let key52 = symmetric_rss_key(52);
+            let t6 = |s: &[u8], d: &[u8], sp: u16, dp: u16| {
+                let mut v = s.to_vec();
+                v.extend_from_slice(d);
+                v.extend_from_slice(&sp.to_be_bytes());
+                v.extend_from_slice(&dp.to_be_bytes());
+                v
             };
-            group.reta[..chunk.len()].copy_from_slice(chunk);
-            group
-        })
-        .collect()
-}
-
-/// The port's redirection table of `reta_size` entries (control lock
-/// held by the caller).
-fn query_reta(port_id: u16, reta_size: u16) -> Result<Vec<u16>, DpdkError> {
-    let mut groups = reta_groups(&vec![0; usize::from(reta_size)]);
-    // SAFETY: valid port; `groups` holds reta_size / 64 (rounded up)
-    // writable entries, all the PMD writes for `reta_size`.
-    let ret = unsafe { sys::rte_eth_dev_rss_reta_query(port_id, groups.as_mut_ptr(), reta_size) };
-    check("rte_eth_dev_rss_reta_query", ret, Convention::NegErrno)?;
-    Ok(groups
-        .iter()
-        .flat_map(|g| g.reta)
-        .take(usize::from(reta_size))
-        .collect())
-}
-
-/// Each port's steering for `workers` workers, worker `w` polling queue
-/// `w` of every port; `None` for a port without usable RSS (its replies
-/// are handed over in software), with the reason logged.
-pub fn steerings(ports: &[DpdkPort], workers: usize) -> Vec<Option<Arc<RssSteering>>> {
-    let queue_workers: Vec<u16> = (0..u16::try_from(workers).unwrap_or(u16::MAX)).collect();
-    ports
-        .iter()
-        .map(|port| {
-            if workers < 2 {
-                return None;
-            }
-            let polled = queue_workers
-                .get(..usize::from(port.queue_count()))
-                .unwrap_or(&queue_workers);
-            match port.rss_steering(polled) {
-                Ok(Some(s)) => {
-                    tracing::info!(
-                        "DPDK port {} ({}): FULLNAT local ports steer replies over a {}-entry RETA",
-                        port.port_id(),
-                        port.name(),
-                        s.reta_len()
-                    );
-                    Some(Arc::new(s))
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(
-                        "DPDK port {} ({}): FULLNAT replies are not steered: {e}",
-                        port.port_id(),
-                        port.name()
-                    );
-                    None
-                }
-            }
-        })
-        .collect()
+            assert_eq!(
+                toeplitz_hash(&key52, &t6(&a6, &b6, p, q)),
+                toeplitz_hash(&key52, &t6(&b6, &a6, q, p))
+            );
+        }
+        // The default key is not symmetric: the reason for ours.
+        let t = tuple4([66, 9, 149, 187], [161, 142, 100, 80], 2794, 1766);
+        let r = tuple4([161, 142, 100, 80], [66, 9, 149, 187], 1766, 2794);
+        assert_ne!(toeplitz_hash(&MS_KEY, &t), toeplitz_hash(&MS_KEY, &r));
+    }
 }
