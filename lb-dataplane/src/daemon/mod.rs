@@ -7,6 +7,8 @@
 mod affinity;
 mod error;
 mod ports;
+#[cfg(test)]
+mod rss_tests;
 mod worker;
 
 use std::path::{Path, PathBuf};
