@@ -16,7 +16,8 @@
 //! neighbour table, which no `ip neigh` in a namespace could pre-load.
 //!
 //! Runs as root only (network namespaces); elsewhere it prints
-//! `SKIPPED: <reason>` and passes.
+//! `SKIPPED <test>: <reason>` and passes, or fails under CI
+//! (`lb-dataplane/tests/common/skip.rs`).
 //!
 //! `lbd` is a binary of another package, so `CARGO_BIN_EXE_lbd` does not
 //! exist here (artifact dependencies are unstable). The test runs
@@ -31,6 +32,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lb_bench::gen::{self, Class, Mix, Opts, SrcNet};
+
+#[path = "../../lb-dataplane/tests/common/skip.rs"]
+mod skip;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -248,6 +252,17 @@ fn seed_with_syn_proxy(mode: &str) -> String {
     )
 }
 
+/// This file's tests' start: `None` when the machine cannot run them
+/// (skipped, or failed under CI: see `skip::skip`); otherwise the lock that
+/// runs them one at a time.
+fn runnable() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if let Some(why) = unsupported() {
+        skip::skip(&why);
+        return None;
+    }
+    Some(one_at_a_time())
+}
+
 /// The tests of this file send as fast as they can and measure: one at a
 /// time.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -257,11 +272,9 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn generator_through_lbd_counts_loss_leaks_and_latency() {
-    if let Some(why) = unsupported() {
-        eprintln!("SKIPPED: {why}");
+    let Some(_serial) = runnable() else {
         return;
-    }
-    let _serial = one_at_a_time();
+    };
     let (lbd, lbctl) = lbd_binaries();
     let mut topo = Topo::up();
     // The generator's new flows are SYNs that never complete: past 1024
@@ -432,11 +445,9 @@ print(counts["attempts"], counts["ok"], counts["ka_ok"], counts["ka_fail"])
 /// for measurements.
 #[test]
 fn a_spoofed_syn_flood_leaves_legitimate_clients_served() {
-    if let Some(why) = unsupported() {
-        eprintln!("SKIPPED: {why}");
+    let Some(_serial) = runnable() else {
         return;
-    }
-    let _serial = one_at_a_time();
+    };
     let secs: u64 = std::env::var("LB_SYNFLOOD_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use crate::access::{Access, Level, Peer};
 use crate::conn::{ReadError, Slot, Slots};
 use crate::daemon::Shared;
-use crate::reloader::Reloader;
+use crate::reloader::{Outcome, Reloader};
 use crate::sockfile::SocketFile;
 
 /// Where `lbd` listens and `lbctl` connects when `--control` is not given.
@@ -316,7 +316,21 @@ fn handle(
         }
         Err(ReadError::Io(kind)) => return Err(ControlError::ReadCommand(kind)),
     };
-    let answer = match Command::parse(&line) {
+    let answer = answer(shared, &|| reloader.reload(), &line, peer, level);
+    reply(stream, &answer)
+}
+
+/// The answer to one command line (its newline included or not) from a
+/// client with `peer`'s credentials at `level`; `reload` reloads the
+/// configuration and waits for the outcome.
+pub fn answer(
+    shared: &Shared,
+    reload: &dyn Fn() -> Outcome,
+    line: &[u8],
+    peer: &Peer,
+    level: Level,
+) -> Value {
+    match Command::parse(line) {
         Err(e) => json!({"ok": false, "error": e}),
         Ok(cmd) if cmd.level() > level => {
             tracing::info!(
@@ -335,12 +349,11 @@ fn handle(
             )})
         }
         Ok(Command::Stats) => stats(shared),
-        Ok(Command::Reload) => match reloader.reload() {
+        Ok(Command::Reload) => match reload() {
             Ok(generation) => json!({"ok": true, "generation": generation}),
             Err(errors) => json!({"ok": false, "errors": errors}),
         },
-    };
-    reply(stream, &answer)
+    }
 }
 
 /// A refusal to a client that may still be sending.

@@ -358,7 +358,7 @@ fn parse_ip_extra(w: &str, v6: bool, ip: &mut IpExtras) -> Result<bool, TraceErr
 
 /// Builds the frame of a trace packet: `frame_spec`, then what its IP
 /// words say.
-fn build_trace_frame(p: &TracePacket, vlan: Option<u16>) -> Result<Vec<u8>, TraceError> {
+pub fn build_trace_frame(p: &TracePacket, vlan: Option<u16>) -> Result<Vec<u8>, TraceError> {
     let mut spec = frame_spec(p, vlan);
     if let Some(ttl) = p.ip.ttl {
         spec.ttl = ttl;

@@ -1,12 +1,16 @@
 //! The AF_PACKET backend against a real veth pair inside a throwaway network
 //! namespace. Needs root, `ip` and `ethtool`; otherwise each test prints
-//! `SKIPPED: <reason>` and passes. No frame leaves the namespace.
+//! `SKIPPED <test>: <reason>` and passes, or fails under CI
+//! (`common/skip.rs`). No frame leaves the namespace.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use lb_dataplane::io::afpacket::{AfPacket, AfPacketOpts};
 use lb_dataplane::io::{PacketIo, RxMeta};
+
+#[path = "common/skip.rs"]
+mod skip;
 
 mod netns {
     use std::fs::File;
@@ -131,7 +135,7 @@ const TEST_TYPE: u16 = 0x88b5;
 fn skip() -> bool {
     match netns::skip_reason() {
         Some(reason) => {
-            eprintln!("SKIPPED: {reason}");
+            skip::skip(&reason);
             true
         }
         None => false,

@@ -1,13 +1,16 @@
 //! DPDK over `net_af_packet` on one end of a veth pair inside a throwaway
 //! network namespace; a plain AF_PACKET socket on the other end plays the
 //! kernel side. Needs root, `ip` and `ethtool`; otherwise prints
-//! `SKIPPED: <reason>` and passes. No frame leaves the namespace, and no
+//! `SKIPPED <test>: <reason>` and passes, or fails under CI
+//! (`common/skip.rs`). No frame leaves the namespace, and no
 //! IP address is configured (the frames carry an experimental EtherType).
 
 // Built only with the `dpdk` feature (`cargo test --features dpdk`).
 #![cfg(feature = "dpdk")]
 
 mod dpdk_common;
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -184,7 +187,7 @@ fn sockaddr(ifindex: i32) -> libc::sockaddr_ll {
 #[test]
 fn net_af_packet() {
     if let Some(reason) = skip_reason() {
-        eprintln!("SKIPPED: {reason}");
+        skip::skip(&reason);
         return;
     }
     let _cleanup = dpdk_common::RuntimeDirGuard;

@@ -1,6 +1,7 @@
 //! End to end: `lbd` on AF_PACKET between namespaces, real nginx backends,
 //! real curl. Needs root, iproute2, ethtool, curl and nginx (CI installs
-//! them); elsewhere each test prints `SKIPPED: …` and passes.
+//! them); elsewhere each test prints `SKIPPED …` and passes, or fails under
+//! CI (`common/skip.rs`).
 
 mod common;
 

@@ -5,7 +5,7 @@
 //! the data plane through worker 0's DPDK queues.
 //!
 //! Needs root, iproute2, ethtool, curl, nginx and python3 (CI installs
-//! them); elsewhere it prints `SKIPPED: …` and passes. One test: EAL
+//! them); elsewhere it prints `SKIPPED …` and passes, or fails under CI. One test: EAL
 //! runs in `lbd`, not here, but one topology at a time suits two cores.
 
 // Built only with the `dpdk` feature (`cargo test --features dpdk`).

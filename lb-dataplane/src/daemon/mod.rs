@@ -209,6 +209,77 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The state of a daemon that has loaded `config_path` but opened no
+    /// port and started no thread: what the control protocol answers from,
+    /// for tests and fuzzing without a running `lbd`.
+    pub fn offline(config_path: &Path) -> Result<Arc<Shared>, StartError> {
+        let cfg = lb_config::load(config_path)?;
+        let workers = usize::from(cfg.dataplane.workers.max(1));
+        let port_names = cfg
+            .ports
+            .iter()
+            .map(|p| p.interface.clone().unwrap_or_else(|| p.name.clone()))
+            .collect();
+        let mtu_cap = vec![u32::MAX; cfg.ports.len()];
+        let snap = Arc::new(Snapshot::compile(cfg, 1));
+        let (health_tx, _) = bounded(1);
+        Ok(Arc::new(Shared::assemble(
+            config_path,
+            snap,
+            workers,
+            port_names,
+            health_tx,
+            mtu_cap,
+        )))
+    }
+
+    /// The state of a daemon running `snap` (loaded from `config_path`)
+    /// with `workers` workers, before any packet (no DPDK port, no port
+    /// MTU read yet; `mtu_cap`: the largest MTU each port can send at).
+    fn assemble(
+        config_path: &Path,
+        snap: Arc<Snapshot>,
+        workers: usize,
+        port_names: Vec<String>,
+        health_tx: Sender<Vec<u8>>,
+        mtu_cap: Vec<u32>,
+    ) -> Shared {
+        let neigh = Neighbors::new(
+            &snap
+                .cfg
+                .ports
+                .iter()
+                .map(|p| p.max_neighbors)
+                .collect::<Vec<_>>(),
+        );
+        let health = Arc::new(HealthTable::new(&snap, None));
+        Shared {
+            runtime: ArcSwap::from_pointee(Runtime { snap, health }),
+            stop: AtomicBool::new(false),
+            neigh,
+            config_path: config_path.to_path_buf(),
+            reload_lock: Mutex::new(()),
+            workers: (0..workers)
+                .map(|_| WorkerSlot {
+                    handoff: ArrayQueue::new(HANDOFF_DEPTH),
+                    report: Mutex::new(WorkerReport::default()),
+                })
+                .collect(),
+            health_tx,
+            started: Instant::now(),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            port_names,
+            #[cfg(feature = "dpdk")]
+            dpdk_ports: Vec::new(),
+            port_mtu: mtu_cap.iter().map(|_| AtomicU32::new(0)).collect(),
+            port_mtu_cap: mtu_cap,
+            port_rss: Vec::new(),
+        }
+    }
+}
+
 /// What a reload cannot change without a restart: the ports and workers.
 fn compatible(
     old: &lb_core::model::Config,
@@ -263,41 +334,23 @@ impl Daemon {
             dpdk_ports,
         } = opened;
         let workers = per_worker.len();
-        #[cfg(feature = "dpdk")]
-        let port_rss = crate::io::dpdk::steering::steerings(&dpdk_ports, workers);
-        #[cfg(not(feature = "dpdk"))]
-        let port_rss = Vec::new();
-        let snap = Arc::new(Snapshot::compile(cfg.clone(), 1));
-        let health = Arc::new(HealthTable::new(&snap, None));
         let (health_tx, health_rx) = bounded(4096);
-        let shared = Arc::new(Shared {
-            runtime: ArcSwap::from_pointee(Runtime { snap, health }),
-            stop: AtomicBool::new(false),
-            neigh: Neighbors::new(
-                &cfg.ports
-                    .iter()
-                    .map(|p| p.max_neighbors)
-                    .collect::<Vec<_>>(),
-            ),
-            config_path: config_path.to_path_buf(),
-            reload_lock: Mutex::new(()),
-            workers: (0..workers)
-                .map(|_| WorkerSlot {
-                    handoff: ArrayQueue::new(HANDOFF_DEPTH),
-                    report: Mutex::new(WorkerReport::default()),
-                })
-                .collect(),
+        let snap = Arc::new(Snapshot::compile(cfg.clone(), 1));
+        #[cfg_attr(not(feature = "dpdk"), allow(unused_mut))]
+        let mut shared = Shared::assemble(
+            config_path,
+            snap,
+            workers,
+            port_names.clone(),
             health_tx,
-            started: Instant::now(),
-            reloads: AtomicU64::new(0),
-            reload_failures: AtomicU64::new(0),
-            port_names: port_names.clone(),
-            #[cfg(feature = "dpdk")]
-            dpdk_ports,
-            port_mtu: mtu_cap.iter().map(|_| AtomicU32::new(0)).collect(),
-            port_mtu_cap: mtu_cap,
-            port_rss,
-        });
+            mtu_cap,
+        );
+        #[cfg(feature = "dpdk")]
+        {
+            shared.port_rss = crate::io::dpdk::steering::steerings(&dpdk_ports, workers);
+            shared.dpdk_ports = dpdk_ports;
+        }
+        let shared = Arc::new(shared);
         for pi in 0..shared.port_mtu.len() {
             shared.update_port_mtu(pi);
         }

@@ -172,37 +172,22 @@ const NEIGHBOURS: [(u32, &str); 4] = [
 /// handoffs the workers counted (and exported in the metrics).
 fn run(n: u16, steer: bool) -> u64 {
     let cfg = lb_config::parse_str(CONFIG, "rss.toml").expect("a valid configuration");
-    let snap = Arc::new(Snapshot::compile(cfg.clone(), 1));
-    let health = Arc::new(HealthTable::new(&snap, None));
     let nic = Arc::new(RssSteering::new(&symmetric_key(40), &[0, 1], &[0, 1]).expect("valid"));
     let rx: Vec<Vec<Ring>> = (0..2)
         .map(|_| (0..2).map(|_| Arc::default()).collect())
         .collect();
     let tx: Vec<Arc<Mutex<Vec<Vec<u8>>>>> = (0..2).map(|_| Arc::default()).collect();
     let (health_tx, _health_rx) = bounded(4096);
-    let shared = Arc::new(Shared {
-        runtime: ArcSwap::from_pointee(Runtime { snap, health }),
-        stop: AtomicBool::new(false),
-        neigh: Neighbors::new(&[64, 64]),
-        config_path: PathBuf::from("rss.toml"),
-        reload_lock: Mutex::new(()),
-        workers: (0..2)
-            .map(|_| WorkerSlot {
-                handoff: ArrayQueue::new(HANDOFF_DEPTH),
-                report: Mutex::new(WorkerReport::default()),
-            })
-            .collect(),
+    let mut shared = Shared::assemble(
+        Path::new("rss.toml"),
+        Arc::new(Snapshot::compile(cfg, 1)),
+        2,
+        vec!["ext".into(), "int".into()],
         health_tx,
-        started: Instant::now(),
-        reloads: AtomicU64::new(0),
-        reload_failures: AtomicU64::new(0),
-        port_names: vec!["ext".into(), "int".into()],
-        #[cfg(feature = "dpdk")]
-        dpdk_ports: Vec::new(),
-        port_mtu: vec![AtomicU32::new(0), AtomicU32::new(0)],
-        port_mtu_cap: vec![u32::MAX; 2],
-        port_rss: vec![steer.then(|| nic.clone()); 2],
-    });
+        vec![u32::MAX; 2],
+    );
+    shared.port_rss = vec![steer.then(|| nic.clone()); 2];
+    let shared = Arc::new(shared);
     let threads: Vec<JoinHandle<()>> = (0..2)
         .map(|w| {
             let ios: Vec<Box<dyn PacketIo>> = (0..2)

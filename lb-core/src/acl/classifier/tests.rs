@@ -428,9 +428,52 @@ fn in_bursts(c: &Classifier, keys: &[FlowKey], burst: usize) -> Vec<Option<u32>>
     out
 }
 
+/// What a run says about the AVX-512 steps: nothing when the CPU has
+/// them, a note when it lacks them (the "simd" steps below are then the
+/// scalar ones again), a failure when it lacks them and `require` (the
+/// value of `LB_REQUIRE_AVX512`) is `1`.
+fn avx512_report(detected: bool, require: Option<&str>) -> Result<Option<String>, String> {
+    if detected {
+        return Ok(None);
+    }
+    let note = "this CPU lacks AVX-512F/BW/VL/CD: the classifier's AVX-512 steps were not \
+                exercised, only the scalar ones";
+    if require.map(str::trim) == Some("1") {
+        Err(format!("{note} (LB_REQUIRE_AVX512=1)"))
+    } else {
+        Ok(Some(note.to_string()))
+    }
+}
+
+/// Says once per run, where libtest's output capture does not hide it,
+/// when the AVX-512 steps cannot run on this CPU; fails instead under
+/// `LB_REQUIRE_AVX512=1`.
+fn note_missing_avx512() {
+    use std::io::Write as _;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let require = std::env::var("LB_REQUIRE_AVX512").ok();
+    match avx512_report(lb_simd::Avx512::detect().is_some(), require.as_deref()) {
+        Ok(None) => {}
+        Ok(Some(note)) => ONCE.call_once(|| {
+            let _ = writeln!(std::io::stderr(), "NOTE: {note}");
+        }),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn avx512_steps_run_or_are_reported() {
+    note_missing_avx512();
+    assert_eq!(avx512_report(true, Some("1")), Ok(None));
+    assert!(matches!(avx512_report(false, None), Ok(Some(n)) if n.contains("not exercised")));
+    assert!(matches!(avx512_report(false, Some("0")), Ok(Some(_))));
+    assert!(matches!(avx512_report(false, Some("1")), Err(e) if e.contains("LB_REQUIRE_AVX512")));
+}
+
 /// Every burst size and both step sets (AVX-512 when the CPU has it, and
 /// scalar) give the linear scan's answers, for `FlowKey`s and for columns.
 fn check_bursts(rules: &[MatchRule], c: &Classifier, keys: &[FlowKey]) {
+    note_missing_avx512();
     let want: Vec<Option<u32>> = keys.iter().map(|k| linear_classify(rules, k)).collect();
     let steps = [
         (c.clone(), "simd"),
