@@ -198,7 +198,7 @@ impl RssSteering {
     /// it (`None` for mixed families).
     pub fn hash(&self, key: &FlowKey) -> Option<u32> {
         let (h, at) = self.hash_addrs(key.src, key.dst)?;
-        let ports = [key.sport.to_be_bytes(), key.dport.to_be_bytes()].concat();
+        let ports = ((u32::from(key.sport) << 16) | u32::from(key.dport)).to_be_bytes();
         Some(h ^ self.hash_at(at, &ports))
     }
 
