@@ -162,8 +162,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workers_show_their_handoffs() {
+    fn workers_show_their_handoffs_and_ports_their_steering() {
         let v = serde_json::json!({
+            "ports": [
+                {"name": "ext", "rss_steering": true},
+                {"name": "int", "rss_steering": false},
+            ],
             "workers": [
                 {"id": 0, "rx": 10, "forwarded": 9, "local": 1, "sessions": 2, "handoff_out": 0},
                 {"id": 1, "rx": 20, "forwarded": 20, "local": 0, "sessions": 3, "handoff_out": 7},
@@ -179,5 +183,11 @@ mod tests {
         assert!(rows[0].trim_end().ends_with("handoff_out"), "{text}");
         assert!(rows[1].trim_end().ends_with(" 0"), "{text}");
         assert!(rows[2].trim_end().ends_with(" 7"), "{text}");
+        let steered: Vec<&str> = text.lines().filter(|l| l.contains("rss:")).collect();
+        assert_eq!(steered.len(), 1, "{text}");
+        let ext_at = text.find("  ext ").expect("port ext listed");
+        let int_at = text.find("  int ").expect("port int listed");
+        let rss_at = text.find("rss:").expect("a steering line");
+        assert!(ext_at < rss_at && rss_at < int_at, "{text}");
     }
 }
