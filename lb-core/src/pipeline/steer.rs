@@ -67,13 +67,14 @@ impl Worker {
 
 /// [`owner`] of a packet that arrived on a port spreading frames with
 /// `rss`: the client flow of a FULLNAT listener belongs to the worker the
-/// NIC puts it on (its replies are steered there by their local port).
-/// Other flows, and every flow on a port without RSS, keep [`owner`]: a
-/// NAT-mode reply shares no tuple with its request, so a hash cannot put
-/// both on one queue.
+/// NIC puts it on (its replies are steered there by their local port), and
+/// so does a reply to a health probe (any worker passes it on to the
+/// checker). Other flows, and every flow on a port without RSS, keep
+/// [`owner`]: a NAT-mode reply shares no tuple with its request, so a hash
+/// cannot put both on one queue.
 pub fn owner_on(snap: &Snapshot, key: &FlowKey, workers: u16, rss: Option<&RssSteering>) -> u16 {
     if let Some(rss) = rss.filter(|_| workers > 1) {
-        if is_fullnat_client_flow(snap, key) {
+        if is_fullnat_client_flow(snap, key) || is_probe_reply(snap, key) {
             if let Some(w) = rss.worker(key) {
                 return w % workers;
             }
@@ -106,4 +107,12 @@ fn is_fullnat_client_flow(snap: &Snapshot, key: &FlowKey) -> bool {
         && snap
             .listener_at(key.dst, key.proto, key.dport)
             .is_some_and(|(lb, l)| !snap.cfg.load_balancers[lb].listeners[l].transfer_client_ip)
+}
+
+/// A TCP or UDP reply to a health probe (sent from a local address, from a
+/// port no session uses).
+fn is_probe_reply(snap: &Snapshot, key: &FlowKey) -> bool {
+    matches!(key.proto, proto::TCP | proto::UDP)
+        && key.dport >= crate::nat::PROBE_FIRST_PORT
+        && snap.local_addrs.contains_key(&key.dst)
 }

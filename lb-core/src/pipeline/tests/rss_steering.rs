@@ -150,3 +150,27 @@ fn ports_without_rss_keep_the_port_owner() {
     assert_eq!(crate::nat::port_owner(f.out.sport, 2), 1);
     assert_eq!(owner_on(&snap, &f.out.reversed(), 2, None), 1);
 }
+
+/// Replies to health probes (from a local address's probe ports) stay on
+/// the worker RSS puts them on: any worker passes them to the checker.
+#[test]
+fn probe_replies_stay_where_rss_puts_them() {
+    let snap = Snapshot::compile(config(), 1);
+    let nic = RssSteering::new(&symmetric_key(40), &default_reta(128, 2), &[0, 1]).expect("valid");
+    let mut on = [0usize; 2];
+    for dport in crate::nat::PROBE_FIRST_PORT..crate::nat::PROBE_FIRST_PORT + 200 {
+        let reply = FlowKey {
+            src: addr("198.19.1.11"),
+            dst: addr("198.19.1.250"),
+            proto: proto::TCP,
+            sport: 80,
+            dport,
+        };
+        let w = nic.worker(&reply).expect("a TCP flow");
+        assert_eq!(owner_on(&snap, &reply, 2, Some(&nic)), w);
+        on[usize::from(w)] += 1;
+        // Without RSS the port names the worker, as for sessions.
+        assert_eq!(owner_on(&snap, &reply, 2, None), dport % 2);
+    }
+    assert!(on[0] > 50 && on[1] > 50, "{on:?}");
+}
