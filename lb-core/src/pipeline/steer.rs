@@ -21,6 +21,10 @@ impl Worker {
             self.port_rss.resize(port + 1, None);
         }
         self.port_rss[port] = rss;
+        if self.port_rss.iter().all(Option::is_none) {
+            // No port steers: new sessions skip the look at the route.
+            self.port_rss.clear();
+        }
     }
 
     /// A local port on `local` for a session toward `backend:backend_port`:
