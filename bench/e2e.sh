@@ -5,11 +5,14 @@
 #   kernel: nftables DNAT to the two backends (round robin) + SNAT to the
 #           load balancer's local address (FULLNAT), and a conntrack-based
 #           filter playing the listener security group (allow 80, deny 81);
-#   lbd:    the seed configuration with sg-alb (allow 80, deny 81), AF_PACKET.
+#   lbd:    the seed configuration with sg-alb (allow 80, deny 81), AF_PACKET;
+#   lbd over AF_XDP: the same with io = "dpdk" on DPDK net_af_xdp devices
+#           bound to the same veth links (the path for NICs that stay with
+#           the kernel).
 #
 # wrk runs from the client namespace, with keep-alive and with
 # "Connection: close" (a new connection, so a new session, per request).
-# Prints requests/s for both and the ratio lbd/kernel.
+# Prints requests/s for the three and the ratios to the kernel.
 #
 # Usage: sudo bench/e2e.sh [seconds per run, default 10] [connections, default 32]
 set -euo pipefail
@@ -29,16 +32,18 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "bench: installing ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-cargo build -q --release -p lb-dataplane --bins
+cargo build -q --release -p lb-dataplane --features dpdk --bins
 LBD=$PWD/target/release/lbd
 LBCTL=$PWD/target/release/lbctl
 
 export LBT_PREFIX=lbbench LBT_RUN=/tmp/lbbench
 LB=lbbench-lb CLIENT=lbbench-client
 LBD_PID=
+XDP_PREFIX=lbbench-xdp$$
 cleanup() {
     [ -n "$LBD_PID" ] && kill "$LBD_PID" 2>/dev/null && wait "$LBD_PID" 2>/dev/null || true
     scripts/netns.sh down >/dev/null 2>&1 || true
+    rm -rf "/var/run/dpdk/$XDP_PREFIX"
 }
 trap cleanup EXIT
 scripts/netns.sh up >/dev/null
@@ -54,6 +59,21 @@ run_wrk() { # label, extra wrk args...
     errs=$(awk '/Socket errors|Non-2xx/ {print}' <<<"$out" | tr '\n' ' ')
     echo "  $label: ${rps:-0} req/s ${errs}" >&2
     echo "${rps:-0}"
+}
+# Starts lbd with configuration $1 (log $2) and waits until it answers.
+start_lbd() {
+    ip netns exec $LB "$LBD" --config "$1" --control "$LBT_RUN/lbd.sock" 2>"$2" &
+    LBD_PID=$!
+    for _ in $(seq 1 50); do
+        ip netns exec "$CLIENT" curl -s --max-time 1 http://198.18.0.10:80/ >/dev/null && break
+        sleep 0.2
+    done
+}
+# lbd's ports and its non-zero drop counters.
+lbd_summary() {
+    $LBCTL stats --control "$LBT_RUN/lbd.sock" | sed -n '1,12p'
+    $LBCTL stats --json --control "$LBT_RUN/lbd.sock" | python3 -c \
+        'import json, sys; s = json.load(sys.stdin); print("drops:", {k: v for k, v in s["drops"].items() if v}, "sessions created:", sum(w["sessions_created"] for w in s["workers"]))'
 }
 check_port81_blocked() {
     if ip netns exec "$CLIENT" curl -s --max-time 1 http://198.18.0.10:81/ >/dev/null; then
@@ -102,19 +122,41 @@ for b in be1 be2; do ip netns exec lbbench-$b ip neigh flush all; done
 echo "== lbd (AF_PACKET, FULLNAT, sg-alb)"
 CONF=$LBT_RUN/lbd.toml
 cp examples/alb-seed-deny81.toml "$CONF"
-ip netns exec $LB "$LBD" --config "$CONF" --control "$LBT_RUN/lbd.sock" 2>"$LBT_RUN/lbd.log" &
-LBD_PID=$!
-for _ in $(seq 1 50); do
-    ip netns exec "$CLIENT" curl -s --max-time 1 http://198.18.0.10:80/ >/dev/null && break
-    sleep 0.2
-done
+start_lbd "$CONF" "$LBT_RUN/lbd.log"
 check_port81_blocked
 l_keep=$(run_wrk "keep-alive")
 l_close=$(run_wrk "Connection: close" -H "Connection: close")
-$LBCTL stats --control "$LBT_RUN/lbd.sock" | sed -n '1,12p'
+lbd_summary
+kill "$LBD_PID" && wait "$LBD_PID" 2>/dev/null || true
+LBD_PID=
+ip netns exec "$CLIENT" ip neigh flush all
+for b in be1 be2; do ip netns exec lbbench-$b ip neigh flush all; done
+
+echo "== lbd over AF_XDP (io = dpdk, net_af_xdp on the same links)"
+XCONF=$LBT_RUN/lbd-xdp.toml
+python3 - examples/alb-seed-deny81.toml "$XCONF" "$XDP_PREFIX" <<'PY'
+import sys
+src, dst, prefix = sys.argv[1:]
+eal = ["--no-huge", "--no-pci", "--no-shconf", "--no-telemetry", "-m", "1024", "-l", "0",
+       "--file-prefix", prefix,
+       "--vdev=net_af_xdp0,iface=lb-ext,start_queue=0,queue_count=1",
+       "--vdev=net_af_xdp1,iface=lb-int,start_queue=0,queue_count=1"]
+text = open(src).read().replace('io = "af_packet"', 'io = "dpdk"\neal_args = [' + ", ".join('"%s"' % a for a in eal) + ']')
+text = text.replace('interface = "lb-ext"', "dpdk_port = 0").replace('interface = "lb-int"', "dpdk_port = 1")
+# Another local address: the backends still hold the previous run's
+# connections from 198.19.1.250 in TIME_WAIT, and lbd picks local ports in
+# the same order in every run, so new connections would collide with them.
+text = text.replace('"198.19.1.250"', '"198.19.1.251"')
+open(dst, "w").write(text)
+PY
+start_lbd "$XCONF" "$LBT_RUN/lbd-xdp.log"
+check_port81_blocked
+x_keep=$(run_wrk "keep-alive")
+x_close=$(run_wrk "Connection: close" -H "Connection: close")
+lbd_summary
 
 ratio() { python3 -c "import sys; k=float(sys.argv[1]); l=float(sys.argv[2]); print(f'{l/k:.2f}' if k else 'n/a')" "$1" "$2"; }
 echo
-printf '%-22s %14s %14s %10s\n' "" "kernel req/s" "lbd req/s" "lbd/kernel"
-printf '%-22s %14s %14s %10s\n' "keep-alive" "$k_keep" "$l_keep" "$(ratio "$k_keep" "$l_keep")"
-printf '%-22s %14s %14s %10s\n' "Connection: close" "$k_close" "$l_close" "$(ratio "$k_close" "$l_close")"
+printf '%-22s %14s %14s %14s %10s %10s\n' "" "kernel req/s" "lbd req/s" "lbd XDP req/s" "lbd/kern" "XDP/kern"
+printf '%-22s %14s %14s %14s %10s %10s\n' "keep-alive" "$k_keep" "$l_keep" "$x_keep" "$(ratio "$k_keep" "$l_keep")" "$(ratio "$k_keep" "$x_keep")"
+printf '%-22s %14s %14s %14s %10s %10s\n' "Connection: close" "$k_close" "$l_close" "$x_close" "$(ratio "$k_close" "$l_close")" "$(ratio "$k_close" "$x_close")"

@@ -156,7 +156,7 @@ for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
     socks.append(s)
 while True:
     for s in select.select(socks, [], [])[0]:
-        data, peer = s.recvfrom(2048)
+        data, peer = s.recvfrom(65535)
         s.sendto(name.encode() + b" " + data, peer)
 ' "$(printf 'ECS%02d' "$n")" >/dev/null 2>&1 &
         echo $! >"$dir/udp.pid"

@@ -588,21 +588,21 @@ pub fn rx_ring() -> AfPacketOpts {
 
 /// A tiny deterministic PRNG (xorshift64*).
 #[derive(Debug)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -652,14 +652,14 @@ impl Stamp {
 /// Frame templates, one per class: source address and port zero, stamp
 /// zero; per packet the fields are written and the checksums updated.
 #[derive(Debug)]
-struct Templates {
+pub(crate) struct Templates {
     frames: [Vec<u8>; CLASSES],
     l4: usize,
     v6: bool,
 }
 
 impl Templates {
-    fn new(o: &Opts, src_mac: [u8; 6]) -> Templates {
+    pub(crate) fn new(o: &Opts, src_mac: [u8; 6]) -> Templates {
         let v6 = o.v6();
         let unspec = if v6 {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
@@ -700,7 +700,7 @@ impl Templates {
 
     /// Writes the frame of `class` from `src`:`sport` with `stamp` into
     /// `out`; returns its length.
-    fn fill(&self, out: &mut [u8], src: IpAddr, sport: u16, stamp: &Stamp) -> usize {
+    pub(crate) fn fill(&self, out: &mut [u8], src: IpAddr, sport: u16, stamp: &Stamp) -> usize {
         let t = &self.frames[stamp.class as usize];
         let f = &mut out[..t.len()];
         f.copy_from_slice(t);
@@ -737,7 +737,11 @@ impl Templates {
 
 /// The answer to an ARP request or a neighbour solicitation for one of
 /// `own` addresses, from `mac`.
-fn answer_neighbor(frame: &[u8], own: &HashSet<IpAddr>, mac: [u8; 6]) -> Option<Vec<u8>> {
+pub(crate) fn answer_neighbor(
+    frame: &[u8],
+    own: &HashSet<IpAddr>,
+    mac: [u8; 6],
+) -> Option<Vec<u8>> {
     let p = packet::parse(frame).ok()?;
     match p.kind {
         Kind::Arp => {
@@ -781,14 +785,14 @@ const BUCKET: f64 = (4 * BURST) as f64;
 /// A token bucket of depth [`BUCKET`] on the monotonic clock, handing out
 /// at most [`BURST`] tokens at a time.
 #[derive(Debug)]
-struct Pacer {
+pub(crate) struct Pacer {
     rate: Option<f64>,
     tokens: f64,
     last: Instant,
 }
 
 impl Pacer {
-    fn new(rate: Option<u64>, now: Instant) -> Pacer {
+    pub(crate) fn new(rate: Option<u64>, now: Instant) -> Pacer {
         Pacer {
             rate: rate.map(|r| r as f64),
             tokens: 1.0,
@@ -797,7 +801,7 @@ impl Pacer {
     }
 
     /// How many frames may go now.
-    fn grant(&mut self, now: Instant) -> usize {
+    pub(crate) fn grant(&mut self, now: Instant) -> usize {
         let Some(rate) = self.rate else {
             return BURST;
         };

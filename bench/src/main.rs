@@ -6,6 +6,7 @@
 //! bench acl --all /work/shared/bench-data --packets 200000
 //! bench pipeline
 //! bench gen --tx-iface c-eth0 --rx-iface sw-lb --dst-mac 02:00:00:00:00:02 --rate 20k
+//! bench dataplane --workers 1,2
 //! ```
 
 mod acl;
@@ -35,6 +36,11 @@ enum Command {
     /// Traffic generator: new / established / denied TCP flows to a VIP
     /// through a port, counted after the load balancer.
     Gen(lb_bench::gen::GenArgs),
+    /// The whole data path over DPDK memif links: lbd against dpdk-testpmd.
+    Dataplane(lb_bench::dataplane::DataplaneArgs),
+    /// The traffic process of `bench dataplane` (clients and backends on
+    /// two DPDK ports), also for real NIC ports.
+    DataplaneTraffic(lb_bench::dataplane::TrafficArgs),
 }
 
 /// Arguments of `bench pipeline`.
@@ -87,6 +93,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Acl(args) => acl::run(&args),
         Command::Gen(args) => lb_bench::gen::main(&args),
+        Command::Dataplane(args) => lb_bench::dataplane::main(&args),
+        Command::DataplaneTraffic(args) => lb_bench::dataplane::traffic_main(&args),
         Command::Pipeline(a) => {
             pipeline::run(&pipeline::Opts {
                 sessions: a.sessions,

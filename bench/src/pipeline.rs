@@ -128,6 +128,7 @@ fn config(v6: bool) -> Config {
                 // complete would engage the SYN proxy under "auto".
                 syn_proxy: lb_core::model::SynProxyMode::Off,
                 syn_proxy_threshold: lb_core::model::DEFAULT_SYN_PROXY_THRESHOLD,
+                limits: lb_core::model::ListenerLimits::default(),
             })
             .collect(),
     });

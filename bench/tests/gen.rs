@@ -33,12 +33,11 @@ use std::time::{Duration, Instant};
 
 use lb_bench::gen::{self, Class, Mix, Opts, SrcNet};
 
+mod common;
 #[path = "../../lb-dataplane/tests/common/skip.rs"]
 mod skip;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use common::repo;
 
 /// Why this machine cannot run the test, if it cannot.
 fn unsupported() -> Option<String> {
@@ -65,44 +64,7 @@ fn unsupported() -> Option<String> {
 /// `lbd` and `lbctl`, built for the profile and target directory of this
 /// test executable.
 fn lbd_binaries() -> (PathBuf, PathBuf) {
-    let exe = std::env::current_exe().expect("test executable");
-    // target/<profile>/deps/gen-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("target directory");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_string(),
-        Some(p) => p.to_string(),
-    };
-    let cargo = std::env::var("CARGO")
-        .ok()
-        .or_else(|| option_env!("CARGO").map(str::to_string))
-        .unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
-        .current_dir(repo())
-        .args([
-            "build",
-            "-p",
-            "lb-dataplane",
-            "--bin",
-            "lbd",
-            "--bin",
-            "lbctl",
-        ])
-        .arg("--profile")
-        .arg(&profile)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .output()
-        .expect("run cargo");
-    assert!(
-        out.status.success(),
-        "cargo build -p lb-dataplane --bin lbd failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (profile_dir.join("lbd"), profile_dir.join("lbctl"))
+    common::lbd_binaries(&[])
 }
 
 /// The topology with `lbd` in it; torn down on drop, also when the test

@@ -96,6 +96,24 @@ pub struct DataplaneConfig {
     pub reset_unknown: Option<bool>,
     /// RSTs per second per worker for `reset_unknown`.
     pub reset_unknown_rate: Option<S<i64>>,
+    /// `[dataplane.fragments]`: IP fragments without reassembly.
+    pub fragments: Option<S<FragmentsConfig>>,
+}
+
+/// `[dataplane.fragments]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FragmentsConfig {
+    /// Forward the later fragments of forwarded first fragments.
+    pub forward: Option<bool>,
+    /// Fragment table entries per worker.
+    pub table: Option<S<i64>>,
+    /// Lifetime of an entry, in milliseconds.
+    pub timeout_ms: Option<S<i64>>,
+    /// Fragments held per worker while their first fragment is missing.
+    pub hold: Option<S<i64>>,
+    /// How long such a fragment is held, in milliseconds.
+    pub hold_ms: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -454,6 +472,10 @@ pub struct ListenerConfig {
     pub acl: Option<S<ListenerAclConfig>>,
     pub syn_proxy: Option<S<SynProxyConfig>>,
     pub syn_proxy_threshold: Option<S<i64>>,
+    /// Sessions open at once, across workers.
+    pub max_connections: Option<S<i64>>,
+    /// New sessions per second, across workers.
+    pub max_new_connections_per_s: Option<S<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -91,7 +91,7 @@ fn syntax_error_has_a_position() {
 fn unknown_field() {
     assert_eq!(
         errs("\n[dataplane]\nworkers = 2\nthreads = 4\n"),
-        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`"]
+        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`, `fragments`"]
     );
 }
 
@@ -101,7 +101,7 @@ fn unknown_fields_do_not_hide_other_errors() {
         errs("\n[dataplane]\nworkers = 0\nthreads = 4\n[platform]\nsmtp = false\n"),
         vec![
             "2:11: workers must be 1..=64, got 0",
-            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`",
+            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`, `fragments`",
             "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`, `unreplied_timeout_s`",
         ]
     );
@@ -1885,6 +1885,70 @@ fn tcp_hardening_settings() {
         vec![
             "2:23: unreplied_timeout_s must be 1..=86400, got 0",
             "4:22: reset_unknown_rate must be 1..=1000000, got 0",
+        ]
+    );
+}
+
+#[test]
+fn listener_limits() {
+    let lb = |extra: &str| {
+        format!(
+            "\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"198.18.0.1/24\"]\n\
+             [[server_group]]\nid = \"g\"\n[[server_group.server]]\naddress = \"198.18.0.11\"\nport = 80\n\
+             [[load_balancer]]\nid = \"lb\"\nvips = [\"198.18.0.10\"]\nlocal_addresses = [\"198.18.0.250\"]\n\
+             [[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nserver_group = \"g\"\n{extra}"
+        )
+    };
+    let cfg = ok(&lb(""));
+    assert!(!cfg.load_balancers[0].listeners[0].limits.is_limited());
+    let cfg = ok(&lb(
+        "max_connections = 1000\nmax_new_connections_per_s = 200\n",
+    ));
+    let l = cfg.load_balancers[0].listeners[0].limits;
+    assert_eq!(
+        (l.max_connections, l.max_new_connections_per_s),
+        (Some(1000), Some(200))
+    );
+    assert_eq!(
+        errs(&lb(
+            "max_connections = 0\nmax_new_connections_per_s = 100000000\n"
+        )),
+        vec![
+            "18:19: max_connections must be 1..=100000000, got 0",
+            "19:29: max_new_connections_per_s must be 1..=10000000, got 100000000",
+        ]
+    );
+}
+
+#[test]
+fn fragment_settings() {
+    let cfg = ok("");
+    assert_eq!(
+        cfg.dataplane.fragments,
+        lb_core::model::Fragments::default()
+    );
+    assert!(cfg.dataplane.fragments.forward);
+    let cfg = ok("\n[dataplane.fragments]\nforward = false\ntable = 1024\ntimeout_ms = 500\nhold = 0\nhold_ms = 20\n");
+    let f = cfg.dataplane.fragments;
+    assert_eq!(
+        (f.forward, f.table, f.timeout_ms, f.hold, f.hold_ms),
+        (false, 1024, 500, 0, 20)
+    );
+    // Held no longer than an entry lives.
+    assert_eq!(
+        ok("\n[dataplane.fragments]\ntimeout_ms = 50\n")
+            .dataplane
+            .fragments
+            .hold_ms,
+        50
+    );
+    assert_eq!(
+        errs("\n[dataplane.fragments]\ntable = 4\ntimeout_ms = 100\nhold = 5000\nhold_ms = 200\nsize = 1\n"),
+        vec![
+            "2:9: table must be 8..=1048576, got 4",
+            "4:8: hold must be 0..=4096, got 5000",
+            "5:11: hold_ms (at most timeout_ms) must be 1..=100, got 200",
+            "6:1: unknown field `size`, expected one of `forward`, `table`, `timeout_ms`, `hold`, `hold_ms`",
         ]
     );
 }

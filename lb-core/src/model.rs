@@ -265,6 +265,25 @@ pub struct Listener {
     /// Under [`SynProxyMode::Auto`], the half-open sessions of a worker at
     /// which the proxy engages (it disengages below half as many).
     pub syn_proxy_threshold: u32,
+    /// Concurrent and new sessions the listener takes at most.
+    pub limits: ListenerLimits,
+}
+
+/// A listener's capacity, like a cloud load balancer's instance
+/// specification: beyond it, new sessions are refused (their opening
+/// packet dropped and counted as `listener_limit`); open ones go on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Sessions open at once, across all workers.
+    pub max_connections: Option<u32>,
+    /// New sessions per second, across all workers.
+    pub max_new_connections_per_s: Option<u32>,
+}
+
+impl ListenerLimits {
+    pub fn is_limited(&self) -> bool {
+        self.max_connections.is_some() || self.max_new_connections_per_s.is_some()
+    }
 }
 
 /// A listener's SYN proxy (see [`crate::synproxy`]).
@@ -358,6 +377,39 @@ pub struct Dataplane {
     /// At most this many such RSTs per second and worker (a token bucket
     /// holding one second's worth).
     pub reset_unknown_rate: u32,
+    /// How non-first IP fragments are handled.
+    pub fragments: Fragments,
+}
+
+/// IP fragments without reassembly: the first fragment (it holds the L4
+/// header) is decided like any packet; its verdict and translation are
+/// kept in a per-worker table for the fragments that follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragments {
+    /// Forward the fragments of allowed packets (else every non-first
+    /// fragment is dropped).
+    pub forward: bool,
+    /// Entries of each worker's fragment table (a power of two).
+    pub table: usize,
+    /// How long an entry lives after its first fragment, in milliseconds.
+    pub timeout_ms: u32,
+    /// Fragments each worker holds while their first fragment has not
+    /// arrived (0: none, they are dropped at once).
+    pub hold: usize,
+    /// How long such a fragment is held, in milliseconds.
+    pub hold_ms: u32,
+}
+
+impl Default for Fragments {
+    fn default() -> Self {
+        Fragments {
+            forward: true,
+            table: 4096,
+            timeout_ms: 2000,
+            hold: 64,
+            hold_ms: 100,
+        }
+    }
 }
 
 impl Default for Dataplane {
@@ -372,6 +424,7 @@ impl Default for Dataplane {
             max_sessions_v6: 1 << 18,
             reset_unknown: true,
             reset_unknown_rate: 1000,
+            fragments: Fragments::default(),
         }
     }
 }

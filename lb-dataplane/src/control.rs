@@ -459,12 +459,16 @@ pub fn stats(shared: &Shared) -> Value {
     let mut workers = Vec::new();
     let (mut icmp_sent, mut icmp_limited) = (0u64, 0u64);
     let mut syn_flood: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut fragments: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (i, r) in reports.iter().enumerate() {
         icmp_sent += r.icmp_errors_sent;
         icmp_limited += r.icmp_errors_rate_limited;
         let Some(core) = &r.core else { continue };
         for (k, v) in syn_flood_counters(core, r) {
             *syn_flood.entry(k).or_default() += v;
+        }
+        for (k, v) in fragment_counters(&core.fragments) {
+            *fragments.entry(k).or_default() += v;
         }
         for k in DropKind::ALL.iter().skip(1) {
             *drops.entry(k.as_str()).or_default() += core.drops[*k as usize];
@@ -598,8 +602,46 @@ pub fn stats(shared: &Shared) -> Value {
         "neighbors": neighbors,
         "neighbor_tables": neighbor_tables,
         "syn_flood": syn_flood,
+        "fragments": fragments,
     })
 }
+
+/// A worker's IP fragment counters (`fragments` in the stats), each with
+/// its help text in [`FRAGMENT_HELP`]. Their drops are under `drops`
+/// (`fragment`, `fragment_overlap`, `fragment_timeout`).
+fn fragment_counters(c: &lb_core::pipeline::FragmentCounts) -> [(&'static str, u64); 5] {
+    [
+        ("first", c.first),
+        ("forwarded", c.forwarded),
+        ("held", c.held),
+        ("released", c.released),
+        ("table_full", c.table_full),
+    ]
+}
+
+/// The `fragments` counters: name, help.
+const FRAGMENT_HELP: &[(&str, &str)] = &[
+    (
+        "first",
+        "First IP fragments forwarded whose verdict went into the fragment table.",
+    ),
+    (
+        "forwarded",
+        "Later IP fragments forwarded as their first fragment was.",
+    ),
+    (
+        "held",
+        "Later IP fragments held because their first fragment had not come yet.",
+    ),
+    (
+        "released",
+        "Held IP fragments sent on (or handed to their owner) once their first fragment came.",
+    ),
+    (
+        "table_full",
+        "First IP fragments whose verdict found no room in the fragment table.",
+    ),
+];
 
 /// A worker's counters of the SYN-flood defences (`syn_flood` in the
 /// stats), each with its help text in [`SYN_FLOOD_HELP`].
@@ -844,6 +886,14 @@ pub fn prometheus(shared: &Shared) -> String {
             help,
             kind,
             vec![(String::new(), num(&s["syn_flood"][name]))],
+        );
+    }
+    for &(name, help) in FRAGMENT_HELP {
+        metric(
+            &format!("fragments_{name}_total"),
+            help,
+            "counter",
+            vec![(String::new(), num(&s["fragments"][name]))],
         );
     }
     metric(

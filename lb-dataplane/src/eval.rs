@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use lb_core::flow::{proto_from_name, FlowKey};
 use lb_core::model::proto;
 use lb_core::packet::{self, build_frame, FrameSpec, MacAddr};
-use lb_core::pipeline::{secs, LocalKind, RxInfo, Snapshot, Verdict, Worker};
+use lb_core::pipeline::{secs, LocalKind, Reason, Released, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::Nanos;
 
 /// Why `lbctl eval` stopped.
@@ -119,6 +119,10 @@ pub struct IpExtras {
     pub opt: Option<IpOpt>,
     /// For an ICMP error: the packet it quotes, as that packet was sent.
     pub quote: Option<FlowKey>,
+    /// `frag=OFFSET[+]`: an IP fragment at this byte offset, `+` when more
+    /// follow; `fragid=N` its identification (default 1).
+    pub frag: Option<(u16, bool)>,
+    pub frag_id: Option<u32>,
 }
 
 /// The IPv4 options and IPv6 routing headers a trace can add.
@@ -313,6 +317,16 @@ fn parse_ip_extra(w: &str, v6: bool, ip: &mut IpExtras) -> Result<bool, TraceErr
             v.parse()
                 .map_err(|_| trace_error!("bad len in {w:?}: bytes"))?,
         );
+    } else if let Some(v) = w.strip_prefix("frag=") {
+        let (off, more) = v.strip_suffix('+').map_or((v, false), |o| (o, true));
+        let off: u16 = off
+            .parse()
+            .ok()
+            .filter(|o| o % 8 == 0)
+            .ok_or_else(|| trace_error!("bad {w:?}: frag=<byte offset, a multiple of 8>[+]"))?;
+        ip.frag = Some((off, more));
+    } else if let Some(v) = w.strip_prefix("fragid=") {
+        ip.frag_id = Some(v.parse().map_err(|_| trace_error!("bad fragid in {w:?}"))?);
     } else if w == "nodf" {
         if v6 {
             fail!("nodf is for IPv4 packets (IPv6 routers never fragment)");
@@ -407,7 +421,29 @@ pub fn build_trace_frame(p: &TracePacket, vlan: Option<u16>) -> Result<Vec<u8>, 
         }
     }
     set_tcp_window(&mut frame, p);
+    if let Some((offset, more)) = p.ip.frag {
+        mark_fragment(&mut frame, offset, more, p.ip.frag_id.unwrap_or(1));
+    }
     Ok(frame)
+}
+
+/// Makes the packet of `frame` an IP fragment at `offset` (its bytes after
+/// the IP header are the fragment's data): IPv4 flags and identification,
+/// or an IPv6 fragment header.
+fn mark_fragment(frame: &mut Vec<u8>, offset: u16, more: bool, id: u32) {
+    let Ok(p) = packet::parse_general(frame) else {
+        return;
+    };
+    if p.is_ipv6() {
+        let mut body = ((offset & 0xfff8) | u16::from(more)).to_be_bytes().to_vec();
+        body.extend_from_slice(&id.to_be_bytes());
+        packet::add_ipv6_ext_header(frame, 44, &body);
+    } else {
+        let mut ip = lb_core::packet::Ipv4Packet::new_unchecked(&mut frame[p.l3_offset..]);
+        ip.set_ident(id as u16);
+        ip.set_frag(false, more, offset);
+        ip.fill_checksum();
+    }
 }
 
 /// The TCP window and window-scale option a trace line gives (the room for
@@ -647,6 +683,18 @@ pub fn run(
                 let mut obj = verdict_json(lineno, &v, &snap);
                 add_answer(&mut obj, &v, &sent);
                 writeln!(out, "{obj}")?;
+                // Fragments held for this line's first fragment go now.
+                let mut released = Vec::new();
+                worker.take_released(|_, _, r| {
+                    if let Released::Forward(f) = r {
+                        let mut o = verdict_json(lineno, &Verdict::Forward(f), &snap);
+                        o["released"] = true.into();
+                        released.push(o);
+                    }
+                });
+                for o in released {
+                    writeln!(out, "{o}")?;
+                }
             }
         }
     }
@@ -671,9 +719,21 @@ fn frame_spec(p: &TracePacket, vlan: Option<u16>) -> FrameSpec {
             .unwrap_or(if p.tcp_flags & TCP_ACK != 0 { 1 } else { 0 }),
         icmp: p.icmp,
         ttl: 64,
-        // Room for the window-scale option, then the payload.
-        payload: vec![0; usize::from(p.tcp.data) + if p.tcp.wscale.is_some() { 4 } else { 0 }],
+        payload: trace_payload(p),
     }
+}
+
+/// The bytes after the L4 header `build_frame` writes: for TCP, room for
+/// the window-scale option, then the payload; for GRE, which `build_frame`
+/// carries as is, a minimal header (RFC 2784: no checksum, key or
+/// sequence number, version 0) announcing IPv4 or IPv6 inside.
+fn trace_payload(p: &TracePacket) -> Vec<u8> {
+    if p.key.proto == proto::GRE {
+        let inner: u16 = if p.key.src.is_ipv6() { 0x86dd } else { 0x0800 };
+        let [hi, lo] = inner.to_be_bytes();
+        return vec![0, 0, hi, lo];
+    }
+    vec![0; usize::from(p.tcp.data) + if p.tcp.wscale.is_some() { 4 } else { 0 }]
 }
 
 /// The ICMP error `lbd` would send back for a dropped packet, as
@@ -701,12 +761,22 @@ pub fn verdict_json(line: usize, v: &Verdict, snap: &Snapshot) -> serde_json::Va
                     .clone()
                     .into();
             }
-            o["out"] = f.out.to_string().into();
+            o["out"] = match f.reason {
+                // A fragment without the L4 header: no ports.
+                Reason::FragmentFollows { .. } => {
+                    let name = packet::protocol_name(f.out.proto).map(str::to_string);
+                    let name = name.unwrap_or_else(|| f.out.proto.to_string());
+                    format!("{name} {} > {}", f.out.src, f.out.dst)
+                }
+                _ => f.out.to_string(),
+            }
+            .into();
             o
         }
         Verdict::Drop(r) => serde_json::json!({
             "line": line,
-            "verdict": "drop",
+            // A fragment waiting for its first fragment is not dropped yet.
+            "verdict": if *r == Reason::FragmentHeld { "held" } else { "drop" },
             "reason": snap.describe(r),
         }),
         Verdict::Local(kind) => serde_json::json!({

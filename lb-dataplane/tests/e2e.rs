@@ -364,45 +364,12 @@ fn udp_listener_and_udp_health_checks() {
     let _g = lock();
     let mut t = Topo::up();
     t.netns(&["udp-up"]);
-    let udp = r#"
-[[server_group]]
-id = "sgp-udp"
-
-[server_group.health_check]
-protocol = "udp"
-port = 5353
-interval_s = 1
-timeout_s = 1
-healthy_threshold = 2
-unhealthy_threshold = 2
-
-[[server_group.server]]
-instance = "ecs01"
-port = 5353
-
-[[server_group.server]]
-instance = "ecs02"
-port = 5353
-
-[[load_balancer]]
-id = "nlb-1"
-vips = ["198.18.0.20", "2001:db8:18::20"]
-local_addresses = ["198.19.1.251", "2001:db8:19:1::251"]
-
-[[load_balancer.listener]]
-protocol = "udp"
-port = 53
-server_group = "sgp-udp"
-"#;
     let mut cfg = seed_config("", "", (100, 100));
     // The backends' group must let the datagrams and the ICMP errors through
     // only under "enforce"; under the default "bypass" nothing is needed.
-    cfg.push_str(udp);
+    cfg.push_str(common::UDP_LISTENER);
     t.start_lbd(&cfg);
-    t.wait_for(15, "UDP servers healthy", |t| {
-        t.server_up("sgp-udp", "ecs01") == Some(true)
-            && t.server_up("sgp-udp", "ecs02") == Some(true)
-    });
+    common::wait_udp_healthy(&t);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..4 {
         seen.insert(udp_backend(&t, "198.18.0.20").expect("UDP answer over IPv4"));

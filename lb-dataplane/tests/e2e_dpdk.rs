@@ -13,42 +13,26 @@
 
 mod common;
 
-use common::{dpdk_config, dpdk_runtime_dir, seed_config, sg_alb, Topo, SERIAL};
+use common::{
+    dpdk_config, dpdk_runtime_dir, lbd_eal_args, seed_config, sg_alb, RuntimeDir, Topo, SERIAL,
+};
 
 const V4_80: &str = "http://198.18.0.10:80/";
 const V4_81: &str = "http://198.18.0.10:81/";
 const V6_80: &str = "http://[2001:db8:18::10]:80/";
 const V6_81: &str = "http://[2001:db8:18::10]:81/";
 
-/// Removes the EAL runtime directory on drop, also when the test fails.
-struct RuntimeDir(std::path::PathBuf);
-
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// EAL arguments for `lbd` in the load-balancer namespace: no hugepages,
 /// no PCI, and one `net_af_packet` vdev per link, in port order.
 fn eal_args(file_prefix: &str) -> Vec<String> {
-    [
-        "--no-huge",
-        "--no-pci",
-        "--no-shconf",
-        "--no-telemetry",
-        "-m",
-        "256",
-        "-l",
-        "0",
-        "--file-prefix",
+    lbd_eal_args(
         file_prefix,
-        "--vdev=net_af_packet0,iface=lb-ext,qdisc_bypass=1",
-        "--vdev=net_af_packet1,iface=lb-int,qdisc_bypass=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+        256,
+        &[
+            "--vdev=net_af_packet0,iface=lb-ext,qdisc_bypass=1",
+            "--vdev=net_af_packet1,iface=lb-int,qdisc_bypass=1",
+        ],
+    )
 }
 
 /// The seed configuration (with `lb_groups` and `extra` as in

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 struct Lbd {
     child: std::process::Child,
     dir: std::path::PathBuf,
-    runtime: std::path::PathBuf,
+    _runtime: common::RuntimeDir,
 }
 
 impl Drop for Lbd {
@@ -25,7 +25,6 @@ impl Drop for Lbd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.runtime);
     }
 }
 
@@ -41,6 +40,7 @@ fn lbd_reads_each_ports_rss_and_reports_steering() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("lbd.toml");
     let control = dir.join("lbd.sock");
+    let eal_args = common::lbd_eal_args(&prefix, 512, &["--vdev=net_null0", "--vdev=net_null1"]);
     std::fs::write(
         &config,
         format!(
@@ -48,7 +48,7 @@ fn lbd_reads_each_ports_rss_and_reports_steering() {
 [dataplane]
 io = "dpdk"
 workers = 2
-eal_args = ["--no-huge", "--no-pci", "--no-telemetry", "-m", "512", "--file-prefix={prefix}", "--vdev=net_null0", "--vdev=net_null1"]
+eal_args = {eal_args:?}
 
 [[port]]
 name = "ext"
@@ -94,7 +94,7 @@ server_group = "sgp"
     let mut lbd = Lbd {
         child,
         dir,
-        runtime: std::path::PathBuf::from("/var/run/dpdk").join(&prefix),
+        _runtime: common::RuntimeDir(common::dpdk_runtime_dir(&prefix)),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let stats = loop {

@@ -9,6 +9,7 @@
 --   GEN_NET       the client addresses to draw from (default 198.18.128.0/17)
 --   PKT_SIZE      frame size                    (default 64)
 --   RATE          percent of line rate          (default 100)
+--   STAY          1: stay in pktgen's prompt after the run (default: quit)
 local M = {}
 
 local function env(name, default)
@@ -57,14 +58,67 @@ function M.setup()
   pktgen.set(M.port, "rate", M.rate)
 end
 
--- Runs for `seconds`, then prints what was sent and received.
+-- Range packets of new flows to the VIP: the client address and port walk
+-- GEN_NET and 1024-65535 (the destination port is the caller's).
+function M.new_flows()
+  local first, last = M.client_range()
+  local r = pktgen.range
+  r.dst_mac(M.port, "start", M.lb_mac)
+  r.dst_ip(M.port, "start", M.vip)
+  r.dst_ip(M.port, "inc", "0.0.0.0")
+  r.src_ip(M.port, "start", first)
+  r.src_ip(M.port, "min", first)
+  r.src_ip(M.port, "max", last)
+  r.src_ip(M.port, "inc", "0.0.0.1")
+  r.src_port(M.port, "start", 1024)
+  r.src_port(M.port, "min", 1024)
+  r.src_port(M.port, "max", 65535)
+  r.src_port(M.port, "inc", 1)
+end
+
+-- Runs pktgen command lines (what the Lua API lacks, such as
+-- `range 0 tcp flag set syn`) through a command file.
+function M.cli(...)
+  local name = os.tmpname()
+  local f = assert(io.open(name, "w"))
+  for _, line in ipairs({...}) do
+    f:write(line, "\n")
+  end
+  f:close()
+  pktgen.run("cmd", name, "")
+  os.remove(name)
+end
+
+-- The TCP flags of the range packets: "syn", or "ack" and "psh".
+function M.range_flags(...)
+  M.cli("range " .. M.port .. " tcp flag clr all")
+  for _, flag in ipairs({...}) do
+    M.cli("range " .. M.port .. " tcp flag set " .. flag)
+  end
+end
+
+-- Sends for `seconds` without reporting (opening flows, say).
+function M.send(seconds)
+  pktgen.start(M.port)
+  pktgen.delay(seconds * 1000)
+  pktgen.stop(M.port)
+  pktgen.delay(300)
+end
+
+-- Runs for `seconds`, then prints what was sent and received, and quits
+-- unless STAY=1.
 function M.run(seconds, label)
+  local before = pktgen.portStats(M.port, "port")[tonumber(M.port)]
   pktgen.start(M.port)
   pktgen.delay(seconds * 1000)
   pktgen.stop(M.port)
   pktgen.delay(500)
   local st = pktgen.portStats(M.port, "port")[tonumber(M.port)]
-  printf("%s: sent %d packets, received %d, %d s\n", label, st.opackets, st.ipackets, seconds)
+  printf("%s: sent %d packets, received %d, %d s\n", label,
+    st.opackets - before.opackets, st.ipackets - before.ipackets, seconds)
+  if os.getenv("STAY") ~= "1" then
+    pktgen.quit()
+  end
 end
 
 return M

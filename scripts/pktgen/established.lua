@@ -1,7 +1,8 @@
 -- Established flows: a fixed set of client flows (FLOWS, default 4096) sent
--- over and over. Open them first with new-connections.lua at a low rate or
--- with a real client; then every packet is a session-table hit and a NAT
--- rewrite: the fast path `bench pipeline` measures as "established".
+-- over and over. The profile opens them first (a second of SYNs of the same
+-- flows, which the backends answer); then every packet is an ACK|PSH of
+-- an open session: a session-table hit and a NAT rewrite, the fast path
+-- `bench pipeline` measures as "established".
 package.path = package.path .. ";scripts/pktgen/?.lua;?.lua"
 require "Pktgen"
 local c = require "common"
@@ -22,4 +23,7 @@ pktgen.range.dst_port(c.port, "start", c.lb_port)
 pktgen.range.dst_port(c.port, "inc", 0)
 pktgen.range.ip_proto(c.port, "tcp")
 pktgen.set_range(c.port, "on")
+c.range_flags("syn")
+c.send(1)
+c.range_flags("ack", "psh")
 c.run(tonumber(os.getenv("SECONDS_RUN") or "30"), "established flows")

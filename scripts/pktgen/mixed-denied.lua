@@ -1,27 +1,26 @@
--- A mix of allowed and denied traffic: of every 10 packets, 8 go to the
--- allowed listener port and 2 to LB_DENY_PORT, which the load balancer's
--- security group denies (20 % denied, as in `bench pipeline`'s mix). lbd
--- forwards the first kind and counts the second under drops/security_group.
+-- A mix of allowed and denied traffic: SYNs of new flows (client address
+-- and port walk a range, as in new-connections.lua), every other one to
+-- LB_DENY_PORT, which the load balancer's security group denies. lbd
+-- creates a session for the first kind and counts the second under
+-- drops/security_group. (pktgen's range mode walks the destination port
+-- from LB_PORT to LB_DENY_PORT, so the two ports must be adjacent, as 80
+-- and 81 are; the sequence mode, which could weigh them 8 to 2, sends its
+-- table's first packet only in this pktgen release.)
 package.path = package.path .. ";scripts/pktgen/?.lua;?.lua"
 require "Pktgen"
 local c = require "common"
 
-c.setup()
-local first = c.client_range()
-local n = 10
-pktgen.set(c.port, "seq_cnt", n)
-for i = 0, n - 1 do
-  local dport = (i % 5 == 4) and c.deny_port or c.lb_port
-  pktgen.seqTable(i, c.port, {
-    ["eth_dst_addr"] = c.lb_mac,
-    ["eth_src_addr"] = c.gen_mac or "02:00:00:00:00:01",
-    ["ip_dst_addr"] = c.vip,
-    ["ip_src_addr"] = first .. "/17",
-    ["sport"] = 30000 + i,
-    ["dport"] = dport,
-    ["ethType"] = "ipv4",
-    ["ipProto"] = "tcp",
-    ["pktSize"] = c.size,
-  })
+if math.abs(c.deny_port - c.lb_port) ~= 1 then
+  error("mixed-denied.lua needs LB_PORT and LB_DENY_PORT adjacent (80 and 81)")
 end
+c.setup()
+c.new_flows()
+local lo, hi = math.min(c.lb_port, c.deny_port), math.max(c.lb_port, c.deny_port)
+pktgen.range.dst_port(c.port, "start", lo)
+pktgen.range.dst_port(c.port, "min", lo)
+pktgen.range.dst_port(c.port, "max", hi)
+pktgen.range.dst_port(c.port, "inc", 1)
+pktgen.range.ip_proto(c.port, "tcp")
+c.range_flags("syn")
+pktgen.set_range(c.port, "on")
 c.run(tonumber(os.getenv("SECONDS_RUN") or "30"), "allowed + denied mix")

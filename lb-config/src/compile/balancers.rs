@@ -5,6 +5,22 @@
 use super::*;
 
 impl<'a, 's> Compiler<'a, 's> {
+    /// A listener's `max_connections` and `max_new_connections_per_s`.
+    fn listener_limits(&mut self, l: &ListenerConfig) -> ListenerLimits {
+        let max_connections = l
+            .max_connections
+            .as_ref()
+            .map(|v| self.int(v, "max_connections", 1, MAX_LISTENER_CONNECTIONS));
+        let max_new_connections_per_s = l
+            .max_new_connections_per_s
+            .as_ref()
+            .map(|v| self.int(v, "max_new_connections_per_s", 1, MAX_LISTENER_CPS));
+        ListenerLimits {
+            max_connections,
+            max_new_connections_per_s,
+        }
+    }
+
     /// A listener's SYN proxy mode and threshold (TCP listeners only).
     fn syn_proxy(
         &mut self,
@@ -371,6 +387,7 @@ impl<'a, 's> Compiler<'a, 's> {
             };
             self.servers_reachable(id, l, refs, usable, transfer_client_ip);
             let (syn_proxy, syn_proxy_threshold) = self.syn_proxy(l, proto_cfg);
+            let limits = self.listener_limits(l);
             listeners.push(Listener {
                 protocol,
                 port,
@@ -379,6 +396,7 @@ impl<'a, 's> Compiler<'a, 's> {
                 acl,
                 syn_proxy,
                 syn_proxy_threshold,
+                limits,
             });
         }
         listeners

@@ -15,11 +15,11 @@ use std::ops::Range;
 
 use ipnet::IpNet;
 use lb_core::model::{
-    proto, AclMode, Action, BackendSgPolicy, Config, Dataplane, Direction, GroupKind, HealthCheck,
-    HealthProtocol, IdlePolicy, Instance, IoBackend, Listener, ListenerAcl, ListenerProtocol,
-    LoadBalancer, NetworkAcl, Peer, Platform, Port, PortList, PortRange, PrefixList, Route, Rule,
-    SchedulerKind, SecurityGroup, Server, ServerGroup, SourceCheck, Subnet, SynProxyMode,
-    DEFAULT_SYN_PROXY_THRESHOLD,
+    proto, AclMode, Action, BackendSgPolicy, Config, Dataplane, Direction, Fragments, GroupKind,
+    HealthCheck, HealthProtocol, IdlePolicy, Instance, IoBackend, Listener, ListenerAcl,
+    ListenerLimits, ListenerProtocol, LoadBalancer, NetworkAcl, Peer, Platform, Port, PortList,
+    PortRange, PrefixList, Route, Rule, SchedulerKind, SecurityGroup, Server, ServerGroup,
+    SourceCheck, Subnet, SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD,
 };
 
 use crate::error::Sink;
@@ -47,6 +47,16 @@ pub const MAX_PER_KIND: usize = 65535;
 const MAX_UNREPLIED_TIMEOUT_S: i64 = 86_400;
 /// `dataplane.reset_unknown_rate` upper bound (per worker and second).
 const MAX_RESET_UNKNOWN_RATE: i64 = 1_000_000;
+/// A listener's `max_connections` upper bound.
+const MAX_LISTENER_CONNECTIONS: i64 = 100_000_000;
+/// A listener's `max_new_connections_per_s` upper bound.
+const MAX_LISTENER_CPS: i64 = 10_000_000;
+/// `dataplane.fragments.table` upper bound (entries per worker).
+const MAX_FRAGMENT_TABLE: i64 = 1 << 20;
+/// `dataplane.fragments.timeout_ms` upper bound (a minute).
+const MAX_FRAGMENT_TIMEOUT_MS: i64 = 60_000;
+/// `dataplane.fragments.hold` upper bound (fragments per worker).
+const MAX_FRAGMENT_HOLD: i64 = 4096;
 /// `dataplane.workers` upper bound.
 pub const MAX_WORKERS: i64 = 64;
 /// Health check interval and timeout upper bound, in seconds.
@@ -389,6 +399,33 @@ impl<'a, 's> Compiler<'a, 's> {
         }
         if let Some(r) = &d.reset_unknown_rate {
             out.reset_unknown_rate = self.int(r, "reset_unknown_rate", 1, MAX_RESET_UNKNOWN_RATE);
+        }
+        if let Some(f) = &d.fragments {
+            out.fragments = self.fragments(f.get_ref());
+        }
+        out
+    }
+
+    /// `[dataplane.fragments]`.
+    fn fragments(&mut self, f: &FragmentsConfig) -> Fragments {
+        let mut out = Fragments::default();
+        if let Some(v) = f.forward {
+            out.forward = v;
+        }
+        if let Some(v) = &f.table {
+            out.table = self.int(v, "table", 8, MAX_FRAGMENT_TABLE);
+        }
+        if let Some(v) = &f.timeout_ms {
+            out.timeout_ms = self.int(v, "timeout_ms", 10, MAX_FRAGMENT_TIMEOUT_MS);
+        }
+        if let Some(v) = &f.hold {
+            out.hold = self.int(v, "hold", 0, MAX_FRAGMENT_HOLD);
+        }
+        if let Some(v) = &f.hold_ms {
+            let most = i64::from(out.timeout_ms.max(1));
+            out.hold_ms = self.int(v, "hold_ms (at most timeout_ms)", 1, most);
+        } else {
+            out.hold_ms = out.hold_ms.min(out.timeout_ms);
         }
         out
     }

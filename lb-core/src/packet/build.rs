@@ -620,3 +620,62 @@ pub fn build_tcp_reset(frame: &[u8], p: &Parsed, my_mac: MacAddr) -> Option<Vec<
         payload: Vec::new(),
     }))
 }
+
+/// Splits the IP packet of `frame` into fragments of at most `max_l3`
+/// bytes of IP packet each (RFC 791 / RFC 8200, in order, with
+/// identification `id`), each in a copy of the frame's link header. An
+/// IPv6 packet gets a fragment header (it must have no extension headers
+/// of its own). One fragment, still marked as such, when it fits. For
+/// tests and `lbctl eval` traces.
+///
+/// # Panics
+/// If the frame holds no IP packet, or `max_l3` leaves no room for 8
+/// bytes of data after the header.
+pub fn fragment_frame(frame: &[u8], max_l3: usize, id: u32) -> Vec<Vec<u8>> {
+    let p = super::parse::parse_general(frame).expect("a valid frame");
+    let link = &frame[..p.l3_offset];
+    let l3 = &frame[p.l3_offset..p.l3_end()];
+    let v6 = p.kind == Kind::Ipv6;
+    let hl = if v6 {
+        ipv6::HEADER_LEN
+    } else {
+        Ipv4Packet::new_unchecked(l3).header_len()
+    };
+    let extra = if v6 { 8 } else { 0 };
+    let chunk = (max_l3 - hl - extra) & !7;
+    assert!(chunk >= 8, "no room for fragment data");
+    let data = &l3[hl..];
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < data.len() || out.is_empty() {
+        let end = (off + chunk).min(data.len());
+        let more = end < data.len();
+        let mut f = link.to_vec();
+        f.extend_from_slice(&l3[..hl]);
+        let offset = u16::try_from(off).expect("offset fits");
+        if v6 {
+            let nh = l3[6];
+            let ident = id.to_be_bytes();
+            let om = (offset & 0xfff8) | u16::from(more);
+            f.extend_from_slice(&[nh, 0]);
+            f.extend_from_slice(&om.to_be_bytes());
+            f.extend_from_slice(&ident);
+        }
+        f.extend_from_slice(&data[off..end]);
+        let ip_len = u16::try_from(f.len() - link.len()).expect("fits");
+        if v6 {
+            let mut ip = Ipv6Packet::new_unchecked(&mut f[link.len()..]);
+            ip.set_next_header(IpProtocol::from(44u8));
+            ip.set_payload_len(ip_len - 40);
+        } else {
+            let mut ip = Ipv4Packet::new_unchecked(&mut f[link.len()..]);
+            ip.set_total_len(ip_len);
+            ip.set_ident(id as u16);
+            ip.set_frag(false, more, offset);
+            ip.fill_checksum();
+        }
+        out.push(f);
+        off = end;
+    }
+    out
+}

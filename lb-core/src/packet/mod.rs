@@ -64,8 +64,8 @@ pub use arp::{ArpOp, ArpPacket, ArpRepr, PACKET_LEN as ARP_PACKET_LEN};
 pub use build::{
     add_ipv4_options, add_ipv6_ext_header, build_arp, build_arp_reply, build_arp_request,
     build_echo_reply, build_frame, build_frame_into, build_icmp_error, build_icmp_error_into,
-    build_neighbor_advertisement, build_neighbor_solicitation, build_tcp_reset, solicited_node,
-    FrameSpec,
+    build_neighbor_advertisement, build_neighbor_solicitation, build_tcp_reset, fragment_frame,
+    solicited_node, FrameSpec,
 };
 pub use error::ParseError;
 pub use ethernet::{is_vlan_tag, tagging, EtherType, EthernetFrame, MacAddr, Tagging};

@@ -27,6 +27,9 @@
 //!   words for `lbctl eval`;
 //! - `stats.rs`: a worker's counters;
 //! - `owner.rs`: which worker owns a flow;
+//! - `fragment.rs`: IP fragments, which follow their first fragment;
+//! - `limits.rs`: listener limits (`max_connections`, new sessions per
+//!   second);
 //! - `steer.rs`: RSS steering, so that the NIC puts both directions of a
 //!   FULLNAT session on its owner's queue.
 
@@ -49,6 +52,8 @@ use crate::synproxy;
 use crate::{Nanos, NANOS_PER_SEC};
 
 mod admit;
+mod fragment;
+mod limits;
 mod open;
 mod owner;
 mod session;
@@ -61,11 +66,13 @@ mod tests;
 mod verdict;
 mod worker;
 
-pub use owner::{flow_hash, frame_owner, owner};
+pub use fragment::{FragSteer, FragmentCounts, Released};
+pub use limits::{LimitBoard, LimitKind};
+pub use owner::{flow_hash, frame_owner, frame_owner_on, owner};
 pub use session::Flow;
 pub use snapshot::{Hop, Snapshot};
 pub use stats::{PortDrops, SessionCount, SessionCounts, Stats};
-pub use steer::{frame_owner_on, owner_on};
+pub use steer::owner_on;
 pub use verdict::{DropKind, Forward, IcmpAnswer, LocalKind, Reason, Verdict};
 pub use worker::Worker;
 // What the rooms share among themselves.

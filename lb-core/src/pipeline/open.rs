@@ -121,6 +121,9 @@ impl Worker {
             Ok(None) => {}
             Err(r) => return Verdict::Drop(r),
         }
+        if let Err(r) = self.listener_limit(p, (lbi, li), now, snap) {
+            return Verdict::Drop(r);
+        }
         if key.proto == proto::TCP {
             if let Some(v) =
                 self.syn_proxy_first(frame, p, csum, &key, key_hash, (lbi, li), now, snap, health)

@@ -31,6 +31,11 @@ pub struct Snapshot {
     pub timeouts: Timeouts,
     /// Per port (index into `cfg.ports`), what it checks on arrival.
     pub(super) ingress: Vec<Ingress>,
+    /// Which worker owns the fragments of a datagram (written by the
+    /// workers as they hand first fragments out).
+    pub(super) frag_steer: FragSteer,
+    /// The open sessions of each limited listener per worker.
+    pub(super) limit_board: LimitBoard,
 }
 
 /// A port's checks on arriving frames, compact for the per-packet path.
@@ -90,6 +95,7 @@ impl Snapshot {
     /// Compiles a configuration that `lb-config` has validated (every index
     /// in range); `generation` tells sessions which rules admitted them.
     pub fn compile(cfg: Config, generation: u64) -> Snapshot {
+        let limit_board = LimitBoard::new(&cfg);
         let members = GroupMembers::new(&cfg);
         let lb_policy = cfg
             .load_balancers
@@ -199,6 +205,8 @@ impl Snapshot {
             routes,
             timeouts,
             ingress,
+            frag_steer: FragSteer::default(),
+            limit_board,
         }
     }
 

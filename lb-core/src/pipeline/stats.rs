@@ -91,6 +91,8 @@ pub struct Stats {
     pub syn_cookies_invalid: u64,
     /// Per port (index into `cfg.ports`): drops of the port's own checks.
     pub port_drops: Vec<PortDrops>,
+    /// IP fragments (see `fragment.rs`).
+    pub fragments: FragmentCounts,
 }
 
 /// Drops counted per ingress port.
@@ -117,6 +119,7 @@ impl Default for Stats {
             syn_cookies_sent: 0,
             syn_cookies_valid: 0,
             syn_cookies_invalid: 0,
+            fragments: FragmentCounts::default(),
         }
     }
 }

@@ -87,24 +87,6 @@ pub fn owner_on(snap: &Snapshot, key: &FlowKey, workers: u16, rss: Option<&RssSt
     owner(snap, key, workers)
 }
 
-/// [`frame_owner`] for a frame that arrived on a port spreading frames
-/// with `rss` (see [`owner_on`]).
-pub fn frame_owner_on(
-    snap: &Snapshot,
-    frame: &[u8],
-    p: &Parsed,
-    workers: u16,
-    rss: Option<&RssSteering>,
-) -> Option<u16> {
-    let key = p.flow_key()?;
-    if p.is_icmp_error() {
-        if let Ok(quoted) = packet::parse_icmp_inner(frame, p) {
-            return Some(owner_on(snap, &quoted.reversed(), workers, rss));
-        }
-    }
-    Some(owner_on(snap, &key, workers, rss))
-}
-
 /// A TCP or UDP packet from a client to a FULLNAT listener.
 fn is_fullnat_client_flow(snap: &Snapshot, key: &FlowKey) -> bool {
     matches!(key.proto, proto::TCP | proto::UDP)

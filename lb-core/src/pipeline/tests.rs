@@ -5,7 +5,9 @@ use super::*;
 use crate::model::*;
 use crate::packet::{build_frame, FrameSpec, MacAddr};
 
+mod fragments;
 mod icmp_ttl_mtu;
+mod limits;
 mod rss_steering;
 
 fn addr(s: &str) -> IpAddr {
@@ -124,6 +126,7 @@ fn config() -> Config {
             acl: None,
             syn_proxy: SynProxyMode::Auto,
             syn_proxy_threshold: DEFAULT_SYN_PROXY_THRESHOLD,
+            limits: ListenerLimits::default(),
         }],
     });
     cfg

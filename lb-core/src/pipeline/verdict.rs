@@ -90,6 +90,29 @@ impl Snapshot {
             Reason::SynCookie { lb, listener: l } => {
                 write!(s, "syn cookie listener {}", listener(*lb, *l))
             }
+            Reason::FragmentFollows { lb: Some((lb, l)) } => {
+                write!(s, "fragment of session listener {}", listener(*lb, *l))
+            }
+            Reason::FragmentFollows { lb: None } => write!(s, "fragment of session"),
+            Reason::FragmentHeld => write!(s, "fragment_held: waiting for its first fragment"),
+            Reason::ListenerLimit {
+                lb,
+                listener: l,
+                kind,
+            } => {
+                let lim = cfg.load_balancers[*lb as usize].listeners[*l as usize].limits;
+                let n = match kind {
+                    LimitKind::MaxConnections => lim.max_connections,
+                    LimitKind::MaxNewConnectionsPerS => lim.max_new_connections_per_s,
+                };
+                write!(
+                    s,
+                    "listener_limit: {} {} {}",
+                    listener(*lb, *l),
+                    kind.as_str(),
+                    n.unwrap_or(0)
+                )
+            }
             other => write!(s, "{}", other.kind().as_str()),
         };
     }
@@ -211,6 +234,23 @@ pub enum Reason {
     /// A packet of a proxied session before the backend answered the
     /// proxy's SYN (the client sends it again).
     SynProxyPending,
+    /// A non-first IP fragment that follows its forwarded first fragment
+    /// (`lb`: the listener of its session).
+    FragmentFollows {
+        lb: Option<(u32, u32)>,
+    },
+    /// A non-first IP fragment held until its first fragment comes (not a
+    /// drop yet: it goes, or is dropped as `fragment_timeout`, later).
+    FragmentHeld,
+    /// A non-first IP fragment whose offset overlaps the L4 header its
+    /// first fragment was judged by (RFC 1858).
+    FragmentOverlap,
+    /// A new session refused: the listener is at one of its limits.
+    ListenerLimit {
+        lb: u32,
+        listener: u32,
+        kind: LimitKind,
+    },
 }
 
 impl Reason {
@@ -251,6 +291,9 @@ impl Reason {
             Reason::NoSessionReset => DropKind::NoSessionReset,
             Reason::SynCookie { .. } => DropKind::None,
             Reason::SynProxyPending => DropKind::SynProxyPending,
+            Reason::FragmentFollows { .. } | Reason::FragmentHeld => DropKind::None,
+            Reason::FragmentOverlap => DropKind::FragmentOverlap,
+            Reason::ListenerLimit { .. } => DropKind::ListenerLimit,
         }
     }
 }
@@ -352,10 +395,13 @@ pub enum DropKind {
     TcpInvalidFlags,
     NoSessionReset,
     SynProxyPending,
+    FragmentOverlap,
+    FragmentTimeout,
+    ListenerLimit,
 }
 
 impl DropKind {
-    pub const COUNT: usize = DropKind::SynProxyPending as usize + 1;
+    pub const COUNT: usize = DropKind::ListenerLimit as usize + 1;
     pub const ALL: [DropKind; DropKind::COUNT] = [
         DropKind::None,
         DropKind::Malformed,
@@ -384,6 +430,9 @@ impl DropKind {
         DropKind::TcpInvalidFlags,
         DropKind::NoSessionReset,
         DropKind::SynProxyPending,
+        DropKind::FragmentOverlap,
+        DropKind::FragmentTimeout,
+        DropKind::ListenerLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -415,6 +464,9 @@ impl DropKind {
             DropKind::TcpInvalidFlags => "tcp_invalid_flags",
             DropKind::NoSessionReset => "no_session_reset",
             DropKind::SynProxyPending => "syn_proxy_pending",
+            DropKind::FragmentOverlap => "fragment_overlap",
+            DropKind::FragmentTimeout => "fragment_timeout",
+            DropKind::ListenerLimit => "listener_limit",
         }
     }
 }

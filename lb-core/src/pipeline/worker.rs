@@ -34,6 +34,11 @@ pub struct Worker {
     resets: RateLimit,
     /// The SYN proxy's state (see `syn_proxy.rs`).
     pub(super) proxy: syn_proxy::ProxyState,
+    /// The fragment table and held fragments (see `fragment.rs`).
+    pub(super) frags: fragment::FragState,
+    /// Per (load balancer, listener): the share of its new sessions per
+    /// second this worker may open (see `limits.rs`).
+    pub(super) limit_rates: Vec<Vec<RateLimit>>,
     /// How each port spreads frames over the workers' RX queues (`cfg.ports`
     /// order; `None` or missing: no RSS), see `steer.rs`.
     pub(super) port_rss: Vec<Option<std::sync::Arc<crate::nat::rss::RssSteering>>>,
@@ -42,7 +47,7 @@ pub struct Worker {
 /// A token bucket holding one second's worth of tokens, refilled by the
 /// time that passes (`now` is a parameter: no clock here).
 #[derive(Debug, Clone, Copy, Default)]
-struct RateLimit {
+pub(super) struct RateLimit {
     /// Credit in nanoseconds, at most one second.
     credit: Nanos,
     last: Nanos,
@@ -50,7 +55,7 @@ struct RateLimit {
 
 impl RateLimit {
     /// Takes a token at `now` for a rate of `per_sec` (at least 1).
-    fn take(&mut self, now: Nanos, per_sec: u32) -> bool {
+    pub(super) fn take(&mut self, now: Nanos, per_sec: u32) -> bool {
         let elapsed = now.saturating_sub(self.last);
         self.last = self.last.max(now);
         self.credit = self.credit.saturating_add(elapsed).min(NANOS_PER_SEC);
@@ -84,6 +89,8 @@ impl Worker {
             min_mtu: u32::MAX,
             resets: RateLimit::default(),
             proxy: syn_proxy::ProxyState::new(max_sessions, max_sessions_v6),
+            frags: fragment::FragState::default(),
+            limit_rates: Vec::new(),
             port_rss: Vec::new(),
         }
     }
@@ -164,6 +171,8 @@ impl Worker {
         if self.generation == snap.generation {
             return;
         }
+        self.frags.adopt(&snap.cfg.dataplane.fragments);
+        self.limit_rates.clear();
         self.scheds = snap
             .cfg
             .server_groups
@@ -233,6 +242,8 @@ impl Worker {
     pub fn housekeep(&mut self, now: Nanos, snap: &Snapshot) {
         self.adopt(snap);
         self.reap(now);
+        self.expire_held(now, snap);
+        self.publish_limits(snap);
     }
 
     fn reap(&mut self, now: Nanos) {
@@ -482,8 +493,17 @@ impl Worker {
         self.stats.rx += 1;
         let v = self.decide(frame, parsed, key, rx, now, snap, health);
         match &v {
-            Verdict::Forward(_) | Verdict::Send(_) => self.stats.forwarded += 1,
+            Verdict::Forward(f) => {
+                self.stats.forwarded += 1;
+                match parsed {
+                    Ok(p) if p.is_first_fragment => self.first_fragment(frame, p, f, rx, now, snap),
+                    _ => {}
+                }
+            }
+            Verdict::Send(_) => self.stats.forwarded += 1,
             Verdict::Local(..) => self.stats.local += 1,
+            // Counted when held; its verdict comes when it goes.
+            Verdict::Drop(Reason::FragmentHeld) => {}
             Verdict::Drop(r) => {
                 self.stats.drops[r.kind() as usize] += 1;
                 match *r {
@@ -527,14 +547,13 @@ impl Worker {
                 }
             }
         };
-        if p.is_fragment && !p.is_first_fragment {
-            // No ports to match: a load balancer without reassembly cannot
-            // place it.
-            return Verdict::Drop(Reason::Fragment);
-        }
         if packet::is_source_routed(frame, p) {
             // Nobody on the client link chooses the path past us.
             return Verdict::Drop(Reason::SourceRoute);
+        }
+        if p.is_fragment && !p.is_first_fragment {
+            // No ports to match: it follows its first fragment.
+            return self.later_fragment(frame, p, rx, now, snap);
         }
         if let Some(local) = local_kind(p, key, snap) {
             // Neighbour discovery comes from link-local and unspecified

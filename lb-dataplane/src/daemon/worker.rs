@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::model::IdlePolicy;
-use lb_core::pipeline::{frame_owner_on, Frame, Reason, RxInfo, Snapshot, Verdict, Worker};
+use lb_core::pipeline::{
+    frame_owner_on, Frame, Reason, Released, RxInfo, Snapshot, Verdict, Worker,
+};
 
 use super::{Handoff, Runtime, Shared, WorkerReport, BURST};
 use crate::io::{PacketIo, RxMeta};
@@ -390,6 +392,39 @@ impl WorkerLoop {
                 &mut wait,
             );
         }
+        // IP fragments that waited for their first fragment go now.
+        let (shared, macs) = (&self.shared, &self.macs);
+        self.core.take_released(|frame, rx, r| {
+            let port = rx.port.unwrap_or(0);
+            match r {
+                Released::Forward(f) => deliver(
+                    Verdict::Forward(f),
+                    shared,
+                    rt,
+                    frame,
+                    port,
+                    macs,
+                    now,
+                    &mut tx,
+                    &mut to_self,
+                    &mut wait,
+                ),
+                Released::Owner(o) => {
+                    let meta = RxMeta {
+                        csum_partial: rx.csum_partial,
+                        ..RxMeta::default()
+                    };
+                    let h = Handoff {
+                        frame: frame.to_vec(),
+                        meta,
+                        port,
+                    };
+                    if let Some(w) = shared.workers.get(usize::from(o)) {
+                        let _ = w.handoff.push(h);
+                    }
+                }
+            }
+        });
         self.dispatch(to_self, wait);
     }
 

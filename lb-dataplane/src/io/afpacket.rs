@@ -100,8 +100,10 @@ pub struct AfPacketOpts {
     /// milliseconds: the worst-case RX latency under light load.
     pub block_timeout_ms: u32,
     /// Joins `PACKET_FANOUT` group with this id, hashing flows
-    /// (`PACKET_FANOUT_HASH`, symmetric) with IP fragments reassembled first
-    /// (`PACKET_FANOUT_FLAG_DEFRAG`), so one flow always reaches one socket.
+    /// (`PACKET_FANOUT_HASH`, symmetric). IP fragments are not reassembled
+    /// (no `PACKET_FANOUT_FLAG_DEFRAG`): the data plane forwards them as
+    /// they are, and their hash (addresses only) keeps a datagram's
+    /// fragments on one socket, whose worker hands them to their owner.
     pub fanout: Option<u16>,
     /// Sends straight to the driver (`PACKET_QDISC_BYPASS`): faster, but no
     /// traffic control applies and packet taps (tcpdump) do not see our TX.
@@ -593,7 +595,7 @@ impl AfPacket {
         if let Some(group) = opts.fanout {
             // Fanout needs a bound socket; the mode and flags go in the high
             // 16 bits, the group id in the low 16.
-            let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_DEFRAG;
+            let mode = libc::PACKET_FANOUT_HASH;
             let arg = (u32::from(group) | (mode << 16)) as libc::c_int;
             setsockopt(raw, libc::SOL_PACKET, libc::PACKET_FANOUT, &arg)?;
         }

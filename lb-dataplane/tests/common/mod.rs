@@ -29,6 +29,49 @@ pub fn wait_healthy(t: &Topo) {
     });
 }
 
+/// A UDP load balancer (VIPs 198.18.0.20 and 2001:db8:18::20, port 53)
+/// over the echo servers `netns.sh udp-up` starts on both backends (port
+/// 5353), with UDP health checks: to append to [`seed_config`].
+pub const UDP_LISTENER: &str = r#"
+[[server_group]]
+id = "sgp-udp"
+
+[server_group.health_check]
+protocol = "udp"
+port = 5353
+interval_s = 1
+timeout_s = 1
+healthy_threshold = 2
+unhealthy_threshold = 2
+
+[[server_group.server]]
+instance = "ecs01"
+port = 5353
+
+[[server_group.server]]
+instance = "ecs02"
+port = 5353
+
+[[load_balancer]]
+id = "nlb-1"
+vips = ["198.18.0.20", "2001:db8:18::20"]
+local_addresses = ["198.19.1.251", "2001:db8:19:1::251"]
+
+[[load_balancer.listener]]
+protocol = "udp"
+port = 53
+server_group = "sgp-udp"
+"#;
+
+/// Waits until the health checker has seen both UDP servers of
+/// [`UDP_LISTENER`] up.
+pub fn wait_udp_healthy(t: &Topo) {
+    t.wait_for(15, "UDP servers healthy", |t| {
+        t.server_up("sgp-udp", "ecs01") == Some(true)
+            && t.server_up("sgp-udp", "ecs02") == Some(true)
+    });
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub fn repo() -> PathBuf {
@@ -547,6 +590,35 @@ pub fn dpdk_config(config: &str, eal_args: &[String]) -> String {
         port += 1;
     }
     out
+}
+
+/// EAL arguments of `lbd` in the load-balancer namespace: no hugepages, no
+/// PCI, no shared config or telemetry, `mem_mb` MB, lcore 0, then `vdevs`
+/// (one per port, in port order).
+pub fn lbd_eal_args(file_prefix: &str, mem_mb: u32, vdevs: &[&str]) -> Vec<String> {
+    let mem = mem_mb.to_string();
+    let base = [
+        "--no-huge",
+        "--no-pci",
+        "--no-shconf",
+        "--no-telemetry",
+        "-m",
+        &mem,
+        "-l",
+        "0",
+        "--file-prefix",
+        file_prefix,
+    ];
+    base.iter().chain(vdevs).map(|s| s.to_string()).collect()
+}
+
+/// Removes an EAL runtime directory on drop, also when the test fails.
+pub struct RuntimeDir(pub PathBuf);
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Where DPDK keeps the runtime files of `file_prefix` (as root).
