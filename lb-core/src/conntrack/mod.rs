@@ -652,6 +652,19 @@ impl<T> SessionTable<T> {
         self.v4.expire(now, budget) + self.v6.expire(now, budget)
     }
 
+    /// Examines the next `scan` slots of each family's slab (at most the
+    /// whole slab) from where the previous sweep stopped, and reaps every
+    /// expired session among them. Returns how many were reaped.
+    pub fn sweep(&mut self, now: Nanos, scan: usize) -> usize {
+        self.v4.walk(now, scan, usize::MAX) + self.v6.walk(now, scan, usize::MAX)
+    }
+
+    /// The slots of the larger family's slab (occupied or free): what one
+    /// full [`SessionTable::sweep`] examines.
+    pub fn slab_len(&self) -> usize {
+        self.v4.slab_len().max(self.v6.slab_len())
+    }
+
     /// Keeps only the sessions for which `keep` returns true; the others are
     /// moved to the reaped queue (e.g. after a reload removed their backend).
     pub fn retain(&mut self, mut keep: impl FnMut(SessionId, Session<&mut T>) -> bool) {

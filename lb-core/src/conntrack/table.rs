@@ -537,11 +537,23 @@ impl<A: Addr, T> Table<A, T> {
     }
 
     pub(super) fn expire(&mut self, now: Nanos, budget: usize) -> usize {
+        self.walk(now, budget.saturating_mul(EXPIRE_SCAN_PER_BUDGET), budget)
+    }
+
+    /// Slots in the slab, occupied or free.
+    pub(super) fn slab_len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Examines the next `scan` slots (at most the whole slab) from where
+    /// the previous walk stopped, reaping expired sessions until `budget`
+    /// of them are reaped.
+    pub(super) fn walk(&mut self, now: Nanos, scan: usize, budget: usize) -> usize {
         let n = self.slots.len();
         if n == 0 || budget == 0 {
             return 0;
         }
-        let mut scan = budget.saturating_mul(EXPIRE_SCAN_PER_BUDGET).min(n);
+        let mut scan = scan.min(n);
         let mut reaped = 0;
         let mut hand = self.hand % n;
         while scan > 0 && reaped < budget {

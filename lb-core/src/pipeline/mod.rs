@@ -83,8 +83,20 @@ use worker::*;
 /// The most frames [`Worker::process_burst`] handles in one call.
 pub const BURST_MAX: usize = 64;
 
-/// How many expired sessions one call of [`Worker::housekeep`] reaps at most.
-const REAP_BUDGET: usize = 8;
+/// How long the expiry sweep takes to walk a session table once.
+const REAP_SWEEP: Nanos = NANOS_PER_SEC;
+
+/// The most slots (of each family) one call of [`Worker::housekeep`]
+/// examines: about 20 µs of work.
+const REAP_STEP: u64 = 2048;
+
+/// The fewest slots a sweep step examines (smaller steps wait for more
+/// time to pass), unless the whole slab is smaller.
+const REAP_MIN_STEP: u64 = 64;
+
+/// How many expired sessions a full table reaps to make room for a new
+/// one before it drops a half-open session.
+const REAP_ON_FULL: usize = 4;
 
 /// A received frame and what the port knows about it, for
 /// [`Worker::process_burst`].

@@ -25,6 +25,16 @@ impl Worker {
             .insert_missed(key, key_hash, reply, flow, now, timeouts, own_port)
         {
             Err(crate::conntrack::InsertError::Full { .. }) => {
+                // Expired sessions the sweep has not reached yet go first.
+                if self.sessions.expire(now, REAP_ON_FULL) > 0 {
+                    self.release_reaped();
+                    if let Ok(id) = self
+                        .sessions
+                        .insert_missed(key, key_hash, reply, flow, now, timeouts, own_port)
+                    {
+                        return Ok(id);
+                    }
+                }
                 let old = self
                     .sessions
                     .early_drop(key.is_ipv6(), |_| true)

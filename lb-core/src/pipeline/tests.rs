@@ -1461,3 +1461,52 @@ fn the_rst_follows_rfc_9293() {
     let p = packet::parse(&f).expect("parse");
     assert!(packet::build_tcp_reset(&f, &p, my_mac).is_none());
 }
+
+/// The expiry sweep walks the session table at a pace set by the time
+/// that passes: a data plane calling `housekeep` between every burst (or
+/// spinning while idle) does no more work than one calling it seldom.
+#[test]
+fn the_expiry_sweep_follows_time_not_calls() {
+    use crate::conntrack::Timeouts;
+    let snap = Snapshot::compile(config(), 1);
+    let mut w = Worker::new(0, 1, 4096, 1024);
+    let t = 10_000 * NANOS_PER_SEC;
+    w.housekeep(t, &snap);
+    // 4096 sessions made at 0: all long expired at `t`.
+    for n in 0..4096u32 {
+        let key = FlowKey {
+            src: IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 + n)),
+            dst: addr("198.19.1.11"),
+            proto: proto::UDP,
+            sport: 1000,
+            dport: 53,
+        };
+        w.sessions
+            .insert(
+                key,
+                key.reversed(),
+                Flow::routed(1),
+                0,
+                &Timeouts::default(),
+            )
+            .expect("room");
+    }
+    // However many calls without time passing: nothing examined.
+    for _ in 0..10_000 {
+        w.housekeep(t, &snap);
+    }
+    assert_eq!(w.sessions.len(), 4096);
+    // Ten calls a millisecond apart earn 40 slots: below a step.
+    for i in 1..=10 {
+        w.housekeep(t + i * NANOS_PER_SEC / 1000, &snap);
+    }
+    assert_eq!(w.sessions.len(), 4096);
+    // Half a second: half the table.
+    w.housekeep(t + NANOS_PER_SEC / 2, &snap);
+    let left = w.sessions.len();
+    assert!((2000..=2100).contains(&left), "{left} left after 0.5 s");
+    // A second: the whole table once.
+    w.housekeep(t + NANOS_PER_SEC, &snap);
+    w.housekeep(t + 2 * NANOS_PER_SEC, &snap);
+    assert_eq!(w.sessions.len(), 0);
+}

@@ -39,6 +39,10 @@ pub struct Worker {
     /// Per (load balancer, listener): the share of its new sessions per
     /// second this worker may open (see `limits.rs`).
     pub(super) limit_rates: Vec<Vec<RateLimit>>,
+    /// Slots the expiry sweep may examine, earned as time passes (see
+    /// [`Worker::housekeep`]), and when it last earned.
+    reap_credit: u64,
+    reaped_at: Nanos,
     /// How each port spreads frames over the workers' RX queues (`cfg.ports`
     /// order; `None` or missing: no RSS), see `steer.rs`.
     pub(super) port_rss: Vec<Option<std::sync::Arc<crate::nat::rss::RssSteering>>>,
@@ -91,6 +95,8 @@ impl Worker {
             proxy: syn_proxy::ProxyState::new(max_sessions, max_sessions_v6),
             frags: fragment::FragState::default(),
             limit_rates: Vec::new(),
+            reap_credit: 0,
+            reaped_at: 0,
             port_rss: Vec::new(),
         }
     }
@@ -237,8 +243,10 @@ impl Worker {
         self.stats.generation = snap.generation;
     }
 
-    /// Reaps a few expired sessions (a bounded amount of work). Call it once
-    /// per burst; lookups already ignore expired sessions, this frees them.
+    /// Reaps expired sessions (a bounded amount of work). Call it between
+    /// bursts, as often as you like: the expiry sweep's work follows the
+    /// time that passes, not the number of calls. Lookups already ignore
+    /// expired sessions; this frees them.
     pub fn housekeep(&mut self, now: Nanos, snap: &Snapshot) {
         self.adopt(snap);
         self.reap(now);
@@ -246,8 +254,31 @@ impl Worker {
         self.publish_limits(snap);
     }
 
+    /// The expiry sweep: each family's slab is walked once per
+    /// [`REAP_SWEEP`] of time, [`REAP_STEP`] slots at most per call, so a
+    /// data plane that calls between every burst walks the table at a
+    /// steady pace (the slab streams through the cache once a second)
+    /// instead of a few hundred slots per burst.
     fn reap(&mut self, now: Nanos) {
-        self.sessions.expire(now, REAP_BUDGET);
+        let elapsed = now.saturating_sub(self.reaped_at);
+        self.reaped_at = self.reaped_at.max(now);
+        let slab = self.sessions.slab_len() as u128;
+        let earned = slab * u128::from(elapsed) / u128::from(REAP_SWEEP);
+        self.reap_credit = u64::try_from(u128::from(self.reap_credit) + earned)
+            .unwrap_or(u64::MAX)
+            .min(u64::try_from(slab).unwrap_or(u64::MAX));
+        if self.reap_credit < REAP_MIN_STEP.min(slab as u64).max(1) {
+            return;
+        }
+        let scan = self.reap_credit.min(REAP_STEP);
+        self.reap_credit -= scan;
+        self.sessions.sweep(now, scan as usize);
+        self.release_reaped();
+    }
+
+    /// Gives back what the reaped sessions held (local ports, scheduler
+    /// counts).
+    pub(super) fn release_reaped(&mut self) {
         let (scheds, stats, ports) = (&mut self.scheds, &mut self.stats, &mut self.ports);
         for s in self.sessions.drain_reaped() {
             release_port(ports, &s.payload, s.reply());
