@@ -17,7 +17,8 @@ fn corpus_dir(target: &str) -> PathBuf {
         .join(target)
 }
 
-fn replay(target: &str, entry: fn(&[u8])) {
+/// The files of `corpus/<target>/`, sorted; never none.
+fn corpus_files(target: &str) -> Vec<PathBuf> {
     let dir = corpus_dir(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -25,8 +26,12 @@ fn replay(target: &str, entry: fn(&[u8])) {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "{}: empty corpus", dir.display());
+    files
+}
+
+fn replay(target: &str, entry: fn(&[u8])) {
     let mut failed = Vec::new();
-    for f in &files {
+    for f in &corpus_files(target) {
         let data = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         if std::panic::catch_unwind(|| entry(&data)).is_err() {
             failed.push(f.display().to_string());
@@ -38,6 +43,36 @@ fn replay(target: &str, entry: fn(&[u8])) {
 #[test]
 fn frame_corpus() {
     replay("frame", lb_fuzz::frame);
+}
+
+/// The frame corpus keeps inputs that reach each of the pipeline's
+/// defences against a hostile link, so that the replay in CI runs them.
+#[test]
+fn frame_corpus_reaches_every_defence() {
+    let mut verdicts = Vec::new();
+    for f in corpus_files("frame") {
+        let data = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        verdicts.extend(lb_fuzz::frame_verdicts(&data));
+    }
+    let missing: Vec<&str> = [
+        "SynCookie",
+        "SynProxyPending",
+        "TcpOutOfWindow",
+        "TcpInvalidFlags",
+        "NoSessionReset",
+        "SpoofedSource",
+        "VlanMismatch",
+        "OwnSource",
+        "TtlExceeded",
+        "TooBig",
+        "SourceRoute",
+        "IcmpErrorMismatch",
+        "Malformed",
+    ]
+    .into_iter()
+    .filter(|want| !verdicts.iter().any(|v| v.contains(want)))
+    .collect();
+    assert!(missing.is_empty(), "no corpus input reaches {missing:?}");
 }
 
 #[test]
@@ -151,9 +186,9 @@ fn write_seeds() {
         }
     }
     // The conformance suite's TCP, SYN proxy, source check, VLAN, ICMP
-    // and TTL/MTU traces against fuzz/frame.toml (snapshot 2, whose ports
-    // are ext, int, vl and open), each packet on the port its line names;
-    // the MTU traces with every port's MTU at 1280 too.
+    // and TTL/MTU traces against fuzz/frame.toml (snapshot 2: flag 8, whose
+    // ports are ext, int, vl and open), each packet on the port its line
+    // names; the MTU traces with every port's MTU at 1280 too (flag 16).
     let suite = examples().join("../tests/conformance");
     for name in [
         "tcp-listener.trace",
@@ -169,10 +204,10 @@ fn write_seeds() {
             seeds.push((
                 "frame",
                 format!("{name}-{i}"),
-                lb_fuzz::frame_input(4, chunk),
+                lb_fuzz::frame_input(8 | 4, chunk),
             ));
             if name.starts_with("ttl") {
-                let input = lb_fuzz::frame_input(4 | 16, chunk);
+                let input = lb_fuzz::frame_input(8 | 4 | 16, chunk);
                 seeds.push(("frame", format!("{name}-mtu-{i}"), input));
             }
         }
@@ -204,7 +239,7 @@ fn write_seeds() {
                 reply(0x04, 0),
             ];
             let name = format!("handshake-{port}-{}", if vip.contains(':') { 6 } else { 4 });
-            seeds.push(("frame", name, lb_fuzz::frame_input(4, &records)));
+            seeds.push(("frame", name, lb_fuzz::frame_input(8 | 4, &records)));
         }
     }
     for name in [
