@@ -266,7 +266,7 @@ fn run(n: u16, steer: bool) -> u64 {
         .map(|w| w.report.lock().expect("not poisoned").handoff_out)
         .sum();
     // What an operator sees: /metrics, per worker.
-    let exported: u64 = crate::control::prometheus(&shared)
+    let exported: u64 = crate::metrics::prometheus(&shared)
         .lines()
         .filter(|l| l.starts_with("lbd_worker_handoffs_total{worker="))
         .map(|l| {
