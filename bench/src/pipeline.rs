@@ -10,8 +10,12 @@ use std::time::Instant;
 
 use lb_core::conntrack::SessionTable;
 use lb_core::model::*;
+use lb_core::nat::rss::{symmetric_key, RssSteering};
+use lb_core::nat::PortAllocator;
 use lb_core::packet::{build_frame, FrameSpec, MacAddr};
-use lb_core::pipeline::{AllUp, Flow, Frame, Reason, RxInfo, Snapshot, Verdict, Worker};
+use lb_core::pipeline::{
+    frame_owner_on, AllUp, Flow, Frame, Reason, RxInfo, Snapshot, Verdict, Worker,
+};
 use lb_core::NANOS_PER_SEC;
 
 /// Local (FULLNAT source) addresses: each gives ~60 000 ports, so 200 of
@@ -353,6 +357,118 @@ fn open_sessions(snap: &Snapshot, n: usize, v6: bool) -> (Worker, f64) {
     (w, t0.elapsed().as_nanos() as f64 / n as f64)
 }
 
+/// New connections on worker 0 of 2, with local ports taken plainly from
+/// its share and then steered by RSS (a 128-entry table, the symmetric
+/// key): what steering adds to each new connection.
+fn new_connections_steered(snap: &Snapshot, frames: &[Vec<u8>], trace: &[u32], v6: bool) {
+    let fam = if v6 { "IPv6" } else { "IPv4" };
+    let reta: Vec<u16> = (0..128).map(|i| i % 2).collect();
+    let rss = std::sync::Arc::new(
+        RssSteering::new(&symmetric_key(40), &reta, &[0, 1]).expect("a valid steering"),
+    );
+    let mut plain_ns = 0.0;
+    for steered in [false, true] {
+        let (v4_room, v6_room) = if v6 {
+            (1024, frames.len() + 1024)
+        } else {
+            (frames.len() + 1024, 1024)
+        };
+        let mut w = Worker::new(0, 2, v4_room, v6_room);
+        w.prefault();
+        if steered {
+            for pi in 0..snap.cfg.ports.len() {
+                w.set_port_rss(pi, Some(rss.clone()));
+            }
+        }
+        let (ns, fw) = run_trace(&mut w, snap, frames, trace, NANOS_PER_SEC, 32);
+        let extra = if steered {
+            format!("  (+{:.1} ns per connection for steering)", ns - plain_ns)
+        } else {
+            plain_ns = ns;
+            String::new()
+        };
+        report(
+            &format!(
+                "{fam} new connections, worker 0 of 2, {} local ports",
+                if steered { "RSS-steered" } else { "plain" }
+            ),
+            ns,
+            fw,
+            frames.len(),
+            &extra,
+        );
+    }
+    let (plain, steered) = port_choice_alone(&rss, v6);
+    println!(
+        "{fam} local port choice alone: plain {plain:.1} ns, RSS-steered {steered:.1} ns (+{:.1} ns per connection)",
+        steered - plain
+    );
+    // What a worker pays per received frame to find its owner (a client
+    // frame to the FULLNAT listener), without and with the port's RSS.
+    let parsed: Vec<_> = frames
+        .iter()
+        .take(4096)
+        .map(|f| lb_core::packet::parse(f).expect("a valid frame"))
+        .collect();
+    let mut best = [f64::MAX; 2];
+    for _ in 0..5 {
+        for (with_rss, best) in best.iter_mut().enumerate() {
+            let rss = (with_rss == 1).then_some(rss.as_ref());
+            let t0 = Instant::now();
+            for _ in 0..100 {
+                for (f, p) in frames.iter().zip(&parsed) {
+                    black_box(frame_owner_on(snap, f, p, 2, rss));
+                }
+            }
+            *best = best.min(t0.elapsed().as_nanos() as f64 / (100.0 * parsed.len() as f64));
+        }
+    }
+    println!(
+        "{fam} frame owner per received frame: {:.1} ns, with RSS {:.1} ns",
+        best[0], best[1]
+    );
+}
+
+/// The local port choice alone, plain and RSS-steered (worker 0 of 2,
+/// random backends), each the best of 5 rounds of 1 M: the steering's own
+/// cost, apart from the rest of a new connection.
+fn port_choice_alone(rss: &RssSteering, v6: bool) -> (f64, f64) {
+    const N: u32 = 1_000_000;
+    let local: IpAddr = if v6 {
+        "2001:db8:19::250".parse().expect("literal")
+    } else {
+        "198.19.0.250".parse().expect("literal")
+    };
+    let backend = |i: u32| -> IpAddr {
+        if v6 {
+            std::net::Ipv6Addr::from(0x2001_0db8_0019_0000_0000_0000_0000_0000u128 | u128::from(i))
+                .into()
+        } else {
+            std::net::Ipv4Addr::from(0xc613_0000 | (i & 0xffff)).into()
+        }
+    };
+    let mut best = [f64::MAX; 2];
+    for _ in 0..5 {
+        for (steered, best) in best.iter_mut().enumerate() {
+            let mut ports = PortAllocator::new(0, 2);
+            ports.prepare(local);
+            let t0 = Instant::now();
+            for i in 0..N {
+                let lport = if steered == 1 {
+                    let reply = rss.reply_hash(backend(i), 80, local).expect("one family");
+                    ports.allocate_steered(local, |p| rss.lands_on(reply, p, 0), |_| true)
+                } else {
+                    black_box(backend(i));
+                    ports.allocate(local, |_| true)
+                };
+                ports.release(local, black_box(lport).expect("a free port").port);
+            }
+            *best = best.min(t0.elapsed().as_nanos() as f64 / f64::from(N));
+        }
+    }
+    (best[0], best[1])
+}
+
 /// The latency of one dependent random read in an array of `bytes`
 /// (a pointer chase through a random cycle): the floor under a session
 /// lookup whose index bucket and session are not in cache. With `chains`
@@ -494,6 +610,7 @@ pub fn run(opts: &Opts) {
             n,
             "",
         );
+        new_connections_steered(&snap, &frames, &trace, v6);
     }
 
     if opts.big > 0 {

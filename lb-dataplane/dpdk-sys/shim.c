@@ -107,3 +107,9 @@ unsigned int lb_rte_lcore_id(void)
 {
 	return rte_lcore_id();
 }
+
+uint32_t lb_rte_softrss(const uint32_t *input_tuple, uint32_t input_len,
+                        const uint8_t *rss_key)
+{
+	return rte_softrss((uint32_t *)input_tuple, input_len, rss_key);
+}

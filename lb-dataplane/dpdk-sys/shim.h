@@ -15,6 +15,7 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_thash.h>
 
 /*
  * Flag macros built from function-like macros (RTE_BIT64) are invisible to
@@ -57,5 +58,10 @@ uint64_t lb_rte_pktmbuf_ol_flags(const struct rte_mbuf *m);
 /* Thread-locals and lcore helpers. */
 int lb_rte_errno(void);
 unsigned int lb_rte_lcore_id(void);
+
+/* RSS: DPDK's software Toeplitz hash (static inline), over `input_len`
+ * 32-bit words in CPU byte order, as a NIC hashes their big-endian bytes. */
+uint32_t lb_rte_softrss(const uint32_t *input_tuple, uint32_t input_len,
+                        const uint8_t *rss_key);
 
 #endif

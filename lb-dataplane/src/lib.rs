@@ -10,6 +10,7 @@ pub mod health;
 pub mod io;
 pub mod l2;
 pub mod lint;
+pub mod metrics;
 pub mod neigh;
 pub mod reloader;
 pub mod sockfile;

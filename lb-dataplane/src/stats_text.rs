@@ -55,21 +55,29 @@ pub fn render(v: &Value) -> String {
         if n(&p["mtu"]) > 0 {
             let _ = writeln!(s, "  {:<10} mtu {}", "", n(&p["mtu"]));
         }
+        if p["rss_steering"].as_bool() == Some(true) {
+            let _ = writeln!(
+                s,
+                "  {:<10} rss: FULLNAT replies steered to their worker",
+                ""
+            );
+        }
     }
     let _ = writeln!(
         s,
-        "\nworkers\n  {:<4} {:>12} {:>12} {:>8} {:>10}",
-        "id", "rx", "forwarded", "local", "sessions"
+        "\nworkers\n  {:<4} {:>12} {:>12} {:>8} {:>10} {:>12}",
+        "id", "rx", "forwarded", "local", "sessions", "handoff_out"
     );
     for w in v["workers"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "  {:<4} {:>12} {:>12} {:>8} {:>10}",
+            "  {:<4} {:>12} {:>12} {:>8} {:>10} {:>12}",
             n(&w["id"]),
             n(&w["rx"]),
             n(&w["forwarded"]),
             n(&w["local"]),
-            n(&w["sessions"])
+            n(&w["sessions"]),
+            n(&w["handoff_out"])
         );
     }
     let _ = writeln!(s, "\ndrops");
@@ -151,4 +159,39 @@ pub fn render(v: &Value) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_show_their_handoffs_and_ports_their_steering() {
+        let v = serde_json::json!({
+            "ports": [
+                {"name": "ext", "rss_steering": true},
+                {"name": "int", "rss_steering": false},
+            ],
+            "workers": [
+                {"id": 0, "rx": 10, "forwarded": 9, "local": 1, "sessions": 2, "handoff_out": 0},
+                {"id": 1, "rx": 20, "forwarded": 20, "local": 0, "sessions": 3, "handoff_out": 7},
+            ],
+        });
+        let text = render(&v);
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "workers")
+            .skip(1)
+            .take(3)
+            .collect();
+        assert!(rows[0].trim_end().ends_with("handoff_out"), "{text}");
+        assert!(rows[1].trim_end().ends_with(" 0"), "{text}");
+        assert!(rows[2].trim_end().ends_with(" 7"), "{text}");
+        let steered: Vec<&str> = text.lines().filter(|l| l.contains("rss:")).collect();
+        assert_eq!(steered.len(), 1, "{text}");
+        let ext_at = text.find("  ext ").expect("port ext listed");
+        let int_at = text.find("  int ").expect("port int listed");
+        let rss_at = text.find("rss:").expect("a steering line");
+        assert!(ext_at < rss_at && rss_at < int_at, "{text}");
+    }
 }

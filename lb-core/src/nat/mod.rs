@@ -6,6 +6,7 @@
 //! `p` with `p % n == w`.
 
 pub mod icmp;
+pub mod rss;
 
 use std::net::IpAddr;
 
@@ -23,6 +24,11 @@ pub const LAST_PORT: u16 = PROBE_FIRST_PORT - 1;
 /// How many candidate ports one allocation tries before giving up, so that
 /// a nearly exhausted range costs a bounded amount of work per packet.
 pub const MAX_PROBES: usize = 64;
+
+/// How many candidates of its share a steered allocation looks at, per
+/// pass, for [`MAX_PROBES`] that steering accepts (about one in `workers`
+/// is).
+pub const MAX_STEER_CANDIDATES: usize = MAX_PROBES * 16;
 
 /// The worker that owns the FULLNAT session using local port `port`.
 pub fn port_owner(port: u16, workers: u16) -> u16 {
@@ -87,6 +93,29 @@ impl PortAllocator {
     pub fn allocate(
         &mut self,
         local: IpAddr,
+        is_free: impl FnMut(u16) -> bool,
+    ) -> Option<LocalPort> {
+        self.allocate_where(local, |_| true, MAX_PROBES, is_free)
+    }
+
+    /// As [`PortAllocator::allocate`], among the ports of the share that
+    /// `steer` accepts (those whose reply reaches this worker's RX queue):
+    /// up to [`MAX_PROBES`] accepted candidates out of at most
+    /// [`MAX_STEER_CANDIDATES`].
+    pub fn allocate_steered(
+        &mut self,
+        local: IpAddr,
+        steer: impl FnMut(u16) -> bool,
+        is_free: impl FnMut(u16) -> bool,
+    ) -> Option<LocalPort> {
+        self.allocate_where(local, steer, MAX_STEER_CANDIDATES, is_free)
+    }
+
+    fn allocate_where(
+        &mut self,
+        local: IpAddr,
+        mut accept: impl FnMut(u16) -> bool,
+        max_candidates: usize,
         mut is_free: impl FnMut(u16) -> bool,
     ) -> Option<LocalPort> {
         let (first, step) = (self.first, self.workers);
@@ -98,9 +127,13 @@ impl PortAllocator {
         let start = ports.next;
         for exclusive in [true, false] {
             let mut port = start;
-            for _ in 0..MAX_PROBES {
+            let mut probes = 0;
+            for _ in 0..max_candidates {
                 let candidate = port;
                 port = next(port);
+                if !accept(candidate) {
+                    continue;
+                }
                 let users = &mut ports.users[usize::from(candidate)];
                 let take = if exclusive {
                     *users == 0
@@ -114,6 +147,10 @@ impl PortAllocator {
                         port: candidate,
                         shared: !exclusive,
                     });
+                }
+                probes += 1;
+                if probes == MAX_PROBES {
+                    break;
                 }
             }
             ports.next = port;
@@ -259,5 +296,75 @@ mod tests {
         }
         b.locals.get_mut(&local).expect("in use").next = FIRST_PORT;
         assert_eq!(b.allocate(local, |_| false).map(|p| p.port), None);
+    }
+
+    #[test]
+    fn steered_ports_are_in_the_share_and_accepted() {
+        let local = IpAddr::from([198, 19, 1, 250]);
+        let mut a = PortAllocator::new(1, 4);
+        for _ in 0..1000 {
+            let p = a
+                .allocate_steered(local, |p| p % 7 == 3, |_| panic!("a free port exists"))
+                .expect("free")
+                .port;
+            assert_eq!(port_owner(p, 4), 1);
+            assert_eq!(p % 7, 3);
+        }
+        // Nothing accepted: no port (the caller then allocates unsteered),
+        // after a bounded look.
+        let mut looked = 0;
+        assert_eq!(
+            a.allocate_steered(
+                local,
+                |_| {
+                    looked += 1;
+                    false
+                },
+                |_| true
+            ),
+            None
+        );
+        assert_eq!(looked, 2 * MAX_STEER_CANDIDATES);
+    }
+
+    /// Each worker's steered ports make replies the NIC's RSS puts on
+    /// that worker's queue, for random backends and local addresses of
+    /// both families.
+    #[test]
+    fn steered_replies_land_on_the_allocating_worker() {
+        use rss::tests::{default_reta, input, Rng};
+        use rss::{symmetric_key, toeplitz_hash, RssSteering};
+        let key = symmetric_key(40);
+        for workers in [2u16, 3, 4] {
+            let reta = default_reta(128, workers);
+            let queue_workers: Vec<u16> = (0..workers).collect();
+            let steering = RssSteering::new(&key, &reta, &queue_workers).expect("valid");
+            let mut allocators: Vec<PortAllocator> = (0..workers)
+                .map(|w| PortAllocator::new(w, workers))
+                .collect();
+            let mut rng = Rng(u64::from(workers));
+            for i in 0..3000 {
+                let v6 = i % 2 == 1;
+                let (backend, local, bport) = (rng.addr(v6), rng.addr(v6), rng.port());
+                let w = usize::from(rng.port() % workers);
+                let reply = steering
+                    .reply_hash(backend, bport, local)
+                    .expect("one family");
+                let lport = allocators[w]
+                    .allocate_steered(local, |p| steering.lands_on(reply, p, w as u16), |_| true)
+                    .expect("a steered port")
+                    .port;
+                assert_eq!(usize::from(port_owner(lport, workers)), w);
+                let reply_key = crate::flow::FlowKey {
+                    src: backend,
+                    dst: local,
+                    proto: crate::model::proto::TCP,
+                    sport: bport,
+                    dport: lport,
+                };
+                let hash = toeplitz_hash(&key, &input(&reply_key));
+                assert_eq!(usize::from(reta[(hash & 127) as usize]), w, "{reply_key:?}");
+            }
+        }
     }
 }

@@ -29,7 +29,9 @@
 //! - `owner.rs`: which worker owns a flow;
 //! - `fragment.rs`: IP fragments, which follow their first fragment;
 //! - `limits.rs`: listener limits (`max_connections`, new sessions per
-//!   second).
+//!   second);
+//! - `steer.rs`: RSS steering, so that the NIC puts both directions of a
+//!   FULLNAT session on its owner's queue.
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::fmt::Write as _;
@@ -57,6 +59,7 @@ mod owner;
 mod session;
 mod snapshot;
 mod stats;
+mod steer;
 mod syn_proxy;
 #[cfg(test)]
 mod tests;
@@ -65,10 +68,11 @@ mod worker;
 
 pub use fragment::{FragSteer, FragmentCounts, Released};
 pub use limits::{LimitBoard, LimitKind};
-pub use owner::{flow_hash, frame_owner, owner};
+pub use owner::{flow_hash, frame_owner, frame_owner_on, owner};
 pub use session::Flow;
 pub use snapshot::{Hop, Snapshot};
 pub use stats::{PortDrops, SessionCount, SessionCounts, Stats};
+pub use steer::owner_on;
 pub use verdict::{DropKind, Forward, IcmpAnswer, LocalKind, Reason, Verdict};
 pub use worker::Worker;
 // What the rooms share among themselves.

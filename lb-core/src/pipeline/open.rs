@@ -262,16 +262,7 @@ impl Worker {
             // Spread over the local addresses by the key's own hash (the
             // session table's, already at hand).
             let local = locals[(key_hash as usize) % locals.len()];
-            let sessions = &self.sessions;
-            let lport = self.ports.allocate(local, |port| {
-                !sessions.contains_key(&FlowKey {
-                    src: backend_addr,
-                    dst: local,
-                    proto: key.proto,
-                    sport: server.port,
-                    dport: port,
-                })
-            });
+            let lport = self.allocate_local_port(local, backend_addr, server.port, key.proto, snap);
             let lport = match lport {
                 Some(p) => Some(p),
                 None => self.port_by_early_drop(local, backend_addr, server.port, key.proto),

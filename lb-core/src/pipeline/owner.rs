@@ -2,6 +2,7 @@
 //! both directions, so that a data plane can hand a frame to its owner.
 
 use super::*;
+use crate::nat::rss::RssSteering;
 
 /// The fixed-seed hasher of flow ownership: every worker must agree.
 fn flow_hasher() -> ahash::RandomState {
@@ -46,26 +47,45 @@ pub fn owner(snap: &Snapshot, key: &FlowKey, workers: u16) -> u16 {
 /// session checks and translates it). `None` for a frame without a
 /// 5-tuple.
 pub fn frame_owner(snap: &Snapshot, frame: &[u8], p: &Parsed, workers: u16) -> Option<u16> {
+    frame_owner_on(snap, frame, p, workers, None)
+}
+
+/// [`frame_owner`] for a frame that arrived on a port spreading frames
+/// with `rss` (see [`owner_on`](super::owner_on)).
+pub fn frame_owner_on(
+    snap: &Snapshot,
+    frame: &[u8],
+    p: &Parsed,
+    workers: u16,
+    rss: Option<&RssSteering>,
+) -> Option<u16> {
     let key = p.flow_key()?;
     if p.is_fragment {
         // A first fragment names the owner of its datagram's fragments;
         // a later one, without ports, finds it (see `fragment.rs`).
         let first = p
             .is_first_fragment
-            .then(|| frame_owner_of(snap, frame, p, &key, workers));
+            .then(|| frame_owner_of(snap, frame, p, &key, workers, rss));
         return fragment::fragment_owner(snap, frame, p, first);
     }
-    Some(frame_owner_of(snap, frame, p, &key, workers))
+    Some(frame_owner_of(snap, frame, p, &key, workers, rss))
 }
 
-/// [`frame_owner`] of a packet with its L4 header.
-fn frame_owner_of(snap: &Snapshot, frame: &[u8], p: &Parsed, key: &FlowKey, workers: u16) -> u16 {
+/// [`frame_owner_on`] of a packet with its L4 header.
+fn frame_owner_of(
+    snap: &Snapshot,
+    frame: &[u8],
+    p: &Parsed,
+    key: &FlowKey,
+    workers: u16,
+    rss: Option<&RssSteering>,
+) -> u16 {
     if p.is_icmp_error() {
         if let Ok(quoted) = packet::parse_icmp_inner(frame, p) {
-            return owner(snap, &quoted.reversed(), workers);
+            return super::owner_on(snap, &quoted.reversed(), workers, rss);
         }
     }
-    owner(snap, key, workers)
+    super::owner_on(snap, key, workers, rss)
 }
 
 fn endpoint_hash(addr: IpAddr, port: u16, proto: u8) -> u64 {

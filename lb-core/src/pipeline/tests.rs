@@ -8,6 +8,7 @@ use crate::packet::{build_frame, FrameSpec, MacAddr};
 mod fragments;
 mod icmp_ttl_mtu;
 mod limits;
+mod rss_steering;
 
 fn addr(s: &str) -> IpAddr {
     s.parse().expect("address")

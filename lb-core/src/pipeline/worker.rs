@@ -43,6 +43,9 @@ pub struct Worker {
     /// [`Worker::housekeep`]), and when it last earned.
     reap_credit: u64,
     reaped_at: Nanos,
+    /// How each port spreads frames over the workers' RX queues (`cfg.ports`
+    /// order; `None` or missing: no RSS), see `steer.rs`.
+    pub(super) port_rss: Vec<Option<std::sync::Arc<crate::nat::rss::RssSteering>>>,
 }
 
 /// A token bucket holding one second's worth of tokens, refilled by the
@@ -94,6 +97,7 @@ impl Worker {
             limit_rates: Vec::new(),
             reap_credit: 0,
             reaped_at: 0,
+            port_rss: Vec::new(),
         }
     }
 

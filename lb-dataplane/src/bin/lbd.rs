@@ -73,13 +73,13 @@ fn run(args: Args) -> Result<()> {
     let metrics = args
         .metrics
         .as_deref()
-        .map(lb_dataplane::control::bind_metrics)
+        .map(lb_dataplane::metrics::bind_metrics)
         .transpose()?;
     let daemon = lb_dataplane::daemon::Daemon::start(&args.config)?;
     let (reloader, reload_thread) = lb_dataplane::reloader::Reloader::start(daemon.shared.clone())?;
     let control = control.serve(daemon.shared.clone(), reloader.clone())?;
     let metrics = match metrics {
-        Some(listener) => Some(lb_dataplane::control::serve_metrics(
+        Some(listener) => Some(lb_dataplane::metrics::serve_metrics(
             daemon.shared.clone(),
             listener,
         )?),

@@ -7,6 +7,8 @@
 mod affinity;
 mod error;
 mod ports;
+#[cfg(test)]
+mod rss_tests;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -117,6 +119,10 @@ pub struct Shared {
     /// Buffers for frames that leave their RX ring before they are sent
     /// (handed to another worker, or waiting for a neighbour).
     pub buffers: Arc<crate::io::pool::BufPool>,
+    /// How each port's RSS spreads frames over the workers (`None`: no
+    /// RSS, as with AF_PACKET): frame ownership and FULLNAT local ports
+    /// follow it, so that no frame needs a handoff.
+    pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
 }
 
 impl Shared {
@@ -279,6 +285,7 @@ impl Shared {
             port_mtu: mtu_cap.iter().map(|_| AtomicU32::new(0)).collect(),
             port_mtu_cap: mtu_cap,
             buffers: crate::io::pool::BufPool::new(0, 0),
+            port_rss: Vec::new(),
         }
     }
 }
@@ -365,6 +372,7 @@ impl Daemon {
         );
         #[cfg(feature = "dpdk")]
         {
+            shared.port_rss = crate::io::dpdk::steering::steerings(&dpdk_ports, workers);
             shared.dpdk_ports = dpdk_ports;
         }
         shared.buffers =

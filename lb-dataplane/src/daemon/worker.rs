@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use lb_core::model::IdlePolicy;
 use lb_core::packet::{ParseError, Parsed};
 use lb_core::pipeline::{
-    frame_owner, Forward, Frame, LocalKind, Reason, Released, RxInfo, Snapshot, Verdict, Worker,
+    frame_owner_on, Forward, Frame, LocalKind, Reason, Released, RxInfo, Snapshot, Verdict, Worker,
 };
 
 use super::{Handoff, Runtime, Shared, WorkerReport, BURST};
@@ -233,6 +233,9 @@ impl WorkerLoop {
             max_sessions_v6,
         );
         core.set_cookie_secret(lb_core::synproxy::CookieSecret::new(cookie_secret()));
+        for (pi, rss) in shared.port_rss.iter().enumerate() {
+            core.set_port_rss(pi, rss.clone());
+        }
         let pollfds = ports
             .rx
             .iter()
@@ -547,9 +550,14 @@ impl Forwarder {
         let mut k = 0;
         for i in 0..slots.len() {
             let (p, r) = &self.parsed[i];
+            let rss = self
+                .shared
+                .port_rss
+                .get(ports[i] as usize)
+                .and_then(Option::as_deref);
             let owner = r
                 .is_ok()
-                .then(|| frame_owner(&rt.snap, slots[i].data(), p, workers))
+                .then(|| frame_owner_on(&rt.snap, slots[i].data(), p, workers, rss))
                 .flatten();
             match owner {
                 Some(o) if o != me => {

@@ -38,6 +38,7 @@ mod mempool;
 mod port;
 mod queue;
 mod rss;
+pub mod steering;
 
 pub use lb_dpdk_sys as sys;
 

@@ -376,6 +376,12 @@ impl DpdkPort {
         self.inner.port_id
     }
 
+    /// Serialises a control-path call on the port (DPDK's are not
+    /// thread-safe).
+    pub(super) fn control(&self) -> MutexGuard<'_, ()> {
+        self.inner.control()
+    }
+
     /// The device name (`net_ring0`, `0000:03:00.0`…).
     pub fn name(&self) -> &str {
         &self.inner.name

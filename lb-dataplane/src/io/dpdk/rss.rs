@@ -17,33 +17,10 @@ pub const SYMMETRIC_RSS_KEY: [u8; 40] = {
 };
 
 /// The symmetric key at `len` bytes (NICs differ: 40 and 52 are common).
-pub fn symmetric_rss_key(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| if i % 2 == 0 { 0x6d } else { 0x5a })
-        .collect()
-}
+pub use lb_core::nat::rss::symmetric_key as symmetric_rss_key;
 
-/// The Toeplitz hash NICs compute for RSS over `input` (source address,
-/// destination address, then source and destination port, big-endian).
-/// `key` must be at least `input.len() + 4` bytes.
-pub fn toeplitz_hash(key: &[u8], input: &[u8]) -> u32 {
-    assert!(
-        key.len() >= input.len() + 4,
-        "Toeplitz key too short for input"
-    );
-    let mut window = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
-    let mut hash = 0u32;
-    for (i, byte) in input.iter().enumerate() {
-        let next = key[i + 4];
-        for bit in (0..8).rev() {
-            if byte & (1 << bit) != 0 {
-                hash ^= window;
-            }
-            window = (window << 1) | u32::from((next >> bit) & 1);
-        }
-    }
-    hash
-}
+/// The Toeplitz hash NICs compute for RSS (see `lb_core::nat::rss`).
+pub use lb_core::nat::rss::toeplitz_hash;
 
 /// The hash types we ask for, when the PMD supports them.
 pub(super) const RSS_HF: u64 = sys::LB_RTE_ETH_RSS_IPV4
