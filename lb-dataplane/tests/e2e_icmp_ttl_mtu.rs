@@ -240,8 +240,8 @@ fn icmp_errors_are_not_relayed_outside_the_session() {
     // From the client link: an error quoting be1's packet, sent to be2 (a
     // third host, outside the session), and one to be1 itself (the
     // sender: the client is the quoted destination, so this one fits).
-    let be2 = Capture::start(&t, "be2", "eth0", 3);
-    let be1 = Capture::start(&t, "be1", "eth0", 3);
+    let be2 = Capture::start(&t, "be2", "eth0", 6);
+    let be1 = Capture::start(&t, "be1", "eth0", 6);
     let before = drops(&t, "icmp_error_mismatch");
     send_frames(
         &t,
@@ -327,8 +327,8 @@ fn forwarded_packets_lose_a_hop_and_expire_with_time_exceeded() {
     );
 
     // TTL 5 leaves with 4, through a listener and routed.
-    let be1 = Capture::start(&t, "be1", "eth0", 3);
-    let be2 = Capture::start(&t, "be2", "eth0", 3);
+    let be1 = Capture::start(&t, "be1", "eth0", 6);
+    let be2 = Capture::start(&t, "be2", "eth0", 6);
     send_frames(
         &t,
         "client",
@@ -378,7 +378,7 @@ fn source_routed_packets_are_dropped() {
     packet::add_ipv6_ext_header(&mut rh0, 43, &body);
 
     let before = drops(&t, "ip_source_route");
-    let be1 = Capture::start(&t, "be1", "eth0", 3);
+    let be1 = Capture::start(&t, "be1", "eth0", 6);
     send_frames(&t, "client", "c-eth0", &[lsrr, ssrr, rr, rh0]);
     let ports: Vec<u16> = be1
         .frames()
