@@ -4,7 +4,7 @@
 //! side), which fails unless lbd's counters show what the profile intends:
 //! half the SYNs dropped by the security group, sessions for the others.
 //!
-//! pktgen comes from `../shared/tools/pktgen/build.sh` (about 10 s of
+//! pktgen comes from `scripts/pktgen/build.sh` (about 10 s of
 //! compiling; .ci/run installs what it needs). Needs root. Without root or
 //! pktgen it says SKIPPED and passes, except under `CI=true` or
 //! `LB_REQUIRE_ALL=1`, where it fails (`lb-dataplane/tests/common/skip.rs`).
@@ -20,7 +20,7 @@ mod skip;
 
 /// The pktgen binary, built by the shared build script, or why not.
 fn pktgen() -> Result<String, String> {
-    let script = common::repo().join("../shared/tools/pktgen/build.sh");
+    let script = common::repo().join("scripts/pktgen/build.sh");
     if !script.is_file() {
         return Err(format!("{} is missing", script.display()));
     }

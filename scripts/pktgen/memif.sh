@@ -13,7 +13,7 @@
 #   PROFILE: new-connections | established | mixed-denied; SECONDS default 5
 #
 # Needs lbd, lbctl and bench built with the dpdk feature (target/release, or
-# LBD, LBCTL, BENCH), and pktgen (PKTGEN, or ../shared/tools/pktgen/build.sh
+# LBD, LBCTL, BENCH), and pktgen (PKTGEN, or scripts/pktgen/build.sh
 # builds it). Everything is bounded in time and removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,7 +23,7 @@ secs=${2:-5}
 LBD=${LBD:-target/release/lbd}
 LBCTL=${LBCTL:-target/release/lbctl}
 BENCH=${BENCH:-target/release/bench}
-PKTGEN=${PKTGEN:-$(../shared/tools/pktgen/build.sh)}
+PKTGEN=${PKTGEN:-$(scripts/pktgen/build.sh)}
 for b in "$LBD" "$LBCTL" "$BENCH" "$PKTGEN"; do
     [ -x "$b" ] || { echo "memif.sh: $b is missing (cargo build --release -p lb-dataplane -p lb-bench --features lb-dataplane/dpdk,lb-bench/dpdk)" >&2; exit 2; }
 done
