@@ -1,9 +1,9 @@
 //! Benchmarks of the load balancer's hot paths.
 //!
 //! ```text
-//! bench acl --rules /work/shared/bench-data/cb_fw1_1000
+//! bench acl --rules ../shared/bench-data/cb_fw1_1000
 //! bench acl --rules sg6_1k.rules --trace sg6_1k.trace --ipv6
-//! bench acl --all /work/shared/bench-data --packets 200000
+//! bench acl --all ../shared/bench-data --packets 200000
 //! bench pipeline
 //! bench gen --tx-iface c-eth0 --rx-iface sw-lb --dst-mac 02:00:00:00:00:02 --rate 20k
 //! bench dataplane --workers 1,2
