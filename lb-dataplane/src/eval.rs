@@ -545,7 +545,11 @@ impl lb_core::pipeline::Health for TraceHealth {
 
 /// The servers of group `group` named `server` (instance id or address,
 /// optionally with `:port`).
-fn find_server(snap: &Snapshot, group: &str, server: &str) -> Option<Vec<(usize, usize)>> {
+pub(crate) fn find_server(
+    snap: &Snapshot,
+    group: &str,
+    server: &str,
+) -> Option<Vec<(usize, usize)>> {
     let gi = snap.cfg.server_groups.iter().position(|g| g.id == group)?;
     let (name, port) = match parse_endpoint(server, true) {
         Ok((a, p)) => (a.to_string(), Some(p)),

@@ -93,6 +93,8 @@ pub struct Stats {
     pub port_drops: Vec<PortDrops>,
     /// IP fragments (see `fragment.rs`).
     pub fragments: FragmentCounts,
+    /// Sessions of draining servers ended at their drain deadline.
+    pub drain_closed: u64,
 }
 
 /// Drops counted per ingress port.
@@ -120,6 +122,7 @@ impl Default for Stats {
             syn_cookies_valid: 0,
             syn_cookies_invalid: 0,
             fragments: FragmentCounts::default(),
+            drain_closed: 0,
         }
     }
 }

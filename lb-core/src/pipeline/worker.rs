@@ -46,6 +46,12 @@ pub struct Worker {
     /// How each port spreads frames over the workers' RX queues (`cfg.ports`
     /// order; `None` or missing: no RSS), see `steer.rs`.
     pub(super) port_rss: Vec<Option<std::sync::Arc<crate::nat::rss::RssSteering>>>,
+    /// The (generation, servers epoch) the schedulers' weights follow (see
+    /// `servers.rs`).
+    pub(super) servers_seen: (u64, u64),
+    /// The servers whose sessions this worker ended at their drain
+    /// deadline (they take no new ones while they drain).
+    pub(super) drain_closed_for: Vec<(u32, u32)>,
 }
 
 /// A token bucket holding one second's worth of tokens, refilled by the
@@ -98,6 +104,8 @@ impl Worker {
             reap_credit: 0,
             reaped_at: 0,
             port_rss: Vec::new(),
+            servers_seen: (u64::MAX, 0),
+            drain_closed_for: Vec::new(),
         }
     }
 
@@ -173,7 +181,7 @@ impl Worker {
 
     /// Brings the schedulers and the sessions' configuration indices up to
     /// `snap` (between bursts, after a reload).
-    fn adopt(&mut self, snap: &Snapshot) {
+    pub(super) fn adopt(&mut self, snap: &Snapshot) {
         if self.generation == snap.generation {
             return;
         }
@@ -184,7 +192,11 @@ impl Worker {
             .server_groups
             .iter()
             .map(|g| {
-                let weights: Vec<u8> = g.servers.iter().map(|s| s.weight).collect();
+                let weights: Vec<u8> = g
+                    .servers
+                    .iter()
+                    .map(|s| if s.draining { 0 } else { s.weight })
+                    .collect();
                 let names: Vec<&str> = g.servers.iter().map(|s| s.name.as_str()).collect();
                 sched::build(g.scheduler, &weights, &names)
             })
@@ -417,6 +429,7 @@ impl Worker {
         health: &dyn Health,
     ) -> Verdict {
         self.adopt(snap);
+        self.follow_servers(snap, health);
         let key = parsed.as_ref().ok().and_then(Parsed::flow_key);
         let looked = key.as_ref().map(|k| (k, self.sessions.hash_key(k)));
         let p = parsed.as_ref().map_err(|e| *e);
@@ -468,6 +481,7 @@ impl Worker {
         verdicts: &mut [Verdict],
     ) -> usize {
         self.adopt(snap);
+        self.follow_servers(snap, health);
         let n = frames
             .len()
             .min(parsed.len())

@@ -439,6 +439,17 @@ impl Daemon {
         {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
+                .name("lbd-servers".into())
+                .spawn(move || crate::servers::run(&shared))
+                .map_err(|source| StartError::Thread {
+                    thread: "the server state thread",
+                    source,
+                })?;
+            threads.push(h);
+        }
+        {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
                 .name("lbd-mtu".into())
                 .spawn(move || watch_mtus(&shared))
                 .map_err(|source| StartError::Thread {

@@ -1,0 +1,86 @@
+//! Slow start and drain in a worker: the schedulers take the effective
+//! weights the data plane publishes through [`Health`], and the sessions
+//! of a server whose drain deadline passed are ended.
+//!
+//! Nothing here runs per packet: a worker reads [`Health::servers_epoch`]
+//! once per burst and looks further only when it moved.
+
+use super::*;
+
+impl Worker {
+    /// Brings the schedulers' weights up to what `health` publishes (a
+    /// draining server weighs 0, a ramping one its step's weight), and ends
+    /// the sessions of servers that [`Health::must_close`] (their drain
+    /// deadline passed; counted in `Stats::drain_closed`). The session is
+    /// dropped from the table: the next segment of its client is answered
+    /// with a RST (`reset_unknown`), its server's is dropped.
+    ///
+    /// [`Worker::process_burst`] and [`Worker::process`] call it; a data
+    /// plane also calls it between bursts when no traffic comes, so that
+    /// deadlines apply on an idle worker too. Costs one `servers_epoch`
+    /// read when nothing changed.
+    pub fn follow_servers(&mut self, snap: &Snapshot, health: &dyn Health) {
+        self.adopt(snap);
+        let seen = (snap.generation, health.servers_epoch());
+        if seen == self.servers_seen {
+            return;
+        }
+        if seen.0 != self.servers_seen.0 {
+            // Indices of another configuration.
+            self.drain_closed_for.clear();
+        }
+        self.servers_seen = seen;
+        let mut close = false;
+        for (gi, g) in snap.cfg.server_groups.iter().enumerate() {
+            let Some(sched) = self.scheds.get_mut(gi) else {
+                continue;
+            };
+            for (si, srv) in g.servers.iter().enumerate() {
+                let configured = if srv.draining {
+                    0
+                } else {
+                    u32::from(srv.weight) * sched::WEIGHT_SCALE
+                };
+                let w = health.weight(gi, si).unwrap_or(configured);
+                if sched.weight(si) != w {
+                    sched.set_weight(si, w);
+                }
+                close |= health.must_close(gi, si);
+            }
+        }
+        if close {
+            self.close_drained(snap, health);
+        }
+    }
+
+    /// Ends the sessions of the servers that `health` says must close.
+    /// A server's sessions are walked once per deadline: it takes no new
+    /// session while it drains.
+    #[cold]
+    fn close_drained(&mut self, snap: &Snapshot, health: &dyn Health) {
+        let done = &mut self.drain_closed_for;
+        done.retain(|&(g, s)| health.must_close(g as usize, s as usize));
+        let fresh: Vec<(u32, u32)> = snap
+            .cfg
+            .server_groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, grp)| (0..grp.servers.len()).map(move |s| (idx32(g), idx32(s))))
+            .filter(|&(g, s)| health.must_close(g as usize, s as usize) && !done.contains(&(g, s)))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let mut closed = 0u64;
+        self.sessions.retain(|_, s| match s.payload.listener() {
+            Some((_, _, g, srv)) if fresh.contains(&(g, srv)) => {
+                closed += 1;
+                false
+            }
+            _ => true,
+        });
+        self.drain_closed_for.extend(fresh);
+        self.stats.drain_closed += closed;
+        self.release_reaped();
+    }
+}
