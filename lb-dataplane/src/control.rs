@@ -329,6 +329,9 @@ pub fn answer(
     peer: &Peer,
     level: Level,
 ) -> Value {
+    if let Some(v) = crate::servers::control_command(shared, line, level) {
+        return v;
+    }
     match Command::parse(line) {
         Err(e) => json!({"ok": false, "error": e}),
         Ok(cmd) if cmd.level() > level => {
@@ -554,6 +557,12 @@ pub fn stats(shared: &Shared) -> Value {
                 "active_sessions": active,
                 "total_sessions": total,
             }));
+            crate::servers::describe(
+                server_list.last_mut(),
+                &rt.health.servers,
+                (gi, si),
+                shared.now_ns(),
+            );
         }
     }
     let mut listener_list = Vec::new();
@@ -602,6 +611,7 @@ pub fn stats(shared: &Shared) -> Value {
         "neighbor_tables": neighbor_tables,
         "syn_flood": syn_flood,
         "fragments": fragments,
+        "drain_closed": reports.iter().filter_map(|r| r.core.as_ref()).map(|c| c.drain_closed).sum::<u64>(),
     })
 }
 

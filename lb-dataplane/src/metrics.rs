@@ -301,6 +301,7 @@ pub fn prometheus(shared: &Shared) -> String {
             ),
         ],
     );
+    out.push_str(&crate::servers::prometheus(&s));
     out
 }
 

@@ -377,6 +377,151 @@ fn find(
     })
 }
 
+/// Adds a server's state to its entry of `lbctl stats` (`entry`, an
+/// object): `state` (up, down, draining, ramping), `effective_weight` (on
+/// the configured scale), and while it drains `drained_by` (`command` or
+/// `config`) and `drain_deadline_s` (seconds left, if it has a deadline).
+pub fn describe(
+    entry: Option<&mut serde_json::Value>,
+    table: &ServerTable,
+    (gi, si): (usize, usize),
+    now: Nanos,
+) {
+    let (Some(serde_json::Value::Object(o)), Some(v)) = (entry, table.view(gi, si, now)) else {
+        return;
+    };
+    o.insert("state".into(), v.state.as_str().into());
+    o.insert("effective_weight".into(), v.effective_weight.into());
+    if v.state == ServerState::Draining {
+        let by = if v.drained_by_command {
+            "command"
+        } else {
+            "config"
+        };
+        o.insert("drained_by".into(), by.into());
+        o.insert("drain_deadline_s".into(), v.drain_deadline_s.into());
+    }
+}
+
+/// The state column of a server in `lbctl stats`' text.
+pub fn state_text(sv: &serde_json::Value) -> String {
+    let state = sv["state"].as_str().unwrap_or("?");
+    let mut s = format!(
+        "{state:<8} {:>9.2}",
+        sv["effective_weight"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(d) = sv["drain_deadline_s"].as_f64() {
+        s.push_str(&format!("  (sessions end in {d:.0} s)"));
+    }
+    s
+}
+
+/// The servers' states in the Prometheus text format, from the stats
+/// document `s`.
+pub fn prometheus(s: &serde_json::Value) -> String {
+    let servers = s["servers"].as_array().cloned().unwrap_or_default();
+    let label = |v: &serde_json::Value| {
+        let esc = |v: &serde_json::Value| {
+            v.as_str()
+                .unwrap_or("")
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+        };
+        format!(
+            "group=\"{}\",server=\"{}\",port=\"{}\"",
+            esc(&v["group"]),
+            esc(&v["server"]),
+            v["port"].as_u64().unwrap_or(0)
+        )
+    };
+    let mut out = String::from(
+        "# HELP lbd_server_state 1 for the state each server is in (up, down, draining, ramping).\n# TYPE lbd_server_state gauge\n",
+    );
+    for v in &servers {
+        for st in [
+            ServerState::Up,
+            ServerState::Down,
+            ServerState::Draining,
+            ServerState::Ramping,
+        ] {
+            let on = u8::from(v["state"].as_str() == Some(st.as_str()));
+            out.push_str(&format!(
+                "lbd_server_state{{{},state=\"{}\"}} {on}\n",
+                label(v),
+                st.as_str()
+            ));
+        }
+    }
+    out.push_str("# HELP lbd_server_effective_weight The weight new sessions see: the configured one, 0 while down or draining, less while ramping (slow start).\n# TYPE lbd_server_effective_weight gauge\n");
+    for v in &servers {
+        out.push_str(&format!(
+            "lbd_server_effective_weight{{{}}} {}\n",
+            label(v),
+            v["effective_weight"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP lbd_drain_closed_sessions_total Sessions of draining servers ended at their drain deadline.\n# TYPE lbd_drain_closed_sessions_total counter\nlbd_drain_closed_sessions_total {}\n",
+        s["drain_closed"].as_u64().unwrap_or(0)
+    ));
+    out
+}
+
+/// The control socket's `server` commands, or `None` for a line that is
+/// not one:
+///
+/// ```text
+/// server drain GROUP SERVER [DEADLINE_S]
+/// server undrain GROUP SERVER
+/// ```
+///
+/// Both need the admin level. The change applies at once (the workers
+/// take it at their next burst); the reply names the servers it touched.
+pub fn control_command(
+    shared: &crate::daemon::Shared,
+    line: &[u8],
+    level: crate::access::Level,
+) -> Option<serde_json::Value> {
+    use serde_json::json;
+    let text = std::str::from_utf8(line).ok()?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.first() != Some(&"server") {
+        return None;
+    }
+    let usage = "usage: server drain GROUP SERVER [DEADLINE_S] | server undrain GROUP SERVER";
+    if level < crate::access::Level::Admin {
+        return Some(json!({"ok": false, "error": format!(
+            "permission denied: server {} needs the admin level",
+            words.get(1).copied().unwrap_or("")
+        )}));
+    }
+    let rt = shared.runtime.load_full();
+    let table = &rt.health.servers;
+    let now = shared.now_ns();
+    let done = match words.as_slice() {
+        ["server", "drain", group, server] => table.drain(&rt.snap, group, server, None, now),
+        ["server", "drain", group, server, deadline] => match deadline.parse::<f64>() {
+            Ok(d) => table.drain(&rt.snap, group, server, Some(d), now),
+            Err(_) => {
+                return Some(
+                    json!({"ok": false, "error": format!("bad deadline {deadline:?}: seconds expected")}),
+                )
+            }
+        },
+        ["server", "undrain", group, server] => table.undrain(&rt.snap, group, server),
+        _ => return Some(json!({"ok": false, "error": usage})),
+    };
+    Some(match done {
+        Ok(servers) => {
+            // Published now rather than at the next tick.
+            table.tick(&rt.snap, rt.health.as_ref(), now);
+            tracing::info!(command = text.trim(), ?servers, "server command");
+            json!({"ok": true, "servers": servers})
+        }
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    })
+}
+
 /// Runs [`ServerTable::tick`] every [`TICK`] on the running configuration
 /// until `lbd` stops.
 pub fn run(shared: &crate::daemon::Shared) {
@@ -556,5 +701,75 @@ server_group = "sgp"
         assert_eq!(state(&t2, 1, 100 * S), (ServerState::Ramping, 10.0));
         t2.tick(&s2, &AllUp, 110 * S);
         assert_eq!(state(&t2, 1, 110 * S), (ServerState::Ramping, 50.0));
+    }
+
+    #[test]
+    fn control_commands_stats_and_metrics() {
+        use crate::access::{Level, Peer};
+        let dir = std::env::temp_dir().join(format!("lbd-servers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("lb.toml");
+        std::fs::write(&path, config(10, ["active", "draining"])).expect("written");
+        let shared = crate::daemon::Shared::offline(&path).expect("loads");
+        let peer = Peer {
+            pid: 1,
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        };
+        let ask = |line: &str, level| {
+            crate::control::answer(&shared, &|| Ok(1), line.as_bytes(), &peer, level)
+        };
+        let v = ask("server drain sgp 198.19.1.11", Level::User);
+        assert_eq!(v["ok"], false);
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("admin")),
+            "{v}"
+        );
+        let v = ask("server drain sgp 198.19.1.11 12\n", Level::Admin);
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["servers"][0], "198.19.1.11:80");
+        let v = ask("server undrain sgp 198.19.1.12", Level::Admin);
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("by configuration")),
+            "{v}"
+        );
+        let v = ask("server drain sgp", Level::Admin);
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.starts_with("usage")),
+            "{v}"
+        );
+        let v = ask("server drain sgp 198.19.1.11 soon", Level::Admin);
+        assert_eq!(v["ok"], false);
+        let st = ask("stats", Level::User);
+        let servers = st["servers"].as_array().expect("servers");
+        assert_eq!(servers[0]["state"], "draining", "{st}");
+        assert_eq!(servers[0]["drained_by"], "command");
+        assert!(servers[0]["drain_deadline_s"]
+            .as_f64()
+            .is_some_and(|d| d > 10.0 && d <= 12.0));
+        assert_eq!(servers[0]["effective_weight"], 0.0);
+        assert_eq!(servers[1]["drained_by"], "config");
+        assert_eq!(st["drain_closed"], 0);
+        let text = crate::stats_text::render(&st);
+        assert!(text.contains("draining"), "{text}");
+        let m = crate::metrics::prometheus(&shared);
+        assert!(
+            m.contains("lbd_server_state{group=\"sgp\",server=\"198.19.1.11:80\",port=\"80\",state=\"draining\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains(
+            "lbd_server_effective_weight{group=\"sgp\",server=\"198.19.1.11:80\",port=\"80\"} 0"
+        ));
+        assert!(m.contains("lbd_drain_closed_sessions_total 0"));
+        let v = ask("server undrain sgp 198.19.1.11", Level::Admin);
+        assert_eq!(v["ok"], true, "{v}");
+        let st = ask("stats", Level::User);
+        assert_eq!(st["servers"][0]["state"], "ramping", "{st}");
+        // Maglev: the first of 5 steps.
+        assert_eq!(st["servers"][0]["effective_weight"], 10.0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -120,8 +120,8 @@ pub fn render(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\nservers\n  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}",
-        "group", "server", "weight", "health", "active", "total"
+        "\nservers\n  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}  {:<8} {:>9}",
+        "group", "server", "weight", "health", "active", "total", "state", "effective"
     );
     for sv in v["servers"].as_array().into_iter().flatten() {
         let health = match (sv["up"].as_bool(), sv["checked"].as_bool()) {
@@ -131,7 +131,7 @@ pub fn render(v: &Value) -> String {
         };
         let _ = writeln!(
             s,
-            "  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}",
+            "  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}  {}",
             sv["group"].as_str().unwrap_or("?"),
             format!(
                 "{}:{}",
@@ -141,7 +141,8 @@ pub fn render(v: &Value) -> String {
             n(&sv["weight"]),
             health,
             n(&sv["active_sessions"]),
-            n(&sv["total_sessions"])
+            n(&sv["total_sessions"]),
+            crate::servers::state_text(sv)
         );
     }
     let _ = writeln!(
