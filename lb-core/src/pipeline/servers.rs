@@ -53,6 +53,63 @@ impl Worker {
         }
     }
 
+    /// A client's SYN that reuses the tuple of a closed session (its client
+    /// port came round again) whose server now takes no new session
+    /// (draining, weight 0, down): the old session goes and the SYN opens
+    /// a new one, scheduled afresh, as IPVS does (`conn_reuse_mode`).
+    /// Otherwise a drained server would still get new connections from
+    /// clients that reuse ports quickly. Returns whether the session went.
+    #[inline]
+    pub(super) fn syn_leaves_closed_session(
+        &mut self,
+        p: &Parsed,
+        key: &FlowKey,
+        id: crate::conntrack::SessionId,
+        dir: Dir,
+        snap: &Snapshot,
+        health: &dyn Health,
+    ) -> bool {
+        if key.proto != proto::TCP
+            || dir != Dir::Orig
+            || p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
+        {
+            return false;
+        }
+        self.leave_closed_session(id, snap, health)
+    }
+
+    #[cold]
+    fn leave_closed_session(
+        &mut self,
+        id: crate::conntrack::SessionId,
+        snap: &Snapshot,
+        health: &dyn Health,
+    ) -> bool {
+        let Some(s) = self.sessions.get(id) else {
+            return false;
+        };
+        if s.tcp_state() != Some(crate::conntrack::TcpState::Closed) {
+            return false;
+        }
+        let Some((_, _, g, srv)) = s.payload.listener() else {
+            return false;
+        };
+        let (g, srv) = (g as usize, srv as usize);
+        let takes_new = srv != GONE as usize
+            && snap
+                .cfg
+                .server_groups
+                .get(g)
+                .is_some_and(|grp| srv < grp.servers.len())
+            && health.is_up(g, srv)
+            && self.scheds.get(g).is_some_and(|sch| sch.weight(srv) > 0);
+        if takes_new {
+            return false;
+        }
+        self.remove(id);
+        true
+    }
+
     /// Ends the sessions of the servers that `health` says must close.
     /// A server's sessions are walked once per deadline: it takes no new
     /// session while it drains.

@@ -620,7 +620,10 @@ impl Worker {
         if key.proto == proto::TCP && !tcp_valid_flags(p.tcp_flags) {
             return Verdict::Drop(Reason::TcpInvalidFlags);
         }
-        let found = self.sessions.lookup_hashed(key, hash, now);
+        let found = self
+            .sessions
+            .lookup_hashed(key, hash, now)
+            .filter(|&(id, dir)| !self.syn_leaves_closed_session(p, key, id, dir, snap, health));
         if let Some((id, dir)) = found {
             return self.established(frame, p, csum, key, id, dir, now, snap, rx.port);
         }

@@ -200,3 +200,56 @@ fn published_weights_set_the_shares_of_new_sessions() {
         }
     }
 }
+
+#[test]
+fn a_syn_reusing_a_closed_session_of_a_drained_server_is_scheduled_afresh() {
+    for kind in KINDS {
+        let snap = three(kind, [false; 3]);
+        let mut w = Worker::new(0, 1, 1024, 64);
+        let board = Board::default();
+        let on_1: Vec<u16> = (20000..20100)
+            .filter(|&sport| open(&mut w, &snap, &board, sport) == 1)
+            .take(2)
+            .collect();
+        assert_eq!(on_1.len(), 2, "{kind:?}");
+        // The client resets both (in the window: after its SYN): the
+        // sessions are closed, their tuples free.
+        for &sport in &on_1 {
+            let mut rst = build_frame(&FrameSpec {
+                src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+                src: addr("198.18.0.2"),
+                dst: addr("198.18.0.10"),
+                proto: proto::TCP,
+                sport,
+                dport: 80,
+                tcp_flags: TCP_RST,
+                // After the SYN and its 1200 bytes.
+                tcp_seq: 1201,
+                ttl: 64,
+                ..FrameSpec::default()
+            });
+            let v = w.process(&mut rst, RxInfo::default(), 0, &snap, &board);
+            assert!(matches!(v, Verdict::Forward(_)), "{kind:?}: {v:?}");
+        }
+        // While server 1 takes new sessions, a SYN reusing a tuple stays
+        // with it (the session reopens).
+        let created = w.stats.sessions_created;
+        assert_eq!(open(&mut w, &snap, &board, on_1[0]), 1, "{kind:?}");
+        assert_eq!(w.stats.sessions_created, created, "{kind:?}: reopened");
+        // Drained: the reused tuple goes elsewhere, in a new session.
+        board.set(1, 0);
+        let active = w.stats.server_sessions.at_mut((0, 1)).active;
+        assert_ne!(open(&mut w, &snap, &board, on_1[1]), 1, "{kind:?}");
+        assert_eq!(
+            w.stats.sessions_created,
+            created + 1,
+            "{kind:?}: a new session"
+        );
+        assert_eq!(
+            w.stats.server_sessions.at_mut((0, 1)).active,
+            active - 1,
+            "{kind:?}"
+        );
+    }
+}
