@@ -52,7 +52,7 @@ pub const MAX_CLIENTS_PER_LEVEL: usize = 8;
 pub enum ControlError {
     /// The socket file could not be set up (see [`crate::sockfile::bind`]).
     #[error(transparent)]
-    SocketFile(anyhow::Error),
+    SocketFile(crate::sockfile::SocketFileError),
     #[error("setting up the control socket")]
     Setup(#[source] std::io::Error),
     #[error("binding the metrics endpoint {addr}")]
@@ -109,11 +109,13 @@ pub enum Command {
     Stats,
     /// Re-read the configuration file (changes the running state).
     Reload,
+    /// Reopen the access logs (after logrotate moved them).
+    LogReopen,
 }
 
 impl Command {
     /// Every command, for messages.
-    pub const ALL: [Command; 2] = [Command::Stats, Command::Reload];
+    pub const ALL: [Command; 3] = [Command::Stats, Command::Reload, Command::LogReopen];
 
     /// Parses one command line (surrounding white space ignored).
     pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
@@ -135,6 +137,7 @@ impl Command {
         match self {
             Command::Stats => "stats",
             Command::Reload => "reload",
+            Command::LogReopen => "log reopen",
         }
     }
 
@@ -142,7 +145,7 @@ impl Command {
     pub fn level(self) -> Level {
         match self {
             Command::Stats => Level::User,
-            Command::Reload => Level::Admin,
+            Command::Reload | Command::LogReopen => Level::Admin,
         }
     }
 }
@@ -329,7 +332,7 @@ pub fn answer(
     peer: &Peer,
     level: Level,
 ) -> Value {
-    if let Some(v) = crate::servers::control_command(shared, line, level) {
+    if let Some(v) = server_command(shared, line, level) {
         return v;
     }
     match Command::parse(line) {
@@ -353,9 +356,70 @@ pub fn answer(
         Ok(Command::Stats) => stats(shared),
         Ok(Command::Reload) => match reload() {
             Ok(generation) => json!({"ok": true, "generation": generation}),
-            Err(errors) => json!({"ok": false, "errors": errors}),
+            Err(why) => json!({"ok": false, "errors": why.to_string()}),
         },
+        Ok(Command::LogReopen) => log_reopen(shared),
     }
+}
+
+/// `log reopen`: the access log's writer reopens every file; the answer
+/// waits for it (a few seconds at most).
+fn log_reopen(shared: &Shared) -> Value {
+    if shared.access_log.reopen(Duration::from_secs(5)) {
+        json!({"ok": true})
+    } else {
+        json!({"ok": false, "error": "the access log writer did not answer within 5 s"})
+    }
+}
+
+/// The `server` commands (see [`crate::servers`]), or `None` for a line
+/// that is not one:
+///
+/// ```text
+/// server drain GROUP SERVER [DEADLINE_S]
+/// server undrain GROUP SERVER
+/// ```
+///
+/// Both need the admin level. The change applies at once (the workers
+/// take it at their next burst); the reply names the servers it touched.
+fn server_command(shared: &Shared, line: &[u8], level: Level) -> Option<serde_json::Value> {
+    let text = std::str::from_utf8(line).ok()?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.first() != Some(&"server") {
+        return None;
+    }
+    let usage = "usage: server drain GROUP SERVER [DEADLINE_S] | server undrain GROUP SERVER";
+    if level < Level::Admin {
+        return Some(json!({"ok": false, "error": format!(
+            "permission denied: server {} needs the admin level",
+            words.get(1).copied().unwrap_or("")
+        )}));
+    }
+    let rt = shared.runtime.load_full();
+    let table = &rt.health.servers;
+    let now = shared.now_ns();
+    let done = match words.as_slice() {
+        ["server", "drain", group, server] => table.drain(&rt.snap, group, server, None, now),
+        ["server", "drain", group, server, deadline] => match deadline.parse::<f64>() {
+            Ok(d) => table.drain(&rt.snap, group, server, Some(d), now),
+            Err(_) => {
+                return Some(
+                    json!({"ok": false, "error": format!("bad deadline {deadline:?}: seconds expected")}),
+                )
+            }
+        },
+        ["server", "undrain", group, server] => table.undrain(&rt.snap, group, server),
+        _ => return Some(json!({"ok": false, "error": usage})),
+    };
+    Some(match done {
+        Ok(servers) => {
+            // Published now rather than at the next tick.
+            table.tick(&rt.snap, rt.health.as_ref(), now);
+            tracing::info!(command = text.trim(), ?servers, "server command");
+            json!({"ok": true, "servers": servers})
+        }
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    })
 }
 
 /// A refusal to a client that may still be sending.
@@ -612,6 +676,9 @@ pub fn stats(shared: &Shared) -> Value {
         "syn_flood": syn_flood,
         "fragments": fragments,
         "drain_closed": reports.iter().filter_map(|r| r.core.as_ref()).map(|c| c.drain_closed).sum::<u64>(),
+        "access_log_records": shared.access_log.records.load(Ordering::Relaxed),
+        "access_log_dropped": shared.access_log.dropped.load(Ordering::Relaxed)
+            + reports.iter().map(|r| r.access_log_dropped).sum::<u64>(),
     })
 }
 
@@ -658,8 +725,11 @@ mod tests {
         let e = Command::parse(b"drop tables\n").expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown command \"drop tables\": the commands are stats, reload"
+            "unknown command \"drop tables\": the commands are stats, reload, log reopen"
         );
+        assert_eq!(Command::parse(b"log  reopen\n").ok(), None);
+        assert_eq!(Command::parse(b" log reopen\n"), Ok(Command::LogReopen));
+        assert_eq!(Command::LogReopen.level(), Level::Admin);
         let long = Command::parse(&[b'x'; 1000])
             .expect_err("unknown")
             .to_string();

@@ -28,6 +28,8 @@ use lb_core::packet::{self, build_frame, FrameSpec, MacAddr};
 use lb_core::pipeline::{secs, LocalKind, Reason, Released, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::Nanos;
 
+use crate::servers::find_server;
+
 /// Why `lbctl eval` stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -589,38 +591,6 @@ impl lb_core::pipeline::Health for TraceHealth {
     }
 }
 
-/// The servers of group `group` named `server` (instance id or address,
-/// optionally with `:port`).
-pub(crate) fn find_server(
-    snap: &Snapshot,
-    group: &str,
-    server: &str,
-) -> Option<Vec<(usize, usize)>> {
-    let gi = snap.cfg.server_groups.iter().position(|g| g.id == group)?;
-    let (name, port) = match parse_endpoint(server, true) {
-        Ok((a, p)) => (a.to_string(), Some(p)),
-        Err(_) => (
-            server
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            None,
-        ),
-    };
-    let found: Vec<(usize, usize)> = snap.cfg.server_groups[gi]
-        .servers
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| {
-            let by_instance = s.instance.is_some_and(|i| snap.cfg.instances[i].id == name);
-            let by_addr = s.addresses.iter().any(|a| a.to_string() == name);
-            (by_instance || by_addr) && port.is_none_or(|p| p == s.port)
-        })
-        .map(|(si, _)| (gi, si))
-        .collect();
-    (!found.is_empty()).then_some(found)
-}
-
 /// Runs `trace` (read from `trace_path`, used for messages and to resolve
 /// `@reload` paths) against the configuration at `config`, writing one JSON
 /// line per packet to `out` and reload notes to `err`.
@@ -633,6 +603,7 @@ pub fn run(
 ) -> Result<(), EvalError> {
     let cfg = lb_config::load(config).map_err(EvalError::Config)?;
     let mut snap = Snapshot::compile(cfg, 1);
+    let mut log_names = vec![crate::access_log::Names::of(&snap)];
     let mut worker = Worker::new(0, 1, 1 << 20, 1 << 20);
     let mut health = TraceHealth {
         servers: Some(crate::servers::ServerTable::new(&snap, None)),
@@ -690,6 +661,7 @@ pub fn run(
                         let table =
                             crate::servers::ServerTable::new(&snap, health.servers.as_ref());
                         health.servers = Some(table);
+                        log_names.push(crate::access_log::Names::of(&snap));
                         for unknown in health.resolve(&snap) {
                             writeln!(
                                 err,
@@ -762,6 +734,7 @@ pub fn run(
                 let v = worker.process(&mut frame, rx, now, &snap, &health);
                 let mut obj = verdict_json(lineno, &v, &snap);
                 add_answer(&mut obj, &v, &sent);
+                add_access_log(&mut obj, &mut worker, &log_names);
                 writeln!(out, "{obj}")?;
                 // Fragments held for this line's first fragment go now.
                 let mut released = Vec::new();
@@ -814,6 +787,37 @@ fn trace_payload(p: &TracePacket) -> Vec<u8> {
         return vec![0, 0, hi, lo];
     }
     vec![0; usize::from(p.tcp.data) + if p.tcp.wscale.is_some() { 4 } else { 0 }]
+}
+
+/// The access-log lines the packet's line caused (sessions that started,
+/// ended, or expired before it), as `"access_log"`: the objects `lbd`
+/// writes, times counted from the trace's start as the Unix epoch.
+fn add_access_log(
+    obj: &mut serde_json::Value,
+    worker: &mut Worker,
+    names: &[crate::access_log::Names],
+) {
+    let mut lines = Vec::new();
+    let mut text = String::new();
+    worker.take_session_records(|r| {
+        text.clear();
+        let written = names
+            .iter()
+            .rev()
+            .find(|n| n.generation() == r.generation)
+            .is_some_and(|n| {
+                crate::access_log::format_line(&mut text, &r, n, std::time::UNIX_EPOCH)
+            });
+        if let Some(v) = written
+            .then(|| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .flatten()
+        {
+            lines.push(v);
+        }
+    });
+    if !lines.is_empty() {
+        obj["access_log"] = lines.into();
+    }
 }
 
 /// The ICMP error `lbd` would send back for a dropped packet, as

@@ -14,8 +14,8 @@
 //!   The weights are steps of [`lb_core::sched::slow_start`].
 //!
 //! The state lives here; the clock is the data plane's (`Shared::now_ns`),
-//! passed in. A thread calls [`ServerTable::tick`] every
-//! [`TICK`]: it computes each server's effective weight and publishes the
+//! passed in. A thread of `lbd` calls [`ServerTable::tick`] every
+//! [`TICK`] (the control socket's `server` commands at once): it computes each server's effective weight and publishes the
 //! ones that changed with one epoch bump, which the workers read once per
 //! burst. Nothing runs per packet.
 //!
@@ -362,7 +362,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The servers of `group` named `server`.
+/// The servers of group `group` named `server`: an instance id, or an
+/// address, optionally with `:port` (`198.19.1.11:80`, `[2001:db8::11]:80`).
+/// `None` if there is none (or no such group).
+pub fn find_server(snap: &Snapshot, group: &str, server: &str) -> Option<Vec<(usize, usize)>> {
+    let gi = snap.cfg.server_groups.iter().position(|g| g.id == group)?;
+    let (name, port) = match server.parse::<std::net::SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), Some(a.port())),
+        Err(_) => (
+            server
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            None,
+        ),
+    };
+    let found: Vec<(usize, usize)> = snap.cfg.server_groups[gi]
+        .servers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            let by_instance = s.instance.is_some_and(|i| snap.cfg.instances[i].id == name);
+            let by_addr = s.addresses.iter().any(|a| a.to_string() == name);
+            (by_instance || by_addr) && port.is_none_or(|p| p == s.port)
+        })
+        .map(|(si, _)| (gi, si))
+        .collect();
+    (!found.is_empty()).then_some(found)
+}
+
+/// The servers of `group` named `server`, or why there are none.
 fn find(
     snap: &Snapshot,
     group: &str,
@@ -371,7 +400,7 @@ fn find(
     if !snap.cfg.server_groups.iter().any(|g| g.id == group) {
         return Err(ServerCommandError::NoGroup(group.to_string()));
     }
-    crate::eval::find_server(snap, group, server).ok_or_else(|| ServerCommandError::NoServer {
+    find_server(snap, group, server).ok_or_else(|| ServerCommandError::NoServer {
         group: group.to_string(),
         server: server.to_string(),
     })
@@ -465,73 +494,6 @@ pub fn prometheus(s: &serde_json::Value) -> String {
         s["drain_closed"].as_u64().unwrap_or(0)
     ));
     out
-}
-
-/// The control socket's `server` commands, or `None` for a line that is
-/// not one:
-///
-/// ```text
-/// server drain GROUP SERVER [DEADLINE_S]
-/// server undrain GROUP SERVER
-/// ```
-///
-/// Both need the admin level. The change applies at once (the workers
-/// take it at their next burst); the reply names the servers it touched.
-pub fn control_command(
-    shared: &crate::daemon::Shared,
-    line: &[u8],
-    level: crate::access::Level,
-) -> Option<serde_json::Value> {
-    use serde_json::json;
-    let text = std::str::from_utf8(line).ok()?;
-    let words: Vec<&str> = text.split_whitespace().collect();
-    if words.first() != Some(&"server") {
-        return None;
-    }
-    let usage = "usage: server drain GROUP SERVER [DEADLINE_S] | server undrain GROUP SERVER";
-    if level < crate::access::Level::Admin {
-        return Some(json!({"ok": false, "error": format!(
-            "permission denied: server {} needs the admin level",
-            words.get(1).copied().unwrap_or("")
-        )}));
-    }
-    let rt = shared.runtime.load_full();
-    let table = &rt.health.servers;
-    let now = shared.now_ns();
-    let done = match words.as_slice() {
-        ["server", "drain", group, server] => table.drain(&rt.snap, group, server, None, now),
-        ["server", "drain", group, server, deadline] => match deadline.parse::<f64>() {
-            Ok(d) => table.drain(&rt.snap, group, server, Some(d), now),
-            Err(_) => {
-                return Some(
-                    json!({"ok": false, "error": format!("bad deadline {deadline:?}: seconds expected")}),
-                )
-            }
-        },
-        ["server", "undrain", group, server] => table.undrain(&rt.snap, group, server),
-        _ => return Some(json!({"ok": false, "error": usage})),
-    };
-    Some(match done {
-        Ok(servers) => {
-            // Published now rather than at the next tick.
-            table.tick(&rt.snap, rt.health.as_ref(), now);
-            tracing::info!(command = text.trim(), ?servers, "server command");
-            json!({"ok": true, "servers": servers})
-        }
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
-    })
-}
-
-/// Runs [`ServerTable::tick`] every [`TICK`] on the running configuration
-/// until `lbd` stops.
-pub fn run(shared: &crate::daemon::Shared) {
-    while !shared.stop.load(Ordering::Relaxed) {
-        let rt = shared.runtime.load_full();
-        rt.health
-            .servers
-            .tick(&rt.snap, rt.health.as_ref(), shared.now_ns());
-        std::thread::sleep(TICK);
-    }
 }
 
 #[cfg(test)]

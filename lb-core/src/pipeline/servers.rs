@@ -19,8 +19,12 @@ impl Worker {
     /// plane also calls it between bursts when no traffic comes, so that
     /// deadlines apply on an idle worker too. Costs one `servers_epoch`
     /// read when nothing changed.
-    pub fn follow_servers(&mut self, snap: &Snapshot, health: &dyn Health) {
-        self.adopt(snap);
+    pub fn follow_servers(&mut self, snap: &Snapshot, health: &dyn Health, now: Nanos) {
+        if self.generation != snap.generation {
+            // Not adopted yet: the next burst or housekeeping adopts it,
+            // then calls again.
+            return;
+        }
         let seen = (snap.generation, health.servers_epoch());
         if seen == self.servers_seen {
             return;
@@ -49,7 +53,7 @@ impl Worker {
             }
         }
         if close {
-            self.close_drained(snap, health);
+            self.close_drained(snap, health, now);
         }
     }
 
@@ -67,6 +71,7 @@ impl Worker {
         key: &FlowKey,
         id: crate::conntrack::SessionId,
         dir: Dir,
+        now: Nanos,
     ) -> bool {
         if key.proto != proto::TCP
             || dir != Dir::Orig
@@ -74,26 +79,30 @@ impl Worker {
         {
             return false;
         }
-        self.leave_closed_session(id)
+        self.leave_closed_session(id, now)
     }
 
     #[cold]
-    fn leave_closed_session(&mut self, id: crate::conntrack::SessionId) -> bool {
-        let closed_listener_session = self.sessions.get(id).is_some_and(|s| {
-            s.tcp_state() == Some(crate::conntrack::TcpState::Closed)
-                && s.payload.listener().is_some()
-        });
-        if closed_listener_session {
-            self.remove(id);
-        }
-        closed_listener_session
+    fn leave_closed_session(&mut self, id: crate::conntrack::SessionId, now: Nanos) -> bool {
+        let why = match self.sessions.get(id) {
+            Some(s)
+                if s.tcp_state() == Some(crate::conntrack::TcpState::Closed)
+                    && s.payload.listener().is_some() =>
+            {
+                access_log::EndReason::of_closed(&s)
+            }
+            _ => return false,
+        };
+        self.log_end(id, why, now);
+        self.remove(id);
+        true
     }
 
     /// Ends the sessions of the servers that `health` says must close.
     /// A server's sessions are walked once per deadline: it takes no new
     /// session while it drains.
     #[cold]
-    fn close_drained(&mut self, snap: &Snapshot, health: &dyn Health) {
+    fn close_drained(&mut self, snap: &Snapshot, health: &dyn Health, now: Nanos) {
         let done = &mut self.drain_closed_for;
         done.retain(|&(g, s)| health.must_close(g as usize, s as usize));
         let fresh: Vec<(u32, u32)> = snap
@@ -107,16 +116,22 @@ impl Worker {
         if fresh.is_empty() {
             return;
         }
-        let mut closed = 0u64;
-        self.sessions.retain(|_, s| match s.payload.listener() {
-            Some((_, _, g, srv)) if fresh.contains(&(g, srv)) => {
-                closed += 1;
-                false
-            }
-            _ => true,
-        });
+        let ids: Vec<crate::conntrack::SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.payload
+                    .listener()
+                    .is_some_and(|(_, _, g, srv)| fresh.contains(&(g, srv)))
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for &id in &ids {
+            self.log_end(id, access_log::EndReason::DrainDeadline, now);
+            self.remove(id);
+        }
+        let closed = ids.len() as u64;
         self.drain_closed_for.extend(fresh);
         self.stats.drain_closed += closed;
-        self.release_reaped();
     }
 }

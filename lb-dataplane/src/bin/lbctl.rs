@@ -53,6 +53,11 @@ enum Cmd {
         #[arg(long, global = true, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
         control: PathBuf,
     },
+    /// Act on a running lbd's access logs (the admin level).
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +114,16 @@ fn server_command(control: &std::path::Path, action: ServerCmd) -> Result<ExitCo
         eprintln!("lbctl: {}", v["error"].as_str().unwrap_or("refused"));
         Ok(ExitCode::FAILURE)
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCmd {
+    /// Reopen every access log file (after logrotate moved them); as
+    /// SIGUSR1 to lbd, but waits until it is done.
+    Reopen {
+        #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -183,6 +198,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Server { action, control } => server_command(&control, action),
+        Cmd::Log {
+            cmd: LogCmd::Reopen { control },
+        } => log_reopen(&control),
         Cmd::Lint { file } => {
             let cfg = match lb_config::load(&file) {
                 Ok(cfg) => cfg,
@@ -202,5 +220,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+/// `lbctl log reopen`.
+fn log_reopen(control: &std::path::Path) -> Result<ExitCode> {
+    let v = lb_dataplane::control::request(control, "log reopen")?;
+    if v["ok"].as_bool() == Some(true) {
+        println!("access logs reopened");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("log reopen failed: {}", v["error"].as_str().unwrap_or(""));
+        Ok(ExitCode::FAILURE)
     }
 }

@@ -23,7 +23,13 @@ fn three(kind: SchedulerKind, draining: [bool; 3]) -> Snapshot {
     for (s, d) in g.servers.iter_mut().zip(draining) {
         s.draining = d;
     }
-    cfg.load_balancers[0].listeners[0].syn_proxy = SynProxyMode::Off;
+    let l = &mut cfg.load_balancers[0].listeners[0];
+    l.syn_proxy = SynProxyMode::Off;
+    l.access_log = Some(AccessLog {
+        path: "/var/log/lbd/alb-1.log".into(),
+        format: AccessLogFormat::Json,
+        on_start: false,
+    });
     Snapshot::compile(cfg, 1)
 }
 
@@ -115,11 +121,19 @@ fn a_drained_server_takes_no_new_sessions_and_keeps_its_open_ones() {
             }
         }
         let active = |w: &mut Worker| w.stats.server_sessions.at_mut((0, 1)).active;
+        w.take_session_records(|_| {});
         assert_eq!(active(&mut w), on_1.len() as u64);
         // The deadline: its sessions end, once, and are counted.
         board.close(1);
-        w.follow_servers(&snap, &board);
+        w.follow_servers(&snap, &board, 7);
         assert_eq!(w.stats.drain_closed, on_1.len() as u64, "{kind:?}");
+        // Their access-log records say why they ended.
+        let mut ends = Vec::new();
+        w.take_session_records(|r| ends.push(r));
+        assert_eq!(ends.len(), on_1.len(), "{kind:?}");
+        assert!(ends
+            .iter()
+            .all(|r| r.kind == RecordKind::End(EndReason::DrainDeadline) && r.ended == 7));
         assert_eq!(active(&mut w), 0);
         let v = follow(&mut w, &snap, &board, on_1[0]);
         assert!(
@@ -132,7 +146,7 @@ fn a_drained_server_takes_no_new_sessions_and_keeps_its_open_ones() {
             Verdict::Forward(_)
         ));
         board.set(2, 0); // a new epoch: server 1 is not walked again
-        w.follow_servers(&snap, &board);
+        w.follow_servers(&snap, &board, 0);
         assert_eq!(w.stats.drain_closed, on_1.len() as u64);
     }
 }
