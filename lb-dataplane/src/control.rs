@@ -522,6 +522,7 @@ pub fn stats(shared: &Shared) -> Value {
     let mut rules: BTreeMap<String, u64> = BTreeMap::new();
     let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut servers: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
+    let mut limited: BTreeMap<(u32, u32), u64> = BTreeMap::new();
     let mut workers = Vec::new();
     let (mut icmp_sent, mut icmp_limited) = (0u64, 0u64);
     let mut syn_flood: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -564,6 +565,9 @@ pub fn stats(shared: &Shared) -> Value {
                         e.1 += c.total;
                     }
                 }
+            }
+            for ((lb, l), c) in core.listener_limited.iter() {
+                *limited.entry((lb, l)).or_default() += c.total;
             }
             for ((g, s), c) in core.server_sessions.iter() {
                 let e = servers.entry((g as usize, s as usize)).or_default();
@@ -630,8 +634,8 @@ pub fn stats(shared: &Shared) -> Value {
         }
     }
     let mut listener_list = Vec::new();
-    for lb in &cfg.load_balancers {
-        for l in &lb.listeners {
+    for (lbi, lb) in cfg.load_balancers.iter().enumerate() {
+        for (li, l) in lb.listeners.iter().enumerate() {
             let name = format!("{}:{}", lb.id, l.port);
             let (active, total) = listeners.get(&name).copied().unwrap_or_default();
             listener_list.push(json!({
@@ -640,6 +644,12 @@ pub fn stats(shared: &Shared) -> Value {
                 "server_group": cfg.server_groups[l.server_group].id,
                 "active_sessions": active,
                 "total_sessions": total,
+                // Opening packets its limits refused since the last reload.
+                "listener_limit": u32::try_from(lbi)
+                    .ok()
+                    .zip(u32::try_from(li).ok())
+                    .and_then(|k| limited.get(&k).copied())
+                    .unwrap_or(0),
             }));
         }
     }

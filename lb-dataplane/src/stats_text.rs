@@ -112,16 +112,17 @@ pub fn render(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\nlisteners\n  {:<24} {:>10} {:>10}",
-        "listener", "active", "total"
+        "\nlisteners\n  {:<24} {:>10} {:>10} {:>14}",
+        "listener", "active", "total", "listener_limit"
     );
     for l in v["listeners"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "  {:<24} {:>10} {:>10}",
+            "  {:<24} {:>10} {:>10} {:>14}",
             l["listener"].as_str().unwrap_or("?"),
             n(&l["active_sessions"]),
-            n(&l["total_sessions"])
+            n(&l["total_sessions"]),
+            n(&l["listener_limit"])
         );
     }
     let _ = writeln!(

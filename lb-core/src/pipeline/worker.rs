@@ -242,6 +242,7 @@ impl Worker {
         self.proxy.engaged.clear();
         self.stats.rule_hits.clear();
         self.stats.listener_sessions.clear();
+        self.stats.listener_limited.clear();
         self.stats.server_sessions.clear();
         for (_, s) in self.sessions.iter() {
             if let Some((lb, l, g, srv)) = s.payload.listener() {
