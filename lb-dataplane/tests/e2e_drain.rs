@@ -142,10 +142,8 @@ fn draining_a_server_under_load_fails_no_request_and_ends_its_sessions_at_the_de
     }
     let _g = lock();
     let mut t = Topo::up();
-    t.start_lbd_with(
-        &seed_config("", "", (100, 100)),
-        &["--metrics", "127.0.0.1:9464"],
-    );
+    let cfg = seed_config("", "", (100, 100));
+    t.start_lbd_with(&cfg, &["--metrics", "127.0.0.1:9464"]);
     wait_healthy(&t);
 
     let start = Instant::now();
@@ -264,6 +262,18 @@ fn draining_a_server_under_load_fails_no_request_and_ends_its_sessions_at_the_de
         ),
         "{m}"
     );
+
+    // A reload of the same file keeps the commanded drain.
+    let out = t.reload(&cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = server(&t, "ecs02");
+    assert_eq!(st["state"], "draining", "after a reload: {st}");
+    assert_eq!(st["drained_by"], "command");
+    assert!((0..10).all(|_| t.backend_of("http://198.18.0.10:80/").as_deref() == Some("ECS01")));
 
     // Undrain: ecs02 takes new connections again.
     let out = server_cmd(&t, &["undrain", "sgp-web", "ecs02"]);
