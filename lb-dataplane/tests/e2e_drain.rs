@@ -308,11 +308,24 @@ print(json.dumps({"t0": t0, "buckets": [counts.get(k, [0, 0, 0]) for k in range(
 #[test]
 fn a_server_that_comes_back_ramps_its_share_over_slow_start() {
     require_netns!();
+    ramp_after_coming_back("wrr", 20);
+}
+
+#[test]
+fn a_server_that_comes_back_ramps_its_share_of_the_maglev_table() {
+    require_netns!();
+    ramp_after_coming_back("maglev", 5);
+}
+
+/// ecs02 goes down and comes back under `scheduler`, whose ramp has
+/// `steps` steps over `slow_start_s = 10`: its share of new connections,
+/// per 2 s, follows the ramp.
+fn ramp_after_coming_back(scheduler: &str, steps: u32) {
     let _g = lock();
     let mut t = Topo::up();
     let cfg = seed_config("", "", (100, 100)).replacen(
         "id = \"sgp-web\"\nscheduler = \"wrr\"\n",
-        "id = \"sgp-web\"\nscheduler = \"wrr\"\nslow_start_s = 10\n",
+        &format!("id = \"sgp-web\"\nscheduler = \"{scheduler}\"\nslow_start_s = 10\n"),
         1,
     );
     assert!(cfg.contains("slow_start_s = 10"));
@@ -375,20 +388,21 @@ fn a_server_that_comes_back_ramps_its_share_over_slow_start() {
         })
         .collect();
     eprintln!(
-        "slow_start_s = 10, weights 100/100 (wrr):\n{}",
+        "slow_start_s = 10, weights 100/100 ({scheduler}):\n{}",
         table.join("\n")
     );
     eprintln!("ecs02 as lbctl stats showed it: {seen:?}");
     // The buckets wholly inside the ramp, wholly after it.
-    // The share WRR gives ecs02 at `x` s into the ramp (weights 100 and
-    // its step's), averaged over a bucket.
+    // The share ecs02 gets `x` s into the ramp (weights 100 and its
+    // step's), averaged over a bucket.
+    let k_max = f64::from(steps);
     let expected = |from: f64| {
         let at = |x: f64| {
-            let k = (x / 10.0 * 20.0).floor().clamp(0.0, 20.0);
-            let w = if k >= 20.0 {
+            let k = (x / 10.0 * k_max).floor().clamp(0.0, k_max);
+            let w = if k >= k_max {
                 100.0
             } else {
-                100.0 * (2.0 * k + 1.0) / 40.0
+                100.0 * (2.0 * k + 1.0) / (2.0 * k_max)
             };
             w / (100.0 + w)
         };
