@@ -151,6 +151,9 @@ impl Shared {
         }
         let snap = Arc::new(Snapshot::compile(cfg, old.snap.generation + 1));
         let health = Arc::new(HealthTable::new(&snap, Some(&old.health)));
+        // The servers' weights (drain, slow start) before any worker sees
+        // the new configuration: a server the reload adds starts its ramp.
+        health.servers.tick(&snap, health.as_ref(), self.now_ns());
         let generation = snap.generation;
         // Its names before any worker makes a record under it.
         self.access_log.register(&snap);
