@@ -1993,3 +1993,60 @@ fn syn_proxy_settings() {
         "{e:?}"
     );
 }
+
+#[test]
+fn port_tap_and_exception_queue() {
+    let port = |name: &str, iface: &str, extra: &str| {
+        let net = name.bytes().map(u32::from).sum::<u32>() % 256;
+        format!(
+            "[[port]]\nname = \"{name}\"\ninterface = \"{iface}\"\naddresses = [\"198.18.{net}.1/24\"]\n{extra}"
+        )
+    };
+    let cfg = ok(&format!(
+        "\n{}",
+        port("ext", "lb-ext", "tap = \"lbd-ext\"\n")
+    ));
+    assert_eq!(cfg.ports[0].tap.as_deref(), Some("lbd-ext"));
+    assert_eq!(
+        cfg.dataplane.exception_queue,
+        lb_core::model::Dataplane::DEFAULT_EXCEPTION_QUEUE
+    );
+    assert_eq!(
+        ok(&format!("\n{}", port("ext", "lb-ext", ""))).ports[0].tap,
+        None
+    );
+    let cfg = ok("\n[dataplane]\nexception_queue = 64\n");
+    assert_eq!(cfg.dataplane.exception_queue, 64);
+    assert_eq!(
+        errs("\n[dataplane]\nexception_queue = 8\n"),
+        vec!["2:19: exception_queue must be 16..=65536, got 8"]
+    );
+    // Names as the kernel takes them, one tap per port, none shared.
+    assert_eq!(
+        errs(&format!(
+            "\n{}{}{}",
+            port("ext", "lb-ext", "tap = \"a-tap-name-too-long\"\n"),
+            port("int", "lb-int", "tap = \"lbd-x\"\n"),
+            port("mgmt", "lb-mgmt", "tap = \"lbd-x\"\n"),
+        )),
+        vec![
+            "5:7: tap: interface name \"a-tap-name-too-long\" must be 1 to 15 bytes long",
+            "15:7: tap lbd-x is already the tap of the port on line 10",
+        ]
+    );
+    assert_eq!(
+        errs(&format!(
+            "\n{}{}",
+            port("ext", "lb-ext", "tap = \"lb-int\"\n"),
+            port("int", "lb-int", ""),
+        )),
+        vec!["5:7: tap lb-int is the interface of the port on line 8; give the tap a name of its own"]
+    );
+    assert_eq!(
+        errs("\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\ntap = \"lbd-ext\"\n"),
+        vec!["4:7: port ext has a tap but no addresses: only frames to the port's own addresses go up to it"]
+    );
+    // DPDK ports take a tap as well.
+    let cfg = ok("\n[dataplane]\nio = \"dpdk\"\n[[port]]\nname = \"ext\"\ndpdk_port = 0\naddresses = [\"198.18.0.1/24\"]\ntap = \"lbd-ext\"\n");
+    assert_eq!(cfg.ports[0].tap.as_deref(), Some("lbd-ext"));
+}

@@ -86,7 +86,7 @@ pub enum StartError {
 pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] lb_config::ConfigErrors),
-    #[error("ports changed: restart lbd to add, remove or rename ports")]
+    #[error("ports changed: restart lbd to add, remove or rename ports or change their taps")]
     PortsChanged,
     #[error("[dataplane] changed: restart lbd to apply it")]
     DataplaneChanged,

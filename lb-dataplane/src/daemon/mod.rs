@@ -312,7 +312,14 @@ fn compatible(
     let ports = |c: &lb_core::model::Config| {
         c.ports
             .iter()
-            .map(|p| (p.name.clone(), p.interface.clone(), p.dpdk_port))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.interface.clone(),
+                    p.dpdk_port,
+                    p.tap.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     if ports(old) != ports(new) {
