@@ -73,6 +73,11 @@ pub enum StartError {
         #[source]
         source: crate::io::dpdk::DpdkError,
     },
+    #[error("opening the exception path (needs /dev/net/tun and CAP_NET_ADMIN)")]
+    Tap {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting {thread}")]
     Thread {
         thread: &'static str,

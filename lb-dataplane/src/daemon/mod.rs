@@ -123,6 +123,8 @@ pub struct Shared {
     /// RSS, as with AF_PACKET): frame ownership and FULLNAT local ports
     /// follow it, so that no frame needs a handoff.
     pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
+    /// Each port's exception path to the kernel (`[[port]] tap`).
+    pub exception: Arc<crate::exception::Exceptions>,
 }
 
 impl Shared {
@@ -208,6 +210,11 @@ impl Shared {
                 tracing::debug!(port, mtu, "port MTU");
             } else {
                 tracing::info!(port, mtu, was = old, "port MTU changed");
+                if let Some(ep) = self.exception.port(pi) {
+                    if let Err(e) = crate::exception::tap::set_mtu(&ep.tap, mtu) {
+                        tracing::warn!(port, tap = %ep.tap, mtu, "setting the TAP's MTU: {e}");
+                    }
+                }
             }
         }
     }
@@ -263,6 +270,7 @@ impl Shared {
                 .collect::<Vec<_>>(),
         );
         let health = Arc::new(HealthTable::new(&snap, None));
+        let mtu_cap_len = mtu_cap.len();
         Shared {
             runtime: ArcSwap::from_pointee(Runtime { snap, health }),
             stop: AtomicBool::new(false),
@@ -286,6 +294,7 @@ impl Shared {
             port_mtu_cap: mtu_cap,
             buffers: crate::io::pool::BufPool::new(0, 0),
             port_rss: Vec::new(),
+            exception: Arc::new(crate::exception::Exceptions::none(mtu_cap_len)),
         }
     }
 }
@@ -384,6 +393,18 @@ impl Daemon {
         }
         shared.buffers =
             crate::io::pool::BufPool::new(pool_buffers(workers, ring_frames), max_frame);
+        // The TAPs take the ports' MAC addresses and MTUs as they are now.
+        let macs: Vec<[u8; 6]> = per_worker
+            .first()
+            .map(|w| w.tx.iter().map(|t| t.mac()).collect())
+            .unwrap_or_default();
+        let mtus: Vec<u32> = (0..shared.port_mtu.len())
+            .map(|pi| shared.read_port_mtu(pi).unwrap_or(0))
+            .collect();
+        let snap0 = shared.runtime.load().snap.clone();
+        let (exceptions, taps) = crate::exception::open(&snap0, &macs, &mtus, max_frame)
+            .map_err(|source| StartError::Tap { source })?;
+        shared.exception = Arc::new(exceptions);
         let shared = Arc::new(shared);
         for pi in 0..shared.port_mtu.len() {
             shared.update_port_mtu(pi);
@@ -439,6 +460,20 @@ impl Daemon {
                 .spawn(move || crate::health::run(shared, health_rx, senders))
                 .map_err(|source| StartError::Thread {
                     thread: "the health checker",
+                    source,
+                })?;
+            threads.push(h);
+        }
+        if !taps.is_empty() {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-exception".into())
+                .spawn(move || {
+                    keep_off_worker_cores(&shared.runtime.load().snap.cfg.dataplane.cores);
+                    crate::exception::run(&shared.exception, taps, &shared.stop);
+                })
+                .map_err(|source| StartError::Thread {
+                    thread: "the exception path",
                     source,
                 })?;
             threads.push(h);
