@@ -11,21 +11,9 @@ mod exception_common;
 use common::{seed_config, Topo};
 use exception_common::{keep_kernel_off, run_case, with_tap};
 
-/// Why this machine cannot run the test, if it cannot.
-fn unsupported() -> Option<String> {
-    if let Some(why) = common::unsupported() {
-        return Some(why);
-    }
-    let nft = std::process::Command::new("sh")
-        .args(["-c", "command -v nft"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    (!nft).then(|| "needs nft (CI installs nftables: .ci/run)".to_string())
-}
-
 #[test]
 fn control_traffic_reaches_the_kernel_through_the_tap_on_af_packet() {
-    if let Some(why) = unsupported() {
+    if let Some(why) = exception_common::unsupported() {
         common::skip::skip(&why);
         return;
     }

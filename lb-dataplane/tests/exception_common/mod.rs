@@ -15,6 +15,19 @@ use crate::common::Topo;
 
 pub const TAP: &str = "lbd-ext";
 
+/// Why this machine cannot run the test, if it cannot: the end-to-end
+/// tests' prerequisites and nft.
+pub fn unsupported() -> Option<String> {
+    if let Some(why) = crate::common::unsupported() {
+        return Some(why);
+    }
+    let nft = Command::new("sh")
+        .args(["-c", "command -v nft"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!nft).then(|| "needs nft (CI installs nftables: .ci/run)".to_string())
+}
+
 /// `config` with `tap = "lbd-ext"` on the port whose interface (or, on
 /// DPDK, whose place) is the ext port's: the first port.
 pub fn with_tap(config: &str) -> String {
