@@ -13,20 +13,16 @@
 mod common;
 mod exception_common;
 
-use common::{dpdk_config, dpdk_runtime_dir, lbd_eal_args, seed_config, RuntimeDir, Topo};
-use exception_common::{keep_kernel_off, run_case, with_tap};
+use common::{dpdk_config, dpdk_runtime_dir, lbd_eal_args, seed_config, RuntimeDir};
+use exception_common::{run_case, with_tap};
 
 #[test]
 fn control_traffic_reaches_the_kernel_through_the_tap_on_dpdk() {
-    if let Some(why) = exception_common::unsupported() {
-        common::skip::skip(&why);
-        return;
-    }
-    let _g = common::lock();
     let prefix = format!("lbexc{}", std::process::id());
     let _runtime = RuntimeDir(dpdk_runtime_dir(&prefix));
-    let mut t = Topo::up();
-    keep_kernel_off(&t, "lb-ext");
+    let Some((_g, mut t)) = exception_common::topology() else {
+        return;
+    };
     let eal = lbd_eal_args(
         &prefix,
         256,

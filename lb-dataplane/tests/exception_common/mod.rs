@@ -37,6 +37,20 @@ pub fn with_tap(config: &str) -> String {
     out
 }
 
+/// The namespace topology with the kernel kept off `lb-ext`, and the
+/// topology lock held; `None` (the test skipped) when the machine cannot
+/// run it.
+pub fn topology() -> Option<(std::sync::MutexGuard<'static, ()>, Topo)> {
+    if let Some(why) = unsupported() {
+        crate::common::skip::skip(&why);
+        return None;
+    }
+    let g = crate::common::lock();
+    let t = Topo::up();
+    keep_kernel_off(&t, "lb-ext");
+    Some((g, t))
+}
+
 /// A TCP server of the kernel in the load-balancer namespace, on port 179
 /// of every address (IPv4 and IPv6), answering HTTP `GET /tap-ok`; killed
 /// on drop.
