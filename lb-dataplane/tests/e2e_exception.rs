@@ -69,7 +69,8 @@ print(sent)
 
 /// A flood at the port's address fills the (small) queue to the kernel:
 /// the frames that do not fit are dropped and counted, every flood frame
-/// is accounted for, and the VIP is served throughout.
+/// is accounted for, and the VIP is served throughout. Then a clean stop
+/// takes the TAP away.
 #[test]
 fn a_flood_at_the_port_address_is_bounded_and_counted() {
     let Some((_g, mut t)) = exception_common::topology() else {
@@ -108,5 +109,12 @@ fn a_flood_at_the_port_address_is_bounded_and_counted() {
     let _server = exception_common::KernelServer::start(&t);
     t.wait_for(10, "the kernel's server through the TAP", |t| {
         t.curl("http://198.18.0.1:179/tap-ok").is_some()
+    });
+    // A clean stop removes the TAP too.
+    t.signal(libc::SIGTERM);
+    t.wait_for(5, "the TAP gone after SIGTERM", |t| {
+        !t.exec("lb", &["ip", "link", "show", exception_common::TAP])
+            .status
+            .success()
     });
 }
