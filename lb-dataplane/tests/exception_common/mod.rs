@@ -61,6 +61,10 @@ impl KernelServer {
         let dir = t.run.join("tap-www");
         std::fs::create_dir_all(&dir).expect("server directory");
         std::fs::write(dir.join("tap-ok"), "through the TAP\n").expect("page");
+        // Many full-sized segments from the kernel: no offload on the TAP,
+        // so they come segmented and with their checksums.
+        let big: String = (0..4000).map(|i| format!("{i:063}\n")).collect();
+        std::fs::write(dir.join("big"), big).expect("big page");
         // `ip netns exec` execs python in place: the child is the server.
         let child = Command::new("ip")
             .args(["netns", "exec", &t.ns("lb"), "python3", "-m", "http.server"])
@@ -163,6 +167,10 @@ pub fn run_case(t: &mut Topo) {
         };
         assert_eq!(body, "through the TAP", "{url}");
     }
+
+    let big = t.curl("http://198.18.0.1:179/big").expect("the big page");
+    assert_eq!(big.len(), 4000 * 64 - 1, "256 KB through the TAP");
+    assert!(big.ends_with(&format!("{:063}", 3999)));
 
     // The kernel resolved the client itself, through the TAP.
     let (_, neigh) = ip_lb(t, &["neigh", "show", "dev", TAP]);
