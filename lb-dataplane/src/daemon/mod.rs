@@ -6,6 +6,8 @@
 
 mod affinity;
 mod error;
+#[cfg(test)]
+mod exception_tests;
 mod ports;
 #[cfg(test)]
 mod rss_tests;
@@ -624,5 +626,33 @@ impl crate::health::Host for Shared {
 
     fn neighbors(&self) -> &Neighbors {
         &self.neigh
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn cfg(port: &str, dataplane: &str) -> lb_core::model::Config {
+        let text = format!(
+            "[dataplane]\n{dataplane}\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"198.18.0.1/24\"]\n{port}"
+        );
+        lb_config::parse_str(&text, "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn the_exception_path_changes_only_with_a_restart() {
+        let tap = cfg("tap = \"lbd-ext\"\n", "");
+        assert!(compatible(&tap, &cfg("tap = \"lbd-ext\"\n", "")).is_ok());
+        for other in [cfg("", ""), cfg("tap = \"lbd-x\"\n", "")] {
+            assert!(matches!(
+                compatible(&tap, &other),
+                Err(ReloadError::PortsChanged)
+            ));
+        }
+        assert!(matches!(
+            compatible(&tap, &cfg("tap = \"lbd-ext\"\n", "exception_queue = 64")),
+            Err(ReloadError::DataplaneChanged)
+        ));
     }
 }

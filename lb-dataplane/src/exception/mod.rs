@@ -122,6 +122,24 @@ impl ExceptionPort {
     pub fn pop_down(&self) -> Option<PoolBuf> {
         self.from_kernel.pop()
     }
+
+    /// The next frame for the kernel.
+    pub fn pop_up(&self) -> Option<PoolBuf> {
+        self.to_kernel.pop()
+    }
+
+    /// Queues a copy of `frame`, which the kernel sent, for the port;
+    /// returns false (counted) if it was dropped.
+    pub fn push_down(&self, frame: &[u8]) -> bool {
+        let queued = self
+            .pool
+            .copy(frame)
+            .is_some_and(|b| self.from_kernel.push(b).is_ok());
+        if !queued {
+            self.counters.drop_one();
+        }
+        queued
+    }
 }
 
 /// The exception paths of all ports, and how the workers wake the thread
@@ -315,7 +333,7 @@ pub fn run(ex: &Exceptions, taps: Vec<OpenTap>, stop: &AtomicBool) {
         let mut moved = 0;
         for (ep, tap) in &taps {
             for _ in 0..THREAD_BATCH {
-                let Some(buf) = ep.to_kernel.pop() else { break };
+                let Some(buf) = ep.pop_up() else { break };
                 moved += 1;
                 match tap.write(buf.data()) {
                     Ok(_) => {
@@ -343,12 +361,9 @@ pub fn run(ex: &Exceptions, taps: Vec<OpenTap>, stop: &AtomicBool) {
                 moved += 1;
                 // Longer than a buffer (the read filled all of scratch):
                 // more than the MTU; dropped.
-                let queued = n < scratch.len()
-                    && ep
-                        .pool
-                        .copy(&scratch[..n])
-                        .is_some_and(|b| ep.from_kernel.push(b).is_ok());
-                if !queued {
+                if n < scratch.len() {
+                    ep.push_down(&scratch[..n]);
+                } else {
                     ep.counters.drop_one();
                 }
             }
@@ -388,7 +403,7 @@ mod tests {
         }
         assert!(!ep.push_up(&f, &p, false), "the 17th does not fit");
         assert_eq!(ep.counters.drops.load(Ordering::Relaxed), 1);
-        let up = ep.to_kernel.pop().expect("queued");
+        let up = ep.pop_up().expect("queued");
         assert_eq!(up.data().len(), f.len() - 4, "the tag is gone");
         assert_eq!(&up.data()[12..14], &[0x08, 0x00]);
         assert_eq!(&up.data()[14..], &f[18..]);
@@ -413,7 +428,7 @@ mod tests {
         let at = p.l4_offset + 16;
         f[at..at + 2].copy_from_slice(&[0x12, 0x34]);
         assert!(ep.push_up(&f, &p, true));
-        let up = ep.to_kernel.pop().expect("queued");
+        let up = ep.pop_up().expect("queued");
         assert_eq!(up.data(), &good[..]);
     }
 
