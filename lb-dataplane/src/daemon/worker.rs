@@ -724,9 +724,11 @@ impl Forwarder {
     /// Takes the exception path's view of `snap` when it is new (outside
     /// the forwarding path: it allocates, once per configuration).
     fn exception_plan(&mut self, snap: &Snapshot) {
-        if self.exc.generation != snap.generation && self.exc.paths.any() {
-            self.exc.plan = crate::exception::plan(snap, &self.exc.paths);
+        if self.exc.generation != snap.generation {
             self.exc.generation = snap.generation;
+            if self.exc.paths.any() {
+                self.exc.plan = crate::exception::plan(snap, &self.exc.paths);
+            }
         }
     }
 

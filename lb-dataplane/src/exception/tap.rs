@@ -140,7 +140,11 @@ impl Tap {
             conf("accept_ra", "0")?;
             conf("autoconf", "0")?;
         } else {
-            conf("disable_ipv6", "1")?;
+            match conf("disable_ipv6", "1") {
+                // A kernel without IPv6 has nothing to turn off.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                r => r?,
+            }
         }
         let mut req = ifreq(&self.name)?;
         ifreq_ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req)?;
