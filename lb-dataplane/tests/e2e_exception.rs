@@ -22,6 +22,19 @@ fn control_traffic_reaches_the_kernel_through_the_tap_on_af_packet() {
     run_case(&mut t);
 }
 
+/// A client whose kernel leaves its checksums to the link
+/// (CHECKSUM_PARTIAL on veth): the exception path completes them before
+/// the frames go up, or the kernel behind the TAP would drop them all.
+#[test]
+fn partial_checksums_are_completed_on_the_way_up() {
+    let Some((_g, mut t)) = exception_common::topology_with(&[("LBT_CLIENT_OFFLOAD", "on")]) else {
+        return;
+    };
+    let config = with_tap(&seed_config("", "", (100, 100)));
+    t.start_lbd_with(&config, &["--metrics", "127.0.0.1:9464"]);
+    run_case(&mut t);
+}
+
 /// Sends UDP datagrams from the client to `dst`:9 for `secs` seconds, in
 /// bursts of 100 every `10 ms × 100 / (rate / 100)`, at about `rate` a
 /// second; returns how many went out.

@@ -41,12 +41,17 @@ pub fn with_tap(config: &str) -> String {
 /// topology lock held; `None` (the test skipped) when the machine cannot
 /// run it.
 pub fn topology() -> Option<(std::sync::MutexGuard<'static, ()>, Topo)> {
+    topology_with(&[])
+}
+
+/// [`topology`] with extra environment for netns.sh.
+pub fn topology_with(env: &[(&str, &str)]) -> Option<(std::sync::MutexGuard<'static, ()>, Topo)> {
     if let Some(why) = unsupported() {
         crate::common::skip::skip(&why);
         return None;
     }
     let g = crate::common::lock();
-    let t = Topo::up();
+    let t = Topo::up_with(env);
     keep_kernel_off(&t, "lb-ext");
     Some((g, t))
 }
