@@ -44,7 +44,15 @@ fn to_port(proto: u8, dport: u16, icmp: Option<(u8, u8)>) -> Vec<u8> {
 /// A worker of `CONFIG` reading `frames`, its exception path, and what it
 /// sent.
 fn worker(frames: Vec<Vec<u8>>) -> (WorkerLoop, Arc<Shared>, Arc<ExceptionPort>, Sent) {
-    let cfg = lb_config::parse_str(CONFIG, "t.toml").expect("valid");
+    worker_of(CONFIG, frames)
+}
+
+/// [`worker`] of configuration `config`.
+fn worker_of(
+    config: &str,
+    frames: Vec<Vec<u8>>,
+) -> (WorkerLoop, Arc<Shared>, Arc<ExceptionPort>, Sent) {
+    let cfg = lb_config::parse_str(config, "t.toml").expect("valid");
     let (health_tx, _) = bounded(16);
     let mut shared = Shared::assemble(
         Path::new("t.toml"),
@@ -144,4 +152,21 @@ fn the_kernels_frames_leave_before_the_rounds_answers() {
         40,
         "counted as sent"
     );
+}
+
+#[test]
+fn on_a_vlan_port_the_kernels_frames_leave_tagged() {
+    let config = CONFIG.replace("tap = \"lbd-ext\"\n", "tap = \"lbd-ext\"\nvlan = 100\n");
+    let (mut w, shared, ep, sent) = worker_of(&config, Vec::new());
+    let untagged = to_port(proto::TCP, 179, None);
+    assert!(ep.push_down(&untagged));
+    w.forward_once(&shared.runtime.load_full());
+    let sent = sent.lock().expect("not poisoned");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        &sent[0][12..16],
+        &[0x81, 0x00, 0x00, 100],
+        "802.1Q, VLAN 100"
+    );
+    assert_eq!(&sent[0][16..], &untagged[12..]);
 }
