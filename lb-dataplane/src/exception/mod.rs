@@ -204,22 +204,26 @@ impl Exceptions {
         }
     }
 
-    /// Sleeps until a TAP has a frame, a worker wakes the thread, or
-    /// [`THREAD_SLEEP`] passes; at once if a frame for the kernel waits.
-    fn sleep(&self, taps: &[OpenTap]) {
+    /// What the exception thread sleeps on: the TAPs and the wake-up.
+    fn pollfds(&self, taps: &[OpenTap]) -> Vec<libc::pollfd> {
+        taps.iter()
+            .map(|(_, t)| t.fd())
+            .chain(self.wake.as_ref().map(AsRawFd::as_raw_fd))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect()
+    }
+
+    /// Sleeps on `fds` ([`Exceptions::pollfds`]) until a TAP has a frame,
+    /// a worker wakes the thread, or [`THREAD_SLEEP`] passes; at once if a
+    /// frame for the kernel waits.
+    fn sleep(&self, taps: &[OpenTap], fds: &mut [libc::pollfd]) {
         self.asleep.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if taps.iter().all(|(ep, _)| ep.to_kernel.is_empty()) {
-            let mut fds: Vec<libc::pollfd> = taps
-                .iter()
-                .map(|(_, t)| t.fd())
-                .chain(self.wake.as_ref().map(AsRawFd::as_raw_fd))
-                .map(|fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
             let ms = libc::c_int::try_from(THREAD_SLEEP.as_millis()).unwrap_or(100);
             // SAFETY: `fds` is a valid, exclusively borrowed array of
             // `fds.len()` pollfds for the duration of the call.
@@ -328,6 +332,7 @@ pub fn run(ex: &Exceptions, taps: Vec<OpenTap>, stop: &AtomicBool) {
         .max()
         .unwrap_or(2048);
     let mut scratch = vec![0u8; size + 1];
+    let mut fds = ex.pollfds(&taps);
     let mut write_errors = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let mut moved = 0;
@@ -369,7 +374,7 @@ pub fn run(ex: &Exceptions, taps: Vec<OpenTap>, stop: &AtomicBool) {
             }
         }
         if moved == 0 {
-            ex.sleep(&taps);
+            ex.sleep(&taps, &mut fds);
         }
     }
 }
