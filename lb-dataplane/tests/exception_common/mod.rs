@@ -238,16 +238,18 @@ pub fn run_case(t: &mut Topo) {
         .unwrap_or(0);
     let ping = t.exec(
         "client",
-        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.0.1"],
+        &["ping", "-c", "10", "-i", "0.2", "-W", "2", "198.18.0.1"],
     );
     assert!(ping.status.success(), "ping the port's address");
-    assert!(t.backend_of("http://198.18.0.10:80/").is_some());
+    for _ in 0..3 {
+        assert!(t.backend_of("http://198.18.0.10:80/").is_some());
+    }
     let after = port(&t.stats(), "ext")["exception_to_kernel"]
         .as_u64()
         .unwrap_or(0);
-    // The pings and the VIP's traffic did not go up (the kernel's own
-    // neighbour refreshes may: a few frames).
-    assert!(after - before <= 4, "{before} -> {after}");
+    // The 10 pings and the VIP's 30-odd frames did not go up (the
+    // kernel's own neighbour refreshes and late segments may: a few).
+    assert!(after - before <= 8, "{before} -> {after}");
 
     // lbd dies: its TAP goes with it.
     t.kill_lbd();
