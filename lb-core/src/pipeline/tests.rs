@@ -5,6 +5,7 @@ use super::*;
 use crate::model::*;
 use crate::packet::{build_frame, FrameSpec, MacAddr};
 
+mod cluster;
 mod fragments;
 mod icmp_ttl_mtu;
 mod limits;

@@ -189,6 +189,14 @@ impl Worker {
                 sched::build(g.scheduler, &weights, &names)
             })
             .collect();
+        // A cluster node hands out its own slice of every local address's
+        // ports (lbd refuses a reload that would move it).
+        let (node, nodes) = snap
+            .cfg
+            .cluster
+            .as_ref()
+            .map_or((1, 1), |c| (c.node_id, c.nodes));
+        self.ports.set_ports(crate::nat::node_ports(node, nodes));
         // Every local address's port counts, before its first session.
         for locals in snap.locals_by_family.iter().flatten().flatten() {
             self.ports.prepare(*locals);
