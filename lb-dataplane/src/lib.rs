@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod alloc;
+pub mod cluster;
 pub mod conn;
 pub mod control;
 pub mod daemon;

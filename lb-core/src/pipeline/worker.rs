@@ -294,6 +294,19 @@ impl Worker {
         }
     }
 
+    /// Ends every listener session at once (a drained node's deadline):
+    /// their local ports and scheduler counts are given back, and a later
+    /// packet of such a flow meets no session (a TCP segment other than a
+    /// SYN is answered with a RST under `reset_unknown`). Routed sessions
+    /// stay. Returns how many ended.
+    pub fn end_listener_sessions(&mut self) -> usize {
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| s.payload.listener().is_none());
+        let ended = before - self.sessions.len();
+        self.release_reaped();
+        ended
+    }
+
     pub(super) fn remove(&mut self, id: crate::conntrack::SessionId) {
         let Some(reply) = self.sessions.key(id, Dir::Reply) else {
             return;

@@ -118,3 +118,29 @@ fn each_node_takes_local_ports_from_its_own_slice() {
     let snap = Snapshot::compile(config(), 1);
     assert_eq!(open(&snap, 0, 1, 1, &AllUp)[0].1, crate::nat::FIRST_PORT);
 }
+
+#[test]
+fn ending_listener_sessions_frees_their_ports_and_resets_their_clients() {
+    let snap = Snapshot::compile(node_config(1), 1);
+    let mut w = Worker::new(0, 1, 1024, 1024);
+    let local = addr("198.19.1.250");
+    let mut ports = Vec::new();
+    for i in 0..10 {
+        let mut f = tcp_frame("198.18.0.20", "198.18.0.10", 30_000 + i, 80, TCP_SYN);
+        match w.process(&mut f, RxInfo::default(), 0, &snap, &AllUp) {
+            Verdict::Forward(fw) => ports.push(fw.out.sport),
+            v => panic!("{v:?}"),
+        }
+    }
+    assert_eq!(w.sessions.len(), 10);
+    assert!(ports.iter().all(|&p| w.ports.users(local, p) == 1));
+    assert_eq!(w.end_listener_sessions(), 10);
+    assert!(w.sessions.is_empty());
+    assert!(ports.iter().all(|&p| w.ports.users(local, p) == 0));
+    assert_eq!(w.stats.listener_sessions.at_mut((0, 0)).active, 0);
+    // The client's next segment finds no session: answered with a RST.
+    let mut f = tcp_frame("198.18.0.20", "198.18.0.10", 30_000, 80, TCP_ACK);
+    let v = w.process(&mut f, RxInfo::default(), 5 * NANOS_PER_SEC, &snap, &AllUp);
+    assert!(matches!(v, Verdict::Drop(Reason::NoSessionReset)), "{v:?}");
+    assert_eq!(w.end_listener_sessions(), 0);
+}
