@@ -1,0 +1,462 @@
+//! The routing daemon driven for real: BIRD 2 on a node (in a network
+//! namespace) includes the file lbd's driver writes, and announces over
+//! BGP (with BFD) to a second BIRD acting as the upstream router. The
+//! router's table follows the servers' health, a drain and a clean stop.
+//!
+//! The node's lbd state is `Shared::offline` (no ports, no workers): the
+//! test sets the servers' health and the drain directly, and runs the
+//! driver thread as lbd does.
+
+#[path = "common/skip.rs"]
+mod skip;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lb_dataplane::daemon::Shared;
+
+/// Why this machine cannot run the test, if it cannot.
+fn unsupported() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces)".into());
+    }
+    for tool in ["ip", "bird", "birdc"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("needs {tool} (CI installs bird2: .ci/run)"));
+        }
+    }
+    None
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Two namespaces joined by a veth (node 198.18.10.11, router
+/// 198.18.10.1), a BIRD in each; removed on drop, also on failure.
+struct Bed {
+    prefix: String,
+    dir: PathBuf,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let prefix = format!("lbcb{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("{prefix}-bird"));
+        let bed = Bed { prefix, dir };
+        bed.cleanup();
+        std::fs::create_dir_all(&bed.dir).expect("a run directory");
+        let (node, rtr) = (bed.ns("node"), bed.ns("rtr"));
+        for ns in [&node, &rtr] {
+            run(&["ip", "netns", "add", ns]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        run(&[
+            "ip", "-n", &node, "link", "add", "lbcb-ext", "type", "veth", "peer", "name",
+            "lbcb-up", "netns", &rtr,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &node,
+            "addr",
+            "add",
+            "198.18.10.11/24",
+            "dev",
+            "lbcb-ext",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &rtr,
+            "addr",
+            "add",
+            "198.18.10.1/24",
+            "dev",
+            "lbcb-up",
+        ]);
+        run(&["ip", "-n", &node, "link", "set", "lbcb-ext", "up"]);
+        run(&["ip", "-n", &rtr, "link", "set", "lbcb-up", "up"]);
+        bed
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn socket(&self, host: &str) -> String {
+        self.path(&format!("{host}.ctl")).display().to_string()
+    }
+
+    /// Starts BIRD in `host`'s namespace with `conf`.
+    fn bird(&self, host: &str, conf: &str) {
+        let file = self.path(&format!("{host}.conf"));
+        std::fs::write(&file, conf).expect("writing bird.conf");
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns(host),
+            "bird",
+            "-c",
+            &file.display().to_string(),
+            "-s",
+            &self.socket(host),
+            "-P",
+            &self.path(&format!("{host}.pid")).display().to_string(),
+        ]);
+    }
+
+    fn birdc(&self, host: &str, args: &[&str]) -> String {
+        let out = Command::new("birdc")
+            .args(["-s", &self.socket(host)])
+            .args(args)
+            .output()
+            .expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The prefixes in the router's table.
+    fn router_routes(&self) -> Vec<String> {
+        self.birdc("rtr", &["show", "route"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.contains('/'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits (at most `secs`) until the router's table holds exactly `want`.
+    fn wait_routes(&self, secs: u64, want: &[&str], what: &str) -> Duration {
+        let t = Instant::now();
+        let mut got = Vec::new();
+        while t.elapsed() < Duration::from_secs(secs) {
+            got = self.router_routes();
+            got.sort();
+            let mut w: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            w.sort();
+            if got == w {
+                return t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{what}: the router has {got:?}, not {want:?} after {secs} s\nnode:\n{}\n{}\nrouter:\n{}",
+            self.birdc("node", &["show", "protocols", "all"]),
+            self.birdc("node", &["show", "route"]),
+            self.birdc("rtr", &["show", "protocols"])
+        );
+    }
+
+    fn cleanup(&self) {
+        for host in ["node", "rtr"] {
+            if let Ok(pid) = std::fs::read_to_string(self.path(&format!("{host}.pid"))) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: kill has no memory preconditions; the pid is
+                    // the BIRD this test started.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(host)])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn lbd_config(bed: &Bed) -> String {
+    format!(
+        r#"
+[[port]]
+name = "ext"
+interface = "lbcb-ext"
+addresses = ["198.18.10.11/24"]
+[[port]]
+name = "int"
+interface = "lbcb-int"
+addresses = ["198.19.2.11/24"]
+
+[[server_group]]
+id = "sgp-web"
+scheduler = "maglev"
+[[server_group.server]]
+address = "198.19.2.101"
+port = 80
+[[server_group.server]]
+address = "198.19.2.102"
+port = 80
+
+[[load_balancer]]
+id = "alb-1"
+vips = ["198.18.20.10"]
+local_addresses = ["198.19.2.21"]
+[[load_balancer.listener]]
+protocol = "tcp"
+port = 80
+server_group = "sgp-web"
+
+[cluster]
+node_id = 1
+nodes = 3
+asn = 65011
+bird_config = "{}"
+bird_socket = "{}"
+hold_time_s = 3
+keepalive_s = 1
+bfd = true
+bfd_interval_ms = 100
+bfd_multiplier = 3
+
+[[cluster.peer]]
+address = "198.18.10.1"
+asn = 65000
+port = "ext"
+"#,
+        bed.path("bird-lbd.conf").display(),
+        bed.socket("node")
+    )
+}
+
+const ROUTER: &str = r#"
+router id 198.18.10.1;
+protocol device { scan time 1; }
+protocol bfd { interface "lbcb-up" { interval 100 ms; multiplier 3; }; }
+protocol bgp node1 {
+  local 198.18.10.1 as 65000;
+  neighbor 198.18.10.11 as 65011;
+  direct;
+  hold time 3;
+  keepalive time 1;
+  connect retry time 1;
+  graceful restart off;
+  bfd on;
+  ipv4 { import all; export none; };
+}
+"#;
+
+fn node_conf(include: &Path) -> String {
+    format!(
+        "router id 198.18.10.11;\nprotocol device {{ scan time 1; }}\ninclude \"{}\";\n",
+        include.display()
+    )
+}
+
+/// Sets every server's health (checked, and up or down).
+fn set_health(shared: &Shared, up: bool) {
+    let health = shared.runtime.load().health.clone();
+    for si in 0..2 {
+        let s = health.server(0, si).expect("a server");
+        s.checked.store(true, Ordering::Relaxed);
+        s.up.store(up, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn the_router_learns_what_the_node_announces_as_health_and_drain_change() {
+    if let Some(why) = unsupported() {
+        skip::skip(&why);
+        return;
+    }
+    let bed = Bed::new();
+    let config = bed.path("lbd.toml");
+    std::fs::write(&config, lbd_config(&bed)).expect("writing lbd.toml");
+    let shared: Arc<Shared> = Shared::offline(&config).expect("a valid configuration");
+    let cfg = shared.runtime.load().snap.cfg.clone();
+
+    // lbd writes the include file before anything else; BIRD is not up
+    // yet: the driver's birdc fails, is counted, and is retried.
+    lb_dataplane::cluster::driver::write_initial(&cfg).expect("the include file");
+    let driver = {
+        let shared = shared.clone();
+        std::thread::spawn(move || lb_dataplane::cluster::driver::run(shared))
+    };
+    let t = Instant::now();
+    while shared.cluster.bird_errors.load(Ordering::Relaxed) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no birdc failure counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(shared.cluster.last_error.lock().expect("lock").is_some());
+
+    bed.bird("rtr", ROUTER);
+    bed.bird("node", &node_conf(&bed.path("bird-lbd.conf")));
+    // Not checked yet: the local address only, once BGP is up.
+    let took = bed.wait_routes(30, &["198.19.2.21/32"], "start");
+    eprintln!("BGP up and the local address announced after {took:?}");
+    assert!(shared.cluster.bird_reconfigs.load(Ordering::Relaxed) >= 1);
+    let protocols = bed.birdc("node", &["show", "protocols"]);
+    assert!(
+        protocols.contains("lbd_peer1") && protocols.contains("Established"),
+        "{protocols}"
+    );
+    let bfd = bed.birdc("node", &["show", "bfd", "sessions"]);
+    assert!(bfd.contains("198.18.10.1") && bfd.contains("Up"), "{bfd}");
+    // The node's static routes are device routes through the port.
+    let node_routes = bed.birdc("node", &["show", "route"]);
+    assert!(node_routes.contains("dev lbcb-ext"), "{node_routes}");
+
+    set_health(&shared, true);
+    let took = bed.wait_routes(10, &["198.18.20.10/32", "198.19.2.21/32"], "healthy");
+    eprintln!("VIP announced {took:?} after its servers came up");
+    assert_eq!(
+        *shared.cluster.announced.lock().expect("lock"),
+        ["198.18.20.10/32", "198.19.2.21/32"]
+    );
+
+    set_health(&shared, false);
+    let took = bed.wait_routes(10, &["198.19.2.21/32"], "servers down");
+    eprintln!("VIP withdrawn {took:?} after its servers went down");
+    set_health(&shared, true);
+    bed.wait_routes(10, &["198.18.20.10/32", "198.19.2.21/32"], "up again");
+
+    // Drain: the VIP goes, the local address (replies) stays.
+    shared.cluster.drain(None, shared.now_ns());
+    let took = bed.wait_routes(10, &["198.19.2.21/32"], "drain");
+    eprintln!("VIP withdrawn {took:?} after drain");
+    let stats = lb_dataplane::control::stats(&shared);
+    assert_eq!(stats["cluster_state"], "draining");
+    assert_eq!(stats["cluster"]["cluster_announced"], 1);
+    shared.cluster.undrain();
+    bed.wait_routes(10, &["198.18.20.10/32", "198.19.2.21/32"], "undrain");
+
+    // A drain with a deadline: the driver tells the workers to end
+    // their sessions when it passes.
+    shared
+        .cluster
+        .drain(Some(Duration::from_secs(1)), shared.now_ns());
+    let t = Instant::now();
+    while shared.cluster.end_sessions.load(Ordering::Relaxed) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "deadline not acted on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+    shared.cluster.undrain();
+    bed.wait_routes(10, &["198.18.20.10/32", "198.19.2.21/32"], "second undrain");
+
+    // A clean stop withdraws everything, and BGP stays up to carry it.
+    let reconfigs = shared.cluster.bird_reconfigs.load(Ordering::Relaxed);
+    assert!(shared.cluster.withdraw_all(Duration::from_secs(10)));
+    driver.join().expect("the driver ends after the withdrawal");
+    assert!(shared.cluster.bird_reconfigs.load(Ordering::Relaxed) > reconfigs);
+    bed.wait_routes(5, &[], "clean stop");
+    let include = std::fs::read_to_string(bed.path("bird-lbd.conf")).expect("the include");
+    assert!(include.contains("# Announced: nothing."), "{include}");
+    shared.stop.store(true, Ordering::Relaxed);
+}
+
+/// The files lbd renders parse in BIRD, in their variants (BFD off, an
+/// IPv6 and an iBGP peer, nothing announced).
+#[test]
+fn rendered_files_parse_in_bird() {
+    let found = Command::new("sh")
+        .args(["-c", "command -v bird"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip::skip("needs bird (CI installs bird2: .ci/run)");
+        return;
+    }
+    use lb_dataplane::cluster::{render::render, Announced};
+    let dir = std::env::temp_dir().join(format!("lbcb-parse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let variants = [
+        "bfd = true",
+        "bfd = false\nhold_time_s = 9\nkeepalive_s = 3",
+    ];
+    for (i, extra) in variants.iter().enumerate() {
+        let text = format!(
+            r#"
+[[port]]
+name = "ext"
+interface = "lbcb-ext"
+addresses = ["198.18.10.11/24", "2001:db8:10::11/64"]
+[cluster]
+node_id = 1
+nodes = 2
+asn = 65011
+{extra}
+[[cluster.peer]]
+address = "198.18.10.1"
+asn = 65000
+port = "ext"
+[[cluster.peer]]
+address = "2001:db8:10::1"
+asn = 65011
+port = "ext"
+"#
+        );
+        let cfg = lb_config::parse_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        let c = cfg.cluster.as_ref().expect("a cluster");
+        for (j, set) in [
+            Announced::default(),
+            Announced {
+                vips: [
+                    "198.18.20.10/32".parse().expect("net"),
+                    "2001:db8:20::10/128".parse().expect("net"),
+                ]
+                .into(),
+                locals: ["198.19.2.21/32".parse().expect("net")].into(),
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let include = dir.join(format!("lbd-{i}-{j}.conf"));
+            std::fs::write(&include, render(c, &cfg.ports, set)).expect("writing");
+            let main = dir.join(format!("bird-{i}-{j}.conf"));
+            std::fs::write(&main, node_conf(&include)).expect("writing");
+            let out = Command::new("bird")
+                .args(["-p", "-c"])
+                .arg(&main)
+                .output()
+                .expect("bird -p");
+            assert!(
+                out.status.success(),
+                "{}: {}\n{}",
+                include.display(),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&include).unwrap_or_default()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
