@@ -1,4 +1,5 @@
-//! The thread that keeps BIRD in step with what the node announces: it
+//! The thread that keeps BIRD in step with what the node announces (and
+//! ends a drain's sessions at its deadline, with or without BIRD): it
 //! looks every [`POLL`] (or at once when poked: a drain, a stop), and
 //! when the announced set or the `[cluster]` configuration changed, it
 //! writes the include file atomically and runs `birdc configure`. A

@@ -474,7 +474,8 @@ impl Daemon {
                 })?;
             threads.push(h);
         }
-        if cfg.cluster.is_some() {
+        // Also on a single node: it times drain deadlines.
+        {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
                 .name("lbd-cluster".into())
