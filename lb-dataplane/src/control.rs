@@ -52,7 +52,7 @@ pub const MAX_CLIENTS_PER_LEVEL: usize = 8;
 pub enum ControlError {
     /// The socket file could not be set up (see [`crate::sockfile::bind`]).
     #[error(transparent)]
-    SocketFile(anyhow::Error),
+    SocketFile(crate::sockfile::SocketFileError),
     #[error("setting up the control socket")]
     Setup(#[source] std::io::Error),
     #[error("binding the metrics endpoint {addr}")]
@@ -116,6 +116,8 @@ pub enum Command {
     Drain { deadline_s: Option<u64> },
     /// Announce the VIPs again.
     Undrain,
+    /// Reopen the access logs (after logrotate moved them).
+    LogReopen,
 }
 
 /// The longest drain deadline, in seconds (a day).
@@ -123,9 +125,10 @@ pub const MAX_DRAIN_DEADLINE_S: u64 = 86_400;
 
 impl Command {
     /// Every command, for messages.
-    pub const ALL: [Command; 4] = [
+    pub const ALL: [Command; 5] = [
         Command::Stats,
         Command::Reload,
+        Command::LogReopen,
         Command::Drain { deadline_s: None },
         Command::Undrain,
     ];
@@ -136,6 +139,10 @@ impl Command {
         let Ok(text) = std::str::from_utf8(line) else {
             return Err(CommandError::NotUtf8);
         };
+        // A command without arguments is its name exactly ("log reopen").
+        if let Some(c) = Command::ALL.into_iter().find(|c| c.name() == text.trim()) {
+            return Ok(c);
+        }
         let mut words = text.split_whitespace();
         let word = words.next().unwrap_or("");
         let args: Vec<&str> = words.collect();
@@ -173,6 +180,7 @@ impl Command {
             Command::Reload => "reload",
             Command::Drain { .. } => "drain",
             Command::Undrain => "undrain",
+            Command::LogReopen => "log reopen",
         }
     }
 
@@ -180,7 +188,9 @@ impl Command {
     pub fn level(self) -> Level {
         match self {
             Command::Stats => Level::User,
-            Command::Reload | Command::Drain { .. } | Command::Undrain => Level::Admin,
+            Command::Reload | Command::LogReopen | Command::Drain { .. } | Command::Undrain => {
+                Level::Admin
+            }
         }
     }
 }
@@ -388,7 +398,7 @@ pub fn answer(
         Ok(Command::Stats) => stats(shared),
         Ok(Command::Reload) => match reload() {
             Ok(generation) => json!({"ok": true, "generation": generation}),
-            Err(errors) => json!({"ok": false, "errors": errors}),
+            Err(why) => json!({"ok": false, "errors": why.to_string()}),
         },
         Ok(Command::Drain { deadline_s }) => {
             shared.cluster.drain(
@@ -407,6 +417,17 @@ pub fn answer(
             tracing::info!(uid = peer.uid, "drain ended: VIPs announced again");
             drain_reply(shared)
         }
+        Ok(Command::LogReopen) => log_reopen(shared),
+    }
+}
+
+/// `log reopen`: the access log's writer reopens every file; the answer
+/// waits for it (a few seconds at most).
+fn log_reopen(shared: &Shared) -> Value {
+    if shared.access_log.reopen(Duration::from_secs(5)) {
+        json!({"ok": true})
+    } else {
+        json!({"ok": false, "error": "the access log writer did not answer within 5 s"})
     }
 }
 
@@ -681,6 +702,9 @@ pub fn stats(shared: &Shared) -> Value {
         "cluster_state": shared.cluster.state_name(),
         "sessions": reports.iter().map(|r| r.sessions).sum::<usize>(),
         "cluster": cluster_stats(shared, cfg),
+        "access_log_records": shared.access_log.records.load(Ordering::Relaxed),
+        "access_log_dropped": shared.access_log.dropped.load(Ordering::Relaxed)
+            + reports.iter().map(|r| r.access_log_dropped).sum::<u64>(),
     })
 }
 
@@ -774,7 +798,7 @@ mod tests {
         let e = Command::parse(b"drop tables\n").expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown command \"drop tables\": the commands are stats, reload, drain, undrain"
+            "unknown command \"drop tables\": the commands are stats, reload, log reopen, drain, undrain"
         );
         assert_eq!(
             Command::parse(b"drain\n"),
@@ -803,6 +827,9 @@ mod tests {
                 "{e}"
             );
         }
+        assert_eq!(Command::parse(b"log  reopen\n").ok(), None);
+        assert_eq!(Command::parse(b" log reopen\n"), Ok(Command::LogReopen));
+        assert_eq!(Command::LogReopen.level(), Level::Admin);
         let long = Command::parse(&[b'x'; 1000])
             .expect_err("unknown")
             .to_string();

@@ -84,6 +84,8 @@ pub struct WorkerReport {
     pub icmp_errors_rate_limited: u64,
     /// Half-open TCP sessions in the worker's table.
     pub half_open: usize,
+    /// Access-log records lost in the worker's own buffer.
+    pub access_log_dropped: u64,
     /// An "auto" SYN proxy is engaged on some listener.
     pub syn_proxy_engaged: bool,
 }
@@ -128,6 +130,8 @@ pub struct Shared {
     pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
     /// Drain, and what the routing daemon announces for this node.
     pub cluster: crate::cluster::ClusterState,
+    /// The listeners' access logs: the workers' queues to the writer.
+    pub access_log: Arc<crate::access_log::AccessLog>,
 }
 
 impl Shared {
@@ -156,6 +160,8 @@ impl Shared {
         let snap = Arc::new(Snapshot::compile(cfg, old.snap.generation + 1));
         let health = Arc::new(HealthTable::new(&snap, Some(&old.health)));
         let generation = snap.generation;
+        // Its names before any worker makes a record under it.
+        self.access_log.register(&snap);
         self.runtime.store(Arc::new(Runtime { snap, health }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "configuration reloaded");
@@ -271,6 +277,9 @@ impl Shared {
                 .collect::<Vec<_>>(),
         );
         let health = Arc::new(HealthTable::new(&snap, None));
+        let started = Instant::now();
+        let access_log = Arc::new(crate::access_log::AccessLog::new(workers, started));
+        access_log.register(&snap);
         Shared {
             runtime: ArcSwap::from_pointee(Runtime { snap, health }),
             stop: AtomicBool::new(false),
@@ -284,7 +293,7 @@ impl Shared {
                 })
                 .collect(),
             health_tx,
-            started: Instant::now(),
+            started,
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             port_names,
@@ -295,6 +304,7 @@ impl Shared {
             buffers: crate::io::pool::BufPool::new(0, 0),
             port_rss: Vec::new(),
             cluster: crate::cluster::ClusterState::default(),
+            access_log,
         }
     }
 }
@@ -463,6 +473,7 @@ impl Daemon {
                 })?;
             threads.push(h);
         }
+        threads.push(spawn_access_log_writer(&shared)?);
         {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
@@ -518,10 +529,33 @@ impl Daemon {
             }
         }
         self.shared.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        // The workers come first: once they are gone, the access log's
+        // writer takes their last records and ends.
+        let workers = self.shared.workers.len();
+        for (i, t) in self.threads.into_iter().enumerate() {
+            if i == workers {
+                self.shared.access_log.close();
+            }
             let _ = t.join();
         }
     }
+}
+
+/// The access logs' writer thread; it ends after `shared.stop`, once the
+/// workers' last records are written.
+fn spawn_access_log_writer(shared: &Arc<Shared>) -> Result<JoinHandle<()>, StartError> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("lbd-access-log".into())
+        .spawn(move || {
+            keep_off_worker_cores(&shared.runtime.load().snap.cfg.dataplane.cores);
+            let stop = || shared.stop.load(Ordering::Relaxed) && shared.access_log.is_closed();
+            crate::access_log::run_writer(&shared.access_log, &stop);
+        })
+        .map_err(|source| StartError::Thread {
+            thread: "the access log writer",
+            source,
+        })
 }
 
 /// Refines the classifiers of the running snapshot on a thread of its own
