@@ -348,6 +348,20 @@ fn the_router_learns_what_the_node_announces_as_health_and_drain_change() {
     let stats = lb_dataplane::control::stats(&shared);
     assert_eq!(stats["cluster_state"], "draining");
     assert_eq!(stats["cluster"]["cluster_announced"], 1);
+    let metrics = lb_dataplane::metrics::prometheus(&shared);
+    for line in [
+        "lbd_cluster_state{state=\"active\"} 0",
+        "lbd_cluster_state{state=\"draining\"} 1",
+        "lbd_cluster_announced 1",
+        "lbd_sessions 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("lbd_cluster_bird_errors_total ")
+            && !metrics.contains("lbd_cluster_bird_errors_total 0\n"),
+        "{metrics}"
+    );
     shared.cluster.undrain();
     bed.wait_routes(10, &["198.18.20.10/32", "198.19.2.21/32"], "undrain");
 
@@ -459,4 +473,39 @@ port = "ext"
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A reload may change the peers and timers, not the node's place (its
+/// sessions hold ports of its slice).
+#[test]
+fn a_reload_that_moves_the_node_is_refused() {
+    let dir = std::env::temp_dir().join(format!("lbcb-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let bed = Bed {
+        prefix: "lbcb-unused".into(),
+        dir: dir.clone(),
+    };
+    let config = dir.join("lbd.toml");
+    let text = lbd_config(&bed);
+    std::fs::write(&config, &text).expect("writing");
+    let shared = Shared::offline(&config).expect("a valid configuration");
+    std::fs::write(&config, text.replace("hold_time_s = 3", "hold_time_s = 6")).expect("writing");
+    assert_eq!(shared.reload().expect("timers may change"), 2);
+    std::fs::write(&config, text.replace("node_id = 1", "node_id = 2")).expect("writing");
+    let e = shared.reload().expect_err("the node moved").to_string();
+    assert!(e.contains("[cluster] node_id or nodes changed"), "{e}");
+    let without = text[..text.find("[cluster]").expect("a cluster")].to_string();
+    std::fs::write(&config, without).expect("writing");
+    assert!(shared.reload().is_err(), "[cluster] removed");
+    assert_eq!(
+        shared
+            .runtime
+            .load()
+            .snap
+            .cfg
+            .cluster
+            .as_ref()
+            .map(|c| c.hold_time_s),
+        Some(6)
+    );
 }
