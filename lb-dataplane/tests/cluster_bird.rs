@@ -12,7 +12,7 @@ mod skip;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ fn unsupported() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespaces)".into());
     }
-    for tool in ["ip", "bird", "birdc"] {
+    for tool in ["ip", "ethtool", "bird", "birdc"] {
         let found = Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
@@ -60,7 +60,12 @@ struct Bed {
 
 impl Bed {
     fn new() -> Bed {
-        let prefix = format!("lbcb{}", std::process::id() % 100_000);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "lbcb{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let dir = std::env::temp_dir().join(format!("{prefix}-bird"));
         let bed = Bed { prefix, dir };
         bed.cleanup();
@@ -507,5 +512,103 @@ fn a_reload_that_moves_the_node_is_refused() {
             .as_ref()
             .map(|c| c.hold_time_s),
         Some(6)
+    );
+}
+
+/// A real `lbd` on the node (AF_PACKET on the router's link, the kernel
+/// beside it speaking BGP): on SIGTERM it withdraws its routes before it
+/// exits, while the BGP session stays up (so the router learned it from
+/// the withdrawal, not from a session that dropped).
+#[test]
+fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
+    if let Some(why) = unsupported() {
+        skip::skip(&why);
+        return;
+    }
+    let bed = Bed::new();
+    let node = bed.ns("node");
+    let ip = |args: &str| {
+        let mut all = vec!["ip", "-n", &node];
+        all.extend(args.split(' '));
+        run(&all);
+    };
+    ip("link add lbcb-int type veth peer name lbcb-intp");
+    ip("addr add 198.19.2.11/24 dev lbcb-int");
+    ip("link set lbcb-int up");
+    ip("link set lbcb-intp up");
+    for dev in ["lbcb-ext", "lbcb-int"] {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &node, "ethtool", "-K", dev])
+            .args(["tx", "off", "tso", "off", "gso", "off", "gro", "off"])
+            .output();
+    }
+    let config = bed.path("lbd.toml");
+    std::fs::write(&config, lbd_config(&bed)).expect("writing lbd.toml");
+    let log = std::fs::File::create(bed.path("lbd.log")).expect("a log file");
+    let control = bed.path("lbd.sock");
+    let mut lbd = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node,
+            env!("CARGO_BIN_EXE_lbd"),
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--control")
+        .arg(&control)
+        .env("LBD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting lbd");
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let lbd = Reap(&mut lbd);
+    let log = || std::fs::read_to_string(bed.path("lbd.log")).unwrap_or_default();
+    // lbd wrote the include file at start: the node's BIRD can start.
+    let t = Instant::now();
+    while !bed.path("bird-lbd.conf").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no include file:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bed.bird("rtr", ROUTER);
+    bed.bird("node", &node_conf(&bed.path("bird-lbd.conf")));
+    // No backend answers its health checks: the local address only.
+    bed.wait_routes(30, &["198.19.2.21/32"], "lbd running");
+
+    let pid = i32::try_from(lbd.0.id()).expect("a pid");
+    // SAFETY: kill has no memory preconditions; the pid is our lbd.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = lbd.0.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "lbd did not stop:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}:\n{}", log());
+    assert!(log().contains("routes withdrawn"), "{}", log());
+    bed.wait_routes(5, &[], "after SIGTERM");
+    let protocols = bed.birdc("rtr", &["show", "protocols"]);
+    assert!(
+        protocols
+            .lines()
+            .any(|l| l.starts_with("node1") && l.contains("Established")),
+        "the session stays up: {protocols}"
     );
 }
