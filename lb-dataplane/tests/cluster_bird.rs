@@ -335,10 +335,16 @@ fn the_router_learns_what_the_node_announces_as_health_and_drain_change() {
     set_health(&shared, true);
     let took = bed.wait_routes(10, &["198.18.20.10/32", "198.19.2.21/32"], "healthy");
     eprintln!("VIP announced {took:?} after its servers came up");
-    assert_eq!(
-        *shared.cluster.announced.lock().expect("lock"),
-        ["198.18.20.10/32", "198.19.2.21/32"]
-    );
+    // The driver records what BIRD took once birdc returns, which may be
+    // after the router heard of it.
+    let t = Instant::now();
+    while *shared.cluster.announced.lock().expect("lock") != ["198.18.20.10/32", "198.19.2.21/32"] {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "announced not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     set_health(&shared, false);
     let took = bed.wait_routes(10, &["198.19.2.21/32"], "servers down");
@@ -350,6 +356,14 @@ fn the_router_learns_what_the_node_announces_as_health_and_drain_change() {
     shared.cluster.drain(None, shared.now_ns());
     let took = bed.wait_routes(10, &["198.19.2.21/32"], "drain");
     eprintln!("VIP withdrawn {took:?} after drain");
+    let t = Instant::now();
+    while shared.cluster.announced.lock().expect("lock").len() != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "withdrawal not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let stats = lb_dataplane::control::stats(&shared);
     assert_eq!(stats["cluster_state"], "draining");
     assert_eq!(stats["cluster"]["cluster_announced"], 1);
