@@ -303,7 +303,7 @@ fn the_router_learns_what_the_node_announces_as_health_and_drain_change() {
     lb_dataplane::cluster::driver::write_initial(&cfg).expect("the include file");
     let driver = {
         let shared = shared.clone();
-        std::thread::spawn(move || lb_dataplane::cluster::driver::run(shared))
+        std::thread::spawn(move || lb_dataplane::cluster::driver::run(&*shared))
     };
     let t = Instant::now();
     while shared.cluster.bird_errors.load(Ordering::Relaxed) == 0 {

@@ -10,13 +10,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::model::{Cluster, Config};
 
 use super::{announced, render::render, Announced};
-use crate::daemon::Shared;
 
 /// How often the announced set is computed again.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -144,10 +142,10 @@ pub fn write_initial(cfg: &Config) -> Result<(), BirdError> {
     )
 }
 
-/// Runs until `shared.stop`, or until [`super::ClusterState::withdraw_all`]
+/// Runs until the host stops, or until [`super::ClusterState::withdraw_all`]
 /// was asked and BIRD has taken the empty set.
-pub fn run(shared: Arc<Shared>) {
-    let state = &shared.cluster;
+pub fn run(host: &dyn super::Host) {
+    let state = host.cluster();
     // The text BIRD was last configured with, and when to try again
     // after a failure.
     let mut applied: Option<String> = None;
@@ -155,20 +153,16 @@ pub fn run(shared: Arc<Shared>) {
     let mut failing = false;
     loop {
         let stopping = state.stopping();
-        if state.check_deadline(shared.now_ns()) {
+        if state.check_deadline(host.now_ns()) {
             tracing::info!("drain deadline passed: the workers end their listener sessions");
         }
-        let rt = shared.runtime.load_full();
+        let (snap, health) = host.current();
         let set = if stopping {
             Announced::default()
         } else {
-            announced(
-                &rt.snap.cfg,
-                &rt.health,
-                state.draining.load(Ordering::Relaxed),
-            )
+            announced(&snap.cfg, &health, state.draining.load(Ordering::Relaxed))
         };
-        match file_for(&rt.snap.cfg, &set) {
+        match file_for(&snap.cfg, &set) {
             Some((cluster, text)) => {
                 let due = retry_at.is_none_or(|t| Instant::now() >= t);
                 if applied.as_deref() != Some(text.as_str()) && (due || stopping) {
@@ -219,7 +213,7 @@ pub fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        if shared.stop.load(Ordering::Relaxed) {
+        if host.stopping() {
             return;
         }
         state.wait_poke(if stopping {

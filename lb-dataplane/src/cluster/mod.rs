@@ -137,6 +137,15 @@ pub fn route_device(port: &Port) -> Option<&str> {
     port.interface.as_deref()
 }
 
+/// What the driver needs of the daemon it runs in: the health checker's
+/// view (configuration, servers' health, whether to stop), the daemon's
+/// clock and the cluster state.
+pub trait Host: crate::health::Host {
+    /// Nanoseconds since the daemon started.
+    fn now_ns(&self) -> u64;
+    fn cluster(&self) -> &ClusterState;
+}
+
 /// The cluster's state in the running daemon: drain, what was last
 /// announced, and the routing daemon's counters.
 #[derive(Debug, Default)]

@@ -490,7 +490,7 @@ impl Daemon {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
                 .name("lbd-cluster".into())
-                .spawn(move || crate::cluster::driver::run(shared))
+                .spawn(move || crate::cluster::driver::run(&*shared))
                 .map_err(|source| StartError::Thread {
                     thread: "the routing daemon's driver",
                     source,
@@ -652,6 +652,16 @@ fn watch_links(shared: &Shared) {
                 *prev = now;
             }
         }
+    }
+}
+
+impl crate::cluster::Host for Shared {
+    fn now_ns(&self) -> u64 {
+        Shared::now_ns(self)
+    }
+
+    fn cluster(&self) -> &crate::cluster::ClusterState {
+        &self.cluster
     }
 }
 
