@@ -626,3 +626,45 @@ fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
         "the session stays up: {protocols}"
     );
 }
+
+/// `lbctl check` accepts a cluster node whose listener does not use
+/// Maglev, and warns about it.
+#[test]
+fn lbctl_check_warns_about_a_clustered_listener_without_maglev() {
+    let dir = std::env::temp_dir().join(format!("lbcb-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let bed = Bed {
+        prefix: "lbcb-unused".into(),
+        dir: dir.clone(),
+    };
+    let config = dir.join("lbd.toml");
+    let check = |text: &str| {
+        std::fs::write(&config, text).expect("writing");
+        let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+            .arg("check")
+            .arg(&config)
+            .output()
+            .expect("lbctl check");
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (stdout, stderr) = check(&lbd_config(&bed));
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with(", cluster node 1 of 3 (1 peer)"),
+        "{stdout}"
+    );
+    assert_eq!(stderr, "");
+    let (_, stderr) = check(&lbd_config(&bed).replace("\"maglev\"", "\"wlc\""));
+    assert_eq!(
+        stderr,
+        format!(
+            "{}: warning: listener alb-1:80 of a cluster node uses server group sgp-web with scheduler wlc; use \"maglev\" so that every node sends a flow to the same server\n",
+            config.display()
+        )
+    );
+}

@@ -45,6 +45,11 @@ asn = 65000
 port = "ext"
 "#,
     ));
+    assert!(
+        summary(&cfg).ends_with(", cluster node 2 of 3 (2 peers)"),
+        "{}",
+        summary(&cfg)
+    );
     let c = cfg.cluster.expect("a cluster");
     assert_eq!((c.node_id, c.nodes, c.asn), (2, 3, 65011));
     assert_eq!(c.bird_config, "/run/lbd/bird-lbd.conf");

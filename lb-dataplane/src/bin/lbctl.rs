@@ -97,6 +97,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Check { file } => match lb_config::load(&file) {
             Ok(cfg) => {
                 println!("{}: {}", file.display(), lb_config::summary(&cfg));
+                for w in lb_dataplane::cluster::warnings(&cfg) {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
