@@ -59,7 +59,10 @@ struct Bed {
 }
 
 impl Bed {
-    fn new() -> Bed {
+    /// The node's end of the link is `node_dev`; with `node_addr` it
+    /// carries the node's address (standing in for lbd's TAP), else lbd
+    /// owns it as its port and makes the TAP itself.
+    fn new(node_dev: &str, node_addr: bool) -> Bed {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
             "lbcb{}x{}",
@@ -75,32 +78,21 @@ impl Bed {
             run(&["ip", "netns", "add", ns]);
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
-        run(&[
-            "ip", "-n", &node, "link", "add", "lbcb-ext", "type", "veth", "peer", "name",
-            "lbcb-up", "netns", &rtr,
-        ]);
-        run(&[
-            "ip",
-            "-n",
+        let ip = |ns: &str, args: &str| {
+            let mut all = vec!["ip", "-n", ns];
+            all.extend(args.split(' '));
+            run(&all);
+        };
+        ip(
             &node,
-            "addr",
-            "add",
-            "198.18.10.11/24",
-            "dev",
-            "lbcb-ext",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &rtr,
-            "addr",
-            "add",
-            "198.18.10.1/24",
-            "dev",
-            "lbcb-up",
-        ]);
-        run(&["ip", "-n", &node, "link", "set", "lbcb-ext", "up"]);
-        run(&["ip", "-n", &rtr, "link", "set", "lbcb-up", "up"]);
+            &format!("link add {node_dev} type veth peer name lbcb-up netns {rtr}"),
+        );
+        if node_addr {
+            ip(&node, &format!("addr add 198.18.10.11/24 dev {node_dev}"));
+        }
+        ip(&rtr, "addr add 198.18.10.1/24 dev lbcb-up");
+        ip(&node, &format!("link set {node_dev} up"));
+        ip(&rtr, "link set lbcb-up up");
         bed
     }
 
@@ -204,7 +196,8 @@ fn lbd_config(bed: &Bed) -> String {
         r#"
 [[port]]
 name = "ext"
-interface = "lbcb-ext"
+interface = "lbcb-raw"
+tap = "lbcb-ext"
 addresses = ["198.18.10.11/24"]
 [[port]]
 name = "int"
@@ -252,8 +245,11 @@ port = "ext"
     )
 }
 
+/// `{log}`: the router's log file.
 const ROUTER: &str = r#"
 router id 198.18.10.1;
+log "{log}" all;
+debug protocols { states, routes };
 protocol device { scan time 1; }
 protocol bfd { interface "lbcb-up" { interval 100 ms; multiplier 3; }; }
 protocol bgp node1 {
@@ -292,7 +288,8 @@ fn the_router_learns_what_the_node_announces_as_health_and_drain_change() {
         skip::skip(&why);
         return;
     }
-    let bed = Bed::new();
+    // lbcb-ext stands in for the TAP lbd would make.
+    let bed = Bed::new("lbcb-ext", true);
     let config = bed.path("lbd.toml");
     std::fs::write(&config, lbd_config(&bed)).expect("writing lbd.toml");
     let shared: Arc<Shared> = Shared::offline(&config).expect("a valid configuration");
@@ -315,7 +312,10 @@ fn the_router_learns_what_the_node_announces_as_health_and_drain_change() {
     }
     assert!(shared.cluster.last_error.lock().expect("lock").is_some());
 
-    bed.bird("rtr", ROUTER);
+    bed.bird(
+        "rtr",
+        &ROUTER.replace("{log}", &bed.path("rtr.log").display().to_string()),
+    );
     bed.bird("node", &node_conf(&bed.path("bird-lbd.conf")));
     // Not checked yet: the local address only, once BGP is up.
     let took = bed.wait_routes(30, &["198.19.2.21/32"], "start");
@@ -440,7 +440,8 @@ fn rendered_files_parse_in_bird() {
             r#"
 [[port]]
 name = "ext"
-interface = "lbcb-ext"
+interface = "lbcb-raw"
+tap = "lbcb-ext"
 addresses = ["198.18.10.11/24", "2001:db8:10::11/64"]
 [cluster]
 node_id = 1
@@ -529,17 +530,18 @@ fn a_reload_that_moves_the_node_is_refused() {
     );
 }
 
-/// A real `lbd` on the node (AF_PACKET on the router's link, the kernel
-/// beside it speaking BGP): on SIGTERM it withdraws its routes before it
-/// exits, while the BGP session stays up (so the router learned it from
-/// the withdrawal, not from a session that dropped).
+/// A real `lbd` on the node (AF_PACKET on the router's link, the node's
+/// BGP and BFD through lbd's TAP): on SIGTERM it withdraws its routes
+/// before it exits, while the BGP session is still up (so the router
+/// learned it from the withdrawal, not from a session that dropped).
 #[test]
 fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
     if let Some(why) = unsupported() {
         skip::skip(&why);
         return;
     }
-    let bed = Bed::new();
+    // lbd owns lbcb-raw and makes the TAP lbcb-ext with the port's address.
+    let bed = Bed::new("lbcb-raw", false);
     let node = bed.ns("node");
     let ip = |args: &str| {
         let mut all = vec!["ip", "-n", &node];
@@ -550,7 +552,7 @@ fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
     ip("addr add 198.19.2.11/24 dev lbcb-int");
     ip("link set lbcb-int up");
     ip("link set lbcb-intp up");
-    for dev in ["lbcb-ext", "lbcb-int"] {
+    for dev in ["lbcb-raw", "lbcb-int"] {
         let _ = Command::new("ip")
             .args(["netns", "exec", &node, "ethtool", "-K", dev])
             .args(["tx", "off", "tso", "off", "gso", "off", "gro", "off"])
@@ -595,7 +597,10 @@ fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    bed.bird("rtr", ROUTER);
+    bed.bird(
+        "rtr",
+        &ROUTER.replace("{log}", &bed.path("rtr.log").display().to_string()),
+    );
     bed.bird("node", &node_conf(&bed.path("bird-lbd.conf")));
     // No backend answers its health checks: the local address only.
     bed.wait_routes(30, &["198.19.2.21/32"], "lbd running");
@@ -618,12 +623,25 @@ fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
     assert!(status.success(), "{status}:\n{}", log());
     assert!(log().contains("routes withdrawn"), "{}", log());
     bed.wait_routes(5, &[], "after SIGTERM");
-    let protocols = bed.birdc("rtr", &["show", "protocols"]);
+    // The router heard the withdrawal over a live session: its log has
+    // the route removed before the session went down (with the TAP).
+    let t = Instant::now();
+    let rtr_log = loop {
+        let text = std::fs::read_to_string(bed.path("rtr.log")).unwrap_or_default();
+        if text.contains("State changed to stop") || t.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let removed = rtr_log
+        .find("removed [sole] 198.19.2.21/32")
+        .unwrap_or_else(|| panic!("no withdrawal in the router's log:\n{rtr_log}"));
+    let down = rtr_log
+        .find("State changed to stop")
+        .unwrap_or_else(|| panic!("the session never went down (the TAP stays?):\n{rtr_log}"));
     assert!(
-        protocols
-            .lines()
-            .any(|l| l.starts_with("node1") && l.contains("Established")),
-        "the session stays up: {protocols}"
+        removed < down,
+        "withdrawn only with the session:\n{rtr_log}"
     );
 }
 

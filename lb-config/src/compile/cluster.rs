@@ -116,6 +116,15 @@ impl Compiler<'_, '_> {
                 continue;
             }
             let Some(pi) = port else { continue };
+            if ports[pi].tap.is_none() {
+                self.err(
+                    &p.port.span(),
+                    format!(
+                        "port {} has no tap: BGP and BFD to a peer run over the port's TAP interface, so that they end when lbd does",
+                        ports[pi].name
+                    ),
+                );
+            }
             let Some(local) = self.peer_link(&p.address.span(), address, &ports[pi]) else {
                 continue;
             };

@@ -2,11 +2,13 @@
 
 use super::*;
 
-/// Two ports (ext with the upstream link, int) and nothing else: 8 lines.
+/// Two ports (ext with the upstream link and a tap, int) and nothing
+/// else: 9 lines.
 const PORTS: &str = r#"
 [[port]]
 name = "ext"
 interface = "lb-ext"
+tap = "lbd-ext"
 addresses = ["198.18.10.11/24", "2001:db8:10::11/64"]
 [[port]]
 name = "int"
@@ -122,13 +124,13 @@ port = "ext"
 "#
         )),
         [
-            "10:11: node_id (1..=nodes) must be 1..=3, got 4",
-            "12:7: AS 23456 is AS_TRANS (RFC 6793), a placeholder; use the real AS number",
-            "13:15: bird_config must be an absolute file path without quotes or control characters, got \"run/bird-lbd.conf\"",
-            "14:15: hold_time_s must be 3..=65535, got 2",
-            "16:19: bfd_interval_ms must be 10..=10000, got 5",
-            "17:18: bfd_multiplier must be 1..=255, got 0",
-            "20:7: an AS number must be 1..=4294967294, got 0",
+            "11:11: node_id (1..=nodes) must be 1..=3, got 4",
+            "13:7: AS 23456 is AS_TRANS (RFC 6793), a placeholder; use the real AS number",
+            "14:15: bird_config must be an absolute file path without quotes or control characters, got \"run/bird-lbd.conf\"",
+            "15:15: hold_time_s must be 3..=65535, got 2",
+            "17:19: bfd_interval_ms must be 10..=10000, got 5",
+            "18:18: bfd_multiplier must be 1..=255, got 0",
+            "21:7: an AS number must be 1..=4294967294, got 0",
         ]
     );
     assert_eq!(
@@ -147,9 +149,9 @@ port = "ext"
 "#
         )),
         [
-            "11:9: nodes must be 1..=255, got 0",
-            "14:15: keepalive_s (at most a third of hold_time_s) must be 1..=2, got 3",
-            "17:7: an AS number must be 1..=4294967294, got 4294967295",
+            "12:9: nodes must be 1..=255, got 0",
+            "15:15: keepalive_s (at most a third of hold_time_s) must be 1..=2, got 3",
+            "18:7: an AS number must be 1..=4294967294, got 4294967295",
         ]
     );
 }
@@ -194,24 +196,43 @@ port = "ext"
 "#
         )),
         [
-            "14:11: peer 198.18.20.1 is not on a link of port ext (198.18.10.11/24, 2001:db8:10::11/64); a peer must be directly connected",
-            "18:11: peer 198.18.10.11 is our own address (port ext on line 4); a peer is an upstream router",
-            "24:8: unknown port wan",
-            "30:11: peer 198.18.10.2 is already defined on line 26",
-            "34:11: \"198.18.10.300\" is not an IP address",
-            "38:11: peer 198.18.10.255 is the network or broadcast address of port ext (198.18.10.0/24), not a host address",
+            "15:11: peer 198.18.20.1 is not on a link of port ext (198.18.10.11/24, 2001:db8:10::11/64); a peer must be directly connected",
+            "19:11: peer 198.18.10.11 is our own address (port ext on line 5); a peer is an upstream router",
+            "25:8: unknown port wan",
+            "31:11: peer 198.18.10.2 is already defined on line 27",
+            "35:11: \"198.18.10.300\" is not an IP address",
+            "39:11: peer 198.18.10.255 is the network or broadcast address of port ext (198.18.10.0/24), not a host address",
         ]
     );
     assert_eq!(
         errs(&cluster("[cluster]\nnode_id = 1\nnodes = 1\nasn = 65011\n")),
-        ["9:1: [cluster] needs at least one [[cluster.peer]] (the routers the VIPs are announced to)"]
+        ["10:1: [cluster] needs at least one [[cluster.peer]] (the routers the VIPs are announced to)"]
     );
     assert_eq!(
         errs(&cluster("[cluster]\nnode_id = 1\nnodes = 1\nasn = 65011\nhold = 3\n")),
         [
-            "9:1: [cluster] needs at least one [[cluster.peer]] (the routers the VIPs are announced to)",
-            "13:1: unknown field `hold`, expected one of `node_id`, `nodes`, `asn`, `bird_config`, `bird_socket`, `hold_time_s`, `keepalive_s`, `bfd`, `bfd_interval_ms`, `bfd_multiplier`, `peer`"
+            "10:1: [cluster] needs at least one [[cluster.peer]] (the routers the VIPs are announced to)",
+            "14:1: unknown field `hold`, expected one of `node_id`, `nodes`, `asn`, `bird_config`, `bird_socket`, `hold_time_s`, `keepalive_s`, `bfd`, `bfd_interval_ms`, `bfd_multiplier`, `peer`"
         ]
+    );
+}
+
+#[test]
+fn a_peer_is_behind_a_port_with_a_tap() {
+    assert_eq!(
+        errs(&cluster(
+            r#"
+[cluster]
+node_id = 1
+nodes = 1
+asn = 65011
+[[cluster.peer]]
+address = "198.19.2.1"
+asn = 65000
+port = "int"
+"#
+        )),
+        ["17:8: port int has no tap: BGP and BFD to a peer run over the port's TAP interface, so that they end when lbd does"]
     );
 }
 
@@ -226,6 +247,6 @@ fn every_worker_of_every_node_keeps_enough_ports() {
     assert!(errs(&body(14, 64)).is_empty());
     assert_eq!(
         errs(&body(15, 64)),
-        ["13:9: nodes = 15 with workers = 64 leaves a worker 62 ports of each local address; at least 64 are needed (fewer nodes or workers)"]
+        ["14:9: nodes = 15 with workers = 64 leaves a worker 62 ports of each local address; at least 64 are needed (fewer nodes or workers)"]
     );
 }

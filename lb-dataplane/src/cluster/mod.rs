@@ -16,9 +16,10 @@
 //! backends' replies come back to, draining or not. On a clean stop
 //! nothing is.
 //!
-//! The static routes are device routes through the interface of the
+//! The static routes are device routes through the TAP interface of the
 //! peer's port ([`route_device`]), so that they go away with it: BIRD
-//! withdraws a route whose interface is gone.
+//! withdraws a route whose interface is gone, and the TAP goes when
+//! `lbd` does, however it ends.
 
 pub mod driver;
 pub mod render;
@@ -130,11 +131,11 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     out
 }
 
-/// The interface the static routes of peers behind `port` go through:
-/// the port's kernel interface, which goes away with `lbd` (on a TAP
-/// exception path, the TAP interface).
+/// The interface BFD and the static routes of peers behind `port` use:
+/// the port's TAP (`[[port]] tap`), through which the node's kernel, and
+/// its BIRD, reach the peer, and which goes away with `lbd`.
 pub fn route_device(port: &Port) -> Option<&str> {
-    port.interface.as_deref()
+    port.tap.as_deref()
 }
 
 /// What the driver needs of the daemon it runs in: the health checker's

@@ -90,7 +90,7 @@ pub fn render(cluster: &Cluster, ports: &[Port], set: &Announced) -> String {
                     }
                 }
                 None => {
-                    let _ = writeln!(s, "  # port {} has no interface: no routes", pi);
+                    let _ = writeln!(s, "  # port {pi} has no tap: no routes");
                 }
             }
             let _ = writeln!(s, "}}");

@@ -14,7 +14,8 @@ fn config(cluster: &str) -> Config {
         r#"
 [[port]]
 name = "ext"
-interface = "lbcb-ext"
+interface = "lbcb-raw"
+tap = "lbcb-ext"
 addresses = ["198.18.10.11/24", "2001:db8:10::11/64"]
 [[port]]
 name = "int"
