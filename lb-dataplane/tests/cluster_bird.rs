@@ -530,18 +530,20 @@ fn a_reload_that_moves_the_node_is_refused() {
     );
 }
 
-/// A real `lbd` on the node (AF_PACKET on the router's link, the node's
-/// BGP and BFD through lbd's TAP): on SIGTERM it withdraws its routes
-/// before it exits, while the BGP session is still up (so the router
-/// learned it from the withdrawal, not from a session that dropped).
-#[test]
-fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
-    if let Some(why) = unsupported() {
-        skip::skip(&why);
-        return;
+/// An `lbd` that is killed when dropped.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    // lbd owns lbcb-raw and makes the TAP lbcb-ext with the port's address.
-    let bed = Bed::new("lbcb-raw", false);
+}
+
+/// A real `lbd` on the node (AF_PACKET on `lbcb-raw`, its TAP `lbcb-ext`
+/// carrying the node's address), with BIRD on the node and the router;
+/// returns once the router has the node's local address.
+fn start_real_lbd(bed: &Bed) -> Reap {
     let node = bed.ns("node");
     let ip = |args: &str| {
         let mut all = vec!["ip", "-n", &node];
@@ -559,10 +561,10 @@ fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
             .output();
     }
     let config = bed.path("lbd.toml");
-    std::fs::write(&config, lbd_config(&bed)).expect("writing lbd.toml");
+    std::fs::write(&config, lbd_config(bed)).expect("writing lbd.toml");
     let log = std::fs::File::create(bed.path("lbd.log")).expect("a log file");
     let control = bed.path("lbd.sock");
-    let mut lbd = Command::new("ip")
+    let lbd = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -578,14 +580,7 @@ fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
         .stderr(log)
         .spawn()
         .expect("starting lbd");
-    struct Reap<'a>(&'a mut std::process::Child);
-    impl Drop for Reap<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let lbd = Reap(&mut lbd);
+    let lbd = Reap(lbd);
     let log = || std::fs::read_to_string(bed.path("lbd.log")).unwrap_or_default();
     // lbd wrote the include file at start: the node's BIRD can start.
     let t = Instant::now();
@@ -605,6 +600,27 @@ fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
     // No backend answers its health checks: the local address only.
     bed.wait_routes(30, &["198.19.2.21/32"], "lbd running");
 
+    lbd
+}
+
+/// The lbd log of `bed`.
+fn lbd_log(bed: &Bed) -> String {
+    std::fs::read_to_string(bed.path("lbd.log")).unwrap_or_default()
+}
+
+/// A real `lbd` on the node (AF_PACKET on the router's link, the node's
+/// BGP and BFD through lbd's TAP): on SIGTERM it withdraws its routes
+/// before it exits, while the BGP session is still up (so the router
+/// learned it from the withdrawal, not from a session that dropped).
+#[test]
+fn lbd_withdraws_its_routes_on_sigterm_before_it_exits() {
+    if let Some(why) = unsupported() {
+        skip::skip(&why);
+        return;
+    }
+    let bed = Bed::new("lbcb-raw", false);
+    let mut lbd = start_real_lbd(&bed);
+    let log = || lbd_log(&bed);
     let pid = i32::try_from(lbd.0.id()).expect("a pid");
     // SAFETY: kill has no memory preconditions; the pid is our lbd.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -685,4 +701,28 @@ fn lbctl_check_warns_about_a_clustered_listener_without_maglev() {
             config.display()
         )
     );
+}
+
+/// A killed `lbd` (SIGKILL: no clean-up of its own) leaves no route: its
+/// TAP goes with it, so the node's BGP and BFD sessions end and the
+/// router's BFD withdraws the node.
+#[test]
+fn a_killed_lbd_leaves_no_route() {
+    if let Some(why) = unsupported() {
+        skip::skip(&why);
+        return;
+    }
+    let bed = Bed::new("lbcb-raw", false);
+    let mut lbd = start_real_lbd(&bed);
+    let t = Instant::now();
+    let _ = lbd.0.kill();
+    let _ = lbd.0.wait();
+    let took = bed.wait_routes(10, &[], "after SIGKILL");
+    eprintln!(
+        "the router dropped the killed node's routes {took:?} after SIGKILL ({:?} in all)",
+        t.elapsed()
+    );
+    assert!(!lbd_log(&bed).contains("routes withdrawn"));
+    // BFD (3 x 100 ms) rather than the 3 s hold time.
+    assert!(took < Duration::from_millis(2500), "{took:?}");
 }
