@@ -142,6 +142,14 @@ pub struct PortConfig {
     pub source_check: Option<SourceCheckConfig>,
     pub vlan: Option<S<i64>>,
     pub max_neighbors: Option<S<i64>>,
+    pub dpdk_rss: Option<S<DpdkRssConfig>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpdkRssConfig {
+    Hardware,
+    Software,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -468,7 +468,9 @@ fn memif(n: u16, role: &str, socket: &Path, mac: [u8; 6]) -> String {
 /// load balancer (VIP 198.18.0.10, port 80 allowed, port 81 denied by its
 /// security group, two backends, FULLNAT from 198.19.1.190-253) on two memif
 /// ports, `idle = "busy"`, health checks off (the backends are played by
-/// the traffic process), SYN proxy off (it measures forwarding).
+/// the traffic process), SYN proxy off (it measures forwarding). memif has
+/// no RSS: with several workers, the traffic process spreads the frames
+/// over the queues as a NIC would (`dpdk_rss = "software"`).
 pub fn lbd_config(
     workers: u16,
     eal: &[String],
@@ -507,11 +509,13 @@ eal_args = [{eal}]
 [[port]]
 name = "ext"
 dpdk_port = 0
+dpdk_rss = "software"
 addresses = ["198.18.0.1/24"]
 
 [[port]]
 name = "int"
 dpdk_port = 1
+dpdk_rss = "software"
 addresses = ["198.19.1.1/24"]
 
 [[security_group]]
@@ -769,7 +773,7 @@ fn run_dut(
         &log,
     )?;
     if dut == Dut::Lbd {
-        // A PMD without RSS gives lbd one queue per port, so one worker:
+        // A port with fewer queues gives lbd fewer workers:
         // ask lbd how many run once its control socket is up.
         let sock = dir.join("lbd.sock");
         wait_for(
@@ -871,7 +875,7 @@ fn print_workers(w: u16, reference: Option<&DutRun>, lbd: &DutRun) {
     println!("== {w} worker(s)");
     if lbd.workers != w {
         println!(
-            "  lbd ran {} worker(s): its ports gave it {} queue(s) (a PMD without RSS gets one)",
+            "  lbd ran {} worker(s): its ports gave it {} queue(s)",
             lbd.workers, lbd.workers
         );
     }

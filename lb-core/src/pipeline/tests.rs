@@ -82,6 +82,7 @@ fn config() -> Config {
         source_check: SourceCheck::Strict,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        dpdk_rss: Default::default(),
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-web".into(),
@@ -1118,6 +1119,7 @@ fn two_ports(check: SourceCheck, ext_vlan: Option<u16>) -> Snapshot {
         source_check: check,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        dpdk_rss: Default::default(),
     });
     Snapshot::compile(cfg, 1)
 }
