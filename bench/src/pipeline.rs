@@ -52,6 +52,7 @@ fn config(v6: bool) -> Config {
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
         dpdk_rss: Default::default(),
+        tap: None,
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-alb".into(),
@@ -130,6 +131,7 @@ fn config(v6: bool) -> Config {
                 syn_proxy: lb_core::model::SynProxyMode::Off,
                 syn_proxy_threshold: lb_core::model::DEFAULT_SYN_PROXY_THRESHOLD,
                 limits: lb_core::model::ListenerLimits::default(),
+                access_log: None,
             })
             .collect(),
     });

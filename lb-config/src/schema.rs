@@ -98,6 +98,8 @@ pub struct DataplaneConfig {
     pub reset_unknown_rate: Option<S<i64>>,
     /// `[dataplane.fragments]`: IP fragments without reassembly.
     pub fragments: Option<S<FragmentsConfig>>,
+    /// Frames per direction of each port's exception path.
+    pub exception_queue: Option<S<i64>>,
 }
 
 /// `[dataplane.fragments]`.
@@ -142,6 +144,8 @@ pub struct PortConfig {
     pub source_check: Option<SourceCheckConfig>,
     pub vlan: Option<S<i64>>,
     pub max_neighbors: Option<S<i64>>,
+    /// The TAP interface of the port's exception path.
+    pub tap: Option<S<String>>,
     pub dpdk_rss: Option<S<DpdkRssConfig>>,
 }
 
@@ -484,6 +488,18 @@ pub struct ListenerConfig {
     pub max_connections: Option<S<i64>>,
     /// New sessions per second, across workers.
     pub max_new_connections_per_s: Option<S<i64>>,
+    /// A line per session in a file.
+    pub access_log: Option<S<AccessLogConfig>>,
+}
+
+/// A listener's `access_log = { path = …, format = "json", on_start = … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    pub path: S<String>,
+    /// Only `"json"` (the default) for now.
+    pub format: Option<S<String>>,
+    pub on_start: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -52,7 +52,7 @@ pub const MAX_CLIENTS_PER_LEVEL: usize = 8;
 pub enum ControlError {
     /// The socket file could not be set up (see [`crate::sockfile::bind`]).
     #[error(transparent)]
-    SocketFile(anyhow::Error),
+    SocketFile(crate::sockfile::SocketFileError),
     #[error("setting up the control socket")]
     Setup(#[source] std::io::Error),
     #[error("binding the metrics endpoint {addr}")]
@@ -109,11 +109,13 @@ pub enum Command {
     Stats,
     /// Re-read the configuration file (changes the running state).
     Reload,
+    /// Reopen the access logs (after logrotate moved them).
+    LogReopen,
 }
 
 impl Command {
     /// Every command, for messages.
-    pub const ALL: [Command; 2] = [Command::Stats, Command::Reload];
+    pub const ALL: [Command; 3] = [Command::Stats, Command::Reload, Command::LogReopen];
 
     /// Parses one command line (surrounding white space ignored).
     pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
@@ -135,6 +137,7 @@ impl Command {
         match self {
             Command::Stats => "stats",
             Command::Reload => "reload",
+            Command::LogReopen => "log reopen",
         }
     }
 
@@ -142,7 +145,7 @@ impl Command {
     pub fn level(self) -> Level {
         match self {
             Command::Stats => Level::User,
-            Command::Reload => Level::Admin,
+            Command::Reload | Command::LogReopen => Level::Admin,
         }
     }
 }
@@ -350,8 +353,19 @@ pub fn answer(
         Ok(Command::Stats) => stats(shared),
         Ok(Command::Reload) => match reload() {
             Ok(generation) => json!({"ok": true, "generation": generation}),
-            Err(errors) => json!({"ok": false, "errors": errors}),
+            Err(why) => json!({"ok": false, "errors": why.to_string()}),
         },
+        Ok(Command::LogReopen) => log_reopen(shared),
+    }
+}
+
+/// `log reopen`: the access log's writer reopens every file; the answer
+/// waits for it (a few seconds at most).
+fn log_reopen(shared: &Shared) -> Value {
+    if shared.access_log.reopen(Duration::from_secs(5)) {
+        json!({"ok": true})
+    } else {
+        json!({"ok": false, "error": "the access log writer did not answer within 5 s"})
     }
 }
 
@@ -406,6 +420,23 @@ pub fn request(path: &Path, command: &str) -> Result<Value, ControlError> {
     Ok(v)
 }
 
+/// A port's exception path: its TAP and its counters (0 without one).
+fn exception_counters(
+    shared: &Shared,
+    pi: usize,
+    tap: Option<&str>,
+    out: &mut serde_json::Map<String, Value>,
+) {
+    let c = shared.exception.port(pi).map(|ep| &ep.counters);
+    let n = |f: fn(&crate::exception::Counters) -> &std::sync::atomic::AtomicU64| {
+        c.map_or(0, |c| f(c).load(Ordering::Relaxed))
+    };
+    out.insert("tap".into(), json!(tap));
+    out.insert("exception_to_kernel".into(), json!(n(|c| &c.to_kernel)));
+    out.insert("exception_from_kernel".into(), json!(n(|c| &c.from_kernel)));
+    out.insert("exception_drops".into(), json!(n(|c| &c.drops)));
+}
+
 /// Every counter of the running daemon.
 pub fn stats(shared: &Shared) -> Value {
     let rt = shared.runtime.load_full();
@@ -449,6 +480,9 @@ pub fn stats(shared: &Shared) -> Value {
             "spoofed_source": d.spoofed_source,
             "vlan_mismatch": d.vlan_mismatch,
         }));
+        if let Some(o) = ports.last_mut().and_then(Value::as_object_mut) {
+            exception_counters(shared, pi, p.tap.as_deref(), o);
+        }
     }
 
     let mut drops: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -602,6 +636,9 @@ pub fn stats(shared: &Shared) -> Value {
         "neighbor_tables": neighbor_tables,
         "syn_flood": syn_flood,
         "fragments": fragments,
+        "access_log_records": shared.access_log.records.load(Ordering::Relaxed),
+        "access_log_dropped": shared.access_log.dropped.load(Ordering::Relaxed)
+            + reports.iter().map(|r| r.access_log_dropped).sum::<u64>(),
     })
 }
 
@@ -648,8 +685,11 @@ mod tests {
         let e = Command::parse(b"drop tables\n").expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown command \"drop tables\": the commands are stats, reload"
+            "unknown command \"drop tables\": the commands are stats, reload, log reopen"
         );
+        assert_eq!(Command::parse(b"log  reopen\n").ok(), None);
+        assert_eq!(Command::parse(b" log reopen\n"), Ok(Command::LogReopen));
+        assert_eq!(Command::LogReopen.level(), Level::Admin);
         let long = Command::parse(&[b'x'; 1000])
             .expect_err("unknown")
             .to_string();

@@ -109,6 +109,18 @@ pub fn prometheus(shared: &Shared) -> String {
             "vlan_mismatch",
             "Frames dropped because their VLAN tagging does not fit the port.",
         ),
+        (
+            "exception_to_kernel",
+            "Frames handed to the kernel through the port's TAP (the exception path).",
+        ),
+        (
+            "exception_from_kernel",
+            "Frames the kernel sent through the port's TAP that left by the port.",
+        ),
+        (
+            "exception_drops",
+            "Frames of the exception path dropped either way (a full queue, no buffer, a failed write).",
+        ),
     ] {
         metric(
             &format!("port_{field}_total"),
@@ -272,6 +284,20 @@ pub fn prometheus(shared: &Shared) -> String {
             help,
             "counter",
             vec![(String::new(), num(&s["fragments"][name]))],
+        );
+    }
+    for (name, help) in [
+        ("access_log_records", "Access-log lines written."),
+        (
+            "access_log_dropped",
+            "Access-log records lost: a worker's buffer or queue to the writer was full, or the file could not be written.",
+        ),
+    ] {
+        metric(
+            &format!("{name}_total"),
+            help,
+            "counter",
+            vec![(String::new(), num(&s[name]))],
         );
     }
     metric(

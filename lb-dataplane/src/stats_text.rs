@@ -52,6 +52,16 @@ pub fn render(v: &Value) -> String {
             n(&p["spoofed_source"]),
             n(&p["vlan_mismatch"])
         );
+        if let Some(tap) = p["tap"].as_str() {
+            let _ = writeln!(
+                s,
+                "  {:<10} tap {tap}: to_kernel {}, from_kernel {}, drops {}",
+                "",
+                n(&p["exception_to_kernel"]),
+                n(&p["exception_from_kernel"]),
+                n(&p["exception_drops"])
+            );
+        }
         if n(&p["mtu"]) > 0 {
             let _ = writeln!(s, "  {:<10} mtu {}", "", n(&p["mtu"]));
         }
@@ -100,6 +110,12 @@ pub fn render(v: &Value) -> String {
     for (k, c) in v["fragments"].as_object().into_iter().flatten() {
         let _ = writeln!(s, "  {k:<24} {:>12}", n(c));
     }
+    let _ = writeln!(
+        s,
+        "\naccess log records {}  (dropped {})",
+        n(&v["access_log_records"]),
+        n(&v["access_log_dropped"])
+    );
     let _ = writeln!(s, "\nrule hits (since the last reload)");
     for (k, c) in v["rules"].as_object().into_iter().flatten() {
         let _ = writeln!(s, "  {k:<48} {:>12}", n(c));

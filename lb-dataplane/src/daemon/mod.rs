@@ -6,6 +6,8 @@
 
 mod affinity;
 mod error;
+#[cfg(test)]
+mod exception_tests;
 mod ports;
 #[cfg(test)]
 mod rss_tests;
@@ -81,6 +83,8 @@ pub struct WorkerReport {
     pub icmp_errors_rate_limited: u64,
     /// Half-open TCP sessions in the worker's table.
     pub half_open: usize,
+    /// Access-log records lost in the worker's own buffer.
+    pub access_log_dropped: u64,
     /// An "auto" SYN proxy is engaged on some listener.
     pub syn_proxy_engaged: bool,
 }
@@ -123,6 +127,10 @@ pub struct Shared {
     /// RSS, as with AF_PACKET): frame ownership and FULLNAT local ports
     /// follow it, so that no frame needs a handoff.
     pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
+    /// Each port's exception path to the kernel (`[[port]] tap`).
+    pub exception: Arc<crate::exception::Exceptions>,
+    /// The listeners' access logs: the workers' queues to the writer.
+    pub access_log: Arc<crate::access_log::AccessLog>,
 }
 
 impl Shared {
@@ -148,6 +156,8 @@ impl Shared {
         let snap = Arc::new(Snapshot::compile(cfg, old.snap.generation + 1));
         let health = Arc::new(HealthTable::new(&snap, Some(&old.health)));
         let generation = snap.generation;
+        // Its names before any worker makes a record under it.
+        self.access_log.register(&snap);
         self.runtime.store(Arc::new(Runtime { snap, health }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "configuration reloaded");
@@ -208,6 +218,11 @@ impl Shared {
                 tracing::debug!(port, mtu, "port MTU");
             } else {
                 tracing::info!(port, mtu, was = old, "port MTU changed");
+                if let Some(ep) = self.exception.port(pi) {
+                    if let Err(e) = crate::exception::tap::set_mtu(&ep.tap, mtu) {
+                        tracing::warn!(port, tap = %ep.tap, mtu, "setting the TAP's MTU: {e}");
+                    }
+                }
             }
         }
     }
@@ -269,6 +284,10 @@ impl Shared {
                 .collect::<Vec<_>>(),
         );
         let health = Arc::new(HealthTable::new(&snap, None));
+        let mtu_cap_len = mtu_cap.len();
+        let started = Instant::now();
+        let access_log = Arc::new(crate::access_log::AccessLog::new(workers, started));
+        access_log.register(&snap);
         Shared {
             runtime: ArcSwap::from_pointee(Runtime { snap, health }),
             stop: AtomicBool::new(false),
@@ -282,7 +301,7 @@ impl Shared {
                 })
                 .collect(),
             health_tx,
-            started: Instant::now(),
+            started,
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             port_names,
@@ -292,6 +311,8 @@ impl Shared {
             port_mtu_cap: mtu_cap,
             buffers: crate::io::pool::BufPool::new(0, 0),
             port_rss: Vec::new(),
+            exception: Arc::new(crate::exception::Exceptions::none(mtu_cap_len)),
+            access_log,
         }
     }
 }
@@ -318,7 +339,14 @@ fn compatible(
     let ports = |c: &lb_core::model::Config| {
         c.ports
             .iter()
-            .map(|p| (p.name.clone(), p.interface.clone(), p.dpdk_port))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.interface.clone(),
+                    p.dpdk_port,
+                    p.tap.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     if ports(old) != ports(new) {
@@ -383,6 +411,18 @@ impl Daemon {
         }
         shared.buffers =
             crate::io::pool::BufPool::new(pool_buffers(workers, ring_frames), max_frame);
+        // The TAPs take the ports' MAC addresses and MTUs as they are now.
+        let macs: Vec<[u8; 6]> = per_worker
+            .first()
+            .map(|w| w.tx.iter().map(|t| t.mac()).collect())
+            .unwrap_or_default();
+        let mtus: Vec<u32> = (0..shared.port_mtu.len())
+            .map(|pi| shared.read_port_mtu(pi).unwrap_or(0))
+            .collect();
+        let snap0 = shared.runtime.load().snap.clone();
+        let (exceptions, taps) = crate::exception::open(&snap0, &macs, &mtus, max_frame)
+            .map_err(|source| StartError::Tap { source })?;
+        shared.exception = Arc::new(exceptions);
         let shared = Arc::new(shared);
         for pi in 0..shared.port_mtu.len() {
             shared.update_port_mtu(pi);
@@ -442,6 +482,21 @@ impl Daemon {
                 })?;
             threads.push(h);
         }
+        if !taps.is_empty() {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-exception".into())
+                .spawn(move || {
+                    keep_off_worker_cores(&shared.runtime.load().snap.cfg.dataplane.cores);
+                    crate::exception::run(&shared.exception, taps, &shared.stop);
+                })
+                .map_err(|source| StartError::Thread {
+                    thread: "the exception path",
+                    source,
+                })?;
+            threads.push(h);
+        }
+        threads.push(spawn_access_log_writer(&shared)?);
         {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
@@ -473,10 +528,33 @@ impl Daemon {
     /// Asks every thread to stop and waits for them.
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        // The workers come first: once they are gone, the access log's
+        // writer takes their last records and ends.
+        let workers = self.shared.workers.len();
+        for (i, t) in self.threads.into_iter().enumerate() {
+            if i == workers {
+                self.shared.access_log.close();
+            }
             let _ = t.join();
         }
     }
+}
+
+/// The access logs' writer thread; it ends after `shared.stop`, once the
+/// workers' last records are written.
+fn spawn_access_log_writer(shared: &Arc<Shared>) -> Result<JoinHandle<()>, StartError> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("lbd-access-log".into())
+        .spawn(move || {
+            keep_off_worker_cores(&shared.runtime.load().snap.cfg.dataplane.cores);
+            let stop = || shared.stop.load(Ordering::Relaxed) && shared.access_log.is_closed();
+            crate::access_log::run_writer(&shared.access_log, &stop);
+        })
+        .map_err(|source| StartError::Thread {
+            thread: "the access log writer",
+            source,
+        })
 }
 
 /// Refines the classifiers of the running snapshot on a thread of its own
@@ -588,5 +666,33 @@ impl crate::health::Host for Shared {
 
     fn neighbors(&self) -> &Neighbors {
         &self.neigh
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn cfg(port: &str, dataplane: &str) -> lb_core::model::Config {
+        let text = format!(
+            "[dataplane]\n{dataplane}\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"198.18.0.1/24\"]\n{port}"
+        );
+        lb_config::parse_str(&text, "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn the_exception_path_changes_only_with_a_restart() {
+        let tap = cfg("tap = \"lbd-ext\"\n", "");
+        assert!(compatible(&tap, &cfg("tap = \"lbd-ext\"\n", "")).is_ok());
+        for other in [cfg("", ""), cfg("tap = \"lbd-x\"\n", "")] {
+            assert!(matches!(
+                compatible(&tap, &other),
+                Err(ReloadError::PortsChanged)
+            ));
+        }
+        assert!(matches!(
+            compatible(&tap, &cfg("tap = \"lbd-ext\"\n", "exception_queue = 64")),
+            Err(ReloadError::DataplaneChanged)
+        ));
     }
 }
