@@ -180,8 +180,8 @@ pub(super) fn run_dut(
     })
 }
 
-/// [`run_dut`], once more if nothing went through the device (a memif
-/// link that connected but never passed a frame has been seen).
+/// [`run_dut`], once more if it failed or nothing went through the device
+/// (a memif link that connected but never passed a frame has been seen).
 pub(super) fn run_dut_twice(
     a: &DataplaneArgs,
     scratch: &mut Scratch,
@@ -190,15 +190,18 @@ pub(super) fn run_dut_twice(
     raw: &mut Vec<String>,
 ) -> Result<DutRun> {
     let mut first = Vec::new();
-    let r = run_dut(a, scratch, dut, workers, &mut first)?;
-    if r.phases.iter().any(|p| p.rev > 0) {
-        raw.extend(first);
-        return Ok(r);
+    match run_dut(a, scratch, dut, workers, &mut first) {
+        Ok(r) if r.phases.iter().any(|p| p.rev > 0) => {
+            raw.extend(first);
+            return Ok(r);
+        }
+        Ok(r) => eprintln!(
+            "  {} w{workers}: nothing came back through the device ({}); once more",
+            dut.name(),
+            r.warmup
+        ),
+        // memif links with several queues have been seen not to come up.
+        Err(e) => eprintln!("  {} w{workers}: {e:#}; once more", dut.name()),
     }
-    eprintln!(
-        "  {} w{workers}: nothing came back through the device ({}); once more",
-        dut.name(),
-        r.warmup
-    );
     run_dut(a, scratch, dut, workers, raw)
 }
