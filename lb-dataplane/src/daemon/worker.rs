@@ -319,9 +319,12 @@ impl WorkerLoop {
             let rt = runtime.load();
             let seen = self.forward_once(rt);
             let now = Instant::now();
+            let now_ns = self.fwd.shared.ns_at(now);
+            self.fwd.core.housekeep(now_ns, &rt.snap);
+            // Drain deadlines apply on an idle worker too.
             self.fwd
                 .core
-                .housekeep(self.fwd.shared.ns_at(now), &rt.snap);
+                .follow_servers(&rt.snap, rt.health.as_ref(), now_ns);
             self.fwd.pass_session_records();
             if now.duration_since(self.last_publish) >= Duration::from_millis(100) {
                 self.publish(now, rt.snap.generation);
