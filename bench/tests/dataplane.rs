@@ -1,11 +1,14 @@
-//! `bench dataplane` in short: one worker, phases of one second, lbd
-//! (built with the dpdk feature) and dpdk-testpmd over net_memif links.
+//! `bench dataplane` in short: one and two workers, phases of one second,
+//! lbd (built with the dpdk feature) and dpdk-testpmd over net_memif links.
 //!
 //! It checks that traffic flowed both ways through both devices, that the
-//! ratio line has a figure for one worker, and that lbd's own counters
-//! agree with what the traffic process saw: established and new traffic
-//! forwarded, sessions created for the new flows, every denied frame
-//! dropped by the security group and none leaked.
+//! ratio line has a figure for each worker count, and that lbd's own
+//! counters agree with what the traffic process saw: established and new
+//! traffic forwarded, sessions created for the new flows, every denied
+//! frame dropped by the security group and none leaked. With two workers,
+//! lbd ran two (memif has no RSS: the traffic process spreads the frames
+//! as RSS would, `dpdk_rss = "software"`), and its steered FULLNAT local
+//! ports brought every reply to its session's worker: no handoffs.
 //!
 //! Needs root and dpdk-testpmd (package dpdk-dev, which .ci/run installs);
 //! elsewhere it says SKIPPED and passes, except under `CI=true` or
@@ -55,7 +58,7 @@ fn lbd_and_testpmd_forward_over_memif() {
     }
     let (lbd, lbctl) = common::lbd_binaries(&["dpdk"]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["dataplane", "--workers", "1", "--duration", "1s"])
+        .args(["dataplane", "--workers", "1,2", "--duration", "1s"])
         .args(["--flows", "256", "--max-time", "60s"])
         .arg("--lbd")
         .arg(&lbd)
@@ -87,8 +90,8 @@ fn lbd_and_testpmd_forward_over_memif() {
     );
     eprintln!("{text}");
 
-    let phase = |dut: &str, name: &str| -> PhaseResult {
-        let prefix = format!("raw {dut} w1 ");
+    let phase = |dut: &str, w: u16, name: &str| -> PhaseResult {
+        let prefix = format!("raw {dut} w{w} ");
         text.lines()
             .filter_map(|l| l.strip_prefix(&prefix))
             .filter_map(PhaseResult::from_line)
@@ -97,8 +100,10 @@ fn lbd_and_testpmd_forward_over_memif() {
     };
     // Both devices forwarded both directions.
     for dut in ["testpmd", "lbd"] {
-        let est = phase(dut, "est");
-        assert!(est.fwd > 1000 && est.rev > 1000, "{dut}: {est:?}");
+        for w in [1, 2] {
+            let est = phase(dut, w, "est");
+            assert!(est.fwd > 1000 && est.rev > 1000, "{dut} w{w}: {est:?}");
+        }
     }
     let ratio = text
         .lines()
@@ -108,22 +113,47 @@ fn lbd_and_testpmd_forward_over_memif() {
         text.trim_end().ends_with(ratio),
         "the ratio line comes last"
     );
-    let w1: f64 = ratio
-        .strip_prefix("ratio lbd/testpmd: w1=")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{ratio}"));
-    assert!(w1 > 0.0, "{ratio}");
-
-    // lbd's counters tell the same story as the traffic process.
-    let (est, new, deny) = (
-        phase("lbd", "est"),
-        phase("lbd", "new"),
-        phase("lbd", "deny"),
+    let figures: Vec<f64> = ratio
+        .strip_prefix("ratio lbd/testpmd: ")
+        .map(|r| {
+            r.split_whitespace()
+                .zip(["w1=", "w2="])
+                .filter_map(|(kv, k)| kv.strip_prefix(k)?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        figures.len() == 2 && figures.iter().all(|&r| r > 0.0),
+        "{ratio}"
     );
-    let counters = text
+    for w in [1, 2] {
+        lbd_counters_agree(&text, w, |name| phase("lbd", w, name));
+    }
+    // Nothing left behind.
+    let left: Vec<_> = std::fs::read_dir("/var/run/dpdk")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("lbdpb"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "EAL runtime directories left: {left:?}");
+}
+
+/// lbd's counters of the `w`-worker run tell the same story as the
+/// traffic process.
+fn lbd_counters_agree(text: &str, w: u16, phase: impl Fn(&str) -> PhaseResult) {
+    let (est, new, deny) = (phase("est"), phase("new"), phase("deny"));
+    let section = text
+        .split("== ")
+        .find(|s| s.starts_with(&format!("{w} worker(s)")))
+        .unwrap_or_else(|| panic!("no {w}-worker figures in:\n{text}"));
+    let counters = section
         .lines()
         .find_map(|l| l.trim().strip_prefix("lbd counters: "))
         .expect("lbd counters line");
+    assert_eq!(value(counters, "workers"), u64::from(w), "{counters}");
     let forwarded = value(counters, "forwarded");
     let created = value(counters, "sessions_created");
     let denied = value(counters, "security_group");
@@ -145,14 +175,11 @@ fn lbd_and_testpmd_forward_over_memif() {
         denied >= deny.sent,
         "every denied frame counted as a security_group drop: {counters} {deny:?}"
     );
-    // Nothing left behind.
-    let left: Vec<_> = std::fs::read_dir("/var/run/dpdk")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("lbdpb"))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(left.is_empty(), "EAL runtime directories left: {left:?}");
+    // Steered: replies reach their session's worker (a session that found
+    // no steered port free is handed over; a few at most).
+    let handoffs = value(counters, "handoff_out");
+    assert!(
+        handoffs * 1000 <= forwarded,
+        "{handoffs} handoffs of {forwarded} forwarded: {counters}"
+    );
 }

@@ -176,6 +176,14 @@ pub struct PortConfig {
     pub max_neighbors: Option<S<i64>>,
     /// The TAP interface of the port's exception path.
     pub tap: Option<S<String>>,
+    pub dpdk_rss: Option<S<DpdkRssConfig>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpdkRssConfig {
+    Hardware,
+    Software,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -962,8 +962,19 @@ port = "ext"
     );
     let cfg = ok("\n[dataplane]\nio = \"dpdk\"\n[[port]]\nname = \"p0\"\ndpdk_port = 1\naddresses = [\"198.18.0.1/24\", \"2001:db8:18:0::1/64\"]\n[[route]]\ndestination = \"198.19.0.0/16\"\nvia = \"198.18.0.254\"\nport = \"p0\"\n");
     assert_eq!(cfg.ports[0].dpdk_port, Some(1));
+    assert_eq!(cfg.ports[0].dpdk_rss, lb_core::model::DpdkRss::Hardware);
     assert_eq!(cfg.ports[0].addresses[1].to_string(), "2001:db8:18::1/64");
     assert_eq!(cfg.routes[0].port, 0);
+    let cfg = ok("\n[dataplane]\nio = \"dpdk\"\n[[port]]\nname = \"p0\"\ndpdk_port = 1\ndpdk_rss = \"software\"\n");
+    assert_eq!(cfg.ports[0].dpdk_rss, lb_core::model::DpdkRss::Software);
+    assert_eq!(
+        errs("\n[[port]]\nname = \"p0\"\ninterface = \"eth0\"\ndpdk_rss = \"software\"\n"),
+        vec!["4:12: dpdk_rss applies to io = \"dpdk\" only"]
+    );
+    assert_eq!(
+        errs("\n[dataplane]\nio = \"dpdk\"\n[[port]]\nname = \"p0\"\ndpdk_port = 1\ndpdk_rss = \"peer\"\n").len(),
+        1
+    );
 }
 
 #[test]

@@ -493,6 +493,24 @@ pub struct Port {
     /// the port's own addresses that the data plane does not serve go up
     /// to it, and what the kernel sends through it leaves by the port.
     pub tap: Option<String>,
+    /// DPDK: who spreads the port's frames over its RX queues.
+    pub dpdk_rss: DpdkRss,
+}
+
+/// Who spreads a DPDK port's received frames over its queues (one per
+/// worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DpdkRss {
+    /// The NIC's RSS, with the symmetric key lbd sets; a PMD without RSS
+    /// gets one queue (and one worker).
+    #[default]
+    Hardware,
+    /// The PMD has no RSS, and the link's peer (a software switch, or the
+    /// benchmark's generator on a `net_memif` link) puts each frame on the
+    /// queue a NIC would: the symmetric Toeplitz hash of its 4-tuple
+    /// through an even table of [`SOFTWARE_RETA`](crate::nat::rss::SOFTWARE_RETA)
+    /// entries (`lb_core::nat::rss::RssSteering::software`).
+    Software,
 }
 
 impl Port {

@@ -14,55 +14,19 @@
 mod common;
 mod dpdk_common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dpdk_common::write_pcap;
-use lb_core::packet::{self, ArpOp, ArpRepr, FrameSpec, MacAddr, TcpFlags};
-use lb_dataplane::daemon::Daemon;
+use lb_core::packet::{self, ArpOp, ArpRepr, MacAddr};
 
-/// Counts the allocations made on a worker's forwarding path.
-struct Counting;
-
-static ON_PATH: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded unchanged to `System`; counting reads a
-// const-initialised thread-local and bumps an atomic, neither allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if lb_dataplane::alloc::on_forwarding_path() {
-            ON_PATH.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged; the caller upholds alloc's contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if lb_dataplane::alloc::on_forwarding_path() {
-            ON_PATH.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if lb_dataplane::alloc::on_forwarding_path() {
-            ON_PATH.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged; `ptr` came from System with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged; `ptr` came from System with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "common/zero_alloc.rs"]
+mod zero_alloc;
+use zero_alloc::ON_PATH;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: zero_alloc::Counting = zero_alloc::Counting;
 
 /// net_pcap gives its ports the address 02:70:63:61:70:<n> ("\x02pcap").
 const EXT_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
@@ -71,35 +35,13 @@ const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x18, 0x02];
 const BE_MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 0x19, 0x11], [0x02, 0, 0, 0, 0x19, 0x12]];
 const BE_ADDRS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 19, 1, 11), Ipv4Addr::new(198, 19, 1, 12)];
 const LOCAL4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 250);
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 
 /// Sessions replayed; fewer than a burst, so the first burst opens them all.
 const FLOWS: u16 = 16;
 
-/// The client's SYNs, replayed forever: the first pass opens the sessions,
-/// every later one is a retransmission the session forwards.
+/// The client's SYNs, replayed forever.
 fn ext_input() -> Vec<Vec<u8>> {
-    (0..FLOWS)
-        .map(|i| {
-            packet::build_frame(&FrameSpec {
-                src_mac: MacAddr(CLIENT_MAC),
-                dst_mac: MacAddr(EXT_MAC),
-                vlan: None,
-                src: CLIENT4.into(),
-                dst: VIP4.into(),
-                proto: 6,
-                sport: 41000 + i,
-                dport: 80,
-                tcp_flags: TcpFlags::SYN,
-                tcp_seq: 0x2000_0000 + u32::from(i),
-                tcp_ack: 0,
-                icmp: None,
-                ttl: 64,
-                payload: Vec::new(),
-            })
-        })
-        .collect()
+    zero_alloc::client_syns(CLIENT_MAC, EXT_MAC, FLOWS)
 }
 
 /// The backends answering the ARP requests lbd sends for them (read in
@@ -121,23 +63,7 @@ fn int_input() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Frames worker 0 forwarded so far.
-fn forwarded(daemon: &Daemon) -> u64 {
-    let stats = lb_dataplane::control::stats(&daemon.shared);
-    stats["workers"][0]["forwarded"].as_u64().unwrap_or(0)
-}
-
-/// Waits until worker 0 has forwarded `n` frames; the count reached.
-fn wait_forwarded(daemon: &Daemon, n: u64, timeout: Duration) -> u64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = forwarded(daemon);
-        if got >= n || Instant::now() >= deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use zero_alloc::{forwarded, wait_forwarded};
 
 #[test]
 fn forwarding_allocates_nothing_per_packet() {

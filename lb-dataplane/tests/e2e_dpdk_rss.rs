@@ -28,19 +28,21 @@ impl Drop for Lbd {
     }
 }
 
-#[test]
-fn lbd_reads_each_ports_rss_and_reports_steering() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        common::skip::skip("needs root (DPDK EAL)");
-        return;
-    }
-    let prefix = format!("lbrss{}", std::process::id());
+/// Starts `lbd` with two workers on `vdevs` (`port_extra` added to both
+/// ports), waits until both workers report, and returns `lbctl stats`
+/// with the `lbd` (stopped on drop).
+fn start(name: &str, vdevs: &[&str], port_extra: &str) -> (Lbd, serde_json::Value) {
+    let prefix = format!("lbrss{name}{}", std::process::id());
     let dir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("lbd.toml");
     let control = dir.join("lbd.sock");
-    let eal_args = common::lbd_eal_args(&prefix, 512, &["--vdev=net_null0", "--vdev=net_null1"]);
+    let vdevs: Vec<String> = vdevs
+        .iter()
+        .map(|v| format!("--vdev={}", v.replace("DIR", &dir.display().to_string())))
+        .collect();
+    let vdevs: Vec<&str> = vdevs.iter().map(String::as_str).collect();
+    let eal_args = common::lbd_eal_args(&prefix, 512, &vdevs);
     std::fs::write(
         &config,
         format!(
@@ -54,11 +56,13 @@ eal_args = {eal_args:?}
 name = "ext"
 dpdk_port = 0
 addresses = ["198.18.0.1/24"]
+{port_extra}
 
 [[port]]
 name = "int"
 dpdk_port = 1
 addresses = ["198.19.1.1/24"]
+{port_extra}
 
 [[server_group]]
 id = "sgp"
@@ -120,6 +124,24 @@ server_group = "sgp"
         assert!(Instant::now() < deadline, "lbd did not answer in 30 s");
         std::thread::sleep(Duration::from_millis(100));
     };
+    (lbd, stats)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip::skip("needs root (DPDK EAL)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn lbd_reads_each_ports_rss_and_reports_steering() {
+    if !is_root() {
+        return;
+    }
+    let (_lbd, stats) = start("null", &["net_null0", "net_null1"], "");
     let ports = stats["ports"].as_array().expect("ports");
     assert_eq!(ports.len(), 2, "{stats}");
     for p in ports {
@@ -131,4 +153,27 @@ server_group = "sgp"
         // net_null's frames are zeros: nothing parses, nothing is handed over.
         assert_eq!(w["handoff_out"], 0, "{w}");
     }
+}
+
+/// memif has no RSS: by default two workers get one queue per port, so
+/// one worker; with `dpdk_rss = "software"` each worker gets a queue of
+/// each port, and FULLNAT replies are steered as the peer spreads them.
+#[test]
+fn software_rss_gives_a_port_without_rss_a_queue_per_worker() {
+    if !is_root() {
+        return;
+    }
+    let memif = [
+        "net_memif0,role=server,id=0,socket=DIR/ext.sock,socket-abstract=no",
+        "net_memif1,role=server,id=0,socket=DIR/int.sock,socket-abstract=no",
+    ];
+    let (_lbd, stats) = start("memif", &memif, "dpdk_rss = \"software\"");
+    for p in stats["ports"].as_array().expect("ports") {
+        assert_eq!(p["rss_steering"], true, "{p}");
+    }
+    assert_eq!(
+        stats["workers"].as_array().map(Vec::len),
+        Some(2),
+        "{stats}"
+    );
 }

@@ -17,6 +17,12 @@
 //! loss and latency). Before them a warm-up opens the established flows
 //! (their SYNs, resent until each SYN-ACK came back). One line per phase
 //! goes to stdout (see [`super::PhaseResult`]).
+//!
+//! With several queues per port, both sides do what a NIC's RSS would
+//! (memif has none): each frame goes out on the queue that the symmetric
+//! Toeplitz hash of its 4-tuple selects through an even table
+//! (`RssSteering::software`, as lbd's `dpdk_rss = "software"` expects),
+//! the clients' frames as well as the backends' answers.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
+use lb_core::nat::rss::RssSteering;
 use lb_core::packet::checksum;
 use lb_dataplane::io::dpdk::{Eal, Mempool};
 
@@ -36,6 +43,8 @@ use crate::gen::{self, answer_neighbor, Class, Mix, Opts, Pacer, Rng, Stamp, Tem
 const FRAME: usize = 64;
 /// Frames per TX burst and queue.
 const TX_BURST: usize = 32;
+/// Most queue pairs per port.
+pub const MAX_QUEUES: usize = 8;
 /// Warm-up rounds (resending SYNs whose SYN-ACK did not come back).
 const WARMUP_ROUNDS: usize = 8;
 /// How long the receivers keep counting after a phase's last frame.
@@ -112,6 +121,69 @@ struct Counts {
     reflect_full: u64,
 }
 
+/// How frames are spread over the queues of a port: by software RSS
+/// with several queues, all on queue 0 with one.
+struct Spread {
+    rss: Option<RssSteering>,
+}
+
+impl Spread {
+    fn new(queues: u16) -> Result<Spread> {
+        if usize::from(queues) > MAX_QUEUES {
+            bail!("at most {MAX_QUEUES} queues per port");
+        }
+        let identity: Vec<u16> = (0..queues).collect();
+        let rss = (queues > 1)
+            .then(|| RssSteering::software(queues, &identity))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("software RSS: {e}"))?;
+        Ok(Spread { rss })
+    }
+
+    /// The queue of an IPv4 TCP frame without options (what
+    /// [`is_plain_tcp4`] accepts): its 4-tuple is bytes 26..38.
+    #[inline]
+    fn queue(&self, f: &[u8]) -> u16 {
+        match &self.rss {
+            Some(r) if f.len() >= 38 => r.worker_of_hash(r.hash_input(&f[26..38])),
+            _ => 0,
+        }
+    }
+}
+
+/// Mbufs staged per queue, sent a queue at a time.
+struct Staged {
+    bufs: [[RawMbuf; BURST]; MAX_QUEUES],
+    len: [usize; MAX_QUEUES],
+}
+
+impl Staged {
+    fn new() -> Staged {
+        Staged {
+            bufs: [[std::ptr::null_mut(); BURST]; MAX_QUEUES],
+            len: [0; MAX_QUEUES],
+        }
+    }
+
+    fn push(&mut self, q: u16, m: RawMbuf) {
+        let q = usize::from(q);
+        self.bufs[q][self.len[q]] = m;
+        self.len[q] += 1;
+    }
+
+    /// Sends every queue's mbufs on `port`; returns how many the TX rings
+    /// did not take (freed).
+    fn send(&mut self, port: &Port) -> usize {
+        let mut full = 0;
+        for q in 0..usize::from(port.queues) {
+            let n = std::mem::take(&mut self.len[q]);
+            let sent = port.tx(q as u16, &mut self.bufs[q][..n]);
+            full += n - sent;
+        }
+        full
+    }
+}
+
 /// Answers an ARP request (or neighbour solicitation) for one of `own`
 /// on queue 0 of `port`.
 fn answer(pool: &Mempool, port: &Port, frame: &[u8], own: &HashSet<IpAddr>) -> bool {
@@ -145,7 +217,9 @@ struct Traffic {
     deny_next: u64,
     seq: u32,
     rng: Rng,
-    next_q: u16,
+    spread: Spread,
+    /// Queue of each established flow's frames.
+    flow_q: Vec<u8>,
     c: Counts,
     /// Round trip client -> device -> backend -> device -> client, ns.
     rtt: Histogram<u64>,
@@ -169,11 +243,10 @@ impl Traffic {
     }
 
     /// Builds up to `n` frames of `class` (the warm-up: the SYNs of
-    /// `todo[*cursor..]`) and sends them on the next queue of port 0.
+    /// `todo[*cursor..]`) and sends each on its queue of port 0.
     fn send(&mut self, class: Class, n: usize, warm: Option<(&[u64], &mut usize)>) {
-        let q = self.next_q;
-        self.next_q = (self.next_q + 1) % self.ext.queues;
         let mut bufs: [RawMbuf; TX_BURST] = [std::ptr::null_mut(); TX_BURST];
+        let mut staged = Staged::new();
         let n = match &warm {
             Some((todo, cursor)) => n.min(todo.len() - **cursor),
             None => n,
@@ -213,13 +286,21 @@ impl Traffic {
                 tx_ns,
             };
             // SAFETY: a fresh mbuf we own, used only here before it is sent.
-            if let Some(buf) = unsafe { port::append(m, FRAME) } {
-                self.tpl.fill(buf, src, sport, &stamp);
-            }
+            let q = match unsafe { port::append(m, FRAME) } {
+                Some(buf) => {
+                    self.tpl.fill(buf, src, sport, &stamp);
+                    match (class, self.flow_q.get(flow as usize)) {
+                        (Class::Warmup | Class::Established, Some(&q)) => u16::from(q),
+                        _ => self.spread.queue(buf),
+                    }
+                }
+                None => 0,
+            };
+            staged.push(q, m);
         }
-        let sent = self.ext.tx(q, &mut bufs[..n]);
-        self.c.sent[class as usize] += sent as u64;
-        self.c.tx_full[class as usize] += (n - sent) as u64;
+        let full = staged.send(&self.ext);
+        self.c.sent[class as usize] += (n - full) as u64;
+        self.c.tx_full[class as usize] += full as u64;
     }
 
     /// Reflects what reached the backends and counts what came back to the
@@ -228,13 +309,12 @@ impl Traffic {
     fn poll(&mut self, measure: Option<Class>) -> usize {
         let mut seen = 0;
         let mut bufs: [RawMbuf; BURST] = [std::ptr::null_mut(); BURST];
+        let mut staged = Staged::new();
         for q in 0..self.int.queues {
             let n = self.int.rx(q, &mut bufs);
             seen += n;
             let now_ns = self.epoch.elapsed().as_nanos() as u32;
-            let mut keep = 0;
-            for i in 0..n {
-                let m = bufs[i];
+            for &m in &bufs[..n] {
                 // SAFETY: a received mbuf we own until freed or sent below.
                 let f = unsafe { port::data(m) };
                 match fast_stamp(f) {
@@ -245,8 +325,7 @@ impl Traffic {
                                 .saturating_record(u64::from(now_ns.wrapping_sub(s.tx_ns)).max(1));
                         }
                         reflect(f);
-                        bufs[keep] = m;
-                        keep += 1;
+                        staged.push(self.spread.queue(f), m);
                     }
                     _ => {
                         if !answer(&self.pool, &self.int, f, &self.backends) {
@@ -258,8 +337,7 @@ impl Traffic {
                     }
                 }
             }
-            let sent = self.int.tx(q, &mut bufs[..keep]);
-            self.c.reflect_full += (keep - sent) as u64;
+            self.c.reflect_full += staged.send(&self.int) as u64;
         }
         for q in 0..self.ext.queues {
             let n = self.ext.rx(q, &mut bufs);
@@ -303,6 +381,20 @@ impl Traffic {
                 std::hint::spin_loop();
             }
         }
+    }
+
+    /// The queue of established flow `f`'s frames.
+    fn flow_queue(&self, f: u64) -> u8 {
+        let (src, sport) = self.tuple(f);
+        let mut frame = [0u8; FRAME];
+        let stamp = Stamp {
+            run: self.run,
+            class: Class::Established,
+            seq: 0,
+            tx_ns: 0,
+        };
+        self.tpl.fill(&mut frame, src, sport, &stamp);
+        u8::try_from(self.spread.queue(&frame)).unwrap_or(0)
     }
 
     fn is_open(&self, f: u64) -> bool {
@@ -505,7 +597,8 @@ pub fn run(a: &TrafficArgs) -> Result<()> {
         deny_next: 0,
         seq: 0,
         rng: Rng::new(1),
-        next_q: 0,
+        spread: Spread::new(a.queues)?,
+        flow_q: Vec::new(),
         c: Counts::default(),
         rtt: hist()?,
         one_way: hist()?,
@@ -516,6 +609,7 @@ pub fn run(a: &TrafficArgs) -> Result<()> {
         ext,
         int,
     };
+    t.flow_q = (0..t.flows).map(|f| t.flow_queue(f)).collect();
     println!(
         "links up: client side {} ({} queue(s)), backend side {}",
         mac_str(t.ext.mac),

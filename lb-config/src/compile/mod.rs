@@ -16,10 +16,11 @@ use std::ops::Range;
 use ipnet::IpNet;
 use lb_core::model::{
     proto, AccessLog, AccessLogFormat, AclMode, Action, BackendSgPolicy, Config, Dataplane,
-    Direction, Fragments, GroupKind, HealthCheck, HealthProtocol, IdlePolicy, Instance, IoBackend,
-    Listener, ListenerAcl, ListenerLimits, ListenerProtocol, LoadBalancer, NetworkAcl, Peer,
-    Platform, Port, PortList, PortRange, PrefixList, Route, Rule, SchedulerKind, SecurityGroup,
-    Server, ServerGroup, SourceCheck, Subnet, SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD,
+    Direction, DpdkRss, Fragments, GroupKind, HealthCheck, HealthProtocol, IdlePolicy, Instance,
+    IoBackend, Listener, ListenerAcl, ListenerLimits, ListenerProtocol, LoadBalancer, NetworkAcl,
+    Peer, Platform, Port, PortList, PortRange, PrefixList, Route, Rule, SchedulerKind,
+    SecurityGroup, Server, ServerGroup, SourceCheck, Subnet, SynProxyMode,
+    DEFAULT_SYN_PROXY_THRESHOLD,
 };
 
 use crate::error::Sink;

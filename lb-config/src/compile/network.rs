@@ -26,6 +26,7 @@ impl<'a, 's> Compiler<'a, 's> {
                 },
                 vlan: None,
                 max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+                dpdk_rss: DpdkRss::Hardware,
                 tap: None,
             };
             if let Some(m) = &p.max_neighbors {
@@ -41,6 +42,9 @@ impl<'a, 's> Compiler<'a, 's> {
                             &d.span(),
                             "dpdk_port applies to io = \"dpdk\" only; with af_packet use interface",
                         );
+                    }
+                    if let Some(r) = &p.dpdk_rss {
+                        self.err(&r.span(), "dpdk_rss applies to io = \"dpdk\" only");
                     }
                 }
                 IoBackend::Dpdk => {
@@ -83,6 +87,12 @@ impl<'a, 's> Compiler<'a, 's> {
                     );
                 }
                 port.dpdk_port = Some(id);
+            }
+            if let Some(r) = &p.dpdk_rss {
+                port.dpdk_rss = match r.get_ref() {
+                    DpdkRssConfig::Hardware => DpdkRss::Hardware,
+                    DpdkRssConfig::Software => DpdkRss::Software,
+                };
             }
             if let Some(v) = &p.vlan {
                 // 0 is a priority tag and 4095 reserved (802.1Q).

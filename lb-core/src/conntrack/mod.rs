@@ -692,15 +692,28 @@ impl<T> SessionTable<T> {
         self.v4.expire(now, budget) + self.v6.expire(now, budget)
     }
 
-    /// Examines the next `scan` slots of each family's slab (at most the
-    /// whole slab) from where the previous sweep stopped, and reaps every
-    /// expired session among them. Returns how many were reaped.
+    /// Examines the next `scan` slots of the larger family's slab, and the
+    /// same share of the other's (each at most the slots sessions ever
+    /// took), from where the previous sweep stopped, and reaps every
+    /// expired session among them: a sweep of [`SessionTable::slab_len`]
+    /// slots walks both families once. Returns how many were reaped.
     pub fn sweep(&mut self, now: Nanos, scan: usize) -> usize {
-        self.v4.walk(now, scan, usize::MAX) + self.v6.walk(now, scan, usize::MAX)
+        let larger = self.slab_len().max(1);
+        let share = |len: usize| {
+            u64::try_from(len)
+                .ok()
+                .and_then(|len| len.checked_mul(scan as u64))
+                .map_or(scan, |x| {
+                    usize::try_from(x.div_ceil(larger as u64)).unwrap_or(scan)
+                })
+        };
+        let (s4, s6) = (share(self.v4.slab_len()), share(self.v6.slab_len()));
+        self.v4.walk(now, s4, usize::MAX) + self.v6.walk(now, s6, usize::MAX)
     }
 
-    /// The slots of the larger family's slab (occupied or free): what one
-    /// full [`SessionTable::sweep`] examines.
+    /// The slots sessions of the larger family ever took (one past the
+    /// highest, occupied or free now): what one full
+    /// [`SessionTable::sweep`] examines.
     pub fn slab_len(&self) -> usize {
         self.v4.slab_len().max(self.v6.slab_len())
     }

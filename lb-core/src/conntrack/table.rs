@@ -197,6 +197,11 @@ pub(super) struct Table<A, T> {
     hasher: ahash::RandomState,
     pub(super) len: usize,
     pub(super) capacity: usize,
+    /// One past the highest slot a session ever took: the part of the
+    /// slab the expiry walk examines (freed slots are taken again first,
+    /// so it follows the most sessions held at once, not the capacity
+    /// the slab was prefaulted to).
+    used: usize,
     hand: usize,
     pub(super) reaped: Vec<Stored<A, T>>,
     /// Index entries of reply keys waiting for [`Table::flush`]: (hash,
@@ -221,6 +226,7 @@ impl<A: Addr, T> Table<A, T> {
             hasher,
             len: 0,
             capacity,
+            used: 0,
             hand: 0,
             reaped: Vec::with_capacity(capacity.min(4096)),
             pending: Vec::with_capacity(256),
@@ -407,6 +413,7 @@ impl<A: Addr, T> Table<A, T> {
                 (slot32(self.slots.len() - 1), 0)
             }
         };
+        self.used = self.used.max(slot as usize + 1);
         let ho = orig_hash.unwrap_or_else(|| self.hash(&orig, proto));
         let hr = self.hash(&reply, proto);
         self.index.insert(ho, slot << 1);
@@ -577,16 +584,17 @@ impl<A: Addr, T> Table<A, T> {
         self.walk(now, budget.saturating_mul(EXPIRE_SCAN_PER_BUDGET), budget)
     }
 
-    /// Slots in the slab, occupied or free.
+    /// Slots a session ever took (see [`Table::used`]): what a full walk
+    /// examines.
     pub(super) fn slab_len(&self) -> usize {
-        self.slots.len()
+        self.used
     }
 
-    /// Examines the next `scan` slots (at most the whole slab) from where
-    /// the previous walk stopped, reaping expired sessions until `budget`
-    /// of them are reaped.
+    /// Examines the next `scan` slots (at most all that were ever used)
+    /// from where the previous walk stopped, reaping expired sessions until
+    /// `budget` of them are reaped.
     pub(super) fn walk(&mut self, now: Nanos, scan: usize, budget: usize) -> usize {
-        let n = self.slots.len();
+        let n = self.used.min(self.slots.len());
         if n == 0 || budget == 0 {
             return 0;
         }

@@ -613,6 +613,32 @@ fn prefaulted_table_behaves_the_same() {
     assert_eq!(b.len(), 64);
 }
 
+/// The expiry sweep examines the slots sessions took, not the capacity a
+/// table was prefaulted to: a full sweep of a large, nearly empty table
+/// costs its sessions, and reaps every expired one.
+#[test]
+fn a_sweep_walks_the_slots_sessions_took_not_the_capacity() {
+    let t0 = Timeouts::default();
+    let mut t: SessionTable<u32> = SessionTable::with_capacities_and_seed(1 << 16, 1 << 12, 3);
+    t.prefault();
+    assert_eq!(t.slab_len(), 0);
+    for i in 0..10u16 {
+        t.insert(key(17, i), key(17, i).reversed(), 0, 0, &t0)
+            .expect("room");
+    }
+    assert_eq!(t.slab_len(), 10);
+    // Long expired: one sweep of slab_len() slots reaps them all.
+    assert_eq!(t.sweep(1000 * S, t.slab_len()), 10);
+    assert_eq!(t.drain_reaped().count(), 10);
+    // Freed slots are taken again first: the walked part does not grow.
+    for i in 0..10u16 {
+        t.insert(key(17, i), key(17, i).reversed(), 0, 1000 * S, &t0)
+            .expect("room");
+    }
+    assert_eq!(t.slab_len(), 10);
+    assert_eq!(t.sweep(2000 * S, 10), 10);
+}
+
 #[test]
 fn deferred_reply_keys_are_found_before_and_after_the_flush() {
     let t0 = Timeouts::default();

@@ -28,6 +28,19 @@ pub const MAX_INPUT: usize = 36;
 /// The shortest key that covers [`MAX_INPUT`] (40 bytes, the common size).
 pub const MIN_KEY: usize = MAX_INPUT + 4;
 
+/// Entries of the redirection table of software RSS
+/// ([`RssSteering::software`]), as many as common NICs have.
+pub const SOFTWARE_RETA: usize = 128;
+
+/// A redirection table of `len` entries spread evenly over `queues`
+/// queues (entry `i` to queue `i % queues`), as most PMDs start.
+pub fn even_reta(len: usize, queues: u16) -> Vec<u16> {
+    let queues = usize::from(queues.max(1));
+    (0..len)
+        .map(|i| u16::try_from(i % queues).unwrap_or(0))
+        .collect()
+}
+
 /// Errors of [`RssSteering::new`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RssError {
@@ -177,6 +190,28 @@ impl RssSteering {
         })
     }
 
+    /// Software RSS over `queues` queues, queue `q` polled by worker
+    /// `queue_workers[q]`: the symmetric key of [`MIN_KEY`] bytes and an
+    /// even table of [`SOFTWARE_RETA`] entries. Whoever feeds the queues
+    /// (a software switch, a traffic generator) picks each frame's queue
+    /// with the same steering and no workers
+    /// (`RssSteering::software(q, &(0..q).collect::<Vec<_>>())`), then
+    /// [`RssSteering::worker_of_hash`] of [`RssSteering::hash_input`].
+    pub fn software(queues: u16, queue_workers: &[u16]) -> Result<RssSteering, RssError> {
+        RssSteering::new(
+            &symmetric_key(MIN_KEY),
+            &even_reta(SOFTWARE_RETA, queues),
+            queue_workers,
+        )
+    }
+
+    /// The Toeplitz hash of a raw hash input (at most [`MAX_INPUT`]
+    /// bytes, as [`hash_input`] lays it out). An untagged IPv4 frame
+    /// without IP options holds it at bytes 26..38.
+    pub fn hash_input(&self, input: &[u8]) -> u32 {
+        self.hash_at(0, &input[..input.len().min(MAX_INPUT)])
+    }
+
     /// The Toeplitz hash of `bytes` placed at input position `at`.
     #[inline]
     fn hash_at(&self, at: usize, bytes: &[u8]) -> u32 {
@@ -320,11 +355,7 @@ pub(crate) mod tests {
     }
 
     /// DPDK's default redirection table: entry `i` to queue `i % queues`.
-    pub(crate) fn default_reta(len: usize, queues: u16) -> Vec<u16> {
-        (0..len)
-            .map(|i| u16::try_from(i % usize::from(queues)).expect("below queues"))
-            .collect()
-    }
+    pub(crate) use super::even_reta as default_reta;
 
     fn identity(n: u16) -> Vec<u16> {
         (0..n).collect()
@@ -387,20 +418,42 @@ pub(crate) mod tests {
         }
     }
 
+    /// A TCP 4-tuple of random addresses (IPv6 with `v6`) and ports.
+    fn random_tcp(rng: &mut Rng, v6: bool) -> FlowKey {
+        tcp(rng.addr(v6), rng.addr(v6), rng.port(), rng.port())
+    }
+
     #[test]
     fn the_symmetric_key_gives_both_directions_one_worker() {
         let mut rng = Rng(2);
         let steering = RssSteering::new(&symmetric_key(40), &default_reta(128, 4), &identity(4))
             .expect("valid steering");
         for i in 0..10_000 {
-            let key = tcp(
-                rng.addr(i % 2 == 0),
-                rng.addr(i % 2 == 0),
-                rng.port(),
-                rng.port(),
-            );
+            let key = random_tcp(&mut rng, i % 2 == 0);
             assert_eq!(steering.hash(&key), steering.hash(&key.reversed()));
         }
+    }
+
+    /// Software RSS is the symmetric key over an even table, and the raw
+    /// input of an IPv4 frame (bytes 26..38) hashes as its flow key.
+    #[test]
+    fn software_rss_hashes_frames_as_a_nic_would() {
+        let mut rng = Rng(3);
+        let queues = identity(2);
+        let soft = RssSteering::software(2, &queues).expect("valid steering");
+        let nic = RssSteering::new(&symmetric_key(52), &default_reta(128, 2), &queues)
+            .expect("valid steering");
+        assert_eq!(soft.reta_len(), SOFTWARE_RETA);
+        let mut seen = [0usize; 2];
+        for i in 0..10_000 {
+            let key = random_tcp(&mut rng, i % 2 == 0);
+            let want = toeplitz_hash(&symmetric_key(MIN_KEY), &input(&key));
+            assert_eq!(soft.hash(&key), Some(want));
+            assert_eq!(soft.hash_input(&input(&key)), want);
+            assert_eq!(soft.worker(&key), nic.worker(&key));
+            seen[usize::from(soft.worker_of_hash(want))] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 4_000), "{seen:?}");
     }
 
     #[test]

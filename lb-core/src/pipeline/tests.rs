@@ -85,6 +85,7 @@ fn config() -> Config {
         source_check: SourceCheck::Strict,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        dpdk_rss: Default::default(),
         tap: None,
     });
     cfg.security_groups.push(SecurityGroup {
@@ -1144,6 +1145,7 @@ fn two_ports(check: SourceCheck, ext_vlan: Option<u16>) -> Snapshot {
         source_check: check,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        dpdk_rss: Default::default(),
         tap: None,
     });
     Snapshot::compile(cfg, 1)

@@ -290,14 +290,14 @@ impl Worker {
     /// steady pace (the slab streams through the cache once a second)
     /// instead of a few hundred slots per burst.
     fn reap(&mut self, now: Nanos) {
-        let elapsed = now.saturating_sub(self.reaped_at);
+        // No more than a full sweep is ever owed, so the product fits a
+        // u64 (a slab of at most 2^32 slots, a second in nanoseconds).
+        let elapsed = now.saturating_sub(self.reaped_at).min(REAP_SWEEP);
         self.reaped_at = self.reaped_at.max(now);
-        let slab = self.sessions.slab_len() as u128;
-        let earned = slab * u128::from(elapsed) / u128::from(REAP_SWEEP);
-        self.reap_credit = u64::try_from(u128::from(self.reap_credit) + earned)
-            .unwrap_or(u64::MAX)
-            .min(u64::try_from(slab).unwrap_or(u64::MAX));
-        if self.reap_credit < REAP_MIN_STEP.min(slab as u64).max(1) {
+        let slab = u64::try_from(self.sessions.slab_len()).unwrap_or(u64::MAX);
+        let earned = slab.saturating_mul(elapsed) / REAP_SWEEP;
+        self.reap_credit = self.reap_credit.saturating_add(earned).min(slab);
+        if self.reap_credit < REAP_MIN_STEP.min(slab).max(1) {
             return;
         }
         let scan = self.reap_credit.min(REAP_STEP);

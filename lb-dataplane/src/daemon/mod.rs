@@ -245,7 +245,13 @@ impl Shared {
 
     /// Nanoseconds since start: the pipeline's clock.
     pub fn now_ns(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.ns_at(Instant::now())
+    }
+
+    /// The pipeline's clock at `now` (a clock read the caller already
+    /// made).
+    pub fn ns_at(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.started).as_nanos()).unwrap_or(u64::MAX)
     }
 }
 

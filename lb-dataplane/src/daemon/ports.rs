@@ -217,6 +217,10 @@ pub(super) fn open_dpdk(
         let id = p.dpdk_port.ok_or_else(|| StartError::NoDpdkPort {
             port: p.name.clone(),
         })?;
+        let opts = DpdkPortOpts {
+            software_rss: p.dpdk_rss == lb_core::model::DpdkRss::Software,
+            ..opts.clone()
+        };
         let port =
             DpdkPort::open(id, want, &pool, &opts).map_err(|source| StartError::DpdkPort {
                 id,
@@ -236,6 +240,7 @@ pub(super) fn open_dpdk(
             link = %link,
             queues = port.queue_count(),
             rss = port.rss(),
+            software_rss = port.software_rss(),
             "DPDK port open"
         );
         if port.queue_count() < want {

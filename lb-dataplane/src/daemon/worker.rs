@@ -314,18 +314,23 @@ impl WorkerLoop {
         // 100 ms of polling.
         let generation = self.fwd.shared.runtime.load().snap.generation;
         self.publish(Instant::now(), generation);
+        // The snapshot is read once per round: a reload lands between
+        // rounds. The cache compares one pointer and takes a reference
+        // only after a reload, so a round writes no cache line the other
+        // workers read (a reference per round did: a contended atomic).
+        let mut runtime = arc_swap::Cache::new(SharedRuntime(self.fwd.shared.clone()));
         while !self.fwd.shared.stop.load(Ordering::Relaxed) {
-            // The snapshot is taken once per burst: a reload lands between bursts.
-            let rt = self.fwd.shared.runtime.load_full();
-            let seen = self.forward_once(&rt);
-            self.fwd.core.housekeep(self.fwd.shared.now_ns(), &rt.snap);
+            let rt = runtime.load();
+            let seen = self.forward_once(rt);
+            let now = Instant::now();
+            let now_ns = self.fwd.shared.ns_at(now);
+            self.fwd.core.housekeep(now_ns, &rt.snap);
             // Drain deadlines apply on an idle worker too.
             self.fwd
                 .core
-                .follow_servers(&rt.snap, rt.health.as_ref(), self.fwd.shared.now_ns());
+                .follow_servers(&rt.snap, rt.health.as_ref(), now_ns);
             self.end_sessions_if_due();
             self.fwd.pass_session_records();
-            let now = Instant::now();
             if now.duration_since(self.last_publish) >= Duration::from_millis(100) {
                 self.publish(now, rt.snap.generation);
             }
@@ -374,7 +379,9 @@ impl WorkerLoop {
         for pi in 0..self.rx.len() {
             seen += self.poll_port(pi, rt);
         }
-        seen += self.drain_handoff(rt);
+        if self.fwd.shared.workers.len() > 1 {
+            seen += self.drain_handoff(rt);
+        }
         self.fwd.retry_pending(&rt.snap);
         for p in &mut self.fwd.out.tx {
             if let Err(e) = p.flush() {
@@ -480,6 +487,17 @@ impl WorkerLoop {
     }
 }
 
+/// The daemon's current [`Runtime`], as [`arc_swap::Cache`] reads it.
+struct SharedRuntime(Arc<Shared>);
+
+impl std::ops::Deref for SharedRuntime {
+    type Target = arc_swap::ArcSwap<Runtime>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.runtime
+    }
+}
+
 impl Forwarder {
     /// Moves the pipeline's session records to the access-log writer's
     /// queue (full: dropped and counted there), between bursts.
@@ -523,8 +541,8 @@ impl Forwarder {
             n
         };
         let slots = &mut slots[..k];
-        let now_ns = self.shared.now_ns();
         let now = Instant::now();
+        let now_ns = self.shared.ns_at(now);
         let mut verdicts = [Verdict::Drop(Reason::NoSession); BURST];
         {
             let mut frames: [Frame<'_>; BURST] = std::array::from_fn(|_| Frame {

@@ -27,6 +27,10 @@ pub struct DpdkPortOpts {
     pub promiscuous: bool,
     /// MTU to set; `None` keeps the PMD's (usually 1500).
     pub mtu: Option<u16>,
+    /// The link's peer spreads frames over the queues (software RSS, see
+    /// `lb_core::model::DpdkRss::Software`): open one queue per worker
+    /// without asking the PMD for RSS.
+    pub software_rss: bool,
 }
 
 impl Default for DpdkPortOpts {
@@ -38,6 +42,7 @@ impl Default for DpdkPortOpts {
             tx_retries: 4,
             promiscuous: true,
             mtu: None,
+            software_rss: false,
         }
     }
 }
@@ -90,6 +95,8 @@ pub(super) struct PortInner {
     driver: String,
     pub(super) mac: [u8; 6],
     rss: bool,
+    /// The peer spreads frames over the queues (software RSS).
+    software_rss: bool,
     pub(super) tx_batch: usize,
     pub(super) tx_retries: u32,
     /// One flag per queue: handed out to a [`DpdkQueue`].
@@ -160,6 +167,7 @@ impl fmt::Debug for DpdkPort {
             .field("driver", &self.inner.driver)
             .field("queues", &self.inner.taken.len())
             .field("rss", &self.inner.rss)
+            .field("software_rss", &self.inner.software_rss)
             .finish()
     }
 }
@@ -199,7 +207,9 @@ impl DpdkPort {
     ///
     /// With more than one queue, RSS spreads IPv4/IPv6 TCP/UDP flows with
     /// [`SYMMETRIC_RSS_KEY`]. A PMD without RSS, or with fewer queues,
-    /// gets fewer queues (logged): check [`DpdkPort::queue_count`].
+    /// gets fewer queues (logged): check [`DpdkPort::queue_count`]. With
+    /// [`DpdkPortOpts::software_rss`], the PMD's RSS is not used and only
+    /// its queue limit applies: the link's peer spreads the frames.
     pub fn open(
         port_id: u16,
         queues: u16,
@@ -239,7 +249,7 @@ impl DpdkPort {
         let hf = RSS_HF & info.flow_type_rss_offloads;
         let max_queues = info.max_rx_queues.min(info.max_tx_queues).max(1);
         let mut n = queues;
-        if n > 1 && hf == 0 {
+        if n > 1 && hf == 0 && !opts.software_rss {
             tracing::warn!(
                 "port {port_id} ({name}, {driver}) does not support RSS on IP TCP/UDP: \
                  using 1 queue instead of {queues}"
@@ -252,7 +262,8 @@ impl DpdkPort {
             );
             n = max_queues;
         }
-        let rss = n > 1;
+        let software_rss = n > 1 && opts.software_rss;
+        let rss = n > 1 && !software_rss;
 
         let key_len = match info.hash_key_size {
             0 => SYMMETRIC_RSS_KEY.len(),
@@ -330,7 +341,13 @@ impl DpdkPort {
         check("rte_eth_dev_start", ret, Convention::NegErrno)?;
         tracing::info!(
             "DPDK port {port_id} ({name}, {driver}) started: {n} queue(s), RSS {}, {rx_desc}/{tx_desc} descriptors",
-            if rss { "symmetric" } else { "off" }
+            if rss {
+                "symmetric"
+            } else if software_rss {
+                "by the peer (software)"
+            } else {
+                "off"
+            }
         );
         Ok(DpdkPort {
             inner: Arc::new(PortInner {
@@ -339,6 +356,7 @@ impl DpdkPort {
                 driver,
                 mac: mac.addr_bytes,
                 rss,
+                software_rss,
                 tx_batch: opts.tx_batch,
                 tx_retries: opts.tx_retries,
                 taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -400,6 +418,13 @@ impl DpdkPort {
     /// Whether RSS (symmetric key) spreads flows over the queues.
     pub fn rss(&self) -> bool {
         self.inner.rss
+    }
+
+    /// Whether the link's peer spreads flows over the queues (software
+    /// RSS: the symmetric key over an even table, see
+    /// `lb_core::nat::rss::RssSteering::software`).
+    pub fn software_rss(&self) -> bool {
+        self.inner.software_rss
     }
 
     pub fn mac(&self) -> [u8; 6] {

@@ -27,7 +27,14 @@ impl DpdkPort {
     /// is first set to spread evenly, entry `i` to queue `i % queues`). `Ok(None)` when the port has no RSS, or
     /// does not hash TCP and UDP ports of both families (then no local
     /// port can steer a reply).
+    /// With software RSS, the steering is [`RssSteering::software`]: what
+    /// the peer is expected to do.
     pub fn rss_steering(&self, queue_workers: &[u16]) -> Result<Option<RssSteering>, DpdkError> {
+        if self.software_rss() {
+            return RssSteering::software(self.queue_count(), queue_workers)
+                .map(Some)
+                .map_err(|e| DpdkError::InvalidArgument(format!("port {}: {e}", self.port_id())));
+        }
         if !self.rss() {
             return Ok(None);
         }
