@@ -5,9 +5,11 @@
 //! ports, `worker` is the poll-mode loop, `affinity` pins threads to CPUs.
 
 mod affinity;
+mod egress;
 mod error;
 #[cfg(test)]
 mod exception_tests;
+mod icmp_errors;
 mod ports;
 #[cfg(test)]
 mod rss_tests;

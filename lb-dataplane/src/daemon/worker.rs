@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 use lb_core::model::IdlePolicy;
 use lb_core::packet::{ParseError, Parsed};
 use lb_core::pipeline::{
-    frame_owner_on, Forward, Frame, LocalKind, Reason, Released, RxInfo, Snapshot, Verdict, Worker,
+    frame_owner_on, Frame, LocalKind, Reason, Released, RxInfo, Snapshot, Verdict, Worker,
 };
 
+use super::egress::Egress;
+use super::icmp_errors::IcmpErrors;
 use super::{Handoff, Runtime, Shared, WorkerReport, BURST};
 use crate::exception::{Exceptions, PortFacts, PortPlan, Up};
-use crate::io::pool::BufPool;
-use crate::io::{Buf, IoStats, RxMeta, RxQueue, Slot, TxQueue};
+use crate::io::{Buf, IoStats, RxMeta, RxQueue, Slot};
 use crate::l2::port_vlan;
-use crate::neigh::REFRESH;
 
 /// Frames waiting for a neighbour to answer, per worker.
 pub(super) const PENDING_MAX: usize = 256;
@@ -34,23 +34,8 @@ pub(super) const PENDING_MAX: usize = 256;
 /// How long a frame waits for its next hop to be resolved.
 const PENDING_WAIT: Duration = Duration::from_secs(1);
 
-/// ICMP errors (time exceeded, fragmentation needed, packet too big) one
-/// worker sends per second at most, after a burst of [`ICMP_ERROR_BURST`]
-/// (Linux: 1000 a second for the host, bursts of 50).
-const ICMP_ERRORS_PER_SEC: u64 = 200;
-const ICMP_ERROR_BURST: u64 = 50;
-
 /// A frame's parse, as the pipeline takes it.
 pub(super) type ParsedFrame = (Parsed, Result<(), ParseError>);
-
-/// One frame waiting for its next hop.
-#[derive(Debug)]
-struct Pending {
-    port: u32,
-    next_hop: IpAddr,
-    frame: Buf,
-    since: Instant,
-}
 
 /// The SYN cookies' secret: drawn from getrandom once per process, the
 /// same for every worker (a flow's SYN and ACK reach the same worker
@@ -119,116 +104,6 @@ struct ExceptionState {
     generation: u64,
     /// Frames went up in this round: wake the exception thread after it.
     queued: bool,
-}
-
-/// Where frames leave: the sending half of each port's queue pair, and the
-/// frames waiting for a neighbour.
-struct Egress {
-    tx: Vec<Box<dyn TxQueue>>,
-    macs: Vec<[u8; 6]>,
-    /// Where a frame to copy is retagged for its egress port's VLAN.
-    scratch: Vec<u8>,
-    /// Buffers for ring frames that must wait or move to another worker.
-    pool: Arc<BufPool>,
-    pending: VecDeque<Pending>,
-    /// Next hops to ask for after the burst.
-    solicit: Vec<(u32, IpAddr)>,
-    neighbor_unresolved: u64,
-}
-
-impl Egress {
-    /// Sends a copy of `frame` on `port`, tagged as the port is (see
-    /// [`crate::l2::for_port`]): no tag it arrived with leaves.
-    fn send(&mut self, port: u32, frame: &[u8], snap: &Snapshot) {
-        if let Some(io) = self.tx.get_mut(port as usize) {
-            io.send(crate::l2::for_port(
-                frame,
-                port_vlan(snap, port),
-                &mut self.scratch,
-            ));
-        }
-    }
-
-    /// Sends `frame` on `port` as it is: an owned buffer retagged in place
-    /// and handed over (an mbuf without a copy), a ring frame copied.
-    fn send_slot(&mut self, port: u32, frame: Slot<'_>, snap: &Snapshot) {
-        match frame {
-            Slot::Owned(mut buf) => {
-                let Some(io) = self.tx.get_mut(port as usize) else {
-                    return;
-                };
-                if buf.retag(port_vlan(snap, port)) {
-                    io.send_buf(buf);
-                } else {
-                    // No headroom for the tag: the copy path has room.
-                    let vlan = port_vlan(snap, port);
-                    io.send(crate::l2::for_port(buf.data(), vlan, &mut self.scratch));
-                }
-            }
-            Slot::Lent(f) => self.send(port, f, snap),
-            Slot::Empty => {}
-        }
-    }
-
-    /// Parks a frame until its next hop is resolved; the oldest goes when
-    /// the queue is full (counted).
-    fn park(&mut self, port: u32, next_hop: IpAddr, frame: Option<Buf>, now: Instant) {
-        self.ask(port, next_hop);
-        let Some(frame) = frame else {
-            // No buffer free: as good as unresolved.
-            self.neighbor_unresolved += 1;
-            return;
-        };
-        if self.pending.len() >= PENDING_MAX {
-            self.neighbor_unresolved += 1;
-            self.pending.pop_front();
-        }
-        self.pending.push_back(Pending {
-            port,
-            next_hop,
-            frame,
-            since: now,
-        });
-    }
-
-    /// Asks for `next_hop` after the burst (at most once per burst).
-    fn ask(&mut self, port: u32, next_hop: IpAddr) {
-        if !self.solicit.contains(&(port, next_hop)) && self.solicit.len() < BURST {
-            self.solicit.push((port, next_hop));
-        }
-    }
-
-    /// Forwards `frame` to `f`'s next hop: sent with the neighbour's
-    /// address, or parked until it is known. `copy` is a frame the
-    /// pipeline built in its own buffer, which `frame` then stands for.
-    fn forward(
-        &mut self,
-        f: &Forward,
-        mut frame: Slot<'_>,
-        neigh: &crate::neigh::Neighbors,
-        snap: &Snapshot,
-        now: Instant,
-    ) {
-        let src = self
-            .macs
-            .get(f.hop.port as usize)
-            .copied()
-            .unwrap_or_default();
-        match neigh.lookup(f.hop.port, f.hop.next_hop, now) {
-            Some(e) => {
-                crate::l2::set_macs(frame.data_mut(), e.mac, src);
-                self.send_slot(f.hop.port, frame, snap);
-                if now.saturating_duration_since(e.learned) > REFRESH {
-                    // Ask again while the entry still works.
-                    self.ask(f.hop.port, f.hop.next_hop);
-                }
-            }
-            None => {
-                let buf = frame.into_buf(&self.pool);
-                self.park(f.hop.port, f.hop.next_hop, buf, now);
-            }
-        }
-    }
 }
 
 impl WorkerLoop {
@@ -872,119 +747,5 @@ impl Forwarder {
                 self.out.pending.push_back(p);
             }
         }
-    }
-}
-
-/// The ICMP errors a worker answers drops with (time exceeded,
-/// fragmentation needed, packet too big): rate-limited by a token bucket,
-/// built in one buffer reused from error to error.
-struct IcmpErrors {
-    tokens: u64,
-    /// When the bucket last gained a token.
-    refilled: Instant,
-    buf: Vec<u8>,
-    sent: u64,
-    rate_limited: u64,
-}
-
-impl IcmpErrors {
-    fn new(now: Instant) -> IcmpErrors {
-        IcmpErrors {
-            tokens: ICMP_ERROR_BURST,
-            refilled: now,
-            buf: Vec::with_capacity(1500),
-            sent: 0,
-            rate_limited: 0,
-        }
-    }
-
-    /// Takes a token if there is one.
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled);
-        let gained =
-            u64::try_from(elapsed.as_nanos() * u128::from(ICMP_ERRORS_PER_SEC) / 1_000_000_000)
-                .unwrap_or(u64::MAX);
-        if gained > 0 {
-            self.tokens = self.tokens.saturating_add(gained).min(ICMP_ERROR_BURST);
-            self.refilled = now;
-        }
-        if self.tokens == 0 {
-            self.rate_limited += 1;
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-
-    /// Answers a frame dropped for `reason` on ingress port `port`, if the
-    /// reason calls for an ICMP error (see `Reason::icmp_answer`): from the
-    /// port's address of the sender's family, back to the neighbour the
-    /// frame came from. The frame is as it arrived (the pipeline drops
-    /// before it rewrites).
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &mut self,
-        reason: &Reason,
-        frame: &[u8],
-        port: u32,
-        port_mac: [u8; 6],
-        snap: &Snapshot,
-        now: Instant,
-        out: &mut Egress,
-    ) {
-        if !matches!(reason, Reason::TtlExceeded | Reason::TooBig { .. }) {
-            return;
-        }
-        let Ok(p) = lb_core::packet::parse(frame) else {
-            return;
-        };
-        let Some(a) = reason.icmp_answer(&p) else {
-            return;
-        };
-        let Some(src) = crate::health::port_address(snap, port, p.src) else {
-            return;
-        };
-        let Some(to_mac) = frame.get(6..12).map(lb_core::packet::MacAddr::from_bytes) else {
-            return;
-        };
-        if !self.take(now) {
-            return;
-        }
-        let built = lb_core::packet::build_icmp_error_into(
-            &mut self.buf,
-            frame,
-            &p,
-            src,
-            a.icmp_type,
-            a.code,
-            a.rest,
-            lb_core::packet::MacAddr(port_mac),
-            to_mac,
-        );
-        if built.is_ok() {
-            out.send(port, &self.buf, snap);
-            self.sent += 1;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn icmp_errors_are_rate_limited_by_a_token_bucket() {
-        let t0 = Instant::now();
-        let mut b = IcmpErrors::new(t0);
-        let sent = (0..200).filter(|_| b.take(t0)).count();
-        assert_eq!(sent as u64, ICMP_ERROR_BURST, "a burst, then nothing");
-        assert_eq!(b.rate_limited, 200 - ICMP_ERROR_BURST);
-        // Tokens come back at ICMP_ERRORS_PER_SEC, never above the burst.
-        let later = t0 + Duration::from_millis(100);
-        let sent = (0..200).filter(|_| b.take(later)).count();
-        assert_eq!(sent as u64, ICMP_ERRORS_PER_SEC / 10);
-        let much_later = later + Duration::from_secs(60);
-        let sent = (0..200).filter(|_| b.take(much_later)).count();
-        assert_eq!(sent as u64, ICMP_ERROR_BURST);
     }
 }
