@@ -36,8 +36,9 @@
 //!
 //! Each address family has a table of its own: an IPv4 session is stored in
 //! two 64-byte cache lines (its two keys take 12 bytes each; keys, state,
-//! times and payload fill the first, the TCP sequence window goes in the
-//! second), an IPv6 session in three. The two tables are sized separately
+//! times and payload fill the first, the TCP sequence window, the packet
+//! and byte counters of each direction ([`SessionTable::count`]) and the
+//! start time go in the second), an IPv6 session in three. The two tables are sized separately
 //! ([`SessionTable::with_capacities`]); a [`SessionId`] says which one holds
 //! its session, and a session's two keys are always of the same family.
 //!
