@@ -638,7 +638,30 @@ impl<T> SessionTable<T> {
         timeouts: &Timeouts,
     ) -> bool {
         family!(mut self, id.is_ipv6(), |t| t.update(
-            id, dir, tcp_flags, now, timeouts
+            id, dir, tcp_flags, None, now, timeouts
+        ))
+    }
+
+    /// [`SessionTable::update`] that also counts the packet, of `bytes`
+    /// (its IP length), in direction `dir` (see [`Session::packets`],
+    /// [`Session::bytes`]).
+    #[inline]
+    pub fn update_counted(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        tcp_flags: Option<u8>,
+        bytes: usize,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> bool {
+        family!(mut self, id.is_ipv6(), |t| t.update(
+            id,
+            dir,
+            tcp_flags,
+            Some(bytes),
+            now,
+            timeouts
         ))
     }
 
@@ -661,16 +684,31 @@ impl<T> SessionTable<T> {
         timeouts: &Timeouts,
     ) -> Option<SegmentCheck> {
         family!(mut self, id.is_ipv6(), |t| t.update_tcp(
-            id, dir, seg, now, timeouts
+            id, dir, seg, None, now, timeouts
         ))
     }
 
-    /// Counts a packet of `bytes` (its IP length) in direction `dir` of
-    /// session `id` (see [`Session::packets`], [`Session::bytes`]).
-    /// Nothing for a stale `id`.
+    /// [`SessionTable::update_tcp`] that also counts the segment, of
+    /// `bytes` (its IP length), in direction `dir`, unless it is a RST
+    /// outside the window (which the caller drops).
     #[inline]
-    pub fn count(&mut self, id: SessionId, dir: Dir, bytes: usize) {
-        family!(mut self, id.is_ipv6(), |t| t.count(id, dir, bytes))
+    pub fn update_tcp_counted(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        seg: &TcpSegment,
+        bytes: usize,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> Option<SegmentCheck> {
+        family!(mut self, id.is_ipv6(), |t| t.update_tcp(
+            id,
+            dir,
+            seg,
+            Some(bytes),
+            now,
+            timeouts
+        ))
     }
 
     /// Sets session `id`'s counters to zero and its start to `now`: its

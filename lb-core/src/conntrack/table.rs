@@ -128,6 +128,14 @@ impl<A: Addr, T> Stored<A, T> {
         self.seen = seen;
     }
 
+    /// Counts a packet of `bytes` in direction `dir`.
+    #[inline]
+    fn count(&mut self, dir: Dir, bytes: usize) {
+        let d = dir.index() & 1;
+        self.packets[d] = self.packets[d].saturating_add(1);
+        self.bytes[d] = self.bytes[d].saturating_add(bytes as u64);
+    }
+
     pub(super) fn key(&self, dir: Dir) -> &Key<A> {
         match dir {
             Dir::Orig => &self.orig,
@@ -455,17 +463,22 @@ impl<A: Addr, T> Table<A, T> {
     }
 
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn update(
         &mut self,
         id: SessionId,
         dir: Dir,
         tcp_flags: Option<u8>,
+        bytes: Option<usize>,
         now: Nanos,
         timeouts: &Timeouts,
     ) -> bool {
         let Some(s) = self.get_mut(id) else {
             return false;
         };
+        if let Some(b) = bytes {
+            s.count(dir, b);
+        }
         let was_half_open = tcp::is_half_open(s.tcp_state);
         if let (Some(state), Some(f)) = (s.tcp_state, tcp_flags) {
             s.advance(state, dir, f);
@@ -507,20 +520,31 @@ impl<A: Addr, T> Table<A, T> {
     }
 
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn update_tcp(
         &mut self,
         id: SessionId,
         dir: Dir,
         seg: &TcpSegment,
+        bytes: Option<usize>,
         now: Nanos,
         timeouts: &Timeouts,
     ) -> Option<SegmentCheck> {
         let s = self.get_mut(id)?;
         let Some(state) = s.tcp_state else {
+            if let Some(b) = bytes {
+                s.count(dir, b);
+            }
             s.refresh(dir, now, timeouts);
             return Some(SegmentCheck::Accepted);
         };
         let check = s.window.track(state, dir, seg);
+        match (bytes, check) {
+            // A RST outside the window is dropped: not the session's.
+            (_, SegmentCheck::OutOfWindow) if seg.flags & tcp::flags::RST != 0 => {}
+            (Some(b), _) => s.count(dir, b),
+            (None, _) => {}
+        }
         match check {
             SegmentCheck::Accepted | SegmentCheck::Reset => {
                 let was_half_open = tcp::is_half_open(Some(state));
@@ -546,16 +570,6 @@ impl<A: Addr, T> Table<A, T> {
             }
         }
         Some(check)
-    }
-
-    /// Counts a packet of `bytes` in direction `dir`.
-    #[inline]
-    pub(super) fn count(&mut self, id: SessionId, dir: Dir, bytes: usize) {
-        if let Some(s) = self.get_mut(id) {
-            let d = dir.index() & 1;
-            s.packets[d] = s.packets[d].saturating_add(1);
-            s.bytes[d] = s.bytes[d].saturating_add(bytes as u64);
-        }
     }
 
     /// Starts the counters and the start time over, for a tuple reused by
