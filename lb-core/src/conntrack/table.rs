@@ -133,7 +133,15 @@ impl<A: Addr, T> Stored<A, T> {
     fn count(&mut self, dir: Dir, bytes: usize) {
         let d = dir.index() & 1;
         self.packets[d] = self.packets[d].saturating_add(1);
-        self.bytes[d] = self.bytes[d].saturating_add(bytes as u64);
+        // 2^64 bytes do not pass through one session.
+        self.bytes[d] = self.bytes[d].wrapping_add(bytes as u64);
+    }
+
+    /// Takes back [`Stored::count`].
+    fn uncount(&mut self, dir: Dir, bytes: usize) {
+        let d = dir.index() & 1;
+        self.packets[d] = self.packets[d].saturating_sub(1);
+        self.bytes[d] = self.bytes[d].wrapping_sub(bytes as u64);
     }
 
     pub(super) fn key(&self, dir: Dir) -> &Key<A> {
@@ -538,13 +546,10 @@ impl<A: Addr, T> Table<A, T> {
             s.refresh(dir, now, timeouts);
             return Some(SegmentCheck::Accepted);
         };
-        let check = s.window.track(state, dir, seg);
-        match (bytes, check) {
-            // A RST outside the window is dropped: not the session's.
-            (_, SegmentCheck::OutOfWindow) if seg.flags & tcp::flags::RST != 0 => {}
-            (Some(b), _) => s.count(dir, b),
-            (None, _) => {}
+        if let Some(b) = bytes {
+            s.count(dir, b);
         }
+        let check = s.window.track(state, dir, seg);
         match check {
             SegmentCheck::Accepted | SegmentCheck::Reset => {
                 let was_half_open = tcp::is_half_open(Some(state));
@@ -562,7 +567,12 @@ impl<A: Addr, T> Table<A, T> {
                         .min(s.last_seen.saturating_add(timeouts.closed));
                 }
             }
-            SegmentCheck::OutOfWindow if seg.flags & tcp::flags::RST != 0 => {}
+            SegmentCheck::OutOfWindow if seg.flags & tcp::flags::RST != 0 => {
+                // Dropped: not the session's packet after all.
+                if let (Some(b), Some(s)) = (bytes, self.get_mut(id)) {
+                    s.uncount(dir, b);
+                }
+            }
             // Passed on, not learned from; it keeps the session alive as
             // any packet of it does (a handshake's timer excepted).
             SegmentCheck::OutOfWindow => {
