@@ -612,6 +612,13 @@ impl<T> SessionTable<T> {
         family!(mut self, id.is_ipv6(), |t| t.get_mut(id).map(|s| &mut s.payload))
     }
 
+    /// The TCP state of session `id` (`None`: another protocol, or a
+    /// stale `id`), without decoding the rest.
+    #[inline]
+    pub fn tcp_state(&self, id: SessionId) -> Option<TcpState> {
+        family!(self, id.is_ipv6(), |t| t.get(id).and_then(|s| s.tcp_state))
+    }
+
     /// The key of session `id` for direction `dir`.
     #[inline]
     pub fn key(&self, id: SessionId, dir: Dir) -> Option<FlowKey> {

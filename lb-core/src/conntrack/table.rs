@@ -76,7 +76,7 @@ pub(super) struct Stored<A, T> {
     orig: Key<A>,
     reply: Key<A>,
     pub(super) proto: u8,
-    tcp_state: Option<TcpState>,
+    pub(super) tcp_state: Option<TcpState>,
     seen: u8,
     /// A packet came in the reply direction.
     replied: bool,

@@ -374,7 +374,10 @@ impl Worker {
                 .update_counted(id, dir, tcp_flags, p.l3_len, now, &snap.timeouts);
             return Ok(());
         };
-        if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && dir == Dir::Orig {
+        if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && dir == Dir::Orig
+            && self.sessions.tcp_state(id) == Some(crate::conntrack::TcpState::Closed)
+        {
             self.tuple_reused(id, now);
         }
         let check = self
