@@ -98,6 +98,8 @@ pub struct DataplaneConfig {
     pub reset_unknown_rate: Option<S<i64>>,
     /// `[dataplane.fragments]`: IP fragments without reassembly.
     pub fragments: Option<S<FragmentsConfig>>,
+    /// Frames per direction of each port's exception path.
+    pub exception_queue: Option<S<i64>>,
 }
 
 /// `[dataplane.fragments]`.
@@ -142,6 +144,8 @@ pub struct PortConfig {
     pub source_check: Option<SourceCheckConfig>,
     pub vlan: Option<S<i64>>,
     pub max_neighbors: Option<S<i64>>,
+    /// The TAP interface of the port's exception path.
+    pub tap: Option<S<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -367,6 +371,10 @@ pub struct ServerGroupConfig {
     pub id: S<String>,
     pub scheduler: Option<SchedulerConfig>,
     pub health_check: Option<S<HealthCheckConfig>>,
+    /// Seconds a server that comes up takes to reach its weight.
+    pub slow_start_s: Option<S<Seconds>>,
+    /// Seconds a draining server's sessions go on before they are ended.
+    pub drain_timeout_s: Option<S<Seconds>>,
     #[serde(default, rename = "server")]
     pub servers: Vec<S<ServerConfig>>,
 }
@@ -447,6 +455,17 @@ pub struct ServerConfig {
     pub address: Option<S<String>>,
     pub port: S<i64>,
     pub weight: Option<S<i64>>,
+    pub state: Option<ServerStateConfig>,
+}
+
+/// `state` of a `[[server_group.server]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerStateConfig {
+    /// Takes new sessions (the default).
+    Active,
+    /// No new sessions; the open ones go on.
+    Draining,
 }
 
 /// `[[load_balancer]]`.

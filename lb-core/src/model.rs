@@ -211,6 +211,9 @@ pub struct Server {
     pub port: u16,
     /// 0..=100; 0 = no new connections.
     pub weight: u8,
+    /// Draining by configuration: no new sessions, the open ones go on
+    /// (until the group's `drain_timeout_ms`, if any).
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +222,14 @@ pub struct ServerGroup {
     pub scheduler: SchedulerKind,
     pub health_check: HealthCheck,
     pub servers: Vec<Server>,
+    /// How long a server that comes up (health check passes again, drain
+    /// ends, added by a reload) takes to ramp its weight from a small
+    /// value to the configured one (0: no slow start; see
+    /// [`crate::sched::slow_start`]).
+    pub slow_start_ms: u32,
+    /// How long a draining server's sessions go on before they are ended
+    /// (`None`: until they end by themselves).
+    pub drain_timeout_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,6 +412,9 @@ pub struct Dataplane {
     pub reset_unknown_rate: u32,
     /// How non-first IP fragments are handled.
     pub fragments: Fragments,
+    /// Frames each direction of a port's exception path holds (to the
+    /// kernel, from the kernel); beyond, frames are dropped and counted.
+    pub exception_queue: usize,
 }
 
 /// IP fragments without reassembly: the first fragment (it holds the L4
@@ -447,8 +461,14 @@ impl Default for Dataplane {
             reset_unknown: true,
             reset_unknown_rate: 1000,
             fragments: Fragments::default(),
+            exception_queue: Dataplane::DEFAULT_EXCEPTION_QUEUE,
         }
     }
+}
+
+impl Dataplane {
+    /// The default of [`Dataplane::exception_queue`].
+    pub const DEFAULT_EXCEPTION_QUEUE: usize = 1024;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,6 +489,10 @@ pub struct Port {
     /// The most neighbour entries (resolved or being resolved) kept for
     /// this link, like Linux's `gc_thresh3`.
     pub max_neighbors: u32,
+    /// The kernel TAP interface of the port's exception path: frames for
+    /// the port's own addresses that the data plane does not serve go up
+    /// to it, and what the kernel sends through it leaves by the port.
+    pub tap: Option<String>,
 }
 
 impl Port {

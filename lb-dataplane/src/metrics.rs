@@ -109,6 +109,18 @@ pub fn prometheus(shared: &Shared) -> String {
             "vlan_mismatch",
             "Frames dropped because their VLAN tagging does not fit the port.",
         ),
+        (
+            "exception_to_kernel",
+            "Frames handed to the kernel through the port's TAP (the exception path).",
+        ),
+        (
+            "exception_from_kernel",
+            "Frames the kernel sent through the port's TAP that left by the port.",
+        ),
+        (
+            "exception_drops",
+            "Frames of the exception path dropped either way (a full queue, no buffer, a failed write).",
+        ),
     ] {
         metric(
             &format!("port_{field}_total"),
@@ -257,6 +269,20 @@ pub fn prometheus(shared: &Shared) -> String {
             })
             .collect(),
     );
+    metric(
+        "listener_limit_drops_total",
+        "Packets that would have opened a session, refused by each listener's max_connections or max_new_connections_per_s since the last reload.",
+        "counter",
+        listeners
+            .iter()
+            .map(|v| {
+                (
+                    format!("{{listener=\"{}\"}}", esc(&v["listener"])),
+                    num(&v["listener_limit"]),
+                )
+            })
+            .collect(),
+    );
     for &(name, kind, help) in SYN_FLOOD_HELP {
         let suffix = if kind == "counter" { "_total" } else { "" };
         metric(
@@ -315,6 +341,7 @@ pub fn prometheus(shared: &Shared) -> String {
             ),
         ],
     );
+    out.push_str(&crate::servers::prometheus(&s));
     out
 }
 

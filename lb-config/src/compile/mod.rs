@@ -60,10 +60,19 @@ const MAX_FRAGMENT_TABLE: i64 = 1 << 20;
 const MAX_FRAGMENT_TIMEOUT_MS: i64 = 60_000;
 /// `dataplane.fragments.hold` upper bound (fragments per worker).
 const MAX_FRAGMENT_HOLD: i64 = 4096;
+/// `dataplane.exception_queue` upper bound (frames per direction and port).
+const MAX_EXCEPTION_QUEUE: i64 = 65536;
 /// `dataplane.workers` upper bound.
 pub const MAX_WORKERS: i64 = 64;
 /// Health check interval and timeout upper bound, in seconds.
 pub const MAX_HEALTH_CHECK_S: f64 = 300.0;
+
+/// The longest `slow_start_s` of a server group.
+pub const MAX_SLOW_START_S: f64 = 3600.0;
+
+/// The longest `drain_timeout_s` of a server group (a day).
+pub const MAX_DRAIN_TIMEOUT_S: f64 = 86_400.0;
+
 /// `platform.session_timeout_s` upper bound: 5 days, Linux conntrack's
 /// timeout of an established TCP connection.
 pub const MAX_SESSION_TIMEOUT_S: u32 = 432_000;
@@ -405,6 +414,9 @@ impl<'a, 's> Compiler<'a, 's> {
         }
         if let Some(f) = &d.fragments {
             out.fragments = self.fragments(f.get_ref());
+        }
+        if let Some(q) = &d.exception_queue {
+            out.exception_queue = self.int(q, "exception_queue", 16, MAX_EXCEPTION_QUEUE);
         }
         out
     }

@@ -10,6 +10,7 @@ mod fragments;
 mod icmp_ttl_mtu;
 mod limits;
 mod rss_steering;
+mod servers;
 
 fn addr(s: &str) -> IpAddr {
     s.parse().expect("address")
@@ -83,6 +84,7 @@ fn config() -> Config {
         source_check: SourceCheck::Strict,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        tap: None,
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-web".into(),
@@ -106,12 +108,15 @@ fn config() -> Config {
         id: "sgp".into(),
         scheduler: SchedulerKind::Wrr,
         health_check: HealthCheck::default(),
+        slow_start_ms: 0,
+        drain_timeout_ms: None,
         servers: vec![Server {
             name: "ecs01".into(),
             instance: Some(0),
             addresses: vec![addr("198.19.1.11")],
             port: 80,
             weight: 100,
+            draining: false,
         }],
     });
     cfg.load_balancers.push(LoadBalancer {
@@ -1138,6 +1143,7 @@ fn two_ports(check: SourceCheck, ext_vlan: Option<u16>) -> Snapshot {
         source_check: check,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        tap: None,
     });
     Snapshot::compile(cfg, 1)
 }

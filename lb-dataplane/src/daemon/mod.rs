@@ -6,6 +6,8 @@
 
 mod affinity;
 mod error;
+#[cfg(test)]
+mod exception_tests;
 mod ports;
 #[cfg(test)]
 mod rss_tests;
@@ -125,6 +127,8 @@ pub struct Shared {
     /// RSS, as with AF_PACKET): frame ownership and FULLNAT local ports
     /// follow it, so that no frame needs a handoff.
     pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
+    /// Each port's exception path to the kernel (`[[port]] tap`).
+    pub exception: Arc<crate::exception::Exceptions>,
     /// The listeners' access logs: the workers' queues to the writer.
     pub access_log: Arc<crate::access_log::AccessLog>,
 }
@@ -151,6 +155,9 @@ impl Shared {
         }
         let snap = Arc::new(Snapshot::compile(cfg, old.snap.generation + 1));
         let health = Arc::new(HealthTable::new(&snap, Some(&old.health)));
+        // The servers' weights (drain, slow start) before any worker sees
+        // the new configuration: a server the reload adds starts its ramp.
+        health.servers.tick(&snap, health.as_ref(), self.now_ns());
         let generation = snap.generation;
         // Its names before any worker makes a record under it.
         self.access_log.register(&snap);
@@ -214,6 +221,11 @@ impl Shared {
                 tracing::debug!(port, mtu, "port MTU");
             } else {
                 tracing::info!(port, mtu, was = old, "port MTU changed");
+                if let Some(ep) = self.exception.port(pi) {
+                    if let Err(e) = crate::exception::tap::set_mtu(&ep.tap, mtu) {
+                        tracing::warn!(port, tap = %ep.tap, mtu, "setting the TAP's MTU: {e}");
+                    }
+                }
             }
         }
     }
@@ -269,6 +281,7 @@ impl Shared {
                 .collect::<Vec<_>>(),
         );
         let health = Arc::new(HealthTable::new(&snap, None));
+        let mtu_cap_len = mtu_cap.len();
         let started = Instant::now();
         let access_log = Arc::new(crate::access_log::AccessLog::new(workers, started));
         access_log.register(&snap);
@@ -295,6 +308,7 @@ impl Shared {
             port_mtu_cap: mtu_cap,
             buffers: crate::io::pool::BufPool::new(0, 0),
             port_rss: Vec::new(),
+            exception: Arc::new(crate::exception::Exceptions::none(mtu_cap_len)),
             access_log,
         }
     }
@@ -322,7 +336,14 @@ fn compatible(
     let ports = |c: &lb_core::model::Config| {
         c.ports
             .iter()
-            .map(|p| (p.name.clone(), p.interface.clone(), p.dpdk_port))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.interface.clone(),
+                    p.dpdk_port,
+                    p.tap.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     if ports(old) != ports(new) {
@@ -387,6 +408,18 @@ impl Daemon {
         }
         shared.buffers =
             crate::io::pool::BufPool::new(pool_buffers(workers, ring_frames), max_frame);
+        // The TAPs take the ports' MAC addresses and MTUs as they are now.
+        let macs: Vec<[u8; 6]> = per_worker
+            .first()
+            .map(|w| w.tx.iter().map(|t| t.mac()).collect())
+            .unwrap_or_default();
+        let mtus: Vec<u32> = (0..shared.port_mtu.len())
+            .map(|pi| shared.read_port_mtu(pi).unwrap_or(0))
+            .collect();
+        let snap0 = shared.runtime.load().snap.clone();
+        let (exceptions, taps) = crate::exception::open(&snap0, &macs, &mtus, max_frame)
+            .map_err(|source| StartError::Tap { source })?;
+        shared.exception = Arc::new(exceptions);
         let shared = Arc::new(shared);
         for pi in 0..shared.port_mtu.len() {
             shared.update_port_mtu(pi);
@@ -446,7 +479,32 @@ impl Daemon {
                 })?;
             threads.push(h);
         }
+        if !taps.is_empty() {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-exception".into())
+                .spawn(move || {
+                    keep_off_worker_cores(&shared.runtime.load().snap.cfg.dataplane.cores);
+                    crate::exception::run(&shared.exception, taps, &shared.stop);
+                })
+                .map_err(|source| StartError::Thread {
+                    thread: "the exception path",
+                    source,
+                })?;
+            threads.push(h);
+        }
         threads.push(spawn_access_log_writer(&shared)?);
+        {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-servers".into())
+                .spawn(move || publish_servers(&shared))
+                .map_err(|source| StartError::Thread {
+                    thread: "the server state thread",
+                    source,
+                })?;
+            threads.push(h);
+        }
         {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
@@ -548,6 +606,19 @@ fn refine_in_background(shared: &Arc<Shared>) {
     }
 }
 
+/// Runs [`crate::servers::ServerTable::tick`] every
+/// [`crate::servers::TICK`] on the running configuration (drain and slow
+/// start: the weights the workers follow) until `shared.stop`.
+fn publish_servers(shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let rt = shared.runtime.load_full();
+        rt.health
+            .servers
+            .tick(&rt.snap, rt.health.as_ref(), shared.now_ns());
+        std::thread::sleep(crate::servers::TICK);
+    }
+}
+
 /// Reads the ports' MTUs every [`MTU_POLL`] and publishes changes to the
 /// workers (an MTU lowered on a link applies within a second), until
 /// `shared.stop`.
@@ -616,5 +687,33 @@ impl crate::health::Host for Shared {
 
     fn neighbors(&self) -> &Neighbors {
         &self.neigh
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn cfg(port: &str, dataplane: &str) -> lb_core::model::Config {
+        let text = format!(
+            "[dataplane]\n{dataplane}\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"198.18.0.1/24\"]\n{port}"
+        );
+        lb_config::parse_str(&text, "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn the_exception_path_changes_only_with_a_restart() {
+        let tap = cfg("tap = \"lbd-ext\"\n", "");
+        assert!(compatible(&tap, &cfg("tap = \"lbd-ext\"\n", "")).is_ok());
+        for other in [cfg("", ""), cfg("tap = \"lbd-x\"\n", "")] {
+            assert!(matches!(
+                compatible(&tap, &other),
+                Err(ReloadError::PortsChanged)
+            ));
+        }
+        assert!(matches!(
+            compatible(&tap, &cfg("tap = \"lbd-ext\"\n", "exception_queue = 64")),
+            Err(ReloadError::DataplaneChanged)
+        ));
     }
 }
