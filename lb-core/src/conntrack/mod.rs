@@ -36,8 +36,9 @@
 //!
 //! Each address family has a table of its own: an IPv4 session is stored in
 //! two 64-byte cache lines (its two keys take 12 bytes each; keys, state,
-//! times and payload fill the first, the TCP sequence window goes in the
-//! second), an IPv6 session in three. The two tables are sized separately
+//! times and payload fill the first, the TCP sequence window, the packet
+//! and byte counters of each direction ([`SessionTable::count`]) and the
+//! start time go in the second), an IPv6 session in three. The two tables are sized separately
 //! ([`SessionTable::with_capacities`]); a [`SessionId`] says which one holds
 //! its session, and a session's two keys are always of the same family.
 //!
@@ -611,6 +612,13 @@ impl<T> SessionTable<T> {
         family!(mut self, id.is_ipv6(), |t| t.get_mut(id).map(|s| &mut s.payload))
     }
 
+    /// The TCP state of session `id` (`None`: another protocol, or a
+    /// stale `id`), without decoding the rest.
+    #[inline]
+    pub fn tcp_state(&self, id: SessionId) -> Option<TcpState> {
+        family!(self, id.is_ipv6(), |t| t.get(id).and_then(|s| s.tcp_state))
+    }
+
     /// The key of session `id` for direction `dir`.
     #[inline]
     pub fn key(&self, id: SessionId, dir: Dir) -> Option<FlowKey> {
@@ -637,7 +645,30 @@ impl<T> SessionTable<T> {
         timeouts: &Timeouts,
     ) -> bool {
         family!(mut self, id.is_ipv6(), |t| t.update(
-            id, dir, tcp_flags, now, timeouts
+            id, dir, tcp_flags, None, now, timeouts
+        ))
+    }
+
+    /// [`SessionTable::update`] that also counts the packet, of `bytes`
+    /// (its IP length), in direction `dir` (see [`Session::packets`],
+    /// [`Session::bytes`]).
+    #[inline]
+    pub fn update_counted(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        tcp_flags: Option<u8>,
+        bytes: usize,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> bool {
+        family!(mut self, id.is_ipv6(), |t| t.update(
+            id,
+            dir,
+            tcp_flags,
+            Some(bytes),
+            now,
+            timeouts
         ))
     }
 
@@ -660,16 +691,31 @@ impl<T> SessionTable<T> {
         timeouts: &Timeouts,
     ) -> Option<SegmentCheck> {
         family!(mut self, id.is_ipv6(), |t| t.update_tcp(
-            id, dir, seg, now, timeouts
+            id, dir, seg, None, now, timeouts
         ))
     }
 
-    /// Counts a packet of `bytes` (its IP length) in direction `dir` of
-    /// session `id` (see [`Session::packets`], [`Session::bytes`]).
-    /// Nothing for a stale `id`.
+    /// [`SessionTable::update_tcp`] that also counts the segment, of
+    /// `bytes` (its IP length), in direction `dir`, unless it is a RST
+    /// outside the window (which the caller drops).
     #[inline]
-    pub fn count(&mut self, id: SessionId, dir: Dir, bytes: usize) {
-        family!(mut self, id.is_ipv6(), |t| t.count(id, dir, bytes))
+    pub fn update_tcp_counted(
+        &mut self,
+        id: SessionId,
+        dir: Dir,
+        seg: &TcpSegment,
+        bytes: usize,
+        now: Nanos,
+        timeouts: &Timeouts,
+    ) -> Option<SegmentCheck> {
+        family!(mut self, id.is_ipv6(), |t| t.update_tcp(
+            id,
+            dir,
+            seg,
+            Some(bytes),
+            now,
+            timeouts
+        ))
     }
 
     /// Sets session `id`'s counters to zero and its start to `now`: its

@@ -76,7 +76,7 @@ pub(super) struct Stored<A, T> {
     orig: Key<A>,
     reply: Key<A>,
     pub(super) proto: u8,
-    tcp_state: Option<TcpState>,
+    pub(super) tcp_state: Option<TcpState>,
     seen: u8,
     /// A packet came in the reply direction.
     replied: bool,
@@ -126,6 +126,22 @@ impl<A: Addr, T> Stored<A, T> {
         }
         self.tcp_state = Some(next);
         self.seen = seen;
+    }
+
+    /// Counts a packet of `bytes` in direction `dir`.
+    #[inline]
+    fn count(&mut self, dir: Dir, bytes: usize) {
+        let d = dir.index() & 1;
+        self.packets[d] = self.packets[d].saturating_add(1);
+        // 2^64 bytes do not pass through one session.
+        self.bytes[d] = self.bytes[d].wrapping_add(bytes as u64);
+    }
+
+    /// Takes back [`Stored::count`].
+    fn uncount(&mut self, dir: Dir, bytes: usize) {
+        let d = dir.index() & 1;
+        self.packets[d] = self.packets[d].saturating_sub(1);
+        self.bytes[d] = self.bytes[d].wrapping_sub(bytes as u64);
     }
 
     pub(super) fn key(&self, dir: Dir) -> &Key<A> {
@@ -462,17 +478,22 @@ impl<A: Addr, T> Table<A, T> {
     }
 
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn update(
         &mut self,
         id: SessionId,
         dir: Dir,
         tcp_flags: Option<u8>,
+        bytes: Option<usize>,
         now: Nanos,
         timeouts: &Timeouts,
     ) -> bool {
         let Some(s) = self.get_mut(id) else {
             return false;
         };
+        if let Some(b) = bytes {
+            s.count(dir, b);
+        }
         let was_half_open = tcp::is_half_open(s.tcp_state);
         if let (Some(state), Some(f)) = (s.tcp_state, tcp_flags) {
             s.advance(state, dir, f);
@@ -514,19 +535,27 @@ impl<A: Addr, T> Table<A, T> {
     }
 
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn update_tcp(
         &mut self,
         id: SessionId,
         dir: Dir,
         seg: &TcpSegment,
+        bytes: Option<usize>,
         now: Nanos,
         timeouts: &Timeouts,
     ) -> Option<SegmentCheck> {
         let s = self.get_mut(id)?;
         let Some(state) = s.tcp_state else {
+            if let Some(b) = bytes {
+                s.count(dir, b);
+            }
             s.refresh(dir, now, timeouts);
             return Some(SegmentCheck::Accepted);
         };
+        if let Some(b) = bytes {
+            s.count(dir, b);
+        }
         let check = s.window.track(state, dir, seg);
         match check {
             SegmentCheck::Accepted | SegmentCheck::Reset => {
@@ -545,7 +574,12 @@ impl<A: Addr, T> Table<A, T> {
                         .min(s.last_seen.saturating_add(timeouts.closed));
                 }
             }
-            SegmentCheck::OutOfWindow if seg.flags & tcp::flags::RST != 0 => {}
+            SegmentCheck::OutOfWindow if seg.flags & tcp::flags::RST != 0 => {
+                // Dropped: not the session's packet after all.
+                if let (Some(b), Some(s)) = (bytes, self.get_mut(id)) {
+                    s.uncount(dir, b);
+                }
+            }
             // Passed on, not learned from; it keeps the session alive as
             // any packet of it does (a handshake's timer excepted).
             SegmentCheck::OutOfWindow => {
@@ -553,16 +587,6 @@ impl<A: Addr, T> Table<A, T> {
             }
         }
         Some(check)
-    }
-
-    /// Counts a packet of `bytes` in direction `dir`.
-    #[inline]
-    pub(super) fn count(&mut self, id: SessionId, dir: Dir, bytes: usize) {
-        if let Some(s) = self.get_mut(id) {
-            let d = dir.index() & 1;
-            s.packets[d] = s.packets[d].saturating_add(1);
-            s.bytes[d] = s.bytes[d].saturating_add(bytes as u64);
-        }
     }
 
     /// Starts the counters and the start time over, for a tuple reused by

@@ -979,3 +979,44 @@ fn retransmitted_syns_and_syn_acks_do_not_extend_a_handshake() {
     );
     t.check_invariants();
 }
+
+#[test]
+fn counted_updates_count_packets_and_bytes_per_direction() {
+    let t0 = Timeouts::default();
+    let mut t = table(4);
+    // The handshake's updates do not count.
+    let id = handshake(&mut t, 1, &t0);
+    let s = t.get(id).expect("held");
+    assert_eq!((s.packets(Dir::Orig), s.bytes(Dir::Reply)), (0, 0));
+    assert_eq!(s.started(), 0);
+    let data = seg(ACK, 1001, 5001);
+    let c = t.update_tcp_counted(id, Dir::Orig, &data, 1040, 2 * S, &t0);
+    assert_eq!(c, Some(SegmentCheck::Accepted));
+    t.update_tcp_counted(id, Dir::Reply, &seg(ACK, 5001, 1001), 52, 3 * S, &t0);
+    // A RST outside the window is the caller's to drop: not counted.
+    let blind = seg(RST, 77_000_000, 0);
+    let c = t.update_tcp_counted(id, Dir::Reply, &blind, 40, 4 * S, &t0);
+    assert_eq!(c, Some(SegmentCheck::OutOfWindow));
+    let s = t.get(id).expect("held");
+    assert_eq!((s.packets(Dir::Orig), s.bytes(Dir::Orig)), (1, 1040));
+    assert_eq!((s.packets(Dir::Reply), s.bytes(Dir::Reply)), (1, 52));
+    // UDP through the plain update.
+    let u = t
+        .insert(key(17, 2), nat_reply(17, 2), 2, 5 * S, &t0)
+        .expect("room");
+    for _ in 0..3 {
+        t.update_counted(u, Dir::Orig, None, 100, 6 * S, &t0);
+    }
+    t.update(u, Dir::Reply, None, 7 * S, &t0);
+    let s = t.get(u).expect("held");
+    assert_eq!((s.packets(Dir::Orig), s.bytes(Dir::Orig)), (3, 300));
+    assert_eq!(s.packets(Dir::Reply), 0, "update alone does not count");
+    assert_eq!(s.started(), 5 * S);
+    // A new connection on the tuple starts over.
+    t.restart(u, 8 * S);
+    let s = t.get(u).expect("held");
+    assert_eq!(
+        (s.packets(Dir::Orig), s.bytes(Dir::Orig), s.started()),
+        (0, 0, 8 * S)
+    );
+}

@@ -164,6 +164,8 @@ pub(super) struct SessionLog {
     /// Per load balancer, per listener: `LOG_*` bits, for the generation
     /// the worker adopted.
     modes: Vec<Vec<u8>>,
+    /// Some listener logs: without one, sessions cost one test of it.
+    on: bool,
     records: Vec<SessionRecord>,
     dropped: u64,
 }
@@ -186,13 +188,18 @@ impl SessionLog {
                     .collect()
             })
             .collect();
-        if self.modes.iter().flatten().any(|&m| m != 0) {
+        self.on = self.modes.iter().flatten().any(|&m| m != 0);
+        if self.on {
             self.records
                 .reserve_exact(SESSION_LOG_CAPACITY.saturating_sub(self.records.len()));
         }
     }
 
+    #[inline]
     fn mode(&self, flow: &Flow) -> u8 {
+        if !self.on {
+            return 0;
+        }
         let Some((lb, l, _, _)) = flow.listener() else {
             return 0;
         };
@@ -260,7 +267,11 @@ impl Worker {
     }
 
     /// A start record for session `id`, if its listener logs starts.
+    #[inline]
     pub(super) fn log_start(&mut self, id: crate::conntrack::SessionId, now: Nanos) {
+        if !self.log.on {
+            return;
+        }
         let Some(flow) = self.sessions.payload(id) else {
             return;
         };
@@ -276,6 +287,9 @@ impl Worker {
 
     /// An end record for session `id`, which is about to go for `why`.
     pub(super) fn log_end(&mut self, id: crate::conntrack::SessionId, why: EndReason, now: Nanos) {
+        if !self.log.on {
+            return;
+        }
         if !self
             .sessions
             .payload(id)

@@ -405,21 +405,23 @@ impl Worker {
         let Some(seg) = seg else {
             let tcp_flags = (proto == proto::TCP).then_some(p.tcp_flags);
             self.sessions
-                .update(id, dir, tcp_flags, now, &snap.timeouts);
-            self.sessions.count(id, dir, p.l3_len);
+                .update_counted(id, dir, tcp_flags, p.l3_len, now, &snap.timeouts);
             return Ok(());
         };
-        if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && dir == Dir::Orig {
+        if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && dir == Dir::Orig
+            && self.sessions.tcp_state(id) == Some(crate::conntrack::TcpState::Closed)
+        {
             self.tuple_reused(id, now);
         }
-        match self.sessions.update_tcp(id, dir, &seg, now, &snap.timeouts) {
+        let check = self
+            .sessions
+            .update_tcp_counted(id, dir, &seg, p.l3_len, now, &snap.timeouts);
+        match check {
             Some(SegmentCheck::OutOfWindow) if seg.flags & TCP_RST != 0 => {
                 Err(Reason::TcpOutOfWindow)
             }
-            _ => {
-                self.sessions.count(id, dir, p.l3_len);
-                Ok(())
-            }
+            _ => Ok(()),
         }
     }
 

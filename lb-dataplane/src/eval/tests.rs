@@ -104,6 +104,53 @@ fn rejects_bad_lines() {
 }
 
 #[test]
+fn access_log_lines_show_where_sessions_start_and_end() {
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/alb-seed.toml");
+    let text = std::fs::read_to_string(seed).expect("seed");
+    let listener = "port = 80\nserver_group = \"sgp-web\"\n";
+    assert!(text.contains(listener));
+    let text = text.replacen(
+        listener,
+        &format!("{listener}access_log = {{ path = \"/var/log/lbd/a.log\", on_start = true }}\n"),
+        1,
+    );
+    let dir = std::env::temp_dir().join(format!("lb-eval-access-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let config = dir.join("lb.toml");
+    std::fs::write(&config, text).expect("write config");
+    let trace = "0.5 tcp 198.18.0.2:40000 > 198.18.0.10:80 S\n\
+                 1.0 tcp 198.18.0.2:40001 > 198.18.0.10:81 S\n\
+                 100 tcp 198.18.0.2:40002 > 198.18.0.10:81 S\n";
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let ran = run(&config, trace, &dir.join("t.trace"), &mut out, &mut err);
+    let _ = std::fs::remove_dir_all(&dir);
+    ran.expect("runs");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let start = &lines[0]["access_log"][0];
+    assert_eq!(start["event"], "start", "{}", lines[0]);
+    assert_eq!(start["time"], "1970-01-01T00:00:00.500000Z");
+    assert_eq!(
+        (&start["client_port"], &start["tcp_state"]),
+        (&40000.into(), &"syn_sent".into())
+    );
+    // Listener 81 does not log.
+    assert!(lines[1].get("access_log").is_none(), "{}", lines[1]);
+    // The unanswered handshake expired (5 s) before line 3.
+    let log = &lines[2]["access_log"];
+    assert_eq!(log.as_array().map(Vec::len), Some(1), "{}", lines[2]);
+    assert_eq!(
+        (&log[0]["event"], &log[0]["reason"]),
+        (&"end".into(), &"idle_timeout".into())
+    );
+    assert_eq!(log[0]["end_time"], "1970-01-01T00:00:05.500000Z");
+    assert_eq!(log[0]["client_port"], 40000);
+}
+
+#[test]
 fn parses_drain_lines() {
     assert_eq!(
         parse_line("@drain sgp-web ecs02 2.5").expect("ok"),

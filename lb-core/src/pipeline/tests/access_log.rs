@@ -329,6 +329,11 @@ fn listeners_without_a_log_make_no_records_and_a_full_buffer_counts() {
 }
 
 #[test]
+fn records_are_compact() {
+    assert_eq!(std::mem::size_of::<SessionRecord>(), 144);
+}
+
+#[test]
 fn counters_leave_the_session_slot_at_one_cache_line_pair() {
     // The counters fill the room the TCP window's line had left.
     assert_eq!(
