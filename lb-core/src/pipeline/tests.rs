@@ -1495,6 +1495,39 @@ fn the_rst_follows_rfc_9293() {
 /// that passes: a data plane calling `housekeep` between every burst (or
 /// spinning while idle) does no more work than one calling it seldom.
 #[test]
+fn a_small_table_is_swept_by_calls_a_millisecond_apart() {
+    // 171 sessions earn 0.171 slots a millisecond: the fractions add up,
+    // so an idle worker calling every millisecond still expires them.
+    use crate::conntrack::Timeouts;
+    let snap = Snapshot::compile(config(), 1);
+    let mut w = Worker::new(0, 1, 4096, 1024);
+    let t = 10_000 * NANOS_PER_SEC;
+    w.housekeep(t, &snap);
+    for n in 0..171u32 {
+        let key = FlowKey {
+            src: IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 + n)),
+            dst: addr("198.19.1.11"),
+            proto: proto::UDP,
+            sport: 1000,
+            dport: 53,
+        };
+        w.sessions
+            .insert(
+                key,
+                key.reversed(),
+                Flow::routed(1),
+                0,
+                &Timeouts::default(),
+            )
+            .expect("room");
+    }
+    for i in 1..=3000 {
+        w.housekeep(t + i * NANOS_PER_SEC / 1000, &snap);
+    }
+    assert_eq!(w.sessions.len(), 0, "expired sessions left after 3 s");
+}
+
+#[test]
 fn the_expiry_sweep_follows_time_not_calls() {
     use crate::conntrack::Timeouts;
     let snap = Snapshot::compile(config(), 1);

@@ -42,6 +42,8 @@ pub struct Worker {
     /// Slots the expiry sweep may examine, earned as time passes (see
     /// [`Worker::housekeep`]), and when it last earned.
     reap_credit: u64,
+    /// The part of a slot earned but not yet whole, in slot-nanoseconds.
+    reap_fraction: u64,
     reaped_at: Nanos,
     /// How each port spreads frames over the workers' RX queues (`cfg.ports`
     /// order; `None` or missing: no RSS), see `steer.rs`.
@@ -105,6 +107,7 @@ impl Worker {
             frags: fragment::FragState::default(),
             limit_rates: Vec::new(),
             reap_credit: 0,
+            reap_fraction: 0,
             reaped_at: 0,
             port_rss: Vec::new(),
             servers_seen: (u64::MAX, 0),
@@ -295,7 +298,14 @@ impl Worker {
         let elapsed = now.saturating_sub(self.reaped_at).min(REAP_SWEEP);
         self.reaped_at = self.reaped_at.max(now);
         let slab = u64::try_from(self.sessions.slab_len()).unwrap_or(u64::MAX);
-        let earned = slab.saturating_mul(elapsed) / REAP_SWEEP;
+        // What a call earns is usually a fraction of a slot (a small table,
+        // a worker calling every few microseconds): the fraction carries
+        // over, in slot-nanoseconds, so small tables are swept too.
+        let work = slab
+            .saturating_mul(elapsed)
+            .saturating_add(self.reap_fraction);
+        let earned = work / REAP_SWEEP;
+        self.reap_fraction = work % REAP_SWEEP;
         self.reap_credit = self.reap_credit.saturating_add(earned).min(slab);
         if self.reap_credit < REAP_MIN_STEP.min(slab).max(1) {
             return;
