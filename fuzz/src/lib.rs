@@ -38,6 +38,7 @@ use lb_dataplane::access::{Level, Peer};
 use lb_dataplane::conn::{self, ReadError};
 use lb_dataplane::control::MAX_COMMAND;
 use lb_dataplane::daemon::Shared;
+use lb_dataplane::reloader::ReloadFailure;
 
 /// At most this many frames (and replies) per input.
 pub const MAX_FRAMES: usize = 16;
@@ -469,7 +470,11 @@ pub fn control(data: &[u8]) {
     for level in [Level::User, Level::Admin] {
         let reply = lb_dataplane::control::answer(
             &shared,
-            &|| shared.reload().map_err(|e| e.to_string()),
+            &|| {
+                shared
+                    .reload()
+                    .map_err(|e| ReloadFailure::Refused(e.to_string()))
+            },
             &line,
             &peer,
             level,

@@ -68,6 +68,10 @@ fn frame_corpus_reaches_every_defence() {
         "SourceRoute",
         "IcmpErrorMismatch",
         "Malformed",
+        "FragmentFollows",
+        "FragmentHeld",
+        "FragmentOverlap",
+        "ListenerLimit",
     ]
     .into_iter()
     .filter(|want| !verdicts.iter().any(|v| v.contains(want)))
@@ -197,6 +201,7 @@ fn write_seeds() {
         "source-check.trace",
         "icmp-errors.trace",
         "ttl-options-mtu.trace",
+        "fragments.trace",
     ] {
         let trace = std::fs::read_to_string(suite.join(name)).expect("a conformance trace");
         let records = trace_records(&trace, &["ext", "int", "vl", "open"]);
@@ -212,6 +217,24 @@ fn write_seeds() {
             }
         }
     }
+    // Listener limits: 83 holds two sessions at once, 84 opens two a
+    // second.
+    let limits = "0.0 tcp 198.18.0.2:40000 > 198.18.0.10:83 S
+        0.0 tcp 198.18.0.2:40001 > 198.18.0.10:83 S
+        0.0 tcp 198.18.0.2:40002 > 198.18.0.10:83 S
+        0.0 tcp [2001:db8:18::2]:40002 > [2001:db8:18::10]:83 S
+        0.0 tcp 198.18.0.2:40000 > 198.18.0.10:83 A
+        0.0 tcp 198.18.0.2:41000 > 198.18.0.10:84 S
+        0.0 tcp 198.18.0.2:41001 > 198.18.0.10:84 S
+        0.0 tcp 198.18.0.2:41002 > 198.18.0.10:84 S
+        0.0 tcp [2001:db8:18::2]:41003 > [2001:db8:18::10]:84 S";
+    let mut records = vec![Record::ArriveOn(Some(0))];
+    records.extend(trace_frames(limits).into_iter().map(Record::Frame));
+    seeds.push((
+        "frame",
+        "limits".into(),
+        lb_fuzz::frame_input(8 | 4, &records),
+    ));
     // Whole connections through the SYN proxy (listener 80: on, 81: off,
     // 82: auto) with the hosts' answers: the client's SYN, then the ACK
     // of the cookie, the backend's SYN-ACK, data both ways, FIN, and a

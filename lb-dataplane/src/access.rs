@@ -10,8 +10,6 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use anyhow::{bail, Result};
-
 /// What a control client may do, as HAProxy's `level user|admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Level {
@@ -140,13 +138,28 @@ fn peer_groups(fd: i32) -> std::io::Result<Vec<u32>> {
     }
 }
 
+/// Why a group name could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("group name {0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("looking up group {name:?}")]
+    Lookup {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no group named {0:?} (give a group name or a numeric gid)")]
+    NotFound(String),
+}
+
 /// A group given by name or number.
-pub fn resolve_group(name: &str) -> Result<u32> {
+pub fn resolve_group(name: &str) -> Result<u32, GroupError> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
     let Ok(cname) = std::ffi::CString::new(name) else {
-        bail!("group name {name:?} contains a NUL byte");
+        return Err(GroupError::Nul(name.to_owned()));
     };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     loop {
@@ -170,13 +183,13 @@ pub fn resolve_group(name: &str) -> Result<u32> {
             continue;
         }
         if rc != 0 {
-            bail!(
-                "looking up group {name:?}: {}",
-                std::io::Error::from_raw_os_error(rc)
-            );
+            return Err(GroupError::Lookup {
+                name: name.to_owned(),
+                source: std::io::Error::from_raw_os_error(rc),
+            });
         }
         if found.is_null() {
-            bail!("no group named {name:?} (give a group name or a numeric gid)");
+            return Err(GroupError::NotFound(name.to_owned()));
         }
         return Ok(grp.gr_gid);
     }

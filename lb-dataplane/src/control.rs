@@ -52,7 +52,7 @@ pub const MAX_CLIENTS_PER_LEVEL: usize = 8;
 pub enum ControlError {
     /// The socket file could not be set up (see [`crate::sockfile::bind`]).
     #[error(transparent)]
-    SocketFile(anyhow::Error),
+    SocketFile(crate::sockfile::SocketFileError),
     #[error("setting up the control socket")]
     Setup(#[source] std::io::Error),
     #[error("binding the metrics endpoint {addr}")]
@@ -350,7 +350,7 @@ pub fn answer(
         Ok(Command::Stats) => stats(shared),
         Ok(Command::Reload) => match reload() {
             Ok(generation) => json!({"ok": true, "generation": generation}),
-            Err(errors) => json!({"ok": false, "errors": errors}),
+            Err(why) => json!({"ok": false, "errors": why.to_string()}),
         },
     }
 }

@@ -11,14 +11,25 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use crossbeam::channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::daemon::Shared;
 
 /// A reload's outcome: the new generation, or why the running
 /// configuration stays.
-pub type Outcome = std::result::Result<u64, String>;
+pub type Outcome = Result<u64, ReloadFailure>;
+
+/// Why a reload did not take effect. Cloned to every request it served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadFailure {
+    /// The new configuration was refused (the message gives `file:line:col`
+    /// where it can); the running one stays.
+    #[error("{0}")]
+    Refused(String),
+    /// `lbd` is stopping: no reload runs any more.
+    #[error("lbd is stopping")]
+    Stopping,
+}
 
 /// One request: where its outcome goes (`None`: nobody waits, as for
 /// SIGHUP).
@@ -32,11 +43,16 @@ pub struct Reloader {
 
 impl Reloader {
     /// Starts the reload thread; it ends when `shared.stop` is set.
-    pub fn start(shared: Arc<Shared>) -> Result<(Arc<Reloader>, JoinHandle<()>)> {
+    /// Fails only if the thread cannot be started.
+    pub fn start(shared: Arc<Shared>) -> std::io::Result<(Arc<Reloader>, JoinHandle<()>)> {
         let flag = shared.clone();
         Reloader::spawn(
             move || flag.stop.load(Ordering::Relaxed),
-            move || shared.reload().map_err(|e| e.to_string()),
+            move || {
+                shared
+                    .reload()
+                    .map_err(|e| ReloadFailure::Refused(e.to_string()))
+            },
         )
     }
 
@@ -44,12 +60,11 @@ impl Reloader {
     fn spawn(
         stopped: impl Fn() -> bool + Send + 'static,
         mut reload: impl FnMut() -> Outcome + Send + 'static,
-    ) -> Result<(Arc<Reloader>, JoinHandle<()>)> {
+    ) -> std::io::Result<(Arc<Reloader>, JoinHandle<()>)> {
         let (tx, rx) = unbounded();
         let h = std::thread::Builder::new()
             .name("lbd-reload".into())
-            .spawn(move || run(&stopped, &mut reload, &rx))
-            .context("starting the reload thread")?;
+            .spawn(move || run(&stopped, &mut reload, &rx))?;
         Ok((Arc::new(Reloader { tx }), h))
     }
 
@@ -57,9 +72,9 @@ impl Reloader {
     pub fn reload(&self) -> Outcome {
         let (tx, rx) = bounded(1);
         if self.tx.send(Some(tx)).is_err() {
-            return Err("lbd is stopping".into());
+            return Err(ReloadFailure::Stopping);
         }
-        rx.recv().unwrap_or_else(|_| Err("lbd is stopping".into()))
+        rx.recv().unwrap_or(Err(ReloadFailure::Stopping))
     }
 
     /// Asks for a reload without waiting (SIGHUP); the outcome is logged.
@@ -113,7 +128,7 @@ mod tests {
                     let _ = go_rx.recv();
                 }
                 if n == 3 {
-                    Err("line 1: bad".into())
+                    Err(ReloadFailure::Refused("line 1: bad".into()))
                 } else {
                     Ok(n + 1)
                 }
@@ -143,9 +158,12 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::Relaxed), 2);
         // A failed reload reaches its caller.
-        assert_eq!(reloader.reload(), Err("line 1: bad".to_string()));
+        assert_eq!(
+            reloader.reload(),
+            Err(ReloadFailure::Refused("line 1: bad".into()))
+        );
         stop.store(true, Ordering::Relaxed);
         h.join().expect("the reload thread ends at stop");
-        assert_eq!(reloader.reload(), Err("lbd is stopping".to_string()));
+        assert_eq!(reloader.reload(), Err(ReloadFailure::Stopping));
     }
 }

@@ -6,7 +6,47 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+/// Why the control socket's file could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketFileError {
+    /// A system call failed; `context` says what lbd was doing.
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something that is not a socket is at the path: left alone.
+    #[error(
+        "{} exists and is {kind}, not a socket: lbd replaces only a stale socket of its own; \
+         remove it or choose another --control path",
+        path.display()
+    )]
+    NotASocket { path: PathBuf, kind: &'static str },
+    /// A running `lbd` answers on the socket at the path.
+    #[error(
+        "{} is in use by a running lbd{}: stop it first, or give this one another --control path",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse { path: PathBuf, pid: Option<i32> },
+}
+
+type Result<T> = std::result::Result<T, SocketFileError>;
+
+/// Attaches what lbd was doing to an I/O error.
+trait Context<T> {
+    fn with_context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::io::Result<T> {
+    fn with_context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| SocketFileError::Io {
+            context: context(),
+            source,
+        })
+    }
+}
 
 /// A socket file this process created; removed on drop if the path still
 /// names it.
@@ -111,22 +151,16 @@ fn claim(path: &Path) -> Result<()> {
         } else {
             "not a socket"
         };
-        bail!(
-            "{} exists and is {kind}, not a socket: lbd replaces only a stale socket of its own; \
-             remove it or choose another --control path",
-            path.display()
-        );
+        return Err(SocketFileError::NotASocket {
+            path: path.to_path_buf(),
+            kind,
+        });
     }
     match UnixStream::connect(path) {
-        Ok(s) => {
-            let pid = crate::access::peer(&s)
-                .map(|p| format!(" (pid {})", p.pid))
-                .unwrap_or_default();
-            bail!(
-                "{} is in use by a running lbd{pid}: stop it first, or give this one another --control path",
-                path.display()
-            );
-        }
+        Ok(s) => Err(SocketFileError::InUse {
+            path: path.to_path_buf(),
+            pid: crate::access::peer(&s).ok().map(|p| p.pid),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             tracing::info!("removing the stale control socket {}", path.display());
             std::fs::remove_file(path)

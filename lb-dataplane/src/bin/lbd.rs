@@ -76,7 +76,8 @@ fn run(args: Args) -> Result<()> {
         .map(lb_dataplane::metrics::bind_metrics)
         .transpose()?;
     let daemon = lb_dataplane::daemon::Daemon::start(&args.config)?;
-    let (reloader, reload_thread) = lb_dataplane::reloader::Reloader::start(daemon.shared.clone())?;
+    let (reloader, reload_thread) = lb_dataplane::reloader::Reloader::start(daemon.shared.clone())
+        .context("starting the reload thread")?;
     let control = control.serve(daemon.shared.clone(), reloader.clone())?;
     let metrics = match metrics {
         Some(listener) => Some(lb_dataplane::metrics::serve_metrics(
