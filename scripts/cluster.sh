@@ -34,8 +34,12 @@
 #   LBC_RUN (/tmp/PREFIX)  run directory (configurations, logs, sockets)
 #   LBC_LBD, LBC_LBCTL     the binaries (default target/debug/lbd, lbctl)
 #   LBC_BFD (1)            0: the router runs BGP without BFD (hold timer)
-#   LBC_ECMP (hash)        "resilient": the router keeps the VIP in a
-#                          resilient nexthop group (see rt_sync below)
+#   LBC_ECMP (hash)        "hash": Linux's hash-threshold multipath route;
+#                          "resilient": a resilient nexthop group (see
+#                          rt_sync_once); "pinned": flows stay on their
+#                          node while its BGP session is up (rt_pin_setup)
+#   LBC_KEEPALIVE_REQUESTS requests nginx serves on a connection before it
+#                          closes it (1000000; fewer makes clients reconnect)
 #   LBC_EXCEPTION (tap)    "kernel": no TAP; the node's kernel holds the
 #                          ext address itself and this script writes the
 #                          BIRD include (a stand-in for lbd's cluster code)
@@ -53,6 +57,7 @@ EXAMPLE=${LBC_EXAMPLE:-$REPO/examples/cluster.toml}
 BFD=${LBC_BFD:-1}
 ECMP=${LBC_ECMP:-hash}
 EXCEPTION=${LBC_EXCEPTION:-tap}
+KEEPALIVE_REQUESTS=${LBC_KEEPALIVE_REQUESTS:-1000000}
 NODES="1 2 3"
 BACKENDS="1 2"
 VIP=198.18.20.10
@@ -89,6 +94,7 @@ need() {
 
 up() {
     need ip ethtool bird birdc nginx
+    [ "$ECMP" = pinned ] && need nft
     [ -x "$LBD" ] || { echo "cluster.sh: no lbd at $LBD (cargo build, or LBC_LBD)" >&2; exit 3; }
     down quiet
     mkdir -p "$RUN"
@@ -222,10 +228,38 @@ EOF
 rt_start() {
     mkdir -p "$RUN/rt"
     rt_conf >"$RUN/rt/bird.conf"
+    [ "$ECMP" = pinned ] && rt_pin_setup
     nsx "$NS_RT" bird -c "$RUN/rt/bird.conf" -s "$RUN/rt/bird.ctl" -P "$RUN/rt/bird.pid" \
         </dev/null >/dev/null 2>>"$RUN/rt/bird.err"
-    [ "$ECMP" = resilient ] && rt_sync_start
+    case "$ECMP" in resilient | pinned) rt_sync_start ;; esac
     return 0
+}
+
+# Pinned mode: the router remembers each client flow's node. The first
+# packet of a flow goes by the ECMP route; its node (the route's next hop)
+# is stored in the flow's conntrack mark; later packets follow the mark
+# through a per-node table, as long as that node's BGP session is up (set
+# "alive", kept by rt_sync_alive). A node that withdraws the VIP (drain)
+# keeps its flows; a dead node's flows fall back to ECMP at once.
+rt_pin_setup() {
+    local i
+    for i in $NODES; do
+        nsx "$NS_RT" ip route add default via "198.18.10.1$i" dev up0 table "1$i"
+        nsx "$NS_RT" ip rule add fwmark "1$i" lookup "1$i" priority 100
+    done
+    nsx "$NS_RT" nft -f - <<EOF
+table ip lbc {
+    set alive { type mark; }
+    chain pre {
+        type filter hook prerouting priority mangle;
+        iifname "c0" ct state established,related ct mark @alive meta mark set ct mark
+    }
+    chain post {
+        type filter hook postrouting priority mangle;
+        oifname "up0" ct state new ct mark set rt ip nexthop map { 198.18.10.11 : 11, 198.18.10.12 : 12, 198.18.10.13 : 13 }
+    }
+}
+EOF
 }
 
 # Resilient mode. BIRD programs routes with nexthops inline; it has no
@@ -237,6 +271,10 @@ rt_start() {
 # of changes. Nexthop N is the gateway ending in .N; the group of a
 # destination is 1000 + its last octet.
 rt_sync_once() {
+    if [ "$ECMP" = pinned ]; then
+        rt_sync_alive
+        return
+    fi
     local want
     want=$({ ip -o route show table "$RT_TABLE" proto bird 2>/dev/null || true; } | awk '
         { dst = $1; sub("/.*", "", dst); n = split(dst, o, "."); m = ""
@@ -256,13 +294,21 @@ rt_sync_once() {
     echo "$want" | grep . | ip -force -batch - || true
 }
 
-# The loop of `rt-sync`: a sync per burst of changes in table $RT_TABLE,
+# Pinned mode: the nodes whose BGP session is established keep their flows.
+rt_sync_alive() {
+    local up
+    up=$(birdc -s "$RUN/rt/bird.ctl" show protocols 2>/dev/null |
+        awk '$2 == "BGP" && $NF == "Established" && $1 ~ /^n[0-9]$/ { sub("n", "1", $1); printf "%s%s", sep, $1; sep = ", " }')
+    { echo "flush set ip lbc alive"; [ -z "$up" ] || echo "add element ip lbc alive { $up }"; } | nft -f - || true
+}
+
+# The loop of `rt-sync`: a sync per burst of changes in BIRD's routes,
 # until `ip monitor` ends (`down` kills it).
 rt_sync_loop() {
     local k
     set +e
     rt_sync_once
-    ip -o monitor route | grep --line-buffered " table $RT_TABLE " | while read -r _; do
+    ip -o monitor route | grep --line-buffered " proto bird" | while read -r _; do
         # Take the rest of the burst (bounded) before one sync.
         for ((k = 0; k < 100; k++)); do read -r -t 0.005 _ || break; done
         rt_sync_once
@@ -445,7 +491,7 @@ events { worker_connections 1024; }
 http {
     access_log off;
     keepalive_timeout 300s;
-    keepalive_requests 1000000;
+    keepalive_requests $KEEPALIVE_REQUESTS;
     client_body_temp_path $dir/tmp;
     proxy_temp_path $dir/tmp;
     fastcgi_temp_path $dir/tmp;
@@ -493,8 +539,23 @@ case "${1:-}" in
     node-start) node_start "${2:?node number}" ;;
     node-stop) node_signal "${2:?node number}" TERM ;;
     node-kill) node_signal "${2:?node number}" KILL ;;
-    drain) i=${2:?node number}; shift 2; "$LBCTL" drain --control "$RUN/n$i/lbd.sock" "$@" ;;
-    undrain) "$LBCTL" undrain --control "$RUN/n${2:?node number}/lbd.sock" ;;
+    drain)
+        i=${2:?node number}; shift 2
+        if [ "$EXCEPTION" = kernel ]; then
+            # Stand-in: the node's BIRD withdraws its routes, the session stays.
+            nsx "$(ns_of "$i")" birdc -s "$RUN/n$i/bird.ctl" disable lbd_static >/dev/null
+        else
+            "$LBCTL" drain --control "$RUN/n$i/lbd.sock" "$@"
+        fi
+        ;;
+    undrain)
+        i=${2:?node number}
+        if [ "$EXCEPTION" = kernel ]; then
+            nsx "$(ns_of "$i")" birdc -s "$RUN/n$i/bird.ctl" enable lbd_static >/dev/null
+        else
+            "$LBCTL" undrain --control "$RUN/n$i/lbd.sock"
+        fi
+        ;;
     nginx-stop) nginx_stop "${2:?backend number}" ;;
     nginx-start) nginx_start "${2:?backend number}" ;;
     nexthops) nexthops ;;

@@ -31,7 +31,7 @@ const EXCEPTION: &str = "kernel";
 /// other end-to-end tests need, and BIRD and wrk.
 fn unsupported() -> Option<String> {
     common::unsupported().or_else(|| {
-        ["bird", "birdc", "wrk"]
+        ["bird", "birdc", "wrk", "nft"]
             .into_iter()
             .find(|tool| {
                 Command::new(tool)
@@ -132,6 +132,15 @@ impl Bed {
         s["workers"]
             .as_array()
             .map(|w| w.iter().filter_map(|w| w["forwarded"].as_u64()).sum())
+            .unwrap_or(0)
+    }
+
+    /// Sessions node `n` holds.
+    fn sessions(&self, n: u8) -> u64 {
+        let s = self.stats(n);
+        s["workers"]
+            .as_array()
+            .map(|w| w.iter().filter_map(|w| w["sessions"].as_u64()).sum())
             .unwrap_or(0)
     }
 
@@ -547,5 +556,101 @@ fn kill_one_node_with_resilient_nexthops() {
     assert_eq!(
         f.on_others.0, 0,
         "with a resilient group no connection on the surviving nodes broke"
+    );
+}
+
+#[test]
+fn kill_one_node_with_pinned_flows() {
+    require_cluster!();
+    let _g = lock();
+    let bed = Bed::up(&[("LBC_ECMP", "pinned")]);
+    let f = kill_under_load(&bed, 1, 10);
+    report_kill(
+        "BFD 100 ms x 3, flows pinned to their node",
+        &f,
+        Duration::from_secs(1),
+    );
+    assert_eq!(
+        f.on_others.0, 0,
+        "with pinned flows no connection on the surviving nodes broke"
+    );
+}
+
+/// What draining one node under `wrk -c64` cost.
+struct DrainFigures {
+    wrk: WrkResult,
+    /// From the drain until the router stopped sending new flows.
+    withdrawn: Duration,
+    /// From the drain until the node held no session.
+    emptied: Option<Duration>,
+    sessions_before: u64,
+}
+
+/// Drains node 1 three seconds into a 14 s `wrk -c64` run (nginx closes
+/// every connection after 100 requests, so clients reconnect).
+fn drain_under_load(bed: &Bed) -> DrainFigures {
+    let wrk = bed.wrk(64, 14);
+    std::thread::sleep(Duration::from_secs(3));
+    let sessions_before = bed.sessions(1);
+    let t0 = Instant::now();
+    bed.sh_ok(&["drain", "1"]);
+    let withdrawn = bed
+        .until_gone("198.18.10.11", t0, 10)
+        .expect("the router stops sending new flows to the drained node");
+    // Closed sessions stay 10 s (lb-core's `Timeouts::closed`), and the
+    // expiry sweep walks the table once a second.
+    let mut emptied = None;
+    while t0.elapsed() < Duration::from_secs(25) {
+        if bed.sessions(1) == 0 {
+            emptied = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wrk = WrkResult::wait(wrk);
+    let f = DrainFigures {
+        wrk,
+        withdrawn,
+        emptied,
+        sessions_before,
+    };
+    println!(
+        "cluster drain: {} sessions on the node; withdrawn after {} ms; sessions 0 after {:?} ms; \
+         wrk -c64: {} requests, {} failed ({:.3} %)",
+        f.sessions_before,
+        f.withdrawn.as_millis(),
+        f.emptied.map(|d| d.as_millis()),
+        f.wrk.requests,
+        f.wrk.failed,
+        f.wrk.failed_pct()
+    );
+    f
+}
+
+#[test]
+fn drain_with_pinned_flows_loses_nothing() {
+    require_cluster!();
+    let _g = lock();
+    let bed = Bed::up(&[("LBC_ECMP", "pinned"), ("LBC_KEEPALIVE_REQUESTS", "100")]);
+    let f = drain_under_load(&bed);
+    assert!(f.sessions_before > 0, "the node carried sessions");
+    assert!(f.emptied.is_some(), "the drained node's sessions reach 0");
+    assert_eq!(f.wrk.failed, 0, "a drain loses nothing: {}", f.wrk.text);
+}
+
+#[test]
+fn drain_with_hash_ecmp_moves_the_node_flows() {
+    require_cluster!();
+    let _g = lock();
+    let bed = Bed::up(&[("LBC_KEEPALIVE_REQUESTS", "100")]);
+    let f = drain_under_load(&bed);
+    // A stateless router sends the drained node's flows to the others at
+    // once: they break there (FULLNAT: another node has no session for
+    // them and resets them).
+    assert!(f.sessions_before > 0, "the node carried sessions");
+    assert!(
+        f.wrk.failed > 0,
+        "hash-threshold ECMP moves the drained node's connections: {}",
+        f.wrk.text
     );
 }
