@@ -305,14 +305,53 @@ rt_sync_alive() {
 # The loop of `rt-sync`: a sync per burst of changes in BIRD's routes,
 # until `ip monitor` ends (`down` kills it).
 rt_sync_loop() {
-    local k
+    local k line dst
+    local -A burst
     set +e
     rt_sync_once
-    ip -o monitor route | grep --line-buffered " proto bird" | while read -r _; do
-        # Take the rest of the burst (bounded) before one sync.
-        for ((k = 0; k < 100; k++)); do read -r -t 0.005 _ || break; done
-        rt_sync_once
+    # One `ip -batch` for the loop's life: a change costs no process start.
+    exec 3> >(ip -force -batch - >/dev/null)
+    ip -o monitor route | grep --line-buffered " proto bird" | while read -r line; do
+        if [ "$ECMP" = pinned ]; then
+            for ((k = 0; k < 100; k++)); do read -r -t 0.005 _ || break; done
+            rt_sync_alive
+            continue
+        fi
+        # The burst's last word on each destination (BIRD may delete a route
+        # before it adds the new one), at most 100 lines.
+        burst=()
+        for ((k = 0; k < 100; k++)); do
+            [[ "$line" == *" table $RT_TABLE "* ]] && { dst=${line#Deleted }; burst[${dst%% *}]=$line; }
+            read -r -t 0.005 line || break
+        done
+        for dst in "${!burst[@]}"; do rt_route_cmds "${burst[$dst]}"; done >&3
     done
+}
+
+# The batch commands that mirror one `ip -o monitor` line of table
+# $RT_TABLE into the main table.
+rt_route_cmds() {
+    local dst gw id ids=""
+    # shellcheck disable=SC2086 # the line's words
+    set -- $1
+    if [ "$1" = Deleted ]; then
+        echo "route del $2 proto static"
+        return
+    fi
+    dst=$1
+    while [ $# -gt 1 ]; do
+        if [ "$1" = via ]; then
+            gw=$2 id=${2##*.}
+            echo "nexthop replace id $id via $gw dev up0"
+            ids+=${ids:+/}$id
+        fi
+        shift
+    done
+    [ -n "$ids" ] || return 0
+    id=${dst%/*}
+    id=$((1000 + ${id##*.}))
+    echo "nexthop replace id $id group $ids type resilient buckets 64 idle_timer 1 unbalanced_timer 0"
+    echo "route replace $dst nhid $id proto static"
 }
 
 rt_sync_start() {

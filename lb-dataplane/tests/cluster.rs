@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{lock, repo, skip};
 
@@ -173,6 +173,17 @@ impl Bed {
         None
     }
 
+    /// Waits (at most `secs` seconds) until the router's route leaves out
+    /// `nexthop`, and returns when the kernel made that change, as `ip
+    /// monitor` saw it, counted from `since` (the polling's time if the
+    /// monitor missed it).
+    fn gone(&self, watch: RouteWatch, nexthop: &str, since: Instant, secs: u64) -> Duration {
+        let polled = self
+            .until_gone(nexthop, since, secs)
+            .unwrap_or_else(|| panic!("the router still uses {nexthop} after {secs} s"));
+        watch.gone_after(nexthop, since).unwrap_or(polled)
+    }
+
     fn logs(&self) -> String {
         let mut s = String::new();
         for f in ["rt/bird.log", "n1/lbd.log", "n2/lbd.log", "n3/lbd.log"] {
@@ -199,6 +210,86 @@ impl Drop for Bed {
             );
         }
         let _ = self.sh(&["down"]);
+    }
+}
+
+/// `ip -ts -o monitor route` in the router, to a file: when the kernel's
+/// routes changed, to the microsecond.
+struct RouteWatch {
+    child: Child,
+    file: PathBuf,
+    /// The wall clock and the monotonic clock at the start.
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl RouteWatch {
+    fn start(bed: &Bed) -> RouteWatch {
+        let file = bed.run.join("rt/monitor.log");
+        let out = std::fs::File::create(&file).expect("monitor log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &bed.ns("rt"),
+                "ip",
+                "-ts",
+                "-o",
+                "monitor",
+                "route",
+            ])
+            .env("TZ", "UTC")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ip monitor");
+        // Let it subscribe before anything changes.
+        std::thread::sleep(Duration::from_millis(200));
+        RouteWatch {
+            child,
+            file,
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    /// From `since` to the first change of the VIP's route in the main
+    /// table that leaves out `nexthop`.
+    fn gone_after(mut self, nexthop: &str, since: Instant) -> Option<Duration> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.file).ok()?;
+        // Seconds of the (UTC) day at `since`.
+        let wall = self.wall + since.saturating_duration_since(self.mono)
+            - self.mono.saturating_duration_since(since);
+        let day = wall.duration_since(UNIX_EPOCH).ok()?.as_secs_f64() % 86_400.0;
+        let via = format!("via {nexthop} ");
+        text.lines().find_map(|line| {
+            let (stamp, route) = line.strip_prefix('[')?.split_once("] ")?;
+            let route_dst = route.strip_prefix("Deleted ").unwrap_or(route);
+            let leaves = route_dst.starts_with(&format!("{VIP} "))
+                && !route.contains(" table ")
+                && (route.starts_with("Deleted ") || !route.contains(&via));
+            if !leaves {
+                return None;
+            }
+            let hms = stamp.split_once('T')?.1;
+            let mut parts = hms.split(':');
+            let (h, m, sec) = (parts.next()?, parts.next()?, parts.next()?);
+            let t = h.parse::<f64>().ok()? * 3600.0
+                + m.parse::<f64>().ok()? * 60.0
+                + sec.parse::<f64>().ok()?;
+            let d = t - day;
+            (d >= 0.0).then(|| Duration::from_secs_f64(d))
+        })
+    }
+}
+
+impl Drop for RouteWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -432,13 +523,12 @@ fn kill_under_load(bed: &Bed, victim: u8, converge_secs: u64) -> KillFigures {
     let wrk = bed.wrk(64, 12);
     // Let wrk and the long-lived connections settle.
     std::thread::sleep(Duration::from_secs(3));
+    let watch = RouteWatch::start(bed);
     let t0 = Instant::now();
     let kill_at = t0 - prober.start;
     bed.sh_ok(&["node-kill", &victim.to_string()]);
     let hop = format!("198.18.10.1{victim}");
-    let converged = bed
-        .until_gone(&hop, t0, converge_secs)
-        .unwrap_or_else(|| panic!("the router still uses {hop} after {converge_secs} s"));
+    let converged = bed.gone(watch, &hop, t0, converge_secs);
     // The connections keep talking for a while after the change.
     std::thread::sleep(Duration::from_secs(4));
     let logs = prober.finish();
@@ -592,11 +682,10 @@ fn drain_under_load(bed: &Bed) -> DrainFigures {
     let wrk = bed.wrk(64, 14);
     std::thread::sleep(Duration::from_secs(3));
     let sessions_before = bed.sessions(1);
+    let watch = RouteWatch::start(bed);
     let t0 = Instant::now();
     bed.sh_ok(&["drain", "1"]);
-    let withdrawn = bed
-        .until_gone("198.18.10.11", t0, 10)
-        .expect("the router stops sending new flows to the drained node");
+    let withdrawn = bed.gone(watch, "198.18.10.11", t0, 10);
     // Closed sessions stay 10 s (lb-core's `Timeouts::closed`), and the
     // expiry sweep walks the table once a second.
     let mut emptied = None;
