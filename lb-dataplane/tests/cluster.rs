@@ -77,7 +77,8 @@ impl Bed {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        env.push(("LBC_EXCEPTION".into(), EXCEPTION.into()));
+        let exception = std::env::var("LBC_EXCEPTION").unwrap_or_else(|_| EXCEPTION.into());
+        env.push(("LBC_EXCEPTION".into(), exception));
         env.push(("LBC_PREFIX".into(), prefix.clone()));
         env.push(("LBC_RUN".into(), run.display().to_string()));
         env.push(("LBC_LBD".into(), env!("CARGO_BIN_EXE_lbd").into()));
