@@ -110,6 +110,12 @@ up() {
     nsx "$NS_CLIENT" ip link set eth0 up
     no_offload "$NS_CLIENT" eth0
     nsx "$NS_CLIENT" ip route add default via 198.18.30.1
+    # The client's packets reach the router with the socket's flow hash
+    # (a veth keeps skb->hash), which the router's multipath hash takes
+    # as is; TCP picks a new random one at every retransmission timeout,
+    # which would send a flow to another node whenever a packet is lost.
+    # A router on a wire hashes the headers: keep each flow's hash fixed.
+    nsx "$NS_CLIENT" sysctl -qw net.core.txrehash=0
     nsx "$NS_RT" ip addr add 198.18.30.1/24 dev c0
     nsx "$NS_RT" ip link set c0 up
     no_offload "$NS_RT" c0
@@ -362,18 +368,21 @@ rt_sync_start() {
 # The router's next hops for the VIP in the table the kernel forwards
 # with, one address a line.
 nexthops() {
-    local route
+    local route id m
     route=$(nsx "$NS_RT" ip -o route show "$VIP/32")
     if [[ "$route" == *nhid* ]]; then
-        local id
-        id=$(echo "$route" | grep -o 'nhid [0-9]*' | awk '{print $2}')
-        nsx "$NS_RT" ip -o nexthop show id "$id" | grep -o 'group [0-9/,]*' | awk '{print $2}' | tr '/' '\n' |
-            sed 's/,.*//' | while read -r m; do
-                nsx "$NS_RT" ip -o nexthop show id "$m" | grep -o 'via [0-9.]*' | awk '{print $2}'
-            done | sort
+        id=$(word_after nhid <<<"$route")
+        for m in $(nsx "$NS_RT" ip -o nexthop show id "$id" | word_after group | tr '/' ' '); do
+            nsx "$NS_RT" ip -o nexthop show id "${m%%,*}" | word_after via
+        done | sort
     else
-        echo "$route" | grep -o 'via [0-9.]*' | awk '{print $2}' | sort
+        word_after via <<<"$route" | sort
     fi
+}
+
+# Every word that follows WORD on standard input.
+word_after() {
+    awk -v w="$1" '{ for (i = 1; i < NF; i++) if ($i == w) print $(i + 1) }'
 }
 
 # Waits at most SECS seconds until the VIP has COUNT next hops.

@@ -85,7 +85,29 @@ impl Bed {
         env.push(("LBC_LBCTL".into(), env!("CARGO_BIN_EXE_lbctl").into()));
         let bed = Bed { prefix, run, env };
         bed.sh_ok(&["up"]);
+        bed.wait_healthy();
         bed
+    }
+
+    /// Waits (at most 15 s) until every node has seen both backends up.
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let healthy = |n: u8| {
+            let s = self.stats(n);
+            s["servers"].as_array().is_some_and(|v| {
+                v.iter()
+                    .filter(|v| v["checked"] == true && v["up"] == true)
+                    .count()
+                    >= 2
+            })
+        };
+        while Instant::now() < deadline {
+            if NODES.iter().all(|&n| healthy(n)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("the nodes did not see both backends up within 15 s");
     }
 
     fn sh(&self, args: &[&str]) -> Output {
