@@ -129,6 +129,7 @@ fn config(v6: bool) -> Config {
                 syn_proxy: lb_core::model::SynProxyMode::Off,
                 syn_proxy_threshold: lb_core::model::DEFAULT_SYN_PROXY_THRESHOLD,
                 limits: lb_core::model::ListenerLimits::default(),
+                access_log: None,
             })
             .collect(),
     });

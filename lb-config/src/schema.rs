@@ -476,6 +476,18 @@ pub struct ListenerConfig {
     pub max_connections: Option<S<i64>>,
     /// New sessions per second, across workers.
     pub max_new_connections_per_s: Option<S<i64>>,
+    /// A line per session in a file.
+    pub access_log: Option<S<AccessLogConfig>>,
+}
+
+/// A listener's `access_log = { path = …, format = "json", on_start = … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    pub path: S<String>,
+    /// Only `"json"` (the default) for now.
+    pub format: Option<S<String>>,
+    pub on_start: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

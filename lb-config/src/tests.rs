@@ -1993,3 +1993,49 @@ fn syn_proxy_settings() {
         "{e:?}"
     );
 }
+
+#[test]
+fn access_log_settings() {
+    use lb_core::model::{AccessLog, AccessLogFormat};
+    let with = |extra: &str| lb(SERVER, &format!("{TCP_LB}{extra}"));
+    assert_eq!(
+        ok(&lb(SERVER, TCP_LB)).load_balancers[0].listeners[0].access_log,
+        None
+    );
+    let l = &ok(&with("access_log = { path = \"/var/log/lbd/a.log\" }\n")).load_balancers[0]
+        .listeners[0];
+    assert_eq!(
+        l.access_log,
+        Some(AccessLog {
+            path: "/var/log/lbd/a.log".into(),
+            format: AccessLogFormat::Json,
+            on_start: false,
+        })
+    );
+    let l = &ok(&with(
+        "access_log = { path = \"/tmp/b.log\", format = \"json\", on_start = true }\n",
+    ))
+    .load_balancers[0]
+        .listeners[0];
+    assert!(l.access_log.as_ref().is_some_and(|a| a.on_start));
+    // Every problem at once, each where it is.
+    assert_eq!(
+        errs(&with(
+            "access_log = { path = \"logs/a.log\", format = \"xml\" }\n"
+        )),
+        vec![
+            "25:23: access_log path \"logs/a.log\" is not absolute (lbd may run from any directory): give an absolute file path, e.g. \"/var/log/lbd/access.log\"",
+            "25:46: access_log format must be \"json\", got \"xml\"",
+        ]
+    );
+    assert_eq!(
+        errs(&with("access_log = { path = \"/var/log/\" }\n")),
+        vec!["25:23: access_log path \"/var/log/\" names a directory, not a file: give an absolute file path, e.g. \"/var/log/lbd/access.log\""]
+    );
+    let e = errs(&with("access_log = { path = \"/a\", rotate = true }\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("25:") && e[0].contains("unknown field `rotate`"),
+        "{e:?}"
+    );
+}

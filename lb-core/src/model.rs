@@ -267,6 +267,28 @@ pub struct Listener {
     pub syn_proxy_threshold: u32,
     /// Concurrent and new sessions the listener takes at most.
     pub limits: ListenerLimits,
+    /// Where a line about each session goes, if anywhere.
+    pub access_log: Option<AccessLog>,
+}
+
+/// A listener's session log: one line per session when it ends (and, with
+/// `on_start`, one when it starts). The data plane writes it; the pipeline
+/// only says what happened ([`crate::pipeline::SessionRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// The file (absolute), opened for appending.
+    pub path: String,
+    pub format: AccessLogFormat,
+    /// Also a line when a session starts.
+    pub on_start: bool,
+}
+
+/// How an access log's lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
 }
 
 /// A listener's capacity, like a cloud load balancer's instance

@@ -109,11 +109,13 @@ pub enum Command {
     Stats,
     /// Re-read the configuration file (changes the running state).
     Reload,
+    /// Reopen the access logs (after logrotate moved them).
+    LogReopen,
 }
 
 impl Command {
     /// Every command, for messages.
-    pub const ALL: [Command; 2] = [Command::Stats, Command::Reload];
+    pub const ALL: [Command; 3] = [Command::Stats, Command::Reload, Command::LogReopen];
 
     /// Parses one command line (surrounding white space ignored).
     pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
@@ -135,6 +137,7 @@ impl Command {
         match self {
             Command::Stats => "stats",
             Command::Reload => "reload",
+            Command::LogReopen => "log reopen",
         }
     }
 
@@ -142,7 +145,7 @@ impl Command {
     pub fn level(self) -> Level {
         match self {
             Command::Stats => Level::User,
-            Command::Reload => Level::Admin,
+            Command::Reload | Command::LogReopen => Level::Admin,
         }
     }
 }
@@ -352,6 +355,17 @@ pub fn answer(
             Ok(generation) => json!({"ok": true, "generation": generation}),
             Err(why) => json!({"ok": false, "errors": why.to_string()}),
         },
+        Ok(Command::LogReopen) => log_reopen(shared),
+    }
+}
+
+/// `log reopen`: the access log's writer reopens every file; the answer
+/// waits for it (a few seconds at most).
+fn log_reopen(shared: &Shared) -> Value {
+    if shared.access_log.reopen(Duration::from_secs(5)) {
+        json!({"ok": true})
+    } else {
+        json!({"ok": false, "error": "the access log writer did not answer within 5 s"})
     }
 }
 
@@ -602,6 +616,9 @@ pub fn stats(shared: &Shared) -> Value {
         "neighbor_tables": neighbor_tables,
         "syn_flood": syn_flood,
         "fragments": fragments,
+        "access_log_records": shared.access_log.records.load(Ordering::Relaxed),
+        "access_log_dropped": shared.access_log.dropped.load(Ordering::Relaxed)
+            + reports.iter().map(|r| r.access_log_dropped).sum::<u64>(),
     })
 }
 
@@ -648,8 +665,11 @@ mod tests {
         let e = Command::parse(b"drop tables\n").expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown command \"drop tables\": the commands are stats, reload"
+            "unknown command \"drop tables\": the commands are stats, reload, log reopen"
         );
+        assert_eq!(Command::parse(b"log  reopen\n").ok(), None);
+        assert_eq!(Command::parse(b" log reopen\n"), Ok(Command::LogReopen));
+        assert_eq!(Command::LogReopen.level(), Level::Admin);
         let long = Command::parse(&[b'x'; 1000])
             .expect_err("unknown")
             .to_string();

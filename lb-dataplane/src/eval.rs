@@ -583,6 +583,7 @@ pub fn run(
 ) -> Result<(), EvalError> {
     let cfg = lb_config::load(config).map_err(EvalError::Config)?;
     let mut snap = Snapshot::compile(cfg, 1);
+    let mut log_names = vec![crate::access_log::Names::of(&snap)];
     let mut worker = Worker::new(0, 1, 1 << 20, 1 << 20);
     let mut health = TraceHealth::default();
     let base = trace_path.parent().unwrap_or(Path::new("."));
@@ -613,6 +614,7 @@ pub fn run(
                 match lb_config::load(&path) {
                     Ok(cfg) => {
                         snap = Snapshot::compile(cfg, snap.generation + 1);
+                        log_names.push(crate::access_log::Names::of(&snap));
                         for unknown in health.resolve(&snap) {
                             writeln!(
                                 err,
@@ -682,6 +684,7 @@ pub fn run(
                 let v = worker.process(&mut frame, rx, now, &snap, &health);
                 let mut obj = verdict_json(lineno, &v, &snap);
                 add_answer(&mut obj, &v, &sent);
+                add_access_log(&mut obj, &mut worker, &log_names);
                 writeln!(out, "{obj}")?;
                 // Fragments held for this line's first fragment go now.
                 let mut released = Vec::new();
@@ -734,6 +737,37 @@ fn trace_payload(p: &TracePacket) -> Vec<u8> {
         return vec![0, 0, hi, lo];
     }
     vec![0; usize::from(p.tcp.data) + if p.tcp.wscale.is_some() { 4 } else { 0 }]
+}
+
+/// The access-log lines the packet's line caused (sessions that started,
+/// ended, or expired before it), as `"access_log"`: the objects `lbd`
+/// writes, times counted from the trace's start as the Unix epoch.
+fn add_access_log(
+    obj: &mut serde_json::Value,
+    worker: &mut Worker,
+    names: &[crate::access_log::Names],
+) {
+    let mut lines = Vec::new();
+    let mut text = String::new();
+    worker.take_session_records(|r| {
+        text.clear();
+        let written = names
+            .iter()
+            .rev()
+            .find(|n| n.generation() == r.generation)
+            .is_some_and(|n| {
+                crate::access_log::format_line(&mut text, &r, n, std::time::UNIX_EPOCH)
+            });
+        if let Some(v) = written
+            .then(|| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .flatten()
+        {
+            lines.push(v);
+        }
+    });
+    if !lines.is_empty() {
+        obj["access_log"] = lines.into();
+    }
 }
 
 /// The ICMP error `lbd` would send back for a dropped packet, as

@@ -1,6 +1,7 @@
 //! The load balancer's data plane (`lbd`) and its control tool (`lbctl`).
 
 pub mod access;
+pub mod access_log;
 pub mod alloc;
 pub mod conn;
 pub mod control;

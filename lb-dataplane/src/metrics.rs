@@ -274,6 +274,20 @@ pub fn prometheus(shared: &Shared) -> String {
             vec![(String::new(), num(&s["fragments"][name]))],
         );
     }
+    for (name, help) in [
+        ("access_log_records", "Access-log lines written."),
+        (
+            "access_log_dropped",
+            "Access-log records lost: a worker's buffer or queue to the writer was full, or the file could not be written.",
+        ),
+    ] {
+        metric(
+            &format!("{name}_total"),
+            help,
+            "counter",
+            vec![(String::new(), num(&s[name]))],
+        );
+    }
     metric(
         "reloads_total",
         "Configuration reloads applied.",

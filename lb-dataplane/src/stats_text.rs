@@ -100,6 +100,12 @@ pub fn render(v: &Value) -> String {
     for (k, c) in v["fragments"].as_object().into_iter().flatten() {
         let _ = writeln!(s, "  {k:<24} {:>12}", n(c));
     }
+    let _ = writeln!(
+        s,
+        "\naccess log records {}  (dropped {})",
+        n(&v["access_log_records"]),
+        n(&v["access_log_dropped"])
+    );
     let _ = writeln!(s, "\nrule hits (since the last reload)");
     for (k, c) in v["rules"].as_object().into_iter().flatten() {
         let _ = writeln!(s, "  {k:<48} {:>12}", n(c));

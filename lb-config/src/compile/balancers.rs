@@ -21,6 +21,48 @@ impl<'a, 's> Compiler<'a, 's> {
         }
     }
 
+    /// A listener's access log: an absolute path to a file, the format
+    /// (`json`), whether sessions starting get a line too.
+    fn access_log(&mut self, l: &ListenerConfig) -> Option<AccessLog> {
+        let a = l.access_log.as_ref()?.get_ref();
+        let path = a.path.get_ref();
+        let problem = if path.is_empty() {
+            Some("is empty")
+        } else if !path.starts_with('/') {
+            Some("is not absolute (lbd may run from any directory)")
+        } else if path.ends_with('/') {
+            Some("names a directory, not a file")
+        } else if path.contains('\0') {
+            Some("holds a NUL character")
+        } else if path.len() > MAX_ACCESS_LOG_PATH {
+            Some("is longer than 4095 bytes")
+        } else {
+            None
+        };
+        if let Some(why) = problem {
+            self.err(
+                &a.path.span(),
+                format!("access_log path {path:?} {why}: give an absolute file path, e.g. \"/var/log/lbd/access.log\""),
+            );
+        }
+        let format = match a.format.as_ref() {
+            None => AccessLogFormat::Json,
+            Some(f) if f.get_ref() == "json" => AccessLogFormat::Json,
+            Some(f) => {
+                self.err(
+                    &f.span(),
+                    format!("access_log format must be \"json\", got {:?}", f.get_ref()),
+                );
+                AccessLogFormat::Json
+            }
+        };
+        Some(AccessLog {
+            path: path.clone(),
+            format,
+            on_start: a.on_start.unwrap_or(false),
+        })
+    }
+
     /// A listener's SYN proxy mode and threshold (TCP listeners only).
     fn syn_proxy(
         &mut self,
@@ -388,6 +430,7 @@ impl<'a, 's> Compiler<'a, 's> {
             self.servers_reachable(id, l, refs, usable, transfer_client_ip);
             let (syn_proxy, syn_proxy_threshold) = self.syn_proxy(l, proto_cfg);
             let limits = self.listener_limits(l);
+            let access_log = self.access_log(l);
             listeners.push(Listener {
                 protocol,
                 port,
@@ -397,6 +440,7 @@ impl<'a, 's> Compiler<'a, 's> {
                 syn_proxy,
                 syn_proxy_threshold,
                 limits,
+                access_log,
             });
         }
         listeners

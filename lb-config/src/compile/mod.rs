@@ -15,11 +15,11 @@ use std::ops::Range;
 
 use ipnet::IpNet;
 use lb_core::model::{
-    proto, AclMode, Action, BackendSgPolicy, Config, Dataplane, Direction, Fragments, GroupKind,
-    HealthCheck, HealthProtocol, IdlePolicy, Instance, IoBackend, Listener, ListenerAcl,
-    ListenerLimits, ListenerProtocol, LoadBalancer, NetworkAcl, Peer, Platform, Port, PortList,
-    PortRange, PrefixList, Route, Rule, SchedulerKind, SecurityGroup, Server, ServerGroup,
-    SourceCheck, Subnet, SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD,
+    proto, AccessLog, AccessLogFormat, AclMode, Action, BackendSgPolicy, Config, Dataplane,
+    Direction, Fragments, GroupKind, HealthCheck, HealthProtocol, IdlePolicy, Instance, IoBackend,
+    Listener, ListenerAcl, ListenerLimits, ListenerProtocol, LoadBalancer, NetworkAcl, Peer,
+    Platform, Port, PortList, PortRange, PrefixList, Route, Rule, SchedulerKind, SecurityGroup,
+    Server, ServerGroup, SourceCheck, Subnet, SynProxyMode, DEFAULT_SYN_PROXY_THRESHOLD,
 };
 
 use crate::error::Sink;
@@ -51,6 +51,9 @@ const MAX_RESET_UNKNOWN_RATE: i64 = 1_000_000;
 const MAX_LISTENER_CONNECTIONS: i64 = 100_000_000;
 /// A listener's `max_new_connections_per_s` upper bound.
 const MAX_LISTENER_CPS: i64 = 10_000_000;
+/// A listener's `access_log.path` upper bound, in bytes (Linux's
+/// `PATH_MAX` less its NUL).
+const MAX_ACCESS_LOG_PATH: usize = 4095;
 /// `dataplane.fragments.table` upper bound (entries per worker).
 const MAX_FRAGMENT_TABLE: i64 = 1 << 20;
 /// `dataplane.fragments.timeout_ms` upper bound (a minute).

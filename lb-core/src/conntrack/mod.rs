@@ -88,7 +88,7 @@ use crate::Nanos;
 use half_open::HalfOpen;
 use index::Index;
 use table::*;
-use tcp::{PROTO_TCP, SEEN_FIN_ORIG, SEEN_FIN_REPLY};
+use tcp::{PROTO_TCP, SEEN_FIN_ORIG, SEEN_FIN_REPLY, SEEN_RST};
 
 /// Which of a session's two keys a packet matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -169,6 +169,9 @@ pub struct Session<P> {
     tcp_state: Option<TcpState>,
     /// `tcp::SEEN_*` bits.
     seen: u8,
+    started: Nanos,
+    packets: [u32; 2],
+    bytes: [u64; 2],
 }
 
 impl<P> Session<P> {
@@ -202,6 +205,29 @@ impl<P> Session<P> {
             Dir::Reply => SEEN_FIN_REPLY,
         };
         self.seen & bit != 0
+    }
+
+    /// Whether a RST ended the TCP session (an exact one: a RST that only
+    /// fell inside the window leaves the state to the endpoint's answer).
+    pub fn rst_seen(&self) -> bool {
+        self.seen & SEEN_RST != 0
+    }
+
+    /// When the session was created (or its tuple last reused by a new
+    /// connection).
+    pub fn started(&self) -> Nanos {
+        self.started
+    }
+
+    /// Packets counted in direction `dir` ([`SessionTable::count`];
+    /// saturates at `u32::MAX`).
+    pub fn packets(&self, dir: Dir) -> u32 {
+        self.packets[dir.index()]
+    }
+
+    /// IP bytes counted in direction `dir`.
+    pub fn bytes(&self, dir: Dir) -> u64 {
+        self.bytes[dir.index()]
     }
 
     /// When the last packet was accounted by [`SessionTable::update`] (the
@@ -636,6 +662,20 @@ impl<T> SessionTable<T> {
         family!(mut self, id.is_ipv6(), |t| t.update_tcp(
             id, dir, seg, now, timeouts
         ))
+    }
+
+    /// Counts a packet of `bytes` (its IP length) in direction `dir` of
+    /// session `id` (see [`Session::packets`], [`Session::bytes`]).
+    /// Nothing for a stale `id`.
+    #[inline]
+    pub fn count(&mut self, id: SessionId, dir: Dir, bytes: usize) {
+        family!(mut self, id.is_ipv6(), |t| t.count(id, dir, bytes))
+    }
+
+    /// Sets session `id`'s counters to zero and its start to `now`: its
+    /// tuple now carries a new connection.
+    pub fn restart(&mut self, id: SessionId, now: Nanos) {
+        family!(mut self, id.is_ipv6(), |t| t.restart(id, now))
     }
 
     /// Removes session `id` and returns its payload (not queued as reaped).

@@ -87,6 +87,14 @@ pub(super) struct Stored<A, T> {
     /// TCP sequence tracking (after the payload: it takes an IPv4 session
     /// into a second cache line, an IPv6 one into a third).
     window: TcpWindow,
+    /// Packets and IP bytes per direction ([`Dir::index`]), as
+    /// [`SessionTable::count`] adds them: in the window's cache line,
+    /// filling the room the slot had left (an IPv4 slot stays 128 bytes).
+    packets: [u32; 2],
+    bytes: [u64; 2],
+    /// When the session was created (or its tuple reused by a new
+    /// connection, see [`SessionTable::restart`]).
+    started: Nanos,
 }
 
 impl<A: Addr, T> Stored<A, T> {
@@ -137,6 +145,9 @@ impl<A: Addr, T> Stored<A, T> {
             last_seen: self.last_seen,
             tcp_state: self.tcp_state,
             seen: self.seen,
+            started: self.started,
+            packets: self.packets,
+            bytes: self.bytes,
         }
     }
 
@@ -156,6 +167,9 @@ impl Session<()> {
             last_seen: self.last_seen,
             tcp_state: self.tcp_state,
             seen: self.seen,
+            started: self.started,
+            packets: self.packets,
+            bytes: self.bytes,
         }
     }
 }
@@ -416,6 +430,9 @@ impl<A: Addr, T> Table<A, T> {
             last_seen: now,
             payload,
             window: TcpWindow::default(),
+            packets: [0; 2],
+            bytes: [0; 2],
+            started: now,
         });
         self.len += 1;
         Ok(self.id(slot, gen))
@@ -529,6 +546,26 @@ impl<A: Addr, T> Table<A, T> {
             }
         }
         Some(check)
+    }
+
+    /// Counts a packet of `bytes` in direction `dir`.
+    #[inline]
+    pub(super) fn count(&mut self, id: SessionId, dir: Dir, bytes: usize) {
+        if let Some(s) = self.get_mut(id) {
+            let d = dir.index() & 1;
+            s.packets[d] = s.packets[d].saturating_add(1);
+            s.bytes[d] = s.bytes[d].saturating_add(bytes as u64);
+        }
+    }
+
+    /// Starts the counters and the start time over, for a tuple reused by
+    /// a new connection.
+    pub(super) fn restart(&mut self, id: SessionId, now: Nanos) {
+        if let Some(s) = self.get_mut(id) {
+            s.packets = [0; 2];
+            s.bytes = [0; 2];
+            s.started = now;
+        }
     }
 
     pub(super) fn remove(&mut self, id: SessionId) -> Option<T> {

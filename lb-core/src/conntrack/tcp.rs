@@ -152,6 +152,8 @@ pub(crate) const SEEN_SYN_ORIG: u8 = 0x01;
 pub(crate) const SEEN_SYN_REPLY: u8 = 0x02;
 pub(crate) const SEEN_FIN_ORIG: u8 = 0x04;
 pub(crate) const SEEN_FIN_REPLY: u8 = 0x08;
+/// A RST closed the session.
+pub(crate) const SEEN_RST: u8 = 0x10;
 
 /// Advances the state of a TCP session by one packet with `tcp_flags`
 /// travelling in direction `reply` (false = originator → replier).
@@ -166,7 +168,7 @@ pub(crate) fn advance(state: TcpState, seen: u8, reply: bool, tcp_flags: u8) -> 
     use flags::{ACK, FIN, RST, SYN};
 
     if tcp_flags & RST != 0 {
-        return (TcpState::Closed, seen);
+        return (TcpState::Closed, seen | SEEN_RST);
     }
     let syn = tcp_flags & SYN != 0;
     let ack = tcp_flags & ACK != 0;

@@ -31,7 +31,9 @@
 //! - `limits.rs`: listener limits (`max_connections`, new sessions per
 //!   second);
 //! - `steer.rs`: RSS steering, so that the NIC puts both directions of a
-//!   FULLNAT session on its owner's queue.
+//!   FULLNAT session on its owner's queue;
+//! - `access_log.rs`: the records of session starts and ends that
+//!   listeners' access logs are written from.
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::fmt::Write as _;
@@ -51,6 +53,7 @@ use crate::sched::{self, Scheduler};
 use crate::synproxy;
 use crate::{Nanos, NANOS_PER_SEC};
 
+mod access_log;
 mod admit;
 mod fragment;
 mod limits;
@@ -66,6 +69,7 @@ mod tests;
 mod verdict;
 mod worker;
 
+pub use access_log::{EndReason, RecordKind, SessionRecord, SESSION_LOG_CAPACITY};
 pub use fragment::{FragSteer, FragmentCounts, Released};
 pub use limits::{LimitBoard, LimitKind};
 pub use owner::{flow_hash, frame_owner, frame_owner_on, owner};

@@ -40,6 +40,8 @@ impl Worker {
                     .early_drop(key.is_ipv6(), |_| true)
                     .ok_or(crate::conntrack::InsertError::Full { capacity: 0 })?;
                 self.stats.early_drops += 1;
+                self.log
+                    .end(self.generation, &old, EndReason::EarlyDrop, now);
                 release_port(&mut self.ports, &old.payload, old.reply());
                 release(&mut self.scheds, &mut self.stats, &old.payload);
                 self.sessions
@@ -58,6 +60,7 @@ impl Worker {
         backend: IpAddr,
         backend_port: u16,
         ip_proto: u8,
+        now: Nanos,
     ) -> Option<crate::nat::LocalPort> {
         // A session whose port can pass to the new one: it has the port to
         // itself, or goes to the same server (its reply tuple is the one
@@ -71,6 +74,8 @@ impl Worker {
                     || ports.users(local, r.dport) == 1)
         })?;
         self.stats.early_drops += 1;
+        self.log
+            .end(self.generation, &old, EndReason::EarlyDrop, now);
         release(&mut self.scheds, &mut self.stats, &old.payload);
         // The port passes from the old session to the new one.
         let port = old.reply().dport;
@@ -183,6 +188,8 @@ impl Worker {
         );
         if v.is_drop() {
             self.remove(id);
+        } else {
+            self.log_start(id, now);
         }
         v
     }
@@ -265,7 +272,7 @@ impl Worker {
             let lport = self.allocate_local_port(local, backend_addr, server.port, key.proto, snap);
             let lport = match lport {
                 Some(p) => Some(p),
-                None => self.port_by_early_drop(local, backend_addr, server.port, key.proto),
+                None => self.port_by_early_drop(local, backend_addr, server.port, key.proto, now),
             };
             let Some(lport) = lport else {
                 return Err(Reason::NatPortsExhausted);

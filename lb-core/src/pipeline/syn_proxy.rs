@@ -339,6 +339,7 @@ impl Worker {
         self.sessions
             .update_tcp(id, Dir::Orig, &syn, now, &snap.timeouts);
         self.count_new(&flow);
+        self.log_start(id, now);
         let seg = Segment {
             src: out.src,
             dst: out.dst,

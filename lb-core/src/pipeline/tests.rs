@@ -5,6 +5,7 @@ use super::*;
 use crate::model::*;
 use crate::packet::{build_frame, FrameSpec, MacAddr};
 
+mod access_log;
 mod fragments;
 mod icmp_ttl_mtu;
 mod limits;
@@ -127,6 +128,7 @@ fn config() -> Config {
             syn_proxy: SynProxyMode::Auto,
             syn_proxy_threshold: DEFAULT_SYN_PROXY_THRESHOLD,
             limits: ListenerLimits::default(),
+            access_log: None,
         }],
     });
     cfg
@@ -964,6 +966,22 @@ fn tcp_frame_with(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
+    let d = FrameSpec::default();
+    tcp_seg(src, dst, sport, dport, flags, d.tcp_seq, d.tcp_ack, payload)
+}
+
+/// A TCP segment with sequence numbers and a payload.
+#[allow(clippy::too_many_arguments)]
+fn tcp_seg(
+    src: &str,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     build_frame(&FrameSpec {
         src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
@@ -973,6 +991,8 @@ fn tcp_frame_with(
         sport,
         dport,
         tcp_flags: flags,
+        tcp_seq: seq,
+        tcp_ack: ack,
         ttl: 64,
         payload: payload.to_vec(),
         ..FrameSpec::default()

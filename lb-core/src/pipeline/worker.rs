@@ -46,6 +46,9 @@ pub struct Worker {
     /// How each port spreads frames over the workers' RX queues (`cfg.ports`
     /// order; `None` or missing: no RSS), see `steer.rs`.
     pub(super) port_rss: Vec<Option<std::sync::Arc<crate::nat::rss::RssSteering>>>,
+    /// Session records for the listeners' access logs (see
+    /// `access_log.rs`).
+    pub(super) log: access_log::SessionLog,
 }
 
 /// A token bucket holding one second's worth of tokens, refilled by the
@@ -98,6 +101,7 @@ impl Worker {
             reap_credit: 0,
             reaped_at: 0,
             port_rss: Vec::new(),
+            log: access_log::SessionLog::default(),
         }
     }
 
@@ -173,10 +177,12 @@ impl Worker {
 
     /// Brings the schedulers and the sessions' configuration indices up to
     /// `snap` (between bursts, after a reload).
-    fn adopt(&mut self, snap: &Snapshot) {
+    fn adopt(&mut self, snap: &Snapshot, now: Nanos) {
         if self.generation == snap.generation {
             return;
         }
+        // Sessions that expired before the reload end as they would have.
+        self.release_reaped();
         self.frags.adopt(&snap.cfg.dataplane.fragments);
         self.limit_rates.clear();
         self.scheds = snap
@@ -196,12 +202,14 @@ impl Worker {
         // Listener sessions name their listener and server by index: find
         // them again in the new configuration. A session whose listener is
         // gone ends; one whose server left the group drains.
+        let (log, old_generation) = (&mut self.log, self.generation);
         self.sessions.retain(|_, s| {
             if s.payload.listener().is_none() {
                 return true;
             }
             let orig = *s.orig();
             let Some((lbi, li)) = snap.listener_at(orig.dst, orig.proto, orig.dport) else {
+                log.end(old_generation, &s, access_log::EndReason::Reload, now);
                 return false;
             };
             let gi = snap.cfg.load_balancers[lbi].listeners[li].server_group;
@@ -234,6 +242,7 @@ impl Worker {
                 }
             }
         }
+        self.log.adopt(&snap.cfg);
         // A reload keeps the ports (lbd refuses to change them without a
         // restart), so their counts carry over.
         self.stats
@@ -248,7 +257,7 @@ impl Worker {
     /// time that passes, not the number of calls. Lookups already ignore
     /// expired sessions; this frees them.
     pub fn housekeep(&mut self, now: Nanos, snap: &Snapshot) {
-        self.adopt(snap);
+        self.adopt(snap, now);
         self.reap(now);
         self.expire_held(now, snap);
         self.publish_limits(snap);
@@ -280,7 +289,10 @@ impl Worker {
     /// counts).
     pub(super) fn release_reaped(&mut self) {
         let (scheds, stats, ports) = (&mut self.scheds, &mut self.stats, &mut self.ports);
+        let (log, generation) = (&mut self.log, self.generation);
         for s in self.sessions.drain_reaped() {
+            let why = access_log::EndReason::of_closed(&s);
+            log.end(generation, &s, why, s.expires_at());
             release_port(ports, &s.payload, s.reply());
             release(scheds, stats, &s.payload);
         }
@@ -360,13 +372,20 @@ impl Worker {
             let tcp_flags = (proto == proto::TCP).then_some(p.tcp_flags);
             self.sessions
                 .update(id, dir, tcp_flags, now, &snap.timeouts);
+            self.sessions.count(id, dir, p.l3_len);
             return Ok(());
         };
+        if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && dir == Dir::Orig {
+            self.tuple_reused(id, now);
+        }
         match self.sessions.update_tcp(id, dir, &seg, now, &snap.timeouts) {
             Some(SegmentCheck::OutOfWindow) if seg.flags & TCP_RST != 0 => {
                 Err(Reason::TcpOutOfWindow)
             }
-            _ => Ok(()),
+            _ => {
+                self.sessions.count(id, dir, p.l3_len);
+                Ok(())
+            }
         }
     }
 
@@ -416,7 +435,7 @@ impl Worker {
         snap: &Snapshot,
         health: &dyn Health,
     ) -> Verdict {
-        self.adopt(snap);
+        self.adopt(snap, now);
         let key = parsed.as_ref().ok().and_then(Parsed::flow_key);
         let looked = key.as_ref().map(|k| (k, self.sessions.hash_key(k)));
         let p = parsed.as_ref().map_err(|e| *e);
@@ -467,7 +486,7 @@ impl Worker {
         health: &dyn Health,
         verdicts: &mut [Verdict],
     ) -> usize {
-        self.adopt(snap);
+        self.adopt(snap, now);
         let n = frames
             .len()
             .min(parsed.len())
@@ -673,6 +692,7 @@ impl Worker {
                     }
                 }
                 Err(r) => {
+                    self.log_end(id, access_log::EndReason::Denied, now);
                     self.remove(id);
                     return Verdict::Drop(r);
                 }

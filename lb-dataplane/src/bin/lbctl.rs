@@ -46,6 +46,21 @@ enum Cmd {
         #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
         control: PathBuf,
     },
+    /// Act on a running lbd's access logs (the admin level).
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCmd {
+    /// Reopen every access log file (after logrotate moved them); as
+    /// SIGUSR1 to lbd, but waits until it is done.
+    Reopen {
+        #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,6 +134,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+        Cmd::Log {
+            cmd: LogCmd::Reopen { control },
+        } => log_reopen(&control),
         Cmd::Lint { file } => {
             let cfg = match lb_config::load(&file) {
                 Ok(cfg) => cfg,
@@ -138,5 +156,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+/// `lbctl log reopen`.
+fn log_reopen(control: &std::path::Path) -> Result<ExitCode> {
+    let v = lb_dataplane::control::request(control, "log reopen")?;
+    if v["ok"].as_bool() == Some(true) {
+        println!("access logs reopened");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("log reopen failed: {}", v["error"].as_str().unwrap_or(""));
+        Ok(ExitCode::FAILURE)
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use lb_dataplane::access::{Access, Level};
@@ -60,7 +60,7 @@ fn main() {
 
 fn run(args: Args) -> Result<()> {
     let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+        Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).context("installing signal handlers")?;
     let group = args
         .control_group
         .as_deref()
@@ -92,6 +92,10 @@ fn run(args: Args) -> Result<()> {
             SIGHUP => {
                 tracing::info!("SIGHUP: reloading {}", args.config.display());
                 reloader.request();
+            }
+            SIGUSR1 => {
+                tracing::info!("SIGUSR1: reopening the access logs");
+                daemon.shared.access_log.request_reopen();
             }
             _ => {
                 tracing::info!("stopping");

@@ -81,6 +81,8 @@ pub struct WorkerReport {
     pub icmp_errors_rate_limited: u64,
     /// Half-open TCP sessions in the worker's table.
     pub half_open: usize,
+    /// Access-log records lost in the worker's own buffer.
+    pub access_log_dropped: u64,
     /// An "auto" SYN proxy is engaged on some listener.
     pub syn_proxy_engaged: bool,
 }
@@ -123,6 +125,8 @@ pub struct Shared {
     /// RSS, as with AF_PACKET): frame ownership and FULLNAT local ports
     /// follow it, so that no frame needs a handoff.
     pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
+    /// The listeners' access logs: the workers' queues to the writer.
+    pub access_log: Arc<crate::access_log::AccessLog>,
 }
 
 impl Shared {
@@ -148,6 +152,8 @@ impl Shared {
         let snap = Arc::new(Snapshot::compile(cfg, old.snap.generation + 1));
         let health = Arc::new(HealthTable::new(&snap, Some(&old.health)));
         let generation = snap.generation;
+        // Its names before any worker makes a record under it.
+        self.access_log.register(&snap);
         self.runtime.store(Arc::new(Runtime { snap, health }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "configuration reloaded");
@@ -263,6 +269,9 @@ impl Shared {
                 .collect::<Vec<_>>(),
         );
         let health = Arc::new(HealthTable::new(&snap, None));
+        let started = Instant::now();
+        let access_log = Arc::new(crate::access_log::AccessLog::new(workers, started));
+        access_log.register(&snap);
         Shared {
             runtime: ArcSwap::from_pointee(Runtime { snap, health }),
             stop: AtomicBool::new(false),
@@ -276,7 +285,7 @@ impl Shared {
                 })
                 .collect(),
             health_tx,
-            started: Instant::now(),
+            started,
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             port_names,
@@ -286,6 +295,7 @@ impl Shared {
             port_mtu_cap: mtu_cap,
             buffers: crate::io::pool::BufPool::new(0, 0),
             port_rss: Vec::new(),
+            access_log,
         }
     }
 }
@@ -436,6 +446,7 @@ impl Daemon {
                 })?;
             threads.push(h);
         }
+        threads.push(spawn_access_log_writer(&shared)?);
         {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
@@ -467,10 +478,33 @@ impl Daemon {
     /// Asks every thread to stop and waits for them.
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        // The workers come first: once they are gone, the access log's
+        // writer takes their last records and ends.
+        let workers = self.shared.workers.len();
+        for (i, t) in self.threads.into_iter().enumerate() {
+            if i == workers {
+                self.shared.access_log.close();
+            }
             let _ = t.join();
         }
     }
+}
+
+/// The access logs' writer thread; it ends after `shared.stop`, once the
+/// workers' last records are written.
+fn spawn_access_log_writer(shared: &Arc<Shared>) -> Result<JoinHandle<()>, StartError> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("lbd-access-log".into())
+        .spawn(move || {
+            keep_off_worker_cores(&shared.runtime.load().snap.cfg.dataplane.cores);
+            let stop = || shared.stop.load(Ordering::Relaxed) && shared.access_log.is_closed();
+            crate::access_log::run_writer(&shared.access_log, &stop);
+        })
+        .map_err(|source| StartError::Thread {
+            thread: "the access log writer",
+            source,
+        })
 }
 
 /// Refines the classifiers of the running snapshot on a thread of its own

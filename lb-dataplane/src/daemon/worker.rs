@@ -296,6 +296,7 @@ impl WorkerLoop {
             let rt = self.fwd.shared.runtime.load_full();
             let seen = self.forward_once(&rt);
             self.fwd.core.housekeep(self.fwd.shared.now_ns(), &rt.snap);
+            self.fwd.pass_session_records();
             let now = Instant::now();
             if now.duration_since(self.last_publish) >= Duration::from_millis(100) {
                 self.publish(now, rt.snap.generation);
@@ -311,6 +312,7 @@ impl WorkerLoop {
                 idle_polls = 0;
             }
         }
+        self.fwd.pass_session_records();
         self.publish(Instant::now(), 0);
     }
 
@@ -417,6 +419,7 @@ impl WorkerLoop {
         f.report.half_open = f.core.sessions.half_open();
         f.report.syn_proxy_engaged = f.core.syn_proxy_engaged_anywhere();
         f.report.neighbor_unresolved = f.out.neighbor_unresolved;
+        f.report.access_log_dropped = f.core.session_records_dropped();
         if generation != 0 {
             f.report.generation = generation;
         }
@@ -427,6 +430,15 @@ impl WorkerLoop {
 }
 
 impl Forwarder {
+    /// Moves the pipeline's session records to the access-log writer's
+    /// queue (full: dropped and counted there), between bursts.
+    fn pass_session_records(&mut self) {
+        let (log, id) = (&self.shared.access_log, self.id);
+        self.core.take_session_records(|r| {
+            log.pass(id, r);
+        });
+    }
+
     /// Parses each frame of a received burst.
     fn parse(&mut self, slots: &[Slot<'_>]) {
         for ((p, r), s) in self.parsed.iter_mut().zip(slots) {
