@@ -269,13 +269,14 @@ EOF
 }
 
 # Resilient mode. BIRD programs routes with nexthops inline; it has no
-# nexthop objects, so it exports to table $RT_TABLE and this loop mirrors
-# each multipath route there into the main table as a resilient nexthop
-# group: when a node leaves, only its buckets move, the flows on the other
-# nodes stay where they are. The loop ends with `ip monitor` (on `down`).
-# Runs in the router's namespace: one listing of table $RT_TABLE, one batch
-# of changes. Nexthop N is the gateway ending in .N; the group of a
-# destination is 1000 + its last octet.
+# nexthop objects, so it exports to table $RT_TABLE and rt_sync_loop
+# mirrors each multipath route there into the main table as a resilient
+# nexthop group: when a node leaves, only its buckets move, the flows on
+# the other nodes stay where they are. Nexthop N is the gateway ending in
+# .N; the group of a destination is 1000 + its last octet.
+#
+# rt_sync_once: the whole table at once (at the start), in the router's
+# namespace: one listing of table $RT_TABLE, one batch of changes.
 rt_sync_once() {
     if [ "$ECMP" = pinned ]; then
         rt_sync_alive
