@@ -93,8 +93,7 @@ need() {
 # ---------------------------------------------------------------- topology
 
 up() {
-    need ip ethtool bird birdc nginx
-    [ "$ECMP" = pinned ] && need nft
+    need ip ethtool bird birdc nginx nft
     [ -x "$LBD" ] || { echo "cluster.sh: no lbd at $LBD (cargo build, or LBC_LBD)" >&2; exit 3; }
     down quiet
     mkdir -p "$RUN"
@@ -147,6 +146,16 @@ up() {
         done
         if [ "$EXCEPTION" = kernel ]; then
             nsx "$ns" ip addr add "198.18.10.1$i/24" dev ext
+        else
+            # The TAP holds the port's address: the kernel would answer the
+            # port's frames a second time. Packet sockets (lbd) read before
+            # this hook.
+            nsx "$ns" nft -f - <<EOF
+table netdev lbd_port {
+    chain ext_off { type filter hook ingress device "ext" priority 0; policy drop; }
+    chain int_off { type filter hook ingress device "int" priority 0; policy drop; }
+}
+EOF
         fi
     done
 

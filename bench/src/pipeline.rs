@@ -51,6 +51,7 @@ fn config(v6: bool) -> Config {
         source_check: SourceCheck::Strict,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        tap: None,
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-alb".into(),

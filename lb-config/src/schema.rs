@@ -98,6 +98,8 @@ pub struct DataplaneConfig {
     pub reset_unknown_rate: Option<S<i64>>,
     /// `[dataplane.fragments]`: IP fragments without reassembly.
     pub fragments: Option<S<FragmentsConfig>>,
+    /// Frames per direction of each port's exception path.
+    pub exception_queue: Option<S<i64>>,
 }
 
 /// `[dataplane.fragments]`.
@@ -142,6 +144,8 @@ pub struct PortConfig {
     pub source_check: Option<SourceCheckConfig>,
     pub vlan: Option<S<i64>>,
     pub max_neighbors: Option<S<i64>>,
+    /// The TAP interface of the port's exception path.
+    pub tap: Option<S<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -91,7 +91,7 @@ fn syntax_error_has_a_position() {
 fn unknown_field() {
     assert_eq!(
         errs("\n[dataplane]\nworkers = 2\nthreads = 4\n"),
-        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`, `fragments`"]
+        vec!["3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`, `fragments`, `exception_queue`"]
     );
 }
 
@@ -101,7 +101,7 @@ fn unknown_fields_do_not_hide_other_errors() {
         errs("\n[dataplane]\nworkers = 0\nthreads = 4\n[platform]\nsmtp = false\n"),
         vec![
             "2:11: workers must be 1..=64, got 0",
-            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`, `fragments`",
+            "3:1: unknown field `threads`, expected one of `io`, `workers`, `cores`, `eal_args`, `idle`, `max_sessions`, `max_sessions_v6`, `max_memory_mib`, `reset_unknown`, `reset_unknown_rate`, `fragments`, `exception_queue`",
             "5:1: unknown field `smtp`, expected one of `backend_sg_policy`, `session_timeout_s`, `restrict_smtp`, `metadata_address`, `unreplied_timeout_s`",
         ]
     );
@@ -1992,6 +1992,63 @@ fn syn_proxy_settings() {
             .any(|e| e == "25:13: syn_proxy is for TCP listeners, not udp"),
         "{e:?}"
     );
+}
+
+#[test]
+fn port_tap_and_exception_queue() {
+    let port = |name: &str, iface: &str, extra: &str| {
+        let net = name.bytes().map(u32::from).sum::<u32>() % 256;
+        format!(
+            "[[port]]\nname = \"{name}\"\ninterface = \"{iface}\"\naddresses = [\"198.18.{net}.1/24\"]\n{extra}"
+        )
+    };
+    let cfg = ok(&format!(
+        "\n{}",
+        port("ext", "lb-ext", "tap = \"lbd-ext\"\n")
+    ));
+    assert_eq!(cfg.ports[0].tap.as_deref(), Some("lbd-ext"));
+    assert_eq!(
+        cfg.dataplane.exception_queue,
+        lb_core::model::Dataplane::DEFAULT_EXCEPTION_QUEUE
+    );
+    assert_eq!(
+        ok(&format!("\n{}", port("ext", "lb-ext", ""))).ports[0].tap,
+        None
+    );
+    let cfg = ok("\n[dataplane]\nexception_queue = 64\n");
+    assert_eq!(cfg.dataplane.exception_queue, 64);
+    assert_eq!(
+        errs("\n[dataplane]\nexception_queue = 8\n"),
+        vec!["2:19: exception_queue must be 16..=65536, got 8"]
+    );
+    // Names as the kernel takes them, one tap per port, none shared.
+    assert_eq!(
+        errs(&format!(
+            "\n{}{}{}",
+            port("ext", "lb-ext", "tap = \"a-tap-name-too-long\"\n"),
+            port("int", "lb-int", "tap = \"lbd-x\"\n"),
+            port("mgmt", "lb-mgmt", "tap = \"lbd-x\"\n"),
+        )),
+        vec![
+            "5:7: tap: interface name \"a-tap-name-too-long\" must be 1 to 15 bytes long",
+            "15:7: tap lbd-x is already the tap of the port on line 10",
+        ]
+    );
+    assert_eq!(
+        errs(&format!(
+            "\n{}{}",
+            port("ext", "lb-ext", "tap = \"lb-int\"\n"),
+            port("int", "lb-int", ""),
+        )),
+        vec!["5:7: tap lb-int is the interface of the port on line 8; give the tap a name of its own"]
+    );
+    assert_eq!(
+        errs("\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\ntap = \"lbd-ext\"\n"),
+        vec!["4:7: port ext has a tap but no addresses: only frames to the port's own addresses go up to it"]
+    );
+    // DPDK ports take a tap as well.
+    let cfg = ok("\n[dataplane]\nio = \"dpdk\"\n[[port]]\nname = \"ext\"\ndpdk_port = 0\naddresses = [\"198.18.0.1/24\"]\ntap = \"lbd-ext\"\n");
+    assert_eq!(cfg.ports[0].tap.as_deref(), Some("lbd-ext"));
 }
 
 #[test]

@@ -401,6 +401,9 @@ pub struct Dataplane {
     pub reset_unknown_rate: u32,
     /// How non-first IP fragments are handled.
     pub fragments: Fragments,
+    /// Frames each direction of a port's exception path holds (to the
+    /// kernel, from the kernel); beyond, frames are dropped and counted.
+    pub exception_queue: usize,
 }
 
 /// IP fragments without reassembly: the first fragment (it holds the L4
@@ -447,8 +450,14 @@ impl Default for Dataplane {
             reset_unknown: true,
             reset_unknown_rate: 1000,
             fragments: Fragments::default(),
+            exception_queue: Dataplane::DEFAULT_EXCEPTION_QUEUE,
         }
     }
+}
+
+impl Dataplane {
+    /// The default of [`Dataplane::exception_queue`].
+    pub const DEFAULT_EXCEPTION_QUEUE: usize = 1024;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,6 +478,10 @@ pub struct Port {
     /// The most neighbour entries (resolved or being resolved) kept for
     /// this link, like Linux's `gc_thresh3`.
     pub max_neighbors: u32,
+    /// The kernel TAP interface of the port's exception path: frames for
+    /// the port's own addresses that the data plane does not serve go up
+    /// to it, and what the kernel sends through it leaves by the port.
+    pub tap: Option<String>,
 }
 
 impl Port {

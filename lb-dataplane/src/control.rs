@@ -420,6 +420,23 @@ pub fn request(path: &Path, command: &str) -> Result<Value, ControlError> {
     Ok(v)
 }
 
+/// A port's exception path: its TAP and its counters (0 without one).
+fn exception_counters(
+    shared: &Shared,
+    pi: usize,
+    tap: Option<&str>,
+    out: &mut serde_json::Map<String, Value>,
+) {
+    let c = shared.exception.port(pi).map(|ep| &ep.counters);
+    let n = |f: fn(&crate::exception::Counters) -> &std::sync::atomic::AtomicU64| {
+        c.map_or(0, |c| f(c).load(Ordering::Relaxed))
+    };
+    out.insert("tap".into(), json!(tap));
+    out.insert("exception_to_kernel".into(), json!(n(|c| &c.to_kernel)));
+    out.insert("exception_from_kernel".into(), json!(n(|c| &c.from_kernel)));
+    out.insert("exception_drops".into(), json!(n(|c| &c.drops)));
+}
+
 /// Every counter of the running daemon.
 pub fn stats(shared: &Shared) -> Value {
     let rt = shared.runtime.load_full();
@@ -463,6 +480,9 @@ pub fn stats(shared: &Shared) -> Value {
             "spoofed_source": d.spoofed_source,
             "vlan_mismatch": d.vlan_mismatch,
         }));
+        if let Some(o) = ports.last_mut().and_then(Value::as_object_mut) {
+            exception_counters(shared, pi, p.tap.as_deref(), o);
+        }
     }
 
     let mut drops: BTreeMap<&'static str, u64> = BTreeMap::new();

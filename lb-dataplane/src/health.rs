@@ -352,6 +352,12 @@ fn build_targets(snap: &Snapshot) -> Vec<Target> {
     v
 }
 
+/// The (source, server) address pairs the health checker probes under
+/// `snap`: where its replies come from and go to.
+pub fn probe_sources(snap: &Snapshot) -> Vec<(IpAddr, IpAddr)> {
+    build_targets(snap).iter().map(|t| (t.src, t.dst)).collect()
+}
+
 /// An address of port `port` of `dst`'s family, preferring one whose
 /// subnet holds `dst`.
 pub fn port_address(snap: &Snapshot, port: u32, dst: IpAddr) -> Option<IpAddr> {

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod control;
 pub mod daemon;
 pub mod eval;
+pub mod exception;
 pub mod health;
 pub mod io;
 pub mod l2;

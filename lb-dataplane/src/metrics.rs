@@ -109,6 +109,18 @@ pub fn prometheus(shared: &Shared) -> String {
             "vlan_mismatch",
             "Frames dropped because their VLAN tagging does not fit the port.",
         ),
+        (
+            "exception_to_kernel",
+            "Frames handed to the kernel through the port's TAP (the exception path).",
+        ),
+        (
+            "exception_from_kernel",
+            "Frames the kernel sent through the port's TAP that left by the port.",
+        ),
+        (
+            "exception_drops",
+            "Frames of the exception path dropped either way (a full queue, no buffer, a failed write).",
+        ),
     ] {
         metric(
             &format!("port_{field}_total"),

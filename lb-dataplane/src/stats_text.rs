@@ -52,6 +52,16 @@ pub fn render(v: &Value) -> String {
             n(&p["spoofed_source"]),
             n(&p["vlan_mismatch"])
         );
+        if let Some(tap) = p["tap"].as_str() {
+            let _ = writeln!(
+                s,
+                "  {:<10} tap {tap}: to_kernel {}, from_kernel {}, drops {}",
+                "",
+                n(&p["exception_to_kernel"]),
+                n(&p["exception_from_kernel"]),
+                n(&p["exception_drops"])
+            );
+        }
         if n(&p["mtu"]) > 0 {
             let _ = writeln!(s, "  {:<10} mtu {}", "", n(&p["mtu"]));
         }

@@ -60,6 +60,8 @@ const MAX_FRAGMENT_TABLE: i64 = 1 << 20;
 const MAX_FRAGMENT_TIMEOUT_MS: i64 = 60_000;
 /// `dataplane.fragments.hold` upper bound (fragments per worker).
 const MAX_FRAGMENT_HOLD: i64 = 4096;
+/// `dataplane.exception_queue` upper bound (frames per direction and port).
+const MAX_EXCEPTION_QUEUE: i64 = 65536;
 /// `dataplane.workers` upper bound.
 pub const MAX_WORKERS: i64 = 64;
 /// Health check interval and timeout upper bound, in seconds.
@@ -405,6 +407,9 @@ impl<'a, 's> Compiler<'a, 's> {
         }
         if let Some(f) = &d.fragments {
             out.fragments = self.fragments(f.get_ref());
+        }
+        if let Some(q) = &d.exception_queue {
+            out.exception_queue = self.int(q, "exception_queue", 16, MAX_EXCEPTION_QUEUE);
         }
         out
     }

@@ -9,6 +9,7 @@ impl<'a, 's> Compiler<'a, 's> {
         let mut ifaces: HashMap<&str, usize> = HashMap::new();
         let mut dpdk: HashMap<u16, usize> = HashMap::new();
         let mut addrs: HashMap<IpAddr, String> = HashMap::new();
+        let mut taps: Vec<(&S<String>, usize)> = Vec::new();
         for p in ports {
             let span = p.span();
             let p = p.get_ref();
@@ -25,6 +26,7 @@ impl<'a, 's> Compiler<'a, 's> {
                 },
                 vlan: None,
                 max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+                tap: None,
             };
             if let Some(m) = &p.max_neighbors {
                 port.max_neighbors = self.int(m, "max_neighbors", 16, 65536);
@@ -102,7 +104,45 @@ impl<'a, 's> Compiler<'a, 's> {
                     Err(e) => self.err(&a.span(), e),
                 }
             }
+            if let Some(t) = &p.tap {
+                if let Err(e) = parse::interface_name(t.get_ref()) {
+                    self.err(&t.span(), format!("tap: {e}"));
+                } else if let Some((_, line)) =
+                    taps.iter().find(|(o, _)| o.get_ref() == t.get_ref())
+                {
+                    self.err(
+                        &t.span(),
+                        format!(
+                            "tap {} is already the tap of the port on line {line}",
+                            t.get_ref()
+                        ),
+                    );
+                } else {
+                    taps.push((t, self.line(&t.span())));
+                }
+                if p.addresses.is_empty() {
+                    self.err(
+                        &t.span(),
+                        format!(
+                            "port {name} has a tap but no addresses: only frames to the port's own addresses go up to it"
+                        ),
+                    );
+                }
+                port.tap = Some(t.get_ref().clone());
+            }
             out.push(port);
+        }
+        // A tap must not take the name of a port's own interface.
+        for (t, _) in &taps {
+            if let Some(line) = ifaces.get(t.get_ref().as_str()) {
+                self.err(
+                    &t.span(),
+                    format!(
+                        "tap {} is the interface of the port on line {line}; give the tap a name of its own",
+                        t.get_ref()
+                    ),
+                );
+            }
         }
         out
     }

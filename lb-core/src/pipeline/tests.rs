@@ -83,6 +83,7 @@ fn config() -> Config {
         source_check: SourceCheck::Strict,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        tap: None,
     });
     cfg.security_groups.push(SecurityGroup {
         id: "sg-web".into(),
@@ -1138,6 +1139,7 @@ fn two_ports(check: SourceCheck, ext_vlan: Option<u16>) -> Snapshot {
         source_check: check,
         vlan: None,
         max_neighbors: Port::DEFAULT_MAX_NEIGHBORS,
+        tap: None,
     });
     Snapshot::compile(cfg, 1)
 }

@@ -73,6 +73,11 @@ pub enum StartError {
         #[source]
         source: crate::io::dpdk::DpdkError,
     },
+    #[error("opening the exception path (needs /dev/net/tun and CAP_NET_ADMIN)")]
+    Tap {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting {thread}")]
     Thread {
         thread: &'static str,
@@ -86,7 +91,7 @@ pub enum StartError {
 pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] lb_config::ConfigErrors),
-    #[error("ports changed: restart lbd to add, remove or rename ports")]
+    #[error("ports changed: restart lbd to add, remove or rename ports or change their taps")]
     PortsChanged,
     #[error("[dataplane] changed: restart lbd to apply it")]
     DataplaneChanged,

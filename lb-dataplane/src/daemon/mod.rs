@@ -6,6 +6,8 @@
 
 mod affinity;
 mod error;
+#[cfg(test)]
+mod exception_tests;
 mod ports;
 #[cfg(test)]
 mod rss_tests;
@@ -125,6 +127,8 @@ pub struct Shared {
     /// RSS, as with AF_PACKET): frame ownership and FULLNAT local ports
     /// follow it, so that no frame needs a handoff.
     pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
+    /// Each port's exception path to the kernel (`[[port]] tap`).
+    pub exception: Arc<crate::exception::Exceptions>,
     /// The listeners' access logs: the workers' queues to the writer.
     pub access_log: Arc<crate::access_log::AccessLog>,
 }
@@ -214,6 +218,11 @@ impl Shared {
                 tracing::debug!(port, mtu, "port MTU");
             } else {
                 tracing::info!(port, mtu, was = old, "port MTU changed");
+                if let Some(ep) = self.exception.port(pi) {
+                    if let Err(e) = crate::exception::tap::set_mtu(&ep.tap, mtu) {
+                        tracing::warn!(port, tap = %ep.tap, mtu, "setting the TAP's MTU: {e}");
+                    }
+                }
             }
         }
     }
@@ -269,6 +278,7 @@ impl Shared {
                 .collect::<Vec<_>>(),
         );
         let health = Arc::new(HealthTable::new(&snap, None));
+        let mtu_cap_len = mtu_cap.len();
         let started = Instant::now();
         let access_log = Arc::new(crate::access_log::AccessLog::new(workers, started));
         access_log.register(&snap);
@@ -295,6 +305,7 @@ impl Shared {
             port_mtu_cap: mtu_cap,
             buffers: crate::io::pool::BufPool::new(0, 0),
             port_rss: Vec::new(),
+            exception: Arc::new(crate::exception::Exceptions::none(mtu_cap_len)),
             access_log,
         }
     }
@@ -322,7 +333,14 @@ fn compatible(
     let ports = |c: &lb_core::model::Config| {
         c.ports
             .iter()
-            .map(|p| (p.name.clone(), p.interface.clone(), p.dpdk_port))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.interface.clone(),
+                    p.dpdk_port,
+                    p.tap.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     if ports(old) != ports(new) {
@@ -387,6 +405,18 @@ impl Daemon {
         }
         shared.buffers =
             crate::io::pool::BufPool::new(pool_buffers(workers, ring_frames), max_frame);
+        // The TAPs take the ports' MAC addresses and MTUs as they are now.
+        let macs: Vec<[u8; 6]> = per_worker
+            .first()
+            .map(|w| w.tx.iter().map(|t| t.mac()).collect())
+            .unwrap_or_default();
+        let mtus: Vec<u32> = (0..shared.port_mtu.len())
+            .map(|pi| shared.read_port_mtu(pi).unwrap_or(0))
+            .collect();
+        let snap0 = shared.runtime.load().snap.clone();
+        let (exceptions, taps) = crate::exception::open(&snap0, &macs, &mtus, max_frame)
+            .map_err(|source| StartError::Tap { source })?;
+        shared.exception = Arc::new(exceptions);
         let shared = Arc::new(shared);
         for pi in 0..shared.port_mtu.len() {
             shared.update_port_mtu(pi);
@@ -442,6 +472,20 @@ impl Daemon {
                 .spawn(move || crate::health::run(shared, health_rx, senders))
                 .map_err(|source| StartError::Thread {
                     thread: "the health checker",
+                    source,
+                })?;
+            threads.push(h);
+        }
+        if !taps.is_empty() {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-exception".into())
+                .spawn(move || {
+                    keep_off_worker_cores(&shared.runtime.load().snap.cfg.dataplane.cores);
+                    crate::exception::run(&shared.exception, taps, &shared.stop);
+                })
+                .map_err(|source| StartError::Thread {
+                    thread: "the exception path",
                     source,
                 })?;
             threads.push(h);
@@ -616,5 +660,33 @@ impl crate::health::Host for Shared {
 
     fn neighbors(&self) -> &Neighbors {
         &self.neigh
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn cfg(port: &str, dataplane: &str) -> lb_core::model::Config {
+        let text = format!(
+            "[dataplane]\n{dataplane}\n[[port]]\nname = \"ext\"\ninterface = \"lb-ext\"\naddresses = [\"198.18.0.1/24\"]\n{port}"
+        );
+        lb_config::parse_str(&text, "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn the_exception_path_changes_only_with_a_restart() {
+        let tap = cfg("tap = \"lbd-ext\"\n", "");
+        assert!(compatible(&tap, &cfg("tap = \"lbd-ext\"\n", "")).is_ok());
+        for other in [cfg("", ""), cfg("tap = \"lbd-x\"\n", "")] {
+            assert!(matches!(
+                compatible(&tap, &other),
+                Err(ReloadError::PortsChanged)
+            ));
+        }
+        assert!(matches!(
+            compatible(&tap, &cfg("tap = \"lbd-ext\"\n", "exception_queue = 64")),
+            Err(ReloadError::DataplaneChanged)
+        ));
     }
 }

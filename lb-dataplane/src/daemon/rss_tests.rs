@@ -79,13 +79,13 @@ const MAC: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]];
 const PEER: [u8; 6] = [2, 0, 0, 0, 0, 9];
 
 /// Frames waiting on one RX queue.
-type Ring = Arc<Mutex<VecDeque<Vec<u8>>>>;
+pub(super) type Ring = Arc<Mutex<VecDeque<Vec<u8>>>>;
 
 /// One RX queue of a port (fed by the test, as the NIC's RSS picks): a
 /// burst lends the frames it took off the queue.
-struct QueueRx {
-    rx: Ring,
-    burst: Vec<Vec<u8>>,
+pub(super) struct QueueRx {
+    pub(super) rx: Ring,
+    pub(super) burst: Vec<Vec<u8>>,
 }
 
 impl RxQueue for QueueRx {
@@ -110,9 +110,9 @@ impl RxQueue for QueueRx {
 }
 
 /// The port's transmitted frames.
-struct QueueTx {
-    tx: Arc<Mutex<Vec<Vec<u8>>>>,
-    mac: [u8; 6],
+pub(super) struct QueueTx {
+    pub(super) tx: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub(super) mac: [u8; 6],
 }
 
 impl TxQueue for QueueTx {

@@ -22,6 +22,7 @@ use lb_core::pipeline::{
 };
 
 use super::{Handoff, Runtime, Shared, WorkerReport, BURST};
+use crate::exception::{Exceptions, PortFacts, PortPlan, Up};
 use crate::io::pool::BufPool;
 use crate::io::{Buf, IoStats, RxMeta, RxQueue, Slot, TxQueue};
 use crate::l2::port_vlan;
@@ -104,6 +105,17 @@ struct Forwarder {
     icmp: IcmpErrors,
     /// The parse of each frame of the burst.
     parsed: [ParsedFrame; BURST],
+    exc: ExceptionState,
+}
+
+/// A worker's side of the exception path (see [`crate::exception`]).
+struct ExceptionState {
+    paths: Arc<Exceptions>,
+    /// What each port classifies with, for configuration `generation`.
+    plan: Vec<PortPlan>,
+    generation: u64,
+    /// Frames went up in this round: wake the exception thread after it.
+    queued: bool,
 }
 
 /// Where frames leave: the sending half of each port's queue pair, and the
@@ -247,6 +259,7 @@ impl WorkerLoop {
             })
             .collect();
         let pool = shared.buffers.clone();
+        let exc = shared.exception.clone();
         WorkerLoop {
             rx: ports.rx,
             fwd: Forwarder {
@@ -266,6 +279,12 @@ impl WorkerLoop {
                 report: WorkerReport::default(),
                 icmp: IcmpErrors::new(Instant::now()),
                 parsed: [(Parsed::EMPTY, Ok(())); BURST],
+                exc: ExceptionState {
+                    paths: exc,
+                    plan: Vec::new(),
+                    generation: 0,
+                    queued: false,
+                },
             },
             idle,
             last_publish: Instant::now(),
@@ -320,8 +339,12 @@ impl WorkerLoop {
     /// frames other workers handed over, the frames whose next hop is now
     /// known, and every port's TX flushed. Returns the frames received.
     pub(super) fn forward_once(&mut self, rt: &Runtime) -> usize {
+        self.fwd.exception_plan(&rt.snap);
         let _path = crate::alloc::forwarding_path();
         self.sync_mtus();
+        // The kernel's frames first: a full round of forwarded frames
+        // cannot crowd them out of the ports' send queues.
+        self.fwd.send_from_kernel(&rt.snap);
         let mut seen = 0;
         for pi in 0..self.rx.len() {
             seen += self.poll_port(pi, rt);
@@ -332,6 +355,9 @@ impl WorkerLoop {
             if let Err(e) = p.flush() {
                 tracing::debug!("flush: {e}");
             }
+        }
+        if std::mem::take(&mut self.fwd.exc.queued) {
+            self.fwd.exc.paths.wake();
         }
         seen
     }
@@ -499,7 +525,8 @@ impl Forwarder {
         }
         for (i, slot) in slots.iter_mut().enumerate() {
             let frame = std::mem::take(slot);
-            self.deliver(i, verdicts[i], frame, ports_k[i], rt, now);
+            let csum_partial = meta_k[i].csum_partial;
+            self.deliver(i, verdicts[i], frame, ports_k[i], csum_partial, rt, now);
         }
         self.release_fragments(rt, now);
         let asks = std::mem::take(&mut self.out.solicit);
@@ -604,15 +631,22 @@ impl Forwarder {
     }
 
     /// Acts on frame `i`'s verdict.
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
         i: usize,
         v: Verdict,
         mut frame: Slot<'_>,
         port: u32,
+        csum_partial: bool,
         rt: &Runtime,
         now: Instant,
     ) {
+        if let Verdict::Local(kind) = v {
+            if self.exception_up(i, kind, frame.data(), port, csum_partial) == Up::Kernel {
+                return;
+            }
+        }
         let snap = &rt.snap;
         let mac = self
             .out
@@ -660,6 +694,84 @@ impl Forwarder {
             Verdict::Drop(r) => {
                 self.icmp
                     .answer(&r, frame.data(), port, mac, snap, now, &mut self.out);
+            }
+        }
+    }
+
+    /// Puts a copy of frame `i` (`data`, left to the data plane as `kind`)
+    /// on the queue to the kernel of `port`'s exception path if it goes up
+    /// ([`crate::exception::classify`]); says whether it did, and whether
+    /// the data plane is to handle the frame as well.
+    fn exception_up(
+        &mut self,
+        i: usize,
+        kind: LocalKind,
+        data: &[u8],
+        port: u32,
+        csum_partial: bool,
+    ) -> Up {
+        let exc = &mut self.exc;
+        let Some(ep) = exc.paths.port(port as usize) else {
+            return Up::No;
+        };
+        let Some((p, Ok(()))) = self.parsed.get(i) else {
+            return Up::No;
+        };
+        let Some(plan) = exc.plan.get(port as usize) else {
+            return Up::No;
+        };
+        let facts = PortFacts {
+            addresses: &plan.addresses,
+            link_local: ep.link_local,
+            probed: &plan.probed,
+        };
+        let up = crate::exception::classify(data, p, kind, &facts);
+        if up != Up::No {
+            ep.push_up(data, p, csum_partial);
+            exc.queued = true;
+        }
+        up
+    }
+
+    /// Takes the exception path's view of `snap` when it is new (outside
+    /// the forwarding path: it allocates, once per configuration).
+    fn exception_plan(&mut self, snap: &Snapshot) {
+        if self.exc.generation != snap.generation {
+            self.exc.generation = snap.generation;
+            if self.exc.paths.any() {
+                self.exc.plan = crate::exception::plan(snap, &self.exc.paths);
+            }
+        }
+    }
+
+    /// Sends what the kernel wrote to the TAPs of the ports whose
+    /// exception path this worker serves (port index modulo the number of
+    /// workers: one worker per port keeps the kernel's frames in order),
+    /// at most a burst per port.
+    fn send_from_kernel(&mut self, snap: &Snapshot) {
+        let workers = self.shared.workers.len().max(1);
+        for (pi, ep) in self.exc.paths.ports.iter().enumerate() {
+            let Some(ep) = ep else { continue };
+            if pi % workers != self.id {
+                continue;
+            }
+            let Some(tx) = self.out.tx.get_mut(pi) else {
+                continue;
+            };
+            let vlan = port_vlan(snap, u32::try_from(pi).unwrap_or(u32::MAX));
+            for _ in 0..BURST {
+                let Some(mut buf) = ep.pop_down() else { break };
+                let sent = if buf.retag(vlan) {
+                    tx.send(buf.data())
+                } else {
+                    tx.send(crate::l2::for_port(buf.data(), vlan, &mut self.out.scratch))
+                };
+                let counter = if sent {
+                    &ep.counters.from_kernel
+                } else {
+                    &ep.counters.drops
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
