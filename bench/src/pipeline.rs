@@ -95,6 +95,7 @@ fn config(v6: bool) -> Config {
             ],
             port: 80,
             weight: 100,
+            draining: false,
         })
         .collect();
     cfg.server_groups.push(ServerGroup {
@@ -102,6 +103,8 @@ fn config(v6: bool) -> Config {
         scheduler: SchedulerKind::Wrr,
         health_check: HealthCheck::default(),
         servers,
+        slow_start_ms: 0,
+        drain_timeout_ms: None,
     });
     let locals = (0..LOCALS)
         .map(|i| {

@@ -371,6 +371,10 @@ pub struct ServerGroupConfig {
     pub id: S<String>,
     pub scheduler: Option<SchedulerConfig>,
     pub health_check: Option<S<HealthCheckConfig>>,
+    /// Seconds a server that comes up takes to reach its weight.
+    pub slow_start_s: Option<S<Seconds>>,
+    /// Seconds a draining server's sessions go on before they are ended.
+    pub drain_timeout_s: Option<S<Seconds>>,
     #[serde(default, rename = "server")]
     pub servers: Vec<S<ServerConfig>>,
 }
@@ -451,6 +455,17 @@ pub struct ServerConfig {
     pub address: Option<S<String>>,
     pub port: S<i64>,
     pub weight: Option<S<i64>>,
+    pub state: Option<ServerStateConfig>,
+}
+
+/// `state` of a `[[server_group.server]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerStateConfig {
+    /// Takes new sessions (the default).
+    Active,
+    /// No new sessions; the open ones go on.
+    Draining,
 }
 
 /// `[[load_balancer]]`.

@@ -1995,6 +1995,45 @@ fn syn_proxy_settings() {
 }
 
 #[test]
+fn drain_and_slow_start() {
+    // Lines: the server group body starts on line 14.
+    assert_eq!(
+        errs(&lb(
+            r#"
+slow_start_s = -1
+drain_timeout_s = 90000
+[[server_group.server]]
+instance = "ecs01"
+port = 80
+state = "drained"
+"#,
+            TCP_LB
+        )),
+        vec!["19:9: unknown variant `drained`, expected `active` or `draining`"]
+    );
+    assert_eq!(
+        errs(&lb(
+            "slow_start_s = 3601\ndrain_timeout_s = 86400.5\n[[server_group.server]]\ninstance = \"ecs01\"\nport = 80\nstate = \"draining\"\n",
+            TCP_LB
+        )),
+        vec![
+            "14:16: slow_start_s must be between 0 and 3600 seconds, got 3601",
+            "15:19: drain_timeout_s must be between 0 and 86400 seconds, got 86400.5",
+        ]
+    );
+    let cfg = ok(&lb(
+        "slow_start_s = 30\ndrain_timeout_s = 2.5\n[[server_group.server]]\ninstance = \"ecs01\"\nport = 80\nstate = \"draining\"\n[[server_group.server]]\naddress = \"198.19.1.12\"\nport = 80\nstate = \"active\"\n[[server_group.server]]\naddress = \"198.19.1.13\"\nport = 80\n",
+        TCP_LB,
+    ));
+    let g = &cfg.server_groups[0];
+    assert_eq!((g.slow_start_ms, g.drain_timeout_ms), (30_000, Some(2500)));
+    let draining: Vec<bool> = g.servers.iter().map(|s| s.draining).collect();
+    assert_eq!(draining, [true, false, false]);
+    let g = &ok(&lb(SERVER, TCP_LB)).server_groups[0];
+    assert_eq!((g.slow_start_ms, g.drain_timeout_ms), (0, None));
+}
+
+#[test]
 fn port_tap_and_exception_queue() {
     let port = |name: &str, iface: &str, extra: &str| {
         let net = name.bytes().map(u32::from).sum::<u32>() % 256;

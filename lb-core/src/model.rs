@@ -211,6 +211,9 @@ pub struct Server {
     pub port: u16,
     /// 0..=100; 0 = no new connections.
     pub weight: u8,
+    /// Draining by configuration: no new sessions, the open ones go on
+    /// (until the group's `drain_timeout_ms`, if any).
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +222,14 @@ pub struct ServerGroup {
     pub scheduler: SchedulerKind,
     pub health_check: HealthCheck,
     pub servers: Vec<Server>,
+    /// How long a server that comes up (health check passes again, drain
+    /// ends, added by a reload) takes to ramp its weight from a small
+    /// value to the configured one (0: no slow start; see
+    /// [`crate::sched::slow_start`]).
+    pub slow_start_ms: u32,
+    /// How long a draining server's sessions go on before they are ended
+    /// (`None`: until they end by themselves).
+    pub drain_timeout_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

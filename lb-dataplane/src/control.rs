@@ -332,6 +332,9 @@ pub fn answer(
     peer: &Peer,
     level: Level,
 ) -> Value {
+    if let Some(v) = server_command(shared, line, level) {
+        return v;
+    }
     match Command::parse(line) {
         Err(e) => json!({"ok": false, "error": e}),
         Ok(cmd) if cmd.level() > level => {
@@ -367,6 +370,56 @@ fn log_reopen(shared: &Shared) -> Value {
     } else {
         json!({"ok": false, "error": "the access log writer did not answer within 5 s"})
     }
+}
+
+/// The `server` commands (see [`crate::servers`]), or `None` for a line
+/// that is not one:
+///
+/// ```text
+/// server drain GROUP SERVER [DEADLINE_S]
+/// server undrain GROUP SERVER
+/// ```
+///
+/// Both need the admin level. The change applies at once (the workers
+/// take it at their next burst); the reply names the servers it touched.
+fn server_command(shared: &Shared, line: &[u8], level: Level) -> Option<serde_json::Value> {
+    let text = std::str::from_utf8(line).ok()?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.first() != Some(&"server") {
+        return None;
+    }
+    let usage = "usage: server drain GROUP SERVER [DEADLINE_S] | server undrain GROUP SERVER";
+    if level < Level::Admin {
+        return Some(json!({"ok": false, "error": format!(
+            "permission denied: server {} needs the admin level",
+            words.get(1).copied().unwrap_or("")
+        )}));
+    }
+    let rt = shared.runtime.load_full();
+    let table = &rt.health.servers;
+    let now = shared.now_ns();
+    let done = match words.as_slice() {
+        ["server", "drain", group, server] => table.drain(&rt.snap, group, server, None, now),
+        ["server", "drain", group, server, deadline] => match deadline.parse::<f64>() {
+            Ok(d) => table.drain(&rt.snap, group, server, Some(d), now),
+            Err(_) => {
+                return Some(
+                    json!({"ok": false, "error": format!("bad deadline {deadline:?}: seconds expected")}),
+                )
+            }
+        },
+        ["server", "undrain", group, server] => table.undrain(&rt.snap, group, server),
+        _ => return Some(json!({"ok": false, "error": usage})),
+    };
+    Some(match done {
+        Ok(servers) => {
+            // Published now rather than at the next tick.
+            table.tick(&rt.snap, rt.health.as_ref(), now);
+            tracing::info!(command = text.trim(), ?servers, "server command");
+            json!({"ok": true, "servers": servers})
+        }
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    })
 }
 
 /// A refusal to a client that may still be sending.
@@ -489,6 +542,7 @@ pub fn stats(shared: &Shared) -> Value {
     let mut rules: BTreeMap<String, u64> = BTreeMap::new();
     let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut servers: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
+    let mut limited: BTreeMap<(u32, u32), u64> = BTreeMap::new();
     let mut workers = Vec::new();
     let (mut icmp_sent, mut icmp_limited) = (0u64, 0u64);
     let mut syn_flood: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -531,6 +585,9 @@ pub fn stats(shared: &Shared) -> Value {
                         e.1 += c.total;
                     }
                 }
+            }
+            for ((lb, l), c) in core.listener_limited.iter() {
+                *limited.entry((lb, l)).or_default() += c.total;
             }
             for ((g, s), c) in core.server_sessions.iter() {
                 let e = servers.entry((g as usize, s as usize)).or_default();
@@ -588,11 +645,17 @@ pub fn stats(shared: &Shared) -> Value {
                 "active_sessions": active,
                 "total_sessions": total,
             }));
+            crate::servers::describe(
+                server_list.last_mut(),
+                &rt.health.servers,
+                (gi, si),
+                shared.now_ns(),
+            );
         }
     }
     let mut listener_list = Vec::new();
-    for lb in &cfg.load_balancers {
-        for l in &lb.listeners {
+    for (lbi, lb) in cfg.load_balancers.iter().enumerate() {
+        for (li, l) in lb.listeners.iter().enumerate() {
             let name = format!("{}:{}", lb.id, l.port);
             let (active, total) = listeners.get(&name).copied().unwrap_or_default();
             listener_list.push(json!({
@@ -601,6 +664,12 @@ pub fn stats(shared: &Shared) -> Value {
                 "server_group": cfg.server_groups[l.server_group].id,
                 "active_sessions": active,
                 "total_sessions": total,
+                // Opening packets its limits refused since the last reload.
+                "listener_limit": u32::try_from(lbi)
+                    .ok()
+                    .zip(u32::try_from(li).ok())
+                    .and_then(|k| limited.get(&k).copied())
+                    .unwrap_or(0),
             }));
         }
     }
@@ -636,6 +705,7 @@ pub fn stats(shared: &Shared) -> Value {
         "neighbor_tables": neighbor_tables,
         "syn_flood": syn_flood,
         "fragments": fragments,
+        "drain_closed": reports.iter().filter_map(|r| r.core.as_ref()).map(|c| c.drain_closed).sum::<u64>(),
         "access_log_records": shared.access_log.records.load(Ordering::Relaxed),
         "access_log_dropped": shared.access_log.dropped.load(Ordering::Relaxed)
             + reports.iter().map(|r| r.access_log_dropped).sum::<u64>(),

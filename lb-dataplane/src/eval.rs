@@ -11,6 +11,8 @@
 //!     [seq=N] [ack=N] [win=N] [data=N] [wscale=N]
 //!     [port=<name>] [vlan=<id>|none]
 //! @health <server_group> <server> up|down
+//! @drain <server_group> <server> [<deadline_s>]
+//! @undrain <server_group> <server>
 //! @reload <config.toml>
 //! @mtu <port> <mtu>
 //! ```
@@ -25,6 +27,8 @@ use lb_core::model::proto;
 use lb_core::packet::{self, build_frame, FrameSpec, MacAddr};
 use lb_core::pipeline::{secs, LocalKind, Reason, Released, RxInfo, Snapshot, Verdict, Worker};
 use lb_core::Nanos;
+
+use crate::servers::find_server;
 
 /// Why `lbctl eval` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,14 @@ pub enum TraceLine {
         up: bool,
     },
     Reload(PathBuf),
+    /// `@drain` (with its deadline, seconds from the last packet's time) or
+    /// `@undrain`, as `lbctl server drain|undrain` would.
+    Drain {
+        group: String,
+        server: String,
+        drain: bool,
+        deadline_s: Option<f64>,
+    },
     /// The MTU of a port (by name) from now on; 0: unknown, not checked.
     Mtu {
         port: String,
@@ -191,6 +203,7 @@ pub fn parse_line(line: &str) -> Result<Option<TraceLine>, TraceError> {
                 }))
             }
             ("health", _) => fail!("expected: @health <server_group> <server> up|down"),
+            ("drain" | "undrain", _) => parse_drain(cmd, &words),
             ("reload", [_, path]) => Ok(Some(TraceLine::Reload(PathBuf::from(path)))),
             ("reload", _) => fail!("expected: @reload <config.toml>"),
             ("mtu", [_, port, mtu]) => Ok(Some(TraceLine::Mtu {
@@ -515,12 +528,33 @@ fn parse_endpoint(s: &str, with_port: bool) -> Result<(IpAddr, u16), TraceError>
     Ok((addr, port))
 }
 
-/// Servers marked down by `@health` lines.
+/// `@drain <group> <server> [<deadline_s>]`, `@undrain <group> <server>`.
+fn parse_drain(cmd: &str, words: &[&str]) -> Result<Option<TraceLine>, TraceError> {
+    let (group, server, deadline_s) = match (cmd, words) {
+        ("drain", [_, g, s]) | ("undrain", [_, g, s]) => (g, s, None),
+        ("drain", [_, g, s, d]) => match d.parse::<f64>() {
+            Ok(d) if d.is_finite() && d >= 0.0 => (g, s, Some(d)),
+            _ => fail!("bad deadline {d:?}: non-negative seconds expected"),
+        },
+        ("drain", _) => fail!("expected: @drain <server_group> <server> [<deadline_s>]"),
+        _ => fail!("expected: @undrain <server_group> <server>"),
+    };
+    Ok(Some(TraceLine::Drain {
+        group: group.to_string(),
+        server: server.to_string(),
+        drain: cmd == "drain",
+        deadline_s,
+    }))
+}
+
+/// Servers marked down by `@health` lines, and drained by `@drain` lines
+/// (with slow start: the trace's clock drives it, as lbd's does).
 #[derive(Debug, Default)]
 struct TraceHealth {
     down: HashSet<(String, String)>,
     /// Resolved against the current snapshot.
     down_idx: HashSet<(usize, usize)>,
+    servers: Option<crate::servers::ServerTable>,
 }
 
 impl TraceHealth {
@@ -541,34 +575,20 @@ impl lb_core::pipeline::Health for TraceHealth {
     fn is_up(&self, group: usize, server: usize) -> bool {
         !self.down_idx.contains(&(group, server))
     }
-}
 
-/// The servers of group `group` named `server` (instance id or address,
-/// optionally with `:port`).
-fn find_server(snap: &Snapshot, group: &str, server: &str) -> Option<Vec<(usize, usize)>> {
-    let gi = snap.cfg.server_groups.iter().position(|g| g.id == group)?;
-    let (name, port) = match parse_endpoint(server, true) {
-        Ok((a, p)) => (a.to_string(), Some(p)),
-        Err(_) => (
-            server
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            None,
-        ),
-    };
-    let found: Vec<(usize, usize)> = snap.cfg.server_groups[gi]
-        .servers
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| {
-            let by_instance = s.instance.is_some_and(|i| snap.cfg.instances[i].id == name);
-            let by_addr = s.addresses.iter().any(|a| a.to_string() == name);
-            (by_instance || by_addr) && port.is_none_or(|p| p == s.port)
-        })
-        .map(|(si, _)| (gi, si))
-        .collect();
-    (!found.is_empty()).then_some(found)
+    fn servers_epoch(&self) -> u64 {
+        self.servers.as_ref().map_or(0, |t| t.epoch())
+    }
+
+    fn weight(&self, group: usize, server: usize) -> Option<u32> {
+        self.servers.as_ref()?.weight(group, server)
+    }
+
+    fn must_close(&self, group: usize, server: usize) -> bool {
+        self.servers
+            .as_ref()
+            .is_some_and(|t| t.must_close(group, server))
+    }
 }
 
 /// Runs `trace` (read from `trace_path`, used for messages and to resolve
@@ -585,7 +605,10 @@ pub fn run(
     let mut snap = Snapshot::compile(cfg, 1);
     let mut log_names = vec![crate::access_log::Names::of(&snap)];
     let mut worker = Worker::new(0, 1, 1 << 20, 1 << 20);
-    let mut health = TraceHealth::default();
+    let mut health = TraceHealth {
+        servers: Some(crate::servers::ServerTable::new(&snap, None)),
+        ..TraceHealth::default()
+    };
     let base = trace_path.parent().unwrap_or(Path::new("."));
     let mut last_time = 0.0f64;
     for (n, line) in trace.lines().enumerate() {
@@ -609,11 +632,35 @@ pub fn run(
                 }
                 health.resolve(&snap);
             }
+            Some(TraceLine::Drain {
+                group,
+                server,
+                drain,
+                deadline_s,
+            }) => {
+                let Some(table) = &health.servers else {
+                    continue;
+                };
+                let done = if drain {
+                    table.drain(&snap, &group, &server, deadline_s, secs(last_time))
+                } else {
+                    table.undrain(&snap, &group, &server)
+                };
+                if let Err(e) = done {
+                    return Err(EvalError::Trace {
+                        at: at(),
+                        source: TraceError(e.to_string()),
+                    });
+                }
+            }
             Some(TraceLine::Reload(path)) => {
                 let path = base.join(path);
                 match lb_config::load(&path) {
                     Ok(cfg) => {
                         snap = Snapshot::compile(cfg, snap.generation + 1);
+                        let table =
+                            crate::servers::ServerTable::new(&snap, health.servers.as_ref());
+                        health.servers = Some(table);
                         log_names.push(crate::access_log::Names::of(&snap));
                         for unknown in health.resolve(&snap) {
                             writeln!(
@@ -677,6 +724,9 @@ pub fn run(
                     .map_err(|source| EvalError::Trace { at: at(), source })?;
                 let sent = frame.clone();
                 worker.housekeep(now, &snap);
+                if let Some(table) = &health.servers {
+                    table.tick(&snap, &health, now);
+                }
                 let rx = RxInfo {
                     port,
                     ..RxInfo::default()
@@ -929,6 +979,36 @@ mod tests {
             "@mtu int big",
         ] {
             assert!(parse_line(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn parses_drain_lines() {
+        assert_eq!(
+            parse_line("@drain sgp-web ecs02 2.5").expect("ok"),
+            Some(TraceLine::Drain {
+                group: "sgp-web".into(),
+                server: "ecs02".into(),
+                drain: true,
+                deadline_s: Some(2.5),
+            })
+        );
+        assert_eq!(
+            parse_line("@undrain sgp-web 198.19.1.12:80").expect("ok"),
+            Some(TraceLine::Drain {
+                group: "sgp-web".into(),
+                server: "198.19.1.12:80".into(),
+                drain: false,
+                deadline_s: None,
+            })
+        );
+        for bad in [
+            "@drain sgp-web",
+            "@drain g s -1",
+            "@drain g s x",
+            "@undrain g s 5",
+        ] {
+            assert!(parse_line(bad).is_err(), "{bad}");
         }
     }
 }

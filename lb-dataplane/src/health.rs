@@ -51,6 +51,9 @@ pub const PROBE_PORTS: std::ops::RangeInclusive<u16> = lb_core::nat::PROBE_FIRST
 #[derive(Debug)]
 pub struct HealthTable {
     groups: Vec<Vec<ServerHealth>>,
+    /// Drain and slow start, published with the health (see
+    /// [`crate::servers`]).
+    pub servers: crate::servers::ServerTable,
 }
 
 #[derive(Debug)]
@@ -99,7 +102,10 @@ impl HealthTable {
                     .collect()
             })
             .collect();
-        HealthTable { groups }
+        HealthTable {
+            groups,
+            servers: crate::servers::ServerTable::new(snap, old.map(|o| &o.servers)),
+        }
     }
 
     pub fn server(&self, group: usize, server: usize) -> Option<&ServerHealth> {
@@ -111,6 +117,18 @@ impl Health for HealthTable {
     fn is_up(&self, group: usize, server: usize) -> bool {
         self.server(group, server)
             .is_none_or(|s| s.up.load(Ordering::Relaxed))
+    }
+
+    fn servers_epoch(&self) -> u64 {
+        self.servers.epoch()
+    }
+
+    fn weight(&self, group: usize, server: usize) -> Option<u32> {
+        self.servers.weight(group, server)
+    }
+
+    fn must_close(&self, group: usize, server: usize) -> bool {
+        self.servers.must_close(group, server)
     }
 }
 

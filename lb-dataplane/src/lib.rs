@@ -15,5 +15,6 @@ pub mod lint;
 pub mod metrics;
 pub mod neigh;
 pub mod reloader;
+pub mod servers;
 pub mod sockfile;
 pub mod stats_text;

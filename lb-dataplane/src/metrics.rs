@@ -269,6 +269,20 @@ pub fn prometheus(shared: &Shared) -> String {
             })
             .collect(),
     );
+    metric(
+        "listener_limit_drops_total",
+        "Packets that would have opened a session, refused by each listener's max_connections or max_new_connections_per_s since the last reload.",
+        "counter",
+        listeners
+            .iter()
+            .map(|v| {
+                (
+                    format!("{{listener=\"{}\"}}", esc(&v["listener"])),
+                    num(&v["listener_limit"]),
+                )
+            })
+            .collect(),
+    );
     for &(name, kind, help) in SYN_FLOOD_HELP {
         let suffix = if kind == "counter" { "_total" } else { "" };
         metric(
@@ -327,6 +341,7 @@ pub fn prometheus(shared: &Shared) -> String {
             ),
         ],
     );
+    out.push_str(&crate::servers::prometheus(&s));
     out
 }
 

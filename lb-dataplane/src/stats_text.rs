@@ -122,22 +122,23 @@ pub fn render(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\nlisteners\n  {:<24} {:>10} {:>10}",
-        "listener", "active", "total"
+        "\nlisteners\n  {:<24} {:>10} {:>10} {:>14}",
+        "listener", "active", "total", "listener_limit"
     );
     for l in v["listeners"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "  {:<24} {:>10} {:>10}",
+            "  {:<24} {:>10} {:>10} {:>14}",
             l["listener"].as_str().unwrap_or("?"),
             n(&l["active_sessions"]),
-            n(&l["total_sessions"])
+            n(&l["total_sessions"]),
+            n(&l["listener_limit"])
         );
     }
     let _ = writeln!(
         s,
-        "\nservers\n  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}",
-        "group", "server", "weight", "health", "active", "total"
+        "\nservers\n  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}  {:<8} {:>9}",
+        "group", "server", "weight", "health", "active", "total", "state", "effective"
     );
     for sv in v["servers"].as_array().into_iter().flatten() {
         let health = match (sv["up"].as_bool(), sv["checked"].as_bool()) {
@@ -147,7 +148,7 @@ pub fn render(v: &Value) -> String {
         };
         let _ = writeln!(
             s,
-            "  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}",
+            "  {:<14} {:<24} {:>6} {:<6} {:>10} {:>10}  {}",
             sv["group"].as_str().unwrap_or("?"),
             format!(
                 "{}:{}",
@@ -157,7 +158,8 @@ pub fn render(v: &Value) -> String {
             n(&sv["weight"]),
             health,
             n(&sv["active_sessions"]),
-            n(&sv["total_sessions"])
+            n(&sv["total_sessions"]),
+            crate::servers::state_text(sv)
         );
     }
     let _ = writeln!(

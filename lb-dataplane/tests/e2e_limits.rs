@@ -130,4 +130,24 @@ print(n / (time.time() - t0), served, tries // 20)
         ),
         "metrics: {m}"
     );
+    // Per listener: both refused, each in its own count.
+    let s = t.stats();
+    for port in ["80", "81"] {
+        let l = s["listeners"]
+            .as_array()
+            .and_then(|v| {
+                v.iter()
+                    .find(|l| l["listener"] == format!("alb-1:{port}"))
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("listener {port}: {}", s["listeners"]));
+        assert!(l["listener_limit"].as_u64().unwrap_or(0) > 0, "{l}");
+    }
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("lbd_listener_limit_drops_total{listener=\"alb-1:81\"}")
+                && !l.ends_with(" 0")
+        ),
+        "metrics: {m}"
+    );
 }

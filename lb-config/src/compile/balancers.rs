@@ -281,14 +281,39 @@ impl<'a, 's> Compiler<'a, 's> {
                 addresses,
                 port,
                 weight,
+                draining: s.state == Some(ServerStateConfig::Draining),
             });
         }
+        let slow_start_ms = g
+            .slow_start_s
+            .as_ref()
+            .map_or(0, |v| self.duration_ms(v, "slow_start_s", MAX_SLOW_START_S));
+        let drain_timeout_ms = g
+            .drain_timeout_s
+            .as_ref()
+            .map(|v| self.duration_ms(v, "drain_timeout_s", MAX_DRAIN_TIMEOUT_S));
         ServerGroup {
             id: id.clone(),
             scheduler,
             health_check,
             servers,
+            slow_start_ms,
+            drain_timeout_ms,
         }
+    }
+
+    /// A duration of 0..=`max` seconds (fractions allowed), in milliseconds.
+    fn duration_ms(&mut self, s: &S<Seconds>, what: &str, max: f64) -> u32 {
+        let v = s.get_ref().0;
+        if !(0.0..=max).contains(&v) {
+            self.err(
+                &s.span(),
+                format!("{what} must be between 0 and {max} seconds, got {v}"),
+            );
+            return 0;
+        }
+        // At most max * 1000, far below u32::MAX.
+        (v * 1000.0).round() as u32
     }
 
     pub(super) fn load_balancers(

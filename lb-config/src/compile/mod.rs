@@ -66,6 +66,13 @@ const MAX_EXCEPTION_QUEUE: i64 = 65536;
 pub const MAX_WORKERS: i64 = 64;
 /// Health check interval and timeout upper bound, in seconds.
 pub const MAX_HEALTH_CHECK_S: f64 = 300.0;
+
+/// The longest `slow_start_s` of a server group.
+pub const MAX_SLOW_START_S: f64 = 3600.0;
+
+/// The longest `drain_timeout_s` of a server group (a day).
+pub const MAX_DRAIN_TIMEOUT_S: f64 = 86_400.0;
+
 /// `platform.session_timeout_s` upper bound: 5 days, Linux conntrack's
 /// timeout of an established TCP connection.
 pub const MAX_SESSION_TIMEOUT_S: u32 = 432_000;

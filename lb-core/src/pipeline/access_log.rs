@@ -37,6 +37,8 @@ pub enum EndReason {
     /// A half-open session dropped to make room for a new one (a full
     /// session table, or no local port left).
     EarlyDrop,
+    /// Its server was draining and the drain deadline passed.
+    DrainDeadline,
 }
 
 impl EndReason {
@@ -49,6 +51,7 @@ impl EndReason {
             EndReason::Reload => "reload",
             EndReason::Denied => "denied",
             EndReason::EarlyDrop => "early_drop",
+            EndReason::DrainDeadline => "drain_deadline",
         }
     }
 

@@ -28,6 +28,8 @@
 //! - `stats.rs`: a worker's counters;
 //! - `owner.rs`: which worker owns a flow;
 //! - `fragment.rs`: IP fragments, which follow their first fragment;
+//! - `servers.rs`: slow start and drain: the schedulers' effective
+//!   weights, and the sessions a drain deadline ends;
 //! - `limits.rs`: listener limits (`max_connections`, new sessions per
 //!   second);
 //! - `steer.rs`: RSS steering, so that the NIC puts both directions of a
@@ -59,6 +61,7 @@ mod fragment;
 mod limits;
 mod open;
 mod owner;
+mod servers;
 mod session;
 mod snapshot;
 mod stats;
@@ -124,6 +127,29 @@ pub struct RxInfo {
 /// `lbctl eval`.
 pub trait Health {
     fn is_up(&self, group: usize, server: usize) -> bool;
+
+    /// A number that changes whenever [`Health::weight`] or
+    /// [`Health::must_close`] changes for some server: workers read it once
+    /// per burst and the rest only when it moved (see
+    /// [`Worker::follow_servers`]).
+    fn servers_epoch(&self) -> u64 {
+        0
+    }
+
+    /// The effective weight of a server (slow start, drain), in
+    /// 1/[`sched::WEIGHT_SCALE`] units of its configured weight; `None`:
+    /// the configuration's (its weight, 0 if it is draining).
+    fn weight(&self, group: usize, server: usize) -> Option<u32> {
+        let _ = (group, server);
+        None
+    }
+
+    /// Whether the open sessions of a server are to end now (its drain
+    /// deadline passed).
+    fn must_close(&self, group: usize, server: usize) -> bool {
+        let _ = (group, server);
+        false
+    }
 }
 
 /// Every server is up.

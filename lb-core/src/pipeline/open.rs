@@ -137,6 +137,10 @@ impl Worker {
             Err(r) => return Verdict::Drop(r),
         }
         if let Err(r) = self.listener_limit(p, (lbi, li), now, snap) {
+            self.stats
+                .listener_limited
+                .at_mut((idx32(lbi), idx32(li)))
+                .total += 1;
             return Verdict::Drop(r);
         }
         if key.proto == proto::TCP {

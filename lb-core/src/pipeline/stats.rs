@@ -79,6 +79,9 @@ pub struct Stats {
     pub listener_sessions: SessionCounts,
     /// Per (server group, server).
     pub server_sessions: SessionCounts,
+    /// Per (load balancer, listener), in `total`: opening packets its
+    /// limits refused (`listener_limit` drops) since the last reload.
+    pub listener_limited: SessionCounts,
     /// Half-open sessions dropped to make room for a new session (a full
     /// session table, or no local port left).
     pub early_drops: u64,
@@ -93,6 +96,8 @@ pub struct Stats {
     pub port_drops: Vec<PortDrops>,
     /// IP fragments (see `fragment.rs`).
     pub fragments: FragmentCounts,
+    /// Sessions of draining servers ended at their drain deadline.
+    pub drain_closed: u64,
 }
 
 /// Drops counted per ingress port.
@@ -114,12 +119,14 @@ impl Default for Stats {
             rule_hits: HashMap::new(),
             listener_sessions: SessionCounts::default(),
             server_sessions: SessionCounts::default(),
+            listener_limited: SessionCounts::default(),
             port_drops: Vec::new(),
             early_drops: 0,
             syn_cookies_sent: 0,
             syn_cookies_valid: 0,
             syn_cookies_invalid: 0,
             fragments: FragmentCounts::default(),
+            drain_closed: 0,
         }
     }
 }

@@ -10,6 +10,7 @@ mod fragments;
 mod icmp_ttl_mtu;
 mod limits;
 mod rss_steering;
+mod servers;
 
 fn addr(s: &str) -> IpAddr {
     s.parse().expect("address")
@@ -107,12 +108,15 @@ fn config() -> Config {
         id: "sgp".into(),
         scheduler: SchedulerKind::Wrr,
         health_check: HealthCheck::default(),
+        slow_start_ms: 0,
+        drain_timeout_ms: None,
         servers: vec![Server {
             name: "ecs01".into(),
             instance: Some(0),
             addresses: vec![addr("198.19.1.11")],
             port: 80,
             weight: 100,
+            draining: false,
         }],
     });
     cfg.load_balancers.push(LoadBalancer {

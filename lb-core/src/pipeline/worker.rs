@@ -46,6 +46,12 @@ pub struct Worker {
     /// How each port spreads frames over the workers' RX queues (`cfg.ports`
     /// order; `None` or missing: no RSS), see `steer.rs`.
     pub(super) port_rss: Vec<Option<std::sync::Arc<crate::nat::rss::RssSteering>>>,
+    /// The (generation, servers epoch) the schedulers' weights follow (see
+    /// `servers.rs`).
+    pub(super) servers_seen: (u64, u64),
+    /// The servers whose sessions this worker ended at their drain
+    /// deadline (they take no new ones while they drain).
+    pub(super) drain_closed_for: Vec<(u32, u32)>,
     /// Session records for the listeners' access logs (see
     /// `access_log.rs`).
     pub(super) log: access_log::SessionLog,
@@ -101,6 +107,8 @@ impl Worker {
             reap_credit: 0,
             reaped_at: 0,
             port_rss: Vec::new(),
+            servers_seen: (u64::MAX, 0),
+            drain_closed_for: Vec::new(),
             log: access_log::SessionLog::default(),
         }
     }
@@ -177,7 +185,7 @@ impl Worker {
 
     /// Brings the schedulers and the sessions' configuration indices up to
     /// `snap` (between bursts, after a reload).
-    fn adopt(&mut self, snap: &Snapshot, now: Nanos) {
+    pub(super) fn adopt(&mut self, snap: &Snapshot, now: Nanos) {
         if self.generation == snap.generation {
             return;
         }
@@ -190,7 +198,11 @@ impl Worker {
             .server_groups
             .iter()
             .map(|g| {
-                let weights: Vec<u8> = g.servers.iter().map(|s| s.weight).collect();
+                let weights: Vec<u8> = g
+                    .servers
+                    .iter()
+                    .map(|s| if s.draining { 0 } else { s.weight })
+                    .collect();
                 let names: Vec<&str> = g.servers.iter().map(|s| s.name.as_str()).collect();
                 sched::build(g.scheduler, &weights, &names)
             })
@@ -230,6 +242,7 @@ impl Worker {
         self.proxy.engaged.clear();
         self.stats.rule_hits.clear();
         self.stats.listener_sessions.clear();
+        self.stats.listener_limited.clear();
         self.stats.server_sessions.clear();
         for (_, s) in self.sessions.iter() {
             if let Some((lb, l, g, srv)) = s.payload.listener() {
@@ -436,6 +449,7 @@ impl Worker {
         health: &dyn Health,
     ) -> Verdict {
         self.adopt(snap, now);
+        self.follow_servers(snap, health, now);
         let key = parsed.as_ref().ok().and_then(Parsed::flow_key);
         let looked = key.as_ref().map(|k| (k, self.sessions.hash_key(k)));
         let p = parsed.as_ref().map_err(|e| *e);
@@ -487,6 +501,7 @@ impl Worker {
         verdicts: &mut [Verdict],
     ) -> usize {
         self.adopt(snap, now);
+        self.follow_servers(snap, health, now);
         let n = frames
             .len()
             .min(parsed.len())
@@ -625,7 +640,10 @@ impl Worker {
         if key.proto == proto::TCP && !tcp_valid_flags(p.tcp_flags) {
             return Verdict::Drop(Reason::TcpInvalidFlags);
         }
-        let found = self.sessions.lookup_hashed(key, hash, now);
+        let found = self
+            .sessions
+            .lookup_hashed(key, hash, now)
+            .filter(|&(id, dir)| !self.syn_leaves_closed_session(p, key, id, dir, now));
         if let Some((id, dir)) = found {
             return self.established(frame, p, csum, key, id, dir, now, snap, rx.port);
         }

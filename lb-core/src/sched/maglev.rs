@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{eligible, Scheduler};
+use super::{eligible, scaled, Scheduler};
 
 /// The default lookup table size (prime; the paper suggests more than 100×
 /// the number of servers).
@@ -26,12 +26,15 @@ const EMPTY: u32 = u32::MAX;
 /// stable across processes, versions and CPUs: every worker and every node
 /// with the same server list builds the same table.
 ///
-/// The table depends only on the set of eligible servers (up, weight > 0);
-/// it is rebuilt, on the next `pick`, when that set changes (O(M) work,
-/// about a millisecond for the default size), and cached keyed by it.
+/// The table depends only on the names and the effective weights of the
+/// eligible servers (up, weight > 0): nodes with the same inputs build the
+/// same table, whatever the order they reached them in. It is rebuilt, on
+/// the next `pick`, when the eligible set changes or
+/// [`Scheduler::set_weight`] changes a weight (O(M) work, about a
+/// millisecond for the default size), and cached until then.
 #[derive(Clone)]
 pub struct Maglev {
-    weights: Vec<u8>,
+    weights: Vec<u32>,
     offset: Vec<u32>,
     skip: Vec<u32>,
     size: usize,
@@ -75,7 +78,7 @@ impl Maglev {
             skip.push((name_hash(name, 1) % (m - 1) + 1) as u32);
         }
         Maglev {
-            weights: weights.to_vec(),
+            weights: scaled(weights),
             offset,
             skip,
             size,
@@ -118,7 +121,7 @@ impl Maglev {
         self.table.resize(m, EMPTY);
         let servers: Vec<usize> = (0..set.len()).filter(|&i| set[i]).collect();
         self.any_eligible = !servers.is_empty();
-        let Some(max_w) = servers.iter().map(|&i| u32::from(self.weights[i])).max() else {
+        let Some(max_w) = servers.iter().map(|&i| self.weights[i]).max() else {
             return;
         };
         let mut next: Vec<usize> = servers.iter().map(|&i| self.offset[i] as usize).collect();
@@ -126,7 +129,7 @@ impl Maglev {
         let mut filled = 0;
         while filled < m {
             for (k, &i) in servers.iter().enumerate() {
-                credit[k] += u32::from(self.weights[i]);
+                credit[k] += self.weights[i];
                 if credit[k] < max_w {
                     continue;
                 }
@@ -160,6 +163,19 @@ impl Scheduler for Maglev {
         let s = self.table[(hash % self.size as u64) as usize];
         debug_assert_ne!(s, EMPTY);
         Some(s as usize)
+    }
+
+    fn set_weight(&mut self, server: usize, weight: u32) {
+        if let Some(w) = self.weights.get_mut(server) {
+            if *w != weight {
+                *w = weight;
+                self.built_for = None;
+            }
+        }
+    }
+
+    fn weight(&self, server: usize) -> u32 {
+        self.weights.get(server).copied().unwrap_or(0)
     }
 }
 

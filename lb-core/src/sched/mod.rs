@@ -28,10 +28,12 @@
 //! owns its schedulers; nothing here is shared between threads.
 
 mod maglev;
+pub mod slow_start;
 mod wlc;
 mod wrr;
 
 pub use maglev::{Maglev, DEFAULT_TABLE_SIZE};
+pub use slow_start::{ServerState, WEIGHT_SCALE};
 pub use wlc::Wlc;
 pub use wrr::SmoothWrr;
 
@@ -58,6 +60,25 @@ pub trait Scheduler: std::fmt::Debug + Send {
     fn disconnected(&mut self, server: usize) {
         let _ = server;
     }
+
+    /// Sets the effective weight of `server`, in units of
+    /// 1/[`WEIGHT_SCALE`] of a configured weight (a configured weight `w`
+    /// is `w * WEIGHT_SCALE`; 0 = no new connections): slow start and
+    /// drain change it while the configuration stays. Out-of-range servers
+    /// are ignored.
+    fn set_weight(&mut self, server: usize, weight: u32);
+
+    /// The effective weight of `server` (as [`Scheduler::set_weight`]
+    /// takes it; 0 if out of range).
+    fn weight(&self, server: usize) -> u32;
+}
+
+/// Configured weights (0..=100) in the schedulers' units.
+fn scaled(weights: &[u8]) -> Vec<u32> {
+    weights
+        .iter()
+        .map(|&w| u32::from(w) * WEIGHT_SCALE)
+        .collect()
 }
 
 /// The scheduler of `kind` for servers with these weights. `names` (one per
@@ -74,7 +95,7 @@ pub fn build(kind: SchedulerKind, weights: &[u8], names: &[&str]) -> Box<dyn Sch
 
 /// Whether server `i` may receive new connections.
 #[inline]
-fn eligible(up: &[bool], weights: &[u8], i: usize) -> bool {
+fn eligible(up: &[bool], weights: &[u32], i: usize) -> bool {
     weights[i] > 0 && up.get(i).copied().unwrap_or(false)
 }
 
@@ -117,10 +138,11 @@ mod tests {
         ) {
             for mut s in all_kinds(&weights) {
                 for up in &ups {
-                    let any = (0..weights.len()).any(|i| eligible(up, &weights, i));
+                    let w = scaled(&weights);
+                    let any = (0..weights.len()).any(|i| eligible(up, &w, i));
                     for (n, &h) in hashes.iter().enumerate() {
                         match s.pick(up, h) {
-                            Some(i) => prop_assert!(i < weights.len() && eligible(up, &weights, i), "{:?} picked {}", s, i),
+                            Some(i) => prop_assert!(i < weights.len() && eligible(up, &w, i), "{:?} picked {}", s, i),
                             None => prop_assert!(!any, "{:?} found nothing", s),
                         }
                         if let Some(&(srv, open)) = conns.get(n) {

@@ -1,6 +1,6 @@
 //! Weighted least-connections.
 
-use super::{eligible, Scheduler};
+use super::{eligible, scaled, Scheduler};
 
 /// Weighted least-connections: picks the eligible server with the smallest
 /// `active / weight`, compared exactly as `active_i * weight_j <
@@ -15,7 +15,7 @@ use super::{eligible, Scheduler};
 /// [`Scheduler::disconnected`] (saturating; unknown servers ignored).
 #[derive(Debug, Clone)]
 pub struct Wlc {
-    weights: Vec<u8>,
+    weights: Vec<u32>,
     active: Vec<u32>,
     next: usize,
 }
@@ -23,7 +23,7 @@ pub struct Wlc {
 impl Wlc {
     pub fn new(weights: &[u8]) -> Self {
         Wlc {
-            weights: weights.to_vec(),
+            weights: scaled(weights),
             active: vec![0; weights.len()],
             next: 0,
         }
@@ -73,6 +73,16 @@ impl Scheduler for Wlc {
         if let Some(a) = self.active.get_mut(server) {
             *a = a.saturating_sub(1);
         }
+    }
+
+    fn set_weight(&mut self, server: usize, weight: u32) {
+        if let Some(w) = self.weights.get_mut(server) {
+            *w = weight;
+        }
+    }
+
+    fn weight(&self, server: usize) -> u32 {
+        self.weights.get(server).copied().unwrap_or(0)
     }
 }
 

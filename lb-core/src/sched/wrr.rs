@@ -1,6 +1,6 @@
 //! nginx's smooth weighted round-robin.
 
-use super::{eligible, Scheduler};
+use super::{eligible, scaled, Scheduler};
 
 /// Smooth weighted round-robin, as in nginx (`ngx_http_upstream_get_peer`):
 /// on each pick every eligible server's `current` grows by its weight, the
@@ -13,14 +13,14 @@ use super::{eligible, Scheduler};
 /// from it when it comes back.
 #[derive(Debug, Clone)]
 pub struct SmoothWrr {
-    weights: Vec<u8>,
+    weights: Vec<u32>,
     current: Vec<i64>,
 }
 
 impl SmoothWrr {
     pub fn new(weights: &[u8]) -> Self {
         SmoothWrr {
-            weights: weights.to_vec(),
+            weights: scaled(weights),
             current: vec![0; weights.len()],
         }
     }
@@ -49,6 +49,16 @@ impl Scheduler for SmoothWrr {
         let b = best?;
         self.current[b] -= total;
         Some(b)
+    }
+
+    fn set_weight(&mut self, server: usize, weight: u32) {
+        if let Some(w) = self.weights.get_mut(server) {
+            *w = weight;
+        }
+    }
+
+    fn weight(&self, server: usize) -> u32 {
+        self.weights.get(server).copied().unwrap_or(0)
     }
 }
 
@@ -125,15 +135,16 @@ mod tests {
             cycles in 1usize..4,
         ) {
             let mut s = SmoothWrr::new(&weights);
+            let sw = scaled(&weights);
             let total: usize = (0..weights.len())
-                .filter(|&i| eligible(&up, &weights, i))
+                .filter(|&i| eligible(&up, &sw, i))
                 .map(|i| usize::from(weights[i]))
                 .sum();
             let p: Vec<usize> = (0..total * cycles).filter_map(|_| s.pick(&up, 0)).collect();
             proptest::prop_assert_eq!(p.len(), total * cycles);
             let c = counts(&p, weights.len());
             for (i, &w) in weights.iter().enumerate() {
-                let want = if eligible(&up, &weights, i) { usize::from(w) * cycles } else { 0 };
+                let want = if eligible(&up, &sw, i) { usize::from(w) * cycles } else { 0 };
                 proptest::prop_assert_eq!(c[i], want);
             }
         }

@@ -46,11 +46,74 @@ enum Cmd {
         #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
         control: PathBuf,
     },
+    /// Drain a server of a running lbd, or end its drain (the admin level).
+    Server {
+        #[command(subcommand)]
+        action: ServerCmd,
+        #[arg(long, global = true, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
     /// Act on a running lbd's access logs (the admin level).
     Log {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCmd {
+    /// No new sessions to the server; its open ones go on until they end,
+    /// or until the deadline, when they are dropped (the client's next
+    /// segment is answered with a RST).
+    Drain {
+        /// The server group's id.
+        group: String,
+        /// The server: instance id or address, optionally with :port.
+        server: String,
+        /// Seconds the open sessions may go on (default: the group's
+        /// drain_timeout_s, else until they end).
+        #[arg(long)]
+        deadline: Option<f64>,
+    },
+    /// End a drain set by `lbctl server drain`: the server takes new
+    /// sessions again, ramping up over the group's slow_start_s.
+    Undrain { group: String, server: String },
+}
+
+/// `lbctl server …`: one control command; its reply's servers, or the error.
+fn server_command(control: &std::path::Path, action: ServerCmd) -> Result<ExitCode> {
+    let (verb, group, server, deadline) = match action {
+        ServerCmd::Drain {
+            group,
+            server,
+            deadline,
+        } => ("drain", group, server, deadline),
+        ServerCmd::Undrain { group, server } => ("undrain", group, server, None),
+    };
+    if [&group, &server]
+        .iter()
+        .any(|w| w.is_empty() || w.contains(char::is_whitespace))
+    {
+        anyhow::bail!("a group or server name with white space cannot be named here");
+    }
+    let mut line = format!("server {verb} {group} {server}");
+    if let Some(d) = deadline {
+        line.push_str(&format!(" {d}"));
+    }
+    let v = lb_dataplane::control::request(control, &line)?;
+    if v["ok"].as_bool() == Some(true) {
+        let names: Vec<&str> = v["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str())
+            .collect();
+        println!("{verb}ed: {}", names.join(", "));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("lbctl: {}", v["error"].as_str().unwrap_or("refused"));
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +197,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+        Cmd::Server { action, control } => server_command(&control, action),
         Cmd::Log {
             cmd: LogCmd::Reopen { control },
         } => log_reopen(&control),

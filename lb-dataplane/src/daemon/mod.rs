@@ -155,6 +155,9 @@ impl Shared {
         }
         let snap = Arc::new(Snapshot::compile(cfg, old.snap.generation + 1));
         let health = Arc::new(HealthTable::new(&snap, Some(&old.health)));
+        // The servers' weights (drain, slow start) before any worker sees
+        // the new configuration: a server the reload adds starts its ramp.
+        health.servers.tick(&snap, health.as_ref(), self.now_ns());
         let generation = snap.generation;
         // Its names before any worker makes a record under it.
         self.access_log.register(&snap);
@@ -494,6 +497,17 @@ impl Daemon {
         {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
+                .name("lbd-servers".into())
+                .spawn(move || publish_servers(&shared))
+                .map_err(|source| StartError::Thread {
+                    thread: "the server state thread",
+                    source,
+                })?;
+            threads.push(h);
+        }
+        {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
                 .name("lbd-mtu".into())
                 .spawn(move || watch_mtus(&shared))
                 .map_err(|source| StartError::Thread {
@@ -589,6 +603,19 @@ fn refine_in_background(shared: &Arc<Shared>) {
         });
     if let Err(e) = spawned {
         tracing::warn!("classifier refinement not started ({e}): the staged tables stay");
+    }
+}
+
+/// Runs [`crate::servers::ServerTable::tick`] every
+/// [`crate::servers::TICK`] on the running configuration (drain and slow
+/// start: the weights the workers follow) until `shared.stop`.
+fn publish_servers(shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let rt = shared.runtime.load_full();
+        rt.health
+            .servers
+            .tick(&rt.snap, rt.health.as_ref(), shared.now_ns());
+        std::thread::sleep(crate::servers::TICK);
     }
 }
 

@@ -315,6 +315,10 @@ impl WorkerLoop {
             let rt = self.fwd.shared.runtime.load_full();
             let seen = self.forward_once(&rt);
             self.fwd.core.housekeep(self.fwd.shared.now_ns(), &rt.snap);
+            // Drain deadlines apply on an idle worker too.
+            self.fwd
+                .core
+                .follow_servers(&rt.snap, rt.health.as_ref(), self.fwd.shared.now_ns());
             self.fwd.pass_session_records();
             let now = Instant::now();
             if now.duration_since(self.last_publish) >= Duration::from_millis(100) {

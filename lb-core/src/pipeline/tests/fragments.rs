@@ -19,12 +19,15 @@ fn udp_config() -> Config {
         id: "dns".into(),
         scheduler: SchedulerKind::Wrr,
         health_check: HealthCheck::default(),
+        slow_start_ms: 0,
+        drain_timeout_ms: None,
         servers: vec![Server {
             name: "ecs01".into(),
             instance: Some(0),
             addresses: vec![addr("198.19.1.11"), addr("2001:db8:19:1::11")],
             port: 53,
             weight: 100,
+            draining: false,
         }],
     });
     let lb = &mut cfg.load_balancers[0];

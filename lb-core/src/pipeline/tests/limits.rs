@@ -40,6 +40,8 @@ fn max_connections_refuses_new_sessions_not_open_ones() {
         "listener_limit: alb-1:80 max_connections 3"
     );
     assert_eq!(w.stats.drops[DropKind::ListenerLimit as usize], 1);
+    // Counted per listener too.
+    assert_eq!(w.stats.listener_limited.at_mut((0, 0)).total, 1);
     // The open sessions go on: a retransmitted SYN and the handshake's ACK.
     let v = syn_from(&mut w, &snap, 40000, 0);
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
