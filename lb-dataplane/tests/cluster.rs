@@ -88,7 +88,38 @@ impl Bed {
         let bed = Bed { prefix, run, env };
         bed.sh_ok(&["up"]);
         bed.wait_healthy();
+        bed.wait_settled();
         bed
+    }
+
+    /// The router's BGP sessions with the nodes, as `birdc show protocols`
+    /// lists them (state and the time it was entered).
+    fn sessions_seen(&self) -> Vec<String> {
+        let out = self.sh_ok(&["birdc", "rt", "show", "protocols"]);
+        out.lines()
+            .filter(|l| l.starts_with('n') && l.contains("BGP"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits (at most 20 s) until the router's three sessions have stayed
+    /// established, unchanged, for 2 s, with the VIP over all three nodes:
+    /// a measurement starts on a quiet router.
+    fn wait_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let before = self.sessions_seen();
+            std::thread::sleep(Duration::from_secs(2));
+            let after = self.sessions_seen();
+            let up = after.len() == 3 && after.iter().all(|l| l.contains("Established"));
+            if up && before == after && self.nexthops().len() == 3 {
+                return;
+            }
+        }
+        panic!(
+            "the router's sessions did not settle within 20 s: {:?}",
+            self.sessions_seen()
+        );
     }
 
     /// Waits (at most 15 s) until every node has seen both backends up.
