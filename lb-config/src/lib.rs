@@ -209,5 +209,14 @@ pub fn summary(cfg: &Config) -> String {
         n(listeners, "listener", "listeners"),
     );
     let _ = write!(s, ", session tables {}", human_bytes(session_memory(cfg)));
+    if let Some(c) = &cfg.cluster {
+        let _ = write!(
+            s,
+            ", cluster node {} of {} ({})",
+            c.node_id,
+            c.nodes,
+            n(c.peers.len(), "peer", "peers")
+        );
+    }
     s
 }

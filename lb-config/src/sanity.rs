@@ -237,6 +237,19 @@ fn addresses(f: &FileConfig, sink: &mut Sink<'_>) {
             }
         }
     }
+    // BGP peers (`[[cluster.peer]]`): neighbours whose other conflicts the
+    // cluster's own checks report.
+    let mut peers: Vec<Use> = Vec::new();
+    for p in f.cluster.iter().flat_map(|c| &c.get_ref().peers) {
+        let a = &p.get_ref().address;
+        if let Ok(addr) = parse::address(a.get_ref()) {
+            peers.push(Use {
+                addr,
+                what: format!("peer {addr}"),
+                span: a.span(),
+            });
+        }
+    }
     for lb in &f.load_balancers {
         let lb = lb.get_ref();
         let id = lb.id.get_ref();
@@ -273,7 +286,13 @@ fn addresses(f: &FileConfig, sink: &mut Sink<'_>) {
     }
 
     // Host addresses only, and not a link's network or broadcast address.
-    for u in ports.iter().chain(&lb_addrs).chain(&servers).chain(&hops) {
+    for u in ports
+        .iter()
+        .chain(&lb_addrs)
+        .chain(&servers)
+        .chain(&hops)
+        .chain(&peers)
+    {
         if let Some(why) = not_a_host(u.addr) {
             sink.error(&u.span, format!("{} is {why}, not a host address", u.what));
             continue;

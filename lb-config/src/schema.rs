@@ -56,6 +56,36 @@ pub struct FileConfig {
     pub server_groups: Vec<S<ServerGroupConfig>>,
     #[serde(default, rename = "load_balancer")]
     pub load_balancers: Vec<S<LoadBalancerConfig>>,
+    /// `[cluster]`: this node's place in a cluster announcing the VIPs
+    /// over BGP.
+    pub cluster: Option<S<ClusterConfig>>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub node_id: S<i64>,
+    pub nodes: S<i64>,
+    pub asn: S<i64>,
+    pub bird_config: Option<S<String>>,
+    pub bird_socket: Option<S<String>>,
+    pub hold_time_s: Option<S<i64>>,
+    pub keepalive_s: Option<S<i64>>,
+    pub bfd: Option<bool>,
+    pub bfd_interval_ms: Option<S<i64>>,
+    pub bfd_multiplier: Option<S<i64>>,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<S<ClusterPeerConfig>>,
+}
+
+/// `[[cluster.peer]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPeerConfig {
+    pub address: S<String>,
+    pub asn: S<i64>,
+    pub port: S<String>,
 }
 
 /// `[platform]`.

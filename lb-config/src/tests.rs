@@ -8,6 +8,8 @@ use lb_core::model::{HealthProtocol, Peer, PortRange};
 
 use super::*;
 
+mod cluster;
+
 /// Drops one leading newline so that test texts can start on their own line.
 fn text(t: &str) -> &str {
     t.strip_prefix('\n').unwrap_or(t)

@@ -546,6 +546,52 @@ pub struct Config {
     pub instances: Vec<Instance>,
     pub server_groups: Vec<ServerGroup>,
     pub load_balancers: Vec<LoadBalancer>,
+    /// This node's place in a cluster of load balancers; `None`: a single
+    /// node.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: several nodes announce the same VIPs over BGP and the
+/// upstream routers spread flows over them (ECMP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// This node, `1..=nodes`.
+    pub node_id: u16,
+    /// How many nodes share the VIPs: node `i` uses slice `i` of each
+    /// local address's ports.
+    pub nodes: u16,
+    /// This node's autonomous system.
+    pub asn: u32,
+    /// The file the routing daemon includes, which lbd writes.
+    pub bird_config: String,
+    /// The routing daemon's control socket (`birdc -s`).
+    pub bird_socket: String,
+    pub hold_time_s: u16,
+    pub keepalive_s: u16,
+    pub bfd: bool,
+    pub bfd_interval_ms: u32,
+    pub bfd_multiplier: u8,
+    pub peers: Vec<ClusterPeer>,
+}
+
+impl Cluster {
+    pub const DEFAULT_BIRD_CONFIG: &'static str = "/run/lbd/bird-lbd.conf";
+    pub const DEFAULT_BIRD_SOCKET: &'static str = "/run/bird/bird.ctl";
+    pub const DEFAULT_HOLD_TIME_S: u16 = 3;
+    pub const DEFAULT_KEEPALIVE_S: u16 = 1;
+    pub const DEFAULT_BFD_INTERVAL_MS: u32 = 100;
+    pub const DEFAULT_BFD_MULTIPLIER: u8 = 3;
+}
+
+/// `[[cluster.peer]]`: an upstream router this node speaks BGP with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPeer {
+    pub address: IpAddr,
+    pub asn: u32,
+    /// The port (index into [`Config::ports`]) the peer is behind.
+    pub port: usize,
+    /// This node's address on the peer's link (one of the port's).
+    pub local: IpAddr,
 }
 
 /// Well-known IANA protocol numbers.

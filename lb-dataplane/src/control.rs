@@ -93,6 +93,8 @@ pub enum CommandError {
     /// there are more.
     #[error("unknown command {shown:?}{more}: the commands are {known}", more = if *.cut { "..." } else { "" }, known = Command::ALL.map(Command::name).join(", "))]
     Unknown { shown: String, cut: bool },
+    #[error("{command}: {why}")]
+    BadArgument { command: &'static str, why: String },
 }
 
 /// In a reply, a refused command line is its message.
@@ -109,34 +111,75 @@ pub enum Command {
     Stats,
     /// Re-read the configuration file (changes the running state).
     Reload,
+    /// Withdraw the node's VIPs and keep forwarding its sessions; with a
+    /// deadline (seconds), end the listener sessions left when it passes.
+    Drain { deadline_s: Option<u64> },
+    /// Announce the VIPs again.
+    Undrain,
     /// Reopen the access logs (after logrotate moved them).
     LogReopen,
 }
 
+/// The longest drain deadline, in seconds (a day).
+pub const MAX_DRAIN_DEADLINE_S: u64 = 86_400;
+
 impl Command {
     /// Every command, for messages.
-    pub const ALL: [Command; 3] = [Command::Stats, Command::Reload, Command::LogReopen];
+    pub const ALL: [Command; 5] = [
+        Command::Stats,
+        Command::Reload,
+        Command::LogReopen,
+        Command::Drain { deadline_s: None },
+        Command::Undrain,
+    ];
 
-    /// Parses one command line (surrounding white space ignored).
+    /// Parses one command line (surrounding white space ignored): a
+    /// command name, then its arguments (`drain [SECONDS]`).
     pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         let Ok(text) = std::str::from_utf8(line) else {
             return Err(CommandError::NotUtf8);
         };
-        let word = text.trim();
-        Command::ALL
-            .into_iter()
-            .find(|c| c.name() == word)
-            .ok_or_else(|| {
-                let shown: String = word.chars().take(64).collect();
-                let cut = shown.len() < word.len();
-                CommandError::Unknown { shown, cut }
-            })
+        // A command without arguments is its name exactly ("log reopen").
+        if let Some(c) = Command::ALL.into_iter().find(|c| c.name() == text.trim()) {
+            return Ok(c);
+        }
+        let mut words = text.split_whitespace();
+        let word = words.next().unwrap_or("");
+        let args: Vec<&str> = words.collect();
+        let Some(cmd) = Command::ALL.into_iter().find(|c| c.name() == word) else {
+            let shown: String = text.trim().chars().take(64).collect();
+            let cut = shown.len() < text.trim().len();
+            return Err(CommandError::Unknown { shown, cut });
+        };
+        match (cmd, args.as_slice()) {
+            (c, []) => Ok(c),
+            (Command::Drain { .. }, [d]) => match d.parse::<u64>() {
+                Ok(s) if s <= MAX_DRAIN_DEADLINE_S => Ok(Command::Drain {
+                    deadline_s: Some(s),
+                }),
+                _ => Err(CommandError::BadArgument {
+                    command: "drain",
+                    why: format!("the deadline is a number of seconds, 0..={MAX_DRAIN_DEADLINE_S}"),
+                }),
+            },
+            (c, _) => Err(CommandError::BadArgument {
+                command: c.name(),
+                why: match c {
+                    Command::Drain { .. } => {
+                        "it takes at most one argument, the deadline in seconds".into()
+                    }
+                    _ => "it takes no argument".into(),
+                },
+            }),
+        }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Command::Stats => "stats",
             Command::Reload => "reload",
+            Command::Drain { .. } => "drain",
+            Command::Undrain => "undrain",
             Command::LogReopen => "log reopen",
         }
     }
@@ -145,7 +188,9 @@ impl Command {
     pub fn level(self) -> Level {
         match self {
             Command::Stats => Level::User,
-            Command::Reload | Command::LogReopen => Level::Admin,
+            Command::Reload | Command::LogReopen | Command::Drain { .. } | Command::Undrain => {
+                Level::Admin
+            }
         }
     }
 }
@@ -358,6 +403,23 @@ pub fn answer(
             Ok(generation) => json!({"ok": true, "generation": generation}),
             Err(why) => json!({"ok": false, "errors": why.to_string()}),
         },
+        Ok(Command::Drain { deadline_s }) => {
+            shared.cluster.drain(
+                deadline_s.map(std::time::Duration::from_secs),
+                shared.now_ns(),
+            );
+            tracing::info!(
+                uid = peer.uid,
+                deadline_s,
+                "draining: VIPs withdrawn, sessions forwarded"
+            );
+            drain_reply(shared)
+        }
+        Ok(Command::Undrain) => {
+            shared.cluster.undrain();
+            tracing::info!(uid = peer.uid, "drain ended: VIPs announced again");
+            drain_reply(shared)
+        }
         Ok(Command::LogReopen) => log_reopen(shared),
     }
 }
@@ -420,6 +482,27 @@ fn server_command(shared: &Shared, line: &[u8], level: Level) -> Option<serde_js
         }
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     })
+}
+
+/// The node's drain state and sessions, as `drain` and `undrain` answer.
+fn drain_reply(shared: &Shared) -> Value {
+    let st = shared.cluster.status(shared.now_ns());
+    json!({
+        "ok": true,
+        "cluster_state": shared.cluster.state_name(),
+        "sessions": sessions(shared),
+        "deadline_s": st.deadline_in_s,
+        "clustered": shared.runtime.load().snap.cfg.cluster.is_some(),
+    })
+}
+
+/// Sessions in the workers' tables, as they last published them.
+pub fn sessions(shared: &Shared) -> usize {
+    shared
+        .workers
+        .iter()
+        .map(|w| w.report.lock().unwrap_or_else(|p| p.into_inner()).sessions)
+        .sum()
 }
 
 /// A refusal to a client that may still be sending.
@@ -706,9 +789,59 @@ pub fn stats(shared: &Shared) -> Value {
         "syn_flood": syn_flood,
         "fragments": fragments,
         "drain_closed": reports.iter().filter_map(|r| r.core.as_ref()).map(|c| c.drain_closed).sum::<u64>(),
+        "cluster_state": shared.cluster.state_name(),
+        "sessions": reports.iter().map(|r| r.sessions).sum::<usize>(),
+        "cluster": cluster_stats(shared, cfg),
         "access_log_records": shared.access_log.records.load(Ordering::Relaxed),
         "access_log_dropped": shared.access_log.dropped.load(Ordering::Relaxed)
             + reports.iter().map(|r| r.access_log_dropped).sum::<u64>(),
+    })
+}
+
+/// The cluster part of the stats: the node, the drain, what BIRD was
+/// last configured to announce and its counters (`null` without
+/// `[cluster]`).
+fn cluster_stats(shared: &Shared, cfg: &lb_core::model::Config) -> Value {
+    let Some(c) = &cfg.cluster else {
+        return Value::Null;
+    };
+    let state = &shared.cluster;
+    let announced = state
+        .announced
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let drain = state.status(shared.now_ns());
+    let slice = lb_core::nat::node_ports(c.node_id, c.nodes);
+    let peers: Vec<Value> = c
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "address": p.address.to_string(),
+                "asn": p.asn,
+                "port": cfg.ports.get(p.port).map(|p| p.name.as_str()),
+            })
+        })
+        .collect();
+    let last_error = state
+        .last_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    json!({
+        "node_id": c.node_id,
+        "nodes": c.nodes,
+        "asn": c.asn,
+        "local_ports": format!("{}-{}", slice.start(), slice.end()),
+        "peers": peers,
+        "drain_deadline_s": drain.deadline_in_s,
+        "drain_deadline_passed": drain.deadline_passed,
+        "cluster_announced": announced.len(),
+        "announced": announced,
+        "cluster_bird_reconfigs": state.bird_reconfigs.load(Ordering::Relaxed),
+        "cluster_bird_errors": state.bird_errors.load(Ordering::Relaxed),
+        "bird_last_error": last_error,
     })
 }
 
@@ -755,8 +888,35 @@ mod tests {
         let e = Command::parse(b"drop tables\n").expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown command \"drop tables\": the commands are stats, reload, log reopen"
+            "unknown command \"drop tables\": the commands are stats, reload, log reopen, drain, undrain"
         );
+        assert_eq!(
+            Command::parse(b"drain\n"),
+            Ok(Command::Drain { deadline_s: None })
+        );
+        assert_eq!(
+            Command::parse(b" drain  30 \n"),
+            Ok(Command::Drain {
+                deadline_s: Some(30)
+            })
+        );
+        assert_eq!(Command::parse(b"undrain"), Ok(Command::Undrain));
+        assert_eq!(Command::Drain { deadline_s: None }.level(), Level::Admin);
+        assert_eq!(Command::Undrain.level(), Level::Admin);
+        for bad in [
+            "drain soon",
+            "drain -1",
+            "drain 86401",
+            "drain 1 2",
+            "stats now",
+            "undrain 5",
+        ] {
+            let e = Command::parse(bad.as_bytes()).expect_err(bad).to_string();
+            assert!(
+                e.starts_with(&format!("{}: ", bad.split(' ').next().unwrap_or(""))),
+                "{e}"
+            );
+        }
         assert_eq!(Command::parse(b"log  reopen\n").ok(), None);
         assert_eq!(Command::parse(b" log reopen\n"), Ok(Command::LogReopen));
         assert_eq!(Command::LogReopen.level(), Level::Admin);

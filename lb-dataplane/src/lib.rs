@@ -3,6 +3,7 @@
 pub mod access;
 pub mod access_log;
 pub mod alloc;
+pub mod cluster;
 pub mod conn;
 pub mod control;
 pub mod daemon;

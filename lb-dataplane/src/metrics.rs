@@ -341,6 +341,43 @@ pub fn prometheus(shared: &Shared) -> String {
             ),
         ],
     );
+    metric(
+        "sessions",
+        "Sessions in the workers' tables.",
+        "gauge",
+        vec![(String::new(), num(&s["sessions"]))],
+    );
+    let state = s["cluster_state"].as_str().unwrap_or("active");
+    metric(
+        "cluster_state",
+        "1 for the node's state: active (announcing its VIPs) or draining (VIPs withdrawn, sessions forwarded).",
+        "gauge",
+        ["active", "draining"]
+            .into_iter()
+            .map(|st| (format!("{{state=\"{st}\"}}"), u64::from(st == state)))
+            .collect(),
+    );
+    let c = &s["cluster"];
+    if !c.is_null() {
+        metric(
+            "cluster_announced",
+            "Prefixes BIRD was last configured to announce (VIPs and local addresses).",
+            "gauge",
+            vec![(String::new(), num(&c["cluster_announced"]))],
+        );
+        metric(
+            "cluster_bird_reconfigs_total",
+            "Times BIRD took a new include file (birdc configure succeeded).",
+            "counter",
+            vec![(String::new(), num(&c["cluster_bird_reconfigs"]))],
+        );
+        metric(
+            "cluster_bird_errors_total",
+            "Failed attempts to write the include file or run birdc configure (each retried).",
+            "counter",
+            vec![(String::new(), num(&c["cluster_bird_errors"]))],
+        );
+    }
     out.push_str(&crate::servers::prometheus(&s));
     out
 }

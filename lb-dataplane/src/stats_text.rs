@@ -176,6 +176,7 @@ pub fn render(v: &Value) -> String {
             n(&t["limit"])
         );
     }
+    s.push_str(&crate::cluster::text::stats_section(v));
     s
 }
 

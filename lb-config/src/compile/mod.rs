@@ -27,6 +27,7 @@ use crate::parse::{self, PortSpec};
 use crate::schema::*;
 
 mod balancers;
+mod cluster;
 mod network;
 mod rules;
 
@@ -303,6 +304,10 @@ impl<'a, 's> Compiler<'a, 's> {
             &mut uses,
         );
         self.health_checks(&f.server_groups, &mut server_groups, &uses);
+        let cluster = f
+            .cluster
+            .as_ref()
+            .and_then(|c| self.cluster(c, &port_ids, &ports, &dataplane, &owners));
 
         Config {
             platform,
@@ -317,6 +322,7 @@ impl<'a, 's> Compiler<'a, 's> {
             instances,
             server_groups,
             load_balancers,
+            cluster,
         }
     }
 

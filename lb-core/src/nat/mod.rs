@@ -4,11 +4,17 @@
 //! port names the worker that owns the session, so that a reply landing on
 //! another worker can be handed over: worker `w` of `n` allocates only ports
 //! `p` with `p % n == w`.
+//!
+//! In a cluster, node `i` of `n` takes the `i`-th of `n` contiguous slices
+//! of the session ports ([`node_ports`]), so that two nodes never use the
+//! same (local address, port); the workers share the node's slice as
+//! above, which keeps `p % n` naming the owning worker.
 
 pub mod icmp;
 pub mod rss;
 
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 
 /// The lowest port handed out; below are the well-known and registered
 /// ranges a host may use for itself.
@@ -30,6 +36,20 @@ pub const MAX_PROBES: usize = 64;
 /// is).
 pub const MAX_STEER_CANDIDATES: usize = MAX_PROBES * 16;
 
+/// The session ports of node `node` (1-based) of a cluster of `nodes`:
+/// the `node`-th of `nodes` contiguous, nearly equal slices of
+/// [`FIRST_PORT`]`..=`[`LAST_PORT`]. A single node (`nodes <= 1`) has
+/// them all; a `node` outside `1..=nodes` is clamped into it.
+pub fn node_ports(node: u16, nodes: u16) -> RangeInclusive<u16> {
+    let nodes = u32::from(nodes.max(1));
+    let node = u32::from(node.clamp(1, nodes as u16));
+    let total = u32::from(LAST_PORT - FIRST_PORT) + 1;
+    let at = |k: u32| u32::from(FIRST_PORT) + total * k / nodes;
+    let lo = u16::try_from(at(node - 1)).expect("within the port range");
+    let hi = u16::try_from(at(node) - 1).expect("within the port range");
+    lo..=hi
+}
+
 /// The worker that owns the FULLNAT session using local port `port`.
 pub fn port_owner(port: u16, workers: u16) -> u16 {
     port % workers.max(1)
@@ -46,8 +66,11 @@ pub fn port_owner(port: u16, workers: u16) -> u16 {
 #[derive(Debug, Clone)]
 pub struct PortAllocator {
     /// The first port of this worker's share; every `workers`-th port
-    /// after it is this worker's too.
+    /// after it, up to `last`, is this worker's too.
     first: u16,
+    /// The last port the share may reach (the end of the node's slice).
+    last: u16,
+    worker: u16,
     workers: u16,
     locals: ahash::AHashMap<IpAddr, LocalPorts>,
 }
@@ -73,17 +96,38 @@ struct LocalPorts {
 }
 
 impl PortAllocator {
+    /// Worker `worker` of `workers`, with every session port
+    /// ([`FIRST_PORT`]`..=`[`LAST_PORT`]) to share.
     pub fn new(worker: u16, workers: u16) -> PortAllocator {
-        let workers = workers.max(1);
-        let mut first = FIRST_PORT;
-        while port_owner(first, workers) != worker % workers {
+        let mut a = PortAllocator {
+            first: FIRST_PORT,
+            last: LAST_PORT,
+            worker,
+            workers: workers.max(1),
+            locals: ahash::AHashMap::new(),
+        };
+        a.set_ports(FIRST_PORT..=LAST_PORT);
+        a
+    }
+
+    /// Limits this worker's share to `ports` (a cluster node's slice,
+    /// [`node_ports`]), clamped to the session ports: ports handed out
+    /// from now on lie in it. Sessions holding ports outside it keep them
+    /// and give them back as usual.
+    pub fn set_ports(&mut self, ports: RangeInclusive<u16>) {
+        let lo = (*ports.start()).max(FIRST_PORT);
+        let hi = (*ports.end()).min(LAST_PORT);
+        let mut first = lo;
+        while port_owner(first, self.workers) != self.worker % self.workers && first < hi {
             first += 1;
         }
-        PortAllocator {
-            first,
-            workers,
-            locals: ahash::AHashMap::new(),
-        }
+        self.first = first;
+        self.last = hi.max(first);
+    }
+
+    /// The ports this worker's share is taken from.
+    pub fn ports(&self) -> RangeInclusive<u16> {
+        self.first..=self.last
     }
 
     /// A port of this worker's share on `local`: one no session uses if
@@ -118,13 +162,18 @@ impl PortAllocator {
         max_candidates: usize,
         mut is_free: impl FnMut(u16) -> bool,
     ) -> Option<LocalPort> {
-        let (first, step) = (self.first, self.workers);
+        let (first, last, step) = (self.first, self.last, self.workers);
         let ports = self.ports_of(local);
         let next = |p: u16| match p.checked_add(step) {
-            Some(p) if p <= LAST_PORT => p,
+            Some(p) if p <= last => p,
             _ => first,
         };
-        let start = ports.next;
+        // A cursor left outside the share (its slice changed) starts over.
+        let start = if (first..=last).contains(&ports.next) {
+            ports.next
+        } else {
+            first
+        };
         for exclusive in [true, false] {
             let mut port = start;
             let mut probes = 0;
@@ -327,6 +376,80 @@ mod tests {
         assert_eq!(looked, 2 * MAX_STEER_CANDIDATES);
     }
 
+    #[test]
+    fn node_slices_partition_the_session_ports() {
+        for nodes in [1u16, 2, 3, 7, 64] {
+            let mut next = FIRST_PORT;
+            for node in 1..=nodes {
+                let slice = node_ports(node, nodes);
+                assert_eq!(*slice.start(), next, "node {node} of {nodes}");
+                assert!(slice.start() <= slice.end());
+                let len = usize::from(slice.end() - slice.start()) + 1;
+                let fair = (usize::from(LAST_PORT - FIRST_PORT) + 1) / usize::from(nodes);
+                assert!(len == fair || len == fair + 1, "{len} vs {fair}");
+                next = slice.end().wrapping_add(1);
+            }
+            assert_eq!(next, LAST_PORT + 1, "{nodes} nodes cover every port");
+        }
+        assert_eq!(node_ports(1, 1), FIRST_PORT..=LAST_PORT);
+        assert_eq!(node_ports(0, 0), FIRST_PORT..=LAST_PORT);
+        assert_eq!(node_ports(1, 3), 1025..=21015);
+        assert_eq!(node_ports(3, 3), 41008..=LAST_PORT);
+    }
+
+    /// Every worker of every node allocates on one local address until
+    /// its share is used up: no (local address, port) is handed out twice
+    /// across the cluster, each port lies in its node's slice, and the
+    /// port still names the worker that owns the session.
+    #[test]
+    fn nodes_never_share_a_local_port() {
+        let local = IpAddr::from([198, 19, 2, 21]);
+        for (nodes, workers) in [(2u16, 1u16), (3, 2), (3, 4), (5, 3)] {
+            let mut owner_of: std::collections::HashMap<u16, (u16, u16)> = Default::default();
+            for node in 1..=nodes {
+                let slice = node_ports(node, nodes);
+                for w in 0..workers {
+                    let mut a = PortAllocator::new(w, workers);
+                    a.set_ports(slice.clone());
+                    assert!(slice.contains(a.ports().start()) && slice.contains(a.ports().end()));
+                    let share = a.ports().filter(|q| port_owner(*q, workers) == w).count();
+                    assert!(share > 0);
+                    for _ in 0..share {
+                        let p = a
+                            .allocate(local, |_| panic!("a port nobody uses is left"))
+                            .expect("free");
+                        assert!(!p.shared && slice.contains(&p.port), "node {node}: {p:?}");
+                        assert_eq!(port_owner(p.port, workers), w);
+                        if let Some(prev) = owner_of.insert(p.port, (node, w)) {
+                            panic!("port {} of node {node} worker {w} also {prev:?}", p.port);
+                        }
+                    }
+                    // Full: sharing stays in the share.
+                    let shared = a.allocate(local, |_| true).expect("a port to share");
+                    assert!(shared.shared && slice.contains(&shared.port));
+                    assert_eq!(port_owner(shared.port, workers), w);
+                }
+            }
+            // Every session port went to exactly one (node, worker).
+            assert_eq!(owner_of.len(), usize::from(LAST_PORT - FIRST_PORT) + 1);
+        }
+    }
+
+    #[test]
+    fn a_slice_set_after_use_moves_the_cursor_into_it() {
+        let local = IpAddr::from([198, 19, 2, 21]);
+        let mut a = PortAllocator::new(1, 2);
+        assert_eq!(a.allocate(local, |_| true).map(|p| p.port), Some(1025));
+        a.set_ports(node_ports(2, 2));
+        let p = a.allocate(local, |_| true).expect("free").port;
+        assert_eq!(p, 31013);
+        assert!(node_ports(2, 2).contains(&p));
+        assert_eq!(port_owner(p, 2), 1);
+        // The old port is given back as usual.
+        a.release(local, 1025);
+        assert_eq!(a.users(local, 1025), 0);
+    }
+
     /// Each worker's steered ports make replies the NIC's RSS puts on
     /// that worker's queue, for random backends and local addresses of
     /// both families.
@@ -339,8 +462,14 @@ mod tests {
             let reta = default_reta(128, workers);
             let queue_workers: Vec<u16> = (0..workers).collect();
             let steering = RssSteering::new(&key, &reta, &queue_workers).expect("valid");
+            // Node 2 of 3: steering works inside the node's slice.
+            let slice = node_ports(2, 3);
             let mut allocators: Vec<PortAllocator> = (0..workers)
-                .map(|w| PortAllocator::new(w, workers))
+                .map(|w| {
+                    let mut a = PortAllocator::new(w, workers);
+                    a.set_ports(slice.clone());
+                    a
+                })
                 .collect();
             let mut rng = Rng(u64::from(workers));
             for i in 0..3000 {
@@ -355,6 +484,7 @@ mod tests {
                     .expect("a steered port")
                     .port;
                 assert_eq!(usize::from(port_owner(lport, workers)), w);
+                assert!(slice.contains(&lport), "{lport}");
                 let reply_key = crate::flow::FlowKey {
                     src: backend,
                     dst: local,

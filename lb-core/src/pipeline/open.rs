@@ -227,7 +227,11 @@ impl Worker {
                 health.is_up(gi, si) && s.addresses.iter().any(|a| a.is_ipv6() == family_v6)
             }));
         let Some(si) = self.scheds.get_mut(gi).and_then(|s| {
-            let hash = if s.uses_hash() { flow_hash(&key) } else { 0 };
+            let hash = if s.uses_hash() {
+                crate::sched::flow_hash(&key)
+            } else {
+                0
+            };
             s.pick(&self.eligible, hash)
         }) else {
             return Err(Reason::NoHealthyServer {

@@ -6,6 +6,7 @@ use crate::model::*;
 use crate::packet::{build_frame, FrameSpec, MacAddr};
 
 mod access_log;
+mod cluster;
 mod fragments;
 mod icmp_ttl_mtu;
 mod limits;

@@ -207,6 +207,14 @@ impl Worker {
                 sched::build(g.scheduler, &weights, &names)
             })
             .collect();
+        // A cluster node hands out its own slice of every local address's
+        // ports (lbd refuses a reload that would move it).
+        let (node, nodes) = snap
+            .cfg
+            .cluster
+            .as_ref()
+            .map_or((1, 1), |c| (c.node_id, c.nodes));
+        self.ports.set_ports(crate::nat::node_ports(node, nodes));
         // Every local address's port counts, before its first session.
         for locals in snap.locals_by_family.iter().flatten().flatten() {
             self.ports.prepare(*locals);
@@ -309,6 +317,19 @@ impl Worker {
             release_port(ports, &s.payload, s.reply());
             release(scheds, stats, &s.payload);
         }
+    }
+
+    /// Ends every listener session at once (a drained node's deadline):
+    /// their local ports and scheduler counts are given back, and a later
+    /// packet of such a flow meets no session (a TCP segment other than a
+    /// SYN is answered with a RST under `reset_unknown`). Routed sessions
+    /// stay. Returns how many ended.
+    pub fn end_listener_sessions(&mut self) -> usize {
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| s.payload.listener().is_none());
+        let ended = before - self.sessions.len();
+        self.release_reaped();
+        ended
     }
 
     pub(super) fn remove(&mut self, id: crate::conntrack::SessionId) {

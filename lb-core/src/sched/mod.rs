@@ -27,6 +27,8 @@
 //! session) and [`Scheduler::disconnected`] (when it goes away). Each worker
 //! owns its schedulers; nothing here is shared between threads.
 
+#[cfg(test)]
+mod cluster_tests;
 mod maglev;
 pub mod slow_start;
 mod wlc;
@@ -91,6 +93,35 @@ pub fn build(kind: SchedulerKind, weights: &[u8], names: &[&str]) -> Box<dyn Sch
         SchedulerKind::Wlc => Box::new(Wlc::new(weights)),
         SchedulerKind::Maglev => Box::new(Maglev::new(weights, names, DEFAULT_TABLE_SIZE)),
     }
+}
+
+/// The hash schedulers choose a server by: a fixed function of the
+/// client's flow (addresses, ports, protocol), the same on every node,
+/// build and CPU. Every node of a cluster that runs the same server list
+/// through [`Maglev`] thus sends a flow to the same server, whichever node
+/// the routers' ECMP hands it to. (The session table's hasher, `ahash`,
+/// gives no such promise across builds and CPUs.)
+pub fn flow_hash(key: &crate::flow::FlowKey) -> u64 {
+    fn word(a: std::net::IpAddr) -> u128 {
+        match a {
+            std::net::IpAddr::V4(a) => u128::from(u32::from(a)),
+            std::net::IpAddr::V6(a) => u128::from(a),
+        }
+    }
+    fn mix(h: u64, v: u64) -> u64 {
+        let mut z = (h ^ v).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let halves = |a: u128| [(a >> 64) as u64, a as u64];
+    let family = u64::from(key.src.is_ipv6()) << 8;
+    let [s_hi, s_lo] = halves(word(key.src));
+    let [d_hi, d_lo] = halves(word(key.dst));
+    let ports = (u64::from(key.sport) << 16) | u64::from(key.dport);
+    [s_hi, s_lo, d_hi, d_lo, ports]
+        .into_iter()
+        .fold(family | u64::from(key.proto), mix)
 }
 
 /// Whether server `i` may receive new connections.

@@ -53,6 +53,24 @@ enum Cmd {
         #[arg(long, global = true, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
         control: PathBuf,
     },
+    /// Drain this node of a cluster: withdraw its VIPs from the routers and
+    /// keep forwarding its sessions; prints their count (the admin level).
+    Drain {
+        #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// After this many seconds, end the listener sessions still open
+        /// (their clients' next segments are answered with a RST).
+        #[arg(long, value_name = "SECONDS")]
+        deadline: Option<u64>,
+        /// Then print the session count every second until it is 0.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// End a drain: announce the node's VIPs again (the admin level).
+    Undrain {
+        #[arg(long, default_value = lb_dataplane::control::DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
     /// Act on a running lbd's access logs (the admin level).
     Log {
         #[command(subcommand)]
@@ -142,6 +160,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Check { file } => match lb_config::load(&file) {
             Ok(cfg) => {
                 println!("{}: {}", file.display(), lb_config::summary(&cfg));
+                for w in lb_dataplane::cluster::warnings(&cfg) {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -198,6 +219,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Server { action, control } => server_command(&control, action),
+        Cmd::Drain {
+            control,
+            deadline,
+            wait,
+        } => {
+            let command = match deadline {
+                Some(d) => format!("drain {d}"),
+                None => "drain".to_string(),
+            };
+            let v = lb_dataplane::control::request(&control, &command)?;
+            println!("{}", lb_dataplane::cluster::text::drain_line(&v));
+            if wait {
+                return wait_drained(&control);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Undrain { control } => {
+            let v = lb_dataplane::control::request(&control, "undrain")?;
+            println!("{}", lb_dataplane::cluster::text::drain_line(&v));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Log {
             cmd: LogCmd::Reopen { control },
         } => log_reopen(&control),
@@ -220,6 +262,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+/// Prints `sessions N` every second until the draining node has none
+/// (`drained`), or until it is no longer draining (`undrained`, a
+/// failure).
+fn wait_drained(control: &std::path::Path) -> Result<ExitCode> {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let v = lb_dataplane::control::request(control, "stats")?;
+        let sessions = v["sessions"].as_u64().unwrap_or(0);
+        if v["cluster_state"].as_str() != Some("draining") {
+            println!("undrained: {sessions} sessions");
+            return Ok(ExitCode::FAILURE);
+        }
+        if sessions == 0 {
+            println!("drained: 0 sessions");
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("sessions {sessions}");
     }
 }
 

@@ -97,4 +97,6 @@ pub enum ReloadError {
     DataplaneChanged,
     #[error("[[port]] max_neighbors changed: restart lbd to apply it")]
     MaxNeighborsChanged,
+    #[error("[cluster] node_id or nodes changed (or [cluster] was added or removed): restart lbd to apply it")]
+    ClusterNodeChanged,
 }

@@ -41,6 +41,14 @@ pub const BURST: usize = 32;
 /// Frames handed between two workers that can wait in one queue.
 const HANDOFF_DEPTH: usize = 1024;
 
+/// How long a clean stop waits for BIRD to withdraw the node's routes.
+pub const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a clean stop keeps forwarding once BIRD has taken the
+/// withdrawal: its BGP updates leave through the TAP, and the routers
+/// move the flows, before the workers and the TAP go.
+pub const WITHDRAW_GRACE: Duration = Duration::from_secs(1);
+
 /// How often the ports' MTUs are read again.
 const MTU_POLL: Duration = Duration::from_secs(1);
 
@@ -127,6 +135,8 @@ pub struct Shared {
     /// RSS, as with AF_PACKET): frame ownership and FULLNAT local ports
     /// follow it, so that no frame needs a handoff.
     pub port_rss: Vec<Option<Arc<lb_core::nat::rss::RssSteering>>>,
+    /// Drain, and what the routing daemon announces for this node.
+    pub cluster: crate::cluster::ClusterState,
     /// Each port's exception path to the kernel (`[[port]] tap`).
     pub exception: Arc<crate::exception::Exceptions>,
     /// The listeners' access logs: the workers' queues to the writer.
@@ -152,6 +162,9 @@ impl Shared {
             self.reload_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!("reload rejected, the running configuration stays: {e}");
             return Err(e);
+        }
+        for w in crate::cluster::warnings(&cfg) {
+            tracing::warn!("{w}");
         }
         let snap = Arc::new(Snapshot::compile(cfg, old.snap.generation + 1));
         let health = Arc::new(HealthTable::new(&snap, Some(&old.health)));
@@ -308,6 +321,7 @@ impl Shared {
             port_mtu_cap: mtu_cap,
             buffers: crate::io::pool::BufPool::new(0, 0),
             port_rss: Vec::new(),
+            cluster: crate::cluster::ClusterState::default(),
             exception: Arc::new(crate::exception::Exceptions::none(mtu_cap_len)),
             access_log,
         }
@@ -357,6 +371,11 @@ fn compatible(
     if limits(old) != limits(new) {
         return Err(ReloadError::MaxNeighborsChanged);
     }
+    // Sessions hold ports of the node's slice.
+    let node = |c: &lb_core::model::Config| c.cluster.as_ref().map(|c| (c.node_id, c.nodes));
+    if node(old) != node(new) {
+        return Err(ReloadError::ClusterNodeChanged);
+    }
     Ok(())
 }
 
@@ -391,6 +410,19 @@ impl Daemon {
             dpdk_ports,
         } = opened;
         let workers = per_worker.len();
+        for w in crate::cluster::warnings(&cfg) {
+            tracing::warn!("{w}");
+        }
+        // The routing daemon's include file exists before anything is
+        // served (BIRD refuses a configuration whose include is missing).
+        if let Err(e) = crate::cluster::driver::write_initial(&cfg) {
+            tracing::warn!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+        }
         let (health_tx, health_rx) = bounded(4096);
         let snap = Arc::new(Snapshot::compile(cfg.clone(), 1));
         let mut shared = Shared::assemble(
@@ -516,6 +548,18 @@ impl Daemon {
                 })?;
             threads.push(h);
         }
+        // Also on a single node: it times drain deadlines.
+        {
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name("lbd-cluster".into())
+                .spawn(move || crate::cluster::driver::run(&*shared))
+                .map_err(|source| StartError::Thread {
+                    thread: "the routing daemon's driver",
+                    source,
+                })?;
+            threads.push(h);
+        }
         #[cfg(feature = "dpdk")]
         if !shared.dpdk_ports.is_empty() {
             let shared = shared.clone();
@@ -533,8 +577,24 @@ impl Daemon {
         Ok(Daemon { shared, threads })
     }
 
-    /// Asks every thread to stop and waits for them.
+    /// Asks every thread to stop and waits for them. A cluster node first
+    /// withdraws what it announces (the workers forward until BIRD has
+    /// taken the withdrawal, or [`WITHDRAW_TIMEOUT`] passed).
     pub fn stop(self) {
+        if self.shared.runtime.load().snap.cfg.cluster.is_some() {
+            if self.shared.cluster.withdraw_all(WITHDRAW_TIMEOUT) {
+                tracing::info!("routes withdrawn");
+                // BIRD sends the withdrawal on its own time, through the
+                // TAP: keep forwarding while it leaves and the routers
+                // move the flows.
+                std::thread::sleep(WITHDRAW_GRACE);
+            } else {
+                tracing::warn!(
+                    "routes not withdrawn within {} s (BIRD does when the interfaces go)",
+                    WITHDRAW_TIMEOUT.as_secs()
+                );
+            }
+        }
         self.shared.stop.store(true, Ordering::Relaxed);
         // The workers come first: once they are gone, the access log's
         // writer takes their last records and ends.
@@ -672,6 +732,16 @@ fn watch_links(shared: &Shared) {
                 *prev = now;
             }
         }
+    }
+}
+
+impl crate::cluster::Host for Shared {
+    fn now_ns(&self) -> u64 {
+        Shared::now_ns(self)
+    }
+
+    fn cluster(&self) -> &crate::cluster::ClusterState {
+        &self.cluster
     }
 }
 

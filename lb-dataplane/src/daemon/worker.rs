@@ -90,6 +90,9 @@ pub(super) struct WorkerLoop {
     fwd: Forwarder,
     idle: IdlePolicy,
     last_publish: Instant,
+    /// The drain's session ending this worker has done
+    /// ([`crate::cluster::ClusterState::end_sessions`]).
+    sessions_ended: u64,
     /// The ports' descriptors an idle worker sleeps on.
     pollfds: Vec<libc::pollfd>,
 }
@@ -288,6 +291,7 @@ impl WorkerLoop {
             },
             idle,
             last_publish: Instant::now(),
+            sessions_ended: 0,
             pollfds,
         }
     }
@@ -319,6 +323,7 @@ impl WorkerLoop {
             self.fwd
                 .core
                 .follow_servers(&rt.snap, rt.health.as_ref(), self.fwd.shared.now_ns());
+            self.end_sessions_if_due();
             self.fwd.pass_session_records();
             let now = Instant::now();
             if now.duration_since(self.last_publish) >= Duration::from_millis(100) {
@@ -337,6 +342,22 @@ impl WorkerLoop {
         }
         self.fwd.pass_session_records();
         self.publish(Instant::now(), 0);
+    }
+
+    /// A drain's deadline passed: the worker ends its listener sessions
+    /// (once per deadline). Their clients' next segments meet no session
+    /// and are answered with a RST.
+    fn end_sessions_if_due(&mut self) {
+        let due = self.fwd.shared.cluster.end_sessions.load(Ordering::Relaxed);
+        if due != self.sessions_ended {
+            self.sessions_ended = due;
+            let ended = self.fwd.core.end_listener_sessions();
+            tracing::info!(
+                worker = self.fwd.id,
+                ended,
+                "drain deadline: sessions ended"
+            );
+        }
     }
 
     /// One round of the forwarding path: a burst from every port, the
