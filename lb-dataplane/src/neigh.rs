@@ -13,12 +13,12 @@
 //! and ND handling, never the forwarding path) take the port's mutex and
 //! change one slot: every update is O(1), nothing is copied.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use ahash::RandomState;
 
 /// How long a learned entry is used without being refreshed.
 pub const REACHABLE: Duration = Duration::from_secs(60);
@@ -342,6 +342,8 @@ impl PortTable {
 pub struct Neighbors {
     ports: Vec<PortTable>,
     epoch: Instant,
+    /// Keyed per process (an on-link sender chooses some of the keys), and
+    /// a few times faster than SipHash on the per-packet lookup.
     hasher: RandomState,
     pub counters: NeighCounters,
     /// When a refused claim was last logged (ns since `epoch`), and how
