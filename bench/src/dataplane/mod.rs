@@ -98,9 +98,12 @@ pub fn main(a: &DataplaneArgs) -> Result<()> {
         let reference = if a.no_reference {
             None
         } else {
-            Some(run_dut_twice(a, &mut scratch, Dut::Testpmd, w, &mut raw).context("testpmd run")?)
+            Some(
+                run_dut_retried(a, &mut scratch, Dut::Testpmd, w, &mut raw)
+                    .context("testpmd run")?,
+            )
         };
-        let lbd = run_dut_twice(a, &mut scratch, Dut::Lbd, w, &mut raw).context("lbd run")?;
+        let lbd = run_dut_retried(a, &mut scratch, Dut::Lbd, w, &mut raw).context("lbd run")?;
         print_workers(w, reference.as_ref(), &lbd);
         let ratio = match (
             lbd.est_mpps_per_worker(),

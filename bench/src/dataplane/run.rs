@@ -96,11 +96,15 @@ pub(super) fn run_dut(
             Instant::now() + Duration::from_secs(20),
             &log,
         )?;
-        // The socket file comes a moment before lbd answers on it.
+        // The socket file comes a moment before lbd answers on it, and
+        // its workers report as they start: wait (a bounded time) for all
+        // that were asked for.
         let by = Instant::now() + Duration::from_secs(10);
+        let all_by = Instant::now() + Duration::from_secs(3);
         let c = loop {
             match lbd_counters(a, &sock) {
-                Ok(c) => break c,
+                Ok(c) if c.workers >= usize::from(workers) || Instant::now() > all_by => break c,
+                Ok(_) => std::thread::sleep(Duration::from_millis(50)),
                 Err(e) if Instant::now() > by || !proc.alive() => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -180,28 +184,39 @@ pub(super) fn run_dut(
     })
 }
 
-/// [`run_dut`], once more if it failed or nothing went through the device
-/// (a memif link that connected but never passed a frame has been seen).
-pub(super) fn run_dut_twice(
+/// Runs of a device before the last one, which counts whatever it gives.
+const RETRIES: usize = 3;
+
+/// [`run_dut`], again (up to [`RETRIES`] times) if it failed, ran fewer
+/// workers than asked, or nothing went through the device: memif links
+/// with several queues have been seen not to come up, and a link that
+/// connected but never passed a frame has been seen.
+pub(super) fn run_dut_retried(
     a: &DataplaneArgs,
     scratch: &mut Scratch,
     dut: Dut,
     workers: u16,
     raw: &mut Vec<String>,
 ) -> Result<DutRun> {
-    let mut first = Vec::new();
-    match run_dut(a, scratch, dut, workers, &mut first) {
-        Ok(r) if r.phases.iter().any(|p| p.rev > 0) => {
-            raw.extend(first);
-            return Ok(r);
+    for _ in 0..RETRIES {
+        let mut attempt = Vec::new();
+        match run_dut(a, scratch, dut, workers, &mut attempt) {
+            Ok(r) if r.workers == workers && r.phases.iter().any(|p| p.rev > 0) => {
+                raw.extend(attempt);
+                return Ok(r);
+            }
+            Ok(r) if r.workers != workers => eprintln!(
+                "  {} w{workers}: ran {} worker(s); once more",
+                dut.name(),
+                r.workers
+            ),
+            Ok(r) => eprintln!(
+                "  {} w{workers}: nothing came back through the device ({}); once more",
+                dut.name(),
+                r.warmup
+            ),
+            Err(e) => eprintln!("  {} w{workers}: {e:#}; once more", dut.name()),
         }
-        Ok(r) => eprintln!(
-            "  {} w{workers}: nothing came back through the device ({}); once more",
-            dut.name(),
-            r.warmup
-        ),
-        // memif links with several queues have been seen not to come up.
-        Err(e) => eprintln!("  {} w{workers}: {e:#}; once more", dut.name()),
     }
     run_dut(a, scratch, dut, workers, raw)
 }
