@@ -1491,19 +1491,15 @@ fn the_rst_follows_rfc_9293() {
     assert!(packet::build_tcp_reset(&f, &p, my_mac).is_none());
 }
 
-/// The expiry sweep walks the session table at a pace set by the time
-/// that passes: a data plane calling `housekeep` between every burst (or
-/// spinning while idle) does no more work than one calling it seldom.
-#[test]
-fn a_small_table_is_swept_by_calls_a_millisecond_apart() {
-    // 171 sessions earn 0.171 slots a millisecond: the fractions add up,
-    // so an idle worker calling every millisecond still expires them.
+/// A worker whose table holds `n` routed UDP sessions made at 0, all long
+/// expired at the time returned, when the worker has housekept once.
+fn expired_sessions(n: u32) -> (Snapshot, Worker, Nanos) {
     use crate::conntrack::Timeouts;
     let snap = Snapshot::compile(config(), 1);
     let mut w = Worker::new(0, 1, 4096, 1024);
     let t = 10_000 * NANOS_PER_SEC;
     w.housekeep(t, &snap);
-    for n in 0..171u32 {
+    for n in 0..n {
         let key = FlowKey {
             src: IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 + n)),
             dst: addr("198.19.1.11"),
@@ -1521,38 +1517,27 @@ fn a_small_table_is_swept_by_calls_a_millisecond_apart() {
             )
             .expect("room");
     }
+    (snap, w, t)
+}
+
+#[test]
+fn a_small_table_is_swept_by_calls_a_millisecond_apart() {
+    // 171 sessions earn 0.171 slots a millisecond: the fractions add up,
+    // so an idle worker calling every millisecond still expires them.
+    let (snap, mut w, t) = expired_sessions(171);
     for i in 1..=3000 {
         w.housekeep(t + i * NANOS_PER_SEC / 1000, &snap);
     }
     assert_eq!(w.sessions.len(), 0, "expired sessions left after 3 s");
 }
 
+/// The expiry sweep walks the session table at a pace set by the time
+/// that passes: a data plane calling `housekeep` between every burst (or
+/// spinning while idle) does no more work than one calling it seldom.
 #[test]
 fn the_expiry_sweep_follows_time_not_calls() {
-    use crate::conntrack::Timeouts;
-    let snap = Snapshot::compile(config(), 1);
-    let mut w = Worker::new(0, 1, 4096, 1024);
-    let t = 10_000 * NANOS_PER_SEC;
-    w.housekeep(t, &snap);
     // 4096 sessions made at 0: all long expired at `t`.
-    for n in 0..4096u32 {
-        let key = FlowKey {
-            src: IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 + n)),
-            dst: addr("198.19.1.11"),
-            proto: proto::UDP,
-            sport: 1000,
-            dport: 53,
-        };
-        w.sessions
-            .insert(
-                key,
-                key.reversed(),
-                Flow::routed(1),
-                0,
-                &Timeouts::default(),
-            )
-            .expect("room");
-    }
+    let (snap, mut w, t) = expired_sessions(4096);
     // However many calls without time passing: nothing examined.
     for _ in 0..10_000 {
         w.housekeep(t, &snap);
